@@ -1,0 +1,140 @@
+//! The one error type of vhdkit.
+//!
+//! Every failure names the file it happened in, the on-disk structure that was being read and
+//! the offset of that structure, so a user with a broken image knows where to look. The offset
+//! is qualified by the address space it lives in: the image file itself, the virtual disk inside
+//! it, or one partition of that disk.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The address space an offset in an error refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// A byte offset in the image file (VHD footer, header, BAT, block bitmaps).
+    File,
+    /// A byte offset in the virtual disk (MBR, GPT, partition contents).
+    Disk,
+    /// A byte offset inside partition N (NTFS structures, hive cells in a file).
+    Partition(u32),
+    /// A byte offset inside a registry hive file.
+    Hive,
+}
+
+impl fmt::Display for Space {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Space::File => f.write_str("file offset"),
+            Space::Disk => f.write_str("disk offset"),
+            Space::Partition(n) => write!(f, "partition {n} offset"),
+            Space::Hive => f.write_str("hive offset"),
+        }
+    }
+}
+
+/// A failure while reading or writing an image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A structure holds a value that cannot be right.
+    #[error("{}: {structure} at {space} {offset:#x}: {problem}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        structure: String,
+        space: Space,
+        offset: u64,
+        problem: String,
+    },
+    /// The operating system failed a read or write.
+    #[error("{}: {action} at {space} {offset:#x}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        action: &'static str,
+        space: Space,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be opened or created.
+    #[error("{}: cannot {action}: {source}", file.display())]
+    Open {
+        file: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A differencing disk's parent could not be found under any name its header gives.
+    #[error("{}: parent disk not found; tried {}", file.display(), tried.join("; "))]
+    ParentNotFound { file: PathBuf, tried: Vec<String> },
+    /// The request is valid but outside what this image or tool supports.
+    #[error("{}: {problem}", file.display())]
+    Unsupported { file: PathBuf, problem: String },
+    /// The user asked for something inconsistent.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Result alias used throughout vhdkit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A corrupt structure in `file` at `offset` of `space`.
+    pub fn corrupt(
+        file: &Path,
+        structure: impl Into<String>,
+        space: Space,
+        offset: u64,
+        problem: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            file: file.to_path_buf(),
+            structure: structure.into(),
+            space,
+            offset,
+            problem: problem.into(),
+        }
+    }
+
+    /// A failed read or write of `file` at `offset` of `space`.
+    pub fn io(file: &Path, action: &'static str, space: Space, offset: u64, source: io::Error) -> Self {
+        Error::Io {
+            file: file.to_path_buf(),
+            action,
+            space,
+            offset,
+            source,
+        }
+    }
+
+    /// A failed open or create of `file`.
+    pub fn open(file: &Path, action: &'static str, source: io::Error) -> Self {
+        Error::Open {
+            file: file.to_path_buf(),
+            action,
+            source,
+        }
+    }
+
+    /// Something `file` holds that vhdkit does not handle.
+    pub fn unsupported(file: &Path, problem: impl Into<String>) -> Self {
+        Error::Unsupported {
+            file: file.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Carries an [`Error`] through `std::io::Error`, for the `ntfs` crate's `Read + Seek` adapters.
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// Recovers the [`Error`] that an adapter wrapped, or describes the plain I/O error.
+pub fn from_io(e: io::Error, file: &Path, action: &'static str, space: Space, offset: u64) -> Error {
+    match e.downcast::<Error>() {
+        Ok(inner) => inner,
+        Err(e) => Error::io(file, action, space, offset, e),
+    }
+}

@@ -1,0 +1,11 @@
+//! vhdkit: offline tools for Microsoft VHD disk images.
+//!
+//! Layers, each depending only on the ones above it:
+//! 1. [`vhd`]: container formats behind one `BlockDevice` trait.
+//! 2. [`disk`]: MBR and GPT partition tables; a partition is a byte-range view of a device.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod vhd;
+
+pub use error::{Error, Result, Space};

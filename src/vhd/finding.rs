@@ -1,0 +1,54 @@
+//! Problems found while opening or checking an image that do not stop reading it.
+
+use serde::Serialize;
+
+use crate::error::Space;
+
+/// One structural problem, located like an [`crate::Error`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The file the problem is in.
+    pub file: String,
+    /// The on-disk structure (`"VHD footer"`, `"BAT entry 17"`...).
+    pub structure: String,
+    /// The address space of `offset`: `"file"`, `"disk"`, `"partition N"`.
+    pub space: String,
+    /// Byte offset of the structure.
+    pub offset: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Finding {
+    /// A problem with `structure` at `offset` of `space` in `file`.
+    pub fn new(
+        file: &std::path::Path,
+        structure: impl Into<String>,
+        space: Space,
+        offset: u64,
+        problem: impl Into<String>,
+    ) -> Self {
+        Finding {
+            file: file.display().to_string(),
+            structure: structure.into(),
+            space: match space {
+                Space::File => "file".into(),
+                Space::Disk => "disk".into(),
+                Space::Partition(n) => format!("partition {n}"),
+                Space::Hive => "hive".into(),
+            },
+            offset,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} at {} offset {:#x}: {}",
+            self.file, self.structure, self.space, self.offset, self.problem
+        )
+    }
+}

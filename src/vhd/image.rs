@@ -1,0 +1,205 @@
+//! Opening any supported image file: raw, fixed, dynamic or differencing.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result, Space};
+use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
+use crate::vhd::finding::Finding;
+use crate::vhd::fixed::FixedVhd;
+use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
+use crate::vhd::sparse::SparseVhd;
+
+/// Deepest differencing chain followed (a guard against pathological chains).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// How to open an image.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Treat checksum mismatches and inconsistent copies as errors instead of findings.
+    pub strict: bool,
+    /// Use this file as the (first) parent of a differencing image instead of the locators.
+    pub parent: Option<PathBuf>,
+    /// Open the top image for writing (parents are always read-only).
+    pub writable: bool,
+}
+
+/// An opened disk image of any kind.
+#[derive(Debug)]
+pub enum DiskImage {
+    /// A file without a VHD footer: its bytes are the disk.
+    Raw(RawImage),
+    /// A fixed VHD.
+    Fixed(FixedVhd),
+    /// A dynamic or differencing VHD.
+    Sparse(SparseVhd),
+}
+
+impl DiskImage {
+    /// Opens the image at `path`, following a differencing chain to its base.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
+        DiskImage::open_in_chain(path, opts, &mut Vec::new())
+    }
+
+    /// Opens `path` as one link of a chain whose files so far are in `chain`.
+    pub(crate) fn open_in_chain(path: &Path, opts: &OpenOptions, chain: &mut Vec<PathBuf>) -> Result<Self> {
+        let canonical = std::fs::canonicalize(path).map_err(|e| Error::open(path, "open", e))?;
+        if let Some(first) = chain.first().filter(|_| chain.contains(&canonical)) {
+            return Err(Error::corrupt(
+                first,
+                "differencing chain",
+                Space::File,
+                0,
+                format!("parent chain loops back to {}", canonical.display()),
+            ));
+        }
+        if chain.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::unsupported(path, format!("differencing chain deeper than {MAX_CHAIN_DEPTH}")));
+        }
+        chain.push(canonical);
+        let file = ImageFile::open(path, opts.writable)?;
+        let len = file.file_len()?;
+        match find_footer(&file, len)? {
+            None => Ok(DiskImage::Raw(RawImage::new(file, len))),
+            Some((footer, at)) => match footer.disk_type {
+                DiskType::Fixed => Ok(DiskImage::Fixed(FixedVhd::open(file, footer, at, opts.strict)?)),
+                DiskType::Dynamic | DiskType::Differencing => {
+                    Ok(DiskImage::Sparse(SparseVhd::open(file, footer, at, opts, chain)?))
+                }
+            },
+        }
+    }
+
+    /// "raw", "fixed", "dynamic" or "differencing".
+    pub fn format(&self) -> &'static str {
+        match self {
+            DiskImage::Raw(_) => "raw",
+            DiskImage::Fixed(f) => f.footer().disk_type.name(),
+            DiskImage::Sparse(s) => s.footer().disk_type.name(),
+        }
+    }
+
+    /// The VHD footer, if this is a VHD.
+    pub fn footer(&self) -> Option<&Footer> {
+        match self {
+            DiskImage::Raw(_) => None,
+            DiskImage::Fixed(f) => Some(f.footer()),
+            DiskImage::Sparse(s) => Some(s.footer()),
+        }
+    }
+
+    /// The dynamic or differencing image, if this is one.
+    pub fn as_sparse(&self) -> Option<&SparseVhd> {
+        match self {
+            DiskImage::Sparse(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The image file.
+    pub fn file(&self) -> &ImageFile {
+        match self {
+            DiskImage::Raw(r) => r.file(),
+            DiskImage::Fixed(f) => f.file(),
+            DiskImage::Sparse(s) => s.file(),
+        }
+    }
+
+    /// Problems noticed while opening this image and its parents.
+    pub fn findings(&self) -> Vec<Finding> {
+        match self {
+            DiskImage::Raw(_) => Vec::new(),
+            DiskImage::Fixed(f) => f.findings().to_vec(),
+            DiskImage::Sparse(s) => {
+                let mut all = s.findings().to_vec();
+                if let Some(p) = s.parent() {
+                    all.extend(p.findings());
+                }
+                all
+            }
+        }
+    }
+
+    /// Files of the chain from this image to its base.
+    pub fn chain(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.source().to_path_buf()];
+        if let Some(p) = self.as_sparse().and_then(SparseVhd::parent) {
+            out.extend(p.chain());
+        }
+        out
+    }
+}
+
+/// Finds a VHD footer at the end of the file (512 bytes, or 511 for pre-2004 Virtual PC), or
+/// at its start only (a dynamic disk whose end was cut off: an error, since its blocks are
+/// gone too). `None` means a raw image.
+fn find_footer(file: &ImageFile, len: u64) -> Result<Option<(Footer, u64)>> {
+    for size in [FOOTER_SIZE, LEGACY_FOOTER_SIZE] {
+        if len < size as u64 {
+            continue;
+        }
+        let at = len - size as u64;
+        let mut b = vec![0u8; size];
+        file.read_exact_at(at, &mut b, "VHD footer")?;
+        if &b[..8] == FOOTER_COOKIE {
+            return Ok(Some((Footer::parse(&b, file.path(), at)?, at)));
+        }
+    }
+    if len >= FOOTER_SIZE as u64 {
+        let mut b = [0u8; FOOTER_SIZE];
+        file.read_exact_at(0, &mut b, "VHD footer copy")?;
+        if &b[..8] == FOOTER_COOKIE {
+            return Err(Error::corrupt(
+                file.path(),
+                "VHD footer",
+                Space::File,
+                len.saturating_sub(FOOTER_SIZE as u64),
+                "missing: the file starts with a footer copy but does not end with a footer (truncated?)",
+            ));
+        }
+    }
+    Ok(None)
+}
+
+impl BlockDevice for DiskImage {
+    fn len(&self) -> u64 {
+        match self {
+            DiskImage::Raw(r) => r.len(),
+            DiskImage::Fixed(f) => f.len(),
+            DiskImage::Sparse(s) => s.len(),
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            DiskImage::Raw(r) => r.read_at(offset, buf),
+            DiskImage::Fixed(f) => f.read_at(offset, buf),
+            DiskImage::Sparse(s) => s.read_at(offset, buf),
+        }
+    }
+
+    fn source(&self) -> &Path {
+        match self {
+            DiskImage::Raw(r) => r.source(),
+            DiskImage::Fixed(f) => f.source(),
+            DiskImage::Sparse(s) => s.source(),
+        }
+    }
+}
+
+impl WritableDevice for DiskImage {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        match self {
+            DiskImage::Raw(r) => r.write_at(offset, buf),
+            DiskImage::Fixed(f) => f.write_at(offset, buf),
+            DiskImage::Sparse(s) => s.write_at(offset, buf),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            DiskImage::Raw(r) => r.flush(),
+            DiskImage::Fixed(f) => f.flush(),
+            DiskImage::Sparse(s) => s.flush(),
+        }
+    }
+}

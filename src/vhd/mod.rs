@@ -1,0 +1,25 @@
+//! Layer 1: VHD container formats behind one [`BlockDevice`] trait.
+//!
+//! Readers for raw images, fixed, dynamic and differencing VHDs (any chain depth), and writers
+//! that create fixed, dynamic and differencing images and write into them while keeping the
+//! BAT, sector bitmaps, header and both footers consistent.
+
+pub mod bat;
+pub mod bitmap;
+pub mod check;
+pub mod device;
+pub mod fault;
+pub mod finding;
+pub mod fixed;
+pub mod footer;
+pub mod geometry;
+pub mod header;
+pub mod image;
+pub mod parent;
+pub mod sparse;
+
+pub use device::{BlockDevice, ImageFile, RawImage, WritableDevice};
+pub use finding::Finding;
+pub use fixed::FixedVhd;
+pub use image::{DiskImage, OpenOptions};
+pub use sparse::SparseVhd;

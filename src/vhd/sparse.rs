@@ -1,0 +1,756 @@
+//! Dynamic and differencing images: footer copy, dynamic header, BAT, and per block a sector
+//! bitmap followed by the block's data.
+//!
+//! Both kinds share one reader and writer. The only difference is where an absent sector's
+//! bytes come from: zeros in a dynamic disk, the parent in a differencing disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::error::{Error, Result, Space};
+use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice, check_range};
+use crate::vhd::finding::Finding;
+use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
+use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
+use crate::vhd::image::{DiskImage, OpenOptions};
+use crate::vhd::parent::{self, DecodedLocator, ParentResolution};
+
+/// Largest block size accepted (Hyper-V's limit for VHDX; no VHD writer goes beyond).
+pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
+/// Default block size of new images.
+pub const DEFAULT_BLOCK_SIZE: u32 = 2 << 20;
+/// Largest disk a VHD may describe (the specification's and Windows' limit).
+pub const MAX_DISK_SIZE: u64 = 2040 << 30;
+
+/// Which sectors of an allocated block live in this file.
+#[derive(Debug)]
+enum Presence {
+    All,
+    Some(SectorBitmap),
+}
+
+/// A dynamic or differencing VHD.
+#[derive(Debug)]
+pub struct SparseVhd {
+    file: ImageFile,
+    footer: Footer,
+    header: DynamicHeader,
+    header_offset: u64,
+    bat: BlockAllocationTable,
+    presence: RwLock<HashMap<u64, Arc<Presence>>>,
+    parent: Option<Box<DiskImage>>,
+    parent_resolution: Option<ParentResolution>,
+    locators: Vec<DecodedLocator>,
+    findings: Vec<Finding>,
+    /// Where the trailing footer starts; blocks must end at or before it.
+    data_end: u64,
+    /// Whether the footer at the end and the copy at 0 are the encoded `footer`.
+    footers_current: bool,
+}
+
+/// Parent of a new differencing image.
+pub struct ParentLink<'a> {
+    /// The parent, opened.
+    pub image: &'a DiskImage,
+    /// The parent's file.
+    pub path: &'a Path,
+}
+
+impl SparseVhd {
+    /// Opens the dynamic or differencing image in `file`, whose trailing footer (already
+    /// decoded) starts at `data_end`.
+    pub(crate) fn open(
+        file: ImageFile,
+        footer: Footer,
+        data_end: u64,
+        opts: &OpenOptions,
+        chain: &mut Vec<PathBuf>,
+    ) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let mut findings = Vec::new();
+        let mut note = |f: Finding| -> Result<()> {
+            if opts.strict {
+                Err(Error::corrupt(&path, f.structure, Space::File, f.offset, f.problem))
+            } else {
+                findings.push(f);
+                Ok(())
+            }
+        };
+        if !footer.checksum_valid() {
+            note(Finding::new(
+                &path,
+                "VHD footer",
+                Space::File,
+                data_end,
+                format!(
+                    "checksum {:#010x} stored, {:#010x} computed",
+                    footer.checksum,
+                    footer.computed_checksum()
+                ),
+            ))?;
+        }
+        let mut copy = [0u8; FOOTER_SIZE];
+        file.read_exact_at(0, &mut copy, "footer copy")?;
+        if &copy != footer.raw() {
+            note(Finding::new(&path, "VHD footer copy", Space::File, 0, "differs from the footer at the end of the file"))?;
+        }
+
+        let header_offset = footer.data_offset;
+        if header_offset.checked_add(HEADER_SIZE as u64).is_none_or(|end| end > data_end) {
+            return Err(Error::corrupt(
+                &path,
+                "VHD footer data offset",
+                Space::File,
+                data_end + 16,
+                format!("dynamic header offset {header_offset:#x} lies outside the file"),
+            ));
+        }
+        let mut raw = [0u8; HEADER_SIZE];
+        file.read_exact_at(header_offset, &mut raw, "dynamic disk header")?;
+        let header = DynamicHeader::parse(&raw, &path, header_offset)?;
+        if !header.checksum_valid() {
+            note(Finding::new(
+                &path,
+                "dynamic disk header",
+                Space::File,
+                header_offset,
+                format!(
+                    "checksum {:#010x} stored, {:#010x} computed",
+                    header.checksum,
+                    header.computed_checksum()
+                ),
+            ))?;
+        }
+        validate_geometry(&path, &footer, &header, header_offset, data_end)?;
+
+        let mut bat_raw = vec![0u8; table_bytes(header.max_table_entries) as usize];
+        file.read_exact_at(header.table_offset, &mut bat_raw, "block allocation table")?;
+        let bat = BlockAllocationTable::parse(&bat_raw, header.max_table_entries);
+        let block_span = header.bitmap_size() + header.block_size as u64;
+        for (block, sector) in bat.allocated() {
+            let end = sector * 512 + block_span;
+            if end > data_end {
+                note(Finding::new(
+                    &path,
+                    format!("BAT entry {block}"),
+                    Space::File,
+                    header.table_offset + 4 * block,
+                    format!("block at sector {sector:#x} ends at {end:#x}, past the data end {data_end:#x}"),
+                ))?;
+            }
+        }
+
+        let mut vhd = SparseVhd {
+            file,
+            footer,
+            header,
+            header_offset,
+            bat,
+            presence: RwLock::new(HashMap::new()),
+            parent: None,
+            parent_resolution: None,
+            locators: Vec::new(),
+            findings,
+            data_end,
+            footers_current: false,
+        };
+        if vhd.footer.disk_type == DiskType::Differencing {
+            vhd.attach_parent(opts, chain)?;
+        }
+        vhd.footers_current = vhd.footer.encode() == *vhd.footer.raw() && &copy == vhd.footer.raw();
+        Ok(vhd)
+    }
+
+    /// Finds, checks and opens the parent of a differencing image.
+    fn attach_parent(&mut self, opts: &OpenOptions, chain: &mut Vec<PathBuf>) -> Result<()> {
+        let path = self.file.path().to_path_buf();
+        self.locators = parent::decode_locators(&self.file, &self.header)?;
+        let want = self.header.parent_uuid;
+        let (parent_path, via) = match &opts.parent {
+            Some(p) => {
+                parent::check_override(&path, &want, p)?;
+                (p.clone(), "--parent".to_string())
+            }
+            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators))?,
+        };
+        let parent_opts = OpenOptions {
+            strict: opts.strict,
+            parent: None,
+            writable: false,
+        };
+        let parent = DiskImage::open_in_chain(&parent_path, &parent_opts, chain)?;
+        if parent.len() != self.len() {
+            self.findings.push(Finding::new(
+                &path,
+                "VHD footer current size",
+                Space::File,
+                self.data_end + 48,
+                format!("{} bytes, the parent {} has {}", self.len(), parent_path.display(), parent.len()),
+            ));
+        }
+        if let Some(pf) = parent.footer() {
+            let mtime = std::fs::metadata(&parent_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs().saturating_sub(VHD_EPOCH_UNIX) as u32);
+            let ts = self.header.parent_timestamp;
+            if ts != pf.timestamp && Some(ts) != mtime {
+                self.findings.push(Finding::new(
+                    &path,
+                    "dynamic header parent timestamp",
+                    Space::File,
+                    self.header_offset + 56,
+                    "matches neither the parent's footer timestamp nor its modification time",
+                ));
+            }
+        }
+        self.parent_resolution = Some(ParentResolution {
+            path: parent_path.display().to_string(),
+            resolved_by: via,
+        });
+        self.parent = Some(Box::new(parent));
+        Ok(())
+    }
+
+    /// Creates a new dynamic image at `path` (which must not exist) of `size` bytes, or a
+    /// differencing child of `parent` (whose size it takes).
+    pub fn create(path: &Path, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
+        let size = parent.as_ref().map_or(size, |p| p.image.len());
+        validate_new(path, size, block_size)?;
+        let entries = size.div_ceil(block_size as u64) as u32;
+        let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
+        let mut header = DynamicHeader::new(table_offset, entries, block_size);
+        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
+        let footer = Footer::new(disk_type, size, new_uuid());
+        let mut data_end = table_offset + table_bytes(entries);
+        let mut locator_data = Vec::new();
+        if let Some(link) = &parent {
+            let pf = link.image.footer().ok_or_else(|| {
+                Error::unsupported(link.path, "a differencing disk's parent must be a VHD (it needs a UUID)")
+            })?;
+            header.parent_uuid = pf.uuid;
+            header.parent_timestamp = file_mtime_vhd(link.path);
+            let absolute = std::path::absolute(link.path).map_err(|e| Error::open(link.path, "resolve", e))?;
+            header.parent_unicode_name = absolute.display().to_string();
+            let relative = relative_windows_path(path, &absolute);
+            let absolute_w = absolute.display().to_string().replace('/', "\\");
+            for (slot, (code, text)) in [(*b"W2ru", relative), (*b"W2ku", absolute_w)].into_iter().enumerate() {
+                let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+                let space = (bytes.len() as u64).div_ceil(512).max(1) * 512;
+                header.parent_locators.push((
+                    slot,
+                    ParentLocator {
+                        platform_code: code,
+                        data_space: space as u32,
+                        data_length: bytes.len() as u32,
+                        data_offset: data_end,
+                    },
+                ));
+                locator_data.push((data_end, bytes));
+                data_end += space;
+            }
+        }
+        let file = ImageFile::create_new(path)?;
+        let footer_bytes = footer.encode();
+        let mut meta = vec![0u8; data_end as usize];
+        meta[..FOOTER_SIZE].copy_from_slice(&footer_bytes);
+        meta[FOOTER_SIZE..FOOTER_SIZE + HEADER_SIZE].copy_from_slice(&header.encode());
+        let bat = BlockAllocationTable::new(entries);
+        meta[table_offset as usize..][..table_bytes(entries) as usize].copy_from_slice(&bat.encode());
+        for (at, bytes) in &locator_data {
+            meta[*at as usize..][..bytes.len()].copy_from_slice(bytes);
+        }
+        file.write_all_at(0, &meta)?;
+        file.write_all_at(data_end, &footer_bytes)?;
+        let footer = Footer::parse(&footer_bytes, path, data_end)?;
+        let header = DynamicHeader::parse(&header.encode(), path, FOOTER_SIZE as u64)?;
+        let mut vhd = SparseVhd {
+            file,
+            footer,
+            header,
+            header_offset: FOOTER_SIZE as u64,
+            bat,
+            presence: RwLock::new(HashMap::new()),
+            parent: None,
+            parent_resolution: None,
+            locators: Vec::new(),
+            findings: Vec::new(),
+            data_end,
+            footers_current: true,
+        };
+        if let Some(link) = parent {
+            let opts = OpenOptions { strict: false, parent: Some(link.path.to_path_buf()), writable: false };
+            vhd.attach_parent(&opts, &mut vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())])?;
+        }
+        Ok(vhd)
+    }
+
+    /// The footer at the end of the file.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The dynamic disk header.
+    pub fn header(&self) -> &DynamicHeader {
+        &self.header
+    }
+
+    /// File offset of the dynamic disk header.
+    pub fn header_offset(&self) -> u64 {
+        self.header_offset
+    }
+
+    /// The block allocation table.
+    pub fn bat(&self) -> &BlockAllocationTable {
+        &self.bat
+    }
+
+    /// The parent, for a differencing image.
+    pub fn parent(&self) -> Option<&DiskImage> {
+        self.parent.as_deref()
+    }
+
+    /// How the parent was found.
+    pub fn parent_resolution(&self) -> Option<&ParentResolution> {
+        self.parent_resolution.as_ref()
+    }
+
+    /// The parent locators with their decoded paths (differencing images only).
+    pub fn locators(&self) -> &[DecodedLocator] {
+        &self.locators
+    }
+
+    /// Problems noticed while opening, in lenient mode.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// The image file.
+    pub fn file(&self) -> &ImageFile {
+        &self.file
+    }
+
+    /// Where the trailing footer starts.
+    pub fn data_end(&self) -> u64 {
+        self.data_end
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.header.block_size as u64
+    }
+
+    /// Sectors per block.
+    fn block_sectors(&self) -> u32 {
+        self.header.block_size / 512
+    }
+
+    /// Number of blocks the disk spans (may be fewer than BAT entries).
+    pub fn block_count(&self) -> u64 {
+        self.len().div_ceil(self.block_size())
+    }
+
+    /// The sector bitmap of `block`, or `None` when the block is not allocated.
+    pub fn block_bitmap(&self, block: u64) -> Result<Option<SectorBitmap>> {
+        let Some(sector) = self.bat.sector(block) else {
+            return Ok(None);
+        };
+        Ok(Some(match &*self.presence(block, sector)? {
+            Presence::All => SectorBitmap::full(self.block_sectors()),
+            Presence::Some(b) => b.clone(),
+        }))
+    }
+
+    /// Number of sectors of `block` stored in this file.
+    pub fn sectors_present(&self, block: u64) -> Result<u32> {
+        let Some(sector) = self.bat.sector(block) else {
+            return Ok(0);
+        };
+        Ok(match &*self.presence(block, sector)? {
+            Presence::All => self.block_sectors(),
+            Presence::Some(b) => b.count(),
+        })
+    }
+
+    /// The cached presence of an allocated block, loading its bitmap on first use.
+    fn presence(&self, block: u64, sector: u64) -> Result<Arc<Presence>> {
+        if let Some(p) = self.presence.read().map_err(|_| self.poisoned())?.get(&block) {
+            return Ok(p.clone());
+        }
+        let loaded = Arc::new(self.load_presence(block, sector)?);
+        self.presence
+            .write()
+            .map_err(|_| self.poisoned())?
+            .insert(block, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn poisoned(&self) -> Error {
+        Error::unsupported(self.file.path(), "bitmap cache lock poisoned by an earlier panic")
+    }
+
+    fn load_presence(&self, block: u64, sector: u64) -> Result<Presence> {
+        self.check_block_inside(block, sector)?;
+        let mut raw = vec![0u8; self.header.bitmap_size() as usize];
+        self.file.read_exact_at(sector * 512, &mut raw, "sector bitmap")?;
+        let bitmap = SectorBitmap::from_bytes(&raw, self.block_sectors());
+        Ok(if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) })
+    }
+
+    /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).
+    fn check_block_inside(&self, block: u64, sector: u64) -> Result<()> {
+        let end = sector * 512 + self.header.bitmap_size() + self.block_size();
+        if end > self.data_end {
+            return Err(Error::corrupt(
+                self.file.path(),
+                format!("BAT entry {block}"),
+                Space::File,
+                self.header.table_offset + 4 * block,
+                format!("block at sector {sector:#x} ends at {end:#x}, past the data end {:#x}", self.data_end),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads bytes that this file does not hold: zeros, or the parent's bytes.
+    fn read_absent(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match &self.parent {
+            None => buf.fill(0),
+            Some(p) => {
+                let have = p.len().saturating_sub(offset).min(buf.len() as u64) as usize;
+                if have > 0 {
+                    p.read_at(offset, &mut buf[..have])?;
+                }
+                buf[have..].fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `buf` from `block`, starting `within` bytes into it.
+    fn read_in_block(&self, block: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        let disk_offset = block * self.block_size() + within;
+        let Some(sector) = self.bat.sector(block) else {
+            return self.read_absent(disk_offset, buf);
+        };
+        let data_at = sector * 512 + self.header.bitmap_size();
+        match &*self.presence(block, sector)? {
+            Presence::All => self.file.read_exact_at(data_at + within, buf, "block data"),
+            Presence::Some(bitmap) => {
+                let end = within + buf.len() as u64;
+                let first = (within / 512) as u32;
+                let last = end.div_ceil(512) as u32;
+                for (s, e, present) in bitmap.runs(first, last) {
+                    let lo = (s as u64 * 512).max(within);
+                    let hi = (e as u64 * 512).min(end);
+                    let part = &mut buf[(lo - within) as usize..(hi - within) as usize];
+                    if present {
+                        self.file.read_exact_at(data_at + lo, part, "block data")?;
+                    } else {
+                        self.read_absent(block * self.block_size() + lo, part)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends a new block for `block` at the end of the file and points the BAT at it.
+    ///
+    /// The order survives a crash: the footer moves first, then the block is written, and
+    /// only then does the BAT entry make it visible.
+    fn allocate_block(&mut self, block: u64, content: Option<(&SectorBitmap, &[u8])>) -> Result<()> {
+        let start = self.data_end.div_ceil(512) * 512;
+        let sector = u32::try_from(start / 512)
+            .ok()
+            .filter(|&s| s != UNALLOCATED)
+            .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+        let bitmap_size = self.header.bitmap_size() as usize;
+        let new_end = start + bitmap_size as u64 + self.block_size();
+        self.write_footers(new_end)?;
+        match content {
+            Some((bitmap, data)) => {
+                self.file.write_all_at(start, &bitmap.encode(bitmap_size))?;
+                self.file.write_all_at(start + bitmap_size as u64, data)?;
+            }
+            None => self
+                .file
+                .write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
+        }
+        self.file
+            .write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
+        self.bat.set(block, sector);
+        let presence = match content {
+            Some((b, _)) if b.is_full() => Presence::All,
+            Some((b, _)) => Presence::Some(b.clone()),
+            None => Presence::Some(SectorBitmap::empty(self.block_sectors())),
+        };
+        self.presence_map().insert(block, Arc::new(presence));
+        self.data_end = new_end;
+        Ok(())
+    }
+
+    /// Writes the footer at `end` (and refreshes the copy at 0 if it was stale).
+    fn write_footers(&mut self, end: u64) -> Result<()> {
+        let bytes = self.footer.encode();
+        self.file.write_all_at(end, &bytes)?;
+        if !self.footers_current {
+            self.file.write_all_at(0, &bytes)?;
+            self.footers_current = true;
+        }
+        Ok(())
+    }
+
+    fn presence_map(&mut self) -> &mut HashMap<u64, Arc<Presence>> {
+        self.presence.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores a whole block with the given presence bits in one go (the compaction writer's
+    /// path). An allocated block is overwritten in place.
+    pub fn put_block(&mut self, block: u64, bitmap: &SectorBitmap, data: &[u8]) -> Result<()> {
+        if data.len() as u64 != self.block_size() || bitmap.sectors() != self.block_sectors() {
+            return Err(Error::Usage(format!("block {block}: buffer does not match the block size")));
+        }
+        self.require_writable()?;
+        match self.bat.sector(block) {
+            None => self.allocate_block(block, Some((bitmap, data))),
+            Some(sector) => {
+                self.check_block_inside(block, sector)?;
+                let at = sector * 512;
+                self.file.write_all_at(at + self.header.bitmap_size(), data)?;
+                self.file
+                    .write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
+                let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap.clone()) };
+                self.presence_map().insert(block, Arc::new(presence));
+                Ok(())
+            }
+        }
+    }
+
+    fn require_writable(&self) -> Result<()> {
+        if self.file.writable() {
+            Ok(())
+        } else {
+            Err(Error::unsupported(self.file.path(), "image opened read-only"))
+        }
+    }
+
+    /// Writes `data` into `block` at `within`, keeping sector bitmap semantics.
+    fn write_in_block(&mut self, block: u64, within: u64, data: &[u8]) -> Result<()> {
+        let bs = self.block_size();
+        if self.bat.sector(block).is_none() {
+            if within == 0 && data.len() as u64 == bs {
+                return self.allocate_block(block, Some((&SectorBitmap::full(self.block_sectors()), data)));
+            }
+            self.allocate_block(block, None)?;
+        }
+        let sector = self.bat.sector(block).ok_or_else(|| self.poisoned())?;
+        let end = within + data.len() as u64;
+        let aligned_start = within / 512 * 512;
+        let aligned_end = end.div_ceil(512) * 512;
+        let data_at = sector * 512 + self.header.bitmap_size();
+        if aligned_start == within && aligned_end == end {
+            self.file.write_all_at(data_at + within, data)?;
+        } else {
+            // Partial sectors keep their current content around the new bytes.
+            let mut buf = vec![0u8; (aligned_end - aligned_start) as usize];
+            let head = &mut buf[..512];
+            self.read_in_block(block, aligned_start, head)?;
+            let tail_at = buf.len() - 512;
+            self.read_in_block(block, aligned_end - 512, &mut buf[tail_at..])?;
+            buf[(within - aligned_start) as usize..][..data.len()].copy_from_slice(data);
+            self.file.write_all_at(data_at + aligned_start, &buf)?;
+        }
+        let first = (aligned_start / 512) as u32;
+        let last = (aligned_end / 512) as u32;
+        let current = self.presence(block, sector)?;
+        if let Presence::Some(bitmap) = &*current {
+            if bitmap.runs(first, last).iter().any(|r| !r.2) {
+                let mut bitmap = bitmap.clone();
+                bitmap.set_range(first, last, true);
+                self.file
+                    .write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
+                let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) };
+                self.presence_map().insert(block, Arc::new(presence));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for SparseVhd {
+    fn len(&self) -> u64 {
+        self.footer.current_size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
+        let bs = self.block_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let within = pos % bs;
+            let n = ((bs - within) as usize).min(buf.len() - done);
+            self.read_in_block(pos / bs, within, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn source(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+impl WritableDevice for SparseVhd {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.require_writable()?;
+        check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
+        let bs = self.block_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let within = pos % bs;
+            let n = ((bs - within) as usize).min(buf.len() - done);
+            self.write_in_block(pos / bs, within, &buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file.sync()
+    }
+}
+
+/// Rejects headers whose sizes cannot describe this file, before anything is allocated.
+fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_offset: u64, data_end: u64) -> Result<()> {
+    let bad = |field: &str, at: u64, problem: String| {
+        Err(Error::corrupt(path, format!("dynamic disk header {field}"), Space::File, header_offset + at, problem))
+    };
+    if h.block_size < 512 || h.block_size % 512 != 0 || h.block_size > MAX_BLOCK_SIZE {
+        return bad(
+            "block size",
+            32,
+            format!("{} bytes is not a multiple of 512 between 512 and {MAX_BLOCK_SIZE}", h.block_size),
+        );
+    }
+    if h.max_table_entries > MAX_ENTRIES {
+        return bad(
+            "max table entries",
+            28,
+            format!("{} entries exceed the limit of {MAX_ENTRIES}", h.max_table_entries),
+        );
+    }
+    let needed = footer.current_size.div_ceil(h.block_size as u64);
+    if (h.max_table_entries as u64) < needed {
+        return bad(
+            "max table entries",
+            28,
+            format!(
+                "{} entries, but a disk of {} bytes in {}-byte blocks needs {needed}",
+                h.max_table_entries, footer.current_size, h.block_size
+            ),
+        );
+    }
+    let table_end = h.table_offset.checked_add(table_bytes(h.max_table_entries));
+    if table_end.is_none_or(|end| end > data_end) {
+        return bad(
+            "table offset",
+            16,
+            format!("BAT at {:#x} of {} entries reaches past the data end {data_end:#x}", h.table_offset, h.max_table_entries),
+        );
+    }
+    Ok(())
+}
+
+/// Rejects sizes a new image cannot have.
+fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
+    if size == 0 || size % 512 != 0 || size > MAX_DISK_SIZE {
+        return Err(Error::unsupported(
+            path,
+            format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),
+        ));
+    }
+    if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::unsupported(
+            path,
+            format!("block size {block_size} must be a power of two between 512 and {MAX_BLOCK_SIZE}"),
+        ));
+    }
+    if size.div_ceil(block_size as u64) > MAX_ENTRIES as u64 {
+        return Err(Error::unsupported(
+            path,
+            format!("{size} bytes in {block_size}-byte blocks needs more than {MAX_ENTRIES} BAT entries"),
+        ));
+    }
+    Ok(())
+}
+
+/// 16 random bytes for a new image's UUID (a version 4 UUID).
+pub fn new_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        u = (nanos ^ (std::process::id() as u128) << 64).to_le_bytes();
+    }
+    u[6] = (u[6] & 0x0F) | 0x40;
+    u[8] = (u[8] & 0x3F) | 0x80;
+    u
+}
+
+/// A file's modification time in VHD seconds (0 when unknown).
+fn file_mtime_vhd(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs().saturating_sub(VHD_EPOCH_UNIX).min(u32::MAX as u64) as u32)
+}
+
+/// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
+/// `..\base\p.vhd`), as the W2ru locator stores it.
+fn relative_windows_path(child: &Path, target: &Path) -> String {
+    let child_dir = std::path::absolute(child)
+        .ok()
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let from: Vec<_> = child_dir.components().collect();
+    let to: Vec<_> = target.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec![".".into()];
+    parts.extend(std::iter::repeat_n("..".to_string(), from.len() - common));
+    parts.extend(to[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    if parts.len() > 1 && parts[1] == ".." {
+        parts.remove(0);
+    }
+    parts.join("\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_windows_style() {
+        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/b/p.vhd")), ".\\p.vhd");
+        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/c/p.vhd")), "..\\c\\p.vhd");
+    }
+
+    #[test]
+    fn new_uuids_are_version_4_and_differ() {
+        let (a, b) = (new_uuid(), new_uuid());
+        assert_ne!(a, b);
+        assert_eq!(a[6] >> 4, 4);
+    }
+}
