@@ -1,1 +1,5 @@
-fn main() {}
+//! Read-only inspection of VHD images (see `vhdkit::cli::inspect`).
+
+fn main() -> std::process::ExitCode {
+    vhdkit::cli::inspect::main()
+}

@@ -21,6 +21,9 @@ pub struct OpenOptions {
     pub parent: Option<PathBuf>,
     /// Open the top image for writing (parents are always read-only).
     pub writable: bool,
+    /// Open a differencing image whose parent cannot be found; reading a sector that lives
+    /// in the parent then fails with the error that lists the paths tried.
+    pub allow_missing_parent: bool,
 }
 
 /// An opened disk image of any kind.
@@ -111,6 +114,15 @@ impl DiskImage {
             DiskImage::Fixed(f) => f.findings().to_vec(),
             DiskImage::Sparse(s) => {
                 let mut all = s.findings().to_vec();
+                if let Some(tried) = s.missing_parent() {
+                    all.push(Finding::new(
+                        s.source(),
+                        "parent locators",
+                        Space::File,
+                        s.header_offset() + 576,
+                        format!("parent disk not found; tried {}", tried.join("; ")),
+                    ));
+                }
                 if let Some(p) = s.parent() {
                     all.extend(p.findings());
                 }

@@ -42,6 +42,8 @@ pub struct SparseVhd {
     bat: BlockAllocationTable,
     presence: RwLock<HashMap<u64, Arc<Presence>>>,
     parent: Option<Box<DiskImage>>,
+    /// Paths tried for a parent that could not be found (opened with `allow_missing_parent`).
+    missing_parent: Option<Vec<String>>,
     parent_resolution: Option<ParentResolution>,
     locators: Vec<DecodedLocator>,
     findings: Vec<Finding>,
@@ -151,6 +153,7 @@ impl SparseVhd {
             bat,
             presence: RwLock::new(HashMap::new()),
             parent: None,
+            missing_parent: None,
             parent_resolution: None,
             locators: Vec::new(),
             findings,
@@ -169,17 +172,23 @@ impl SparseVhd {
         let path = self.file.path().to_path_buf();
         self.locators = parent::decode_locators(&self.file, &self.header)?;
         let want = self.header.parent_uuid;
-        let (parent_path, via) = match &opts.parent {
-            Some(p) => {
-                parent::check_override(&path, &want, p)?;
-                (p.clone(), "--parent".to_string())
+        let found = match &opts.parent {
+            Some(p) => parent::check_override(&path, &want, p).map(|()| (p.clone(), "--parent".to_string())),
+            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators)),
+        };
+        let (parent_path, via) = match found {
+            Ok(found) => found,
+            Err(Error::ParentNotFound { tried, .. }) if opts.allow_missing_parent => {
+                self.missing_parent = Some(tried);
+                return Ok(());
             }
-            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators))?,
+            Err(e) => return Err(e),
         };
         let parent_opts = OpenOptions {
             strict: opts.strict,
             parent: None,
             writable: false,
+            allow_missing_parent: opts.allow_missing_parent,
         };
         let parent = DiskImage::open_in_chain(&parent_path, &parent_opts, chain)?;
         if parent.len() != self.len() {
@@ -276,6 +285,7 @@ impl SparseVhd {
             bat,
             presence: RwLock::new(HashMap::new()),
             parent: None,
+            missing_parent: None,
             parent_resolution: None,
             locators: Vec::new(),
             findings: Vec::new(),
@@ -283,7 +293,10 @@ impl SparseVhd {
             footers_current: true,
         };
         if let Some(link) = parent {
-            let opts = OpenOptions { strict: false, parent: Some(link.path.to_path_buf()), writable: false };
+            let opts = OpenOptions {
+                parent: Some(link.path.to_path_buf()),
+                ..OpenOptions::default()
+            };
             vhd.attach_parent(&opts, &mut vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())])?;
         }
         Ok(vhd)
@@ -312,6 +325,11 @@ impl SparseVhd {
     /// The parent, for a differencing image.
     pub fn parent(&self) -> Option<&DiskImage> {
         self.parent.as_deref()
+    }
+
+    /// The paths tried for a parent that was not found.
+    pub fn missing_parent(&self) -> Option<&[String]> {
+        self.missing_parent.as_deref()
     }
 
     /// How the parent was found.
@@ -418,6 +436,12 @@ impl SparseVhd {
 
     /// Reads bytes that this file does not hold: zeros, or the parent's bytes.
     fn read_absent(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if let Some(tried) = &self.missing_parent {
+            return Err(Error::ParentNotFound {
+                file: self.file.path().to_path_buf(),
+                tried: tried.clone(),
+            });
+        }
         match &self.parent {
             None => buf.fill(0),
             Some(p) => {

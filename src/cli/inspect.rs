@@ -1,0 +1,98 @@
+//! `vhdinspect`: read-only inspection of an image. It never opens anything for writing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::{emit, finish};
+use crate::error::Result;
+use crate::report;
+use crate::vhd::image::{DiskImage, OpenOptions};
+
+/// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
+#[derive(Parser, Debug)]
+#[command(name = "vhdinspect", version, about)]
+pub struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command that opens an image shares.
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    /// The image: raw, fixed, dynamic or differencing VHD.
+    pub image: PathBuf,
+    /// Parent of a differencing image, instead of the one its locators name.
+    #[arg(long, value_name = "PATH")]
+    pub parent: Option<PathBuf>,
+    /// Treat checksum mismatches and disagreeing footer copies as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl ImageArgs {
+    /// Opens the image read-only; `allow_missing_parent` lets metadata-only commands show a
+    /// differencing image whose parent is gone.
+    pub fn open(&self, allow_missing_parent: bool) -> Result<DiskImage> {
+        DiskImage::open(
+            &self.image,
+            &OpenOptions {
+                strict: self.strict,
+                parent: self.parent.clone(),
+                writable: false,
+                allow_missing_parent,
+            },
+        )
+    }
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Decode every structure: footer, dynamic header, BAT, parent locators, MBR/GPT, boot sectors.
+    Dump {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// List every allocated BAT entry with its sectors-present count.
+        #[arg(long)]
+        blocks: bool,
+        /// Show the raw sector bitmap of this block.
+        #[arg(long, value_name = "BLOCK")]
+        bitmap: Option<u64>,
+    },
+    /// Check structural consistency; exit 1 when any problem is found.
+    Check {
+        #[command(flatten)]
+        image: ImageArgs,
+    },
+}
+
+/// Runs `vhdinspect` with the process arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    finish("vhdinspect", run(cli))
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Dump { image, blocks, bitmap } => {
+            let img = image.open(true)?;
+            let r = report::dump::build(&img, report::dump::DumpOptions { blocks, bitmap })?;
+            emit(cli.json, &r, report::dump::render)?;
+            if let Some(e) = &r.disk_error {
+                eprintln!("vhdinspect: {e}");
+            }
+            Ok(r.disk_error.is_none())
+        }
+        Command::Check { image } => {
+            let img = image.open(true)?;
+            let r = report::check::build(&img)?;
+            emit(cli.json, &r, report::check::render)?;
+            Ok(r.clean)
+        }
+    }
+}

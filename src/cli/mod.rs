@@ -1,0 +1,35 @@
+//! Layer 6 (input half): argument parsing and the command runners behind the thin binaries in
+//! src/bin/.
+
+pub mod inspect;
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// What a command prints: a serde report, and how to render it as tables.
+pub fn emit<T: Serialize>(json: bool, report: &T, render: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| crate::Error::Usage(format!("cannot encode the report as JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
+/// Turns a command's outcome into the process exit code: 0 success, 1 for an error (printed
+/// as one line on stderr, prefixed with the tool's name) or for problems the command found.
+pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Reading a disk's partition table: bare volume, MBR with its EBR chain, or GPT.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::disk::boot_sector::identify;
+use crate::disk::gpt::{self, GptEntry, GptHeader};
+use crate::disk::mbr::{self, MbrEntry};
+use crate::disk::partition::{Partition, Scheme};
+use crate::error::{Result, Space};
+use crate::vhd::device::BlockDevice;
+use crate::vhd::finding::Finding;
+
+/// Most logical partitions followed in an EBR chain.
+pub const MAX_LOGICAL: usize = 256;
+
+/// One MBR or EBR table slot, raw and decoded.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableSlot {
+    /// Slot 0-3 of its sector.
+    pub slot: usize,
+    /// Disk offset of the 16 bytes.
+    pub offset: u64,
+    /// The 16 bytes in hex.
+    pub hex: String,
+    pub boot_indicator: u8,
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub type_name: &'static str,
+    pub first_chs: mbr::Chs,
+    pub last_chs: mbr::Chs,
+    pub start_lba: u32,
+    pub sectors: u32,
+}
+
+impl TableSlot {
+    fn new(entry: &MbrEntry, slot: usize, sector_lba: u64) -> Self {
+        TableSlot {
+            slot,
+            offset: sector_lba * 512 + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
+            hex: entry.hex(),
+            boot_indicator: entry.boot_indicator(),
+            kind: entry.kind(),
+            type_name: mbr::type_name(entry.kind()),
+            first_chs: entry.first_chs(),
+            last_chs: entry.last_chs(),
+            start_lba: entry.start_lba(),
+            sectors: entry.sectors(),
+        }
+    }
+}
+
+/// An extended boot record in the chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ebr {
+    pub lba: u64,
+    pub entries: Vec<TableSlot>,
+}
+
+/// The MBR as found on disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct MbrInfo {
+    pub disk_signature: String,
+    pub entries: Vec<TableSlot>,
+    pub ebrs: Vec<Ebr>,
+}
+
+/// The GPT as found on disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct GptInfo {
+    pub primary: Option<GptHeader>,
+    pub primary_entries_crc_valid: bool,
+    pub backup: Option<GptHeader>,
+    pub backup_entries_crc_valid: bool,
+    /// Which copy the partitions were taken from: "primary" or "backup".
+    pub used: &'static str,
+}
+
+/// Everything the partition layer knows about a disk.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DiskLayout {
+    /// "mbr", "gpt", "volume" (a bare volume boot sector) or "none".
+    pub scheme: &'static str,
+    pub mbr: Option<MbrInfo>,
+    pub gpt: Option<GptInfo>,
+    pub partitions: Vec<Partition>,
+    pub findings: Vec<Finding>,
+}
+
+impl DiskLayout {
+    /// Reads the partition table of `disk`.
+    pub fn read<D: BlockDevice + ?Sized>(disk: &D) -> Result<Self> {
+        let mut layout = DiskLayout {
+            scheme: "none",
+            ..DiskLayout::default()
+        };
+        if disk.len() < 512 {
+            return Ok(layout);
+        }
+        let mut sector0 = [0u8; 512];
+        disk.read_at(0, &mut sector0)?;
+        if let Some(fs) = identify(&sector0) {
+            layout.scheme = "volume";
+            layout.partitions.push(Partition {
+                index: 1,
+                scheme: Scheme::None,
+                kind: fs.name().to_string(),
+                type_name: format!("{} volume", fs.name()),
+                bootable: false,
+                start_lba: 0,
+                sectors: disk.len() / 512,
+                logical: false,
+                name: None,
+                unique_guid: None,
+                entry_offset: None,
+                ebr_lba: None,
+            });
+            return Ok(layout);
+        }
+        let has_mbr = sector0[510..512] == [0x55, 0xAA];
+        let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&sector0, i)).collect();
+        let protective = has_mbr && entries.iter().any(|e| e.kind() == 0xEE);
+        if has_mbr {
+            layout.mbr = Some(MbrInfo {
+                disk_signature: format!(
+                    "{:08X}",
+                    u32::from_le_bytes(sector0[mbr::DISK_SIGNATURE_OFFSET..][..4].try_into().unwrap_or([0; 4]))
+                ),
+                entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, 0)).collect(),
+                ebrs: Vec::new(),
+            });
+        }
+        if protective || !has_mbr {
+            if layout.read_gpt(disk)? {
+                return Ok(layout);
+            }
+            if !has_mbr {
+                return Ok(layout);
+            }
+        }
+        layout.scheme = "mbr";
+        layout.read_mbr(disk, &entries)?;
+        layout.check_bounds(disk);
+        Ok(layout)
+    }
+
+    fn finding(&mut self, file: &Path, structure: impl Into<String>, offset: u64, problem: impl Into<String>) {
+        self.findings.push(Finding::new(file, structure, Space::Disk, offset, problem));
+    }
+
+    /// Primary partitions and the EBR chain of the extended one.
+    fn read_mbr<D: BlockDevice + ?Sized>(&mut self, disk: &D, entries: &[MbrEntry]) -> Result<()> {
+        let mut extended = None;
+        for (slot, e) in entries.iter().enumerate() {
+            if e.is_empty() {
+                continue;
+            }
+            if e.is_extended() {
+                if extended.is_none() {
+                    extended = Some(e.start_lba() as u64);
+                }
+                continue;
+            }
+            self.partitions.push(mbr_partition(e, slot as u32 + 1, e.start_lba() as u64, 0, None));
+        }
+        if let Some(ext_start) = extended {
+            self.read_ebr_chain(disk, ext_start)?;
+        }
+        Ok(())
+    }
+
+    /// Follows the EBR chain, guarding against loops and runaway chains.
+    fn read_ebr_chain<D: BlockDevice + ?Sized>(&mut self, disk: &D, ext_start: u64) -> Result<()> {
+        let disk_sectors = disk.len() / 512;
+        let mut seen = HashSet::new();
+        let mut ebr_lba = ext_start;
+        let mut ebrs = Vec::new();
+        for index in 5..5 + MAX_LOGICAL as u32 {
+            if ebr_lba >= disk_sectors {
+                self.finding(disk.source(), "EBR", ebr_lba * 512, "lies past the end of the disk");
+                break;
+            }
+            if !seen.insert(ebr_lba) {
+                self.finding(disk.source(), "EBR chain", ebr_lba * 512, "loops back to an EBR already read");
+                break;
+            }
+            let mut sector = [0u8; 512];
+            disk.read_at(ebr_lba * 512, &mut sector)?;
+            if sector[510..512] != [0x55, 0xAA] {
+                self.finding(disk.source(), "EBR", ebr_lba * 512, "has no 55AA signature");
+                break;
+            }
+            let here = MbrEntry::from_sector(&sector, 0);
+            let next = MbrEntry::from_sector(&sector, 1);
+            ebrs.push(Ebr {
+                lba: ebr_lba,
+                entries: (0..4)
+                    .map(|i| TableSlot::new(&MbrEntry::from_sector(&sector, i), i, ebr_lba))
+                    .filter(|s| s.kind != 0 || s.sectors != 0)
+                    .collect(),
+            });
+            if !here.is_empty() {
+                self.partitions.push(mbr_partition(&here, index, ebr_lba + here.start_lba() as u64, ebr_lba, Some(ebr_lba)));
+            }
+            if next.is_empty() {
+                break;
+            }
+            ebr_lba = ext_start + next.start_lba() as u64;
+        }
+        if let Some(m) = self.mbr.as_mut() {
+            m.ebrs = ebrs;
+        }
+        Ok(())
+    }
+
+    /// Reads the GPT (primary, else backup). Returns false when neither copy is usable.
+    fn read_gpt<D: BlockDevice + ?Sized>(&mut self, disk: &D) -> Result<bool> {
+        let disk_sectors = disk.len() / 512;
+        let mut sector = [0u8; 512];
+        disk.read_at(512, &mut sector)?;
+        let primary = GptHeader::parse(&sector);
+        let primary_entries = match &primary {
+            Some(h) => self.gpt_entries(disk, h, "primary")?,
+            None => None,
+        };
+        let backup_lba = primary.as_ref().map_or(disk_sectors.saturating_sub(1), |h| h.backup_lba);
+        let backup = if backup_lba > 1 && backup_lba < disk_sectors {
+            disk.read_at(backup_lba * 512, &mut sector)?;
+            GptHeader::parse(&sector)
+        } else {
+            None
+        };
+        let backup_entries = match &backup {
+            Some(h) => self.gpt_entries(disk, h, "backup")?,
+            None => None,
+        };
+        if primary.is_none() && backup.is_none() {
+            return Ok(false);
+        }
+        let d = disk.source();
+        match (&primary, &backup) {
+            (Some(_), None) => self.finding(d, "GPT backup header", backup_lba * 512, "missing or unreadable"),
+            (None, Some(_)) => self.finding(d, "GPT header", 512, "missing; partitions taken from the backup"),
+            (Some(p), Some(b)) if p.entries_crc != b.entries_crc => self.finding(
+                d,
+                "GPT backup header",
+                backup_lba * 512,
+                "its entry array CRC differs from the primary's",
+            ),
+            _ => {}
+        }
+        let primary_ok = primary.as_ref().is_some_and(GptHeader::header_crc_valid) && primary_entries.is_some();
+        let (used, entries) = if primary_ok {
+            ("primary", primary_entries.clone().unwrap_or_default())
+        } else if backup.as_ref().is_some_and(GptHeader::header_crc_valid) && backup_entries.is_some() {
+            ("backup", backup_entries.clone().unwrap_or_default())
+        } else {
+            ("primary", primary_entries.clone().or(backup_entries.clone()).unwrap_or_default())
+        };
+        self.scheme = "gpt";
+        self.gpt = Some(GptInfo {
+            primary_entries_crc_valid: primary_entries.is_some(),
+            backup_entries_crc_valid: backup_entries.is_some(),
+            primary,
+            backup,
+            used,
+        });
+        let entry_base = self.gpt.as_ref().and_then(|g| if used == "primary" { g.primary.as_ref() } else { g.backup.as_ref() });
+        let (array_at, entry_size) = entry_base.map_or((1024, 128), |h| (h.entries_lba * 512, h.entry_size as u64));
+        for e in entries {
+            let sectors = (e.last_lba + 1).saturating_sub(e.first_lba);
+            self.partitions.push(Partition {
+                index: e.index,
+                scheme: Scheme::Gpt,
+                kind: gpt::guid_text(&e.type_guid),
+                type_name: gpt::type_name(&e.type_guid).to_string(),
+                bootable: e.attributes & 0x4 != 0,
+                start_lba: e.first_lba,
+                sectors,
+                logical: false,
+                name: Some(e.name.clone()),
+                unique_guid: Some(gpt::guid_text(&e.unique_guid)),
+                entry_offset: Some(array_at + (e.index as u64 - 1) * entry_size),
+                ebr_lba: None,
+            });
+        }
+        self.check_bounds(disk);
+        Ok(true)
+    }
+
+    /// Reads and CRC-checks the entry array `h` points at; `None` (with a finding) if it
+    /// cannot be trusted.
+    fn gpt_entries<D: BlockDevice + ?Sized>(&mut self, disk: &D, h: &GptHeader, which: &str) -> Result<Option<Vec<GptEntry>>> {
+        let d = disk.source();
+        let at = h.current_lba * 512;
+        if !h.header_crc_valid() {
+            self.finding(
+                d,
+                format!("GPT {which} header"),
+                at,
+                format!("CRC32 {:#010x} stored, {:#010x} computed", h.header_crc, h.computed_header_crc),
+            );
+        }
+        let Some(bytes) = h.entry_array_bytes() else {
+            self.finding(
+                d,
+                format!("GPT {which} header"),
+                at + 80,
+                format!("{} entries of {} bytes is not a sane entry array", h.entry_count, h.entry_size),
+            );
+            return Ok(None);
+        };
+        let array_at = h.entries_lba.saturating_mul(512);
+        if array_at.checked_add(bytes).is_none_or(|end| end > disk.len()) {
+            self.finding(d, format!("GPT {which} header"), at + 72, "entry array lies past the end of the disk");
+            return Ok(None);
+        }
+        let mut array = vec![0u8; bytes as usize];
+        disk.read_at(array_at, &mut array)?;
+        let crc = crc32fast::hash(&array);
+        if crc != h.entries_crc {
+            self.finding(
+                d,
+                format!("GPT {which} entry array"),
+                array_at,
+                format!("CRC32 {:#010x} stored, {crc:#010x} computed", h.entries_crc),
+            );
+            return Ok(None);
+        }
+        Ok(Some(gpt::parse_entries(&array, h.entry_size)))
+    }
+
+    /// Partitions that reach past the disk or overlap each other.
+    fn check_bounds<D: BlockDevice + ?Sized>(&mut self, disk: &D) {
+        let d = disk.source();
+        let parts = self.partitions.clone();
+        for p in &parts {
+            if p.end() > disk.len() {
+                self.finding(
+                    d,
+                    format!("partition {} entry", p.index),
+                    p.entry_offset.unwrap_or(0),
+                    format!("ends at {:#x}, past the end of the disk ({:#x})", p.end(), disk.len()),
+                );
+            }
+        }
+        let mut sorted: Vec<&Partition> = parts.iter().filter(|p| p.sectors > 0).collect();
+        sorted.sort_by_key(|p| p.start_lba);
+        for w in sorted.windows(2) {
+            if w[1].start() < w[0].end() {
+                self.finding(
+                    d,
+                    format!("partition {} entry", w[1].index),
+                    w[1].entry_offset.unwrap_or(0),
+                    format!("overlaps partition {}", w[0].index),
+                );
+            }
+        }
+    }
+
+    /// The partition with Linux index `index`.
+    pub fn partition(&self, index: u32) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.index == index)
+    }
+}
+
+/// A partition from an MBR or EBR entry whose start is `start_lba` (already made absolute).
+fn mbr_partition(e: &MbrEntry, index: u32, start_lba: u64, table_lba: u64, ebr_lba: Option<u64>) -> Partition {
+    let slot_offset = table_lba * 512 + mbr::TABLE_OFFSET as u64;
+    Partition {
+        index,
+        scheme: Scheme::Mbr,
+        kind: format!("{:#04x}", e.kind()),
+        type_name: mbr::type_name(e.kind()).to_string(),
+        bootable: e.bootable(),
+        start_lba,
+        sectors: e.sectors() as u64,
+        logical: ebr_lba.is_some(),
+        name: None,
+        unique_guid: None,
+        entry_offset: Some(if ebr_lba.is_some() {
+            slot_offset
+        } else {
+            slot_offset + (index as u64 - 1) * mbr::ENTRY_SIZE as u64
+        }),
+        ebr_lba,
+    }
+}

@@ -1,0 +1,179 @@
+//! The master boot record and the extended boot records of logical partitions.
+
+use serde::Serialize;
+
+/// Offset of the partition table in an MBR or EBR sector.
+pub const TABLE_OFFSET: usize = 446;
+/// Size of one partition entry.
+pub const ENTRY_SIZE: usize = 16;
+/// Offset of the 32-bit disk signature in the MBR.
+pub const DISK_SIGNATURE_OFFSET: usize = 440;
+/// Most CHS values an MBR entry can express: cylinder 1023, head 254, sector 63.
+pub const CHS_MAX: Chs = Chs { cylinder: 1023, head: 254, sector: 63 };
+
+/// A cylinder/head/sector address as the 3-byte MBR encoding holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Chs {
+    pub cylinder: u16,
+    pub head: u8,
+    pub sector: u8,
+}
+
+impl Chs {
+    /// Decodes head, sector (+ cylinder bits 8-9), cylinder bits 0-7.
+    pub fn decode(b: [u8; 3]) -> Self {
+        Chs {
+            head: b[0],
+            sector: b[1] & 0x3F,
+            cylinder: ((b[1] as u16 & 0xC0) << 2) | b[2] as u16,
+        }
+    }
+
+    /// Encodes to the 3-byte form.
+    pub fn encode(self) -> [u8; 3] {
+        [
+            self.head,
+            (self.sector & 0x3F) | ((self.cylinder >> 2) & 0xC0) as u8,
+            self.cylinder as u8,
+        ]
+    }
+
+    /// The CHS address of `lba` on a disk with `heads` heads and `spt` sectors per track,
+    /// clamped to 1023/254/63 as Windows writes addresses it cannot express.
+    pub fn from_lba(lba: u64, heads: u8, spt: u8) -> Self {
+        let (heads, spt) = (heads.max(1) as u64, spt.max(1) as u64);
+        let cylinder = lba / (heads * spt);
+        if cylinder > CHS_MAX.cylinder as u64 {
+            return CHS_MAX;
+        }
+        Chs {
+            cylinder: cylinder as u16,
+            head: ((lba / spt) % heads) as u8,
+            sector: (lba % spt + 1) as u8,
+        }
+    }
+}
+
+/// One 16-byte partition entry of an MBR or EBR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MbrEntry {
+    pub raw: [u8; ENTRY_SIZE],
+}
+
+impl MbrEntry {
+    /// The entry at slot `i` (0-3) of a boot sector.
+    pub fn from_sector(sector: &[u8], i: usize) -> Self {
+        let mut raw = [0u8; ENTRY_SIZE];
+        raw.copy_from_slice(&sector[TABLE_OFFSET + i * ENTRY_SIZE..][..ENTRY_SIZE]);
+        MbrEntry { raw }
+    }
+
+    /// Boot indicator byte (0x80 = active).
+    pub fn boot_indicator(&self) -> u8 {
+        self.raw[0]
+    }
+
+    /// Whether the partition is marked active.
+    pub fn bootable(&self) -> bool {
+        self.raw[0] == 0x80
+    }
+
+    /// CHS address of the first sector.
+    pub fn first_chs(&self) -> Chs {
+        Chs::decode([self.raw[1], self.raw[2], self.raw[3]])
+    }
+
+    /// Partition type byte.
+    pub fn kind(&self) -> u8 {
+        self.raw[4]
+    }
+
+    /// CHS address of the last sector.
+    pub fn last_chs(&self) -> Chs {
+        Chs::decode([self.raw[5], self.raw[6], self.raw[7]])
+    }
+
+    /// First sector, relative to what the table's kind says (disk, EBR or extended start).
+    pub fn start_lba(&self) -> u32 {
+        u32::from_le_bytes([self.raw[8], self.raw[9], self.raw[10], self.raw[11]])
+    }
+
+    /// Number of sectors.
+    pub fn sectors(&self) -> u32 {
+        u32::from_le_bytes([self.raw[12], self.raw[13], self.raw[14], self.raw[15]])
+    }
+
+    /// Whether the slot is unused.
+    pub fn is_empty(&self) -> bool {
+        self.kind() == 0 || self.sectors() == 0
+    }
+
+    /// Whether this entry describes an extended partition (a chain of EBRs).
+    pub fn is_extended(&self) -> bool {
+        matches!(self.kind(), 0x05 | 0x0F | 0x85)
+    }
+
+    /// The entry with a new start, length and CHS addresses for the given disk geometry.
+    pub fn relocated(&self, start_lba: u32, sectors: u32, heads: u8, spt: u8) -> Self {
+        let mut raw = self.raw;
+        raw[1..4].copy_from_slice(&Chs::from_lba(start_lba as u64, heads, spt).encode());
+        let last = (start_lba as u64 + sectors as u64).saturating_sub(1);
+        raw[5..8].copy_from_slice(&Chs::from_lba(last, heads, spt).encode());
+        raw[8..12].copy_from_slice(&start_lba.to_le_bytes());
+        raw[12..16].copy_from_slice(&sectors.to_le_bytes());
+        MbrEntry { raw }
+    }
+
+    /// The 16 bytes as spaced hex, `80 01 01 00 07 ...`.
+    pub fn hex(&self) -> String {
+        self.raw.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// A human name for an MBR partition type byte.
+pub fn type_name(kind: u8) -> &'static str {
+    match kind {
+        0x01 => "FAT12",
+        0x04 | 0x06 | 0x0E => "FAT16",
+        0x05 | 0x0F | 0x85 => "extended",
+        0x07 => "NTFS/exFAT",
+        0x0B | 0x0C => "FAT32",
+        0x27 => "Windows recovery",
+        0x42 => "Windows dynamic",
+        0x82 => "Linux swap",
+        0x83 => "Linux",
+        0x8E => "Linux LVM",
+        0xEE => "GPT protective",
+        0xEF => "EFI system",
+        0xFD => "Linux RAID",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_xp_style_entry() {
+        // 80 01 01 00 07 FE FF FF 3F 00 00 00 B5 98 70 02: active NTFS at sector 63.
+        let raw = [0x80, 0x01, 0x01, 0x00, 0x07, 0xFE, 0xFF, 0xFF, 0x3F, 0, 0, 0, 0xB5, 0x98, 0x70, 0x02];
+        let e = MbrEntry { raw };
+        assert!(e.bootable());
+        assert_eq!(e.kind(), 7);
+        assert_eq!(e.start_lba(), 63);
+        assert_eq!(e.sectors(), 0x027098B5);
+        assert_eq!(e.first_chs(), Chs { cylinder: 0, head: 1, sector: 1 });
+        assert_eq!(e.last_chs(), Chs { cylinder: 1023, head: 254, sector: 63 });
+        assert_eq!(e.hex(), "80 01 01 00 07 FE FF FF 3F 00 00 00 B5 98 70 02");
+    }
+
+    #[test]
+    fn chs_from_lba_matches_windows_and_clamps() {
+        assert_eq!(Chs::from_lba(63, 255, 63), Chs { cylinder: 0, head: 1, sector: 1 });
+        assert_eq!(Chs::from_lba(2048, 255, 63), Chs { cylinder: 0, head: 32, sector: 33 });
+        assert_eq!(Chs::from_lba(1 << 30, 255, 63), CHS_MAX);
+        let c = Chs { cylinder: 1023, head: 254, sector: 63 };
+        assert_eq!(Chs::decode(c.encode()), c);
+    }
+}

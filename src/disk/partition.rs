@@ -1,0 +1,119 @@
+//! A partition: its table entry, and a byte-range view of the disk that reads like a device.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Result, Space};
+use crate::vhd::device::{BlockDevice, check_range};
+
+/// Which table a partition comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// A primary or logical MBR partition.
+    Mbr,
+    /// A GPT entry.
+    Gpt,
+    /// No table: the disk starts with a volume boot sector and is one volume.
+    None,
+}
+
+/// One partition of the disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct Partition {
+    /// 1-based as Linux numbers them: primaries 1-4, logicals from 5, GPT entries from 1.
+    pub index: u32,
+    pub scheme: Scheme,
+    /// `0x07`-style MBR type byte, or the GPT type GUID.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub type_name: String,
+    pub bootable: bool,
+    pub start_lba: u64,
+    pub sectors: u64,
+    /// Whether this is a logical partition inside an extended one.
+    pub logical: bool,
+    /// GPT partition name.
+    pub name: Option<String>,
+    /// GPT unique partition GUID.
+    pub unique_guid: Option<String>,
+    /// Disk offset of the table entry that describes the partition (None for a bare volume).
+    pub entry_offset: Option<u64>,
+    /// For a logical partition, the LBA of the EBR whose first entry describes it.
+    pub ebr_lba: Option<u64>,
+}
+
+impl Partition {
+    /// Byte offset of the first sector.
+    pub fn start(&self) -> u64 {
+        self.start_lba * 512
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.sectors * 512
+    }
+
+    /// Whether the partition has no sectors.
+    pub fn is_empty(&self) -> bool {
+        self.sectors == 0
+    }
+
+    /// Byte offset just past the last sector.
+    pub fn end(&self) -> u64 {
+        self.start() + self.len()
+    }
+}
+
+/// A window of a device, readable as a device of its own.
+pub struct PartitionView<D> {
+    device: D,
+    start: u64,
+    len: u64,
+    index: u32,
+}
+
+impl<D: BlockDevice> PartitionView<D> {
+    /// The bytes of `partition` on `device`, clamped to the device's end.
+    pub fn new(device: D, partition: &Partition) -> Self {
+        let start = partition.start().min(device.len());
+        let len = partition.len().min(device.len() - start);
+        PartitionView {
+            device,
+            start,
+            len,
+            index: partition.index,
+        }
+    }
+
+    /// Disk offset where the view begins.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The partition's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The device underneath.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for PartitionView<D> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(self.device.source(), Space::Partition(self.index), offset, buf.len(), self.len)?;
+        self.device.read_at(self.start + offset, buf)
+    }
+
+    fn source(&self) -> &Path {
+        self.device.source()
+    }
+}

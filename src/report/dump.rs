@@ -1,0 +1,552 @@
+//! The `vhdinspect dump` report: every structure of the container and the disk, decoded, with
+//! raw bytes where a person diagnosing an image needs them.
+
+use serde::Serialize;
+
+use crate::disk::layout::{DiskLayout, TableSlot};
+use crate::disk::volume::{self, VolumeInfo};
+use crate::disk::Partition;
+use crate::error::Result;
+use crate::report::table::{Section, human_bytes};
+use crate::vhd::bat::table_bytes;
+use crate::vhd::device::BlockDevice;
+use crate::vhd::finding::Finding;
+use crate::vhd::footer::{Footer, uuid_text, vhd_timestamp_text};
+use crate::vhd::geometry::Geometry;
+use crate::vhd::image::DiskImage;
+use crate::vhd::parent::DecodedLocator;
+use crate::vhd::sparse::SparseVhd;
+
+/// The decoded footer.
+#[derive(Serialize)]
+pub struct FooterReport {
+    pub offset: u64,
+    pub features: u32,
+    pub format_version: String,
+    pub data_offset: String,
+    pub timestamp: u32,
+    pub timestamp_utc: String,
+    pub creator_app: String,
+    pub creator_version: String,
+    pub creator_host_os: String,
+    pub original_size: u64,
+    pub current_size: u64,
+    pub geometry: Geometry,
+    pub disk_type: &'static str,
+    pub checksum: String,
+    pub checksum_computed: String,
+    pub checksum_valid: bool,
+    pub uuid: String,
+    pub saved_state: bool,
+    pub hex: String,
+}
+
+impl FooterReport {
+    fn new(f: &Footer, offset: u64) -> Self {
+        FooterReport {
+            offset,
+            features: f.features,
+            format_version: format!("{}.{}", f.format_version >> 16, f.format_version & 0xFFFF),
+            data_offset: format!("{:#x}", f.data_offset),
+            timestamp: f.timestamp,
+            timestamp_utc: vhd_timestamp_text(f.timestamp),
+            creator_app: f.creator_app_text(),
+            creator_version: format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xFFFF),
+            creator_host_os: f.creator_host_os_text(),
+            original_size: f.original_size,
+            current_size: f.current_size,
+            geometry: f.geometry,
+            disk_type: f.disk_type.name(),
+            checksum: format!("{:#010x}", f.checksum),
+            checksum_computed: format!("{:#010x}", f.computed_checksum()),
+            checksum_valid: f.checksum_valid(),
+            uuid: uuid_text(&f.uuid),
+            saved_state: f.saved_state != 0,
+            hex: hex::encode(&f.raw()[..]),
+        }
+    }
+}
+
+/// The three sizes a VHD states, and whether they agree.
+#[derive(Serialize)]
+pub struct SizesReport {
+    /// Footer current_size: the disk length vhdkit (and Windows, Azure) use.
+    pub current_size: u64,
+    /// Cylinders x heads x sectors x 512.
+    pub chs_size: u64,
+    /// BAT entries x block size (dynamic and differencing only).
+    pub bat_size: Option<u64>,
+    /// The size qemu would report: CHS for creator `vpc `/`qemu`, else current_size.
+    pub qemu_size: u64,
+    pub creator_app: String,
+    /// Whether current_size is a whole number of MiB (Azure requires it).
+    pub whole_mib: bool,
+    /// Each disagreement in words.
+    pub notes: Vec<String>,
+}
+
+impl SizesReport {
+    fn new(f: &Footer, sparse: Option<&SparseVhd>) -> Self {
+        let chs_size = f.geometry.capacity();
+        let bat_size = sparse.map(|s| s.header().max_table_entries as u64 * s.block_size());
+        let qemu_size = if f.size_from_chs_in_qemu() { chs_size } else { f.current_size };
+        let mut notes = Vec::new();
+        if chs_size != f.current_size {
+            notes.push(format!(
+                "CHS geometry covers {chs_size} bytes, current_size is {} ({} the spec's geometry for that size)",
+                f.current_size,
+                if Geometry::for_size(f.current_size) == f.geometry { "which is" } else { "which is not" }
+            ));
+        }
+        if qemu_size != f.current_size {
+            notes.push(format!("qemu reads {qemu_size} bytes (from CHS, creator {:?})", f.creator_app_text()));
+        }
+        if let Some(b) = bat_size.filter(|&b| b < f.current_size) {
+            notes.push(format!("the BAT covers only {b} bytes"));
+        }
+        if f.original_size != f.current_size {
+            notes.push(format!("original_size {} differs (the disk was resized)", f.original_size));
+        }
+        SizesReport {
+            current_size: f.current_size,
+            chs_size,
+            bat_size,
+            qemu_size,
+            creator_app: f.creator_app_text(),
+            whole_mib: f.current_size % (1 << 20) == 0,
+            notes,
+        }
+    }
+}
+
+/// The decoded dynamic disk header.
+#[derive(Serialize)]
+pub struct HeaderReport {
+    pub offset: u64,
+    pub data_offset: String,
+    pub table_offset: u64,
+    pub header_version: String,
+    pub max_table_entries: u32,
+    pub block_size: u32,
+    pub bitmap_size: u64,
+    pub checksum: String,
+    pub checksum_computed: String,
+    pub checksum_valid: bool,
+    pub parent_uuid: Option<String>,
+    pub parent_timestamp: Option<String>,
+    pub parent_unicode_name: Option<String>,
+    pub parent_locators: Vec<DecodedLocator>,
+}
+
+/// How the parent was resolved (`path` null for images without one).
+#[derive(Serialize)]
+pub struct ParentReport {
+    pub path: Option<String>,
+    pub resolved_by: Option<String>,
+    pub format: Option<&'static str>,
+}
+
+/// One BAT entry with its block's presence count.
+#[derive(Serialize)]
+pub struct BlockEntry {
+    pub index: u64,
+    pub sector: u64,
+    pub file_offset: u64,
+    pub sectors_present: u32,
+}
+
+/// The block allocation table.
+#[derive(Serialize)]
+pub struct BatReport {
+    pub offset: u64,
+    pub entries: u32,
+    pub table_bytes: u64,
+    pub disk_blocks: u64,
+    pub allocated_blocks: u64,
+    /// Every allocated entry (with `--blocks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<BlockEntry>>,
+    /// The raw sector bitmap of one block (with `--bitmap N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<BitmapReport>,
+}
+
+/// One block's sector bitmap in hex.
+#[derive(Serialize)]
+pub struct BitmapReport {
+    pub block: u64,
+    pub allocated: bool,
+    pub sectors_present: u32,
+    pub hex: String,
+}
+
+/// The whole dump.
+#[derive(Serialize)]
+pub struct DumpReport {
+    pub file: String,
+    pub format: &'static str,
+    pub disk_size: u64,
+    pub chain: Vec<String>,
+    pub footer: Option<FooterReport>,
+    pub sizes: Option<SizesReport>,
+    pub dynamic_header: Option<HeaderReport>,
+    pub parent: ParentReport,
+    pub bat: Option<BatReport>,
+    pub partition_table: DiskLayout,
+    pub partitions: Vec<Partition>,
+    pub volumes: Vec<VolumeInfo>,
+    pub findings: Vec<Finding>,
+    /// Why the disk's contents (partition table, boot sectors) could not be read, if so.
+    pub disk_error: Option<String>,
+}
+
+/// What `dump` should include beyond the default.
+#[derive(Clone, Copy, Default)]
+pub struct DumpOptions {
+    pub blocks: bool,
+    pub bitmap: Option<u64>,
+}
+
+/// Builds the dump of an opened image.
+pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
+    let sparse = image.as_sparse();
+    let footer_offset = match image {
+        DiskImage::Raw(_) => 0,
+        DiskImage::Fixed(f) => f.footer_offset(),
+        DiskImage::Sparse(s) => s.data_end(),
+    };
+    let contents = DiskLayout::read(image).and_then(|layout| {
+        let volumes = layout
+            .partitions
+            .iter()
+            .map(|p| volume::probe(image, p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((layout, volumes))
+    });
+    let (layout, volumes, disk_error) = match contents {
+        Ok((layout, volumes)) => (layout, volumes, None),
+        Err(e) => (DiskLayout::default(), Vec::new(), Some(e.to_string())),
+    };
+    let mut findings = image.findings();
+    findings.extend(layout.findings.iter().cloned());
+    Ok(DumpReport {
+        file: image.source().display().to_string(),
+        format: image.format(),
+        disk_size: image.len(),
+        chain: image.chain().iter().map(|p| p.display().to_string()).collect(),
+        footer: image.footer().map(|f| FooterReport::new(f, footer_offset)),
+        sizes: image.footer().map(|f| SizesReport::new(f, sparse)),
+        dynamic_header: sparse.map(header_report),
+        parent: ParentReport {
+            path: sparse.and_then(|s| s.parent_resolution()).map(|r| r.path.clone()),
+            resolved_by: sparse.and_then(|s| s.parent_resolution()).map(|r| r.resolved_by.clone()),
+            format: sparse.and_then(|s| s.parent()).map(DiskImage::format),
+        },
+        bat: sparse.map(|s| bat_report(s, opts)).transpose()?,
+        partitions: layout.partitions.clone(),
+        partition_table: layout,
+        volumes,
+        findings,
+        disk_error,
+    })
+}
+
+fn header_report(s: &SparseVhd) -> HeaderReport {
+    let h = s.header();
+    let differencing = s.parent().is_some() || h.parent_uuid != [0; 16];
+    HeaderReport {
+        offset: s.header_offset(),
+        data_offset: format!("{:#x}", h.data_offset),
+        table_offset: h.table_offset,
+        header_version: format!("{}.{}", h.header_version >> 16, h.header_version & 0xFFFF),
+        max_table_entries: h.max_table_entries,
+        block_size: h.block_size,
+        bitmap_size: h.bitmap_size(),
+        checksum: format!("{:#010x}", h.checksum),
+        checksum_computed: format!("{:#010x}", h.computed_checksum()),
+        checksum_valid: h.checksum_valid(),
+        parent_uuid: differencing.then(|| uuid_text(&h.parent_uuid)),
+        parent_timestamp: differencing.then(|| vhd_timestamp_text(h.parent_timestamp)),
+        parent_unicode_name: differencing.then(|| h.parent_unicode_name.clone()),
+        parent_locators: s.locators().to_vec(),
+    }
+}
+
+fn bat_report(s: &SparseVhd, opts: DumpOptions) -> Result<BatReport> {
+    let h = s.header();
+    let blocks = if opts.blocks {
+        Some(
+            s.bat()
+                .allocated()
+                .map(|(index, sector)| {
+                    Ok(BlockEntry {
+                        index,
+                        sector,
+                        file_offset: sector * 512,
+                        sectors_present: s.sectors_present(index)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        )
+    } else {
+        None
+    };
+    let bitmap = opts
+        .bitmap
+        .map(|block| -> Result<BitmapReport> {
+            let bm = s.block_bitmap(block)?;
+            Ok(BitmapReport {
+                block,
+                allocated: bm.is_some(),
+                sectors_present: bm.as_ref().map_or(0, |b| b.count()),
+                hex: bm.map(|b| hex::encode(b.encode(0))).unwrap_or_default(),
+            })
+        })
+        .transpose()?;
+    Ok(BatReport {
+        offset: h.table_offset,
+        entries: h.max_table_entries,
+        table_bytes: table_bytes(h.max_table_entries),
+        disk_blocks: s.block_count(),
+        allocated_blocks: s.bat().allocated_count(),
+        blocks,
+        bitmap,
+    })
+}
+
+fn slot_rows(section: &mut Section, label: &str, slots: &[TableSlot]) {
+    for s in slots {
+        section.row(vec![
+            format!("{label}({})", s.slot),
+            s.hex.clone(),
+            format!(
+                "{}type {:#04x} {} start {} sectors {} CHS {}/{}/{}-{}/{}/{}",
+                if s.boot_indicator == 0x80 { "active " } else { "" },
+                s.kind,
+                s.type_name,
+                s.start_lba,
+                s.sectors,
+                s.first_chs.cylinder,
+                s.first_chs.head,
+                s.first_chs.sector,
+                s.last_chs.cylinder,
+                s.last_chs.head,
+                s.last_chs.sector
+            ),
+        ]);
+    }
+}
+
+/// Renders the dump as readable tables.
+pub fn render(r: &DumpReport) -> String {
+    let mut out = Vec::new();
+    let mut s = Section::key_value("Image");
+    s.kv("file", &r.file);
+    s.kv("format", r.format);
+    s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
+    if r.chain.len() > 1 {
+        s.kv("chain", r.chain.join(" -> "));
+    }
+    out.push(s.render());
+    if let Some(f) = &r.footer {
+        let mut s = Section::key_value(&format!("VHD footer (file offset {:#x})", f.offset));
+        s.kv("disk type", f.disk_type);
+        s.kv("current size", format!("{} ({})", f.current_size, human_bytes(f.current_size)));
+        s.kv("original size", f.original_size.to_string());
+        s.kv(
+            "geometry (C/H/S)",
+            format!("{}/{}/{}", f.geometry.cylinders, f.geometry.heads, f.geometry.sectors_per_track),
+        );
+        s.kv("creator", format!("{:?} {} on {:?}", f.creator_app, f.creator_version, f.creator_host_os));
+        s.kv("timestamp", format!("{} ({})", f.timestamp_utc, f.timestamp));
+        s.kv("data offset", &f.data_offset);
+        s.kv("features / version", format!("{:#x} / {}", f.features, f.format_version));
+        s.kv("uuid", &f.uuid);
+        s.kv("saved state", f.saved_state.to_string());
+        s.kv(
+            "checksum",
+            format!("{} ({})", f.checksum, if f.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", f.checksum_computed) }),
+        );
+        out.push(s.render());
+    }
+    if let Some(z) = &r.sizes {
+        let mut s = Section::key_value("Sizes");
+        s.kv("current_size", z.current_size.to_string());
+        s.kv("CHS product", z.chs_size.to_string());
+        if let Some(b) = z.bat_size {
+            s.kv("BAT x block size", b.to_string());
+        }
+        s.kv("qemu would read", z.qemu_size.to_string());
+        s.kv("whole MiB (Azure)", z.whole_mib.to_string());
+        for n in &z.notes {
+            s.kv("note", n);
+        }
+        out.push(s.render());
+    }
+    if let Some(h) = &r.dynamic_header {
+        let mut s = Section::key_value(&format!("Dynamic disk header (file offset {:#x})", h.offset));
+        s.kv("table offset", format!("{:#x}", h.table_offset));
+        s.kv("max table entries", h.max_table_entries.to_string());
+        s.kv("block size", format!("{} ({})", h.block_size, human_bytes(h.block_size as u64)));
+        s.kv("bitmap size", h.bitmap_size.to_string());
+        s.kv("version", &h.header_version);
+        s.kv(
+            "checksum",
+            format!("{} ({})", h.checksum, if h.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", h.checksum_computed) }),
+        );
+        if let Some(u) = &h.parent_uuid {
+            s.kv("parent uuid", u);
+            s.kv("parent timestamp", h.parent_timestamp.clone().unwrap_or_default());
+            s.kv("parent name", h.parent_unicode_name.clone().unwrap_or_default());
+        }
+        out.push(s.render());
+        if !h.parent_locators.is_empty() {
+            let mut s = Section::table("Parent locators", &["slot", "platform", "length", "space", "data offset", "path"]);
+            for l in &h.parent_locators {
+                s.row(vec![
+                    l.slot.to_string(),
+                    l.platform_code.clone(),
+                    l.data_length.to_string(),
+                    l.data_space.to_string(),
+                    format!("{:#x}", l.data_offset),
+                    l.path.clone().unwrap_or_else(|| "(alias record)".into()),
+                ]);
+            }
+            out.push(s.render());
+        }
+    }
+    if let Some(p) = &r.parent.path {
+        let mut s = Section::key_value("Parent");
+        s.kv("path", p);
+        s.kv("resolved by", r.parent.resolved_by.clone().unwrap_or_default());
+        s.kv("format", r.parent.format.unwrap_or_default());
+        out.push(s.render());
+    }
+    if let Some(b) = &r.bat {
+        let mut s = Section::key_value(&format!("Block allocation table (file offset {:#x})", b.offset));
+        s.kv("entries", format!("{} ({} bytes)", b.entries, b.table_bytes));
+        s.kv("disk blocks", b.disk_blocks.to_string());
+        s.kv("allocated", b.allocated_blocks.to_string());
+        out.push(s.render());
+        if let Some(blocks) = &b.blocks {
+            let mut s = Section::table("Allocated blocks", &["block", "sector", "file offset", "sectors present"]);
+            for e in blocks {
+                s.row(vec![e.index.to_string(), format!("{:#x}", e.sector), format!("{:#x}", e.file_offset), e.sectors_present.to_string()]);
+            }
+            out.push(s.render());
+        }
+        if let Some(bm) = &b.bitmap {
+            let mut s = Section::key_value(&format!("Sector bitmap of block {}", bm.block));
+            s.kv("allocated", bm.allocated.to_string());
+            s.kv("sectors present", bm.sectors_present.to_string());
+            for (i, chunk) in bm.hex.as_bytes().chunks(64).enumerate() {
+                s.kv(&format!("{:#06x}", i * 32), String::from_utf8_lossy(chunk));
+            }
+            out.push(s.render());
+        }
+    }
+    if let Some(e) = &r.disk_error {
+        let mut s = Section::key_value("Disk contents");
+        s.kv("unreadable", e);
+        out.push(s.render());
+    }
+    let t = &r.partition_table;
+    if let Some(m) = &t.mbr {
+        let mut s = Section::table(&format!("MBR (disk signature {})", m.disk_signature), &["entry", "raw", "decoded"]);
+        slot_rows(&mut s, "Index", &m.entries);
+        for e in &m.ebrs {
+            slot_rows(&mut s, &format!("EBR@{}", e.lba), &e.entries);
+        }
+        out.push(s.render());
+    }
+    if let Some(g) = &t.gpt {
+        let mut s = Section::key_value(&format!("GPT (using the {} copy)", g.used));
+        for (name, h, ok) in [("primary", &g.primary, g.primary_entries_crc_valid), ("backup", &g.backup, g.backup_entries_crc_valid)] {
+            match h {
+                Some(h) => s.kv(
+                    name,
+                    format!(
+                        "LBA {} disk {} entries {}x{} at LBA {}, header CRC {}, entries CRC {}",
+                        h.current_lba,
+                        h.disk_guid,
+                        h.entry_count,
+                        h.entry_size,
+                        h.entries_lba,
+                        if h.header_crc_valid() { "valid" } else { "INVALID" },
+                        if ok { "valid" } else { "INVALID" }
+                    ),
+                ),
+                None => s.kv(name, "missing"),
+            }
+        }
+        out.push(s.render());
+    }
+    let mut s = Section::table(&format!("Partitions ({})", t.scheme), &["#", "type", "name", "boot", "start LBA", "sectors", "size"]);
+    for p in &r.partitions {
+        s.row(vec![
+            format!("{}{}", p.index, if p.logical { " (logical)" } else { "" }),
+            format!("{} {}", p.kind, p.type_name),
+            p.name.clone().unwrap_or_default(),
+            if p.bootable { "*".into() } else { String::new() },
+            p.start_lba.to_string(),
+            p.sectors.to_string(),
+            human_bytes(p.len()),
+        ]);
+    }
+    out.push(s.render());
+    for v in &r.volumes {
+        let mut s = Section::key_value(&format!("Volume boot sector of partition {}", v.partition));
+        s.kv("file system", v.detected.unwrap_or("unrecognised"));
+        if let Some(n) = &v.ntfs {
+            s.kv("OEM ID", format!("{:?}", n.oem_id));
+            s.kv("bytes/sector, sectors/cluster", format!("{}, {} (cluster {})", n.bytes_per_sector, n.sectors_per_cluster, n.cluster_size));
+            s.kv("hidden sectors", n.hidden_sectors.to_string());
+            s.kv("total sectors", n.total_sectors.to_string());
+            s.kv("MFT / MFT mirror LCN", format!("{} / {}", n.mft_lcn, n.mft_mirror_lcn));
+            s.kv("file / index record size", format!("{} / {}", n.file_record_size, n.index_record_size));
+            s.kv("serial number", &n.serial_number);
+            s.kv(
+                "backup boot sector",
+                format!(
+                    "{:?} at partition offset {:#x}",
+                    v.backup_boot_sector.unwrap_or(volume::BackupState::Missing),
+                    v.backup_boot_sector_offset.unwrap_or(0)
+                )
+                .to_lowercase(),
+            );
+        } else {
+            if let Some(c) = v.cluster_size {
+                s.kv("cluster size", c.to_string());
+            }
+            if let Some(h) = v.hidden_sectors {
+                s.kv("hidden sectors", h.to_string());
+            }
+        }
+        if let Some(p) = &v.problem {
+            s.kv("problem", p);
+        }
+        if !v.boot_sector_hex.is_empty() {
+            s.kv("bytes 0x00-0x4f", spaced_hex(&v.boot_sector_hex[..160]));
+        }
+        out.push(s.render());
+    }
+    if !r.findings.is_empty() {
+        let mut s = Section::table("Findings", &["structure", "offset", "problem"]);
+        for f in &r.findings {
+            s.row(vec![f.structure.clone(), format!("{} {:#x}", f.space, f.offset), f.problem.clone()]);
+        }
+        out.push(s.render());
+    }
+    out.join("\n")
+}
+
+fn spaced_hex(h: &str) -> String {
+    h.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_uppercase())
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|l| l.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,6 @@
+//! Layer 6 (output half): each command's report as a serde structure (the `--json` output,
+//! documented in docs/json.md) and its rendering as readable tables.
+
+pub mod check;
+pub mod dump;
+pub mod table;
