@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test corpus: small disk images made with sfdisk, mkntfs, ntfs-3g and qemu-img,
-# stored compressed beside a manifest (manifest.json) of what each holds.
+# stored gzip-compressed (gzip is on every Debian system, so `make demo` needs nothing more) beside a manifest (manifest.json) of what each holds.
 #
-# Needs root (ntfs-3g mounts through FUSE) and: qemu-img sfdisk mkntfs ntfs-3g setfattr xz
-# python3. Run it as `make corpus`. Output: corpus/*.vhd.xz, corpus/manifest.json.
+# Needs root (ntfs-3g mounts through FUSE) and: qemu-img sfdisk mkntfs ntfs-3g setfattr gzip
+# python3. Run it as `make corpus`. Output: corpus/*.vhd.gz, corpus/manifest.json.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +12,7 @@ rm -rf "$work"
 mkdir -p "$work/mnt"
 cd "$work"
 
-for tool in qemu-img sfdisk mkntfs ntfs-3g setfattr xz python3; do
+for tool in qemu-img sfdisk mkntfs ntfs-3g setfattr gzip python3; do
   command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing" >&2; exit 1; }
 done
 
@@ -149,7 +149,7 @@ pattern "tail-data" 500000 | dd of=nofs.raw bs=512 seek=28000 conv=notrunc statu
 qemu-img convert -q -f raw -O vpc -o subformat=dynamic,force_size=on nofs.raw nofs-dynamic.vhd
 
 for img in xp-fixed aligned-dynamic logical-dynamic gpt-dynamic nofs-dynamic; do
-  xz -9 -T1 -c "$img.vhd" > "$here/$img.vhd.xz"
+  gzip -9 -n -c "$img.vhd" > "$here/$img.vhd.gz"
 done
 
 python3 - "$here" <<'PY'
@@ -190,4 +190,4 @@ with open(os.path.join(here, "manifest.json"), "w") as f:
     json.dump({"generator": "corpus/build.sh", "images": images}, f, indent=2)
     f.write("\n")
 PY
-echo "corpus: built $(ls "$here"/*.vhd.xz | wc -l) images"
+echo "corpus: built $(ls "$here"/*.vhd.gz | wc -l) images"

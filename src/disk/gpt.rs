@@ -126,7 +126,7 @@ impl GptHeader {
     /// Bytes of the entry array, if the sizes are sane.
     pub fn entry_array_bytes(&self) -> Option<u64> {
         let bytes = self.entry_count as u64 * self.entry_size as u64;
-        (self.entry_size >= 128 && self.entry_size % 8 == 0 && bytes <= MAX_ENTRY_ARRAY).then_some(bytes)
+        (self.entry_size >= 128 && self.entry_size.is_multiple_of(8) && bytes <= MAX_ENTRY_ARRAY).then_some(bytes)
     }
 }
 

@@ -218,6 +218,9 @@ impl DiskLayout {
     /// Reads the GPT (primary, else backup). Returns false when neither copy is usable.
     fn read_gpt<D: BlockDevice + ?Sized>(&mut self, disk: &D) -> Result<bool> {
         let disk_sectors = disk.len() / 512;
+        if disk_sectors < 2 {
+            return Ok(false);
+        }
         let mut sector = [0u8; 512];
         disk.read_at(512, &mut sector)?;
         let primary = GptHeader::parse(&sector);

@@ -113,7 +113,7 @@ impl SizesReport {
             bat_size,
             qemu_size,
             creator_app: f.creator_app_text(),
-            whole_mib: f.current_size % (1 << 20) == 0,
+            whole_mib: f.current_size.is_multiple_of(1 << 20),
             notes,
         }
     }

@@ -129,8 +129,8 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
     extents.sort();
     let mut reach: Option<(u64, &str)> = None;
     for (start, end, name, at) in &extents {
-        if let Some((prev_end, prev)) = reach {
-            if *start < prev_end {
+        if let Some((prev_end, prev)) = reach
+            && *start < prev_end {
                 out.push(Finding::new(
                     path,
                     if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
@@ -139,7 +139,6 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
                     format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
                 ));
             }
-        }
         if reach.is_none_or(|(e, _)| *end > e) {
             reach = Some((*end, name));
         }

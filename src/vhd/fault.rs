@@ -17,10 +17,9 @@ static WRITES: AtomicU64 = AtomicU64::new(0);
 /// Called before every write; aborts the process when the armed write count is reached.
 pub fn before_write() {
     let limit = LIMIT.get_or_init(|| std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()));
-    if let Some(limit) = *limit {
-        if WRITES.fetch_add(1, Ordering::SeqCst) >= limit {
+    if let Some(limit) = *limit
+        && WRITES.fetch_add(1, Ordering::SeqCst) >= limit {
             eprintln!("{FAULT_ENV}: aborting before write {}", limit + 1);
             std::process::abort();
         }
-    }
 }

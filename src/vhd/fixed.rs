@@ -77,7 +77,7 @@ impl FixedVhd {
 
     /// Creates a fixed image of `size` bytes at `path`, which must not exist.
     pub fn create(path: &Path, size: u64, fill: Fill) -> Result<Self> {
-        if size == 0 || size % 512 != 0 || size > MAX_DISK_SIZE {
+        if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
             return Err(Error::unsupported(
                 path,
                 format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),

@@ -43,7 +43,7 @@ impl Geometry {
         } else {
             let mut s = 17;
             let mut cth = total / s;
-            let mut h = ((cth + 1023) / 1024).max(4);
+            let mut h = cth.div_ceil(1024).max(4);
             if cth >= h * 1024 || h > 16 {
                 s = 31;
                 h = 16;

@@ -31,10 +31,10 @@ pub struct OpenOptions {
 pub enum DiskImage {
     /// A file without a VHD footer: its bytes are the disk.
     Raw(RawImage),
-    /// A fixed VHD.
-    Fixed(FixedVhd),
+    /// A fixed VHD (boxed, like `Sparse`: the decoded footer keeps its 512 raw bytes).
+    Fixed(Box<FixedVhd>),
     /// A dynamic or differencing VHD.
-    Sparse(SparseVhd),
+    Sparse(Box<SparseVhd>),
 }
 
 impl DiskImage {
@@ -64,9 +64,9 @@ impl DiskImage {
         match find_footer(&file, len)? {
             None => Ok(DiskImage::Raw(RawImage::new(file, len))),
             Some((footer, at)) => match footer.disk_type {
-                DiskType::Fixed => Ok(DiskImage::Fixed(FixedVhd::open(file, footer, at, opts.strict)?)),
+                DiskType::Fixed => Ok(DiskImage::Fixed(Box::new(FixedVhd::open(file, footer, at, opts.strict)?))),
                 DiskType::Dynamic | DiskType::Differencing => {
-                    Ok(DiskImage::Sparse(SparseVhd::open(file, footer, at, opts, chain)?))
+                    Ok(DiskImage::Sparse(Box::new(SparseVhd::open(file, footer, at, opts, chain)?)))
                 }
             },
         }

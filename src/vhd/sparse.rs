@@ -592,8 +592,8 @@ impl SparseVhd {
         let first = (aligned_start / 512) as u32;
         let last = (aligned_end / 512) as u32;
         let current = self.presence(block, sector)?;
-        if let Presence::Some(bitmap) = &*current {
-            if bitmap.runs(first, last).iter().any(|r| !r.2) {
+        if let Presence::Some(bitmap) = &*current
+            && bitmap.runs(first, last).iter().any(|r| !r.2) {
                 let mut bitmap = bitmap.clone();
                 bitmap.set_range(first, last, true);
                 self.file
@@ -601,7 +601,6 @@ impl SparseVhd {
                 let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) };
                 self.presence_map().insert(block, Arc::new(presence));
             }
-        }
         Ok(())
     }
 }
@@ -656,7 +655,7 @@ fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_off
     let bad = |field: &str, at: u64, problem: String| {
         Err(Error::corrupt(path, format!("dynamic disk header {field}"), Space::File, header_offset + at, problem))
     };
-    if h.block_size < 512 || h.block_size % 512 != 0 || h.block_size > MAX_BLOCK_SIZE {
+    if h.block_size < 512 || !h.block_size.is_multiple_of(512) || h.block_size > MAX_BLOCK_SIZE {
         return bad(
             "block size",
             32,
@@ -694,7 +693,7 @@ fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_off
 
 /// Rejects sizes a new image cannot have.
 fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
-    if size == 0 || size % 512 != 0 || size > MAX_DISK_SIZE {
+    if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
         return Err(Error::unsupported(
             path,
             format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),

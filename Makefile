@@ -1,0 +1,54 @@
+# vhdkit: build, test, demo, bench, install, corpus.
+#   make demo   runs the main job on a bundled image (needs only cargo)
+#   make test   installs the test tools when missing (as root), then runs the whole suite
+
+CARGO ?= cargo
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk attr xz-utils
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind hivexget hivexregedit sfdisk setfattr xz gzip
+DEMO_IMAGE := target/demo/xp-fixed.vhd
+
+.PHONY: build test tools lint demo bench install corpus clean
+
+build:
+	$(CARGO) build --release
+
+# Installs the external tools the tests cross-check against, or says how to.
+tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing test tools (missing:$$missing)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing test tools:$$missing"; \
+	    echo "run as root: apt-get install -y $(TEST_PACKAGES)"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: tools lint
+	$(CARGO) test
+
+$(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
+	mkdir -p $(dir $@)
+	gzip -dc $< > $@
+
+demo: $(DEMO_IMAGE)
+	$(CARGO) run --release --quiet --bin vhdinspect -- dump $(DEMO_IMAGE)
+
+bench: build tools
+	python3 bench/run.py
+
+install:
+	$(CARGO) install --path .
+
+corpus:
+	corpus/build.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf corpus/build
