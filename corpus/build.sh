@@ -90,13 +90,17 @@ populate_rich() {
   mkdir "$m/compressed"
   setfattr -h -v 0x00000800 -n system.ntfs_attrib_be "$m/compressed"
   pattern compressible 200000 > "$m/compressed/squeezed.txt"
-  # Fragmentation: fill with small files, delete every other one, then write into the holes.
+  # Fragmentation: small files, a ballast file taking all other free space, then every other
+  # small file deleted: the holes are the only free space, so the next file gets one run per
+  # hole, too many for one MFT record ($ATTRIBUTE_LIST and extension records).
   mkdir "$m/filler"
   for i in $(seq 1 700); do pattern "filler$i" 8192 > "$m/filler/f$i"; done
+  dd if=/dev/zero of="$m/ballast" bs=64k status=none 2>/dev/null || true
   sync
   for i in $(seq 1 2 700); do rm "$m/filler/f$i"; done
   sync
   pattern fragmented 2400000 > "$m/docs/fragmented.bin"
+  rm "$m/ballast"
   # Stale data: written, then deleted; the clusters are free but not zero.
   for i in 1 2 3; do pattern "STALE-DELETED-$i" 1048576 > "$m/stale$i.tmp"; done
   sync

@@ -3,13 +3,17 @@
 //! Layers, each depending only on the ones above it:
 //! 1. [`vhd`]: container formats behind one `BlockDevice` trait.
 //! 2. [`disk`]: MBR and GPT partition tables; a partition is a byte-range view of a device.
+//! 3. [`ntfs`]: NTFS volumes read without mounting: files, paths, streams, cluster owners.
+//! 4. [`map`]: the correlation index: sector <-> cluster <-> VHD block <-> file.
 //! 6. [`cli`] and [`report`]: argument parsing, JSON and table output; the binaries are thin.
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod map;
 pub mod report;
 pub mod cli;
 pub mod disk;
+pub mod ntfs;
 pub mod vhd;
 
 pub use error::{Error, Result, Space};

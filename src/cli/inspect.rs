@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cli::{emit, finish};
 use crate::error::Result;
+use crate::map::ImageMap;
 use crate::report;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
@@ -69,6 +70,17 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// List every file and directory of the NTFS volumes (one entry per hard link).
+    Files {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Only this partition (Linux numbering: primaries 1-4, logicals from 5).
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
+        /// Add every stream's and attribute's data runs.
+        #[arg(long)]
+        runs: bool,
+    },
 }
 
 /// Runs `vhdinspect` with the process arguments.
@@ -87,6 +99,14 @@ fn run(cli: Cli) -> Result<bool> {
                 eprintln!("vhdinspect: {e}");
             }
             Ok(r.disk_error.is_none())
+        }
+        Command::Files { image, partition, runs } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, partition)?;
+            map.require_readable()?;
+            let r = report::files::build(&map, runs);
+            emit(cli.json, &r, report::files::render)?;
+            Ok(true)
         }
         Command::Check { image } => {
             let img = image.open(true)?;

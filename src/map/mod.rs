@@ -1,0 +1,121 @@
+//! Layer 4: the correlation index of a whole image: sector <-> cluster <-> VHD block <-> file.
+//!
+//! [`ImageMap`] holds the partition layout and, for each NTFS partition, its [`NtfsIndex`]
+//! (or why it could not be built).
+
+use crate::disk::boot_sector::{FsKind, identify};
+use crate::disk::{DiskLayout, Partition, PartitionView};
+use crate::error::{Error, Result};
+use crate::ntfs::NtfsIndex;
+use crate::ntfs::reader::contain_panic;
+use crate::vhd::device::BlockDevice;
+use crate::vhd::image::DiskImage;
+
+/// What vhdkit knows about one partition's contents.
+#[derive(Debug)]
+pub enum Contents {
+    /// An NTFS volume, indexed.
+    Ntfs(Box<NtfsIndex>),
+    /// An NTFS boot sector, but the volume could not be read: everything in it is kept.
+    Unreadable(String),
+    /// Not NTFS (or not selected): only its zero blocks may be dropped.
+    Other,
+}
+
+/// One partition and its contents.
+#[derive(Debug)]
+pub struct PartitionMap {
+    pub partition: Partition,
+    pub contents: Contents,
+}
+
+impl PartitionMap {
+    /// The NTFS index, if the partition is a readable NTFS volume.
+    pub fn ntfs(&self) -> Option<&NtfsIndex> {
+        match &self.contents {
+            Contents::Ntfs(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// The image with its layout and per-partition indexes.
+pub struct ImageMap<'a> {
+    pub image: &'a DiskImage,
+    pub layout: DiskLayout,
+    pub partitions: Vec<PartitionMap>,
+}
+
+impl<'a> ImageMap<'a> {
+    /// Reads the partition table and indexes every NTFS partition (or only `only`).
+    pub fn build(image: &'a DiskImage, only: Option<u32>) -> Result<Self> {
+        let layout = DiskLayout::read(image)?;
+        if let Some(n) = only {
+            if layout.partition(n).is_none() {
+                let known: Vec<String> = layout.partitions.iter().map(|p| p.index.to_string()).collect();
+                return Err(Error::Usage(format!(
+                    "{}: no partition {n} (partitions: {})",
+                    image.source().display(),
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )));
+            }
+        }
+        let partitions = layout
+            .partitions
+            .iter()
+            .map(|p| {
+                let contents = if only.is_some_and(|n| n != p.index) {
+                    Contents::Other
+                } else {
+                    index_partition(image, p)?
+                };
+                Ok(PartitionMap { partition: p.clone(), contents })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ImageMap { image, layout, partitions })
+    }
+
+    /// The NTFS partitions that were indexed.
+    pub fn ntfs(&self) -> impl Iterator<Item = (&Partition, &NtfsIndex)> {
+        self.partitions.iter().filter_map(|p| p.ntfs().map(|i| (&p.partition, i)))
+    }
+
+    /// NTFS partitions that could not be read, with why.
+    pub fn unreadable(&self) -> impl Iterator<Item = (&Partition, &str)> {
+        self.partitions.iter().filter_map(|p| match &p.contents {
+            Contents::Unreadable(why) => Some((&p.partition, why.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Fails with the first unreadable NTFS partition's error, for commands that need them all.
+    pub fn require_readable(&self) -> Result<()> {
+        match self.unreadable().next() {
+            Some((p, why)) => Err(Error::unsupported(
+                self.image.source(),
+                format!("partition {}: NTFS volume unreadable: {why}", p.index),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Indexes `p` if its boot sector says NTFS. A read error of the disk itself (not of the
+/// volume's structures) is still an error.
+fn index_partition(image: &DiskImage, p: &Partition) -> Result<Contents> {
+    let view = PartitionView::new(image, p);
+    if view.len() < 512 {
+        return Ok(Contents::Other);
+    }
+    let mut boot = [0u8; 512];
+    view.read_at(0, &mut boot)?;
+    if identify(&boot) != Some(FsKind::Ntfs) {
+        return Ok(Contents::Other);
+    }
+    match contain_panic(|| NtfsIndex::build(&view, p.index)) {
+        Ok(Ok(index)) => Ok(Contents::Ntfs(Box::new(index))),
+        Ok(Err(e @ (Error::Io { .. } | Error::ParentNotFound { .. }))) => Err(e),
+        Ok(Err(e)) => Ok(Contents::Unreadable(e.to_string())),
+        Err(panic) => Ok(Contents::Unreadable(format!("internal error while indexing: {panic}"))),
+    }
+}

@@ -1,0 +1,403 @@
+//! The master file table: where its records are (its own `$DATA` runs, followed through its
+//! attribute list when it has one), and the parallel pass that reads every record.
+//!
+//! The pass splits the MFT's runs into 1 MiB chunks; each rayon worker reads its chunk with one
+//! positional read and parses the records in it. This replaces one `Ntfs::file` call per
+//! record, each of which re-walks `$MFT`'s runs.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::disk::boot_sector::NtfsBootSector;
+use crate::error::{Error, Result, Space};
+use crate::ntfs::record::{
+    self, AttributeBody, FileName, FileRecord, ListEntry, Slot, attr_type, parse_attribute_list,
+};
+use crate::ntfs::runs::Run;
+use crate::ntfs::stream::read_runs;
+use crate::vhd::device::BlockDevice;
+
+/// Bytes of MFT read per worker task.
+const CHUNK_BYTES: u64 = 1 << 20;
+/// Largest non-resident attribute list read (Windows keeps them far smaller).
+pub const MAX_ATTRIBUTE_LIST: u64 = 16 << 20;
+
+/// A record that could not be used, with where it is.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordProblem {
+    pub record: u64,
+    /// Partition offset of the bad structure.
+    pub offset: u64,
+    pub problem: String,
+}
+
+/// One attribute extent as the bulk pass keeps it (resident values are dropped, except the few
+/// the index needs).
+#[derive(Clone, Debug)]
+pub struct Extent {
+    pub ty: u32,
+    pub name: String,
+    pub flags: u16,
+    pub resident: bool,
+    pub lowest_vcn: u64,
+    /// For a resident attribute, its value length; otherwise the header's size fields.
+    pub data_size: u64,
+    pub allocated_size: u64,
+    pub initialized_size: u64,
+    pub runs: Vec<Run>,
+}
+
+/// What the index needs from one in-use record.
+#[derive(Clone, Debug)]
+pub struct RecordSummary {
+    pub number: u64,
+    pub sequence: u16,
+    pub flags: u16,
+    pub base: Option<u64>,
+    pub names: Vec<FileName>,
+    /// `$STANDARD_INFORMATION` file attributes.
+    pub file_attributes: Option<u32>,
+    pub extents: Vec<Extent>,
+    /// Entries of a resident attribute list.
+    pub list: Vec<ListEntry>,
+    /// `$VOLUME_INFORMATION` (major, minor, flags), in `$Volume`.
+    pub volume_information: Option<(u8, u8, u16)>,
+    /// `$VOLUME_NAME`, in `$Volume`.
+    pub volume_name: Option<String>,
+}
+
+impl RecordSummary {
+    /// Keeps what the index needs of a parsed record.
+    pub fn from_record(number: u64, r: FileRecord) -> Self {
+        let mut s = RecordSummary {
+            number,
+            sequence: r.sequence,
+            flags: r.flags,
+            base: r.base.filter(|&b| b != number),
+            names: Vec::new(),
+            file_attributes: None,
+            extents: Vec::with_capacity(r.attributes.len()),
+            list: Vec::new(),
+            volume_information: None,
+            volume_name: None,
+        };
+        for a in r.attributes {
+            let (resident, lowest_vcn, data_size, allocated_size, initialized_size, runs) = match &a.body {
+                AttributeBody::Resident { value } => {
+                    match a.ty {
+                        attr_type::FILE_NAME => s.names.extend(FileName::parse(value)),
+                        attr_type::STANDARD_INFORMATION if value.len() >= 36 => {
+                            s.file_attributes = Some(u32::from_le_bytes([value[32], value[33], value[34], value[35]]));
+                        }
+                        attr_type::ATTRIBUTE_LIST => s.list = parse_attribute_list(value).0,
+                        attr_type::VOLUME_INFORMATION if value.len() >= 12 => {
+                            s.volume_information = Some((value[8], value[9], u16::from_le_bytes([value[10], value[11]])));
+                        }
+                        attr_type::VOLUME_NAME => {
+                            let units: Vec<u16> = value.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                            s.volume_name = Some(String::from_utf16_lossy(&units));
+                        }
+                        _ => {}
+                    }
+                    let n = value.len() as u64;
+                    (true, 0, n, n, n, Vec::new())
+                }
+                AttributeBody::NonResident(nr) => (
+                    false,
+                    nr.lowest_vcn,
+                    nr.data_size,
+                    nr.allocated_size,
+                    nr.initialized_size,
+                    nr.runs.clone(),
+                ),
+            };
+            s.extents.push(Extent {
+                ty: a.ty,
+                name: a.name,
+                flags: a.flags,
+                resident,
+                lowest_vcn,
+                data_size,
+                allocated_size,
+                initialized_size,
+                runs,
+            });
+        }
+        s
+    }
+}
+
+/// Where the MFT's records are.
+#[derive(Clone, Debug)]
+pub struct MftLayout {
+    pub record_size: u64,
+    pub cluster_size: u64,
+    pub total_clusters: u64,
+    /// The MFT's `$DATA` runs, VCN order, extents from every record merged.
+    pub runs: Vec<Run>,
+    /// Number of record slots the MFT holds.
+    pub record_count: u64,
+    /// The attribute list entries of `$MFT`, if it has one.
+    pub attribute_list: Vec<ListEntry>,
+}
+
+impl MftLayout {
+    /// Partition byte ranges `(offset, length)` holding MFT bytes `[start, start + len)`, or
+    /// `None` where a run does not map them (sparse or past the runs).
+    pub fn pieces(&self, start: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut at = start;
+        let end = start.checked_add(len)?;
+        while at < end {
+            let vcn = at / self.cluster_size;
+            let run = self.runs.iter().find(|r| r.vcn <= vcn && vcn < r.vcn + r.length)?;
+            let run_end = (run.vcn + run.length) * self.cluster_size;
+            let n = run_end.min(end) - at;
+            let offset = run.lcn? * self.cluster_size + (at - run.vcn * self.cluster_size);
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == offset => last.1 += n,
+                _ => out.push((offset, n)),
+            }
+            at += n;
+        }
+        Some(out)
+    }
+
+    /// Partition offset of record `n` when it lies in one piece.
+    pub fn record_offset(&self, n: u64) -> Option<u64> {
+        match self.pieces(n.checked_mul(self.record_size)?, self.record_size)?.as_slice() {
+            [(offset, _)] => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of record `n`, gathered across runs when it straddles two of them.
+    pub fn read_record_bytes(&self, view: &dyn BlockDevice, n: u64) -> Result<Vec<u8>, record::RecordError> {
+        let missing = || record::RecordError { at: 0, problem: format!("no $MFT run maps record {n}") };
+        let pieces = self.pieces(n.checked_mul(self.record_size).ok_or_else(missing)?, self.record_size).ok_or_else(missing)?;
+        let mut b = vec![0u8; self.record_size as usize];
+        let mut at = 0usize;
+        for (offset, len) in pieces {
+            view.read_at(offset, &mut b[at..at + len as usize])
+                .map_err(|e| record::RecordError { at, problem: e.to_string() })?;
+            at += len as usize;
+        }
+        Ok(b)
+    }
+
+    /// Reads $MFT's record 0 and, through its attribute list, every extent of its `$DATA`.
+    pub fn read(view: &dyn BlockDevice, partition: u32, bpb: &NtfsBootSector) -> Result<Self> {
+        let cluster_size = bpb.cluster_size as u64;
+        let total_clusters = bpb.total_clusters();
+        let record_size = bpb.file_record_size as u64;
+        let corrupt = |offset: u64, problem: String| Error::corrupt(view.source(), "$MFT record 0", Space::Partition(partition), offset, problem);
+        let mft_at = bpb.mft_lcn * cluster_size;
+        let record0 = read_record(view, mft_at, record_size, total_clusters).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
+        let mut layout = MftLayout {
+            record_size,
+            cluster_size,
+            total_clusters,
+            runs: Vec::new(),
+            record_count: 0,
+            attribute_list: Vec::new(),
+        };
+        let mut extents: Vec<(u64, u64, Vec<Run>)> = Vec::new();
+        let mut data_size = None;
+        let mut collect = |r: &FileRecord, extents: &mut Vec<(u64, u64, Vec<Run>)>| {
+            for a in &r.attributes {
+                if let (attr_type::DATA, true, AttributeBody::NonResident(nr)) = (a.ty, a.name.is_empty(), &a.body) {
+                    if nr.lowest_vcn == 0 {
+                        data_size = Some(nr.data_size);
+                    }
+                    if !extents.iter().any(|e| e.0 == nr.lowest_vcn) {
+                        extents.push((nr.lowest_vcn, nr.highest_vcn, nr.runs.clone()));
+                    }
+                }
+            }
+        };
+        collect(&record0, &mut extents);
+        // An attribute list on $MFT itself: its $DATA continues in other records, which the
+        // runs known so far must reach. Repeat while that finds new extents.
+        if let Some(list) = record0.attributes.iter().find(|a| a.ty == attr_type::ATTRIBUTE_LIST) {
+            let value = match &list.body {
+                AttributeBody::Resident { value } => value.clone(),
+                AttributeBody::NonResident(nr) => {
+                    if nr.data_size > MAX_ATTRIBUTE_LIST {
+                        return Err(corrupt(mft_at + list.offset as u64, format!("attribute list of {} bytes", nr.data_size)));
+                    }
+                    read_runs(view, partition, cluster_size, &nr.runs, nr.data_size, nr.initialized_size)?
+                }
+            };
+            let (entries, bad) = parse_attribute_list(&value);
+            if let Some(e) = bad {
+                return Err(corrupt(mft_at + list.offset as u64, format!("attribute list: {}", e.problem)));
+            }
+            layout.attribute_list = entries.clone();
+            let wanted: Vec<&ListEntry> = entries.iter().filter(|e| e.ty == attr_type::DATA && e.name.is_empty() && e.record != 0).collect();
+            let mut pending: Vec<&ListEntry> = wanted;
+            while !pending.is_empty() {
+                layout.runs = merged(&extents);
+                let before = pending.len();
+                let mut still = Vec::new();
+                for e in pending {
+                    if layout.pieces(e.record * record_size, record_size).is_none() {
+                        still.push(e);
+                        continue;
+                    }
+                    let r = layout
+                        .read_record_bytes(view, e.record)
+                        .and_then(|mut b| parse_fixed(&mut b, total_clusters))
+                        .map_err(|err| {
+                            let at = layout.record_offset(e.record).unwrap_or(0);
+                            Error::corrupt(view.source(), format!("$MFT extension record {}", e.record), Space::Partition(partition), at + err.at as u64, err.problem)
+                        })?;
+                    collect(&r, &mut extents);
+                }
+                if still.len() == before {
+                    return Err(corrupt(
+                        mft_at,
+                        format!("attribute list names record {} that no known $MFT run reaches", still[0].record),
+                    ));
+                }
+                pending = still;
+            }
+        }
+        layout.runs = merged(&extents);
+        let mapped = layout.runs.iter().map(|r| r.vcn + r.length).max().unwrap_or(0) * cluster_size;
+        let data_size = data_size.ok_or_else(|| corrupt(mft_at, "no unnamed non-resident $DATA".into()))?;
+        layout.record_count = data_size.min(mapped) / record_size;
+        if layout.record_count < 16 {
+            return Err(corrupt(mft_at, format!("$MFT holds only {} records", layout.record_count)));
+        }
+        Ok(layout)
+    }
+
+    /// Reads every record slot in parallel; returns the in-use records (in record order) and
+    /// the problems met.
+    pub fn scan(&self, view: &dyn BlockDevice) -> (Vec<RecordSummary>, Vec<RecordProblem>) {
+        let results: Vec<(Vec<RecordSummary>, Vec<RecordProblem>)> = self
+            .chunks()
+            .par_iter()
+            .map_init(Vec::new, |buf: &mut Vec<u8>, chunk| match *chunk {
+                Chunk::Contiguous { first, at, count } => self.scan_chunk(view, buf, first, at, count),
+                Chunk::Straddling(n) => {
+                    let mut out = (Vec::new(), Vec::new());
+                    match self.read_record_bytes(view, n) {
+                        Ok(mut b) => {
+                            let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
+                            self.scan_record(n, &mut b, at, &mut out.0, &mut out.1)
+                        }
+                        Err(e) => out.1.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
+                    }
+                    out
+                }
+            })
+            .collect();
+        let mut records = Vec::new();
+        let mut problems = Vec::new();
+        for (r, p) in results {
+            records.extend(r);
+            problems.extend(p);
+        }
+        (records, problems)
+    }
+
+    /// Pieces of work in record order: runs of at most [`CHUNK_BYTES`] of records contiguous on
+    /// disk, and single records that straddle two runs (small clusters, fragmented $MFT).
+    fn chunks(&self) -> Vec<Chunk> {
+        let per_chunk = (CHUNK_BYTES / self.record_size).max(1);
+        let mut out = Vec::new();
+        let mut n = 0;
+        while n < self.record_count {
+            let Some(pieces) = self.pieces(n * self.record_size, self.record_size) else {
+                n += 1;
+                continue;
+            };
+            if pieces.len() > 1 {
+                out.push(Chunk::Straddling(n));
+                n += 1;
+                continue;
+            }
+            // Extend while the next records follow on disk in the same run.
+            let at = pieces[0].0;
+            let vcn = n * self.record_size / self.cluster_size;
+            let run = self.runs.iter().find(|r| r.vcn <= vcn && vcn < r.vcn + r.length);
+            let run_end = run.map_or(0, |r| (r.vcn + r.length) * self.cluster_size);
+            let fit = (run_end / self.record_size).min(self.record_count).saturating_sub(n).max(1);
+            let count = fit.min(per_chunk);
+            out.push(Chunk::Contiguous { first: n, at, count });
+            n += count;
+        }
+        out
+    }
+
+    fn scan_chunk(
+        &self,
+        view: &dyn BlockDevice,
+        buf: &mut Vec<u8>,
+        first: u64,
+        at: u64,
+        count: u64,
+    ) -> (Vec<RecordSummary>, Vec<RecordProblem>) {
+        let rs = self.record_size as usize;
+        buf.resize(count as usize * rs, 0);
+        let mut problems = Vec::new();
+        if let Err(e) = view.read_at(at, buf) {
+            problems.push(RecordProblem { record: first, offset: at, problem: format!("cannot read {count} records: {e}") });
+            return (Vec::new(), problems);
+        }
+        let mut records = Vec::new();
+        for i in 0..count as usize {
+            self.scan_record(first + i as u64, &mut buf[i * rs..(i + 1) * rs], at + (i * rs) as u64, &mut records, &mut problems);
+        }
+        (records, problems)
+    }
+
+    /// Parses one record slot found at partition offset `offset`.
+    fn scan_record(&self, number: u64, slot: &mut [u8], offset: u64, records: &mut Vec<RecordSummary>, problems: &mut Vec<RecordProblem>) {
+        match record::slot_kind(slot) {
+            Slot::Empty => return,
+            Slot::Bad => {
+                problems.push(RecordProblem { record: number, offset, problem: "record marked BAAD".into() });
+                return;
+            }
+            Slot::File => {}
+        }
+        // An unused record with a torn update sequence is harmless.
+        let in_use = u16::from_le_bytes([slot[22], slot[23]]) & record::FLAG_IN_USE != 0;
+        match parse_fixed(slot, self.total_clusters) {
+            Ok(r) if r.in_use() => records.push(RecordSummary::from_record(number, r)),
+            Ok(_) => {}
+            Err(e) if in_use => problems.push(RecordProblem { record: number, offset: offset + e.at as u64, problem: e.problem }),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A piece of the parallel pass.
+enum Chunk {
+    /// `count` records from `first`, contiguous at partition offset `at`.
+    Contiguous { first: u64, at: u64, count: u64 },
+    /// One record split across two runs.
+    Straddling(u64),
+}
+
+/// Runs of several extents in VCN order.
+fn merged(extents: &[(u64, u64, Vec<Run>)]) -> Vec<Run> {
+    let mut sorted: Vec<&(u64, u64, Vec<Run>)> = extents.iter().collect();
+    sorted.sort_by_key(|e| e.0);
+    sorted.iter().flat_map(|e| e.2.iter().copied()).collect()
+}
+
+/// Reads, fixes up and parses the record at partition offset `at`.
+fn read_record(view: &dyn BlockDevice, at: u64, size: u64, total_clusters: u64) -> Result<FileRecord, record::RecordError> {
+    let mut b = vec![0u8; size as usize];
+    view.read_at(at, &mut b).map_err(|e| record::RecordError { at: 0, problem: e.to_string() })?;
+    parse_fixed(&mut b, total_clusters)
+}
+
+/// Applies fixups to a record's bytes and parses it.
+fn parse_fixed(b: &mut [u8], total_clusters: u64) -> Result<FileRecord, record::RecordError> {
+    record::apply_fixups(b)?;
+    record::parse(b, total_clusters)
+}
