@@ -50,8 +50,8 @@ impl<'a> ImageMap<'a> {
     /// Reads the partition table and indexes every NTFS partition (or only `only`).
     pub fn build(image: &'a DiskImage, only: Option<u32>) -> Result<Self> {
         let layout = DiskLayout::read(image)?;
-        if let Some(n) = only {
-            if layout.partition(n).is_none() {
+        if let Some(n) = only
+            && layout.partition(n).is_none() {
                 let known: Vec<String> = layout.partitions.iter().map(|p| p.index.to_string()).collect();
                 return Err(Error::Usage(format!(
                     "{}: no partition {n} (partitions: {})",
@@ -59,7 +59,6 @@ impl<'a> ImageMap<'a> {
                     if known.is_empty() { "none".into() } else { known.join(", ") }
                 )));
             }
-        }
         let partitions = layout
             .partitions
             .iter()

@@ -46,7 +46,7 @@ impl ClusterBitmap {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut c = from;
         while c < to {
-            if c % 8 == 0 && c + 8 <= to && self.bits[(c / 8) as usize] == 0 {
+            if c.is_multiple_of(8) && c + 8 <= to && self.bits[(c / 8) as usize] == 0 {
                 c += 8;
                 continue;
             }

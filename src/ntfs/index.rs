@@ -326,7 +326,7 @@ impl NtfsIndex {
     fn list_problems(&self, f: &FileEntry, entries: &[record::ListEntry]) -> Vec<RecordProblem> {
         entries
             .iter()
-            .filter(|e| e.record != f.record && !self.extension_of.get(&e.record).is_some_and(|&b| b == f.record))
+            .filter(|e| e.record != f.record && self.extension_of.get(&e.record).is_none_or(|&b| b != f.record))
             .map(|e| RecordProblem {
                 record: f.record,
                 offset: self.layout.record_offset(f.record).unwrap_or(0),

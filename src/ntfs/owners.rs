@@ -54,12 +54,11 @@ impl ClusterOwnerIndex {
         let mut sorted = owners.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        if let Some(last) = self.segments.last_mut() {
-            if last.end == start && self.owner_ids[last.first as usize..][..last.count as usize] == sorted[..] {
+        if let Some(last) = self.segments.last_mut()
+            && last.end == start && self.owner_ids[last.first as usize..][..last.count as usize] == sorted[..] {
                 last.end = end;
                 return;
             }
-        }
         self.segments.push(Segment {
             start,
             end,

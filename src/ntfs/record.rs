@@ -107,7 +107,7 @@ pub fn apply_fixups(b: &mut [u8]) -> Result<(), RecordError> {
     if usa_count != sectors + 1 {
         return err(6, format!("update sequence count {usa_count}, expected {}", sectors + 1));
     }
-    if usa_offset < 8 || usa_offset + 2 * usa_count > b.len() || usa_offset % 2 != 0 {
+    if usa_offset < 8 || usa_offset + 2 * usa_count > b.len() || !usa_offset.is_multiple_of(2) {
         return err(4, format!("update sequence array at {usa_offset} does not fit"));
     }
     let usn = [b[usa_offset], b[usa_offset + 1]];
@@ -229,7 +229,7 @@ pub fn parse(b: &[u8], total_clusters: u64) -> Result<FileRecord, RecordError> {
         return err(24, format!("bytes in use {bytes_in_use} exceeds the record size {}", b.len()));
     }
     let mut at = le16(b, 20) as usize;
-    if at < 40 || at >= bytes_in_use || at % 8 != 0 {
+    if at < 40 || at >= bytes_in_use || !at.is_multiple_of(8) {
         return err(20, format!("first attribute offset {at} is invalid"));
     }
     let mut attributes = Vec::new();
@@ -259,7 +259,7 @@ fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Re
     }
     let ty = le32(b, at);
     let len = le32(b, at + 4) as usize;
-    if len < 24 || len % 8 != 0 || at + len > limit {
+    if len < 24 || !len.is_multiple_of(8) || at + len > limit {
         return err(at + 4, format!("attribute length {len} is invalid"));
     }
     let a = &b[at..at + len];
