@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::cli::{emit, finish};
 use crate::error::Result;
 use crate::map::ImageMap;
+use crate::report::owner::Query;
 use crate::report;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
@@ -81,6 +82,53 @@ pub enum Command {
         #[arg(long)]
         runs: bool,
     },
+    /// What lives at a sector, block, cluster or offset; or where a file's clusters are.
+    Owner {
+        #[command(flatten)]
+        image: ImageArgs,
+        #[command(flatten)]
+        at: OwnerQuery,
+        /// The partition of --cluster (and the volume to search for --file).
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
+    },
+    /// Every VHD block: allocated, sectors present, used clusters, droppable, top owners.
+    Map {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// List only the blocks overlapping this partition.
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
+        /// Also draw the disk as a grid of blocks coloured by state.
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
+    },
+    /// For a differencing image: the files whose sectors the child holds.
+    Diff {
+        #[command(flatten)]
+        image: ImageArgs,
+    },
+}
+
+/// Exactly one position (or a file) for `owner`.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct OwnerQuery {
+    /// A 512-byte disk sector.
+    #[arg(long)]
+    sector: Option<u64>,
+    /// A VHD block (2 MiB units for fixed and raw images).
+    #[arg(long)]
+    block: Option<u64>,
+    /// An NTFS cluster of --partition.
+    #[arg(long, requires = "partition")]
+    cluster: Option<u64>,
+    /// A disk byte offset.
+    #[arg(long)]
+    offset: Option<u64>,
+    /// A file's path in the volume (`/` or `\` separated, case-insensitive).
+    #[arg(long, value_name = "PATH")]
+    file: Option<String>,
 }
 
 /// Runs `vhdinspect` with the process arguments.
@@ -106,6 +154,42 @@ fn run(cli: Cli) -> Result<bool> {
             map.require_readable()?;
             let r = report::files::build(&map, runs);
             emit(cli.json, &r, report::files::render)?;
+            Ok(true)
+        }
+        Command::Owner { image, at, partition } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, None)?;
+            if let Some(path) = at.file {
+                let r = report::owner::place_file(&map, &path, partition)?;
+                emit(cli.json, &r, report::owner::render_file)?;
+                return Ok(true);
+            }
+            let query = match (at.sector, at.block, at.cluster, at.offset) {
+                (Some(s), ..) => Query::Sector(s),
+                (_, Some(b), ..) => Query::Block(b),
+                (_, _, Some(c), _) => Query::Cluster(c),
+                (.., Some(o)) => Query::Offset(o),
+                _ => return Err(crate::Error::Usage("give one of --sector, --block, --cluster, --offset, --file".into())),
+            };
+            let r = report::owner::locate(&map, query, partition)?;
+            emit(cli.json, &r, report::owner::render)?;
+            Ok(true)
+        }
+        Command::Map { image, partition, svg } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, None)?;
+            let r = report::map::build(&map, partition)?;
+            if let Some(path) = svg {
+                crate::vhd::output::write_atomically(&path, report::map::svg(&r).as_bytes())?;
+            }
+            emit(cli.json, &r, report::map::render)?;
+            Ok(true)
+        }
+        Command::Diff { image } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, None)?;
+            let r = report::diff::build(&map)?;
+            emit(cli.json, &r, report::diff::render)?;
             Ok(true)
         }
         Command::Check { image } => {

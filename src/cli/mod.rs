@@ -3,22 +3,32 @@
 
 pub mod inspect;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use serde::Serialize;
 
 use crate::error::Result;
 
-/// What a command prints: a serde report, and how to render it as tables.
+/// What a command prints: a serde report, and how to render it as tables. A closed pipe
+/// (`| head`) ends the output quietly.
 pub fn emit<T: Serialize>(json: bool, report: &T, render: impl Fn(&T) -> String) -> Result<()> {
-    if json {
-        let text = serde_json::to_string_pretty(report)
-            .map_err(|e| crate::Error::Usage(format!("cannot encode the report as JSON: {e}")))?;
-        println!("{text}");
+    let mut text = if json {
+        serde_json::to_string_pretty(report)
+            .map_err(|e| crate::Error::Usage(format!("cannot encode the report as JSON: {e}")))?
     } else {
-        print!("{}", render(report));
+        render(report)
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
     }
-    Ok(())
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(crate::Error::io(std::path::Path::new("<stdout>"), "write", crate::Space::File, 0, e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Turns a command's outcome into the process exit code: 0 success, 1 for an error (printed

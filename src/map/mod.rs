@@ -1,7 +1,11 @@
 //! Layer 4: the correlation index of a whole image: sector <-> cluster <-> VHD block <-> file.
 //!
 //! [`ImageMap`] holds the partition layout and, for each NTFS partition, its [`NtfsIndex`]
-//! (or why it could not be built).
+//! (or why it could not be built). [`region`] names what lives at any disk offset;
+//! [`blocks`] classifies every VHD block (used, free, droppable) for `map` and compaction.
+
+pub mod blocks;
+pub mod region;
 
 use crate::disk::boot_sector::{FsKind, identify};
 use crate::disk::{DiskLayout, Partition, PartitionView};

@@ -2,6 +2,9 @@
 //! documented in docs/json.md) and its rendering as readable tables.
 
 pub mod check;
+pub mod diff;
 pub mod dump;
 pub mod files;
+pub mod map;
+pub mod owner;
 pub mod table;

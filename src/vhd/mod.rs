@@ -15,6 +15,7 @@ pub mod footer;
 pub mod geometry;
 pub mod header;
 pub mod image;
+pub mod output;
 pub mod parent;
 pub mod sparse;
 

@@ -1,0 +1,228 @@
+//! The correlation layer: `map`'s droppable blocks against an independent computation from
+//! ntfs-3g's `$Bitmap`, `owner` regions and file placement, and `diff` on a differencing child.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use vhdkit::vhd::sparse::ParentLink;
+use vhdkit::vhd::{BlockDevice, DiskImage, SparseVhd, WritableDevice};
+
+fn json(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(cmd)).unwrap()
+}
+
+fn le(b: &[u8]) -> u64 {
+    b.iter().rev().fold(0, |a, &x| a << 8 | x as u64)
+}
+
+/// Droppable blocks computed from scratch: raw bytes, the MBR's entries and each NTFS volume's
+/// `$Bitmap` as `ntfscat -i 6` reads it.
+fn independent_droppable(image: &Path, dir: &Path) -> Vec<bool> {
+    let img = open(image);
+    let disk = read_all(&img);
+    let block = img.as_sparse().map_or(2 << 20, |s| s.block_size()) as usize;
+    // Needed: every non-zero byte, then NTFS free clusters are taken out.
+    let mut needed: Vec<bool> = disk.iter().map(|&b| b != 0).collect();
+    let parts = json(bin("vhdinspect").args(["dump", "--json"]).arg(image));
+    for p in parts["partitions"].as_array().unwrap() {
+        let start = p["start_lba"].as_u64().unwrap() as usize * 512;
+        let len = p["sectors"].as_u64().unwrap() as usize * 512;
+        let boot = &disk[start..start + 512];
+        if &boot[3..11] != b"NTFS    " {
+            continue;
+        }
+        let bps = le(&boot[0x0B..0x0D]) as usize;
+        let cluster = bps * boot[0x0D] as usize;
+        let total_sectors = le(&boot[0x28..0x30]) as usize;
+        let clusters = total_sectors * bps / cluster;
+        let part = dir.join("vol.img");
+        std::fs::write(&part, &disk[start..start + len]).unwrap();
+        let bitmap = run_ok(Command::new("ntfscat").arg("-i").arg("6").arg(&part));
+        for c in 0..clusters {
+            let allocated = bitmap[c / 8] & (1 << (c % 8)) != 0;
+            let at = start + c * cluster;
+            needed[at..at + cluster].fill(allocated);
+        }
+        // The backup boot sector just past the volume is needed, zero or not.
+        let backup = start + total_sectors * bps;
+        needed[backup..backup + bps].fill(true);
+    }
+    let allocated: Vec<bool> = match img.as_sparse() {
+        Some(s) => (0..disk.len().div_ceil(block)).map(|b| s.bat().sector(b as u64).is_some()).collect(),
+        None => vec![true; disk.len().div_ceil(block)],
+    };
+    needed.chunks(block).zip(allocated).map(|(c, a)| a && !c.iter().any(|&n| n)).collect()
+}
+
+#[test]
+fn droppable_blocks_match_an_independent_computation() {
+    let dir = tempdir();
+    for name in ["xp-fixed.vhd", "aligned-dynamic.vhd", "logical-dynamic.vhd", "gpt-dynamic.vhd", "nofs-dynamic.vhd"] {
+        let path = corpus(name);
+        let j = json(bin("vhdinspect").args(["map", "--json"]).arg(&path));
+        let ours: Vec<bool> = j["blocks"].as_array().unwrap().iter().map(|b| b["allocated"] == true && b["droppable"] == true).collect();
+        assert_eq!(ours, independent_droppable(&path, dir.path()), "{name}");
+        let n = ours.iter().filter(|&&d| d).count() as u64;
+        assert_eq!(j["summary"]["droppable_blocks"], n, "{name}");
+    }
+    // The XP image has stale data of deleted files in blocks that hold no allocated cluster.
+    let j = json(bin("vhdinspect").args(["map", "--json"]).arg(corpus("xp-fixed.vhd")));
+    assert!(j["summary"]["droppable_blocks"].as_u64().unwrap() >= 10);
+}
+
+#[test]
+fn map_draws_an_svg_with_one_cell_per_block() {
+    let dir = tempdir();
+    let svg = dir.path().join("map.svg");
+    let j = json(bin("vhdinspect").args(["map", "--json", "--svg"]).arg(&svg).arg(corpus("xp-fixed.vhd")));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    let cells = text.matches("<rect").count() - 6; // minus the legend swatches
+    assert_eq!(cells as u64, j["summary"]["blocks"].as_u64().unwrap());
+    assert!(text.contains("block 0: partial"));
+}
+
+#[test]
+fn owner_names_every_kind_of_region() {
+    let cases: [(&str, &str, &str, &str); 8] = [
+        ("xp-fixed.vhd", "--sector", "0", "mbr"),
+        ("xp-fixed.vhd", "--sector", "10", "partition gap"),
+        ("xp-fixed.vhd", "--sector", "63", "ntfs boot sector"),
+        ("xp-fixed.vhd", "--sector", "131071", "ntfs backup boot sector"),
+        ("logical-dynamic.vhd", "--sector", "40960", "ebr"),
+        ("gpt-dynamic.vhd", "--sector", "1", "gpt"),
+        ("gpt-dynamic.vhd", "--sector", "131070", "gpt"),
+        ("nofs-dynamic.vhd", "--sector", "5000", "non-ntfs partition"),
+    ];
+    for (image, flag, value, region) in cases {
+        let j = json(bin("vhdinspect").args(["owner", "--json", flag, value]).arg(corpus(image)));
+        assert_eq!(j["region"], region, "{image} {flag} {value}: {j}");
+    }
+    // A cluster of $MFT, and a free cluster.
+    let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", "4", "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+    assert_eq!(j["owners"][0]["path"], "$MFT");
+    assert_eq!(j["owners"][0]["mft_record"], 0);
+    assert_eq!(j["allocated"], true);
+    let files = json(bin("vhdinspect").args(["files", "--json"]).arg(corpus("xp-fixed.vhd")));
+    let total = files["volumes"][0]["total_clusters"].as_u64().unwrap();
+    let free = (1000..total)
+        .find(|c| {
+            let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", &c.to_string(), "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+            j["region"] == "free cluster"
+        })
+        .expect("a free cluster");
+    let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", &free.to_string(), "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+    assert_eq!(j["allocated"], false);
+    assert!(j["owners"].as_array().unwrap().is_empty());
+    // A sector past the last partition (a raw disk one MiB longer than its partitions).
+    let dir = tempdir();
+    let raw = dir.path().join("longer.raw");
+    let mut disk = read_all(&open(&corpus("xp-fixed.vhd")));
+    disk.resize(disk.len() + (1 << 20), 0);
+    std::fs::write(&raw, &disk).unwrap();
+    let j = json(bin("vhdinspect").args(["owner", "--json", "--sector", "131100"]).arg(&raw));
+    assert_eq!(j["region"], "outside any partition");
+}
+
+#[test]
+fn owner_file_places_every_byte_of_a_fragmented_file() {
+    let dir = tempdir();
+    let image = corpus("xp-fixed.vhd");
+    let j = json(bin("vhdinspect").args(["owner", "--json", "--file", "docs/fragmented.bin"]).arg(&image));
+    let disk = read_all(&open(&image));
+    let mut content = Vec::new();
+    let data = j["streams"].as_array().unwrap().iter().find(|s| s["attribute"] == "$DATA" && s["stream"] == "").unwrap();
+    for r in data["runs"].as_array().unwrap() {
+        let at = r["disk_offset"].as_u64().unwrap() as usize;
+        let n = r["sectors"].as_u64().unwrap() as usize * 512;
+        content.extend_from_slice(&disk[at..at + n]);
+    }
+    content.truncate(2_400_000);
+    let part = dir.path().join("p.img");
+    std::fs::write(&part, &disk[63 * 512..(63 + 131009) * 512]).unwrap();
+    let theirs = run_ok(Command::new("ntfscat").arg(&part).arg("docs/fragmented.bin"));
+    assert_eq!(sha256(&content), sha256(&theirs));
+    let blocks = j["blocks"].as_array().unwrap();
+    assert!(blocks.len() >= 3, "spread over several blocks: {blocks:?}");
+    // Unknown path: one-line error.
+    let out = run(bin("vhdinspect").args(["owner", "--file", "no/such/file"]).arg(&image));
+    assert_one_line_error(&out, "xp-fixed.vhd", &["no file"]);
+}
+
+/// Writes a differencing child of `parent` whose content is `want`: only differing sectors.
+pub fn child_with(parent: &Path, child: &Path, want: &[u8]) {
+    let parent_img = open(parent);
+    let base = read_all(&parent_img);
+    let mut c = SparseVhd::create(child, 0, 2 << 20, Some(ParentLink { image: &parent_img, path: parent })).unwrap();
+    let mut s = 0;
+    let sectors = want.len() / 512;
+    while s < sectors {
+        if want[s * 512..(s + 1) * 512] == base[s * 512..(s + 1) * 512] {
+            s += 1;
+            continue;
+        }
+        let first = s;
+        while s < sectors && want[s * 512..(s + 1) * 512] != base[s * 512..(s + 1) * 512] {
+            s += 1;
+        }
+        c.write_at(first as u64 * 512, &want[first * 512..s * 512]).unwrap();
+    }
+    c.flush().unwrap();
+}
+
+#[test]
+fn diff_lists_the_files_a_child_changes() {
+    let dir = tempdir();
+    let parent = dir.path().join("parent.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &parent).unwrap();
+    let disk = read_all(&open(&parent));
+    // Change the disk with ntfs-3g: overwrite one file, add another.
+    let part = dir.path().join("vol.img");
+    let (start, len) = (2048 * 512, 129024 * 512);
+    std::fs::write(&part, &disk[start..start + len]).unwrap();
+    let new_file = dir.path().join("new.bin");
+    std::fs::write(&new_file, vec![0x5A; 300_000]).unwrap();
+    run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&new_file).arg("data/added.bin"));
+    let replacement = dir.path().join("small.bin");
+    std::fs::write(&replacement, vec![0xA5; 300_000]).unwrap();
+    run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&replacement).arg("data/nested/small.bin"));
+    let mut changed = disk.clone();
+    changed[start..start + len].copy_from_slice(&std::fs::read(&part).unwrap());
+    let child = dir.path().join("child.vhd");
+    child_with(&parent, &child, &changed);
+    assert_eq!(read_all(&open(&child)), changed);
+    let j = json(bin("vhdinspect").args(["diff", "--json"]).arg(&child));
+    let paths: Vec<&str> = j["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"data/added.bin"), "{paths:?}");
+    assert!(paths.contains(&"data/nested/small.bin"), "{paths:?}");
+    assert!(paths.contains(&"$MFT"), "{paths:?}");
+    assert!(!paths.contains(&"data/hello.txt"), "unchanged file listed: {paths:?}");
+    let added = j["files"].as_array().unwrap().iter().find(|f| f["path"] == "data/added.bin").unwrap();
+    assert_eq!(added["sectors"].as_u64().unwrap(), 300_000u64.div_ceil(512));
+    // A dynamic image is refused with a clear error.
+    let out = run(bin("vhdinspect").arg("diff").arg(&parent));
+    assert_one_line_error(&out, "parent.vhd", &["not a differencing image"]);
+}
+
+#[test]
+fn map_of_a_differencing_child_drops_blocks_whose_present_sectors_are_free() {
+    let dir = tempdir();
+    let parent = dir.path().join("parent.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &parent).unwrap();
+    let img = DiskImage::open(&parent, &Default::default()).unwrap();
+    let files = json(bin("vhdinspect").args(["map", "--json"]).arg(&parent));
+    // A droppable block of the parent holds only free clusters: write there in a child.
+    let free_block = files["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["index"].as_u64().unwrap();
+    let child = dir.path().join("child.vhd");
+    let mut want = read_all(&img);
+    let at = (free_block * (2 << 20)) as usize + 4096;
+    want[at..at + 8192].fill(0x77);
+    child_with(&parent, &child, &want);
+    let j = json(bin("vhdinspect").args(["map", "--json"]).arg(&child));
+    let b = &j["blocks"][free_block as usize];
+    assert_eq!((b["allocated"].clone(), b["sectors_present"].clone(), b["droppable"].clone()), (true.into(), 16.into(), true.into()));
+    assert_eq!(img.len(), open(&child).len());
+}
