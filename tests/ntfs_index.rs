@@ -59,7 +59,7 @@ fn fls_paths(volume: &Path) -> BTreeSet<String> {
 }
 
 fn our_paths(idx: &NtfsIndex) -> BTreeSet<String> {
-    idx.files.iter().flat_map(|f| f.paths.iter().cloned()).filter(|p| p != ".").collect()
+    idx.files.iter().flat_map(|f| idx.paths(f)).filter(|p| p != ".").collect()
 }
 
 #[test]
@@ -170,10 +170,10 @@ fn stream_contents_through_our_runs_match_ntfscat() {
             let mut cmd = Command::new("ntfscat");
             cmd.arg("-i").arg(f.record.to_string());
             if !s.name.is_empty() {
-                cmd.arg("-a").arg("0x80").arg("-n").arg(&s.name);
+                cmd.arg("-a").arg("0x80").arg("-n").arg(&*s.name);
             }
             let theirs = run_ok(cmd.arg(&part));
-            assert_eq!(sha256(&ours), sha256(&theirs), "record {} stream {:?} ({})", f.record, s.name, f.paths.join(", "));
+            assert_eq!(sha256(&ours), sha256(&theirs), "record {} stream {:?} ({})", f.record, s.name, idx.paths(f).join(", "));
             compared += 1;
         }
     }
@@ -385,7 +385,36 @@ fn the_ntfs_crate_test_volume() {
     let idx = index_of(&img, 1);
     let sparse = idx.find_path("sparse-file").unwrap().0.default_stream().unwrap();
     assert!(sparse.runs.iter().any(|r| r.lcn.is_none()));
-    let subdirs = idx.files.iter().filter(|f| f.paths.iter().any(|p| p.starts_with("many_subdirs/"))).count();
+    let subdirs = idx.files.iter().filter(|f| idx.paths(f).iter().any(|p| p.starts_with("many_subdirs/"))).count();
     assert_eq!(subdirs, 512);
     assert_eq!(idx.find_path("file-with-12345").unwrap().0.default_stream().unwrap().data_size, 5);
+}
+
+#[test]
+fn files_json_lists_every_name_in_tree_order_with_the_documented_keys() {
+    let out = run_ok(bin("vhdinspect").args(["files", "--json", "--runs"]).arg(corpus("xp-fixed.vhd")));
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let files = j["files"].as_array().unwrap();
+    assert_eq!(files[0]["path"], ".");
+    for key in ["partition", "path", "mft_record", "size", "allocated_size", "directory", "system", "sparse", "compressed", "encrypted", "reparse", "stream_names", "streams"] {
+        assert!(!files[1][key].is_null(), "files[].{key}");
+    }
+    // A hard link appears once per name, with the same record.
+    let record = |p: &str| files.iter().find(|f| f["path"] == p).map(|f| f["mft_record"].clone());
+    assert_eq!(record("docs/original.txt"), record("Dir One/hardlink.txt"));
+    // System files are listed and flagged; ADS are named; sparse and compressed are flagged.
+    let get = |p: &str| files.iter().find(|f| f["path"] == p).unwrap();
+    assert_eq!(get("$MFT")["system"], true);
+    assert_eq!(get("tiny.txt")["stream_names"], serde_json::json!(["", "Zone.Identifier"]));
+    assert_eq!(get("sparse.bin")["sparse"], true);
+    assert_eq!(get("compressed/squeezed.txt")["compressed"], true);
+    assert!(get("docs/large.bin")["streams"][0]["runs"].as_array().unwrap().len() >= 1);
+    // Directories come before their entries, entries sorted case-insensitively.
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    let dir_one = paths.iter().position(|&p| p == "Dir One").unwrap();
+    let nested = paths.iter().position(|&p| p == "Dir One/Sub/Deeper/Deepest/nested.txt").unwrap();
+    assert!(dir_one < nested);
+    let f10 = paths.iter().position(|&p| p == "filler/f10").unwrap();
+    let f100 = paths.iter().position(|&p| p == "filler/f100").unwrap();
+    assert!(f10 < f100);
 }

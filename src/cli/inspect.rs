@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::{emit, finish};
+use crate::cli::{emit, finish, write_output};
 use crate::error::Result;
 use crate::map::ImageMap;
 use crate::report::owner::Query;
@@ -152,8 +152,8 @@ fn run(cli: Cli) -> Result<bool> {
             let img = image.open(false)?;
             let map = ImageMap::build(&img, partition)?;
             map.require_readable()?;
-            let r = report::files::build(&map, runs);
-            emit(cli.json, &r, report::files::render)?;
+            let r = report::files::FilesReport::new(&map, runs);
+            write_output(|w| if cli.json { r.write_json(w) } else { r.write_table(w) })?;
             Ok(true)
         }
         Command::Owner { image, at, partition } => {

@@ -10,20 +10,22 @@ use serde::Serialize;
 
 use crate::error::Result;
 
-/// What a command prints: a serde report, and how to render it as tables. A closed pipe
-/// (`| head`) ends the output quietly.
+/// What a command prints: a serde report, and how to render it as tables.
 pub fn emit<T: Serialize>(json: bool, report: &T, render: impl Fn(&T) -> String) -> Result<()> {
-    let mut text = if json {
-        serde_json::to_string_pretty(report)
-            .map_err(|e| crate::Error::Usage(format!("cannot encode the report as JSON: {e}")))?
-    } else {
-        render(report)
-    };
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    write_output(|w| {
+        if json {
+            serde_json::to_writer_pretty(&mut *w, report)?;
+            writeln!(w)
+        } else {
+            w.write_all(render(report).as_bytes())
+        }
+    })
+}
+
+/// Runs `f` on buffered standard output. A closed pipe (`| head`) ends the output quietly.
+pub fn write_output(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    match f(&mut out).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(crate::Error::io(std::path::Path::new("<stdout>"), "write", crate::Space::File, 0, e))
         }

@@ -184,7 +184,7 @@ impl ImageMap<'_> {
                             metadata_only &= f.is_metadata();
                             owners
                                 .entry((pm.partition.index, f.record))
-                                .or_insert_with(|| (f.paths.first().cloned().unwrap_or_default(), 0))
+                                .or_insert_with(|| (idx.path(f, 0), 0))
                                 .1 += y - x;
                         }
                     }

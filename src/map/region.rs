@@ -87,9 +87,9 @@ impl OwnerRef {
         OwnerRef {
             partition,
             mft_record: f.record,
-            path: f.paths.first().cloned().unwrap_or_default(),
+            path: idx.path(f, 0),
             attribute: record::type_name(s.ty),
-            stream: s.name.clone(),
+            stream: s.name.to_string(),
         }
     }
 }

@@ -1,17 +1,19 @@
 //! `NtfsIndex`: every file of a volume with its names, paths and streams, the
 //! [`ClusterOwnerIndex`] of every run, `$Bitmap`, and the consistency between the two.
 
-use std::collections::HashMap;
+
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Serialize;
 
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
 use crate::ntfs::bitmap::ClusterBitmap;
-use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary};
+use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary, VolumeRecord};
 use crate::ntfs::owners::ClusterOwnerIndex;
-use crate::ntfs::record::{self, FileName, attr_type, parse_attribute_list};
-use crate::ntfs::runs::Run;
+use crate::ntfs::file::{FileEntry, merge_file};
+use crate::ntfs::record::{self, attr_type, parse_attribute_list};
 use crate::ntfs::stream::read_runs;
 use crate::ntfs::volume::{self, VOLUME_DIRTY, VolumeState};
 use crate::vhd::device::BlockDevice;
@@ -26,93 +28,6 @@ pub const VOLUME_RECORD: u64 = 3;
 pub const EXTEND_RECORD: u64 = 11;
 /// Where paths of files whose parent is gone are placed (as Sleuth Kit does).
 pub const ORPHANS: &str = "$OrphanFiles";
-
-/// `$STANDARD_INFORMATION` file attribute bits.
-pub mod file_attr {
-    pub const HIDDEN: u32 = 0x0002;
-    pub const SYSTEM: u32 = 0x0004;
-    pub const SPARSE: u32 = 0x0200;
-    pub const REPARSE: u32 = 0x0400;
-    pub const COMPRESSED: u32 = 0x0800;
-    pub const ENCRYPTED: u32 = 0x4000;
-}
-
-/// One attribute of a file, its extents merged.
-#[derive(Clone, Debug)]
-pub struct Stream {
-    pub ty: u32,
-    pub name: String,
-    pub resident: bool,
-    pub flags: u16,
-    pub data_size: u64,
-    pub allocated_size: u64,
-    pub initialized_size: u64,
-    /// VCN-ordered runs of every extent; empty for a resident attribute.
-    pub runs: Vec<Run>,
-}
-
-impl Stream {
-    /// Whether this is a data stream (the default one or an ADS).
-    pub fn is_data(&self) -> bool {
-        self.ty == attr_type::DATA
-    }
-
-    /// Clusters on disk (sparse and compressed-away runs own none).
-    pub fn physical_clusters(&self) -> u64 {
-        self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.length).sum()
-    }
-}
-
-/// One file or directory.
-#[derive(Clone, Debug)]
-pub struct FileEntry {
-    pub record: u64,
-    pub sequence: u16,
-    pub directory: bool,
-    pub file_attributes: u32,
-    /// Its names: one per hard link (DOS 8.3 aliases left out).
-    pub names: Vec<FileName>,
-    /// Full paths relative to the root, `/`-separated, one per name.
-    pub paths: Vec<String>,
-    pub streams: Vec<Stream>,
-}
-
-impl FileEntry {
-    /// The unnamed `$DATA` stream.
-    pub fn default_stream(&self) -> Option<&Stream> {
-        self.streams.iter().find(|s| s.is_data() && s.name.is_empty())
-    }
-
-    /// Whether this is an NTFS metadata file (`$MFT`, `$Bitmap`, `$Extend\$ObjId`...).
-    pub fn is_metadata(&self) -> bool {
-        self.record < 16
-            || self.names.iter().any(|n| n.name.starts_with('$') && (n.parent == ROOT || n.parent == EXTEND_RECORD))
-    }
-
-    fn any_stream_flag(&self, flag: u16) -> bool {
-        self.streams.iter().any(|s| s.flags & flag != 0)
-    }
-
-    pub fn sparse(&self) -> bool {
-        self.file_attributes & file_attr::SPARSE != 0 || self.any_stream_flag(record::ATTR_SPARSE)
-    }
-
-    pub fn compressed(&self) -> bool {
-        self.file_attributes & file_attr::COMPRESSED != 0 || self.any_stream_flag(record::ATTR_COMPRESSED)
-    }
-
-    pub fn encrypted(&self) -> bool {
-        self.file_attributes & file_attr::ENCRYPTED != 0 || self.any_stream_flag(record::ATTR_ENCRYPTED)
-    }
-
-    pub fn reparse(&self) -> bool {
-        self.file_attributes & file_attr::REPARSE != 0 || self.streams.iter().any(|s| s.ty == attr_type::REPARSE_POINT)
-    }
-
-    pub fn system(&self) -> bool {
-        self.is_metadata() || self.file_attributes & file_attr::SYSTEM != 0
-    }
-}
 
 /// Who owns a cluster: a stream of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,9 +60,12 @@ pub struct NtfsIndex {
     pub bpb: NtfsBootSector,
     pub layout: MftLayout,
     pub files: Vec<FileEntry>,
-    by_record: HashMap<u64, u32>,
+    by_record: FxHashMap<u64, u32>,
     /// Extension record -> its base record.
-    extension_of: HashMap<u64, u64>,
+    extension_of: FxHashMap<u64, u64>,
+    /// Directory record -> its path ("" for the root; orphaned directories under
+    /// [`ORPHANS`]).
+    dir_paths: FxHashMap<u64, Box<str>>,
     owner_table: Vec<Owner>,
     pub owners: ClusterOwnerIndex,
     pub bitmap: ClusterBitmap,
@@ -156,9 +74,6 @@ pub struct NtfsIndex {
 }
 
 const SAMPLE_RANGES: usize = 20;
-
-/// `$Volume`'s `$VOLUME_INFORMATION` (major, minor, flags) and `$VOLUME_NAME`.
-type VolumeRecord = (Option<(u8, u8, u16)>, Option<String>);
 
 impl NtfsIndex {
     /// Builds the index of the NTFS volume on `view` (one partition).
@@ -177,18 +92,20 @@ impl NtfsIndex {
             ));
         }
         let layout = MftLayout::read(view, partition, &bpb)?;
-        let (records, mut problems) = layout.scan(view);
-        let volume_record = records
-            .iter()
-            .find(|r| r.number == VOLUME_RECORD)
-            .map(|r| (r.volume_information, r.volume_name.clone()));
+        let scan = layout.scan(view);
+        let mut problems = scan.problems;
         let resident_lists: Vec<(u64, Vec<record::ListEntry>)> =
-            records.iter().filter(|r| !r.list.is_empty()).map(|r| (r.base.unwrap_or(r.number), r.list.clone())).collect();
-        let (files, extension_of) = group_records(records, &mut problems);
+            scan.pending.iter().filter(|r| !r.list.is_empty()).map(|r| (r.base.unwrap_or(r.number), r.list.clone())).collect();
+        let (merged, extension_of) = group_records(scan.pending, &mut problems);
+        let mut files = scan.files;
+        files.extend(merged);
+        files.sort_unstable_by_key(|f| f.record);
+        let volume_record = scan.volume;
         let mut index = NtfsIndex {
             partition,
             by_record: files.iter().enumerate().map(|(i, f)| (f.record, i as u32)).collect(),
             extension_of,
+            dir_paths: FxHashMap::default(),
             files,
             bpb,
             layout,
@@ -257,10 +174,110 @@ impl NtfsIndex {
         out
     }
 
-    /// Finds a file by a `/`- or `\`-separated path, case-insensitively.
+    /// Finds a file by a `/`- or `\`-separated path, case-insensitively; returns the file
+    /// and which of its names matched.
     pub fn find_path(&self, path: &str) -> Option<(&FileEntry, usize)> {
         let want = path.trim_matches(|c| c == '/' || c == '\\').replace('\\', "/").to_lowercase();
-        self.files.iter().find_map(|f| f.paths.iter().position(|p| p.to_lowercase() == want).map(|i| (f, i)))
+        let last = want.rsplit('/').next().unwrap_or("");
+        self.files.iter().find_map(|f| {
+            f.names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.name.to_lowercase() == last)
+                .find(|(i, _)| self.path(f, *i).to_lowercase() == want)
+                .map(|(i, _)| (f, i))
+        })
+    }
+
+    /// The full path of name `name` of `f`, relative to the root, `/`-separated ("." for the
+    /// root itself).
+    pub fn path(&self, f: &FileEntry, name: usize) -> String {
+        if f.record == ROOT {
+            return ".".into();
+        }
+        match f.names.get(name) {
+            Some(n) => join(self.parent_path(n.parent, n.parent_sequence), &n.name),
+            None => format!("{ORPHANS}/record-{}", f.record),
+        }
+    }
+
+    /// Every path of `f`, one per name (none for a nameless record).
+    pub fn paths(&self, f: &FileEntry) -> Vec<String> {
+        if f.record == ROOT {
+            return vec![".".into()];
+        }
+        (0..f.names.len()).map(|i| self.path(f, i)).collect()
+    }
+
+    /// Whether a nameless record is worth listing: it holds clusters (a damaged volume's
+    /// orphan). The reserved records 12-15 hold none and are left out, as Sleuth Kit does.
+    fn listed_nameless(f: &FileEntry) -> bool {
+        f.streams.iter().any(|s| s.physical_clusters() > 0)
+    }
+
+    /// The path of a parent directory named by a `$FILE_NAME`, or [`ORPHANS`] when that
+    /// directory is gone (or was reused: the sequence number differs).
+    fn parent_path(&self, parent: u64, sequence: u16) -> &str {
+        let current = self.file(parent).is_some_and(|d| d.directory && (sequence == 0 || d.sequence == sequence));
+        match self.dir_paths.get(&parent) {
+            Some(p) if current => p,
+            _ => ORPHANS,
+        }
+    }
+
+    /// Every (file, name) in tree order: the root, then each directory's entries sorted by
+    /// name (case-insensitively), depth first; files whose parent is gone come last.
+    pub fn tree_order(&self) -> Vec<(u32, u16)> {
+        let mut children: FxHashMap<u64, Vec<(u32, u16)>> = FxHashMap::default();
+        let mut orphans: Vec<(u32, u16)> = Vec::new();
+        for (fi, f) in self.files.iter().enumerate() {
+            if f.record == ROOT {
+                continue;
+            }
+            if f.names.is_empty() && Self::listed_nameless(f) {
+                orphans.push((fi as u32, 0));
+            }
+            for (ni, n) in f.names.iter().enumerate() {
+                if self.parent_path(n.parent, n.parent_sequence) == ORPHANS {
+                    orphans.push((fi as u32, ni as u16));
+                } else {
+                    children.entry(n.parent).or_default().push((fi as u32, ni as u16));
+                }
+            }
+        }
+        let name = |&(fi, ni): &(u32, u16)| self.files[fi as usize].names.get(ni as usize).map_or("", |n| n.name.as_str());
+        let by_name = |a: &(u32, u16), b: &(u32, u16)| {
+            let fold = |s: &str| s.chars().flat_map(char::to_lowercase).collect::<Vec<char>>();
+            let (x, y) = (name(a), name(b));
+            if x.is_ascii() && y.is_ascii() {
+                x.bytes().map(|c| c.to_ascii_lowercase()).cmp(y.bytes().map(|c| c.to_ascii_lowercase()))
+            } else {
+                fold(x).cmp(&fold(y))
+            }
+        };
+        children.par_iter_mut().for_each(|(_, list)| list.sort_unstable_by(by_name));
+        orphans.sort_unstable_by(by_name);
+        let mut out = Vec::with_capacity(self.files.len());
+        if let Some(&root) = self.by_record.get(&ROOT) {
+            out.push((root, 0));
+        }
+        let mut stack: Vec<std::slice::Iter<'_, (u32, u16)>> = children.get(&ROOT).map(|c| c.iter()).into_iter().collect();
+        let mut entered: FxHashSet<u64> = FxHashSet::default();
+        entered.insert(ROOT);
+        while let Some(top) = stack.last_mut() {
+            let Some(&entry) = top.next() else {
+                stack.pop();
+                continue;
+            };
+            out.push(entry);
+            let f = &self.files[entry.0 as usize];
+            if f.directory && entered.insert(f.record)
+                && let Some(c) = children.get(&f.record) {
+                    stack.push(c.iter());
+                }
+        }
+        out.extend(orphans);
+        out
     }
 
     /// Compares `$Bitmap` with the owner index.
@@ -339,44 +356,36 @@ impl NtfsIndex {
             .collect()
     }
 
-    /// Gives every name of every file its full path.
+    /// Computes the path of every directory (files' paths are built from them on demand).
     fn resolve_paths(&mut self) {
-        let mut dir_paths: HashMap<u64, String> = HashMap::from([(ROOT, String::new())]);
-        let mut all = Vec::with_capacity(self.files.len());
-        for f in &self.files {
-            let paths: Vec<String> = if f.record == ROOT {
-                vec![".".into()]
-            } else {
-                f.names.iter().map(|n| join(&self.dir_path(n.parent, n.parent_sequence, &mut dir_paths), &n.name)).collect()
-            };
-            all.push(paths);
+        let mut memo: FxHashMap<u64, Box<str>> = FxHashMap::default();
+        memo.insert(ROOT, Box::from(""));
+        for f in self.files.iter().filter(|f| f.directory && f.record != ROOT) {
+            self.dir_path(f.record, f.sequence, &mut memo);
         }
-        for (f, p) in self.files.iter_mut().zip(all) {
-            f.paths = p;
-        }
+        self.dir_paths = memo;
     }
 
     /// The path of directory `record`, walking up through parents (memoised; loops and
     /// missing parents end in [`ORPHANS`]).
-    fn dir_path(&self, record: u64, sequence: u16, memo: &mut HashMap<u64, String>) -> String {
+    fn dir_path(&self, record: u64, sequence: u16, memo: &mut FxHashMap<u64, Box<str>>) -> Box<str> {
         let mut chain: Vec<(u64, &str)> = Vec::new();
         let (mut rec, mut seq) = (record, sequence);
-        let base = loop {
+        let base: Box<str> = loop {
             if let Some(p) = memo.get(&rec) {
                 break p.clone();
             }
             let parent = self.file(rec).filter(|d| d.directory && (seq == 0 || d.sequence == seq));
-            let Some(dir) = parent else { break ORPHANS.to_string() };
-            let Some(name) = dir.names.first() else { break ORPHANS.to_string() };
+            let Some(name) = parent.and_then(|d| d.names.first()) else { break ORPHANS.into() };
             if chain.len() > 4096 || chain.iter().any(|(r, _)| *r == rec) {
-                break ORPHANS.to_string();
+                break ORPHANS.into();
             }
             chain.push((rec, &name.name));
             (rec, seq) = (name.parent, name.parent_sequence);
         };
         let mut path = base;
         for (rec, name) in chain.into_iter().rev() {
-            path = join(&path, name);
+            path = join(&path, name).into_boxed_str();
             memo.insert(rec, path.clone());
         }
         path
@@ -477,80 +486,39 @@ fn complement(ranges: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Merges extension records into their base records and extents into streams; also returns
-/// the extension -> base map.
-fn group_records(records: Vec<RecordSummary>, problems: &mut Vec<RecordProblem>) -> (Vec<FileEntry>, HashMap<u64, u64>) {
-    let numbers: HashMap<u64, usize> = records.iter().enumerate().map(|(i, r)| (r.number, i)).collect();
-    let mut extensions: HashMap<u64, Vec<usize>> = HashMap::new();
+/// Merges extension records into their base records and extents into streams (moving, not
+/// copying, what the records hold); also returns the extension -> base map.
+fn group_records(records: Vec<RecordSummary>, problems: &mut Vec<RecordProblem>) -> (Vec<FileEntry>, FxHashMap<u64, u64>) {
+    let position: FxHashMap<u64, usize> = records.iter().enumerate().map(|(i, r)| (r.number, i)).collect();
+    let mut extensions: Vec<Vec<usize>> = vec![Vec::new(); records.len()];
+    let mut extension_of = FxHashMap::default();
+    let mut is_extension = vec![false; records.len()];
     for (i, r) in records.iter().enumerate() {
-        if let Some(base) = r.base {
-            let base_ok = numbers.get(&base).is_some_and(|&b| records[b].base.is_none());
-            if base_ok {
-                extensions.entry(base).or_default().push(i);
-            } else {
-                problems.push(RecordProblem {
-                    record: r.number,
-                    offset: 0,
-                    problem: format!("extension record names base record {base}, which is not an in-use base record"),
-                });
+        let Some(base) = r.base else { continue };
+        match position.get(&base) {
+            Some(&b) if records[b].base.is_none() => {
+                extensions[b].push(i);
+                extension_of.insert(r.number, base);
+                is_extension[i] = true;
             }
-        }
-    }
-    let mut files = Vec::new();
-    for r in &records {
-        let orphan_extension = r.base.is_some_and(|b| !extensions.get(&b).is_some_and(|v| v.contains(&numbers[&r.number])));
-        if r.base.is_some() && !orphan_extension {
-            continue;
-        }
-        let mut parts: Vec<&RecordSummary> = vec![r];
-        if r.base.is_none() {
-            parts.extend(extensions.get(&r.number).into_iter().flatten().map(|&i| &records[i]));
-        }
-        files.push(merge_file(&parts));
-    }
-    let extension_of = extensions
-        .iter()
-        .flat_map(|(&base, v)| v.iter().map(move |&i| (i, base)))
-        .map(|(i, base)| (records[i].number, base))
-        .collect();
-    (files, extension_of)
-}
-
-/// One file from its base record and extension records.
-fn merge_file(parts: &[&RecordSummary]) -> FileEntry {
-    let base = parts[0];
-    let mut names: Vec<FileName> = parts.iter().flat_map(|p| p.names.iter().cloned()).collect();
-    if names.iter().any(|n| !n.is_dos_alias()) {
-        names.retain(|n| !n.is_dos_alias());
-    }
-    names.dedup_by(|a, b| a.parent == b.parent && a.name == b.name);
-    let mut extents: Vec<&crate::ntfs::mft::Extent> = parts.iter().flat_map(|p| p.extents.iter()).collect();
-    extents.sort_by(|a, b| (a.ty, &a.name, a.lowest_vcn).cmp(&(b.ty, &b.name, b.lowest_vcn)));
-    let mut streams: Vec<Stream> = Vec::new();
-    for e in extents {
-        match streams.last_mut() {
-            Some(s) if s.ty == e.ty && s.name == e.name && !e.resident && !s.resident && e.lowest_vcn > 0 => {
-                s.runs.extend(e.runs.iter().copied());
-            }
-            _ => streams.push(Stream {
-                ty: e.ty,
-                name: e.name.clone(),
-                resident: e.resident,
-                flags: e.flags,
-                data_size: e.data_size,
-                allocated_size: e.allocated_size,
-                initialized_size: e.initialized_size,
-                runs: e.runs.clone(),
+            _ => problems.push(RecordProblem {
+                record: r.number,
+                offset: 0,
+                problem: format!("extension record names base record {base}, which is not an in-use base record"),
             }),
         }
     }
-    FileEntry {
-        record: base.number,
-        sequence: base.sequence,
-        directory: base.flags & record::FLAG_DIRECTORY != 0,
-        file_attributes: base.file_attributes.unwrap_or(0),
-        names,
-        paths: Vec::new(),
-        streams,
+    let mut slots: Vec<Option<RecordSummary>> = records.into_iter().map(Some).collect();
+    let mut files = Vec::with_capacity(slots.len());
+    for i in 0..slots.len() {
+        if is_extension[i] {
+            continue;
+        }
+        let Some(base) = slots[i].take() else { continue };
+        let mut parts = vec![base];
+        parts.extend(extensions[i].iter().filter_map(|&e| slots[e].take()));
+        files.push(merge_file(parts));
     }
+    (files, extension_of)
 }
+

@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
+use crate::ntfs::file::{FileEntry, Stream, merge_file};
+use crate::ntfs::index::VOLUME_RECORD;
 use crate::ntfs::record::{
     self, AttributeBody, FileName, FileRecord, ListEntry, Slot, attr_type, parse_attribute_list,
 };
@@ -31,22 +33,6 @@ pub struct RecordProblem {
     pub problem: String,
 }
 
-/// One attribute extent as the bulk pass keeps it (resident values are dropped, except the few
-/// the index needs).
-#[derive(Clone, Debug)]
-pub struct Extent {
-    pub ty: u32,
-    pub name: String,
-    pub flags: u16,
-    pub resident: bool,
-    pub lowest_vcn: u64,
-    /// For a resident attribute, its value length; otherwise the header's size fields.
-    pub data_size: u64,
-    pub allocated_size: u64,
-    pub initialized_size: u64,
-    pub runs: Vec<Run>,
-}
-
 /// What the index needs from one in-use record.
 #[derive(Clone, Debug)]
 pub struct RecordSummary {
@@ -57,9 +43,13 @@ pub struct RecordSummary {
     pub names: Vec<FileName>,
     /// `$STANDARD_INFORMATION` file attributes.
     pub file_attributes: Option<u32>,
-    pub extents: Vec<Extent>,
+    /// Each attribute extent of the record (resident values other than data are dropped).
+    pub extents: Vec<Stream>,
     /// Entries of a resident attribute list.
     pub list: Vec<ListEntry>,
+    /// Whether the record has an `$ATTRIBUTE_LIST` (resident or not): its file continues in
+    /// extension records.
+    pub has_attribute_list: bool,
     /// `$VOLUME_INFORMATION` (major, minor, flags), in `$Volume`.
     pub volume_information: Option<(u8, u8, u16)>,
     /// `$VOLUME_NAME`, in `$Volume`.
@@ -68,21 +58,30 @@ pub struct RecordSummary {
 
 impl RecordSummary {
     /// Keeps what the index needs of a parsed record.
-    pub fn from_record(number: u64, r: FileRecord) -> Self {
+    pub fn from_record(number: u64, r: FileRecord<'_>) -> Self {
+        // Exact capacities: the vectors become boxed slices without reallocating.
+        let count = |f: &dyn Fn(&record::Attribute<'_>) -> bool| r.attributes.iter().filter(|a| f(a)).count();
+        let names = count(&|a| a.ty == attr_type::FILE_NAME);
+        let kept = count(&|a| {
+            !matches!(a.body, AttributeBody::Resident { .. })
+                || matches!(a.ty, attr_type::DATA | attr_type::REPARSE_POINT | attr_type::ATTRIBUTE_LIST)
+        });
         let mut s = RecordSummary {
             number,
             sequence: r.sequence,
             flags: r.flags,
             base: r.base.filter(|&b| b != number),
-            names: Vec::new(),
+            names: Vec::with_capacity(names),
             file_attributes: None,
-            extents: Vec::with_capacity(r.attributes.len()),
+            extents: Vec::with_capacity(kept),
             list: Vec::new(),
+            has_attribute_list: false,
             volume_information: None,
             volume_name: None,
         };
         for a in r.attributes {
-            let (resident, lowest_vcn, data_size, allocated_size, initialized_size, runs) = match &a.body {
+            s.has_attribute_list |= a.ty == attr_type::ATTRIBUTE_LIST;
+            let (resident, lowest_vcn, data_size, allocated_size, initialized_size, runs) = match a.body {
                 AttributeBody::Resident { value } => {
                     match a.ty {
                         attr_type::FILE_NAME => s.names.extend(FileName::parse(value)),
@@ -99,21 +98,21 @@ impl RecordSummary {
                         }
                         _ => {}
                     }
+                    // Other resident attributes own no clusters and are not listed: skip them
+                    // to keep the index small.
+                    if !matches!(a.ty, attr_type::DATA | attr_type::REPARSE_POINT | attr_type::ATTRIBUTE_LIST) {
+                        continue;
+                    }
                     let n = value.len() as u64;
                     (true, 0, n, n, n, Vec::new())
                 }
-                AttributeBody::NonResident(nr) => (
-                    false,
-                    nr.lowest_vcn,
-                    nr.data_size,
-                    nr.allocated_size,
-                    nr.initialized_size,
-                    nr.runs.clone(),
-                ),
+                AttributeBody::NonResident(nr) => {
+                    (false, nr.lowest_vcn, nr.data_size, nr.allocated_size, nr.initialized_size, nr.runs)
+                }
             };
-            s.extents.push(Extent {
+            s.extents.push(Stream {
                 ty: a.ty,
-                name: a.name,
+                name: a.name.into_boxed_str(),
                 flags: a.flags,
                 resident,
                 lowest_vcn,
@@ -124,6 +123,30 @@ impl RecordSummary {
             });
         }
         s
+    }
+}
+
+/// `$Volume`'s `$VOLUME_INFORMATION` (major, minor, flags) and `$VOLUME_NAME`.
+pub type VolumeRecord = (Option<(u8, u8, u16)>, Option<String>);
+
+/// What the parallel pass found.
+#[derive(Default)]
+pub struct ScanResult {
+    /// Files held in one record (no attribute list), in record order.
+    pub files: Vec<FileEntry>,
+    /// Records that must be merged with others: bases with an attribute list, extensions.
+    pub pending: Vec<RecordSummary>,
+    pub problems: Vec<RecordProblem>,
+    /// What `$Volume` says of the volume.
+    pub volume: Option<VolumeRecord>,
+}
+
+impl ScanResult {
+    fn append(&mut self, other: ScanResult) {
+        self.files.extend(other.files);
+        self.pending.extend(other.pending);
+        self.problems.extend(other.problems);
+        self.volume = self.volume.take().or(other.volume);
     }
 }
 
@@ -192,7 +215,8 @@ impl MftLayout {
         let record_size = bpb.file_record_size as u64;
         let corrupt = |offset: u64, problem: String| Error::corrupt(view.source(), "$MFT record 0", Space::Partition(partition), offset, problem);
         let mft_at = bpb.mft_lcn * cluster_size;
-        let record0 = read_record(view, mft_at, record_size, total_clusters).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
+        let record0_bytes = read_record(view, mft_at, record_size).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
+        let record0 = record::parse(&record0_bytes, total_clusters).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
         let mut layout = MftLayout {
             record_size,
             cluster_size,
@@ -203,7 +227,7 @@ impl MftLayout {
         };
         let mut extents: Vec<(u64, u64, Vec<Run>)> = Vec::new();
         let mut data_size = None;
-        let mut collect = |r: &FileRecord, extents: &mut Vec<(u64, u64, Vec<Run>)>| {
+        let mut collect = |r: &FileRecord<'_>, extents: &mut Vec<(u64, u64, Vec<Run>)>| {
             for a in &r.attributes {
                 if let (attr_type::DATA, true, AttributeBody::NonResident(nr)) = (a.ty, a.name.is_empty(), &a.body) {
                     if nr.lowest_vcn == 0 {
@@ -220,7 +244,7 @@ impl MftLayout {
         // runs known so far must reach. Repeat while that finds new extents.
         if let Some(list) = record0.attributes.iter().find(|a| a.ty == attr_type::ATTRIBUTE_LIST) {
             let value = match &list.body {
-                AttributeBody::Resident { value } => value.clone(),
+                AttributeBody::Resident { value } => value.to_vec(),
                 AttributeBody::NonResident(nr) => {
                     if nr.data_size > MAX_ATTRIBUTE_LIST {
                         return Err(corrupt(mft_at + list.offset as u64, format!("attribute list of {} bytes", nr.data_size)));
@@ -244,13 +268,12 @@ impl MftLayout {
                         still.push(e);
                         continue;
                     }
-                    let r = layout
-                        .read_record_bytes(view, e.record)
-                        .and_then(|mut b| parse_fixed(&mut b, total_clusters))
-                        .map_err(|err| {
-                            let at = layout.record_offset(e.record).unwrap_or(0);
-                            Error::corrupt(view.source(), format!("$MFT extension record {}", e.record), Space::Partition(partition), at + err.at as u64, err.problem)
-                        })?;
+                    let bad = |err: record::RecordError| {
+                        let at = layout.record_offset(e.record).unwrap_or(0);
+                        Error::corrupt(view.source(), format!("$MFT extension record {}", e.record), Space::Partition(partition), at + err.at as u64, err.problem)
+                    };
+                    let mut bytes = layout.read_record_bytes(view, e.record).map_err(bad)?;
+                    let r = parse_fixed(&mut bytes, total_clusters).map_err(bad)?;
                     collect(&r, &mut extents);
                 }
                 if still.len() == before {
@@ -272,34 +295,39 @@ impl MftLayout {
         Ok(layout)
     }
 
-    /// Reads every record slot in parallel; returns the in-use records (in record order) and
-    /// the problems met.
-    pub fn scan(&self, view: &dyn BlockDevice) -> (Vec<RecordSummary>, Vec<RecordProblem>) {
-        let results: Vec<(Vec<RecordSummary>, Vec<RecordProblem>)> = self
+    /// Reads every record slot in parallel. Records complete in themselves become files right
+    /// away in the worker; the few that span several records wait for the merge.
+    pub fn scan(&self, view: &dyn BlockDevice) -> ScanResult {
+        thread_local! {
+            // One read buffer per worker thread, reused for every chunk it takes (rayon's
+            // map_init would make a fresh, zero-filled buffer per split).
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let parts: Vec<ScanResult> = self
             .chunks()
             .par_iter()
-            .map_init(Vec::new, |buf: &mut Vec<u8>, chunk| match *chunk {
-                Chunk::Contiguous { first, at, count } => self.scan_chunk(view, buf, first, at, count),
-                Chunk::Straddling(n) => {
-                    let mut out = (Vec::new(), Vec::new());
-                    match self.read_record_bytes(view, n) {
+            .map(|chunk| {
+                let mut out = ScanResult::default();
+                match *chunk {
+                    Chunk::Contiguous { first, at, count } => {
+                        BUFFER.with(|b| self.scan_chunk(view, &mut b.borrow_mut(), first, at, count, &mut out))
+                    }
+                    Chunk::Straddling(n) => match self.read_record_bytes(view, n) {
                         Ok(mut b) => {
                             let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
-                            self.scan_record(n, &mut b, at, &mut out.0, &mut out.1)
+                            self.scan_record(n, &mut b, at, &mut out)
                         }
-                        Err(e) => out.1.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
-                    }
-                    out
+                        Err(e) => out.problems.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
+                    },
                 }
+                out
             })
             .collect();
-        let mut records = Vec::new();
-        let mut problems = Vec::new();
-        for (r, p) in results {
-            records.extend(r);
-            problems.extend(p);
+        let mut all = ScanResult::default();
+        for p in parts {
+            all.append(p);
         }
-        (records, problems)
+        all
     }
 
     /// Pieces of work in record order: runs of at most [`CHUNK_BYTES`] of records contiguous on
@@ -331,34 +359,24 @@ impl MftLayout {
         out
     }
 
-    fn scan_chunk(
-        &self,
-        view: &dyn BlockDevice,
-        buf: &mut Vec<u8>,
-        first: u64,
-        at: u64,
-        count: u64,
-    ) -> (Vec<RecordSummary>, Vec<RecordProblem>) {
+    fn scan_chunk(&self, view: &dyn BlockDevice, buf: &mut Vec<u8>, first: u64, at: u64, count: u64, out: &mut ScanResult) {
         let rs = self.record_size as usize;
         buf.resize(count as usize * rs, 0);
-        let mut problems = Vec::new();
         if let Err(e) = view.read_at(at, buf) {
-            problems.push(RecordProblem { record: first, offset: at, problem: format!("cannot read {count} records: {e}") });
-            return (Vec::new(), problems);
+            out.problems.push(RecordProblem { record: first, offset: at, problem: format!("cannot read {count} records: {e}") });
+            return;
         }
-        let mut records = Vec::new();
         for i in 0..count as usize {
-            self.scan_record(first + i as u64, &mut buf[i * rs..(i + 1) * rs], at + (i * rs) as u64, &mut records, &mut problems);
+            self.scan_record(first + i as u64, &mut buf[i * rs..(i + 1) * rs], at + (i * rs) as u64, out);
         }
-        (records, problems)
     }
 
     /// Parses one record slot found at partition offset `offset`.
-    fn scan_record(&self, number: u64, slot: &mut [u8], offset: u64, records: &mut Vec<RecordSummary>, problems: &mut Vec<RecordProblem>) {
+    fn scan_record(&self, number: u64, slot: &mut [u8], offset: u64, out: &mut ScanResult) {
         match record::slot_kind(slot) {
             Slot::Empty => return,
             Slot::Bad => {
-                problems.push(RecordProblem { record: number, offset, problem: "record marked BAAD".into() });
+                out.problems.push(RecordProblem { record: number, offset, problem: "record marked BAAD".into() });
                 return;
             }
             Slot::File => {}
@@ -366,9 +384,19 @@ impl MftLayout {
         // An unused record with a torn update sequence is harmless.
         let in_use = u16::from_le_bytes([slot[22], slot[23]]) & record::FLAG_IN_USE != 0;
         match parse_fixed(slot, self.total_clusters) {
-            Ok(r) if r.in_use() => records.push(RecordSummary::from_record(number, r)),
+            Ok(r) if r.in_use() => {
+                let mut summary = RecordSummary::from_record(number, r);
+                if number == VOLUME_RECORD {
+                    out.volume = Some((summary.volume_information, summary.volume_name.take()));
+                }
+                if summary.base.is_none() && !summary.has_attribute_list {
+                    out.files.push(merge_file(vec![summary]));
+                } else {
+                    out.pending.push(summary);
+                }
+            }
             Ok(_) => {}
-            Err(e) if in_use => problems.push(RecordProblem { record: number, offset: offset + e.at as u64, problem: e.problem }),
+            Err(e) if in_use => out.problems.push(RecordProblem { record: number, offset: offset + e.at as u64, problem: e.problem }),
             Err(_) => {}
         }
     }
@@ -390,14 +418,15 @@ fn merged(extents: &[(u64, u64, Vec<Run>)]) -> Vec<Run> {
 }
 
 /// Reads, fixes up and parses the record at partition offset `at`.
-fn read_record(view: &dyn BlockDevice, at: u64, size: u64, total_clusters: u64) -> Result<FileRecord, record::RecordError> {
+fn read_record(view: &dyn BlockDevice, at: u64, size: u64) -> Result<Vec<u8>, record::RecordError> {
     let mut b = vec![0u8; size as usize];
     view.read_at(at, &mut b).map_err(|e| record::RecordError { at: 0, problem: e.to_string() })?;
-    parse_fixed(&mut b, total_clusters)
+    record::apply_fixups(&mut b)?;
+    Ok(b)
 }
 
 /// Applies fixups to a record's bytes and parses it.
-fn parse_fixed(b: &mut [u8], total_clusters: u64) -> Result<FileRecord, record::RecordError> {
+fn parse_fixed(b: &mut [u8], total_clusters: u64) -> Result<FileRecord<'_>, record::RecordError> {
     record::apply_fixups(b)?;
     record::parse(b, total_clusters)
 }

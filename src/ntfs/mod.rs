@@ -8,6 +8,7 @@
 //! [`owners::ClusterOwnerIndex`] maps every cluster to the streams that own it.
 
 pub mod bitmap;
+pub mod file;
 pub mod index;
 pub mod mft;
 pub mod owners;
@@ -17,4 +18,5 @@ pub mod runs;
 pub mod stream;
 pub mod volume;
 
-pub use index::{FileEntry, NtfsIndex, Owner, Stream};
+pub use file::{FileEntry, Stream};
+pub use index::{NtfsIndex, Owner};

@@ -4,6 +4,8 @@
 //! Runs are swept into disjoint segments, each with its owners; a segment with more than one
 //! owner is a cross-linked range (a corrupt volume).
 
+use rayon::slice::ParallelSliceMut;
+
 /// One disjoint cluster range and its owners (indexes into the caller's owner table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Segment {
@@ -32,7 +34,7 @@ impl ClusterOwnerIndex {
             }
         }
         // At equal positions, ends sort before starts (false < true).
-        events.sort_unstable();
+        events.par_sort_unstable();
         let mut index = ClusterOwnerIndex::default();
         let mut active: Vec<u32> = Vec::new();
         let mut prev = 0u64;

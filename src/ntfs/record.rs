@@ -86,6 +86,13 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// Decodes UTF-16 code units (unpaired surrogates become U+FFFD) in one allocation.
+fn utf16_string(units: impl Iterator<Item = u16> + Clone) -> String {
+    let mut out = String::with_capacity(units.clone().count());
+    out.extend(char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
+    out
+}
+
 /// The 48-bit record number of a file reference.
 pub fn reference_record(r: u64) -> u64 {
     r & 0x0000_FFFF_FFFF_FFFF
@@ -125,22 +132,22 @@ pub fn apply_fixups(b: &mut [u8]) -> Result<(), RecordError> {
 }
 
 /// One attribute as stored in one record (an extent, for a non-resident attribute spread over
-/// several records).
+/// several records). Resident values borrow the record's bytes.
 #[derive(Clone, Debug)]
-pub struct Attribute {
+pub struct Attribute<'a> {
     pub ty: u32,
     pub name: String,
     pub flags: u16,
     pub instance: u16,
     /// Offset of the attribute header inside the record.
     pub offset: usize,
-    pub body: AttributeBody,
+    pub body: AttributeBody<'a>,
 }
 
 /// Resident value or non-resident extent.
 #[derive(Clone, Debug)]
-pub enum AttributeBody {
-    Resident { value: Vec<u8> },
+pub enum AttributeBody<'a> {
+    Resident { value: &'a [u8] },
     NonResident(NonResident),
 }
 
@@ -157,7 +164,7 @@ pub struct NonResident {
     pub runs: Vec<Run>,
 }
 
-impl Attribute {
+impl Attribute<'_> {
     /// Whether the attribute's data is compressed.
     pub fn compressed(&self) -> bool {
         self.flags & ATTR_COMPRESSED != 0
@@ -176,16 +183,16 @@ impl Attribute {
 
 /// A FILE record's header and attributes.
 #[derive(Clone, Debug)]
-pub struct FileRecord {
+pub struct FileRecord<'a> {
     pub sequence: u16,
     pub link_count: u16,
     pub flags: u16,
     /// Record number of the base record, for an extension record.
     pub base: Option<u64>,
-    pub attributes: Vec<Attribute>,
+    pub attributes: Vec<Attribute<'a>>,
 }
 
-impl FileRecord {
+impl FileRecord<'_> {
     /// Whether the record is in use.
     pub fn in_use(&self) -> bool {
         self.flags & FLAG_IN_USE != 0
@@ -218,7 +225,7 @@ pub fn slot_kind(b: &[u8]) -> Slot {
 }
 
 /// Parses a FILE record whose fixups were applied. `total_clusters` bounds every run.
-pub fn parse(b: &[u8], total_clusters: u64) -> Result<FileRecord, RecordError> {
+pub fn parse(b: &[u8], total_clusters: u64) -> Result<FileRecord<'_>, RecordError> {
     if b.len() < 48 || &b[..4] != b"FILE" {
         return err(0, "no FILE signature");
     }
@@ -253,7 +260,7 @@ pub fn parse(b: &[u8], total_clusters: u64) -> Result<FileRecord, RecordError> {
     })
 }
 
-fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Result<Attribute, RecordError> {
+fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Result<Attribute<'_>, RecordError> {
     if at + 16 > limit {
         return err(at, "attribute header past the bytes in use");
     }
@@ -269,7 +276,7 @@ fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Re
     if name_len > 0 && name_off + 2 * name_len > len {
         return err(at + 9, "attribute name lies outside the attribute");
     }
-    let units: Vec<u16> = (0..name_len).map(|i| le16(a, name_off + 2 * i)).collect();
+    let name = utf16_string((0..name_len).map(|i| le16(a, name_off + 2 * i)));
     let body = if non_resident {
         if len < 64 {
             return err(at + 4, format!("non-resident attribute length {len} is below 64"));
@@ -298,12 +305,12 @@ fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Re
             return err(at + 16, format!("resident value of {value_len} bytes at {value_off} lies outside the attribute"));
         }
         AttributeBody::Resident {
-            value: a[value_off..value_off + value_len].to_vec(),
+            value: &a[value_off..value_off + value_len],
         }
     };
     Ok(Attribute {
         ty,
-        name: String::from_utf16_lossy(&units),
+        name,
         flags: le16(a, 12),
         instance: le16(a, 14),
         offset: at,
@@ -331,12 +338,11 @@ impl FileName {
         if 66 + 2 * n > v.len() {
             return None;
         }
-        let units: Vec<u16> = (0..n).map(|i| le16(v, 66 + 2 * i)).collect();
         let parent = le64(v, 0);
         Some(FileName {
             parent: reference_record(parent),
             parent_sequence: reference_sequence(parent),
-            name: String::from_utf16_lossy(&units),
+            name: utf16_string((0..n).map(|i| le16(v, 66 + 2 * i))),
             namespace: v[65],
         })
     }

@@ -67,7 +67,7 @@ pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
                                 .or_insert_with(|| ChangedFile {
                                     partition,
                                     mft_record: f.record,
-                                    path: f.paths.first().cloned().unwrap_or_default(),
+                                    path: idx.path(f, 0),
                                     sectors: 0,
                                     metadata: f.is_metadata(),
                                 })

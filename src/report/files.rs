@@ -1,11 +1,15 @@
-//! `vhdinspect files`: every file and directory of the NTFS volumes, one entry per name.
+//! `vhdinspect files`: every file and directory of the NTFS volumes, one entry per name, in
+//! tree order. Entries are produced while the output is written, so a volume with millions of
+//! files never holds all its paths in memory at once.
 
-use std::fmt::Write;
+use std::io::{self, Write};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::map::ImageMap;
-use crate::ntfs::index::{Consistency, FileEntry, Stream};
+use crate::ntfs::file::{FileEntry, Stream, file_attr};
+use crate::ntfs::index::Consistency;
 use crate::ntfs::mft::RecordProblem;
 use crate::ntfs::record;
 use crate::ntfs::runs::Run;
@@ -14,37 +18,37 @@ use crate::ntfs::NtfsIndex;
 
 /// One stream of a file.
 #[derive(Serialize)]
-pub struct StreamReport {
+pub struct StreamReport<'a> {
     /// `$DATA` for data streams, else the attribute type's name.
     pub attribute: &'static str,
     /// "" for the default stream.
-    pub name: String,
+    pub name: &'a str,
     pub size: u64,
     pub allocated_size: u64,
     pub resident: bool,
     /// Clusters on disk (sparse and compressed-away runs own none).
     pub clusters: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runs: Option<Vec<Run>>,
+    pub runs: Option<&'a [Run]>,
 }
 
-impl StreamReport {
-    fn new(s: &Stream, runs: bool) -> Self {
+impl<'a> StreamReport<'a> {
+    fn new(s: &'a Stream, runs: bool) -> Self {
         StreamReport {
             attribute: record::type_name(s.ty),
-            name: s.name.clone(),
+            name: &s.name,
             size: s.data_size,
             allocated_size: if s.resident { 0 } else { s.allocated_size },
             resident: s.resident,
             clusters: s.physical_clusters(),
-            runs: runs.then(|| s.runs.clone()),
+            runs: runs.then_some(&s.runs[..]),
         }
     }
 }
 
 /// One name of a file.
 #[derive(Serialize)]
-pub struct FileReport {
+pub struct FileReport<'a> {
     pub partition: u32,
     /// Relative to the volume root, `/`-separated; the root itself is ".".
     pub path: String,
@@ -61,12 +65,36 @@ pub struct FileReport {
     pub encrypted: bool,
     pub reparse: bool,
     /// Names of the data streams: "" for the default one, then the alternate data streams.
-    pub stream_names: Vec<String>,
-    pub streams: Vec<StreamReport>,
+    pub stream_names: Vec<&'a str>,
+    pub streams: Vec<StreamReport<'a>>,
     /// Every other non-resident attribute (`$INDEX_ALLOCATION`, `$BITMAP`, `$EA`...), with
     /// `--runs`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attributes: Option<Vec<StreamReport>>,
+    pub attributes: Option<Vec<StreamReport<'a>>>,
+}
+
+impl<'a> FileReport<'a> {
+    fn new(partition: u32, idx: &NtfsIndex, f: &'a FileEntry, name: usize, runs: bool) -> Self {
+        let default = f.default_stream();
+        FileReport {
+            partition,
+            path: idx.path(f, name),
+            mft_record: f.record,
+            sequence: f.sequence,
+            size: default.map_or(0, |s| s.data_size),
+            allocated_size: default.filter(|s| !s.resident).map_or(0, |s| s.allocated_size),
+            directory: f.directory,
+            system: f.system(),
+            hidden: f.file_attributes & file_attr::HIDDEN != 0,
+            sparse: f.sparse(),
+            compressed: f.compressed(),
+            encrypted: f.encrypted(),
+            reparse: f.reparse(),
+            stream_names: f.streams.iter().filter(|s| s.is_data()).map(|s| &*s.name).collect(),
+            streams: f.streams.iter().filter(|s| s.is_data()).map(|s| StreamReport::new(s, runs)).collect(),
+            attributes: runs.then(|| f.streams.iter().filter(|s| !s.is_data() && !s.resident).map(|s| StreamReport::new(s, true)).collect()),
+        }
+    }
 }
 
 /// What a volume says of itself, beside its files.
@@ -98,110 +126,134 @@ impl VolumeReport {
     }
 }
 
-/// The whole listing.
-#[derive(Serialize)]
-pub struct FilesReport {
-    pub volumes: Vec<VolumeReport>,
-    pub files: Vec<FileReport>,
+/// The listing of every NTFS volume of an image, written as
+/// `{"volumes": [VolumeReport], "files": [FileReport]}` or as a table.
+pub struct FilesReport<'m> {
+    map: &'m ImageMap<'m>,
+    runs: bool,
+    volumes: Vec<VolumeReport>,
 }
 
-fn file_reports(partition: u32, f: &FileEntry, runs: bool) -> impl Iterator<Item = FileReport> + '_ {
-    let default = f.default_stream();
-    f.paths.iter().map(move |path| FileReport {
-        partition,
-        path: path.clone(),
-        mft_record: f.record,
-        sequence: f.sequence,
-        size: default.map_or(0, |s| s.data_size),
-        allocated_size: default.filter(|s| !s.resident).map_or(0, |s| s.allocated_size),
-        directory: f.directory,
-        system: f.system(),
-        hidden: f.file_attributes & crate::ntfs::index::file_attr::HIDDEN != 0,
-        sparse: f.sparse(),
-        compressed: f.compressed(),
-        encrypted: f.encrypted(),
-        reparse: f.reparse(),
-        stream_names: f.streams.iter().filter(|s| s.is_data()).map(|s| s.name.clone()).collect(),
-        streams: f.streams.iter().filter(|s| s.is_data()).map(|s| StreamReport::new(s, runs)).collect(),
-        attributes: runs.then(|| {
-            f.streams.iter().filter(|s| !s.is_data() && !s.resident).map(|s| StreamReport::new(s, true)).collect()
-        }),
-    })
-}
-
-/// Lists every NTFS volume of the map.
-pub fn build(map: &ImageMap<'_>, runs: bool) -> FilesReport {
-    let mut volumes = Vec::new();
-    let mut files = Vec::new();
-    for (p, idx) in map.ntfs() {
-        volumes.push(VolumeReport::new(p.index, idx));
-        for f in &idx.files {
-            files.extend(file_reports(p.index, f, runs));
-        }
+impl<'m> FilesReport<'m> {
+    /// The listing of `map`'s volumes, with every stream's runs if `runs`.
+    pub fn new(map: &'m ImageMap<'m>, runs: bool) -> Self {
+        let volumes = map.ntfs().map(|(p, idx)| VolumeReport::new(p.index, idx)).collect();
+        FilesReport { map, runs, volumes }
     }
-    files.sort_by(|a, b| (a.partition, &a.path).cmp(&(b.partition, &b.path)));
-    FilesReport { volumes, files }
+
+    /// Writes every entry, volume by volume in tree order, formatting windows of entries in
+    /// parallel and writing them in order (memory stays bounded by the window).
+    fn write_entries(
+        &self,
+        w: &mut dyn Write,
+        entry: impl Fn(&mut Vec<u8>, u32, &NtfsIndex, &FileEntry, usize) -> io::Result<()> + Sync,
+    ) -> io::Result<()> {
+        const CHUNK: usize = 2048;
+        let mut first = true;
+        for (p, idx) in self.map.ntfs() {
+            let order = idx.tree_order();
+            for window in order.chunks(CHUNK * 8) {
+                let parts: Vec<io::Result<Vec<u8>>> = window
+                    .par_chunks(CHUNK)
+                    .map(|chunk| {
+                        let mut buf = Vec::with_capacity(chunk.len() * 96);
+                        for &(fi, ni) in chunk {
+                            entry(&mut buf, p.index, idx, &idx.files[fi as usize], ni as usize)?;
+                        }
+                        Ok(buf)
+                    })
+                    .collect();
+                for part in parts {
+                    let part = part?;
+                    // JSON entries start with a separating comma; the very first one drops it.
+                    let skip = usize::from(first && part.first() == Some(&b','));
+                    w.write_all(&part[skip..])?;
+                    first &= part.is_empty();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the JSON form `{"volumes": [...], "files": [...]}`, compact (one line: listings
+    /// reach millions of entries).
+    pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
+        w.write_all(b"{\"volumes\":")?;
+        serde_json::to_writer(&mut *w, &self.volumes)?;
+        w.write_all(b",\"files\":[")?;
+        let runs = self.runs;
+        self.write_entries(w, |buf, part, idx, f, name| {
+            buf.push(b',');
+            serde_json::to_writer(&mut *buf, &FileReport::new(part, idx, f, name, runs)).map_err(io::Error::from)
+        })?;
+        w.write_all(b"]}\n")
+    }
+
+    /// Writes plain aligned columns.
+    pub fn write_table(&self, w: &mut dyn Write) -> io::Result<()> {
+        for v in &self.volumes {
+            writeln!(
+                w,
+                "partition {}: NTFS {} label {:?}, {} clusters of {} bytes, {} MFT records, {} files{}{}",
+                v.partition,
+                v.state.version.as_deref().unwrap_or("?"),
+                v.state.label.as_deref().unwrap_or(""),
+                v.total_clusters,
+                v.cluster_size,
+                v.mft_records,
+                v.files,
+                if v.state.dirty { ", DIRTY" } else { "" },
+                if v.state.hibernated { ", HIBERNATED" } else { "" },
+            )?;
+            for p in &v.problems {
+                writeln!(w, "  problem: record {} at partition offset {:#x}: {}", p.record, p.offset, p.problem)?;
+            }
+        }
+        writeln!(w, "{:>5} {:>10} {:>12} {:7} path", "part", "record", "size", "flags")?;
+        let runs = self.runs;
+        self.write_entries(w, |w, part, idx, f, name| {
+            let path = idx.path(f, name);
+            let size = f.default_stream().map_or(0, |s| s.data_size);
+            writeln!(w, "{part:>5} {:>10} {size:>12} {} {path}", f.record, flags(f))?;
+            for s in f.streams.iter().filter(|s| s.is_data()) {
+                if !s.name.is_empty() {
+                    writeln!(w, "{:>5} {:>10} {:>12} {:7} {path}:{}", "", "", s.data_size, "", s.name)?;
+                }
+                if runs {
+                    run_lines(w, &s.runs)?;
+                }
+            }
+            if runs {
+                for a in f.streams.iter().filter(|s| !s.is_data() && !s.resident) {
+                    writeln!(w, "{:>42}{}{}{}", "", record::type_name(a.ty), if a.name.is_empty() { "" } else { ":" }, a.name)?;
+                    run_lines(w, &a.runs)?;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Flag letters: d(irectory) s(ystem) h(idden) S(parse) C(ompressed) E(ncrypted) R(eparse).
-fn flags(f: &FileReport) -> String {
+fn flags(f: &FileEntry) -> String {
     [
         (f.directory, 'd'),
-        (f.system, 's'),
-        (f.hidden, 'h'),
-        (f.sparse, 'S'),
-        (f.compressed, 'C'),
-        (f.encrypted, 'E'),
-        (f.reparse, 'R'),
+        (f.system(), 's'),
+        (f.file_attributes & file_attr::HIDDEN != 0, 'h'),
+        (f.sparse(), 'S'),
+        (f.compressed(), 'C'),
+        (f.encrypted(), 'E'),
+        (f.reparse(), 'R'),
     ]
     .iter()
     .map(|&(on, c)| if on { c } else { '-' })
     .collect()
 }
 
-fn run_lines(out: &mut String, runs: &[Run]) {
+fn run_lines(w: &mut impl Write, runs: &[Run]) -> io::Result<()> {
     for r in runs {
         let lcn = r.lcn.map_or("sparse".to_string(), |l| l.to_string());
-        let _ = writeln!(out, "{:>43}vcn {:>10}  lcn {:>10}  clusters {}", "", r.vcn, lcn, r.length);
+        writeln!(w, "{:>42}vcn {:>10}  lcn {:>10}  clusters {}", "", r.vcn, lcn, r.length)?;
     }
-}
-
-/// Plain aligned columns (fast for volumes with millions of files).
-pub fn render(r: &FilesReport) -> String {
-    let mut out = String::new();
-    for v in &r.volumes {
-        let _ = writeln!(
-            out,
-            "partition {}: NTFS {} label {:?}, {} clusters of {} bytes, {} MFT records, {} files{}{}",
-            v.partition,
-            v.state.version.as_deref().unwrap_or("?"),
-            v.state.label.as_deref().unwrap_or(""),
-            v.total_clusters,
-            v.cluster_size,
-            v.mft_records,
-            v.files,
-            if v.state.dirty { ", DIRTY" } else { "" },
-            if v.state.hibernated { ", HIBERNATED" } else { "" },
-        );
-        for p in &v.problems {
-            let _ = writeln!(out, "  problem: record {} at partition offset {:#x}: {}", p.record, p.offset, p.problem);
-        }
-    }
-    let _ = writeln!(out, "{:>5} {:>10} {:>12} {:7} path", "part", "record", "size", "flags");
-    for f in &r.files {
-        let _ = writeln!(out, "{:>5} {:>10} {:>12} {:7} {}", f.partition, f.mft_record, f.size, flags(f), f.path);
-        for s in &f.streams {
-            if !s.name.is_empty() {
-                let _ = writeln!(out, "{:>5} {:>10} {:>12} {:7} {}:{}", "", "", s.size, "", f.path, s.name);
-            }
-            if let Some(runs) = &s.runs {
-                run_lines(&mut out, runs);
-            }
-        }
-        for a in f.attributes.iter().flatten() {
-            let _ = writeln!(out, "{:>43}{}{}{}", "", a.attribute, if a.name.is_empty() { "" } else { ":" }, a.name);
-            run_lines(&mut out, a.runs.as_deref().unwrap_or(&[]));
-        }
-    }
-    out
+    Ok(())
 }

@@ -185,7 +185,7 @@ pub fn place_file(map: &ImageMap<'_>, path: &str, partition: Option<u32>) -> Res
             .filter(|s| s.is_data() || !s.resident)
             .map(|s| StreamPlace {
                 attribute: record::type_name(s.ty),
-                stream: s.name.clone(),
+                stream: s.name.to_string(),
                 size: s.data_size,
                 resident: s.resident,
                 runs: s
@@ -225,7 +225,7 @@ pub fn place_file(map: &ImageMap<'_>, path: &str, partition: Option<u32>) -> Res
         }
         return Ok(FilePlace {
             partition: p.index,
-            path: f.paths[name].clone(),
+            path: idx.path(f, name),
             mft_record: f.record,
             record_offset: idx.layout.record_offset(f.record),
             streams,

@@ -1,0 +1,131 @@
+//! Files as the index keeps them: a base record merged with its extension records, its
+//! names and its streams (each attribute with every extent's runs in VCN order).
+
+use crate::ntfs::index::{EXTEND_RECORD, ROOT};
+use crate::ntfs::mft::RecordSummary;
+use crate::ntfs::record::{self, FileName, attr_type};
+use crate::ntfs::runs::Run;
+
+/// `$STANDARD_INFORMATION` file attribute bits.
+pub mod file_attr {
+    pub const HIDDEN: u32 = 0x0002;
+    pub const SYSTEM: u32 = 0x0004;
+    pub const SPARSE: u32 = 0x0200;
+    pub const REPARSE: u32 = 0x0400;
+    pub const COMPRESSED: u32 = 0x0800;
+    pub const ENCRYPTED: u32 = 0x4000;
+}
+
+/// One attribute of a file, its extents merged.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    pub ty: u32,
+    pub name: Box<str>,
+    pub resident: bool,
+    pub flags: u16,
+    /// First VCN: 0 for a whole attribute (extents are merged into it).
+    pub lowest_vcn: u64,
+    /// For a resident attribute its value length; otherwise the size fields of the header
+    /// of the extent at VCN 0.
+    pub data_size: u64,
+    pub allocated_size: u64,
+    pub initialized_size: u64,
+    /// VCN-ordered runs of every extent; empty for a resident attribute.
+    pub runs: Vec<Run>,
+}
+
+impl Stream {
+    /// Whether this is a data stream (the default one or an ADS).
+    pub fn is_data(&self) -> bool {
+        self.ty == attr_type::DATA
+    }
+
+    /// Clusters on disk (sparse and compressed-away runs own none).
+    pub fn physical_clusters(&self) -> u64 {
+        self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.length).sum()
+    }
+}
+
+/// One file or directory.
+#[derive(Clone, Debug)]
+pub struct FileEntry {
+    pub record: u64,
+    pub sequence: u16,
+    pub directory: bool,
+    pub file_attributes: u32,
+    /// Its names: one per hard link (DOS 8.3 aliases left out). Full paths are built on
+    /// demand by [`crate::ntfs::NtfsIndex::path`]; only directories' paths are kept.
+    pub names: Box<[FileName]>,
+    pub streams: Box<[Stream]>,
+}
+
+impl FileEntry {
+    /// The unnamed `$DATA` stream.
+    pub fn default_stream(&self) -> Option<&Stream> {
+        self.streams.iter().find(|s| s.is_data() && s.name.is_empty())
+    }
+
+    /// Whether this is an NTFS metadata file (`$MFT`, `$Bitmap`, `$Extend\$ObjId`...).
+    pub fn is_metadata(&self) -> bool {
+        self.record < 16
+            || self.names.iter().any(|n| n.name.starts_with('$') && (n.parent == ROOT || n.parent == EXTEND_RECORD))
+    }
+
+    fn any_stream_flag(&self, flag: u16) -> bool {
+        self.streams.iter().any(|s| s.flags & flag != 0)
+    }
+
+    pub fn sparse(&self) -> bool {
+        self.file_attributes & file_attr::SPARSE != 0 || self.any_stream_flag(record::ATTR_SPARSE)
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.file_attributes & file_attr::COMPRESSED != 0 || self.any_stream_flag(record::ATTR_COMPRESSED)
+    }
+
+    pub fn encrypted(&self) -> bool {
+        self.file_attributes & file_attr::ENCRYPTED != 0 || self.any_stream_flag(record::ATTR_ENCRYPTED)
+    }
+
+    pub fn reparse(&self) -> bool {
+        self.file_attributes & file_attr::REPARSE != 0 || self.streams.iter().any(|s| s.ty == attr_type::REPARSE_POINT)
+    }
+
+    pub fn system(&self) -> bool {
+        self.is_metadata() || self.file_attributes & file_attr::SYSTEM != 0
+    }
+}
+
+/// One file from its base record (first) and extension records.
+pub fn merge_file(parts: Vec<RecordSummary>) -> FileEntry {
+    let (record, sequence, flags, file_attributes) = (parts[0].number, parts[0].sequence, parts[0].flags, parts[0].file_attributes);
+    let mut parts = parts.into_iter();
+    let first = parts.next().map(|p| (p.names, p.extents));
+    let (mut names, mut extents) = first.unwrap_or_default();
+    for p in parts {
+        names.extend(p.names);
+        extents.extend(p.extents);
+    }
+    if names.iter().any(|n| !n.is_dos_alias()) {
+        names.retain(|n| !n.is_dos_alias());
+    }
+    names.dedup_by(|a, b| a.parent == b.parent && a.name == b.name);
+    extents.sort_by(|a, b| (a.ty, &a.name, a.lowest_vcn).cmp(&(b.ty, &b.name, b.lowest_vcn)));
+    let mut streams: Vec<Stream> = Vec::with_capacity(extents.len());
+    for e in extents {
+        match streams.last_mut() {
+            Some(s) if s.ty == e.ty && s.name == e.name && !e.resident && !s.resident && e.lowest_vcn > 0 => {
+                s.runs.extend(e.runs);
+            }
+            _ => streams.push(e),
+        }
+    }
+    FileEntry {
+        record,
+        sequence,
+        directory: flags & record::FLAG_DIRECTORY != 0,
+        file_attributes: file_attributes.unwrap_or(0),
+        names: names.into_boxed_slice(),
+        streams: streams.into_boxed_slice(),
+    }
+}
