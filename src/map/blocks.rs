@@ -1,4 +1,4 @@
-//! Classifying VHD blocks: which hold bytes that are needed, and which may be dropped.
+//! Which disk bytes are needed, and which VHD blocks may therefore be dropped.
 //!
 //! A byte is needed when it lies in an NTFS cluster that `$Bitmap` marks allocated or any file
 //! owns, in an NTFS backup boot sector, or outside every readable NTFS volume's clusters (MBR,
@@ -18,6 +18,27 @@ use crate::vhd::image::DiskImage;
 
 /// Blocks of fixed and raw images are counted in 2 MiB units, like dynamic ones.
 pub const RAW_BLOCK_SIZE: u64 = 2 << 20;
+
+/// What decides whether a byte range is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeedKind {
+    /// NTFS clusters allocated in `$Bitmap` or owned by a file: always needed.
+    NeededCluster,
+    /// Free NTFS clusters: never needed.
+    FreeCluster,
+    /// An NTFS backup boot sector: always needed.
+    BackupBootSector,
+    /// Outside every readable volume's clusters: needed when it holds data.
+    Outside,
+}
+
+/// A disk byte range `[start, end)` of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Need {
+    pub start: u64,
+    pub end: u64,
+    pub kind: NeedKind,
+}
 
 /// How a block looks at a glance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -69,14 +90,30 @@ pub struct BlockInfo {
     pub top_owners: Vec<BlockOwner>,
 }
 
-/// A disk byte range and what decides whether it is needed.
-enum Span {
-    /// NTFS clusters `[first, last)` of partition map entry `part`.
-    Clusters { part: usize, first: u64, last: u64 },
-    /// An NTFS backup boot sector: always needed.
-    BackupBootSector,
-    /// Anything else: needed when non-zero (or present in a differencing child).
-    Outside,
+/// The clusters `[first, last)` of partition map entry `part` inside a disk range.
+struct ClusterSpan {
+    part: usize,
+    start: u64,
+    end: u64,
+    first: u64,
+    last: u64,
+}
+
+/// Which sectors of a disk range the container holds.
+pub struct Presence {
+    start: u64,
+    allocated: bool,
+    bitmap: Option<SectorBitmap>,
+}
+
+impl Presence {
+    /// Whether any sector of disk range `[a, b)` is present.
+    pub fn any(&self, a: u64, b: u64) -> bool {
+        match &self.bitmap {
+            None => self.allocated,
+            Some(bm) => bm.runs(((a - self.start) / 512) as u32, (b - self.start).div_ceil(512) as u32).iter().any(|r| r.2),
+        }
+    }
 }
 
 impl ImageMap<'_> {
@@ -90,38 +127,90 @@ impl ImageMap<'_> {
         self.image.len().div_ceil(self.block_size())
     }
 
-    /// Splits disk range `[start, end)` into spans by what decides neededness.
-    fn spans(&self, start: u64, end: u64) -> Vec<(u64, u64, Span)> {
-        let mut cuts: Vec<(u64, u64, Span)> = Vec::new();
-        for (i, pm) in self.partitions.iter().enumerate() {
+    /// Whether the image is a differencing one (absent sectors read the parent).
+    pub fn differencing(&self) -> bool {
+        self.image.as_sparse().is_some_and(|s| s.parent().is_some() || s.missing_parent().is_some())
+    }
+
+    /// The readable NTFS cluster spans inside `[start, end)`.
+    fn cluster_spans(&self, start: u64, end: u64) -> Vec<ClusterSpan> {
+        let mut out = Vec::new();
+        for (part, pm) in self.partitions.iter().enumerate() {
             let Contents::Ntfs(idx) = &pm.contents else { continue };
             let p0 = pm.partition.start();
             let cs = idx.cluster_size();
-            let clusters_end = p0 + idx.total_clusters() * cs;
-            let (a, b) = (start.max(p0), end.min(clusters_end));
+            let (a, b) = (start.max(p0), end.min(p0 + idx.total_clusters() * cs));
             if a < b {
-                cuts.push((a, b, Span::Clusters { part: i, first: (a - p0) / cs, last: (b - p0).div_ceil(cs) }));
-            }
-            let backup = p0 + idx.bpb.volume_bytes();
-            let (a, b) = (start.max(backup), end.min(backup + idx.bpb.bytes_per_sector as u64).min(pm.partition.end()));
-            if a < b {
-                cuts.push((a, b, Span::BackupBootSector));
+                out.push(ClusterSpan { part, start: a, end: b, first: (a - p0) / cs, last: (b - p0).div_ceil(cs) });
             }
         }
-        cuts.sort_by_key(|c| c.0);
-        let mut out = Vec::new();
+        out
+    }
+
+    /// Splits `[start, end)` into disjoint ranges by what decides whether they are needed.
+    pub fn needs(&self, start: u64, end: u64) -> Vec<Need> {
+        let mut cuts: Vec<Need> = Vec::new();
+        for span in self.cluster_spans(start, end) {
+            let pm = &self.partitions[span.part];
+            let Contents::Ntfs(idx) = &pm.contents else { continue };
+            let (p0, cs) = (pm.partition.start(), idx.cluster_size());
+            let mut at = span.start;
+            for (x, y) in idx.needed_ranges(span.first, span.last) {
+                let (a, b) = ((p0 + x * cs).max(span.start), (p0 + y * cs).min(span.end));
+                if a > at {
+                    cuts.push(Need { start: at, end: a, kind: NeedKind::FreeCluster });
+                }
+                cuts.push(Need { start: a, end: b, kind: NeedKind::NeededCluster });
+                at = b;
+            }
+            if at < span.end {
+                cuts.push(Need { start: at, end: span.end, kind: NeedKind::FreeCluster });
+            }
+        }
+        for pm in &self.partitions {
+            let Contents::Ntfs(idx) = &pm.contents else { continue };
+            let backup = pm.partition.start() + idx.bpb.volume_bytes();
+            let (a, b) = (start.max(backup), end.min(backup + idx.bpb.bytes_per_sector as u64).min(pm.partition.end()));
+            if a < b {
+                cuts.push(Need { start: a, end: b, kind: NeedKind::BackupBootSector });
+            }
+        }
+        cuts.sort_by_key(|c| c.start);
+        let mut out = Vec::with_capacity(cuts.len() + 2);
         let mut at = start;
         for c in cuts {
-            if c.0 > at {
-                out.push((at, c.0, Span::Outside));
+            if c.start > at {
+                out.push(Need { start: at, end: c.start, kind: NeedKind::Outside });
             }
-            at = at.max(c.1);
+            at = at.max(c.end);
             out.push(c);
         }
         if at < end {
-            out.push((at, end, Span::Outside));
+            out.push(Need { start: at, end, kind: NeedKind::Outside });
         }
         out
+    }
+
+    /// Which sectors of block `index` (of [`Self::block_size`]) the container holds.
+    pub fn presence(&self, index: u64) -> Result<Presence> {
+        let start = index * self.block_size();
+        Ok(match self.image.as_sparse() {
+            Some(s) => match s.block_bitmap(index)? {
+                Some(b) => Presence { start, allocated: true, bitmap: Some(b) },
+                None => Presence { start, allocated: false, bitmap: None },
+            },
+            None => Presence { start, allocated: true, bitmap: None },
+        })
+    }
+
+    /// Whether the container holds a needed byte of `n` (reading it, outside NTFS).
+    pub fn needed(&self, n: &Need, presence: &Presence) -> Result<bool> {
+        Ok(match n.kind {
+            NeedKind::FreeCluster => false,
+            NeedKind::NeededCluster | NeedKind::BackupBootSector => presence.any(n.start, n.end),
+            NeedKind::Outside if self.differencing() => presence.any(n.start, n.end),
+            NeedKind::Outside => presence.allocated && !is_zero_range(self.image, n.start, n.end)?,
+        })
     }
 
     /// Classifies block `index`.
@@ -129,80 +218,52 @@ impl ImageMap<'_> {
         let bs = self.block_size();
         let start = index * bs;
         let end = (start + bs).min(self.image.len());
-        let sparse = self.image.as_sparse();
-        let (allocated, bitmap) = match sparse {
-            Some(s) => match s.block_bitmap(index)? {
-                Some(b) => (true, Some(b)),
-                None => (false, None),
-            },
-            None => (true, None),
-        };
-        let differencing = sparse.is_some_and(|s| s.parent().is_some() || s.missing_parent().is_some());
-        let present = |a: u64, b: u64| -> bool {
-            match &bitmap {
-                None => allocated,
-                Some(bm) => bm.runs(((a - start) / 512) as u32, (b - start).div_ceil(512) as u32).iter().any(|r| r.2),
+        let presence = self.presence(index)?;
+        let needs = self.needs(start, end);
+        let (mut needed, mut outside_ntfs_needed) = (false, false);
+        for n in &needs {
+            if self.needed(n, &presence)? {
+                needed = true;
+                outside_ntfs_needed |= n.kind == NeedKind::Outside;
             }
-        };
+        }
         let mut info = BlockInfo {
             index,
             offset: start,
-            allocated,
-            sectors_present: bitmap.as_ref().map_or(if allocated { ((end - start) / 512) as u32 } else { 0 }, SectorBitmap::count),
+            allocated: presence.allocated,
+            sectors_present: match &presence.bitmap {
+                Some(b) => b.count(),
+                None if presence.allocated => ((end - start) / 512) as u32,
+                None => 0,
+            },
             used_clusters: 0,
             ntfs_clusters: 0,
-            outside_ntfs_needed: false,
-            backup_boot_sector: false,
-            droppable: false,
+            outside_ntfs_needed,
+            backup_boot_sector: needs.iter().any(|n| n.kind == NeedKind::BackupBootSector),
+            droppable: !needed,
             state: BlockState::Unallocated,
             top_owners: Vec::new(),
         };
         let mut owners: HashMap<(u32, u64), (String, u64)> = HashMap::new();
         let mut metadata_only = true;
-        let mut needed = false;
-        for (a, b, span) in self.spans(start, end) {
-            match span {
-                Span::Clusters { part, first, last } => {
-                    let pm = &self.partitions[part];
-                    let Contents::Ntfs(idx) = &pm.contents else { continue };
-                    info.ntfs_clusters += last - first;
-                    let used = idx.needed_count(first, last);
-                    info.used_clusters += used;
-                    if used > 0 && allocated {
-                        // Only needed clusters that a present sector touches count: an absent
-                        // sector reads the same (zeros, or the parent) whether the block stays.
-                        let cs = idx.cluster_size();
-                        let p0 = pm.partition.start();
-                        needed |= idx
-                            .needed_ranges(first, last)
-                            .iter()
-                            .any(|&(x, y)| present((p0 + x * cs).max(a), (p0 + y * cs).min(b)));
-                    }
-                    for (x, y, ids) in idx.owners.segments_in(first, last) {
-                        for &id in ids {
-                            let f = &idx.files[idx.owner(id).file as usize];
-                            metadata_only &= f.is_metadata();
-                            owners
-                                .entry((pm.partition.index, f.record))
-                                .or_insert_with(|| (idx.path(f, 0), 0))
-                                .1 += y - x;
-                        }
-                    }
-                    if used > idx.owners.owned_count(first, last) {
-                        metadata_only = false;
-                    }
+        for span in self.cluster_spans(start, end) {
+            let pm = &self.partitions[span.part];
+            let Contents::Ntfs(idx) = &pm.contents else { continue };
+            info.ntfs_clusters += span.last - span.first;
+            let used = idx.needed_count(span.first, span.last);
+            info.used_clusters += used;
+            for (x, y, ids) in idx.owners.segments_in(span.first, span.last) {
+                for &id in ids {
+                    let f = &idx.files[idx.owner(id).file as usize];
+                    metadata_only &= f.is_metadata();
+                    owners
+                        .entry((pm.partition.index, f.record))
+                        .or_insert_with(|| (idx.path(f, 0), 0))
+                        .1 += y - x;
                 }
-                Span::BackupBootSector => {
-                    info.backup_boot_sector = true;
-                    needed |= allocated && present(a, b);
-                }
-                Span::Outside => {
-                    let holds = if differencing { present(a, b) } else { allocated && !self.is_zero(a, b)? };
-                    if holds {
-                        info.outside_ntfs_needed = true;
-                        needed = true;
-                    }
-                }
+            }
+            if used > idx.owners.owned_count(span.first, span.last) {
+                metadata_only = false;
             }
         }
         let mut top: Vec<BlockOwner> = owners
@@ -212,8 +273,7 @@ impl ImageMap<'_> {
         top.sort_by(|x, y| y.clusters.cmp(&x.clusters).then(x.mft_record.cmp(&y.mft_record)));
         top.truncate(3);
         info.top_owners = top;
-        info.droppable = !needed;
-        info.state = if !allocated {
+        info.state = if !presence.allocated {
             BlockState::Unallocated
         } else if !needed {
             BlockState::Droppable
@@ -227,11 +287,6 @@ impl ImageMap<'_> {
             BlockState::Partial
         };
         Ok(info)
-    }
-
-    /// Whether disk bytes `[a, b)` are all zero.
-    fn is_zero(&self, a: u64, b: u64) -> Result<bool> {
-        is_zero_range(self.image, a, b)
     }
 
     /// Every block, classified in parallel.
