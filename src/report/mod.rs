@@ -2,6 +2,7 @@
 //! documented in docs/json.md) and its rendering as readable tables.
 
 pub mod check;
+pub mod compact;
 pub mod diff;
 pub mod dump;
 pub mod files;

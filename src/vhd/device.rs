@@ -111,6 +111,15 @@ impl ImageFile {
         })
     }
 
+    /// Wraps a file already open for reading and writing (a temporary output file).
+    pub fn from_file(file: File, path: &Path) -> Self {
+        ImageFile {
+            file,
+            path: path.to_path_buf(),
+            writable: true,
+        }
+    }
+
     /// The file's name.
     pub fn path(&self) -> &Path {
         &self.path

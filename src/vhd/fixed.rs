@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Space};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
 use crate::vhd::footer::{DiskType, Footer};
-use crate::vhd::sparse::{MAX_DISK_SIZE, new_uuid};
+use crate::vhd::sparse::new_uuid;
 
 /// A fixed VHD.
 #[derive(Debug)]
@@ -77,13 +77,13 @@ impl FixedVhd {
 
     /// Creates a fixed image of `size` bytes at `path`, which must not exist.
     pub fn create(path: &Path, size: u64, fill: Fill) -> Result<Self> {
-        if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
-            return Err(Error::unsupported(
-                path,
-                format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),
-            ));
-        }
-        let file = ImageFile::create_new(path)?;
+        check_fixed_size(path, size)?;
+        FixedVhd::create_in(ImageFile::create_new(path)?, size, fill)
+    }
+
+    /// Writes a new fixed image of `size` bytes into the empty, writable `file`.
+    pub fn create_in(file: ImageFile, size: u64, fill: Fill) -> Result<Self> {
+        check_fixed_size(file.path(), size)?;
         if fill == Fill::Zeros {
             const CHUNK: u64 = 4 << 20;
             let zeros = vec![0u8; CHUNK as usize];
@@ -123,6 +123,20 @@ impl FixedVhd {
     pub fn file(&self) -> &ImageFile {
         self.data.file()
     }
+}
+
+/// Largest fixed image: Azure's limit for a page blob VHD, 32 TiB with the footer. A fixed
+/// image has no BAT, so the dynamic format's 2040 GiB limit does not apply.
+pub const MAX_FIXED_SIZE: u64 = (32 << 40) - 512;
+
+fn check_fixed_size(path: &Path, size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(512) || size > MAX_FIXED_SIZE {
+        return Err(Error::unsupported(
+            path,
+            format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_FIXED_SIZE} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 impl BlockDevice for FixedVhd {

@@ -230,6 +230,15 @@ impl SparseVhd {
     pub fn create(path: &Path, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
         let size = parent.as_ref().map_or(size, |p| p.image.len());
         validate_new(path, size, block_size)?;
+        SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent)
+    }
+
+    /// Writes a new dynamic or differencing image into the empty, writable `file`.
+    pub fn create_in(file: ImageFile, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
+        let size = parent.as_ref().map_or(size, |p| p.image.len());
+        validate_new(path, size, block_size)?;
         let entries = size.div_ceil(block_size as u64) as u32;
         let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
         let mut header = DynamicHeader::new(table_offset, entries, block_size);
@@ -263,7 +272,6 @@ impl SparseVhd {
                 data_end += space;
             }
         }
-        let file = ImageFile::create_new(path)?;
         let footer_bytes = footer.encode();
         let mut meta = vec![0u8; data_end as usize];
         meta[..FOOTER_SIZE].copy_from_slice(&footer_bytes);

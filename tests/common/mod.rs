@@ -70,6 +70,7 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "vhdinspect" => env!("CARGO_BIN_EXE_vhdinspect"),
+        "vhdcompact" => env!("CARGO_BIN_EXE_vhdcompact"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path)
@@ -114,4 +115,73 @@ pub fn assert_one_line_error(out: &Output, file: &str, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{err:?} lacks {n:?}");
     }
+}
+
+/// Every file and alternate data stream of an NTFS volume (a raw partition image) as
+/// `path[:stream]` -> SHA-256, read by ntfs-3g mounted read-only.
+pub fn ntfs3g_hashes(volume: &Path) -> std::collections::BTreeMap<String, String> {
+    let mnt = tempdir();
+    let mounted = Command::new("ntfs-3g")
+        .args(["-o", "ro,streams_interface=xattr"])
+        .arg(volume)
+        .arg(mnt.path())
+        .status()
+        .expect("ntfs-3g is needed (make test installs it)");
+    assert!(mounted.success(), "ntfs-3g could not mount {} (FUSE and root are needed)", volume.display());
+    let mut out = std::collections::BTreeMap::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        hash_tree(mnt.path(), mnt.path(), &mut out);
+    }));
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    out
+}
+
+fn hash_tree(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            hash_tree(root, &path, out);
+        } else if kind.is_file() {
+            out.insert(rel.clone(), sha256(&std::fs::read(&path).unwrap()));
+        }
+        let xattrs = Command::new("getfattr").args(["--absolute-names", "-d", "-m", "^user\\.", "-e", "hex"]).arg(&path).output().unwrap();
+        for line in String::from_utf8_lossy(&xattrs.stdout).lines() {
+            if let Some((name, value)) = line.split_once('=') {
+                let bytes = hex::decode(value.trim_start_matches("0x")).unwrap_or_default();
+                out.insert(format!("{rel}:{}", name.trim_start_matches("user.")), sha256(&bytes));
+            }
+        }
+    }
+}
+
+/// The bytes of partition `index` of an image, written to `dir/part<index>.img`.
+pub fn partition_image(image: &DiskImage, index: u32, dir: &Path) -> PathBuf {
+    let layout = vhdkit::disk::DiskLayout::read(image).unwrap();
+    let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}"));
+    let view = vhdkit::disk::PartitionView::new(image, p);
+    let out = dir.join(format!("part{index}.img"));
+    std::fs::write(&out, read_all(&view)).unwrap();
+    out
+}
+
+/// ntfs-3g's file hashes of every NTFS partition of an image, keyed by partition.
+pub fn image_file_hashes(image: &Path) -> std::collections::BTreeMap<u32, std::collections::BTreeMap<String, String>> {
+    let dir = tempdir();
+    let img = open(image);
+    let layout = vhdkit::disk::DiskLayout::read(&img).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for p in &layout.partitions {
+        let mut boot = [0u8; 512];
+        img.read_at(p.start(), &mut boot).unwrap();
+        if &boot[3..11] == b"NTFS    " {
+            out.insert(p.index, ntfs3g_hashes(&partition_image(&img, p.index, dir.path())));
+        }
+    }
+    out
 }

@@ -1,0 +1,314 @@
+//! The compaction plan: for every output block, whether it is stored, which of its sectors are
+//! present, and which byte ranges are zeroed. Pure: it reads the map, never the data, and never
+//! writes.
+//!
+//! A block is dropped only when no byte of it is needed (see [`crate::map::blocks`]): no
+//! cluster allocated in `$Bitmap` or owned by any attribute of any file, no backup boot
+//! sector, nothing outside readable NTFS volumes that holds data. Unreadable NTFS partitions
+//! and other file systems count as "outside": only their zero blocks are dropped.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::map::blocks::{NeedKind, Presence};
+use crate::map::{Contents, ImageMap};
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::BlockDevice;
+use crate::vhd::fixed::MAX_FIXED_SIZE;
+use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
+
+/// Smallest disk Azure accepts.
+pub const AZURE_MIN_SIZE: u64 = 20 << 20;
+/// Largest disk Azure accepts (32 TiB, footer included).
+pub const AZURE_MAX_SIZE: u64 = MAX_FIXED_SIZE;
+
+/// The kinds of image compaction writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Raw data then a footer, every byte written.
+    Fixed,
+    /// Only needed blocks stored.
+    Dynamic,
+    /// A child of the input's parent holding only the input's needed sectors.
+    Differencing,
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct CompactOptions {
+    /// Output kind; `None` keeps the input's (raw input becomes dynamic).
+    pub to: Option<OutputFormat>,
+    /// Fixed output, size rounded up to a whole MiB, CHS recomputed, Azure's limits checked.
+    pub azure: bool,
+    /// Block size of a dynamic output.
+    pub block_size: Option<u32>,
+    /// Write zeros over free clusters of kept blocks.
+    pub zero_free: bool,
+    /// Make a standalone image of a differencing chain.
+    pub merge: bool,
+    /// Compact dirty or hibernated volumes anyway.
+    pub force: bool,
+}
+
+/// What happens to one output block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockAction {
+    /// Not stored: reads as zeros (or, in a differencing output, from the parent). A fixed
+    /// output writes zeros.
+    Drop,
+    /// Stored. `bitmap` (differencing output only) says which sectors are present; `zero`
+    /// lists byte ranges inside the block written as zeros (free clusters, with --zero-free).
+    Store { bitmap: Option<SectorBitmap>, zero: Vec<(u64, u64)> },
+}
+
+/// A partition's share of the plan, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionPlan {
+    pub index: u32,
+    /// "ntfs", "unreadable ntfs" (kept whole but for zero blocks) or "other".
+    pub contents: &'static str,
+    pub problem: Option<String>,
+    /// Blocks overlapping the partition that the input holds and the plan drops.
+    pub dropped_blocks: u64,
+}
+
+/// The whole plan.
+#[derive(Clone, Debug)]
+pub struct CompactionPlan {
+    pub format: OutputFormat,
+    /// Length of the output disk (Azure rounding may grow it past the input's).
+    pub disk_size: u64,
+    pub block_size: u64,
+    /// For a differencing output: the parent the child keeps.
+    pub parent: Option<PathBuf>,
+    pub actions: Vec<BlockAction>,
+    /// Whether the input holds data for each output block (a dynamic input's unallocated
+    /// blocks hold none: dropping them is no gain).
+    pub held: Vec<bool>,
+    pub partitions: Vec<PartitionPlan>,
+}
+
+impl CompactionPlan {
+    /// Blocks the input holds that the plan drops.
+    pub fn dropped(&self) -> u64 {
+        self.actions.iter().zip(&self.held).filter(|(a, h)| **h && **a == BlockAction::Drop).count() as u64
+    }
+
+    /// Blocks the plan stores.
+    pub fn stored(&self) -> u64 {
+        self.actions.iter().filter(|a| matches!(a, BlockAction::Store { .. })).count() as u64
+    }
+
+    /// Bytes the plan zeroes inside stored blocks.
+    pub fn zeroed_bytes(&self) -> u64 {
+        self.actions
+            .iter()
+            .map(|a| match a {
+                BlockAction::Store { zero, .. } => zero.iter().map(|(a, b)| b - a).sum(),
+                BlockAction::Drop => 0,
+            })
+            .sum()
+    }
+}
+
+/// Refuses volumes whose `$Bitmap` may not tell the truth, unless forced.
+pub fn check_volumes(map: &ImageMap<'_>, force: bool) -> Result<()> {
+    for (p, idx) in map.ntfs() {
+        let why = if idx.state.hibernated {
+            Some("is hibernated (hiberfil.sys holds a live image: Windows hibernated or used fast startup)")
+        } else if idx.state.dirty {
+            Some("is dirty (not shut down cleanly; chkdsk pending)")
+        } else {
+            None
+        };
+        if let (Some(why), false) = (why, force) {
+            return Err(Error::unsupported(
+                map.image.source(),
+                format!(
+                    "partition {}: the NTFS volume {why}, so its $Bitmap may not describe the truth; \
+                     boot Windows and shut it down fully, or pass --force",
+                    p.index
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The output kind and block size for `opts` on this input.
+fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputFormat, u64)> {
+    let input = map.image.format();
+    let differencing_in = input == "differencing";
+    let format = match (opts.to, opts.azure) {
+        (Some(OutputFormat::Dynamic | OutputFormat::Differencing), true) => {
+            return Err(Error::Usage("--azure makes a fixed image; it cannot be combined with --to dynamic".into()));
+        }
+        (_, true) => OutputFormat::Fixed,
+        (Some(f), false) => f,
+        (None, false) => match input {
+            "fixed" => OutputFormat::Fixed,
+            "differencing" if !opts.merge => OutputFormat::Differencing,
+            _ => OutputFormat::Dynamic,
+        },
+    };
+    if format == OutputFormat::Differencing && (!differencing_in || opts.merge) {
+        return Err(Error::Usage(if opts.merge {
+            "--merge makes a standalone image: choose --to dynamic or --to fixed".into()
+        } else {
+            format!("a differencing output needs a differencing input ({} is {input})", map.image.source().display())
+        }));
+    }
+    if differencing_in && format != OutputFormat::Differencing && !opts.merge {
+        return Err(Error::Usage("the input is a differencing image: pass --merge to write a standalone image of the whole chain".into()));
+    }
+    let input_block = map.image.as_sparse().map(|s| s.block_size());
+    let block_size = match (format, opts.block_size) {
+        (OutputFormat::Differencing, Some(b)) if Some(b as u64) != input_block => {
+            return Err(Error::Usage("a differencing output keeps the input's block size".into()));
+        }
+        (_, Some(b)) => b as u64,
+        (OutputFormat::Fixed, None) => crate::map::blocks::RAW_BLOCK_SIZE,
+        (_, None) => input_block.unwrap_or(DEFAULT_BLOCK_SIZE as u64),
+    };
+    Ok((format, block_size))
+}
+
+/// The output disk size: the input's, or for Azure rounded up to a whole MiB within limits.
+fn output_size(map: &ImageMap<'_>, opts: &CompactOptions, format: OutputFormat) -> Result<u64> {
+    let size = map.image.len();
+    let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
+    if !opts.azure {
+        if size > limit {
+            return Err(Error::unsupported(map.image.source(), format!("a {format:?} VHD holds at most {limit} bytes; the disk has {size}").to_lowercase()));
+        }
+        return Ok(size);
+    }
+    let rounded = size.div_ceil(1 << 20) << 20;
+    if !(AZURE_MIN_SIZE..=AZURE_MAX_SIZE).contains(&rounded) {
+        return Err(Error::unsupported(
+            map.image.source(),
+            format!("Azure accepts disks of {AZURE_MIN_SIZE} to {AZURE_MAX_SIZE} bytes; this one is {rounded} (rounded to a whole MiB)"),
+        ));
+    }
+    Ok(rounded)
+}
+
+/// Plans the compaction of `map`'s image.
+pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan> {
+    check_volumes(map, opts.force)?;
+    let (format, block_size) = output_kind(map, opts)?;
+    let disk_size = output_size(map, opts, format)?;
+    let blocks = disk_size.div_ceil(block_size);
+    let actions: Vec<BlockAction> = (0..blocks)
+        .into_par_iter()
+        .map(|b| match format {
+            OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free),
+            _ => Ok(plan_standalone_block(map, b * block_size, ((b + 1) * block_size).min(map.image.len()), opts.zero_free)),
+        })
+        .collect::<Result<_>>()?;
+    let held: Vec<bool> = (0..blocks).map(|b| holds(map, b * block_size, (b + 1) * block_size)).collect();
+    let partitions = map
+        .partitions
+        .iter()
+        .map(|pm| {
+            let (start, end) = (pm.partition.start(), pm.partition.end());
+            let dropped = actions
+                .iter()
+                .zip(&held)
+                .enumerate()
+                .filter(|(b, (a, h))| **h && **a == BlockAction::Drop && (*b as u64 * block_size) < end && ((*b as u64 + 1) * block_size) > start)
+                .count() as u64;
+            let (contents, problem) = match &pm.contents {
+                Contents::Ntfs(_) => ("ntfs", None),
+                Contents::Unreadable(why) => ("unreadable ntfs", Some(why.clone())),
+                Contents::Other => ("other", None),
+            };
+            PartitionPlan { index: pm.partition.index, contents, problem, dropped_blocks: dropped }
+        })
+        .collect();
+    Ok(CompactionPlan {
+        format,
+        disk_size,
+        block_size,
+        parent: match format {
+            OutputFormat::Differencing => map
+                .image
+                .as_sparse()
+                .and_then(|s| s.parent_resolution())
+                .map(|r| PathBuf::from(&r.path)),
+            _ => None,
+        },
+        actions,
+        held,
+        partitions,
+    })
+}
+
+/// Whether the input holds any data for disk range `[start, end)`.
+fn holds(map: &ImageMap<'_>, start: u64, end: u64) -> bool {
+    let end = end.min(map.image.len());
+    match map.image.as_sparse() {
+        _ if start >= end => false,
+        None => true,
+        Some(s) => (start / s.block_size()..end.div_ceil(s.block_size())).any(|b| s.bat().sector(b).is_some()),
+    }
+}
+
+/// A block of a standalone output covering disk range `[start, end)` of the (merged) input.
+/// Needed blocks are stored; the writer still drops those that read as zeros.
+fn plan_standalone_block(map: &ImageMap<'_>, start: u64, end: u64, zero_free: bool) -> BlockAction {
+    if start >= end {
+        return BlockAction::Drop;
+    }
+    let needs = map.needs(start, end);
+    let needed = needs.iter().any(|n| n.kind != NeedKind::FreeCluster);
+    if !needed {
+        return BlockAction::Drop;
+    }
+    let zero = if zero_free {
+        needs.iter().filter(|n| n.kind == NeedKind::FreeCluster).map(|n| (n.start - start, n.end - start)).collect()
+    } else {
+        Vec::new()
+    };
+    BlockAction::Store { bitmap: None, zero }
+}
+
+/// A block of a differencing output: the input child's block `b`, with the bits of sectors
+/// that lie wholly in free clusters cleared (or, with --zero-free, kept and zeroed so the
+/// parent's stale data stays hidden).
+fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<BlockAction> {
+    let presence: Presence = map.presence(b)?;
+    let bs = map.block_size();
+    let start = b * bs;
+    let end = (start + bs).min(map.image.len());
+    let Some(mut bitmap) = map.image.as_sparse().and_then(|s| s.block_bitmap(b).transpose()).transpose()? else {
+        return Ok(BlockAction::Drop);
+    };
+    let needs = map.needs(start, end);
+    let mut any = false;
+    let mut zero = Vec::new();
+    for n in &needs {
+        let present = presence.any(n.start, n.end);
+        if n.kind != NeedKind::FreeCluster {
+            any |= present;
+        } else if zero_free {
+            // Zeroed sectors stay present: dropping them would show the parent's stale data.
+            if present {
+                zero.push((n.start - start, n.end - start));
+                any = true;
+            }
+        } else {
+            // Sectors wholly in free clusters (cluster boundaries are sector boundaries) may
+            // read the parent instead.
+            bitmap.set_range(((n.start - start) / 512) as u32, (n.end - start).div_ceil(512) as u32, false);
+        }
+    }
+    if !any {
+        return Ok(BlockAction::Drop);
+    }
+    Ok(BlockAction::Store { bitmap: Some(bitmap), zero })
+}

@@ -1,0 +1,160 @@
+//! The one writer that carries out a compaction plan: blocks are read and prepared in parallel
+//! (positional reads), then written in order by a single writer thread into a temporary file
+//! beside the output, which becomes the output only after everything is written and flushed.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::map::ImageMap;
+use crate::pass::compact::{BlockAction, CompactionPlan, OutputFormat};
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
+use crate::vhd::fixed::{Fill, FixedVhd};
+use crate::vhd::output::PendingOutput;
+use crate::vhd::sparse::{ParentLink, SparseVhd};
+
+/// Blocks read ahead of the writer (memory: this many blocks, twice over).
+const WINDOW: u64 = 16;
+
+/// What the writer did.
+#[derive(Clone, Debug, Default)]
+pub struct WriteStats {
+    /// Blocks stored in the output.
+    pub stored_blocks: u64,
+    /// Blocks the plan kept that read as zeros and were dropped anyway.
+    pub zero_blocks_dropped: u64,
+}
+
+/// A block ready to be written.
+enum Prepared {
+    Drop,
+    /// Dropped because it reads as all zeros.
+    Zero,
+    Store { bitmap: SectorBitmap, data: Vec<u8> },
+}
+
+/// The output container being written.
+enum Writer {
+    Fixed(Box<FixedVhd>),
+    Sparse(Box<SparseVhd>),
+}
+
+/// Reads and prepares output block `b`.
+fn prepare(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64) -> Result<Prepared> {
+    let BlockAction::Store { bitmap, zero } = &plan.actions[b as usize] else {
+        return Ok(Prepared::Drop);
+    };
+    let bs = plan.block_size;
+    let start = b * bs;
+    let mut data = vec![0u8; bs as usize];
+    let readable_end = (start + bs).min(map.image.len());
+    if start < readable_end {
+        map.image.read_at(start, &mut data[..(readable_end - start) as usize])?;
+    }
+    for &(a, z) in zero {
+        data[a as usize..z as usize].fill(0);
+    }
+    let sectors = (bs / 512) as u32;
+    Ok(match bitmap {
+        // A differencing output keeps its sectors even when zero: dropping would show the parent.
+        Some(bm) => Prepared::Store { bitmap: bm.clone(), data },
+        None if data.iter().all(|&x| x == 0) => Prepared::Zero,
+        None => Prepared::Store { bitmap: SectorBitmap::full(sectors), data },
+    })
+}
+
+/// Creates the output container in the temporary file.
+fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &PendingOutput) -> Result<Writer> {
+    let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
+    let file = ImageFile::from_file(file, out.path());
+    Ok(match plan.format {
+        OutputFormat::Fixed => Writer::Fixed(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
+        OutputFormat::Dynamic => Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?)),
+        OutputFormat::Differencing => {
+            let parent = map.image.as_sparse().and_then(|s| s.parent()).ok_or_else(|| {
+                Error::unsupported(map.image.source(), "a differencing output needs the input's parent")
+            })?;
+            let path = plan.parent.as_deref().unwrap_or(parent.source());
+            Writer::Sparse(Box::new(SparseVhd::create_in(
+                file,
+                0,
+                plan.block_size as u32,
+                Some(ParentLink { image: parent, path }),
+            )?))
+        }
+    })
+}
+
+impl Writer {
+    /// Writes block `b`; a fixed output writes every byte, zeros included, so it has no holes.
+    fn write(&mut self, b: u64, bs: u64, disk_size: u64, block: Prepared, zeros: &[u8]) -> Result<bool> {
+        match (self, block) {
+            (Writer::Fixed(f), block) => {
+                let start = b * bs;
+                let len = bs.min(disk_size - start) as usize;
+                match block {
+                    Prepared::Store { data, .. } => f.write_at(start, &data[..len])?,
+                    Prepared::Drop | Prepared::Zero => f.write_at(start, &zeros[..len])?,
+                }
+                Ok(true)
+            }
+            (Writer::Sparse(s), Prepared::Store { bitmap, data }) => {
+                s.put_block(b, &bitmap, &data)?;
+                Ok(true)
+            }
+            (Writer::Sparse(_), _) => Ok(false),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            Writer::Fixed(f) => f.flush(),
+            Writer::Sparse(s) => s.flush(),
+        }
+    }
+}
+
+/// Writes the plan's output into a temporary file beside `out` and returns it, flushed but
+/// not yet renamed (so it can be verified first).
+pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &Path, progress: &ProgressBar) -> Result<(PendingOutput, WriteStats)> {
+    let pending = PendingOutput::new(out)?;
+    let mut writer = create_writer(map, plan, &pending)?;
+    let blocks = plan.actions.len() as u64;
+    let bs = plan.block_size;
+    let stats = std::thread::scope(|scope| -> Result<WriteStats> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<(u64, Prepared)>>(1);
+        let disk_size = plan.disk_size;
+        let handle = scope.spawn(move || -> Result<WriteStats> {
+            let zeros = vec![0u8; bs as usize];
+            let mut stats = WriteStats::default();
+            for window in rx {
+                for (b, block) in window {
+                    let zero = matches!(block, Prepared::Zero);
+                    let stored = writer.write(b, bs, disk_size, block, &zeros)?;
+                    stats.stored_blocks += u64::from(stored);
+                    stats.zero_blocks_dropped += u64::from(zero && !stored);
+                    progress.inc(1);
+                }
+            }
+            writer.flush()?;
+            Ok(stats)
+        });
+        let mut first = 0;
+        while first < blocks {
+            let last = (first + WINDOW).min(blocks);
+            let window: Vec<(u64, Prepared)> =
+                (first..last).into_par_iter().map(|b| prepare(map, plan, b).map(|p| (b, p))).collect::<Result<_>>()?;
+            if tx.send(window).is_err() {
+                break;
+            }
+            first = last;
+        }
+        drop(tx);
+        handle.join().map_err(|_| Error::unsupported(out, "the writer thread stopped unexpectedly"))?
+    })?;
+    Ok((pending, stats))
+}

@@ -1,0 +1,106 @@
+//! The `vhdcompact` report.
+
+use serde::Serialize;
+
+use crate::pass::compact::{OutputFormat, PartitionPlan};
+use crate::pass::verify::VerifyReport;
+use crate::report::table::{Section, human_bytes};
+
+/// One partition's result.
+#[derive(Serialize)]
+pub struct PartitionResult {
+    #[serde(flatten)]
+    pub plan: PartitionPlan,
+    /// Container bytes of the dropped blocks.
+    pub dropped_bytes: u64,
+}
+
+/// What compaction did.
+#[derive(Serialize)]
+pub struct CompactReport {
+    pub input: String,
+    pub output: String,
+    pub in_place: bool,
+    pub input_format: &'static str,
+    pub output_format: OutputFormat,
+    /// Size of the input file (the top of a chain).
+    pub input_bytes: u64,
+    /// Size of the output file.
+    pub output_bytes: u64,
+    pub disk_size: u64,
+    /// The output's disk size (Azure output is rounded up to a whole MiB).
+    pub output_disk_size: u64,
+    pub block_size: u64,
+    /// Blocks the input container holds (every block of a fixed or raw image).
+    pub blocks_before: u64,
+    /// Blocks the output stores (every block of a fixed image).
+    pub blocks_after: u64,
+    /// Blocks the input held with no needed byte.
+    pub dropped_blocks: u64,
+    /// Blocks with needed bytes that all read as zeros, dropped too.
+    pub dropped_zero_blocks: u64,
+    /// Bytes of free clusters written as zeros (--zero-free).
+    pub zeroed_bytes: u64,
+    pub partitions: Vec<PartitionResult>,
+    pub verify: Option<VerifyReport>,
+    pub elapsed_seconds: f64,
+}
+
+/// Renders the report.
+pub fn render(r: &CompactReport) -> String {
+    let mut s = Section::key_value(&format!("{} -> {}", r.input, r.output));
+    s.kv("formats", format!("{} -> {:?}", r.input_format, r.output_format).to_lowercase());
+    s.kv(
+        "file size",
+        format!(
+            "{} -> {} ({:.1}% of the input)",
+            human_bytes(r.input_bytes),
+            human_bytes(r.output_bytes),
+            100.0 * r.output_bytes as f64 / r.input_bytes.max(1) as f64
+        ),
+    );
+    if r.output_disk_size != r.disk_size {
+        s.kv("disk size", format!("{} -> {} (rounded up to a whole MiB for Azure)", r.disk_size, r.output_disk_size));
+    } else {
+        s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
+    }
+    s.kv("block size", human_bytes(r.block_size));
+    s.kv("blocks", format!("{} before, {} after", r.blocks_before, r.blocks_after));
+    s.kv("dropped", format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks));
+    if r.zeroed_bytes > 0 {
+        s.kv("zeroed free space", human_bytes(r.zeroed_bytes));
+    }
+    if let Some(v) = &r.verify {
+        s.kv(
+            "verify",
+            if v.mismatches.is_empty() {
+                format!("OK: {} needed bytes identical", v.checked_bytes)
+            } else {
+                format!("{} MISMATCHED ranges in {} needed bytes", v.mismatches.len(), v.checked_bytes)
+            },
+        );
+    }
+    s.kv("elapsed", format!("{:.2} s", r.elapsed_seconds));
+    let mut p = Section::table("Partitions", &["#", "contents", "dropped blocks", "dropped bytes"]);
+    for part in &r.partitions {
+        p.row(vec![
+            part.plan.index.to_string(),
+            match &part.plan.problem {
+                Some(why) => format!("{} (kept whole: {why})", part.plan.contents),
+                None => part.plan.contents.to_string(),
+            },
+            part.plan.dropped_blocks.to_string(),
+            human_bytes(part.dropped_bytes),
+        ]);
+    }
+    let mut out = s.render() + "\n" + &p.render();
+    if let Some(v) = &r.verify {
+        for m in &v.mismatches {
+            out.push_str(&format!(
+                "MISMATCH at disk offset {:#x} ({} bytes): input {} output {}\n",
+                m.offset, m.length, m.input_blake3, m.output_blake3
+            ));
+        }
+    }
+    out
+}
