@@ -108,6 +108,11 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// The page blob upload plan: 512-byte-aligned ranges of needed non-zero data (max 4 MiB).
+    Ranges {
+        #[command(flatten)]
+        image: ImageArgs,
+    },
 }
 
 /// Exactly one position (or a file) for `owner`.
@@ -190,6 +195,13 @@ fn run(cli: Cli) -> Result<bool> {
             let map = ImageMap::build(&img, None)?;
             let r = report::diff::build(&map)?;
             emit(cli.json, &r, report::diff::render)?;
+            Ok(true)
+        }
+        Command::Ranges { image } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, None)?;
+            let r = report::ranges::build(&map)?;
+            emit(cli.json, &r, report::ranges::render)?;
             Ok(true)
         }
         Command::Check { image } => {

@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod region;
+pub mod upload;
 
 use crate::disk::boot_sector::{FsKind, identify};
 use crate::disk::{DiskLayout, Partition, PartitionView};

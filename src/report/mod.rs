@@ -8,4 +8,5 @@ pub mod dump;
 pub mod files;
 pub mod map;
 pub mod owner;
+pub mod ranges;
 pub mod table;
