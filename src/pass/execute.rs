@@ -1,6 +1,8 @@
 //! The one writer that carries out a compaction plan: blocks are read and prepared in parallel
 //! (positional reads), then written in order by a single writer thread into a temporary file
 //! beside the output, which becomes the output only after everything is written and flushed.
+//! Since nobody can see the temporary file, a sparse output gets one write per block and its
+//! BAT and footer once at the end.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -14,6 +16,7 @@ use crate::pass::compact::{BlockAction, CompactionPlan, OutputFormat};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
+use crate::vhd::header::bitmap_size_for;
 use crate::vhd::output::PendingOutput;
 use crate::vhd::sparse::{ParentLink, SparseVhd};
 
@@ -29,12 +32,13 @@ pub struct WriteStats {
     pub zero_blocks_dropped: u64,
 }
 
-/// A block ready to be written.
+/// A block ready to be written: `buf` holds `prefix` bytes of room for the sector bitmap
+/// (sparse outputs), then the block's data.
 enum Prepared {
     Drop,
     /// Dropped because it reads as all zeros.
     Zero,
-    Store { bitmap: SectorBitmap, data: Vec<u8> },
+    Store { bitmap: SectorBitmap, buf: Vec<u8>, prefix: usize },
 }
 
 /// The output container being written.
@@ -43,27 +47,42 @@ enum Writer {
     Sparse(Box<SparseVhd>),
 }
 
+/// Block buffers handed back by the writer for reuse: a fresh zero-filled 2 MiB buffer per
+/// block would cost a page fault per 4 KiB, which dominated the copy.
+type BufferPool = std::sync::Mutex<Vec<Vec<u8>>>;
+
+/// A buffer of `len` bytes from the pool (contents unspecified) or a new one.
+fn take_buffer(pool: &BufferPool, len: usize) -> Vec<u8> {
+    let mut buf = pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+    buf.resize(len, 0);
+    buf
+}
+
 /// Reads and prepares output block `b`.
-fn prepare(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64) -> Result<Prepared> {
+fn prepare(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64, pool: &BufferPool) -> Result<Prepared> {
     let BlockAction::Store { bitmap, zero } = &plan.actions[b as usize] else {
         return Ok(Prepared::Drop);
     };
     let bs = plan.block_size;
     let start = b * bs;
-    let mut data = vec![0u8; bs as usize];
-    let readable_end = (start + bs).min(map.image.len());
-    if start < readable_end {
-        map.image.read_at(start, &mut data[..(readable_end - start) as usize])?;
-    }
+    let prefix = match plan.format {
+        OutputFormat::Fixed => 0,
+        _ => bitmap_size_for(bs as u32) as usize,
+    };
+    let mut buf = take_buffer(pool, prefix + bs as usize);
+    let data = &mut buf[prefix..];
+    let readable = (start + bs).min(map.image.len()).saturating_sub(start) as usize;
+    map.image.read_at(start, &mut data[..readable])?;
+    data[readable..].fill(0);
     for &(a, z) in zero {
         data[a as usize..z as usize].fill(0);
     }
     let sectors = (bs / 512) as u32;
     Ok(match bitmap {
         // A differencing output keeps its sectors even when zero: dropping would show the parent.
-        Some(bm) => Prepared::Store { bitmap: bm.clone(), data },
+        Some(bm) => Prepared::Store { bitmap: bm.clone(), buf, prefix },
         None if data.iter().all(|&x| x == 0) => Prepared::Zero,
-        None => Prepared::Store { bitmap: SectorBitmap::full(sectors), data },
+        None => Prepared::Store { bitmap: SectorBitmap::full(sectors), buf, prefix },
     })
 }
 
@@ -91,29 +110,38 @@ fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &PendingOutput)
 
 impl Writer {
     /// Writes block `b`; a fixed output writes every byte, zeros included, so it has no holes.
-    fn write(&mut self, b: u64, bs: u64, disk_size: u64, block: Prepared, zeros: &[u8]) -> Result<bool> {
+    /// Writes block `b` and returns whether it was stored, and its buffer for reuse.
+    fn write(&mut self, b: u64, bs: u64, disk_size: u64, block: Prepared, zeros: &[u8]) -> Result<(bool, Option<Vec<u8>>)> {
         match (self, block) {
             (Writer::Fixed(f), block) => {
                 let start = b * bs;
                 let len = bs.min(disk_size - start) as usize;
                 match block {
-                    Prepared::Store { data, .. } => f.write_at(start, &data[..len])?,
-                    Prepared::Drop | Prepared::Zero => f.write_at(start, &zeros[..len])?,
+                    Prepared::Store { buf, prefix, .. } => {
+                        f.write_at(start, &buf[prefix..prefix + len])?;
+                        Ok((true, Some(buf)))
+                    }
+                    Prepared::Drop | Prepared::Zero => {
+                        f.write_at(start, &zeros[..len])?;
+                        Ok((true, None))
+                    }
                 }
-                Ok(true)
             }
-            (Writer::Sparse(s), Prepared::Store { bitmap, data }) => {
-                s.put_block(b, &bitmap, &data)?;
-                Ok(true)
+            (Writer::Sparse(s), Prepared::Store { bitmap, mut buf, .. }) => {
+                s.append_block(b, &bitmap, &mut buf)?;
+                Ok((true, Some(buf)))
             }
-            (Writer::Sparse(_), _) => Ok(false),
+            (Writer::Sparse(_), _) => Ok((false, None)),
         }
     }
 
     fn flush(&mut self) -> Result<()> {
         match self {
             Writer::Fixed(f) => f.flush(),
-            Writer::Sparse(s) => s.flush(),
+            Writer::Sparse(s) => {
+                s.finish_appends()?;
+                s.flush()
+            }
         }
     }
 }
@@ -125,16 +153,21 @@ pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &Path, progress: &P
     let mut writer = create_writer(map, plan, &pending)?;
     let blocks = plan.actions.len() as u64;
     let bs = plan.block_size;
+    let pool = BufferPool::default();
     let stats = std::thread::scope(|scope| -> Result<WriteStats> {
         let (tx, rx) = mpsc::sync_channel::<Vec<(u64, Prepared)>>(1);
         let disk_size = plan.disk_size;
+        let pool = &pool;
         let handle = scope.spawn(move || -> Result<WriteStats> {
             let zeros = vec![0u8; bs as usize];
             let mut stats = WriteStats::default();
             for window in rx {
                 for (b, block) in window {
                     let zero = matches!(block, Prepared::Zero);
-                    let stored = writer.write(b, bs, disk_size, block, &zeros)?;
+                    let (stored, buf) = writer.write(b, bs, disk_size, block, &zeros)?;
+                    if let (Some(buf), Ok(mut free)) = (buf, pool.lock()) {
+                        free.push(buf);
+                    }
                     stats.stored_blocks += u64::from(stored);
                     stats.zero_blocks_dropped += u64::from(zero && !stored);
                     progress.inc(1);
@@ -147,7 +180,7 @@ pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &Path, progress: &P
         while first < blocks {
             let last = (first + WINDOW).min(blocks);
             let window: Vec<(u64, Prepared)> =
-                (first..last).into_par_iter().map(|b| prepare(map, plan, b).map(|p| (b, p))).collect::<Result<_>>()?;
+                (first..last).into_par_iter().map(|b| prepare(map, plan, b, pool).map(|p| (b, p))).collect::<Result<_>>()?;
             if tx.send(window).is_err() {
                 break;
             }

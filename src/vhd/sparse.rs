@@ -541,8 +541,37 @@ impl SparseVhd {
         self.presence.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stores a whole block with the given presence bits in one go (the compaction writer's
-    /// path). An allocated block is overwritten in place.
+    /// Appends a new block to an image being written from scratch into a temporary file, in
+    /// one write: `buf` holds room for the bitmap (the first bitmap-size bytes, filled here)
+    /// then the block's data. The BAT entry and the trailing footer are written only by
+    /// [`Self::finish_appends`]; until then the file is not a valid image.
+    pub fn append_block(&mut self, block: u64, bitmap: &SectorBitmap, buf: &mut [u8]) -> Result<()> {
+        let bitmap_size = self.header.bitmap_size() as usize;
+        if buf.len() as u64 != bitmap_size as u64 + self.block_size() || self.bat.sector(block).is_some() {
+            return Err(Error::Usage(format!("block {block}: not a fresh block of this image")));
+        }
+        let start = self.data_end.div_ceil(512) * 512;
+        let sector = u32::try_from(start / 512)
+            .ok()
+            .filter(|&s| s != UNALLOCATED)
+            .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+        buf[..bitmap_size].copy_from_slice(&bitmap.encode(bitmap_size));
+        self.file.write_all_at(start, buf)?;
+        self.bat.set(block, sector);
+        self.data_end = start + buf.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the BAT and the trailing footer after [`Self::append_block`] calls.
+    pub fn finish_appends(&mut self) -> Result<()> {
+        self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;
+        self.file.write_all_at(self.data_end, &self.footer.encode())?;
+        self.presence_map().clear();
+        Ok(())
+    }
+
+    /// Stores a whole block with the given presence bits in one go. An allocated block is
+    /// overwritten in place.
     pub fn put_block(&mut self, block: u64, bitmap: &SectorBitmap, data: &[u8]) -> Result<()> {
         if data.len() as u64 != self.block_size() || bitmap.sectors() != self.block_sectors() {
             return Err(Error::Usage(format!("block {block}: buffer does not match the block size")));
