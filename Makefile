@@ -38,7 +38,12 @@ $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
 	gzip -dc $< > $@
 
 demo: $(DEMO_IMAGE)
-	$(CARGO) run --release --quiet --bin vhdinspect -- dump $(DEMO_IMAGE)
+	$(CARGO) build --release --quiet
+	target/release/vhdinspect dump $(DEMO_IMAGE)
+	target/release/vhdinspect map $(DEMO_IMAGE) --svg target/demo/map.svg | head -24
+	rm -f target/demo/compacted.vhd
+	target/release/vhdcompact $(DEMO_IMAGE) target/demo/compacted.vhd --to dynamic --zero-free --verify
+	@echo "map picture: target/demo/map.svg; compacted image: target/demo/compacted.vhd"
 
 bench: build tools
 	python3 bench/run.py
