@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod hive;
 pub mod map;
 pub mod report;
 pub mod cli;
