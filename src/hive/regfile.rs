@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(value_line("a", reg_type::SZ, &crate::hive::value::utf16z("x\\y")), "\"a\"=\"x\\\\y\"");
         assert_eq!(value_line("", reg_type::DWORD, &[1, 0, 0, 0]), "@=dword:00000001");
         assert_eq!(value_line("q", 11, &[1, 0, 0, 0, 0, 0, 0, 0]), "\"q\"=hex(b):01,00,00,00,00,00,00,00");
-        assert_eq!(value_line("s", reg_type::SZ, &[0x41, 0]), "\"s\"=\"A\"");
+        assert_eq!(value_line("s", reg_type::SZ, &[0x41, 0]), "\"s\"=hex(1):41,00", "no terminator: exact bytes");
         assert_eq!(value_line("odd", reg_type::SZ, &[0x41]), "\"odd\"=hex(1):41");
     }
 }
