@@ -113,6 +113,13 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// Registry keys and values in the image's hives (the read-only half of vhdreg).
+    Reg {
+        #[command(flatten)]
+        source: crate::cli::reg::HiveSource,
+        #[command(subcommand)]
+        command: crate::cli::reg::ReadCommand,
+    },
 }
 
 /// Exactly one position (or a file) for `owner`.
@@ -203,6 +210,12 @@ fn run(cli: Cli) -> Result<bool> {
             let r = report::ranges::build(&map)?;
             emit(cli.json, &r, report::ranges::render)?;
             Ok(true)
+        }
+        Command::Reg { source, command } => {
+            if let Some(image) = &source.image {
+                crate::pass::journal::refuse_if_pending(image)?;
+            }
+            crate::cli::reg::run_read(&source, command, cli.json)
         }
         Command::Check { image } => {
             let img = image.open(true)?;

@@ -3,6 +3,7 @@
 
 pub mod compact;
 pub mod inspect;
+pub mod reg;
 
 use std::io::Write;
 use std::process::ExitCode;

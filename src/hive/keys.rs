@@ -296,7 +296,8 @@ impl Hive {
     }
 }
 
-/// The components of a key path.
+/// The components of a key path. Only `\\` separates: `/` is legal in key names
+/// (`MIME\\Database\\Content Type\\text/html`).
 pub fn split_path(path: &str) -> impl Iterator<Item = &str> {
-    path.split(['\\', '/']).filter(|p| !p.is_empty())
+    path.split('\\').filter(|p| !p.is_empty())
 }

@@ -12,6 +12,7 @@ pub mod file;
 pub mod index;
 pub mod mft;
 pub mod owners;
+pub mod patch;
 pub mod reader;
 pub mod record;
 pub mod runs;

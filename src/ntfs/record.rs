@@ -105,6 +105,23 @@ pub fn reference_sequence(r: u64) -> u16 {
 
 /// Applies the update sequence fixups of a FILE or INDX block in place.
 pub fn apply_fixups(b: &mut [u8]) -> Result<(), RecordError> {
+    let (usa_offset, sectors) = update_sequence_array(b)?;
+    let usn = [b[usa_offset], b[usa_offset + 1]];
+    for i in 0..sectors {
+        let end = (i + 1) * USA_STRIDE - 2;
+        if b[end..end + 2] != usn {
+            return err(end, format!("update sequence mismatch in sector {i} (torn write)"));
+        }
+        let saved = usa_offset + 2 * (i + 1);
+        let (s0, s1) = (b[saved], b[saved + 1]);
+        b[end] = s0;
+        b[end + 1] = s1;
+    }
+    Ok(())
+}
+
+/// Where the update sequence array is, and how many 512-byte strides it protects.
+fn update_sequence_array(b: &[u8]) -> Result<(usize, usize), RecordError> {
     if b.len() < 8 {
         return err(0, "shorter than a record header");
     }
@@ -117,16 +134,26 @@ pub fn apply_fixups(b: &mut [u8]) -> Result<(), RecordError> {
     if usa_offset < 8 || usa_offset + 2 * usa_count > b.len() || !usa_offset.is_multiple_of(2) {
         return err(4, format!("update sequence array at {usa_offset} does not fit"));
     }
-    let usn = [b[usa_offset], b[usa_offset + 1]];
+    Ok((usa_offset, sectors))
+}
+
+/// The inverse of [`apply_fixups`], before a record (or index block) is written back: a new
+/// update sequence number goes to the end of every stride, the bytes it covers into the array.
+pub fn protect(b: &mut [u8]) -> Result<(), RecordError> {
+    let (usa_offset, sectors) = update_sequence_array(b)?;
+    let usn = match le16(b, usa_offset).wrapping_add(1) {
+        0 => 1,
+        n => n,
+    }
+    .to_le_bytes();
+    b[usa_offset..usa_offset + 2].copy_from_slice(&usn);
     for i in 0..sectors {
         let end = (i + 1) * USA_STRIDE - 2;
-        if b[end..end + 2] != usn {
-            return err(end, format!("update sequence mismatch in sector {i} (torn write)"));
-        }
         let saved = usa_offset + 2 * (i + 1);
-        let (s0, s1) = (b[saved], b[saved + 1]);
-        b[end] = s0;
-        b[end + 1] = s1;
+        let (s0, s1) = (b[end], b[end + 1]);
+        b[saved] = s0;
+        b[saved + 1] = s1;
+        b[end..end + 2].copy_from_slice(&usn);
     }
     Ok(())
 }
@@ -425,6 +452,21 @@ mod tests {
         }
         assert!(names.iter().any(|n| n == "$MFT"));
         assert!(names.iter().any(|n| !n.is_ascii()), "Unicode names decode: {names:?}");
+    }
+
+    #[test]
+    fn protect_undoes_apply_fixups() {
+        let Some(raw) = realdata("libfsntfs/tests/data/mft_entry.1") else { return };
+        let mut b = raw.clone();
+        apply_fixups(&mut b).unwrap();
+        let fixed = b.clone();
+        protect(&mut b).unwrap();
+        assert!(b != raw, "a new update sequence number");
+        apply_fixups(&mut b).unwrap();
+        let usa = le16(&b, 4) as usize;
+        assert_eq!(le16(&b, usa), le16(&fixed, usa) + 1);
+        b[usa..usa + 2].copy_from_slice(&fixed[usa..usa + 2]);
+        assert!(b == fixed, "every other byte is back");
     }
 
     #[test]

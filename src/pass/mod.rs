@@ -4,4 +4,6 @@
 pub mod compact;
 pub mod execute;
 pub mod in_place;
+pub mod journal;
+pub mod registry;
 pub mod verify;

@@ -9,4 +9,5 @@ pub mod files;
 pub mod map;
 pub mod owner;
 pub mod ranges;
+pub mod reg;
 pub mod table;

@@ -238,7 +238,11 @@ pub fn vhd_timestamp_now() -> u32 {
 
 /// A VHD timestamp as an ISO-8601 UTC string.
 pub fn vhd_timestamp_text(ts: u32) -> String {
-    let secs = VHD_EPOCH_UNIX + ts as u64;
+    unix_time_text(VHD_EPOCH_UNIX + ts as u64)
+}
+
+/// Seconds since 1970 as ISO 8601 UTC.
+pub fn unix_time_text(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);

@@ -51,11 +51,19 @@ impl PendingOutput {
             .map_err(|e| Error::io(self.temp.path(), "fsync", Space::File, 0, e))?;
         let target = self.target;
         self.temp.persist(&target).map_err(|e| Error::open(&target, "rename the finished output to", e.error))?;
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        sync_dir(&target);
         Ok(())
+    }
+}
+
+/// Flushes the folder holding `path`, so a create, rename or removal there survives a crash.
+pub fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

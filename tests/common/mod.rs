@@ -71,6 +71,7 @@ pub fn bin(name: &str) -> Command {
     let path = match name {
         "vhdinspect" => env!("CARGO_BIN_EXE_vhdinspect"),
         "vhdcompact" => env!("CARGO_BIN_EXE_vhdcompact"),
+        "vhdreg" => env!("CARGO_BIN_EXE_vhdreg"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path)
@@ -117,26 +118,31 @@ pub fn assert_one_line_error(out: &Output, file: &str, needles: &[&str]) {
     }
 }
 
-/// Every file and alternate data stream of an NTFS volume (a raw partition image) as
-/// `path[:stream]` -> SHA-256, read by ntfs-3g mounted read-only.
-pub fn ntfs3g_hashes(volume: &Path) -> std::collections::BTreeMap<String, String> {
+/// Mounts an NTFS volume (a raw partition image) with ntfs-3g, runs `f` on the mount point,
+/// then unmounts (also when `f` panics).
+pub fn with_ntfs3g<T>(volume: &Path, read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempdir();
+    let opts = if read_only { "ro,streams_interface=xattr" } else { "rw,streams_interface=xattr" };
     let mounted = Command::new("ntfs-3g")
-        .args(["-o", "ro,streams_interface=xattr"])
+        .args(["-o", opts])
         .arg(volume)
         .arg(mnt.path())
         .status()
         .expect("ntfs-3g is needed (make test installs it)");
     assert!(mounted.success(), "ntfs-3g could not mount {} (FUSE and root are needed)", volume.display());
-    let mut out = std::collections::BTreeMap::new();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        hash_tree(mnt.path(), mnt.path(), &mut out);
-    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
     let _ = Command::new("umount").arg(mnt.path()).status();
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
-    out
+    result.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Every file and alternate data stream of an NTFS volume (a raw partition image) as
+/// `path[:stream]` -> SHA-256, read by ntfs-3g mounted read-only.
+pub fn ntfs3g_hashes(volume: &Path) -> std::collections::BTreeMap<String, String> {
+    with_ntfs3g(volume, true, |mnt| {
+        let mut out = std::collections::BTreeMap::new();
+        hash_tree(mnt, mnt, &mut out);
+        out
+    })
 }
 
 fn hash_tree(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {

@@ -1,0 +1,321 @@
+//! Hives inside an image (or bare hive files): where a registry key's hive lives, reading it
+//! (replaying its transaction logs when it is dirty), and planning the writes that put an
+//! edited hive back: changed sectors through the file's runs, the file grown in NTFS when it
+//! must, and its logs reset after a replay.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::disk::PartitionView;
+use crate::error::{Error, Result};
+use crate::hive::log::{self, LogFile, ReplayReport};
+use crate::hive::{Hive, keys::split_path, names};
+use crate::map::ImageMap;
+use crate::ntfs::NtfsIndex;
+use crate::ntfs::file::FileEntry;
+use crate::ntfs::patch;
+use crate::ntfs::runs::Run;
+use crate::ntfs::stream::read_runs;
+use crate::pass::journal::DiskWrite;
+use crate::vhd::device::BlockDevice;
+
+/// Largest hive file vhdkit loads (Windows limits a hive to 2 GiB).
+pub const MAX_HIVE: u64 = 2 << 30;
+
+/// Which hive file a key lives in, and the key's path inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyTarget {
+    /// Paths in the volume where the hive may be, tried in order.
+    pub hive_paths: Vec<String>,
+    /// The hive's root as regedit names it (`HKEY_LOCAL_MACHINE\SYSTEM`), for exports.
+    pub prefix: String,
+    /// The key's path inside the hive.
+    pub inner: String,
+}
+
+/// Splits a key that starts with a root (`HKLM\SYSTEM\A\B`, `HKEY_USERS\name\A`) into the
+/// hive's regedit name (`HKEY_LOCAL_MACHINE\SYSTEM`) and the path inside it (`A\B`).
+pub fn split_root(key: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = split_path(key).collect();
+    let root = match parts.first()?.to_ascii_uppercase().as_str() {
+        "HKLM" | "HKEY_LOCAL_MACHINE" => "HKEY_LOCAL_MACHINE",
+        "HKU" | "HKEY_USERS" => "HKEY_USERS",
+        _ => return None,
+    };
+    let hive = parts.get(1)?;
+    Some((format!("{root}\\{hive}"), parts[2..].join("\\")))
+}
+
+/// Maps `HKLM\SYSTEM\...`, `HKEY_USERS\name\...` and the like to hive files. With `hive`
+/// (a path in the volume, or a bare hive file), `key` is a path inside that hive, with or
+/// without a root in front.
+pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
+    let rooted = split_root(key);
+    if let Some(h) = hive {
+        let (prefix, inner) = rooted.unwrap_or_else(|| {
+            let stem = h.rsplit(['/', '\\']).next().unwrap_or(h).to_ascii_uppercase();
+            (format!("HKEY_LOCAL_MACHINE\\{stem}"), split_path(key).collect::<Vec<_>>().join("\\"))
+        });
+        return Ok(KeyTarget { hive_paths: vec![h.replace('\\', "/")], prefix, inner });
+    }
+    let Some((prefix, inner)) = rooted else {
+        return Err(Error::Usage(format!(
+            "{key}: start the key with HKLM\\SYSTEM, HKLM\\SOFTWARE, HKLM\\SAM, HKLM\\SECURITY, HKLM\\BCD00000000, \
+             HKU\\.DEFAULT or HKU\\<user>, or name the hive with --hive"
+        )));
+    };
+    let (root, second) = prefix.split_once('\\').unwrap_or((&prefix, ""));
+    let upper = second.to_ascii_uppercase();
+    let config = |name: &str| vec![format!("Windows/System32/config/{name}")];
+    let hive_paths = match (root, upper.as_str()) {
+        ("HKEY_LOCAL_MACHINE", "SYSTEM" | "SOFTWARE" | "SAM" | "SECURITY") => config(&upper),
+        ("HKEY_LOCAL_MACHINE", "BCD00000000") => vec!["Boot/BCD".into(), "EFI/Microsoft/Boot/BCD".into()],
+        ("HKEY_USERS", ".DEFAULT") => config("DEFAULT"),
+        ("HKEY_USERS", _) => vec![format!("Users/{second}/NTUSER.DAT"), format!("Documents and Settings/{second}/NTUSER.DAT")],
+        _ => return Err(Error::Usage(format!("{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive with --hive"))),
+    };
+    Ok(KeyTarget { hive_paths, prefix, inner })
+}
+
+/// Replaces a leading `CurrentControlSet` with the control set `Select\Current` names.
+pub fn resolve_current_control_set(hive: &Hive, inner: &str) -> Result<String> {
+    let mut parts: Vec<&str> = split_path(inner).collect();
+    if !parts.first().is_some_and(|p| names::eq(p, "CurrentControlSet")) {
+        return Ok(inner.to_string());
+    }
+    let select = hive.find("Select")?.ok_or_else(|| Error::unsupported(hive.name(), "no Select key to resolve CurrentControlSet"))?;
+    let current = hive
+        .find_value(&select, "Current")?
+        .map(|v| hive.value_data(&v))
+        .transpose()?
+        .filter(|d| d.len() == 4)
+        .ok_or_else(|| Error::unsupported(hive.name(), "Select\\Current is not a DWORD"))?;
+    let set = format!("ControlSet{:03}", u32::from_le_bytes([current[0], current[1], current[2], current[3]]));
+    parts[0] = &set;
+    Ok(parts.join("\\"))
+}
+
+/// A hive file found in an NTFS volume of the image.
+pub struct ImageHive<'m> {
+    pub partition: u32,
+    pub index: &'m NtfsIndex,
+    pub record: u64,
+    /// Its path in the volume.
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A loaded hive: the bytes as stored, the hive to work on (replayed if it was dirty), and the
+/// logs used.
+pub struct LoadedHive {
+    pub stored: Vec<u8>,
+    pub hive: Hive,
+    pub replay: Option<ReplayReport>,
+    /// The logs found beside it (path in the volume or file path, bytes).
+    pub logs: Vec<(String, Vec<u8>)>,
+    /// Why the primary was shown without its logs (reading a dirty hive whose logs do not
+    /// apply).
+    pub stale: Option<String>,
+}
+
+/// Parses `stored`; a dirty hive is replayed from `logs`. With `for_edit`, a dirty hive whose
+/// logs do not apply is an error; otherwise its primary is used and marked stale.
+pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit: bool) -> Result<LoadedHive> {
+    let base = crate::hive::base::BaseBlock::parse(&stored, name)?;
+    if !base.dirty() {
+        return Ok(LoadedHive { hive: Hive::parse(stored.clone(), name)?, stored, replay: None, logs, stale: None });
+    }
+    let names: Vec<PathBuf> = logs.iter().map(|(n, _)| PathBuf::from(n)).collect();
+    let files: Vec<LogFile<'_>> = logs.iter().zip(&names).map(|((_, d), n)| LogFile { name: n, data: d }).collect();
+    match log::replay(&stored, name, &files) {
+        Ok((bytes, report)) => Ok(LoadedHive { hive: Hive::parse(bytes, name)?, stored, replay: Some(report), logs, stale: None }),
+        Err(e) if !for_edit => {
+            Ok(LoadedHive { hive: Hive::parse(stored.clone(), name)?, stored, replay: None, logs, stale: Some(e.to_string()) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The logs beside a hive path: `.LOG1` and `.LOG2`, else `.LOG`.
+pub fn log_names(hive_path: &str) -> [String; 3] {
+    [format!("{hive_path}.LOG1"), format!("{hive_path}.LOG2"), format!("{hive_path}.LOG")]
+}
+
+/// Reads the unnamed data stream of `file` (bounded by [`MAX_HIVE`]).
+fn read_file(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry) -> Result<Vec<u8>> {
+    let s = file.default_stream().ok_or_else(|| Error::unsupported(view.source(), format!("MFT record {} has no data", file.record)))?;
+    if s.resident || s.flags & (crate::ntfs::record::ATTR_COMPRESSED | crate::ntfs::record::ATTR_ENCRYPTED) != 0 || s.data_size > MAX_HIVE {
+        return Err(Error::unsupported(
+            view.source(),
+            format!("MFT record {}: a hive must be a plain non-resident file under 2 GiB", file.record),
+        ));
+    }
+    read_runs(view, idx.partition, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size)
+}
+
+impl<'m> ImageMap<'m> {
+    /// Finds the first of `paths` in the NTFS volumes (only `partition`, if given). Several
+    /// Windows volumes holding it is an error asking for --partition.
+    pub fn find_hive(&self, paths: &[String], partition: Option<u32>) -> Result<ImageHive<'_>> {
+        let mut found = Vec::new();
+        for (p, idx) in self.ntfs().filter(|(p, _)| partition.is_none_or(|n| n == p.index)) {
+            if let Some((f, name)) = paths.iter().find_map(|path| idx.find_path(path)) {
+                found.push((p, idx, f, idx.path(f, name)));
+            }
+        }
+        match found.len() {
+            0 => Err(Error::Usage(format!(
+                "{}: no hive at {} in {}",
+                self.image.source().display(),
+                paths.join(" or "),
+                partition.map_or("any NTFS volume".to_string(), |n| format!("partition {n}"))
+            ))),
+            1 => {
+                let (p, idx, f, path) = found.remove(0);
+                let view = PartitionView::new(self.image, p);
+                let bytes = read_file(&view, idx, f)?;
+                Ok(ImageHive { partition: p.index, index: idx, record: f.record, path, bytes })
+            }
+            _ => Err(Error::Usage(format!(
+                "{}: {} is in partitions {}: choose one with --partition",
+                self.image.source().display(),
+                paths[0],
+                found.iter().map(|(p, ..)| p.index.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The logs beside an image hive, read.
+    pub fn hive_logs(&self, hive: &ImageHive<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+        let pm = self.partitions.iter().find(|p| p.partition.index == hive.partition).map(|p| p.partition.clone());
+        let Some(part) = pm else { return Ok(Vec::new()) };
+        let view = PartitionView::new(self.image, &part);
+        let [log1, log2, log] = log_names(&hive.path);
+        let read = |name: String| -> Result<Option<(String, Vec<u8>)>> {
+            match hive.index.find_path(&name) {
+                Some((f, _)) if f.default_stream().is_some_and(|s| s.data_size > 0) => Ok(Some((name, read_file(&view, hive.index, f)?))),
+                _ => Ok(None),
+            }
+        };
+        let mut out = Vec::new();
+        for name in [log1, log2] {
+            out.extend(read(name)?);
+        }
+        if out.is_empty() {
+            out.extend(read(log)?);
+        }
+        Ok(out)
+    }
+}
+
+/// What writing a hive back will do.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WriteSummary {
+    /// The partition holding the hive (none for a bare hive file).
+    pub partition: Option<u32>,
+    /// The hive's path in the volume.
+    pub hive: String,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// 512-byte sectors of the hive file rewritten.
+    pub sectors_changed: u64,
+    /// Clusters newly allocated to the file.
+    pub new_clusters: u64,
+    /// NTFS structures patched (MFT record, $Bitmap, $I30).
+    pub ntfs_patches: Vec<String>,
+    /// Logs whose header was reset after a replay.
+    pub logs_reset: Vec<String>,
+}
+
+/// Disk offsets of the bytes `[at, at + len)` of a file laid out in `runs`, as
+/// (disk offset, file offset, length) pieces.
+fn file_pieces(runs: &[Run], cs: u64, part_start: u64, at: u64, len: u64) -> Result<Vec<(u64, u64, u64)>> {
+    let mut out = Vec::new();
+    let mut pos = at;
+    while pos < at + len {
+        let vcn = pos / cs;
+        let run = runs
+            .iter()
+            .find(|r| r.vcn <= vcn && vcn < r.vcn + r.length)
+            .ok_or_else(|| Error::Usage(format!("file offset {pos} lies outside the file's runs")))?;
+        let lcn = run.lcn.ok_or_else(|| {
+            Error::Usage(format!("the file is sparse at offset {pos}: vhdkit does not allocate clusters inside a sparse file"))
+        })?;
+        let run_end = (run.vcn + run.length) * cs;
+        let n = run_end.min(at + len) - pos;
+        out.push((part_start + lcn * cs + (pos - run.vcn * cs), pos, n));
+        pos += n;
+    }
+    Ok(out)
+}
+
+/// The disk writes that store `new` over a hive file whose bytes were `old`: changed sectors
+/// through the file's runs (grown first when `new` is longer), and `log_headers` over the
+/// first sector of each log.
+pub fn plan_image_write(
+    map: &ImageMap<'_>,
+    hive: &ImageHive<'_>,
+    old: &[u8],
+    new: &[u8],
+    log_headers: &[(String, Vec<u8>)],
+) -> Result<(Vec<DiskWrite>, WriteSummary)> {
+    let pm = map
+        .partitions
+        .iter()
+        .find(|p| p.partition.index == hive.partition)
+        .ok_or_else(|| Error::Usage(format!("no partition {}", hive.partition)))?;
+    let view = PartitionView::new(map.image, &pm.partition);
+    let idx = hive.index;
+    let file = idx.file(hive.record).ok_or_else(|| Error::Usage(format!("no MFT record {}", hive.record)))?;
+    let part_start = pm.partition.start();
+    let cs = idx.cluster_size();
+    let growth = patch::grow(&view, idx, file, new.len() as u64)?;
+    let mut writes = Vec::new();
+    let mut summary = WriteSummary {
+        partition: Some(hive.partition),
+        hive: hive.path.clone(),
+        bytes_before: old.len() as u64,
+        bytes_after: new.len() as u64,
+        new_clusters: growth.new_clusters,
+        ..WriteSummary::default()
+    };
+    // Changed 512-byte sectors of the file (bytes past the old end count as changed).
+    let mut s = 0;
+    let sectors = new.len().div_ceil(512);
+    while s < sectors {
+        let same = |s: usize| {
+            let (a, b) = (s * 512, ((s + 1) * 512).min(new.len()));
+            old.get(a..b) == Some(&new[a..b])
+        };
+        if same(s) {
+            s += 1;
+            continue;
+        }
+        let first = s;
+        while s < sectors && !same(s) {
+            s += 1;
+        }
+        let (a, b) = (first * 512, (s * 512).min(new.len()));
+        let mut bytes = new[a..b].to_vec();
+        bytes.resize((b - a).div_ceil(512) * 512, 0);
+        for (disk, file_at, n) in file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64)? {
+            let from = (file_at - a as u64) as usize;
+            writes.push(DiskWrite { offset: disk, bytes: bytes[from..from + n as usize].to_vec(), what: format!("{} sectors", hive.path) });
+        }
+        summary.sectors_changed += (s - first) as u64;
+    }
+    for p in growth.patches {
+        summary.ntfs_patches.push(p.what.clone());
+        writes.push(DiskWrite { offset: part_start + p.offset, bytes: p.bytes, what: p.what });
+    }
+    for (name, header) in log_headers {
+        let Some((f, _)) = idx.find_path(name) else { continue };
+        let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size >= header.len() as u64) else { continue };
+        for (disk, file_at, n) in file_pieces(&s.runs, cs, part_start, 0, header.len() as u64)? {
+            writes.push(DiskWrite { offset: disk, bytes: header[file_at as usize..(file_at + n) as usize].to_vec(), what: format!("{name} header") });
+        }
+        summary.logs_reset.push(name.clone());
+    }
+    Ok((writes, summary))
+}

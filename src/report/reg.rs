@@ -1,0 +1,150 @@
+//! Registry reports: values, key listings, and what a write did.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::hive::log::ReplayReport;
+use crate::hive::value::{to_json, to_text, type_name};
+use crate::hive::{Hive, KeyNode, ValueKey};
+use crate::pass::registry::WriteSummary;
+
+/// A value with its data decoded.
+#[derive(Serialize)]
+pub struct ValueOut {
+    pub key: String,
+    /// "" for the default value.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Text for strings, numbers for DWORD/QWORD, arrays for REG_MULTI_SZ, hex otherwise.
+    pub data: serde_json::Value,
+}
+
+impl ValueOut {
+    /// Decodes value `v` of `key`.
+    pub fn new(hive: &Hive, key: &str, v: &ValueKey) -> crate::error::Result<Self> {
+        let data = hive.value_data(v)?;
+        Ok(ValueOut { key: key.to_string(), name: v.name.clone(), ty: type_name(v.ty), data: to_json(v.ty, &data) })
+    }
+}
+
+/// A subkey in a listing.
+#[derive(Serialize)]
+pub struct SubkeyOut {
+    pub name: String,
+    pub last_written: String,
+    pub subkeys: u32,
+    pub values: u32,
+}
+
+/// `list KEY` (and `get KEY` without a value name).
+#[derive(Serialize)]
+pub struct KeyOut {
+    pub key: String,
+    pub last_written: String,
+    pub class: Option<String>,
+    pub subkeys: Vec<SubkeyOut>,
+    pub values: Vec<ValueOut>,
+    /// Set when the hive is dirty and its logs could not be applied: the data may be stale.
+    pub stale: Option<String>,
+}
+
+/// A FILETIME as ISO 8601 UTC.
+pub fn filetime_text(ft: u64) -> String {
+    crate::vhd::footer::unix_time_text((ft / 10_000_000).saturating_sub(11_644_473_600))
+}
+
+impl KeyOut {
+    /// The listing of `key`.
+    pub fn new(hive: &Hive, path: &str, key: &KeyNode, stale: Option<String>) -> crate::error::Result<Self> {
+        Ok(KeyOut {
+            key: path.to_string(),
+            last_written: filetime_text(key.timestamp),
+            class: hive.class_name(key)?,
+            subkeys: hive
+                .subkeys(key)?
+                .into_iter()
+                .map(|k| SubkeyOut { name: k.name.clone(), last_written: filetime_text(k.timestamp), subkeys: k.subkey_count, values: k.value_count })
+                .collect(),
+            values: hive.values(key)?.iter().map(|v| ValueOut::new(hive, path, v)).collect::<crate::error::Result<_>>()?,
+            stale,
+        })
+    }
+}
+
+/// Renders one value.
+pub fn render_value(v: &ValueOut) -> String {
+    let name = if v.name.is_empty() { "(default)" } else { &v.name };
+    format!("{name}  {}  {}\n", v.ty, text_of(v))
+}
+
+fn text_of(v: &ValueOut) -> String {
+    match &v.data {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | "),
+        serde_json::Value::Number(n) => format!("{n} ({:#x})", n.as_u64().unwrap_or(0)),
+        other => other.to_string(),
+    }
+}
+
+/// Renders a key listing.
+pub fn render_key(k: &KeyOut) -> String {
+    let mut out = String::new();
+    if let Some(why) = &k.stale {
+        let _ = writeln!(out, "warning: {why}; showing the primary file's data, which may be stale");
+    }
+    let _ = writeln!(out, "{}  (last written {})", k.key, k.last_written);
+    for s in &k.subkeys {
+        let _ = writeln!(out, "  [{}]  {} subkeys, {} values, {}", s.name, s.subkeys, s.values, s.last_written);
+    }
+    for v in &k.values {
+        out.push_str("  ");
+        out.push_str(&render_value(v));
+    }
+    out
+}
+
+/// What a write did (or, with --dry-run, would do).
+#[derive(Serialize)]
+pub struct WriteOut {
+    pub dry_run: bool,
+    /// One line per change asked for.
+    pub changes: Vec<String>,
+    /// Per hive written: where, how many sectors, NTFS patches, logs reset.
+    pub hives: Vec<WriteSummary>,
+    /// Log replays done before editing dirty hives.
+    pub replays: Vec<ReplayReport>,
+}
+
+/// Renders a write report.
+pub fn render_write(w: &WriteOut) -> String {
+    let mut out = String::new();
+    for c in &w.changes {
+        let _ = writeln!(out, "{}{c}", if w.dry_run { "would " } else { "" });
+    }
+    for r in &w.replays {
+        let _ = writeln!(out, "replayed log entries {:?} from {}", r.applied, r.logs_used.join(", "));
+    }
+    for h in &w.hives {
+        let _ = writeln!(
+            out,
+            "{}{}: {} sectors {}, {} -> {} bytes{}{}{}",
+            h.partition.map_or(String::new(), |p| format!("partition {p} ")),
+            h.hive,
+            h.sectors_changed,
+            if w.dry_run { "to write" } else { "written" },
+            h.bytes_before,
+            h.bytes_after,
+            if h.new_clusters > 0 { format!(", {} new clusters", h.new_clusters) } else { String::new() },
+            if h.ntfs_patches.is_empty() { String::new() } else { format!(", NTFS: {}", h.ntfs_patches.join(", ")) },
+            if h.logs_reset.is_empty() { String::new() } else { format!(", logs reset: {}", h.logs_reset.join(", ")) },
+        );
+    }
+    out
+}
+
+/// A change in words.
+pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
+    format!("set {key} {} = {} ({})", if name.is_empty() { "(default)" } else { name }, to_text(ty, data), type_name(ty))
+}
