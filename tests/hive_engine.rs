@@ -231,6 +231,39 @@ fn writes_every_value_type_readable_by_nt_hive_and_hivex() {
 }
 
 #[test]
+fn every_real_hive_takes_writes_that_nt_hive_and_hivex_read() {
+    let dir = tempdir();
+    let hives = real_hives();
+    for src in &hives {
+        let path = dir.path().join("hive");
+        std::fs::copy(src, &path).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        let before = hivex_export(&path);
+        let mut hive = Hive::open(&path).unwrap();
+        let big: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+        hive.set_value("vhdkit\\w", "s", reg_type::SZ, &utf16z("written")).unwrap();
+        hive.set_value("vhdkit\\w", "big", reg_type::BINARY, &big).unwrap();
+        hive.set_value("vhdkit\\w", "gone", reg_type::DWORD, &[1, 0, 0, 0]).unwrap();
+        assert!(hive.delete_value("vhdkit\\w", "gone").unwrap());
+        hive.seal();
+        std::fs::write(&path, hive.bytes()).unwrap();
+        let (dump, _) = nt_hive_dump(hive.bytes());
+        let got = dump.get(&("vhdkit\\w".to_string(), "s".to_string()));
+        assert_eq!(got.map(|g| (g.0, g.1.clone())), Some((reg_type::SZ, utf16z("written"))), "{}", src.display());
+        assert!(!dump.contains_key(&("vhdkit\\w".to_string(), "gone".to_string())));
+        assert_eq!(hivexget(&path, "\\vhdkit\\w", "s"), "written", "{}", src.display());
+        // Everything that was there exports as before.
+        let (old, new) = (sections(&before), sections(&hivex_export(&path)));
+        for (key, text) in &old {
+            assert_eq!(new.get(key), Some(text), "{}: {key} changed", src.display());
+        }
+        assert_eq!(new.len(), old.len() + 2, "{}: vhdkit and vhdkit\\w added", src.display());
+    }
+}
+
+#[test]
 fn deleting_frees_every_cell_and_free_cells_are_reused() {
     let dir = tempdir();
     let Some(path) = testhive(dir.path()) else { return };

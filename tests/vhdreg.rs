@@ -18,16 +18,20 @@ struct Hives {
     system: PathBuf,
     ntuser: PathBuf,
     dirty: PathBuf,
+    bcd: PathBuf,
+    sam: PathBuf,
 }
 
 fn hives(dir: &Path) -> Option<Hives> {
     let xz = realdata("regipy/regipy_tests/data/SYSTEM.xz")?;
     let ntuser = realdata("plaso/test_data/NTUSER.DAT")?;
     let dirty = realdata("yarp/hives_for_tests/NewDirtyHive1")?;
+    let bcd = realdata("regipy/regipy_tests/data/BCD")?;
+    let sam = realdata("regipy/regipy_tests/data/SAM")?;
     let system = dir.join("SYSTEM.orig");
     let f = std::fs::File::create(&system).unwrap();
     assert!(Command::new("xz").arg("-dc").arg(&xz).stdout(f).status().unwrap().success());
-    Some(Hives { system, ntuser, dirty })
+    Some(Hives { system, ntuser, dirty, bcd, sam })
 }
 
 /// Byte offset and length of partition 1 of an image.
@@ -39,7 +43,8 @@ fn partition_span(image: &Path) -> (u64, u64) {
 }
 
 /// A copy of the XP corpus image (fixed VHD, partition 1 at sector 63) with real hives put in
-/// by ntfs-3g: SYSTEM, Users/alice/NTUSER.DAT, and dirty/NewDirtyHive with its two logs.
+/// by ntfs-3g: SYSTEM, SAM, Boot/BCD, Users/alice/NTUSER.DAT, and dirty/NewDirtyHive with its
+/// two logs.
 fn windows_image(dir: &Path, h: &Hives) -> PathBuf {
     let image = dir.join("win.vhd");
     std::fs::copy(corpus("xp-fixed.vhd"), &image).unwrap();
@@ -48,6 +53,9 @@ fn windows_image(dir: &Path, h: &Hives) -> PathBuf {
         let config = mnt.join("Windows/System32/config");
         std::fs::create_dir_all(&config).unwrap();
         std::fs::copy(&h.system, config.join("SYSTEM")).unwrap();
+        std::fs::copy(&h.sam, config.join("SAM")).unwrap();
+        std::fs::create_dir_all(mnt.join("Boot")).unwrap();
+        std::fs::copy(&h.bcd, mnt.join("Boot/BCD")).unwrap();
         std::fs::create_dir_all(mnt.join("Users/alice")).unwrap();
         std::fs::copy(&h.ntuser, mnt.join("Users/alice/NTUSER.DAT")).unwrap();
         std::fs::create_dir_all(mnt.join("dirty")).unwrap();
@@ -87,6 +95,16 @@ fn vhdreg(args: &[&str]) -> Output {
 fn vhdreg_ok(args: &[&str]) -> String {
     let out = vhdreg(args);
     assert!(out.status.success(), "vhdreg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// hivexsh (read-only) running `script` on `hive`.
+fn hivexsh(hive: &Path, script: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("hivexsh").arg(hive).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "hivexsh {}", hive.display());
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -214,9 +232,16 @@ fn image_hive_set_reads_back_through_ntfs3g_and_hivex() {
     assert_ne!(before.remove(SYSTEM), after.remove(SYSTEM));
     assert_eq!(&before, after);
     assert!(!vhdkit::pass::journal::journal_path(&image).exists(), "the journal is removed");
-    // A user's hive is found by name.
+    // A user's hive is found by name; so are SAM and the BCD store, each as hivex reads it.
     let user = vhdreg_ok(&[im, "list", r"HKU\alice\Software"]);
     assert!(user.contains("[Microsoft]"), "{user}");
+    for (key, file, inner) in [(r"HKLM\SAM\SAM\Domains", &h.sam, r"\SAM\Domains"), (r"HKLM\BCD00000000\Objects", &h.bcd, r"\Objects")] {
+        let ours: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[im, "list", key, "--json"])).unwrap();
+        let names: Vec<&str> = ours["subkeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+        let theirs = hivexsh(file, &format!("cd {inner}\nls\n"));
+        assert!(!names.is_empty());
+        assert_eq!(names, theirs.lines().collect::<Vec<_>>(), "{key}");
+    }
 }
 
 #[test]
