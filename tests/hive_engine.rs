@@ -237,9 +237,7 @@ fn every_real_hive_takes_writes_that_nt_hive_and_hivex_read() {
     for src in &hives {
         let path = dir.path().join("hive");
         std::fs::copy(src, &path).unwrap();
-        let mut perms = std::fs::metadata(&path).unwrap().permissions();
-        perms.set_readonly(false);
-        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let before = hivex_export(&path);
         let mut hive = Hive::open(&path).unwrap();
         let big: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();

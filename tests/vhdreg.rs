@@ -4,89 +4,10 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-
-const SYSTEM: &str = "Windows/System32/config/SYSTEM";
-const COMPUTER_NAME: &str = r"HKLM\SYSTEM\CurrentControlSet\Control\ComputerName\ComputerName";
-
-/// The real hives the tests put into images; `None` (with a notice) when real data is absent.
-struct Hives {
-    system: PathBuf,
-    ntuser: PathBuf,
-    dirty: PathBuf,
-    bcd: PathBuf,
-    sam: PathBuf,
-}
-
-fn hives(dir: &Path) -> Option<Hives> {
-    let xz = realdata("regipy/regipy_tests/data/SYSTEM.xz")?;
-    let ntuser = realdata("plaso/test_data/NTUSER.DAT")?;
-    let dirty = realdata("yarp/hives_for_tests/NewDirtyHive1")?;
-    let bcd = realdata("regipy/regipy_tests/data/BCD")?;
-    let sam = realdata("regipy/regipy_tests/data/SAM")?;
-    let system = dir.join("SYSTEM.orig");
-    let f = std::fs::File::create(&system).unwrap();
-    assert!(Command::new("xz").arg("-dc").arg(&xz).stdout(f).status().unwrap().success());
-    Some(Hives { system, ntuser, dirty, bcd, sam })
-}
-
-/// Byte offset and length of partition 1 of an image.
-fn partition_span(image: &Path) -> (u64, u64) {
-    let img = open(image);
-    let layout = vhdkit::disk::DiskLayout::read(&img).unwrap();
-    let p = layout.partition(1).unwrap();
-    (p.start(), p.len())
-}
-
-/// A copy of the XP corpus image (fixed VHD, partition 1 at sector 63) with real hives put in
-/// by ntfs-3g: SYSTEM, SAM, Boot/BCD, Users/alice/NTUSER.DAT, and dirty/NewDirtyHive with its
-/// two logs.
-fn windows_image(dir: &Path, h: &Hives) -> PathBuf {
-    let image = dir.join("win.vhd");
-    std::fs::copy(corpus("xp-fixed.vhd"), &image).unwrap();
-    let part = partition_image(&open(&image), 1, dir);
-    with_ntfs3g(&part, false, |mnt| {
-        let config = mnt.join("Windows/System32/config");
-        std::fs::create_dir_all(&config).unwrap();
-        std::fs::copy(&h.system, config.join("SYSTEM")).unwrap();
-        std::fs::copy(&h.sam, config.join("SAM")).unwrap();
-        std::fs::create_dir_all(mnt.join("Boot")).unwrap();
-        std::fs::copy(&h.bcd, mnt.join("Boot/BCD")).unwrap();
-        std::fs::create_dir_all(mnt.join("Users/alice")).unwrap();
-        std::fs::copy(&h.ntuser, mnt.join("Users/alice/NTUSER.DAT")).unwrap();
-        std::fs::create_dir_all(mnt.join("dirty")).unwrap();
-        for name in ["NewDirtyHive", "NewDirtyHive.LOG1", "NewDirtyHive.LOG2"] {
-            std::fs::copy(h.dirty.join(name), mnt.join("dirty").join(name)).unwrap();
-        }
-    });
-    let (start, _) = partition_span(&image);
-    let f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
-    f.write_all_at(&std::fs::read(&part).unwrap(), start).unwrap();
-    std::fs::remove_file(&part).unwrap();
-    image
-}
-
-/// Files copied out of partition 1 of an image by ntfs-3g (read-only), by path in the volume.
-fn copy_out(image: &Path, paths: &[&str], dir: &Path) -> Vec<PathBuf> {
-    let part = partition_image(&open(image), 1, dir);
-    let out = with_ntfs3g(&part, true, |mnt| {
-        paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let to = dir.join(format!("out{i}-{}", p.rsplit('/').next().unwrap()));
-                std::fs::copy(mnt.join(p), &to).unwrap_or_else(|e| panic!("ntfs-3g cannot read {p}: {e}"));
-                to
-            })
-            .collect()
-    });
-    std::fs::remove_file(&part).unwrap();
-    out
-}
 
 fn vhdreg(args: &[&str]) -> Output {
     run(bin("vhdreg").args(args))
@@ -96,53 +17,6 @@ fn vhdreg_ok(args: &[&str]) -> String {
     let out = vhdreg(args);
     assert!(out.status.success(), "vhdreg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// hivexsh (read-only) running `script` on `hive`.
-fn hivexsh(hive: &Path, script: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("hivexsh").arg(hive).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "hivexsh {}", hive.display());
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn hivexget(hive: &Path, key: &str, value: &str) -> String {
-    String::from_utf8(run_ok(Command::new("hivexget").arg(hive).arg(key).arg(value))).unwrap().trim_end().to_string()
-}
-
-fn hivex_export(hive: &Path, key: &str) -> String {
-    String::from_utf8(run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"]).arg(hive).arg(key))).unwrap()
-}
-
-/// Drops the section of `key` (and its subkeys) from a hivexregedit export.
-fn without_key(export: &str, key: &str) -> String {
-    let mut out = String::new();
-    let mut skip = false;
-    for line in export.lines() {
-        if line.starts_with('[') {
-            let name = line.trim_matches(|c| c == '[' || c == ']');
-            skip = name == key || name.starts_with(&format!("{key}\\"));
-        }
-        if !skip {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// The bytes of value `name` in a .reg export (`"name"=hex:..` or `hex(N):..`).
-fn reg_hex_value(export: &str, name: &str) -> Vec<u8> {
-    let text: String = export.lines().skip_while(|l| !l.starts_with(&format!("\"{name}\"="))).collect();
-    let (_, data) = text.split_once("):").or_else(|| text.split_once("hex:")).unwrap_or_else(|| panic!("no hex value {name}"));
-    let data = data.split('"').next().unwrap();
-    hex::decode(data.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>()).unwrap()
-}
-
-fn image_hash(image: &Path) -> String {
-    sha256(&read_all(&open(image)))
 }
 
 #[test]

@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::pass::compact::{self, CompactOptions, OutputFormat};
 use crate::pass::{execute, in_place, verify};
-use crate::report::compact::{CompactReport, PartitionResult};
+use crate::report::compact::{CompactReport, PartitionResult, RealignResult};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
+use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 
 /// Drop the VHD blocks that hold no allocated NTFS cluster; convert fixed <-> dynamic; merge a
 /// differencing chain; make Azure-ready fixed images. The input is never modified (unless
@@ -46,9 +47,14 @@ pub struct Cli {
     /// Re-read the output and compare every needed byte with the input; exit 1 on a mismatch.
     #[arg(long)]
     pub verify: bool,
-    /// Compact dirty or hibernated NTFS volumes anyway.
+    /// Compact dirty or hibernated NTFS volumes anyway; realign even when a Windows record of a
+    /// partition offset cannot be patched.
     #[arg(long)]
     pub force: bool,
+    /// Move misaligned partitions to the next multiple of BOUNDARY (default 1M; `block` = the
+    /// output's VHD block size), patching MBR/EBR/GPT, boot sectors, MountedDevices and BCD.
+    #[arg(long, value_name = "BOUNDARY", num_args = 0..=1, require_equals = true, default_missing_value = "1M", conflicts_with = "in_place")]
+    pub realign: Option<String>,
     /// Rewrite the input itself (dynamic and differencing: blocks dropped and the file
     /// truncated; fixed: free clusters zeroed with --zero-free).
     #[arg(long, conflicts_with = "output")]
@@ -110,6 +116,15 @@ fn progress(blocks: u64) -> ProgressBar {
 
 fn run(cli: &Cli) -> Result<bool> {
     let started = Instant::now();
+    let image = DiskImage::open(
+        &cli.input,
+        &OpenOptions { strict: cli.strict, parent: cli.parent.clone(), ..OpenOptions::default() },
+    )?;
+    let realign = match cli.realign.as_deref() {
+        None => None,
+        Some("block") => Some(cli.block_size.map(u64::from).or(image.as_sparse().map(|s| s.block_size())).unwrap_or(DEFAULT_BLOCK_SIZE as u64)),
+        Some(size) => Some(parse_size(size).map_err(Error::Usage)? as u64),
+    };
     let opts = CompactOptions {
         to: cli.to,
         azure: cli.azure,
@@ -117,11 +132,8 @@ fn run(cli: &Cli) -> Result<bool> {
         zero_free: cli.zero_free,
         merge: cli.merge,
         force: cli.force,
+        realign,
     };
-    let image = DiskImage::open(
-        &cli.input,
-        &OpenOptions { strict: cli.strict, parent: cli.parent.clone(), ..OpenOptions::default() },
-    )?;
     if cli.in_place {
         return run_in_place(cli, &image, &opts, started);
     }
@@ -144,7 +156,13 @@ fn run(cli: &Cli) -> Result<bool> {
             pending.path(),
             &OpenOptions { strict: true, parent: plan.parent.clone(), ..OpenOptions::default() },
         )?;
-        Some(verify::compare(&verify::needed_digests(&map, &image)?, &verify::needed_digests(&map, &written)?))
+        Some(match &plan.realignment {
+            Some(r) => {
+                let (want, got) = verify::realigned_digests(&map, r, &written)?;
+                verify::compare(&want, &got)
+            }
+            None => verify::compare(&verify::needed_digests(&map, &image)?, &verify::needed_digests(&map, &written)?),
+        })
     } else {
         None
     };
@@ -174,6 +192,7 @@ fn run(cli: &Cli) -> Result<bool> {
             .iter()
             .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
             .collect(),
+        realign: plan.realignment.as_ref().map(RealignResult::new),
         verify: verified,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
@@ -219,6 +238,7 @@ fn run_in_place(cli: &Cli, image: &DiskImage, opts: &CompactOptions, started: In
             .iter()
             .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
             .collect(),
+        realign: None,
         verify: verified,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };

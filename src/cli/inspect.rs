@@ -113,6 +113,18 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// Where each partition starts against 4 KiB, 64 KiB, 1 MiB and the VHD block size, and
+    /// what a misaligned start costs.
+    Align {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The boundary partitions should start on (default 1M).
+        #[arg(long, value_name = "SIZE", value_parser = crate::cli::compact::parse_size, default_value = "1M")]
+        boundary: u32,
+        /// Exit 1 when a partition is not aligned to the boundary.
+        #[arg(long)]
+        fail_on_misaligned: bool,
+    },
     /// Registry keys and values in the image's hives (the read-only half of vhdreg).
     Reg {
         #[command(flatten)]
@@ -210,6 +222,13 @@ fn run(cli: Cli) -> Result<bool> {
             let r = report::ranges::build(&map)?;
             emit(cli.json, &r, report::ranges::render)?;
             Ok(true)
+        }
+        Command::Align { image, boundary, fail_on_misaligned } => {
+            let img = image.open(false)?;
+            let map = ImageMap::build(&img, None)?;
+            let r = report::align::build(&map, boundary as u64)?;
+            emit(cli.json, &r, report::align::render)?;
+            Ok(!(fail_on_misaligned && r.misaligned > 0))
         }
         Command::Reg { source, command } => {
             if let Some(image) = &source.image {

@@ -115,11 +115,17 @@ impl MbrEntry {
 
     /// The entry with a new start, length and CHS addresses for the given disk geometry.
     pub fn relocated(&self, start_lba: u32, sectors: u32, heads: u8, spt: u8) -> Self {
+        self.placed(start_lba as u64, start_lba, sectors, heads, spt)
+    }
+
+    /// The entry for a partition at absolute sector `absolute` (the CHS fields), stored as
+    /// `relative` (EBR entries count from their EBR or from the extended partition).
+    pub fn placed(&self, absolute: u64, relative: u32, sectors: u32, heads: u8, spt: u8) -> Self {
         let mut raw = self.raw;
-        raw[1..4].copy_from_slice(&Chs::from_lba(start_lba as u64, heads, spt).encode());
-        let last = (start_lba as u64 + sectors as u64).saturating_sub(1);
+        raw[1..4].copy_from_slice(&Chs::from_lba(absolute, heads, spt).encode());
+        let last = (absolute + sectors as u64).saturating_sub(1);
         raw[5..8].copy_from_slice(&Chs::from_lba(last, heads, spt).encode());
-        raw[8..12].copy_from_slice(&start_lba.to_le_bytes());
+        raw[8..12].copy_from_slice(&relative.to_le_bytes());
         raw[12..16].copy_from_slice(&sectors.to_le_bytes());
         MbrEntry { raw }
     }

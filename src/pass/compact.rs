@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::map::blocks::{NeedKind, Presence};
+use crate::map::blocks::{Need, NeedKind, Presence};
+use crate::pass::align::{self, Realignment};
 use crate::map::{Contents, ImageMap};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
@@ -50,8 +51,11 @@ pub struct CompactOptions {
     pub zero_free: bool,
     /// Make a standalone image of a differencing chain.
     pub merge: bool,
-    /// Compact dirty or hibernated volumes anyway.
+    /// Compact dirty or hibernated volumes anyway (and realign when a Windows record of a
+    /// partition offset cannot be patched).
     pub force: bool,
+    /// Move misaligned partitions to this boundary (bytes) in the output.
+    pub realign: Option<u64>,
 }
 
 /// What happens to one output block.
@@ -90,6 +94,8 @@ pub struct CompactionPlan {
     /// blocks hold none: dropping them is no gain).
     pub held: Vec<bool>,
     pub partitions: Vec<PartitionPlan>,
+    /// With --realign: where the partitions go; the output is the realigned disk.
+    pub realignment: Option<Realignment>,
 }
 
 impl CompactionPlan {
@@ -177,9 +183,9 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
     Ok((format, block_size))
 }
 
-/// The output disk size: the input's, or for Azure rounded up to a whole MiB within limits.
-fn output_size(map: &ImageMap<'_>, opts: &CompactOptions, format: OutputFormat) -> Result<u64> {
-    let size = map.image.len();
+/// The output disk size: `size` (the input's, or the realigned disk's), or for Azure rounded up
+/// to a whole MiB within limits.
+fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: OutputFormat) -> Result<u64> {
     let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
     if !opts.azure {
         if size > limit {
@@ -197,17 +203,46 @@ fn output_size(map: &ImageMap<'_>, opts: &CompactOptions, format: OutputFormat) 
     Ok(rounded)
 }
 
+/// The realignment asked for, refused when a Windows record of a partition offset cannot be
+/// patched (Windows would not boot) unless forced.
+fn realignment(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<Option<Realignment>> {
+    let Some(boundary) = opts.realign else { return Ok(None) };
+    let r = align::plan(map, boundary)?;
+    if let (Some(first), false) = (r.impossible.first(), opts.force) {
+        return Err(Error::unsupported(
+            map.image.source(),
+            format!("cannot realign safely: {first}{}; pass --force to realign anyway", if r.impossible.len() > 1 { format!(" (and {} more)", r.impossible.len() - 1) } else { String::new() }),
+        ));
+    }
+    Ok(Some(r))
+}
+
 /// Plans the compaction of `map`'s image.
 pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan> {
     check_volumes(map, opts.force)?;
+    let realignment = realignment(map, opts)?;
+    // Realigning moves every sector: a differencing input becomes a standalone image.
+    let merged;
+    let opts = match &realignment {
+        Some(_) => {
+            merged = CompactOptions { merge: true, ..opts.clone() };
+            &merged
+        }
+        None => opts,
+    };
     let (format, block_size) = output_kind(map, opts)?;
-    let disk_size = output_size(map, opts, format)?;
+    let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
+    let disk_size = output_size(map, source_size, opts, format)?;
     let blocks = disk_size.div_ceil(block_size);
+    let needs = |a: u64, b: u64| match &realignment {
+        Some(r) => r.needs(map, a, b),
+        None => map.needs(a, b),
+    };
     let actions: Vec<BlockAction> = (0..blocks)
         .into_par_iter()
         .map(|b| match format {
             OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free),
-            _ => Ok(plan_standalone_block(map, b * block_size, ((b + 1) * block_size).min(map.image.len()), opts.zero_free)),
+            _ => Ok(plan_standalone_block(&needs, b * block_size, ((b + 1) * block_size).min(source_size), opts.zero_free)),
         })
         .collect::<Result<_>>()?;
     let held: Vec<bool> = (0..blocks).map(|b| holds(map, b * block_size, (b + 1) * block_size)).collect();
@@ -245,6 +280,7 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
         actions,
         held,
         partitions,
+        realignment,
     })
 }
 
@@ -258,13 +294,14 @@ fn holds(map: &ImageMap<'_>, start: u64, end: u64) -> bool {
     }
 }
 
-/// A block of a standalone output covering disk range `[start, end)` of the (merged) input.
-/// Needed blocks are stored; the writer still drops those that read as zeros.
-fn plan_standalone_block(map: &ImageMap<'_>, start: u64, end: u64, zero_free: bool) -> BlockAction {
+/// A block of a standalone output covering disk range `[start, end)` of the (merged, or
+/// realigned) input, whose needed bytes `needs` tells. Needed blocks are stored; the writer
+/// still drops those that read as zeros.
+fn plan_standalone_block(needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync), start: u64, end: u64, zero_free: bool) -> BlockAction {
     if start >= end {
         return BlockAction::Drop;
     }
-    let needs = map.needs(start, end);
+    let needs = needs(start, end);
     let needed = needs.iter().any(|n| n.kind != NeedKind::FreeCluster);
     if !needed {
         return BlockAction::Drop;

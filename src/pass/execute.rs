@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
+use crate::pass::align::RealignedDisk;
 use crate::pass::compact::{BlockAction, CompactionPlan, OutputFormat};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
@@ -71,8 +72,12 @@ fn prepare(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64, pool: &BufferPool)
     };
     let mut buf = take_buffer(pool, prefix + bs as usize);
     let data = &mut buf[prefix..];
-    let readable = (start + bs).min(map.image.len()).saturating_sub(start) as usize;
-    map.image.read_at(start, &mut data[..readable])?;
+    let source: &dyn BlockDevice = match &plan.realignment {
+        Some(r) => &RealignedDisk { input: map.image, plan: r },
+        None => map.image,
+    };
+    let readable = (start + bs).min(source.len()).saturating_sub(start) as usize;
+    source.read_at(start, &mut data[..readable])?;
     data[readable..].fill(0);
     for &(a, z) in zero {
         data[a as usize..z as usize].fill(0);

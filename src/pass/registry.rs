@@ -173,9 +173,7 @@ impl<'m> ImageMap<'m> {
             ))),
             1 => {
                 let (p, idx, f, path) = found.remove(0);
-                let view = PartitionView::new(self.image, p);
-                let bytes = read_file(&view, idx, f)?;
-                Ok(ImageHive { partition: p.index, index: idx, record: f.record, path, bytes })
+                Ok(ImageHive { partition: p.index, index: idx, record: f.record, bytes: read_file(&PartitionView::new(self.image, p), idx, f)?, path })
             }
             _ => Err(Error::Usage(format!(
                 "{}: {} is in partitions {}: choose one with --partition",
@@ -184,6 +182,14 @@ impl<'m> ImageMap<'m> {
                 found.iter().map(|(p, ..)| p.index.to_string()).collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// The hive at `path` in NTFS partition `partition`, if there is one.
+    pub fn hive_at(&self, partition: u32, path: &str) -> Result<Option<ImageHive<'_>>> {
+        let Some((p, idx)) = self.ntfs().find(|(p, _)| p.index == partition) else { return Ok(None) };
+        let Some((f, name)) = idx.find_path(path) else { return Ok(None) };
+        let bytes = read_file(&PartitionView::new(self.image, p), idx, f)?;
+        Ok(Some(ImageHive { partition, index: idx, record: f.record, path: idx.path(f, name), bytes }))
     }
 
     /// The logs beside an image hive, read.

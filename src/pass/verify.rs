@@ -1,5 +1,5 @@
-//! `--verify`: every needed byte of the output compared with the input, piece by piece, by
-//! BLAKE3 digest. Free clusters are not compared: they are the bytes compaction may drop or
+//! `--verify`: every needed byte of the output compared with the input (for a realigned output:
+//! with the input's bytes at their new places), piece by piece, by BLAKE3 digest. Free clusters are not compared: they are the bytes compaction may drop or
 //! zero. Digests of the input can be taken before an in-place run overwrites it.
 
 use rayon::prelude::*;
@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::map::ImageMap;
-use crate::map::blocks::NeedKind;
+use crate::map::blocks::{Need, NeedKind};
+use crate::pass::align::{RealignedDisk, Realignment};
 use crate::vhd::device::BlockDevice;
 
 /// Bytes compared per piece of work.
@@ -39,7 +40,12 @@ pub struct NeededDigests {
 
 /// Digests of `image`'s needed bytes, which bytes being needed as `map` (the input's map) says.
 pub fn needed_digests(map: &ImageMap<'_>, image: &dyn BlockDevice) -> Result<NeededDigests> {
-    let len = map.image.len().min(image.len());
+    digests_of(&|a, b| map.needs(a, b), map.image.len(), image)
+}
+
+/// Digests of `image`'s needed bytes within its first `len` bytes, as `needs` tells them.
+pub fn digests_of(needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync), len: u64, image: &dyn BlockDevice) -> Result<NeededDigests> {
+    let len = len.min(image.len());
     let pieces = (0..len.div_ceil(PIECE))
         .into_par_iter()
         .map(|i| {
@@ -47,7 +53,7 @@ pub fn needed_digests(map: &ImageMap<'_>, image: &dyn BlockDevice) -> Result<Nee
             let mut hasher = blake3::Hasher::new();
             let mut buf = Vec::new();
             let mut checked = 0;
-            for n in map.needs(start, end).into_iter().filter(|n| n.kind != NeedKind::FreeCluster) {
+            for n in needs(start, end).into_iter().filter(|n| n.kind != NeedKind::FreeCluster) {
                 buf.resize((n.end - n.start) as usize, 0);
                 image.read_at(n.start, &mut buf)?;
                 hasher.update(&buf);
@@ -57,6 +63,14 @@ pub fn needed_digests(map: &ImageMap<'_>, image: &dyn BlockDevice) -> Result<Nee
         })
         .collect::<Result<_>>()?;
     Ok(NeededDigests { len: image.len(), pieces })
+}
+
+/// For a realigned output: digests of the realigned disk (the input's bytes at their new
+/// places, patches applied) and of `output`, over the realigned disk's needed bytes.
+pub fn realigned_digests(map: &ImageMap<'_>, plan: &Realignment, output: &dyn BlockDevice) -> Result<(NeededDigests, NeededDigests)> {
+    let reference = RealignedDisk { input: map.image, plan };
+    let needs = |a, b| plan.needs(map, a, b);
+    Ok((digests_of(&needs, plan.disk_size, &reference)?, digests_of(&needs, plan.disk_size, output)?))
 }
 
 /// Compares the digests of an input and an output.

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::pass::align::{Move, Realignment};
 use crate::pass::compact::{OutputFormat, PartitionPlan};
 use crate::pass::verify::VerifyReport;
 use crate::report::table::{Section, human_bytes};
@@ -42,8 +43,28 @@ pub struct CompactReport {
     /// Bytes of free clusters written as zeros (--zero-free).
     pub zeroed_bytes: u64,
     pub partitions: Vec<PartitionResult>,
+    /// With --realign: where each partition went and every patch made.
+    pub realign: Option<RealignResult>,
     pub verify: Option<VerifyReport>,
     pub elapsed_seconds: f64,
+}
+
+/// What realignment did.
+#[derive(Serialize)]
+pub struct RealignResult {
+    pub boundary: u64,
+    pub moves: Vec<Move>,
+    /// Every patch in words: tables, boot sectors, MountedDevices, BCD.
+    pub changes: Vec<String>,
+    /// Records of partition offsets that could not be patched (only with --force).
+    pub impossible: Vec<String>,
+}
+
+impl RealignResult {
+    /// The report of a realignment plan.
+    pub fn new(r: &Realignment) -> Self {
+        RealignResult { boundary: r.boundary, moves: r.moves.clone(), changes: r.changes.clone(), impossible: r.impossible.clone() }
+    }
 }
 
 /// Renders the report.
@@ -60,7 +81,8 @@ pub fn render(r: &CompactReport) -> String {
         ),
     );
     if r.output_disk_size != r.disk_size {
-        s.kv("disk size", format!("{} -> {} (rounded up to a whole MiB for Azure)", r.disk_size, r.output_disk_size));
+        let why = if r.realign.is_some() { "grown for the realigned partitions, to a whole MiB" } else { "rounded up to a whole MiB for Azure" };
+        s.kv("disk size", format!("{} -> {} ({why})", r.disk_size, r.output_disk_size));
     } else {
         s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     }
@@ -94,6 +116,18 @@ pub fn render(r: &CompactReport) -> String {
         ]);
     }
     let mut out = s.render() + "\n" + &p.render();
+    if let Some(r) = &r.realign {
+        out.push_str(&format!("\nRealigned to {}:\n", human_bytes(r.boundary)));
+        for m in &r.moves {
+            out.push_str(&format!("  partition {}: sector {} -> {}\n", m.index, m.old_start_lba, m.new_start_lba));
+        }
+        for c in &r.changes {
+            out.push_str(&format!("  patched {c}\n"));
+        }
+        for c in &r.impossible {
+            out.push_str(&format!("  NOT PATCHED {c}: Windows may fail to boot (0xc0000225)\n"));
+        }
+    }
     if let Some(v) = &r.verify {
         for m in &v.mismatches {
             out.push_str(&format!(

@@ -1,6 +1,7 @@
 //! Layer 6 (output half): each command's report as a serde structure (the `--json` output,
 //! documented in docs/json.md) and its rendering as readable tables.
 
+pub mod align;
 pub mod check;
 pub mod compact;
 pub mod diff;

@@ -1,0 +1,651 @@
+//! Realignment: every misaligned partition moved to the next boundary (order and sizes kept),
+//! as a plan (where each partition and EBR goes, and the sectors patched so that the tables,
+//! the boot sectors and Windows' own records of partition offsets agree) and a device that
+//! reads the realigned disk out of the input. Nothing is written here: compaction's writer
+//! stores what [`RealignedDisk`] reads.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
+use crate::disk::gpt::GptHeader;
+use crate::disk::mbr::{self, MbrEntry};
+use crate::disk::Partition;
+use crate::error::{Error, Result, Space};
+use crate::hive::Hive;
+use crate::hive::log::reset_header;
+use crate::hive::value::reg_type;
+use crate::map::ImageMap;
+use crate::map::blocks::{Need, NeedKind};
+use crate::pass::journal::DiskWrite;
+use crate::pass::registry;
+use crate::vhd::device::{BlockDevice, check_range};
+use crate::vhd::image::DiskImage;
+
+/// The boundary `--realign` moves partitions to by default.
+pub const DEFAULT_BOUNDARY: u64 = 1 << 20;
+
+/// Where Windows keeps the hives that name partitions by byte offset.
+const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";
+const BCD_STORES: [&str; 2] = ["Boot/BCD", "EFI/Microsoft/Boot/BCD"];
+
+/// One partition's place before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct Move {
+    pub index: u32,
+    pub old_start_lba: u64,
+    pub new_start_lba: u64,
+    pub sectors: u64,
+}
+
+impl Move {
+    fn moved(&self) -> bool {
+        self.old_start_lba != self.new_start_lba
+    }
+}
+
+/// A stretch of the realigned disk: read from the input at `source`, or zeros.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    start: u64,
+    end: u64,
+    source: Option<u64>,
+}
+
+/// The realignment plan.
+#[derive(Clone, Debug)]
+pub struct Realignment {
+    pub boundary: u64,
+    pub old_size: u64,
+    /// The realigned disk's size (grown when the last partition needed room).
+    pub disk_size: u64,
+    pub moves: Vec<Move>,
+    /// New sector contents, at realigned disk offsets, sorted.
+    pub patches: Vec<DiskWrite>,
+    /// Every change the patches make, in words.
+    pub changes: Vec<String>,
+    /// What could not be patched, and why.
+    pub impossible: Vec<String>,
+    segments: Vec<Segment>,
+}
+
+impl Realignment {
+    /// Whether any partition moves.
+    pub fn moves_anything(&self) -> bool {
+        self.moves.iter().any(Move::moved)
+    }
+
+    /// The pieces of realigned range `[start, end)`: (start, end, input offset or zeros).
+    fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, Option<u64>)> + '_ {
+        let first = self.segments.partition_point(|s| s.end <= start);
+        self.segments[first..].iter().take_while(move |s| s.start < end).map(move |s| {
+            let (a, b) = (s.start.max(start), s.end.min(end));
+            (a, b, s.source.map(|src| src + (a - s.start)))
+        })
+    }
+
+    /// Which bytes of realigned range `[start, end)` are needed: the input's needs carried to
+    /// their new place, zeros for vacated space, and every patched byte.
+    pub fn needs(&self, map: &ImageMap<'_>, start: u64, end: u64) -> Vec<Need> {
+        let mut out = Vec::new();
+        for (a, b, source) in self.pieces(start, end) {
+            match source {
+                None => out.push(Need { start: a, end: b, kind: NeedKind::FreeCluster }),
+                Some(src) => out.extend(map.needs(src, src + (b - a)).into_iter().map(|n| Need {
+                    start: n.start - src + a,
+                    end: n.end - src + a,
+                    kind: n.kind,
+                })),
+            }
+        }
+        let patched: Vec<(u64, u64)> = self
+            .patches
+            .iter()
+            .map(|p| (p.offset.max(start), (p.offset + p.bytes.len() as u64).min(end)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        if patched.is_empty() {
+            return out;
+        }
+        let mut cut = Vec::with_capacity(out.len() + 2 * patched.len());
+        for n in out {
+            let mut at = n.start;
+            for &(a, b) in patched.iter().filter(|(a, b)| *a < n.end && *b > n.start) {
+                if a > at {
+                    cut.push(Need { start: at, end: a, kind: n.kind });
+                }
+                at = at.max(b);
+            }
+            if at < n.end {
+                cut.push(Need { start: at, end: n.end, kind: n.kind });
+            }
+        }
+        cut.extend(patched.iter().map(|&(a, b)| Need { start: a, end: b, kind: NeedKind::NeededCluster }));
+        cut.sort_by_key(|n| n.start);
+        cut
+    }
+}
+
+/// The realigned disk, read from the input.
+pub struct RealignedDisk<'a> {
+    pub input: &'a DiskImage,
+    pub plan: &'a Realignment,
+}
+
+impl BlockDevice for RealignedDisk<'_> {
+    fn len(&self) -> u64 {
+        self.plan.disk_size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(self.source(), Space::Disk, offset, buf.len(), self.len())?;
+        let end = offset + buf.len() as u64;
+        for (a, b, source) in self.plan.pieces(offset, end) {
+            let out = &mut buf[(a - offset) as usize..(b - offset) as usize];
+            match source {
+                Some(src) => self.input.read_at(src, out)?,
+                None => out.fill(0),
+            }
+        }
+        let first = self.plan.patches.partition_point(|p| p.offset + p.bytes.len() as u64 <= offset);
+        for p in self.plan.patches[first..].iter().take_while(|p| p.offset < end) {
+            let (a, b) = (p.offset.max(offset), (p.offset + p.bytes.len() as u64).min(end));
+            if a < b {
+                buf[(a - offset) as usize..(b - offset) as usize].copy_from_slice(&p.bytes[(a - p.offset) as usize..(b - p.offset) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    fn source(&self) -> &Path {
+        self.input.source()
+    }
+}
+
+/// Lays `[start, end)` over `segments` with a new source.
+fn overlay(segments: &mut Vec<Segment>, start: u64, end: u64, source: Option<u64>) {
+    if start >= end {
+        return;
+    }
+    let mut out = Vec::with_capacity(segments.len() + 2);
+    for s in segments.iter() {
+        if s.end <= start || s.start >= end {
+            out.push(*s);
+            continue;
+        }
+        if s.start < start {
+            out.push(Segment { start: s.start, end: start, source: s.source });
+        }
+        if s.end > end {
+            out.push(Segment { start: end, end: s.end, source: s.source.map(|src| src + (end - s.start)) });
+        }
+    }
+    out.push(Segment { start, end, source });
+    out.sort_by_key(|s| s.start);
+    *segments = out;
+}
+
+/// Reads one 512-byte sector of the input.
+fn sector(image: &DiskImage, lba: u64) -> Result<[u8; 512]> {
+    let mut s = [0u8; 512];
+    image.read_at(lba * 512, &mut s)?;
+    Ok(s)
+}
+
+/// The BIOS geometry the MBR's CHS fields were written with: from the entries' end addresses
+/// when they are not clamped, else 255 heads and 63 sectors per track as Windows uses.
+fn bios_geometry(entries: &[MbrEntry]) -> (u8, u8) {
+    let unclamped = entries.iter().filter(|e| !e.is_empty()).map(MbrEntry::last_chs).filter(|c| c.cylinder < 1023 && c.sector > 0);
+    let (mut heads, mut spt) = (0u8, 0u8);
+    for c in unclamped {
+        heads = heads.max(c.head);
+        spt = spt.max(c.sector);
+    }
+    if heads == 0 || spt == 0 { (255, 63) } else { (heads.saturating_add(1).max(1), spt) }
+}
+
+/// Fits a sector number into an MBR field.
+fn mbr_field(image: &DiskImage, value: u64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::unsupported(image.source(), format!("{what} would be sector {value}, beyond what an MBR can address")))
+}
+
+/// Planning state shared by the table-specific steps.
+struct Planner<'m, 'i> {
+    map: &'m ImageMap<'i>,
+    boundary_sectors: u64,
+    moves: Vec<Move>,
+    vacated: Vec<(u64, u64)>,
+    patches: Vec<DiskWrite>,
+    changes: Vec<String>,
+    impossible: Vec<String>,
+    /// Sectors the realigned disk needs.
+    needed_sectors: u64,
+}
+
+impl Planner<'_, '_> {
+    fn align_up(&self, lba: u64) -> u64 {
+        lba.div_ceil(self.boundary_sectors) * self.boundary_sectors
+    }
+
+    fn place(&mut self, p: &Partition, new_start: u64) {
+        self.moves.push(Move { index: p.index, old_start_lba: p.start_lba, new_start_lba: new_start, sectors: p.sectors });
+    }
+
+    /// Primary and logical partitions, EBRs moved to follow them, MBR and EBRs rewritten.
+    fn plan_mbr(&mut self) -> Result<()> {
+        let image = self.map.image;
+        let layout = &self.map.layout;
+        let mbr0 = sector(image, 0)?;
+        let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&mbr0, i)).collect();
+        let (heads, spt) = bios_geometry(&entries);
+        let extended = entries.iter().position(|e| !e.is_empty() && e.is_extended());
+        let mut items: Vec<(u64, Option<&Partition>)> = layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
+        if let Some(slot) = extended {
+            items.push((entries[slot].start_lba() as u64, None));
+        }
+        items.sort_by_key(|(start, _)| *start);
+        let logicals: Vec<&Partition> = layout.partitions.iter().filter(|p| p.logical).collect();
+        let mut cursor = 1;
+        let mut new_extended = None;
+        let mut new_ebrs: Vec<(u64, &Partition)> = Vec::new();
+        for (start, item) in items {
+            match item {
+                Some(p) => {
+                    let new = self.align_up(p.start_lba.max(cursor));
+                    self.place(p, new);
+                    cursor = new + p.sectors;
+                }
+                None => {
+                    let ext = entries[extended.unwrap_or(0)];
+                    let ext_start = start.max(cursor);
+                    let mut c = ext_start;
+                    for (i, l) in logicals.iter().enumerate() {
+                        let ebr = if i == 0 { ext_start } else { l.ebr_lba.unwrap_or(c).max(c) };
+                        let new = self.align_up(l.start_lba.max(ebr + 1));
+                        self.place(l, new);
+                        new_ebrs.push((ebr, l));
+                        c = new + l.sectors;
+                    }
+                    let ext_end = (start + ext.sectors() as u64 + (ext_start - start)).max(c);
+                    new_extended = Some((ext_start, ext_end - ext_start));
+                    cursor = ext_end;
+                }
+            }
+        }
+        self.needed_sectors = cursor;
+        if !self.moves.iter().any(Move::moved) {
+            return Ok(());
+        }
+        for m in self.moves.iter().filter(|m| m.moved()) {
+            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
+        }
+        for ebr in layout.mbr.iter().flat_map(|m| &m.ebrs) {
+            self.vacated.push((ebr.lba * 512, ebr.lba * 512 + 512));
+        }
+        // The MBR: every entry at its new place, CHS as Windows writes it.
+        let mut new_mbr = mbr0;
+        for (slot, e) in entries.iter().enumerate() {
+            if e.is_empty() {
+                continue;
+            }
+            let entry_offset = (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64;
+            let placed = if Some(slot) == extended {
+                let (start, len) = new_extended.unwrap_or((e.start_lba() as u64, e.sectors() as u64));
+                if (start, len) != (e.start_lba() as u64, e.sectors() as u64) {
+                    self.changes.push(format!("MBR entry {}: extended partition sectors {}+{} -> {start}+{len}", slot + 1, e.start_lba(), e.sectors()));
+                }
+                e.relocated(mbr_field(image, start, "the extended partition")?, mbr_field(image, len, "the extended partition's length")?, heads, spt)
+            } else {
+                let Some(m) = layout.partitions.iter().find(|p| p.entry_offset == Some(entry_offset)).and_then(|p| self.moves.iter().find(|m| m.index == p.index)) else {
+                    continue;
+                };
+                if m.moved() {
+                    self.changes.push(format!("MBR entry {}: partition {} start sector {} -> {}", slot + 1, m.index, m.old_start_lba, m.new_start_lba));
+                }
+                e.relocated(mbr_field(image, m.new_start_lba, "a partition")?, e.sectors(), heads, spt)
+            };
+            new_mbr[entry_offset as usize..entry_offset as usize + mbr::ENTRY_SIZE].copy_from_slice(&placed.raw);
+        }
+        self.patches.push(DiskWrite { offset: 0, bytes: new_mbr.to_vec(), what: "MBR partition table".into() });
+        // Each EBR: its logical relative to itself, the link relative to the extended start.
+        let ext_start = new_extended.map_or(0, |(s, _)| s);
+        for (i, &(ebr, l)) in new_ebrs.iter().enumerate() {
+            let old = sector(image, l.ebr_lba.unwrap_or(ebr))?;
+            let mut new = old;
+            let m = self.moves.iter().find(|m| m.index == l.index).cloned().ok_or_else(|| Error::Usage(format!("no move for partition {}", l.index)))?;
+            let own = MbrEntry::from_sector(&old, 0).placed(m.new_start_lba, mbr_field(image, m.new_start_lba - ebr, "a logical partition")?, l.sectors as u32, heads, spt);
+            new[mbr::TABLE_OFFSET..mbr::TABLE_OFFSET + mbr::ENTRY_SIZE].copy_from_slice(&own.raw);
+            let link_at = mbr::TABLE_OFFSET + mbr::ENTRY_SIZE;
+            match new_ebrs.get(i + 1) {
+                Some(&(next_ebr, next)) => {
+                    let next_move = self.moves.iter().find(|m| m.index == next.index).map_or(next.start_lba, |m| m.new_start_lba);
+                    let mut template = MbrEntry::from_sector(&old, 1);
+                    if template.is_empty() {
+                        template.raw[4] = 0x05;
+                    }
+                    let link = template.placed(
+                        next_ebr,
+                        mbr_field(image, next_ebr - ext_start, "an EBR link")?,
+                        mbr_field(image, next_move + next.sectors - next_ebr, "an EBR link's length")?,
+                        heads,
+                        spt,
+                    );
+                    new[link_at..link_at + mbr::ENTRY_SIZE].copy_from_slice(&link.raw);
+                }
+                None => new[link_at..link_at + mbr::ENTRY_SIZE].fill(0),
+            }
+            self.changes.push(format!(
+                "EBR of partition {} at sector {ebr} (was {}): logical start {} -> {}",
+                l.index,
+                l.ebr_lba.unwrap_or(ebr),
+                m.old_start_lba,
+                m.new_start_lba
+            ));
+            self.patches.push(DiskWrite { offset: ebr * 512, bytes: new.to_vec(), what: format!("EBR of partition {}", l.index) });
+        }
+        Ok(())
+    }
+
+    /// GPT entries moved; both headers and entry arrays rewritten with their CRCs.
+    fn plan_gpt(&mut self, disk_size: u64) -> Result<()> {
+        let image = self.map.image;
+        let head_sector = sector(image, 1)?;
+        let header = GptHeader::parse(&head_sector)
+            .filter(GptHeader::header_crc_valid)
+            .ok_or_else(|| Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "missing or with a bad CRC: realigning needs a valid primary GPT"))?;
+        let array_bytes = header.entry_array_bytes().ok_or_else(|| Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "entry array sizes out of range"))?;
+        let array_sectors = array_bytes.div_ceil(512);
+        let mut array = vec![0u8; (array_sectors * 512) as usize];
+        image.read_at(header.entries_lba * 512, &mut array)?;
+        let mut parts: Vec<&Partition> = self.map.layout.partitions.iter().collect();
+        parts.sort_by_key(|p| p.start_lba);
+        let mut cursor = header.first_usable_lba;
+        for p in parts {
+            let new = self.align_up(p.start_lba.max(cursor));
+            self.place(p, new);
+            cursor = new + p.sectors;
+        }
+        self.needed_sectors = cursor + array_sectors + 1;
+        let grows = disk_size > self.map.image.len();
+        if !self.moves.iter().any(Move::moved) && !grows {
+            return Ok(());
+        }
+        let old_last = self.map.image.len() / 512 - 1;
+        self.vacated.push(((old_last - array_sectors) * 512, (old_last + 1) * 512));
+        for m in self.moves.iter().filter(|m| m.moved()) {
+            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
+            let p = self.map.layout.partitions.iter().find(|p| p.index == m.index);
+            let Some(at) = p.and_then(|p| p.entry_offset).map(|o| o - header.entries_lba * 512) else { continue };
+            let at = at as usize;
+            array[at + 32..at + 40].copy_from_slice(&m.new_start_lba.to_le_bytes());
+            array[at + 40..at + 48].copy_from_slice(&(m.new_start_lba + m.sectors - 1).to_le_bytes());
+            self.changes.push(format!("GPT entry of partition {}: first sector {} -> {}", m.index, m.old_start_lba, m.new_start_lba));
+        }
+        self.changes.push(format!("GPT headers and entry arrays rewritten (backup header at sector {}, CRCs)", disk_size / 512 - 1));
+        let last = disk_size / 512 - 1;
+        let backup_entries = last - array_sectors;
+        let entries_crc = crc32fast::hash(&array[..array_bytes as usize]);
+        let seal = |current: u64, backup: u64, entries: u64| {
+            let mut h = head_sector;
+            h[24..32].copy_from_slice(&current.to_le_bytes());
+            h[32..40].copy_from_slice(&backup.to_le_bytes());
+            h[48..56].copy_from_slice(&(backup_entries - 1).to_le_bytes());
+            h[72..80].copy_from_slice(&entries.to_le_bytes());
+            h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+            h[16..20].fill(0);
+            let crc = crc32fast::hash(&h[..header.header_size as usize]);
+            h[16..20].copy_from_slice(&crc.to_le_bytes());
+            h.to_vec()
+        };
+        self.patches.push(DiskWrite { offset: 512, bytes: seal(1, last, header.entries_lba), what: "primary GPT header".into() });
+        self.patches.push(DiskWrite { offset: header.entries_lba * 512, bytes: array.clone(), what: "primary GPT entries".into() });
+        self.patches.push(DiskWrite { offset: backup_entries * 512, bytes: array, what: "backup GPT entries".into() });
+        self.patches.push(DiskWrite { offset: last * 512, bytes: seal(last, 1, backup_entries), what: "backup GPT header".into() });
+        if grows {
+            let mut pmbr = sector(image, 0)?;
+            for slot in 0..4 {
+                let at = mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE;
+                if pmbr[at + 4] == 0xEE {
+                    let sectors = u32::try_from(last).unwrap_or(u32::MAX);
+                    pmbr[at + 12..at + 16].copy_from_slice(&sectors.to_le_bytes());
+                    pmbr[at + 5..at + 8].copy_from_slice(&mbr::CHS_MAX.encode());
+                }
+            }
+            self.changes.push(format!("protective MBR: covers {} sectors", last));
+            self.patches.push(DiskWrite { offset: 0, bytes: pmbr.to_vec(), what: "protective MBR".into() });
+        }
+        Ok(())
+    }
+
+    /// The hidden-sectors field of each moved volume's boot sector and its backup.
+    fn plan_boot_sectors(&mut self) -> Result<()> {
+        let image = self.map.image;
+        for m in self.moves.clone().iter().filter(|m| m.moved()) {
+            let boot = sector(image, m.old_start_lba)?;
+            let Some(fs) = identify(&boot) else { continue };
+            if !fs.has_hidden_sectors() {
+                self.impossible.push(format!("partition {}: the exFAT PartitionOffset field is left as it was", m.index));
+                continue;
+            }
+            let Ok(hidden) = u32::try_from(m.new_start_lba) else {
+                self.impossible.push(format!("partition {}: hidden sectors cannot hold {}", m.index, m.new_start_lba));
+                continue;
+            };
+            let backup = match fs {
+                FsKind::Ntfs => Some(u64::from_le_bytes(boot[0x28..0x30].try_into().unwrap_or([0; 8]))),
+                FsKind::Fat32 => Some(u16::from_le_bytes([boot[0x32], boot[0x33]]) as u64).filter(|&s| s > 0),
+                _ => None,
+            };
+            let mut sectors = vec![(0u64, "boot sector")];
+            if let Some(b) = backup.filter(|&b| b < m.sectors) {
+                sectors.push((b, "backup boot sector"));
+            }
+            for (rel, what) in sectors {
+                let mut s = sector(image, m.old_start_lba + rel)?;
+                if identify(&s) != Some(fs) {
+                    continue;
+                }
+                s[HIDDEN_SECTORS_OFFSET..HIDDEN_SECTORS_OFFSET + 4].copy_from_slice(&hidden.to_le_bytes());
+                let what = format!("partition {} {} {what}: hidden sectors {} -> {hidden}", m.index, fs.name(), m.old_start_lba);
+                self.changes.push(what.clone());
+                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel) * 512, bytes: s.to_vec(), what });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where an input disk offset lands.
+    fn new_offset(&self, old: u64) -> u64 {
+        self.moves
+            .iter()
+            .find(|m| (m.old_start_lba * 512..(m.old_start_lba + m.sectors) * 512).contains(&old))
+            .map_or(old, |m| old - m.old_start_lba * 512 + m.new_start_lba * 512)
+    }
+
+    /// MountedDevices and BCD device elements that name a moved MBR partition by (disk
+    /// signature, byte offset), rewritten through the registry engine.
+    fn plan_registry(&mut self) -> Result<()> {
+        let image = self.map.image;
+        let mbr0 = sector(image, 0)?;
+        let signature = u32::from_le_bytes(mbr0[mbr::DISK_SIGNATURE_OFFSET..mbr::DISK_SIGNATURE_OFFSET + 4].try_into().unwrap_or([0; 4]));
+        let moved: Vec<(u64, u64)> = self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let volumes: Vec<u32> = self.map.ntfs().map(|(p, _)| p.index).collect();
+        for partition in volumes {
+            for path in std::iter::once(SYSTEM_HIVE).chain(BCD_STORES) {
+                let Some(h) = self.map.hive_at(partition, path)? else { continue };
+                let logs = self.map.hive_logs(&h)?;
+                let name = format!("{}: partition {partition}: {}", image.source().display(), h.path);
+                let mut loaded = match registry::load(Path::new(&name), h.bytes.clone(), logs, true) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.impossible.push(format!("partition {partition} {path}: {e}"));
+                        continue;
+                    }
+                };
+                let edits = if path == SYSTEM_HIVE {
+                    mounted_devices_edits(&loaded.hive, signature, &moved)?
+                } else {
+                    bcd_edits(&loaded.hive, signature, &moved)?
+                };
+                if edits.is_empty() {
+                    continue;
+                }
+                for e in &edits {
+                    loaded.hive.set_value(&e.key, &e.name, e.ty, &e.data)?;
+                }
+                loaded.hive.seal();
+                let new = loaded.hive.bytes().to_vec();
+                let headers: Vec<(String, Vec<u8>)> = match loaded.replay {
+                    Some(_) => loaded.logs.iter().map(|(n, _)| (n.clone(), reset_header(&new))).collect(),
+                    None => Vec::new(),
+                };
+                let (writes, _) = registry::plan_image_write(self.map, &h, &loaded.stored, &new, &headers)?;
+                for w in writes {
+                    self.patches.push(DiskWrite { offset: self.new_offset(w.offset), bytes: w.bytes, what: format!("partition {partition} {}", w.what) });
+                }
+                self.changes.extend(edits.into_iter().map(|e| format!("partition {partition} {}: {}", h.path, e.describe)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value to rewrite in a hive.
+struct ValueEdit {
+    key: String,
+    name: String,
+    ty: u32,
+    data: Vec<u8>,
+    describe: String,
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+/// `MountedDevices` values holding (disk signature, old offset).
+fn mounted_devices_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<ValueEdit>> {
+    let Some(key) = hive.find("MountedDevices")? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for v in hive.values(&key)? {
+        let data = hive.value_data(&v)?;
+        if data.len() != 12 || le_u32(&data, 0) != signature {
+            continue;
+        }
+        let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == le_u64(&data, 4)) else { continue };
+        let mut d = data.clone();
+        d[4..12].copy_from_slice(&new.to_le_bytes());
+        out.push(ValueEdit { key: "MountedDevices".into(), name: v.name.clone(), ty: v.ty, data: d, describe: format!("MountedDevices\\{}: offset {old} -> {new}", v.name) });
+    }
+    Ok(out)
+}
+
+/// Rewrites every MBR partition device in a BCD element's data that names a moved partition:
+/// device type 6 (partition) at `k`, byte offset at `k + 0x10`, partition style 1 (MBR) at
+/// `k + 0x24`, disk signature at `k + 0x28`. Qualified devices (a ramdisk on a partition)
+/// nest the same structure deeper, so every 4-byte position is tried.
+fn patch_partition_devices(data: &mut [u8], signature: u32, moved: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut done = Vec::new();
+    let mut k = 0;
+    while k + 0x2C <= data.len() {
+        if le_u32(data, k) == 6 && le_u32(data, k + 0x24) == 1 && le_u32(data, k + 0x28) == signature {
+            let offset = le_u64(data, k + 0x10);
+            if let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == offset) {
+                data[k + 0x10..k + 0x18].copy_from_slice(&new.to_le_bytes());
+                done.push((old, new));
+            }
+        }
+        k += 4;
+    }
+    done
+}
+
+/// BCD elements whose partition devices name a moved partition.
+fn bcd_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<ValueEdit>> {
+    let mut out = Vec::new();
+    hive.walk(&hive.root()?, &mut |rel, key| {
+        for v in hive.values(key)? {
+            if v.ty != reg_type::BINARY {
+                continue;
+            }
+            let mut data = hive.value_data(&v)?;
+            for (old, new) in patch_partition_devices(&mut data, signature, moved) {
+                out.push(ValueEdit {
+                    key: rel.to_string(),
+                    name: v.name.clone(),
+                    ty: v.ty,
+                    data: data.clone(),
+                    describe: format!("BCD {rel}: partition device offset {old} -> {new}"),
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Plans moving every misaligned partition of `map`'s disk to the next multiple of
+/// `boundary` bytes.
+pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
+    let image = map.image;
+    if boundary < 512 || !boundary.is_multiple_of(512) {
+        return Err(Error::Usage(format!("--realign boundary {boundary} is not a multiple of 512 bytes")));
+    }
+    let mut p = Planner {
+        map,
+        boundary_sectors: boundary / 512,
+        moves: Vec::new(),
+        vacated: Vec::new(),
+        patches: Vec::new(),
+        changes: Vec::new(),
+        impossible: Vec::new(),
+        needed_sectors: 0,
+    };
+    let old_size = image.len();
+    let disk_size = match map.layout.scheme {
+        "mbr" => {
+            p.plan_mbr()?;
+            grown(old_size, p.needed_sectors * 512)
+        }
+        "gpt" => {
+            // The GPT's size depends on where the partitions go: plan once to learn it.
+            let mut probe = Planner { map, boundary_sectors: p.boundary_sectors, moves: Vec::new(), vacated: Vec::new(), patches: Vec::new(), changes: Vec::new(), impossible: Vec::new(), needed_sectors: 0 };
+            probe.plan_gpt(old_size)?;
+            let size = grown(old_size, probe.needed_sectors * 512);
+            p.plan_gpt(size)?;
+            size
+        }
+        "volume" => return Err(Error::unsupported(image.source(), "the disk is one volume without a partition table: there is nothing to move")),
+        _ => return Err(Error::unsupported(image.source(), "the disk has no partition table to realign")),
+    };
+    p.plan_boot_sectors()?;
+    if map.layout.scheme == "mbr" {
+        p.plan_registry()?;
+    }
+    let mut segments = vec![Segment { start: 0, end: old_size.min(disk_size), source: Some(0) }];
+    if disk_size > old_size {
+        segments.push(Segment { start: old_size, end: disk_size, source: None });
+    }
+    for &(a, b) in &p.vacated {
+        overlay(&mut segments, a, b.min(disk_size), None);
+    }
+    for m in p.moves.iter().filter(|m| m.moved()) {
+        overlay(&mut segments, m.new_start_lba * 512, (m.new_start_lba + m.sectors) * 512, Some(m.old_start_lba * 512));
+    }
+    let mut patches = p.patches;
+    patches.sort_by_key(|w| w.offset);
+    Ok(Realignment { boundary, old_size, disk_size, moves: p.moves, patches, changes: p.changes, impossible: p.impossible, segments })
+}
+
+/// The disk size: the input's, or grown (to a whole MiB) when the partitions need more.
+fn grown(old_size: u64, needed: u64) -> u64 {
+    if needed <= old_size { old_size } else { needed.div_ceil(1 << 20) << 20 }
+}
