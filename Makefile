@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk attr xz-utils
-TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind hivexget hivexregedit sfdisk setfattr xz gzip
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk setfattr getfattr xz gzip
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 
 .PHONY: build test tools lint demo bench install corpus clean
@@ -41,9 +41,11 @@ demo: $(DEMO_IMAGE)
 	$(CARGO) build --release --quiet
 	target/release/vhdinspect dump $(DEMO_IMAGE)
 	target/release/vhdinspect map $(DEMO_IMAGE) --svg target/demo/map.svg | head -24
+	target/release/vhdinspect align $(DEMO_IMAGE)
 	rm -f target/demo/compacted.vhd
-	target/release/vhdcompact $(DEMO_IMAGE) target/demo/compacted.vhd --to dynamic --zero-free --verify
-	@echo "map picture: target/demo/map.svg; compacted image: target/demo/compacted.vhd"
+	target/release/vhdcompact $(DEMO_IMAGE) target/demo/compacted.vhd --to dynamic --zero-free --realign --verify
+	target/release/vhdinspect align target/demo/compacted.vhd
+	@echo "map picture: target/demo/map.svg; compacted and realigned image: target/demo/compacted.vhd"
 
 bench: build tools
 	python3 bench/run.py
