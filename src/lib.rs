@@ -5,7 +5,8 @@
 //! 2. [`disk`]: MBR and GPT partition tables; a partition is a byte-range view of a device.
 //! 3. [`ntfs`]: NTFS volumes read without mounting: files, paths, streams, cluster owners.
 //! 4. [`map`]: the correlation index: sector <-> cluster <-> VHD block <-> file.
-//! 5. [`pass`]: compaction (and later alignment, registry edits): a plan, then one writer.
+//! 5. [`pass`]: compaction, realignment and registry writes (over the [`hive`] engine): a
+//!    plan, then one writer.
 //! 6. [`cli`] and [`report`]: argument parsing, JSON and table output; the binaries are thin.
 #![forbid(unsafe_code)]
 

@@ -192,28 +192,23 @@ fn a_differencing_child_takes_the_write_and_its_parent_stays() {
     assert_eq!(hivexget(&system, "\\ControlSet001\\Control\\ComputerName\\ComputerName", "ComputerName"), "CHILD");
 }
 
-#[test]
-fn an_interrupted_write_is_rolled_back_by_the_next_run() {
-    let dir = tempdir();
-    let Some(h) = hives(dir.path()) else { return };
-    let base = dynamic_windows_image(dir.path(), &h);
-    let before = image_hash(&base);
-    let blob = dir.path().join("blob.bin");
-    std::fs::write(&blob, (0..1_500_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
-    let work = dir.path().join("work.vhd");
+/// Runs `args` on a copy of `base` with the fault hook aborting before each write in turn; after
+/// every crash the next run rolls the image back to `base`'s disk exactly. Returns the image of
+/// the run that completed.
+fn crash_loop(base: &Path, work: &Path, args: &[&str]) -> PathBuf {
+    let before = image_hash(base);
     let w = work.to_str().unwrap();
-    let set = ["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()];
-    let mut completed = false;
     let mut n = 0;
     while n < 2000 {
-        std::fs::copy(&base, &work).unwrap();
-        let out = run(bin("vhdreg").arg(w).args(set).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+        std::fs::copy(base, work).unwrap();
+        let out = run(bin("vhdreg").arg(w).args(args).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
         if out.status.success() {
-            completed = true;
-            break;
+            assert!(n > 5, "{args:?}: only {n} writes: the loop tested too little");
+            eprintln!("{args:?} completed when allowed {n} writes");
+            return work.to_path_buf();
         }
         assert!(String::from_utf8_lossy(&out.stderr).contains("aborting before write"), "{}", String::from_utf8_lossy(&out.stderr));
-        let journal = vhdkit::pass::journal::journal_path(&work);
+        let journal = vhdkit::pass::journal::journal_path(work);
         if journal.exists() {
             // The read-only tool refuses to show a half-written image...
             let out = run(bin("vhdinspect").args(["reg", w, "get", COMPUTER_NAME]));
@@ -224,18 +219,37 @@ fn an_interrupted_write_is_rolled_back_by_the_next_run() {
             assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
             assert!(!journal.exists());
         }
-        assert_eq!(image_hash(&work), before, "the disk differs after a crash at write {n}");
-        let check = run(bin("vhdinspect").arg("check").arg(&work));
-        assert!(check.status.success(), "crash at write {n}: {}", String::from_utf8_lossy(&check.stdout));
+        assert_eq!(image_hash(work), before, "{args:?}: the disk differs after a crash at write {n}");
+        let check = run(bin("vhdinspect").arg("check").arg(work));
+        assert!(check.status.success(), "{args:?}: crash at write {n}: {}", String::from_utf8_lossy(&check.stdout));
         // Every write position early on; then a stride (the middle writes are alike).
         n += if n < 40 { 1 } else { 7 };
     }
-    assert!(completed, "the run never completed");
-    assert!(n > 10, "only {n} writes: the loop tested too little");
-    eprintln!("vhdreg completed when allowed {n} writes");
-    let [system] = copy_out(&work, &[SYSTEM], dir.path()).try_into().unwrap();
-    let export = hivex_export(&system, "\\vhdkit");
-    assert!(reg_hex_value(&export, "Blob") == std::fs::read(&blob).unwrap());
+    panic!("{args:?}: the run never completed");
+}
+
+#[test]
+fn an_interrupted_write_is_rolled_back_by_the_next_run() {
+    let dir = tempdir();
+    let Some(h) = hives(dir.path()) else { return };
+    let base = dynamic_windows_image(dir.path(), &h);
+    let work = dir.path().join("work.vhd");
+    // A write that grows the hive in NTFS (new clusters, $Bitmap, MFT record, $I30).
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, (0..1_500_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
+    let done = crash_loop(&base, &work, &["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()]);
+    let [system] = copy_out(&done, &[SYSTEM], dir.path()).try_into().unwrap();
+    assert!(reg_hex_value(&hivex_export(&system, "\\vhdkit"), "Blob") == std::fs::read(&blob).unwrap());
+    // A recursive delete, in place.
+    let done = crash_loop(&base, &work, &["delete", r"HKLM\SYSTEM\ControlSet001\Services\Tcpip"]);
+    let [system] = copy_out(&done, &[SYSTEM], dir.path()).try_into().unwrap();
+    assert!(!run(Command::new("hivexget").arg(&system).arg("\\ControlSet001\\Services\\Tcpip")).status.success());
+    // An import into a dirty hive: replay, edit, and both logs' headers reset.
+    let reg = dir.path().join("v.reg");
+    std::fs::write(&reg, "Windows Registry Editor Version 5.00\r\n\r\n[HKEY_LOCAL_MACHINE\\X\\vhdkit]\r\n\"V\"=dword:00000007\r\n").unwrap();
+    let done = crash_loop(&base, &work, &["--hive", "dirty/NewDirtyHive", "import", reg.to_str().unwrap()]);
+    let [hive] = copy_out(&done, &["dirty/NewDirtyHive"], dir.path()).try_into().unwrap();
+    assert_eq!(hivexget(&hive, "\\vhdkit", "V"), "7");
 }
 
 #[test]

@@ -183,9 +183,11 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
     Ok((format, block_size))
 }
 
-/// The output disk size: `size` (the input's, or the realigned disk's), or for Azure rounded up
-/// to a whole MiB within limits.
+/// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors (a raw
+/// input's last partial sector is padded with zeros), or for Azure rounded up to a whole MiB
+/// within limits.
 fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: OutputFormat) -> Result<u64> {
+    let size = size.div_ceil(512) * 512;
     let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
     if !opts.azure {
         if size > limit {

@@ -305,7 +305,9 @@ pub fn plan_image_write(
         let (a, b) = (first * 512, (s * 512).min(new.len()));
         let mut bytes = new[a..b].to_vec();
         bytes.resize((b - a).div_ceil(512) * 512, 0);
-        for (disk, file_at, n) in file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64)? {
+        let pieces = file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64)
+            .map_err(|e| Error::unsupported(map.image.source(), format!("partition {}: {}: {e}", hive.partition, hive.path)))?;
+        for (disk, file_at, n) in pieces {
             let from = (file_at - a as u64) as usize;
             writes.push(DiskWrite { offset: disk, bytes: bytes[from..from + n as usize].to_vec(), what: format!("{} sectors", hive.path) });
         }
@@ -318,7 +320,9 @@ pub fn plan_image_write(
     for (name, header) in log_headers {
         let Some((f, _)) = idx.find_path(name) else { continue };
         let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size >= header.len() as u64) else { continue };
-        for (disk, file_at, n) in file_pieces(&s.runs, cs, part_start, 0, header.len() as u64)? {
+        let pieces = file_pieces(&s.runs, cs, part_start, 0, header.len() as u64)
+            .map_err(|e| Error::unsupported(map.image.source(), format!("partition {}: {name}: {e}", hive.partition)))?;
+        for (disk, file_at, n) in pieces {
             writes.push(DiskWrite { offset: disk, bytes: header[file_at as usize..(file_at + n) as usize].to_vec(), what: format!("{name} header") });
         }
         summary.logs_reset.push(name.clone());

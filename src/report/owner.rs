@@ -55,19 +55,20 @@ pub struct OwnerReport {
 /// Answers a position query.
 pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Result<OwnerReport> {
     let len = map.image.len();
+    let name = map.image.source().display();
     let (start, length) = match query {
         Query::Sector(s) => (s.saturating_mul(512), 512),
         Query::Offset(o) => (o, 1),
         Query::Block(b) => (b.saturating_mul(map.block_size()), map.block_size()),
         Query::Cluster(c) => {
             let n = partition.ok_or_else(|| Error::Usage("--cluster needs --partition".into()))?;
-            let pm = map.partitions.iter().find(|p| p.partition.index == n).ok_or_else(|| Error::Usage(format!("no partition {n}")))?;
-            let idx = pm.ntfs().ok_or_else(|| Error::Usage(format!("partition {n} is not a readable NTFS volume")))?;
+            let pm = map.partitions.iter().find(|p| p.partition.index == n).ok_or_else(|| Error::Usage(format!("{name}: no partition {n}")))?;
+            let idx = pm.ntfs().ok_or_else(|| Error::Usage(format!("{name}: partition {n} is not a readable NTFS volume")))?;
             (pm.partition.start() + c.saturating_mul(idx.cluster_size()), idx.cluster_size())
         }
     };
     if start >= len {
-        return Err(Error::Usage(format!("{} is past the end of the disk ({len} bytes)", describe(query))));
+        return Err(Error::Usage(format!("{name}: {} is past the end of the disk ({len} bytes)", describe(query))));
     }
     let length = length.min(len - start);
     let first: Location = map.locate(start);
