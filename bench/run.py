@@ -67,45 +67,55 @@ def bench_dump():
     print(f"  goal: dump no slower than qemu-img info -> {verdict}")
 
 
-def ntfs_volume_with_files(name, files, disk_mib):
-    """A dynamic VHD holding one NTFS partition at 1 MiB with `files` small files in nested
-    folders, built once with mkntfs and ntfs-3g (needs root for the FUSE mount)."""
+def ntfs_disk_image(name, disk_bytes, start_sector, populate, keep_part=False):
+    """A dynamic VHD of `disk_bytes` holding one NTFS partition at `start_sector` (mkntfs),
+    filled by `populate(mount_point)` through ntfs-3g (needs root for the FUSE mount); built
+    once and cached. Returns the VHD and, with `keep_part`, the raw partition file."""
     os.makedirs(WORK, exist_ok=True)
     vhd = os.path.join(WORK, f"{name}.vhd")
     raw = os.path.join(WORK, f"{name}.raw")
     part = os.path.join(WORK, f"{name}.part")
-    if os.path.exists(vhd) and os.path.exists(part):
-        return vhd, raw, part
-    sectors = disk_mib * 2048 - 2048
+    if os.path.exists(vhd) and (os.path.exists(part) or not keep_part):
+        return vhd, part
     with open(part, "wb") as f:
-        f.truncate(sectors * 512)
-    subprocess.run(["mkntfs", "-q", "-F", "-f", "-p", "2048", "-H", "255", "-S", "63", part],
+        f.truncate(disk_bytes - start_sector * 512)
+    subprocess.run(["mkntfs", "-q", "-F", "-f", "-p", str(start_sector), "-H", "255", "-S", "63", part],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mnt = os.path.join(WORK, "mnt")
     os.makedirs(mnt, exist_ok=True)
     subprocess.run(["ntfs-3g", part, mnt], check=True)
     try:
+        populate(mnt)
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    with open(raw, "wb") as f:
+        f.truncate(disk_bytes)
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw], input=f"label: dos\nstart={start_sector}, type=7\n".encode(), check=True)
+    subprocess.run(["dd", f"if={part}", f"of={raw}", "bs=4M", "oflag=seek_bytes", f"seek={start_sector * 512}", "conv=notrunc,sparse", "status=none"], check=True)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", raw, vhd], check=True)
+    os.remove(raw)
+    if not keep_part:
+        os.remove(part)
+    return vhd, part
+
+
+def ntfs_volume_with_files(name, files, disk_mib):
+    """A dynamic VHD holding one NTFS partition at 1 MiB with `files` small files in nested
+    folders; the raw partition is kept for the peer tools."""
+    def populate(mnt):
         for i in range(files):
             d = os.path.join(mnt, f"d{i // 1000:03d}", f"s{(i // 100) % 10}")
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, f"file{i:06d}.txt"), "wb") as f:
                 f.write((f"file {i} " * (1 + i % 400)).encode())
-    finally:
-        subprocess.run(["umount", mnt], check=True)
-    with open(raw, "wb") as f:
-        f.truncate(disk_mib << 20)
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw], input=b"label: dos\nstart=2048, type=7\n", check=True)
-    subprocess.run(["dd", f"if={part}", f"of={raw}", "bs=1M", "seek=1", "conv=notrunc", "status=none"], check=True)
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", raw, vhd], check=True)
-    os.remove(raw)
-    return vhd, raw, part
+    return ntfs_disk_image(name, disk_mib << 20, 2048, populate, keep_part=True)
 
 
 def bench_ntfs():
     """The full index (files + cluster owners) of a 50,000-file volume against Sleuth Kit's
     listing alone (goal: 5x faster) and ntfscluster over the whole volume; peak memory against
     256 MiB + 64 bytes per MFT record."""
-    vhd, _, part = ntfs_volume_with_files("files50k", 50_000, 1024)
+    vhd, part = ntfs_volume_with_files("files50k", 50_000, 1024)
     floor = own_rss_kib()
     ours, ours_rss = measure([tool("vhdinspect"), "files", "--json", vhd], runs=5)
     table, table_rss = measure([tool("vhdinspect"), "files", vhd], runs=5)
@@ -134,23 +144,8 @@ def bench_ntfs():
 def compact_image():
     """A 4 GiB dynamic VHD, NTFS at sector 63 (XP layout): 50,000 small files and large ones
     using about 40% of the clusters, and about as much again of deleted files' stale data."""
-    os.makedirs(WORK, exist_ok=True)
-    vhd = os.path.join(WORK, "compact4g.vhd")
-    if os.path.exists(vhd):
-        return vhd
-    raw = os.path.join(WORK, "compact4g.raw")
-    part = os.path.join(WORK, "compact4g.part")
-    disk = 4 << 30
-    sectors = disk // 512 - 63
-    with open(part, "wb") as f:
-        f.truncate(sectors * 512)
-    subprocess.run(["mkntfs", "-q", "-F", "-f", "-p", "63", "-H", "255", "-S", "63", part],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mnt = os.path.join(WORK, "mnt")
-    os.makedirs(mnt, exist_ok=True)
-    subprocess.run(["ntfs-3g", part, mnt], check=True)
-    chunk = os.urandom(1 << 20)
-    try:
+    def populate(mnt):
+        chunk = os.urandom(1 << 20)
         for i in range(50_000):
             d = os.path.join(mnt, f"d{i // 1000:03d}")
             os.makedirs(d, exist_ok=True)
@@ -164,16 +159,7 @@ def compact_image():
                         f.write(chunk[j:] + chunk[:j])
         for i in range(26):
             os.remove(os.path.join(mnt, f"stale{i:02d}.bin"))
-    finally:
-        subprocess.run(["umount", mnt], check=True)
-    with open(raw, "wb") as f:
-        f.truncate(disk)
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw], input=b"label: dos\nstart=63, type=7\n", check=True)
-    subprocess.run(["dd", f"if={part}", f"of={raw}", "bs=512", "seek=63", "conv=notrunc,sparse", "status=none"], check=True)
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", raw, vhd], check=True)
-    os.remove(raw)
-    os.remove(part)
-    return vhd
+    return ntfs_disk_image("compact4g", 4 << 30, 63, populate)[0]
 
 
 def sparsify_pipeline(src, dst, tmp):
@@ -303,33 +289,11 @@ def big_system_hive(path):
 
 def registry_image(hive):
     """A 4 GiB dynamic VHD, NTFS at sector 63, holding `hive` as Windows/System32/config/SYSTEM."""
-    vhd = os.path.join(WORK, "reg4g.vhd")
-    if os.path.exists(vhd):
-        return vhd
-    raw = os.path.join(WORK, "reg4g.raw")
-    part = os.path.join(WORK, "reg4g.part")
-    disk = 4 << 30
-    with open(part, "wb") as f:
-        f.truncate(disk - 63 * 512)
-    subprocess.run(["mkntfs", "-q", "-F", "-f", "-p", "63", "-H", "255", "-S", "63", part],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mnt = os.path.join(WORK, "mnt")
-    os.makedirs(mnt, exist_ok=True)
-    subprocess.run(["ntfs-3g", part, mnt], check=True)
-    try:
+    def populate(mnt):
         config = os.path.join(mnt, "Windows", "System32", "config")
         os.makedirs(config)
         subprocess.run(["cp", hive, os.path.join(config, "SYSTEM")], check=True)
-    finally:
-        subprocess.run(["umount", mnt], check=True)
-    with open(raw, "wb") as f:
-        f.truncate(disk)
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw], input=b"label: dos\nstart=63, type=7\n", check=True)
-    subprocess.run(["dd", f"if={part}", f"of={raw}", "bs=512", "seek=63", "conv=notrunc,sparse", "status=none"], check=True)
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", raw, vhd], check=True)
-    os.remove(raw)
-    os.remove(part)
-    return vhd
+    return ntfs_disk_image("reg4g", 4 << 30, 63, populate)[0]
 
 
 def by_hand_registry_edit(vhd, reg, tmp):
