@@ -31,6 +31,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: tools lint
+	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
 	$(CARGO) test
 
 $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz

@@ -160,7 +160,11 @@ pub fn replay(primary: &[u8], name: &Path, logs: &[LogFile<'_>]) -> Result<(Vec<
                 "the hive is dirty (sequence numbers {} and {}) and no transaction log entry applies{}; refusing to edit it",
                 primary_base.primary_sequence,
                 primary_base.secondary_sequence,
-                if logs.is_empty() { " (no .LOG1/.LOG2 found)" } else { "" }
+                if logs.is_empty() {
+                    " (no .LOG1/.LOG2 found)".to_string()
+                } else {
+                    format!(" (logs found: {})", logs.iter().map(|l| l.name.display().to_string()).collect::<Vec<_>>().join(", "))
+                }
             ),
         ));
     }
