@@ -10,6 +10,7 @@
 //! 6. [`cli`] and [`report`]: argument parsing, JSON and table output; the binaries are thin.
 #![forbid(unsafe_code)]
 
+pub mod bytes;
 pub mod error;
 pub mod hive;
 pub mod map;

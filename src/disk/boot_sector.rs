@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::bytes::{le16, le32, le64};
+
 /// Offset of the hidden-sectors field (partition start LBA) in NTFS and FAT BPBs.
 pub const HIDDEN_SECTORS_OFFSET: usize = 0x1C;
 
@@ -75,20 +77,6 @@ pub struct NtfsBootSector {
     pub file_record_size: u32,
     pub index_record_size: u32,
     pub serial_number: String,
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// A record size from its BPB byte: positive = clusters, negative = 2^-n bytes.

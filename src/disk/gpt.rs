@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::bytes::{le32, le64};
+
 /// The header signature.
 pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// Most entry-array bytes read (the usual array is 16 KiB; this bounds untrusted headers).
@@ -54,16 +56,6 @@ pub fn type_name(g: &[u8; 16]) -> &'static str {
     ];
     let text = guid_text(g);
     KNOWN.iter().find(|(k, _)| *k == text).map_or("unknown", |(_, n)| n)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// A decoded GPT header.

@@ -5,14 +5,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::{le32, le64};
 use crate::error::{Error, Result, Space};
 
 /// Offset of the checksum (the XOR of the 127 dwords before it).
 pub const CHECKSUM_AT: usize = 0x1FC;
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// The checksum a base block should carry.
 pub fn checksum(b: &[u8]) -> u32 {
@@ -53,7 +50,7 @@ impl BaseBlock {
         let block = BaseBlock {
             primary_sequence: le32(b, 4),
             secondary_sequence: le32(b, 8),
-            timestamp: u64::from_le_bytes(b[12..20].try_into().unwrap_or([0; 8])),
+            timestamp: le64(b, 12),
             major: le32(b, 20),
             minor: le32(b, 24),
             file_type: le32(b, 28),

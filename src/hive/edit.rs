@@ -2,6 +2,7 @@
 //! subkey lists, shared security), deleting values and keys (every cell freed), and sealing
 //! the base block.
 
+use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
 use crate::hive::base::{filetime_now, seal};
 use crate::hive::keys::{BIG_DATA_SEGMENT, KEY_COMP_NAME, KeyNode, NONE, VALUE_COMP_NAME, split_path};
@@ -89,11 +90,11 @@ impl Hive {
         }
         let c = self.cell(data, "value data")?.to_vec();
         if self.minor() >= 4 && len > BIG_DATA_SEGMENT && c.len() >= 8 && &c[..2] == b"db" {
-            let list_off = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-            let count = u16::from_le_bytes([c[2], c[3]]) as usize;
+            let list_off = le32(&c, 4);
+            let count = le16(&c, 2) as usize;
             let list = self.cell(list_off, "big data segment list")?.to_vec();
             for i in 0..count.min(list.len() / 4) {
-                self.free_cell(u32::from_le_bytes(list[4 * i..4 * i + 4].try_into().unwrap_or([0xFF; 4])))?;
+                self.free_cell(le32(&list, 4 * i))?;
             }
             self.free_cell(list_off)?;
         }
@@ -220,7 +221,7 @@ impl Hive {
         let sig = |off: u32| self.cell(off, "subkey list").ok().and_then(|c| c.get(..2).map(|s| [s[0], s[1]]));
         match sig(existing) {
             Some(s) if &s == b"ri" => {
-                let first = self.cell(existing, "subkey list").ok().filter(|c| c.len() >= 8).map(|c| u32::from_le_bytes([c[4], c[5], c[6], c[7]]));
+                let first = self.cell(existing, "subkey list").ok().filter(|c| c.len() >= 8).map(|c| le32(c, 4));
                 first.and_then(sig).unwrap_or(if self.minor() >= 5 { *b"lh" } else { *b"lf" })
             }
             Some(s) if matches!(&s, b"li" | b"lf" | b"lh") => s,
@@ -254,9 +255,9 @@ impl Hive {
         }
         let c = self.cell(list, "subkey list")?.to_vec();
         if &c[..2] == b"ri" {
-            let count = u16::from_le_bytes([c[2], c[3]]) as usize;
+            let count = le16(&c, 2) as usize;
             for i in 0..count.min((c.len() - 4) / 4) {
-                self.free_cell(u32::from_le_bytes(c[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0xFF; 4])))?;
+                self.free_cell(le32(&c, 4 + 4 * i))?;
             }
         }
         self.free_cell(list)

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::bytes::{le16, le32, le64};
 use crate::error::Result;
 use crate::hive::{Hive, names};
 
@@ -18,14 +19,6 @@ pub const KEY_HIVE_ENTRY: u16 = 0x0004;
 pub const VALUE_COMP_NAME: u16 = 0x0001;
 /// Deepest key path followed (Windows allows 512 levels).
 pub const MAX_DEPTH: usize = 512;
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// A decoded key node.
 #[derive(Clone, Debug)]
@@ -99,7 +92,7 @@ impl Hive {
         Ok(KeyNode {
             off,
             flags,
-            timestamp: u64::from_le_bytes(c[4..12].try_into().unwrap_or([0; 8])),
+            timestamp: le64(c, 4),
             parent: le32(c, 16),
             subkey_count: le32(c, 20),
             subkeys: le32(c, 28),

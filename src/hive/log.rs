@@ -13,6 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::{le32, le64};
 use crate::error::{Error, Result, Space};
 use crate::hive::base::{self, BaseBlock, CHECKSUM_AT};
 use crate::hive::BINS_START;
@@ -49,10 +50,6 @@ pub struct ReplayReport {
     pub base_block_restored: bool,
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// The valid base block of a log, if any; an error for an old-format log.
 fn log_base(log: &LogFile<'_>) -> Result<Option<BaseBlock>> {
     if log.data.len() < HEADER || &log.data[..4] != b"regf" {
@@ -81,7 +78,7 @@ fn entries<'a>(index: usize, log: &LogFile<'a>) -> Vec<Entry<'a>> {
             break;
         }
         let e = &d[at..at + size];
-        let (h1, h2) = (u64::from_le_bytes(e[24..32].try_into().unwrap_or([0; 8])), u64::from_le_bytes(e[32..40].try_into().unwrap_or([0; 8])));
+        let (h1, h2) = (le64(e, 24), le64(e, 32));
         let bins_size = le32(e, 16);
         if marvin32(LOG_SEED, &e[ENTRY_HEADER..]) != h1 || marvin32(LOG_SEED, &e[..32]) != h2 || !bins_size.is_multiple_of(4096) {
             break;

@@ -4,6 +4,7 @@
 //! are rewritten, and the sizes are updated in the MFT record (its update sequence re-applied),
 //! in its `$FILE_NAME` attributes and in the parent directory's `$I30` index entry.
 
+use crate::bytes::{le16, le32, le64};
 use crate::error::{Error, Result, Space};
 use crate::ntfs::file::FileEntry;
 use crate::ntfs::index::{BITMAP_RECORD, NtfsIndex};
@@ -28,14 +29,6 @@ pub struct Growth {
     pub patches: Vec<Patch>,
     /// Clusters newly allocated.
     pub new_clusters: u64,
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn put64(b: &mut [u8], at: usize, v: u64) {
@@ -166,7 +159,7 @@ fn update_index_entries(entries: &mut [u8], record: u64, allocated: u64, size: u
         if len < 16 || at + len > entries.len() {
             break;
         }
-        let reference = u64::from_le_bytes(entries[at..at + 8].try_into().unwrap_or([0; 8])) & 0x0000_FFFF_FFFF_FFFF;
+        let reference = le64(entries, at) & 0x0000_FFFF_FFFF_FFFF;
         if flags & 2 == 0 && reference == record && key_len >= 0x38 {
             put64(entries, at + 16 + 0x28, allocated);
             put64(entries, at + 16 + 0x30, size);

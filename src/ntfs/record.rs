@@ -4,6 +4,7 @@
 //! Every offset and length read from the record is checked against the record's bounds, so a
 //! corrupt record yields a [`RecordError`] and the pass moves on.
 
+use crate::bytes::{le16, le32, le64};
 use crate::ntfs::runs::{self, Run};
 
 /// Attribute type codes.
@@ -70,20 +71,6 @@ pub struct RecordError {
 
 fn err<T>(at: usize, problem: impl Into<String>) -> Result<T, RecordError> {
     Err(RecordError { at, problem: problem.into() })
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// Decodes UTF-16 code units (unpaired surrogates become U+FFFD) in one allocation.

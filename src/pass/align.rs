@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::{le16, le32, le64};
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
 use crate::disk::gpt::GptHeader;
 use crate::disk::mbr::{self, MbrEntry};
@@ -433,8 +434,8 @@ impl Planner<'_, '_> {
                 continue;
             };
             let backup = match fs {
-                FsKind::Ntfs => Some(u64::from_le_bytes(boot[0x28..0x30].try_into().unwrap_or([0; 8]))),
-                FsKind::Fat32 => Some(u16::from_le_bytes([boot[0x32], boot[0x33]]) as u64).filter(|&s| s > 0),
+                FsKind::Ntfs => Some(le64(&boot, 0x28)),
+                FsKind::Fat32 => Some(le16(&boot, 0x32) as u64).filter(|&s| s > 0),
                 _ => None,
             };
             let mut sectors = vec![(0u64, "boot sector")];
@@ -468,7 +469,7 @@ impl Planner<'_, '_> {
     fn plan_registry(&mut self) -> Result<()> {
         let image = self.map.image;
         let mbr0 = sector(image, 0)?;
-        let signature = u32::from_le_bytes(mbr0[mbr::DISK_SIGNATURE_OFFSET..mbr::DISK_SIGNATURE_OFFSET + 4].try_into().unwrap_or([0; 4]));
+        let signature = le32(&mbr0, mbr::DISK_SIGNATURE_OFFSET);
         let moved: Vec<(u64, u64)> = self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
         if moved.is_empty() {
             return Ok(());
@@ -523,24 +524,16 @@ struct ValueEdit {
     describe: String,
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
-}
-
 /// `MountedDevices` values holding (disk signature, old offset).
 fn mounted_devices_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<ValueEdit>> {
     let Some(key) = hive.find("MountedDevices")? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for v in hive.values(&key)? {
         let data = hive.value_data(&v)?;
-        if data.len() != 12 || le_u32(&data, 0) != signature {
+        if data.len() != 12 || le32(&data, 0) != signature {
             continue;
         }
-        let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == le_u64(&data, 4)) else { continue };
+        let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == le64(&data, 4)) else { continue };
         let mut d = data.clone();
         d[4..12].copy_from_slice(&new.to_le_bytes());
         out.push(ValueEdit { key: "MountedDevices".into(), name: v.name.clone(), ty: v.ty, data: d, describe: format!("MountedDevices\\{}: offset {old} -> {new}", v.name) });
@@ -556,8 +549,8 @@ fn patch_partition_devices(data: &mut [u8], signature: u32, moved: &[(u64, u64)]
     let mut done = Vec::new();
     let mut k = 0;
     while k + 0x2C <= data.len() {
-        if le_u32(data, k) == 6 && le_u32(data, k + 0x24) == 1 && le_u32(data, k + 0x28) == signature {
-            let offset = le_u64(data, k + 0x10);
+        if le32(data, k) == 6 && le32(data, k + 0x24) == 1 && le32(data, k + 0x28) == signature {
+            let offset = le64(data, k + 0x10);
             if let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == offset) {
                 data[k + 0x10..k + 0x18].copy_from_slice(&new.to_le_bytes());
                 done.push((old, new));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::bytes::le32;
 use crate::disk::PartitionView;
 use crate::error::{Error, Result};
 use crate::hive::log::{self, LogFile, ReplayReport};
@@ -91,7 +92,7 @@ pub fn resolve_current_control_set(hive: &Hive, inner: &str) -> Result<String> {
         .transpose()?
         .filter(|d| d.len() == 4)
         .ok_or_else(|| Error::unsupported(hive.name(), "Select\\Current is not a DWORD"))?;
-    let set = format!("ControlSet{:03}", u32::from_le_bytes([current[0], current[1], current[2], current[3]]));
+    let set = format!("ControlSet{:03}", le32(&current, 0));
     parts[0] = &set;
     Ok(parts.join("\\"))
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::{be32, be64};
 use crate::error::{Error, Result, Space};
 use crate::vhd::geometry::Geometry;
 
@@ -86,16 +87,6 @@ pub struct Footer {
     pub uuid: [u8; 16],
     pub saved_state: u8,
     raw: [u8; FOOTER_SIZE],
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
 }
 
 impl Footer {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::bytes::{be32, be64};
 use crate::error::{Error, Result, Space};
 use crate::vhd::footer::vhd_checksum;
 
@@ -113,16 +114,6 @@ pub struct DynamicHeader {
     pub parent_unicode_name: String,
     pub parent_locators: Vec<(usize, ParentLocator)>,
     raw: [u8; HEADER_SIZE],
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
 }
 
 impl DynamicHeader {
