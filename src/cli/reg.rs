@@ -180,30 +180,9 @@ impl HiveSource {
         if stored.len() as u64 > registry::MAX_HIVE {
             return Err(Error::unsupported(file, "larger than 2 GiB: not a hive"));
         }
-        let [log1, log2, log] = registry::log_names(&file.to_string_lossy());
-        let mut logs = Vec::new();
-        for name in [log1, log2] {
-            if let Ok(b) = std::fs::read(&name).filter_empty() {
-                logs.push((name, b));
-            }
-        }
-        if logs.is_empty()
-            && let Ok(b) = std::fs::read(&log).filter_empty()
-        {
-            logs.push((log, b));
-        }
+        // A log that cannot be read counts as absent: a dirty hive is then refused, not guessed.
+        let logs = registry::read_logs(&file.to_string_lossy(), |name| Ok(std::fs::read(name).ok()))?;
         registry::load(file, stored, logs, for_edit)
-    }
-}
-
-/// Treats an empty log file as absent.
-trait FilterEmpty {
-    fn filter_empty(self) -> std::io::Result<Vec<u8>>;
-}
-
-impl FilterEmpty for std::io::Result<Vec<u8>> {
-    fn filter_empty(self) -> std::io::Result<Vec<u8>> {
-        self.and_then(|b| if b.is_empty() { Err(std::io::ErrorKind::NotFound.into()) } else { Ok(b) })
     }
 }
 
@@ -447,10 +426,11 @@ fn write_image(
     let writes = {
         let img = DiskImage::open(image, &opts)?;
         let map = ImageMap::build(&img, src.partition)?;
-        let h = map.find_hive(&target.hive_paths, src.partition)?;
+        let mut h = map.find_hive(&target.hive_paths, src.partition)?;
         let logs = map.hive_logs(&h)?;
         let name = src.hive_name(&h.path, h.partition);
-        let mut loaded = registry::load(&name, h.bytes.clone(), logs, true)?;
+        let stored = std::mem::take(&mut h.bytes);
+        let mut loaded = registry::load(&name, stored, logs, true)?;
         let Some(edited) = edit(&mut loaded, ops, strict, out)? else { return Ok(()) };
         let (writes, summary) = registry::plan_image_write(&map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
         out.hives.push(summary);

@@ -72,11 +72,6 @@ pub struct Realignment {
 }
 
 impl Realignment {
-    /// Whether any partition moves.
-    pub fn moves_anything(&self) -> bool {
-        self.moves.iter().any(Move::moved)
-    }
-
     /// The pieces of realigned range `[start, end)`: (start, end, input offset or zeros).
     fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, Option<u64>)> + '_ {
         let first = self.segments.partition_point(|s| s.end <= start);
@@ -348,8 +343,9 @@ impl Planner<'_, '_> {
         Ok(())
     }
 
-    /// GPT entries moved; both headers and entry arrays rewritten with their CRCs.
-    fn plan_gpt(&mut self, disk_size: u64) -> Result<()> {
+    /// Where the GPT partitions go; returns the table for [`Self::plan_gpt_patches`] (which
+    /// needs the disk size the moves lead to).
+    fn plan_gpt_moves(&mut self) -> Result<GptTable> {
         let image = self.map.image;
         let head_sector = sector(image, 1)?;
         let header = GptHeader::parse(&head_sector)
@@ -368,6 +364,14 @@ impl Planner<'_, '_> {
             cursor = new + p.sectors;
         }
         self.needed_sectors = cursor + array_sectors + 1;
+        Ok(GptTable { head_sector, header, array, array_bytes, array_sectors })
+    }
+
+    /// Both GPT headers and entry arrays rewritten for the moves and `disk_size`, with their
+    /// CRCs (and the protective MBR when the disk grows).
+    fn plan_gpt_patches(&mut self, table: GptTable, disk_size: u64) -> Result<()> {
+        let image = self.map.image;
+        let GptTable { head_sector, header, mut array, array_bytes, array_sectors } = table;
         let grows = disk_size > self.map.image.len();
         if !self.moves.iter().any(Move::moved) && !grows {
             return Ok(());
@@ -477,10 +481,10 @@ impl Planner<'_, '_> {
         let volumes: Vec<u32> = self.map.ntfs().map(|(p, _)| p.index).collect();
         for partition in volumes {
             for path in std::iter::once(SYSTEM_HIVE).chain(BCD_STORES) {
-                let Some(h) = self.map.hive_at(partition, path)? else { continue };
+                let Some(mut h) = self.map.hive_at(partition, path)? else { continue };
                 let logs = self.map.hive_logs(&h)?;
                 let name = format!("{}: partition {partition}: {}", image.source().display(), h.path);
-                let mut loaded = match registry::load(Path::new(&name), h.bytes.clone(), logs, true) {
+                let mut loaded = match registry::load(Path::new(&name), std::mem::take(&mut h.bytes), logs, true) {
                     Ok(l) => l,
                     Err(e) => {
                         self.impossible.push(format!("partition {partition} {path}: {e}"));
@@ -513,6 +517,15 @@ impl Planner<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The primary GPT as read, carried from planning the moves to writing the patches.
+struct GptTable {
+    head_sector: [u8; 512],
+    header: GptHeader,
+    array: Vec<u8>,
+    array_bytes: u64,
+    array_sectors: u64,
 }
 
 /// A value to rewrite in a hive.
@@ -609,11 +622,9 @@ pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
             grown(old_size, p.needed_sectors * 512)
         }
         "gpt" => {
-            // The GPT's size depends on where the partitions go: plan once to learn it.
-            let mut probe = Planner { map, boundary_sectors: p.boundary_sectors, moves: Vec::new(), vacated: Vec::new(), patches: Vec::new(), changes: Vec::new(), impossible: Vec::new(), needed_sectors: 0 };
-            probe.plan_gpt(old_size)?;
-            let size = grown(old_size, probe.needed_sectors * 512);
-            p.plan_gpt(size)?;
+            let table = p.plan_gpt_moves()?;
+            let size = grown(old_size, p.needed_sectors * 512);
+            p.plan_gpt_patches(table, size)?;
             size
         }
         "volume" => return Err(Error::unsupported(image.source(), "the disk is one volume without a partition table: there is nothing to move")),

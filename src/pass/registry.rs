@@ -138,9 +138,22 @@ pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit
     }
 }
 
-/// The logs beside a hive path: `.LOG1` and `.LOG2`, else `.LOG`.
-pub fn log_names(hive_path: &str) -> [String; 3] {
-    [format!("{hive_path}.LOG1"), format!("{hive_path}.LOG2"), format!("{hive_path}.LOG")]
+/// The logs beside the hive at `hive_path`, as `read` finds them (`None` or empty: absent):
+/// `.LOG1` and `.LOG2`, else `.LOG`.
+pub fn read_logs(hive_path: &str, mut read: impl FnMut(&str) -> Result<Option<Vec<u8>>>) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut take = |name: String, out: &mut Vec<(String, Vec<u8>)>| -> Result<()> {
+        if let Some(bytes) = read(&name)?.filter(|b| !b.is_empty()) {
+            out.push((name, bytes));
+        }
+        Ok(())
+    };
+    take(format!("{hive_path}.LOG1"), &mut out)?;
+    take(format!("{hive_path}.LOG2"), &mut out)?;
+    if out.is_empty() {
+        take(format!("{hive_path}.LOG"), &mut out)?;
+    }
+    Ok(out)
 }
 
 /// Reads the unnamed data stream of `file` (bounded by [`MAX_HIVE`]).
@@ -198,21 +211,10 @@ impl<'m> ImageMap<'m> {
         let pm = self.partitions.iter().find(|p| p.partition.index == hive.partition).map(|p| p.partition.clone());
         let Some(part) = pm else { return Ok(Vec::new()) };
         let view = PartitionView::new(self.image, &part);
-        let [log1, log2, log] = log_names(&hive.path);
-        let read = |name: String| -> Result<Option<(String, Vec<u8>)>> {
-            match hive.index.find_path(&name) {
-                Some((f, _)) if f.default_stream().is_some_and(|s| s.data_size > 0) => Ok(Some((name, read_file(&view, hive.index, f)?))),
-                _ => Ok(None),
-            }
-        };
-        let mut out = Vec::new();
-        for name in [log1, log2] {
-            out.extend(read(name)?);
-        }
-        if out.is_empty() {
-            out.extend(read(log)?);
-        }
-        Ok(out)
+        read_logs(&hive.path, |name| match hive.index.find_path(name) {
+            Some((f, _)) if f.default_stream().is_some_and(|s| s.data_size > 0) => Ok(Some(read_file(&view, hive.index, f)?)),
+            _ => Ok(None),
+        })
     }
 }
 
