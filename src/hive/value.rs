@@ -99,11 +99,16 @@ pub fn to_json(ty: u32, data: &[u8]) -> serde_json::Value {
 
 /// The value's data as one line of text.
 pub fn to_text(ty: u32, data: &[u8]) -> String {
-    match to_json(ty, data) {
-        serde_json::Value::String(s) if matches!(ty, reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK) => s,
+    json_text(&to_json(ty, data))
+}
+
+/// A value's JSON form (see [`to_json`]) as one line of text: strings as they are, numbers in
+/// decimal and hex, REG_MULTI_SZ items joined by ` | `.
+pub fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => format!("{n} ({:#x})", n.as_u64().unwrap_or(0)),
         serde_json::Value::Array(items) => items.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | "),
-        serde_json::Value::String(hex) => hex,
         other => other.to_string(),
     }
 }

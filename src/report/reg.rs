@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::hive::log::ReplayReport;
-use crate::hive::value::{to_json, to_text, type_name};
+use crate::hive::value::{json_text, to_json, to_text, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
 use crate::pass::registry::WriteSummary;
 
@@ -76,16 +76,7 @@ impl KeyOut {
 /// Renders one value.
 pub fn render_value(v: &ValueOut) -> String {
     let name = if v.name.is_empty() { "(default)" } else { &v.name };
-    format!("{name}  {}  {}\n", v.ty, text_of(v))
-}
-
-fn text_of(v: &ValueOut) -> String {
-    match &v.data {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | "),
-        serde_json::Value::Number(n) => format!("{n} ({:#x})", n.as_u64().unwrap_or(0)),
-        other => other.to_string(),
-    }
+    format!("{name}  {}  {}\n", v.ty, json_text(&v.data))
 }
 
 /// Renders a key listing.
