@@ -28,11 +28,12 @@ tools:
 	fi
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
 test: tools lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
-	$(CARGO) test
+	$(CARGO) test --features fault-injection
 
 $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
 	mkdir -p $(dir $@)

@@ -72,6 +72,28 @@ pub enum Error {
     /// The user asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// The file holds no VHD footer, partition table or volume boot sector.
+    #[error("{}: not a disk image: no VHD footer, partition table or volume boot sector", file.display())]
+    NotADisk { file: PathBuf },
+    /// An NTFS volume Windows would not trust to be as it looks on disk.
+    #[error("{}: partition {partition}: the NTFS volume {why}; boot Windows and shut it down fully first", file.display())]
+    UntrustedVolume { file: PathBuf, partition: u32, why: String },
+    /// Another process holds a lock on the file.
+    #[error("{}: in use by another vhdkit process", file.display())]
+    InUse { file: PathBuf },
+    /// The request collides with what is on disk (an output that is an input, a read-only file).
+    #[error("{}: {problem}", file.display())]
+    Conflict { file: PathBuf, problem: String },
+    /// An output file exists and the caller did not allow replacing it.
+    #[error("{}: exists; refusing to replace it", file.display())]
+    OutputExists { file: PathBuf },
+    /// An image has the journal of an interrupted write: read-only commands do not look at a
+    /// half-written image, and only a writer rolls it back.
+    #[error("{}: a write was interrupted ({} exists); roll it back first", file.display(), journal.display())]
+    JournalPending { file: PathBuf, journal: PathBuf },
+    /// A journal beside an image that cannot be proved to belong to it; it is never applied.
+    #[error("{}: refusing to apply this journal: {reason}", journal.display())]
+    JournalRefused { journal: PathBuf, reason: String },
 }
 
 /// Result alias used throughout vhdkit.

@@ -13,6 +13,7 @@
 pub mod bytes;
 pub mod error;
 pub mod hive;
+pub mod host;
 pub mod map;
 pub mod report;
 pub mod cli;

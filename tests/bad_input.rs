@@ -181,12 +181,13 @@ fn an_absurd_gpt_entry_array_is_refused_without_allocating_it() {
 }
 
 #[test]
-fn empty_and_tiny_files_are_raw_disks_without_partitions() {
+fn empty_and_tiny_files_are_not_disks_unless_the_user_says_raw() {
     let dir = tempdir();
     for size in [0usize, 100, 511, 512] {
         let p = dir.path().join(format!("tiny{size}.img"));
         std::fs::write(&p, vec![0u8; size]).unwrap();
-        let out = dump(&p, &["--json"]);
+        assert_one_line_error(&dump(&p, &["--json"]), p.to_str().unwrap(), &["not a disk image", "--format raw"]);
+        let out = dump(&p, &["--json", "--format", "raw"]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -124,7 +124,7 @@ fn azure_output_is_fixed_whole_mib_with_consistent_chs() {
     // Too small for Azure.
     let tiny = dir.path().join("tiny.raw");
     std::fs::write(&tiny, vec![0u8; 1 << 20]).unwrap();
-    let out = run(bin("vhdcompact").arg(&tiny).arg(dir.path().join("t.vhd")).arg("--azure"));
+    let out = run(bin("vhdcompact").arg(&tiny).arg(dir.path().join("t.vhd")).args(["--azure", "--input-format", "raw"]));
     assert_one_line_error(&out, "tiny.raw", &["Azure accepts disks of 20971520"]);
     assert!(!dir.path().join("t.vhd").exists());
 }

@@ -8,13 +8,15 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cli::inspect::{FormatArg, lock_wait};
 use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
+use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 use crate::pass::compact::{self, CompactOptions, OutputFormat};
 use crate::pass::{execute, in_place, verify};
 use crate::report::compact::{CompactReport, PartitionResult, RealignResult};
-use crate::vhd::device::BlockDevice;
+use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 
@@ -47,8 +49,8 @@ pub struct Cli {
     /// Re-read the output and compare every needed byte with the input; exit 1 on a mismatch.
     #[arg(long)]
     pub verify: bool,
-    /// Compact dirty or hibernated NTFS volumes anyway; realign even when a Windows record of a
-    /// partition offset cannot be patched.
+    /// Replace OUT if it exists; compact dirty or hibernated NTFS volumes anyway; realign even
+    /// when a Windows record of a partition offset cannot be patched.
     #[arg(long)]
     pub force: bool,
     /// Move misaligned partitions to the next multiple of BOUNDARY (default 1M; `block` = the
@@ -65,6 +67,13 @@ pub struct Cli {
     /// Treat checksum mismatches and disagreeing footer copies as errors.
     #[arg(long)]
     pub strict: bool,
+    /// The input's format when its content should not decide: `raw` reads any file as a raw
+    /// disk, `vhd` requires a VHD footer.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<FormatArg>,
+    /// Wait for another vhdkit process using the image instead of failing at once.
+    #[arg(long)]
+    pub wait: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -90,16 +99,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
 
 /// Runs `vhdcompact` with the process arguments.
 pub fn main() -> ExitCode {
+    crate::cli::handle_signals("vhdcompact");
     let cli = Cli::parse();
     finish("vhdcompact", run(&cli))
-}
-
-/// The canonical form of `path`, also for a file that does not exist yet.
-fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).join(path.file_name().unwrap_or_default())
-    })
 }
 
 /// A progress bar on stderr when it is a terminal.
@@ -114,47 +116,77 @@ fn progress(blocks: u64) -> ProgressBar {
     bar
 }
 
-fn run(cli: &Cli) -> Result<bool> {
-    let started = Instant::now();
-    let image = DiskImage::open(
-        &cli.input,
-        &OpenOptions { strict: cli.strict, parent: cli.parent.clone(), ..OpenOptions::default() },
-    )?;
-    let realign = match cli.realign.as_deref() {
-        None => None,
-        Some("block") => Some(cli.block_size.map(u64::from).or(image.as_sparse().map(|s| s.block_size())).unwrap_or(DEFAULT_BLOCK_SIZE as u64)),
-        Some(size) => Some(parse_size(size).map_err(Error::Usage)? as u64),
-    };
-    let opts = CompactOptions {
-        to: cli.to,
-        azure: cli.azure,
-        block_size: cli.block_size,
-        zero_free: cli.zero_free,
-        merge: cli.merge,
-        force: cli.force,
-        realign,
-    };
-    if cli.in_place {
-        return run_in_place(cli, &image, &opts, started);
+impl Cli {
+    fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            strict: self.strict,
+            parent: self.parent.clone(),
+            allow_missing_parent: false,
+            wait: lock_wait(self.wait),
+            format: self.input_format.map(FormatArg::format),
+        }
     }
-    let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
-    let out_canonical = canonical(output);
-    if let Some(clash) = image.chain().iter().find(|p| canonical(p) == out_canonical) {
+
+    fn compact_options(&self, image: &DiskImage) -> Result<CompactOptions> {
+        let realign = match self.realign.as_deref() {
+            None => None,
+            Some("block") => Some(
+                self.block_size
+                    .map(u64::from)
+                    .or(image.as_sparse().map(|s| s.block_size()))
+                    .unwrap_or(DEFAULT_BLOCK_SIZE as u64),
+            ),
+            Some(size) => Some(parse_size(size).map_err(Error::Usage)? as u64),
+        };
+        Ok(CompactOptions {
+            to: self.to,
+            azure: self.azure,
+            block_size: self.block_size,
+            zero_free: self.zero_free,
+            merge: self.merge,
+            force: self.force,
+            realign,
+        })
+    }
+}
+
+/// Refuses an OUT that reads like a size: `--realign 1M` makes clap take `1M` for OUT.
+fn refuse_size_like_output(out: &Path) -> Result<()> {
+    let text = out.to_string_lossy();
+    if std::fs::symlink_metadata(out).is_err() && !text.contains(['/', '\\', '.']) && parse_size(&text).is_ok() {
         return Err(Error::Usage(format!(
-            "{}: OUT is {} of the input chain; refusing to overwrite an input (use --in-place to rewrite it)",
-            output.display(),
-            clash.display()
+            "OUT {text:?} looks like a size, not a file name: a value for --realign comes with '=' \
+             (--realign={text}); name a file that looks like a size as ./{text}"
         )));
     }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<bool> {
+    let started = Instant::now();
+    if cli.in_place {
+        return run_in_place(cli, started);
+    }
+    let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
+    refuse_size_like_output(output)?;
+    let image = DiskImage::open(&cli.input, &cli.open_options())?;
+    let mut policy = OutputPolicy::new(if cli.force { Replace::Existing } else { Replace::Never });
+    image.add_inputs_to(&mut policy);
+    policy.check(output)?;
+    let opts = cli.compact_options(&image)?;
     let map = ImageMap::build(&image, None)?;
     let plan = compact::plan(&map, &opts)?;
+    let out = NewFile::create(output, &policy)?;
+    crate::cli::report_stale("vhdcompact", out.removed_stale());
+    crate::cli::track_temp(out.path());
     let bar = progress(plan.actions.len() as u64);
-    let (pending, stats) = execute::write(&map, &plan, output, &bar)?;
+    let stats = execute::write(&map, &plan, &out, &bar)?;
     bar.finish_and_clear();
     let verified = if cli.verify {
-        let written = DiskImage::open(
-            pending.path(),
-            &OpenOptions { strict: true, parent: plan.parent.clone(), ..OpenOptions::default() },
+        let dup = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
+        let written = DiskImage::from_file(
+            ImageFile::from_file(dup, out.path(), false),
+            &OpenOptions { strict: true, parent: plan.parent.clone(), ..cli.open_options() },
         )?;
         Some(match &plan.realignment {
             Some(r) => {
@@ -167,9 +199,9 @@ fn run(cli: &Cli) -> Result<bool> {
         None
     };
     let ok = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());
-    let output_bytes = std::fs::metadata(pending.path()).map(|m| m.len()).unwrap_or(0);
+    let output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
     if ok {
-        pending.commit()?;
+        out.commit()?;
     }
     let report = CompactReport {
         input: cli.input.display().to_string(),
@@ -203,15 +235,33 @@ fn run(cli: &Cli) -> Result<bool> {
     Ok(ok)
 }
 
-/// `--in-place`: the same plan, carried out on the input file itself.
-fn run_in_place(cli: &Cli, image: &DiskImage, opts: &CompactOptions, started: Instant) -> Result<bool> {
+/// `--in-place`: the same plan, carried out on the input file itself, under its exclusive lock.
+fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
+    let (image, recovery) = DiskImage::open_writable(&cli.input, &cli.open_options())?;
+    if let Some(text) = crate::report::reg::recovery_text(&recovery) {
+        eprintln!("vhdcompact: {}: {text}", cli.input.display());
+    }
+    if let Some(f) = crate::vhd::check::write_hazards(&image).into_iter().next() {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("refusing to compact a structurally broken image in place: {}: {} (compacting to a new OUT still works)", f.structure, f.problem),
+        ));
+    }
+    let opts = cli.compact_options(&image)?;
     let bytes_before = image.file().file_len()?;
-    let blocks_before = blocks_held(image);
-    let map = ImageMap::build(image, None)?;
+    let blocks_before = blocks_held(&image);
+    let map = ImageMap::build(&image, None)?;
     // The input is about to be overwritten: take its digests first.
-    let before = if cli.verify { Some(verify::needed_digests(&map, image)?) } else { None };
-    let (plan, stats) = in_place::compact_in_place(&map, opts)?;
-    let after = DiskImage::open(&cli.input, &OpenOptions { parent: cli.parent.clone(), ..OpenOptions::default() })?;
+    let before = if cli.verify { Some(verify::needed_digests(&map, &image)?) } else { None };
+    let (plan, stats) = in_place::compact_in_place(&map, &opts)?;
+    let after = DiskImage::from_file(
+        ImageFile::from_file(
+            image.file().raw().try_clone().map_err(|e| Error::open(image.source(), "reopen", e))?,
+            image.source(),
+            false,
+        ),
+        &OpenOptions { parent: cli.parent.clone(), ..cli.open_options() },
+    )?;
     let verified = match &before {
         Some(before) => Some(verify::compare(before, &verify::needed_digests(&map, &after)?)),
         None => None,

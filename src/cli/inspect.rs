@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::map::ImageMap;
 use crate::report::owner::Query;
 use crate::report;
-use crate::vhd::image::{DiskImage, OpenOptions};
+use crate::host::{LockWait, NewFile, OutputPolicy, Replace};
+use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
 
 /// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
 #[derive(Parser, Debug)]
@@ -34,21 +35,53 @@ pub struct ImageArgs {
     /// Treat checksum mismatches and disagreeing footer copies as errors.
     #[arg(long)]
     pub strict: bool,
+    /// The image's format when its content should not decide: `raw` reads any file as a raw
+    /// disk, `vhd` requires a VHD footer.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatArg>,
+    /// Wait for another vhdkit process using the image instead of failing at once.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Container formats the user can insist on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Vhd,
+}
+
+impl FormatArg {
+    /// The library's name for it.
+    pub fn format(self) -> ImageFormat {
+        match self {
+            FormatArg::Raw => ImageFormat::Raw,
+            FormatArg::Vhd => ImageFormat::Vhd,
+        }
+    }
+}
+
+/// How long to wait for another process's lock.
+pub fn lock_wait(wait: bool) -> LockWait {
+    if wait { LockWait::Wait } else { LockWait::Fail }
 }
 
 impl ImageArgs {
+    /// How the image is opened.
+    pub fn open_options(&self, allow_missing_parent: bool) -> OpenOptions {
+        OpenOptions {
+            strict: self.strict,
+            parent: self.parent.clone(),
+            allow_missing_parent,
+            wait: lock_wait(self.wait),
+            format: self.format.map(FormatArg::format),
+        }
+    }
+
     /// Opens the image read-only; `allow_missing_parent` lets metadata-only commands show a
     /// differencing image whose parent is gone.
     pub fn open(&self, allow_missing_parent: bool) -> Result<DiskImage> {
-        DiskImage::open(
-            &self.image,
-            &OpenOptions {
-                strict: self.strict,
-                parent: self.parent.clone(),
-                writable: false,
-                allow_missing_parent,
-            },
-        )
+        DiskImage::open(&self.image, &self.open_options(allow_missing_parent))
     }
 }
 
@@ -102,6 +135,9 @@ pub enum Command {
         /// Also draw the disk as a grid of blocks coloured by state.
         #[arg(long, value_name = "OUT.svg")]
         svg: Option<PathBuf>,
+        /// Replace OUT.svg if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// For a differencing image: the files whose sectors the child holds.
     Diff {
@@ -157,6 +193,7 @@ pub struct OwnerQuery {
 
 /// Runs `vhdinspect` with the process arguments.
 pub fn main() -> ExitCode {
+    crate::cli::handle_signals("vhdinspect");
     let cli = Cli::parse();
     finish("vhdinspect", run(cli))
 }
@@ -199,12 +236,20 @@ fn run(cli: Cli) -> Result<bool> {
             emit(cli.json, &r, report::owner::render)?;
             Ok(true)
         }
-        Command::Map { image, partition, svg } => {
+        Command::Map { image, partition, svg, force } => {
             let img = image.open(false)?;
+            let mut policy = OutputPolicy::new(if force { Replace::Existing } else { Replace::Never });
+            img.add_inputs_to(&mut policy);
+            if let Some(path) = &svg {
+                policy.check(path)?;
+            }
             let map = ImageMap::build(&img, None)?;
             let r = report::map::build(&map, partition)?;
             if let Some(path) = svg {
-                crate::vhd::output::write_atomically(&path, report::map::svg(&r).as_bytes())?;
+                let out = NewFile::create(&path, &policy)?;
+                crate::cli::report_stale("vhdinspect", out.removed_stale());
+                crate::cli::track_temp(out.path());
+                out.write_all_and_commit(report::map::svg(&r).as_bytes())?;
             }
             emit(cli.json, &r, report::map::render)?;
             Ok(true)
@@ -230,12 +275,7 @@ fn run(cli: Cli) -> Result<bool> {
             emit(cli.json, &r, report::align::render)?;
             Ok(!(fail_on_misaligned && r.misaligned > 0))
         }
-        Command::Reg { source, command } => {
-            if let Some(image) = &source.image {
-                crate::pass::journal::refuse_if_pending(image)?;
-            }
-            crate::cli::reg::run_read(&source, command, cli.json)
-        }
+        Command::Reg { source, command } => crate::cli::reg::run_read(&source, command, cli.json),
         Command::Check { image } => {
             let img = image.open(true)?;
             let r = report::check::build(&img)?;

@@ -6,15 +6,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cli::inspect::{FormatArg, lock_wait};
 use crate::cli::{emit, finish, write_output};
 use crate::error::{Error, Result};
+use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
+use crate::pass::disk_write;
 use crate::hive::regfile::{self, RegOp};
 use crate::hive::value::{self, reg_type};
 use crate::hive::{Hive, log};
 use crate::map::ImageMap;
-use crate::pass::journal;
 use crate::pass::registry::{self, KeyTarget, LoadedHive, WriteSummary};
 use crate::report::reg::{self as report, KeyOut, ValueOut, WriteOut};
+use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Get, set, delete, import and export registry keys and values in the hives inside a VHD
@@ -28,6 +31,10 @@ pub struct Cli {
     /// Print what would change and write nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
+    /// Write into an NTFS volume that is dirty or hibernated (Windows may undo or corrupt the
+    /// change when it resumes), and replace an existing export file.
+    #[arg(long, global = true)]
+    pub force: bool,
     #[command(flatten)]
     pub source: HiveSource,
     #[command(subcommand)]
@@ -54,6 +61,13 @@ pub struct HiveSource {
     /// Parent of a differencing image, instead of the one its locators name.
     #[arg(long, value_name = "PATH")]
     pub parent: Option<PathBuf>,
+    /// The image's format when its content should not decide: `raw` reads any file as a raw
+    /// disk, `vhd` requires a VHD footer.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatArg>,
+    /// Wait for another vhdkit process using the image or hive instead of failing at once.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// The read-only commands (also `vhdinspect reg`).
@@ -65,7 +79,13 @@ pub enum ReadCommand {
     List { key: String },
     /// A key and everything under it as a .reg file (UTF-16LE, regedit's format); to standard
     /// output as text when no file is given.
-    Export { key: String, file: Option<PathBuf> },
+    Export {
+        key: String,
+        file: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Every `vhdreg` command.
@@ -95,43 +115,65 @@ pub enum RegCommand {
     Delete { key: String, value: Option<String> },
     /// Apply a .reg file (regedit 5.00 UTF-16 or REGEDIT4): keys, values, `-` deletions.
     Import { file: PathBuf },
+    /// Roll back a write that was interrupted (every write does this first, too).
+    Recover,
 }
 
 /// Runs `vhdreg` with the process arguments.
 pub fn main() -> ExitCode {
+    crate::cli::handle_signals("vhdreg");
     let cli = Cli::parse();
     finish("vhdreg", run(cli))
 }
 
+/// The largest .reg file or value data file read (a .reg file of every key of a large hive
+/// stays far below).
+const MAX_INPUT_FILE: u64 = 1 << 30;
+
 fn run(cli: Cli) -> Result<bool> {
     let src = &cli.source;
-    if let Some(image) = &src.image {
-        if cli.dry_run {
-            journal::refuse_if_pending(image)?;
-        } else if journal::recover(image, &src.open_options())? {
-            eprintln!("vhdreg: rolled back an interrupted run on {}", image.display());
-        }
-    }
+    let w = WriteFlags { dry_run: cli.dry_run, force: cli.force, json: cli.json };
     match cli.command {
+        RegCommand::Read(ReadCommand::Export { key, file, force }) => {
+            run_read(src, ReadCommand::Export { key, file, force: force || cli.force }, cli.json)
+        }
         RegCommand::Read(read) => run_read(src, read, cli.json),
         RegCommand::Set { key, value, ty, data, data_file } => {
             let ty = value::parse_type(&ty)?;
             let data = match data_file {
-                Some(f) => data_from_file(&f, ty)?,
+                Some(f) => data_from_file(&f, ty, src.lock_wait())?,
                 None => value::encode(ty, &data)?,
             };
-            write(src, vec![RegOp::SetValue { key, name: value_name(&value), ty, data }], true, cli.dry_run, cli.json)
+            write(src, vec![RegOp::SetValue { key, name: value_name(&value), ty, data }], true, w)
         }
         RegCommand::Delete { key, value: Some(v) } => {
-            write(src, vec![RegOp::DeleteValue { key, name: value_name(&v) }], true, cli.dry_run, cli.json)
+            write(src, vec![RegOp::DeleteValue { key, name: value_name(&v) }], true, w)
         }
-        RegCommand::Delete { key, value: None } => write(src, vec![RegOp::DeleteKey(key)], true, cli.dry_run, cli.json),
+        RegCommand::Delete { key, value: None } => write(src, vec![RegOp::DeleteKey(key)], true, w),
         RegCommand::Import { file } => {
-            let bytes = std::fs::read(&file).map_err(|e| Error::open(&file, "read", e))?;
+            let bytes = host::read_limited(&file, MAX_INPUT_FILE, "a .reg file", src.lock_wait())?;
             let ops = regfile::parse(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
-            write(src, ops, false, cli.dry_run, cli.json)
+            write(src, ops, false, w)
         }
+        RegCommand::Recover => recover(src, cli.json),
     }
+}
+
+/// `vhdreg IMAGE recover`: rolls back an interrupted write, if any.
+fn recover(src: &HiveSource, json: bool) -> Result<bool> {
+    let image = src.image.as_deref().ok_or_else(|| Error::Usage("recover works on an image".into()))?;
+    let (_img, recovery) = DiskImage::open_writable(image, &src.open_options())?;
+    let out = report::RecoverOut::new(image, &recovery);
+    emit(json, &out, report::render_recover)?;
+    Ok(true)
+}
+
+/// Options of a write command.
+#[derive(Clone, Copy)]
+struct WriteFlags {
+    dry_run: bool,
+    force: bool,
+    json: bool,
 }
 
 /// `@` names the default value, as in .reg files.
@@ -140,8 +182,8 @@ fn value_name(v: &str) -> String {
 }
 
 /// Value data from a file: text for strings and numbers, the bytes for the rest.
-fn data_from_file(path: &Path, ty: u32) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::open(path, "read", e))?;
+fn data_from_file(path: &Path, ty: u32, wait: LockWait) -> Result<Vec<u8>> {
+    let bytes = host::read_limited(path, MAX_INPUT_FILE, "value data", wait)?;
     let text = || String::from_utf8(bytes.clone()).map_err(|_| Error::Usage(format!("{}: not UTF-8 text", path.display())));
     match ty {
         reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK => Ok(value::utf16z(text()?.trim_end_matches(['\r', '\n']))),
@@ -154,7 +196,18 @@ fn data_from_file(path: &Path, ty: u32) -> Result<Vec<u8>> {
 impl HiveSource {
     /// How the image is opened.
     pub fn open_options(&self) -> OpenOptions {
-        OpenOptions { strict: false, parent: self.parent.clone(), writable: false, allow_missing_parent: false }
+        OpenOptions {
+            strict: false,
+            parent: self.parent.clone(),
+            allow_missing_parent: false,
+            wait: self.lock_wait(),
+            format: self.format.map(FormatArg::format),
+        }
+    }
+
+    /// What to do when another process holds a file.
+    fn lock_wait(&self) -> LockWait {
+        lock_wait(self.wait)
     }
 
     /// Where `key` lives.
@@ -173,17 +226,55 @@ impl HiveSource {
             (None, None) => PathBuf::from(volume_path),
         }
     }
+}
 
-    /// Reads the bare hive file and the logs beside it.
-    fn load_file(&self, file: &Path, for_edit: bool) -> Result<LoadedHive> {
-        let stored = std::fs::read(file).map_err(|e| Error::open(file, "read", e))?;
-        if stored.len() as u64 > registry::MAX_HIVE {
-            return Err(Error::unsupported(file, "larger than 2 GiB: not a hive"));
-        }
-        // A log that cannot be read counts as absent: a dirty hive is then refused, not guessed.
-        let logs = registry::read_logs(&file.to_string_lossy(), |name| Ok(std::fs::read(name).ok()))?;
-        registry::load(file, stored, logs, for_edit)
+/// A bare hive file and its logs, open and locked (exclusively for an edit).
+struct BareHive {
+    path: PathBuf,
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    loaded: LoadedHive,
+    /// The logs' files, locked like the hive.
+    log_files: Vec<(PathBuf, std::fs::File, std::fs::Metadata)>,
+}
+
+/// The logs beside a bare hive file, found case-insensitively (`ntuser.dat.log1`).
+fn bare_logs(hive: &Path) -> Vec<PathBuf> {
+    let dir = host::folder_of(hive);
+    let Some(name) = hive.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut out = Vec::new();
+    registry::log_names(&name, |want| names.iter().find(|n| n.eq_ignore_ascii_case(want)).cloned(), |found| {
+        out.push(dir.join(found));
+    });
+    out
+}
+
+/// Opens and reads a bare hive file and its logs, locked shared (or exclusive, for an edit).
+fn load_bare(path: &Path, for_edit: bool, wait: LockWait) -> Result<BareHive> {
+    let access = if for_edit { Access::ReadWrite } else { Access::Read };
+    if for_edit {
+        let meta = std::fs::metadata(path).map_err(|e| Error::open(path, "open", e))?;
+        host::require_write_permission(path, &meta)?;
     }
+    let file = host::open_locked(path, access, Expect::Regular, wait)?;
+    let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
+    let stored = host::read_file_limited(&file, path, registry::MAX_HIVE, "a hive")?;
+    let mut log_files = Vec::new();
+    let mut logs = Vec::new();
+    for log in bare_logs(path) {
+        // A log that cannot be opened counts as absent: a dirty hive is then refused, not guessed.
+        let Ok(f) = host::open_locked(&log, access, Expect::Regular, wait) else { continue };
+        let Ok(m) = f.metadata() else { continue };
+        let bytes = host::read_file_limited(&f, &log, registry::MAX_HIVE, "a hive log")?;
+        if !bytes.is_empty() {
+            logs.push((log.to_string_lossy().into_owned(), bytes));
+        }
+        log_files.push((log, f, m));
+    }
+    let loaded = registry::load(path, stored, logs, for_edit)?;
+    Ok(BareHive { path: path.to_path_buf(), file, meta, loaded, log_files })
 }
 
 /// Runs a read-only command (for `vhdreg` and `vhdinspect reg`).
@@ -192,10 +283,32 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
         ReadCommand::Get { key, .. } | ReadCommand::List { key } | ReadCommand::Export { key, .. } => key.clone(),
     };
     let t = src.target(&key)?;
+    let export_to = match &cmd {
+        ReadCommand::Export { file: Some(f), force, .. } => Some((f.clone(), *force)),
+        _ => None,
+    };
+    let mut policy = OutputPolicy::new(match &export_to {
+        Some((_, true)) => Replace::Existing,
+        _ => Replace::Never,
+    });
     let loaded = match (&src.hive_file, &src.image) {
-        (Some(f), _) => src.load_file(f, false)?,
+        (Some(f), _) => {
+            let bare = load_bare(f, false, src.lock_wait())?;
+            policy.input(&bare.path, &bare.meta);
+            for (p, _, m) in &bare.log_files {
+                policy.input(p, m);
+            }
+            if let Some((out, _)) = &export_to {
+                policy.check(out)?;
+            }
+            bare.loaded
+        }
         (None, Some(image)) => {
             let img = DiskImage::open(image, &src.open_options())?;
+            img.add_inputs_to(&mut policy);
+            if let Some((out, _)) = &export_to {
+                policy.check(out)?;
+            }
             let map = ImageMap::build(&img, src.partition)?;
             let h = map.find_hive(&t.hive_paths, src.partition)?;
             let logs = map.hive_logs(&h)?;
@@ -222,7 +335,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
             let out = KeyOut::new(hive, &shown, &node, loaded.stale.clone())?;
             emit(json, &out, report::render_key)?;
         }
-        ReadCommand::Export { file, .. } => {
+        ReadCommand::Export { file, force: _, .. } => {
             stale_warning(&loaded);
             let prefix = if inner.is_empty() { t.prefix.clone() } else { format!("{}\\{inner}", t.prefix) };
             if json {
@@ -231,7 +344,12 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
             }
             let text = regfile::export(hive, &node, &prefix)?;
             match file {
-                Some(path) => crate::vhd::output::write_atomically(&path, &regfile::to_utf16_file(&text))?,
+                Some(path) => {
+                    let out = NewFile::create(&path, &policy)?;
+                    crate::cli::report_stale("vhdreg", out.removed_stale());
+                    crate::cli::track_temp(out.path());
+                    out.write_all_and_commit(&regfile::to_utf16_file(&text))?;
+                }
                 None if !json => write_output(|w| w.write_all(text.replace("\r\n", "\n").as_bytes()))?,
                 None => {}
             }
@@ -345,17 +463,44 @@ fn group_by_hive(src: &HiveSource, ops: Vec<RegOp>) -> Result<Vec<(KeyTarget, Hi
 
 /// Applies `ops` and writes the changed hives back (each hive atomically), or with `dry_run`
 /// reports what would change.
-fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, dry_run: bool, json: bool) -> Result<bool> {
-    let mut out = WriteOut { dry_run, changes: Vec::new(), hives: Vec::new(), replays: Vec::new() };
-    for (target, ops) in group_by_hive(src, ops)? {
-        match (&src.hive_file, &src.image) {
-            (Some(file), _) => write_file(src, file, &ops, strict, dry_run, &mut out)?,
-            (None, Some(image)) => write_image(src, image, &target, &ops, strict, dry_run, &mut out)?,
-            (None, None) => return Err(Error::Usage("name an image or --hive-file".into())),
+fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> Result<bool> {
+    let mut out = WriteOut { dry_run: flags.dry_run, changes: Vec::new(), hives: Vec::new(), replays: Vec::new(), rolled_back: None };
+    let groups = group_by_hive(src, ops)?;
+    match (&src.hive_file, &src.image) {
+        (Some(file), _) => {
+            for (_, ops) in &groups {
+                write_file(src, file, ops, strict, flags, &mut out)?;
+            }
         }
+        (None, Some(image)) => {
+            let mut img = if flags.dry_run {
+                DiskImage::open(image, &src.open_options())?
+            } else {
+                let (img, recovery) = DiskImage::open_writable(image, &src.open_options())?;
+                out.rolled_back = report::recovery_text(&recovery);
+                img
+            };
+            refuse_hazards(&img)?;
+            for (target, ops) in &groups {
+                write_image(src, &mut img, target, ops, strict, flags, &mut out)?;
+            }
+        }
+        (None, None) => return Err(Error::Usage("name an image or --hive-file".into())),
     }
-    emit(json, &out, report::render_write)?;
+    emit(flags.json, &out, report::render_write)?;
     Ok(true)
+}
+
+/// Refuses to write into an image whose blocks overlap or lie outside the file: a write
+/// there would land on other live data.
+fn refuse_hazards(img: &DiskImage) -> Result<()> {
+    match crate::vhd::check::write_hazards(img).into_iter().next() {
+        Some(f) => Err(Error::unsupported(
+            img.source(),
+            format!("refusing to write into a structurally broken image: {}: {}", f.structure, f.problem),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Edits a loaded hive; returns its new bytes and the log headers to reset, or `None` when
@@ -376,32 +521,43 @@ fn edit(loaded: &mut LoadedHive, ops: &[(RegOp, String)], strict: bool, out: &mu
     Ok(Some(Edited { bytes: new, log_headers: headers }))
 }
 
-/// A bare hive: the new file replaces the old by rename; replayed logs get their header reset
-/// the same way (after the hive, so a crash in between leaves a clean hive and stale logs,
-/// which Windows ignores).
-fn write_file(src: &HiveSource, file: &Path, ops: &[(RegOp, String)], strict: bool, dry_run: bool, out: &mut WriteOut) -> Result<()> {
-    let mut loaded = src.load_file(file, true)?;
-    let Some(Edited { bytes: new, log_headers: headers }) = edit(&mut loaded, ops, strict, out)? else { return Ok(()) };
+/// A bare hive: the new file replaces the old by rename (same mode and owner, never shorter);
+/// replayed logs get their header reset the same way (after the hive, so a crash in between
+/// leaves a clean hive and stale logs, which Windows ignores).
+fn write_file(src: &HiveSource, file: &Path, ops: &[(RegOp, String)], strict: bool, flags: WriteFlags, out: &mut WriteOut) -> Result<()> {
+    let mut bare = load_bare(file, !flags.dry_run, src.lock_wait())?;
+    let Some(Edited { bytes, log_headers: headers }) = edit(&mut bare.loaded, ops, strict, out)? else { return Ok(()) };
+    let new = registry::keep_length(&bare.loaded.stored, bytes);
     let mut summary = WriteSummary {
         hive: file.display().to_string(),
-        bytes_before: loaded.stored.len() as u64,
+        bytes_before: bare.loaded.stored.len() as u64,
         bytes_after: new.len() as u64,
-        sectors_changed: changed_sectors(&loaded.stored, &new),
+        sectors_changed: changed_sectors(&bare.loaded.stored, &new),
         ..WriteSummary::default()
     };
-    if !dry_run {
-        crate::vhd::output::write_atomically(file, &new)?;
+    if !flags.dry_run {
+        crate::cli::deferring_signals("vhdreg", || -> Result<()> {
+            let replacement = NewFile::replacing(file, &bare.meta)?;
+            crate::cli::track_temp(replacement.path());
+            replacement.write_all_and_commit(&new)
+        })?;
     }
     for (name, header) in headers {
-        let Some((_, old)) = loaded.logs.iter().find(|(n, _)| *n == name) else { continue };
-        if !dry_run {
+        let Some((_, old)) = bare.loaded.logs.iter().find(|(n, _)| *n == name) else { continue };
+        if !flags.dry_run {
+            let Some((path, _, meta)) = bare.log_files.iter().find(|(p, ..)| p.to_string_lossy() == name) else { continue };
             let mut bytes = old.clone();
             let n = header.len().min(bytes.len());
             bytes[..n].copy_from_slice(&header[..n]);
-            crate::vhd::output::write_atomically(Path::new(&name), &bytes)?;
+            crate::cli::deferring_signals("vhdreg", || -> Result<()> {
+                let replacement = NewFile::replacing(path, meta)?;
+                crate::cli::track_temp(replacement.path());
+                replacement.write_all_and_commit(&bytes)
+            })?;
         }
         summary.logs_reset.push(name);
     }
+    drop(bare.file);
     out.hives.push(summary);
     Ok(())
 }
@@ -415,29 +571,29 @@ fn changed_sectors(old: &[u8], new: &[u8]) -> u64 {
 /// the image's journal.
 fn write_image(
     src: &HiveSource,
-    image: &Path,
+    img: &mut DiskImage,
     target: &KeyTarget,
     ops: &[(RegOp, String)],
     strict: bool,
-    dry_run: bool,
+    flags: WriteFlags,
     out: &mut WriteOut,
 ) -> Result<()> {
-    let opts = src.open_options();
     let writes = {
-        let img = DiskImage::open(image, &opts)?;
-        let map = ImageMap::build(&img, src.partition)?;
+        let map = ImageMap::build(img, src.partition)?;
         let mut h = map.find_hive(&target.hive_paths, src.partition)?;
+        crate::pass::refuse_untrusted_volumes(&map, Some(h.partition), flags.force)?;
         let logs = map.hive_logs(&h)?;
         let name = src.hive_name(&h.path, h.partition);
         let stored = std::mem::take(&mut h.bytes);
         let mut loaded = registry::load(&name, stored, logs, true)?;
         let Some(edited) = edit(&mut loaded, ops, strict, out)? else { return Ok(()) };
-        let (writes, summary) = registry::plan_image_write(&map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
+        let new = registry::keep_length(&loaded.stored, edited.bytes);
+        let (writes, summary) = registry::plan_image_write(&map, &h, &loaded.stored, &new, &edited.log_headers)?;
         out.hives.push(summary);
         writes
     };
-    if !dry_run {
-        journal::apply(image, &opts, &writes)?;
+    if !flags.dry_run {
+        crate::cli::deferring_signals("vhdreg", || disk_write::apply(img, &writes))?;
     }
     Ok(())
 }

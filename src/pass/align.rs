@@ -19,7 +19,7 @@ use crate::hive::log::reset_header;
 use crate::hive::value::reg_type;
 use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind};
-use crate::pass::journal::DiskWrite;
+use crate::pass::disk_write::DiskWrite;
 use crate::pass::registry;
 use crate::vhd::device::{BlockDevice, check_range};
 use crate::vhd::image::DiskImage;

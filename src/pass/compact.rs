@@ -121,30 +121,6 @@ impl CompactionPlan {
     }
 }
 
-/// Refuses volumes whose `$Bitmap` may not tell the truth, unless forced.
-pub fn check_volumes(map: &ImageMap<'_>, force: bool) -> Result<()> {
-    for (p, idx) in map.ntfs() {
-        let why = if idx.state.hibernated {
-            Some("is hibernated (hiberfil.sys holds a live image: Windows hibernated or used fast startup)")
-        } else if idx.state.dirty {
-            Some("is dirty (not shut down cleanly; chkdsk pending)")
-        } else {
-            None
-        };
-        if let (Some(why), false) = (why, force) {
-            return Err(Error::unsupported(
-                map.image.source(),
-                format!(
-                    "partition {}: the NTFS volume {why}, so its $Bitmap may not describe the truth; \
-                     boot Windows and shut it down fully, or pass --force",
-                    p.index
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The output kind and block size for `opts` on this input.
 fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputFormat, u64)> {
     let input = map.image.format();
@@ -221,7 +197,7 @@ fn realignment(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<Option<Reali
 
 /// Plans the compaction of `map`'s image.
 pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan> {
-    check_volumes(map, opts.force)?;
+    crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
     let realignment = realignment(map, opts)?;
     // Realigning moves every sector: a differencing input becomes a standalone image.
     let merged;

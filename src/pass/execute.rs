@@ -4,7 +4,6 @@
 //! Since nobody can see the temporary file, a sparse output gets one write per block and its
 //! BAT and footer once at the end.
 
-use std::path::Path;
 use std::sync::mpsc;
 
 use indicatif::ProgressBar;
@@ -18,7 +17,7 @@ use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
 use crate::vhd::header::bitmap_size_for;
-use crate::vhd::output::PendingOutput;
+use crate::host::NewFile;
 use crate::vhd::sparse::{ParentLink, SparseVhd};
 
 /// Blocks read ahead of the writer (memory: this many blocks, twice over).
@@ -92,9 +91,9 @@ fn prepare(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64, pool: &BufferPool)
 }
 
 /// Creates the output container in the temporary file.
-fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &PendingOutput) -> Result<Writer> {
+fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile) -> Result<Writer> {
     let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
-    let file = ImageFile::from_file(file, out.path());
+    let file = ImageFile::from_file(file, out.path(), true);
     Ok(match plan.format {
         OutputFormat::Fixed => Writer::Fixed(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
         OutputFormat::Dynamic => Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?)),
@@ -151,11 +150,10 @@ impl Writer {
     }
 }
 
-/// Writes the plan's output into a temporary file beside `out` and returns it, flushed but
-/// not yet renamed (so it can be verified first).
-pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &Path, progress: &ProgressBar) -> Result<(PendingOutput, WriteStats)> {
-    let pending = PendingOutput::new(out)?;
-    let mut writer = create_writer(map, plan, &pending)?;
+/// Writes the plan's output into the new file `out` (flushed, not yet committed, so it can be
+/// verified first).
+pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile, progress: &ProgressBar) -> Result<WriteStats> {
+    let mut writer = create_writer(map, plan, out)?;
     let blocks = plan.actions.len() as u64;
     let bs = plan.block_size;
     let pool = BufferPool::default();
@@ -192,7 +190,7 @@ pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &Path, progress: &P
             first = last;
         }
         drop(tx);
-        handle.join().map_err(|_| Error::unsupported(out, "the writer thread stopped unexpectedly"))?
+        handle.join().map_err(|_| Error::unsupported(out.path(), "the writer thread stopped unexpectedly"))?
     })?;
-    Ok((pending, stats))
+    Ok(stats)
 }

@@ -39,8 +39,8 @@ pub struct InPlaceStats {
     pub zeroed_bytes: u64,
 }
 
-/// Plans and carries out compaction of `map`'s image in place (`map` was built from a
-/// read-only opening; the file is reopened for writing).
+/// Plans and carries out compaction of `map`'s image in place (`map` was built from an image
+/// opened for writing).
 pub fn compact_in_place(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(CompactionPlan, InPlaceStats)> {
     let input = map.image.format();
     let same_kind = match opts.to {
@@ -53,10 +53,13 @@ pub fn compact_in_place(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(Co
         return Err(Error::Usage("--in-place keeps the image's kind and block size: drop --to, --azure, --merge and --block-size".into()));
     }
     let plan = compact::plan(map, opts)?;
-    let file = ImageFile::open(map.image.source(), true)?;
+    let file = map.image.file();
+    if !file.writable() {
+        return Err(Error::unsupported(file.path(), "image opened read-only"));
+    }
     let stats = match map.image {
-        DiskImage::Sparse(s) => compact_sparse(map, s, &plan, &file)?,
-        _ => zero_free_in_place(&plan, &file)?,
+        DiskImage::Sparse(s) => compact_sparse(map, s, &plan, file)?,
+        _ => zero_free_in_place(&plan, file)?,
     };
     Ok((plan, stats))
 }

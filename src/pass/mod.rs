@@ -3,8 +3,33 @@
 
 pub mod align;
 pub mod compact;
+pub mod disk_write;
 pub mod execute;
 pub mod in_place;
-pub mod journal;
 pub mod registry;
 pub mod verify;
+
+use crate::error::{Error, Result};
+use crate::map::ImageMap;
+use crate::vhd::device::BlockDevice;
+
+/// Refuses to write on the strength of NTFS volumes whose state Windows would not trust: a
+/// hibernated volume (Windows resumes with its own cached metadata and may undo or corrupt the
+/// change) or a dirty one (not shut down cleanly; `$Bitmap` may not tell the truth). Only
+/// `partition` is looked at when given; `force` overrides.
+pub fn refuse_untrusted_volumes(map: &ImageMap<'_>, partition: Option<u32>, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    for (p, idx) in map.ntfs().filter(|(p, _)| partition.is_none_or(|n| n == p.index)) {
+        let why = if idx.state.hibernated {
+            "is hibernated (hiberfil.sys holds a live image: Windows hibernated or used fast startup)"
+        } else if idx.state.dirty {
+            "is dirty (not shut down cleanly; chkdsk pending)"
+        } else {
+            continue;
+        };
+        return Err(Error::UntrustedVolume { file: map.image.source().to_path_buf(), partition: p.index, why: why.into() });
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@ use crate::ntfs::file::FileEntry;
 use crate::ntfs::patch;
 use crate::ntfs::runs::Run;
 use crate::ntfs::stream::read_runs;
-use crate::pass::journal::DiskWrite;
+use crate::pass::disk_write::DiskWrite;
 use crate::vhd::device::BlockDevice;
 
 /// Largest hive file vhdkit loads (Windows limits a hive to 2 GiB).
@@ -138,22 +138,27 @@ pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit
     }
 }
 
-/// The logs beside the hive at `hive_path`, as `read` finds them (`None` or empty: absent):
-/// `.LOG1` and `.LOG2`, else `.LOG`.
-pub fn read_logs(hive_path: &str, mut read: impl FnMut(&str) -> Result<Option<Vec<u8>>>) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    let mut take = |name: String, out: &mut Vec<(String, Vec<u8>)>| -> Result<()> {
-        if let Some(bytes) = read(&name)?.filter(|b| !b.is_empty()) {
-            out.push((name, bytes));
-        }
-        Ok(())
-    };
-    take(format!("{hive_path}.LOG1"), &mut out)?;
-    take(format!("{hive_path}.LOG2"), &mut out)?;
-    if out.is_empty() {
-        take(format!("{hive_path}.LOG"), &mut out)?;
+/// The logs of the hive named `hive`, as Windows uses them: `.LOG1` and `.LOG2`, else `.LOG`.
+/// `find` gives the name actually present for a wanted one (names compare case-insensitively
+/// on NTFS and for bare files), and `found` receives each log present.
+pub fn log_names(hive: &str, find: impl Fn(&str) -> Option<String>, mut found: impl FnMut(String)) {
+    let pair: Vec<String> = ["LOG1", "LOG2"].iter().filter_map(|ext| find(&format!("{hive}.{ext}"))).collect();
+    if pair.is_empty()
+        && let Some(log) = find(&format!("{hive}.LOG"))
+    {
+        found(log);
     }
-    Ok(out)
+    pair.into_iter().for_each(found);
+}
+
+/// A hive's new bytes stored over `stored`: the file never gets shorter (Windows keeps hive
+/// files larger than their bins, and other tools read them as they are), so the old tail
+/// stays past the new end.
+pub fn keep_length(stored: &[u8], mut new: Vec<u8>) -> Vec<u8> {
+    if new.len() < stored.len() {
+        new.extend_from_slice(&stored[new.len()..]);
+    }
+    new
 }
 
 /// Reads the unnamed data stream of `file` (bounded by [`MAX_HIVE`]).
@@ -211,10 +216,17 @@ impl<'m> ImageMap<'m> {
         let pm = self.partitions.iter().find(|p| p.partition.index == hive.partition).map(|p| p.partition.clone());
         let Some(part) = pm else { return Ok(Vec::new()) };
         let view = PartitionView::new(self.image, &part);
-        read_logs(&hive.path, |name| match hive.index.find_path(name) {
-            Some((f, _)) if f.default_stream().is_some_and(|s| s.data_size > 0) => Ok(Some(read_file(&view, hive.index, f)?)),
-            _ => Ok(None),
-        })
+        let mut names = Vec::new();
+        log_names(&hive.path, |want| hive.index.find_path(want).map(|(f, n)| hive.index.path(f, n)), |n| names.push(n));
+        let mut out = Vec::new();
+        for name in names {
+            if let Some((f, _)) = hive.index.find_path(&name)
+                && f.default_stream().is_some_and(|s| s.data_size > 0)
+            {
+                out.push((name, read_file(&view, hive.index, f)?));
+            }
+        }
+        Ok(out)
     }
 }
 

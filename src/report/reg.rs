@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::hive::log::ReplayReport;
+use crate::host::journal::Recovery;
 use crate::hive::value::{json_text, to_json, to_text, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
 use crate::pass::registry::WriteSummary;
@@ -106,11 +107,16 @@ pub struct WriteOut {
     pub hives: Vec<WriteSummary>,
     /// Log replays done before editing dirty hives.
     pub replays: Vec<ReplayReport>,
+    /// An interrupted earlier write rolled back before this one, in words.
+    pub rolled_back: Option<String>,
 }
 
 /// Renders a write report.
 pub fn render_write(w: &WriteOut) -> String {
     let mut out = String::new();
+    if let Some(r) = &w.rolled_back {
+        let _ = writeln!(out, "{r}");
+    }
     for c in &w.changes {
         let _ = writeln!(out, "{}{c}", if w.dry_run { "would " } else { "" });
     }
@@ -138,4 +144,77 @@ pub fn render_write(w: &WriteOut) -> String {
 /// A change in words.
 pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
     format!("set {key} {} = {} ({})", if name.is_empty() { "(default)" } else { name }, to_text(ty, data), type_name(ty))
+}
+
+/// What `vhdreg IMAGE recover` found and did.
+#[derive(Serialize)]
+pub struct RecoverOut {
+    pub image: String,
+    /// "clean" (nothing to do), "rolled_back" or "discarded_incomplete_journal".
+    pub outcome: &'static str,
+    pub journal: Option<String>,
+    /// Ranges of the image file restored.
+    pub ranges_restored: usize,
+    /// The image file's length afterwards.
+    pub length: Option<u64>,
+}
+
+impl RecoverOut {
+    /// The report of a recovery of `image`.
+    pub fn new(image: &std::path::Path, r: &Recovery) -> Self {
+        let image = image.display().to_string();
+        match r {
+            Recovery::Clean => RecoverOut { image, outcome: "clean", journal: None, ranges_restored: 0, length: None },
+            Recovery::RolledBack { journal, ranges, length } => RecoverOut {
+                image,
+                outcome: "rolled_back",
+                journal: Some(journal.display().to_string()),
+                ranges_restored: *ranges,
+                length: Some(*length),
+            },
+            Recovery::DiscardedIncomplete { journal } => RecoverOut {
+                image,
+                outcome: "discarded_incomplete_journal",
+                journal: Some(journal.display().to_string()),
+                ranges_restored: 0,
+                length: None,
+            },
+        }
+    }
+}
+
+/// A recovery in words, or `None` when there was nothing to recover.
+pub fn recovery_text(r: &Recovery) -> Option<String> {
+    match r {
+        Recovery::Clean => None,
+        Recovery::RolledBack { journal, ranges, length } => Some(format!(
+            "rolled back an interrupted write: {ranges} ranges restored from {}, file length {length}",
+            journal.display()
+        )),
+        Recovery::DiscardedIncomplete { journal } => Some(format!(
+            "removed {}, the journal of a write interrupted before it touched the image",
+            journal.display()
+        )),
+    }
+}
+
+/// Renders a recovery report.
+pub fn render_recover(r: &RecoverOut) -> String {
+    let text = match r.outcome {
+        "clean" => format!("{}: no interrupted write to roll back", r.image),
+        _ => format!(
+            "{}: {}",
+            r.image,
+            match (&r.journal, r.outcome) {
+                (Some(j), "rolled_back") => format!(
+                    "rolled back an interrupted write: {} ranges restored from {j}, file length {}",
+                    r.ranges_restored,
+                    r.length.unwrap_or(0)
+                ),
+                (Some(j), _) => format!("removed {j}, the journal of a write interrupted before it touched the image"),
+                (None, _) => String::new(),
+            }
+        ),
+    };
+    text + "\n"
 }

@@ -59,6 +59,15 @@ pub fn check_image(image: &DiskImage) -> Result<Vec<Finding>> {
     Ok(out)
 }
 
+/// The problems of the top image of `image` that make writing into it in place unsafe:
+/// blocks that overlap metadata or each other, or lie outside the file.
+pub fn write_hazards(image: &DiskImage) -> Vec<Finding> {
+    match image {
+        DiskImage::Sparse(s) => s.findings().iter().cloned().chain(check_layout(s)).filter(|f| f.hazard).collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn footer_offset(image: &DiskImage) -> u64 {
     match image {
         DiskImage::Raw(_) => 0,
@@ -101,13 +110,16 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
             let end = loc.data_offset.saturating_add(loc.data_length as u64);
             let at = s.header_offset() + 576 + 24 * *slot as u64;
             if end > s.data_end() {
-                out.push(Finding::new(
-                    path,
-                    format!("parent locator {slot}"),
-                    Space::File,
-                    at,
-                    format!("data at {:#x} of {} bytes lies past the data end", loc.data_offset, loc.data_length),
-                ));
+                out.push(
+                    Finding::new(
+                        path,
+                        format!("parent locator {slot}"),
+                        Space::File,
+                        at,
+                        format!("data at {:#x} of {} bytes lies past the data end", loc.data_offset, loc.data_length),
+                    )
+                    .hazardous(),
+                );
             }
             extents.push((loc.data_offset, end, format!("parent locator {slot} data"), at));
         }
@@ -131,13 +143,16 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
     for (start, end, name, at) in &extents {
         if let Some((prev_end, prev)) = reach
             && *start < prev_end {
-                out.push(Finding::new(
-                    path,
-                    if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
-                    Space::File,
-                    *at,
-                    format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
-                ));
+                out.push(
+                    Finding::new(
+                        path,
+                        if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
+                        Space::File,
+                        *at,
+                        format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
+                    )
+                    .hazardous(),
+                );
             }
         if reach.is_none_or(|(e, _)| *end > e) {
             reach = Some((*end, name));

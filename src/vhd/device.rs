@@ -1,11 +1,14 @@
 //! The `BlockDevice` abstraction every layer above reads through, and the plain-file device.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result, Space};
+use crate::host::fault::{self, Op};
+use crate::host::journal::{Overlay, StagedWrites};
+use crate::host::{self, Access, Expect, LockWait};
 
 /// A fixed-length array of bytes readable at any offset.
 ///
@@ -73,30 +76,33 @@ pub fn check_range(file: &Path, space: Space, offset: u64, len: usize, size: u64
     }
 }
 
-/// An open file with its name, read and written by position.
+/// An open image file with its name, read and written by position.
+///
+/// It is opened once per run and holds its lock (shared for reading, exclusive for writing)
+/// until dropped. While staging, writes are collected in memory and reads see them; the
+/// journal then makes them on disk in one atomic step.
 #[derive(Debug)]
 pub struct ImageFile {
     file: File,
     path: PathBuf,
     writable: bool,
+    overlay: Option<Mutex<Overlay>>,
 }
 
 impl ImageFile {
-    /// Opens `path` for reading, or for reading and writing.
-    pub fn open(path: &Path, writable: bool) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| Error::open(path, "open", e))?;
-        Ok(ImageFile {
-            file,
-            path: path.to_path_buf(),
-            writable,
-        })
+    /// Opens the image `path` (a regular file or a block device) without blocking, locked
+    /// shared for reading or exclusive for writing.
+    pub fn open(path: &Path, writable: bool, wait: LockWait) -> Result<Self> {
+        let access = if writable { Access::ReadWrite } else { Access::Read };
+        if writable {
+            let meta = std::fs::metadata(path).map_err(|e| Error::open(path, "open", e))?;
+            host::require_write_permission(path, &meta)?;
+        }
+        let file = host::open_locked(path, access, Expect::Image, wait)?;
+        Ok(ImageFile { file, path: path.to_path_buf(), writable, overlay: None })
     }
 
-    /// Creates `path`, failing if it exists.
+    /// Creates `path`, failing if it exists, locked exclusively.
     pub fn create_new(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -104,20 +110,13 @@ impl ImageFile {
             .create_new(true)
             .open(path)
             .map_err(|e| Error::open(path, "create", e))?;
-        Ok(ImageFile {
-            file,
-            path: path.to_path_buf(),
-            writable: true,
-        })
+        host::lock(&file, path, true, LockWait::Fail)?;
+        Ok(ImageFile { file, path: path.to_path_buf(), writable: true, overlay: None })
     }
 
-    /// Wraps a file already open for reading and writing (a temporary output file).
-    pub fn from_file(file: File, path: &Path) -> Self {
-        ImageFile {
-            file,
-            path: path.to_path_buf(),
-            writable: true,
-        }
+    /// Wraps a file its caller opened and locked (a temporary output file).
+    pub fn from_file(file: File, path: &Path, writable: bool) -> Self {
+        ImageFile { file, path: path.to_path_buf(), writable, overlay: None }
     }
 
     /// The file's name.
@@ -125,22 +124,56 @@ impl ImageFile {
         &self.path
     }
 
+    /// The open file.
+    pub fn raw(&self) -> &File {
+        &self.file
+    }
+
     /// Whether writes are allowed.
     pub fn writable(&self) -> bool {
         self.writable
     }
 
-    /// Current length of the file.
+    /// From now on writes are collected in memory instead of made ([`Self::take_staged`]).
+    pub fn begin_staging(&mut self) -> Result<()> {
+        let len = self.file_len()?;
+        self.overlay = Some(Mutex::new(Overlay::new(len)));
+        Ok(())
+    }
+
+    /// Ends staging and returns the writes collected.
+    pub fn take_staged(&mut self) -> StagedWrites {
+        match self.overlay.take() {
+            Some(o) => o.into_inner().unwrap_or_else(|p| p.into_inner()).into_staged(),
+            None => StagedWrites::default(),
+        }
+    }
+
+    fn overlay(&self) -> Option<std::sync::MutexGuard<'_, Overlay>> {
+        self.overlay.as_ref().map(|o| o.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Current length of the file (of a block device: its size).
     pub fn file_len(&self) -> Result<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| Error::io(&self.path, "stat", Space::File, 0, e))
+        if let Some(o) = self.overlay() {
+            return Ok(o.len());
+        }
+        let meta = self.file.metadata().map_err(|e| Error::io(&self.path, "stat", Space::File, 0, e))?;
+        if meta.is_file() {
+            return Ok(meta.len());
+        }
+        (&self.file)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(&self.path, "find the size of", Space::File, 0, e))
     }
 
     /// Reads exactly `buf.len()` bytes at `offset` of the file.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let result = match self.overlay() {
+            Some(o) => o.read(offset, buf, |at, b| host::platform::read_at(&self.file, b, at)),
+            None => host::platform::read_at(&self.file, buf, offset),
+        };
+        result.map_err(|e| {
             let e = if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(e.kind(), format!("file ends inside the {what}"))
             } else {
@@ -152,25 +185,40 @@ impl ImageFile {
 
     /// Writes all of `buf` at `offset` of the file.
     pub fn write_all_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        crate::vhd::fault::before_write();
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io(&self.path, "write", Space::File, offset, e))
+        if let Some(mut o) = self.overlay() {
+            o.write(offset, buf);
+            return Ok(());
+        }
+        fault::before(&self.path, Op::Write { offset, bytes: buf });
+        host::platform::write_at(&self.file, buf, offset).map_err(|e| Error::io(&self.path, "write", Space::File, offset, e))
     }
 
     /// Sets the file's length.
     pub fn set_len(&self, len: u64) -> Result<()> {
-        crate::vhd::fault::before_write();
-        self.file
-            .set_len(len)
-            .map_err(|e| Error::io(&self.path, "truncate", Space::File, len, e))
+        if let Some(mut o) = self.overlay() {
+            o.set_len(len);
+            return Ok(());
+        }
+        fault::before(&self.path, Op::SetLen(len));
+        self.file.set_len(len).map_err(|e| Error::io(&self.path, "truncate", Space::File, len, e))
     }
 
     /// Flushes data and metadata to stable storage.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(&self.path, "fsync", Space::File, 0, e))
+        if self.overlay.is_some() {
+            return Ok(());
+        }
+        fault::before(&self.path, Op::Sync);
+        self.file.sync_all().map_err(|e| Error::io(&self.path, "fsync", Space::File, 0, e))
+    }
+
+    /// Ranges of `[start, end)` of the file that may hold data (holes of a sparse file left
+    /// out, without reading them).
+    pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        match self.overlay {
+            Some(_) => vec![(start, end)],
+            None => host::data_ranges(&self.file, start, end),
+        }
     }
 }
 
@@ -190,6 +238,11 @@ impl RawImage {
     /// The underlying file.
     pub fn file(&self) -> &ImageFile {
         &self.file
+    }
+
+    /// The underlying file, to stage writes.
+    pub fn file_mut(&mut self) -> &mut ImageFile {
+        &mut self.file
     }
 }
 

@@ -17,6 +17,10 @@ pub struct Finding {
     pub offset: u64,
     /// What is wrong.
     pub problem: String,
+    /// Whether writing into the image in place could destroy live data (blocks that overlap
+    /// or lie outside the file).
+    #[serde(skip)]
+    pub hazard: bool,
 }
 
 impl Finding {
@@ -39,7 +43,14 @@ impl Finding {
             },
             offset,
             problem: problem.into(),
+            hazard: false,
         }
+    }
+
+    /// Marks the problem as one that makes in-place writes unsafe.
+    pub fn hazardous(mut self) -> Self {
+        self.hazard = true;
+        self
     }
 }
 

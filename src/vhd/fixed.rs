@@ -123,6 +123,11 @@ impl FixedVhd {
     pub fn file(&self) -> &ImageFile {
         self.data.file()
     }
+
+    /// The image file, to stage writes.
+    pub fn file_mut(&mut self) -> &mut ImageFile {
+        self.data.file_mut()
+    }
 }
 
 /// Largest fixed image: Azure's limit for a page blob VHD, 32 TiB with the footer. A fixed

@@ -3,9 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, Space};
+use crate::host::journal::{self, Recovery};
+use crate::host::{FileId, LockWait, OutputPolicy};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
 use crate::vhd::fixed::FixedVhd;
+use crate::vhd::probe::{PROBE_BYTES, Recognised, recognise};
 use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
 use crate::vhd::sparse::SparseVhd;
 
@@ -19,11 +22,23 @@ pub struct OpenOptions {
     pub strict: bool,
     /// Use this file as the (first) parent of a differencing image instead of the locators.
     pub parent: Option<PathBuf>,
-    /// Open the top image for writing (parents are always read-only).
-    pub writable: bool,
     /// Open a differencing image whose parent cannot be found; reading a sector that lives
     /// in the parent then fails with the error that lists the paths tried.
     pub allow_missing_parent: bool,
+    /// What to do when another process holds the image locked.
+    pub wait: LockWait,
+    /// The container format, when the caller knows it better than the file's magic numbers:
+    /// `Some(Raw)` reads any file as a raw disk.
+    pub format: Option<ImageFormat>,
+}
+
+/// A container format the caller can insist on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// The file's bytes are the disk's bytes, whatever they look like.
+    Raw,
+    /// A VHD (fixed, dynamic or differencing): the file must end with a VHD footer.
+    Vhd,
 }
 
 /// An opened disk image of any kind.
@@ -38,31 +53,69 @@ pub enum DiskImage {
 }
 
 impl DiskImage {
-    /// Opens the image at `path`, following a differencing chain to its base.
+    /// Opens the image at `path` for reading, following a differencing chain to its base.
+    /// Every file of the chain is locked shared for as long as the image is open; an image
+    /// with the journal of an interrupted write is refused.
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
         DiskImage::open_in_chain(path, opts, &mut Vec::new())
     }
 
-    /// Opens `path` as one link of a chain whose files so far are in `chain`.
-    pub(crate) fn open_in_chain(path: &Path, opts: &OpenOptions, chain: &mut Vec<PathBuf>) -> Result<Self> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| Error::open(path, "open", e))?;
-        if let Some(first) = chain.first().filter(|_| chain.contains(&canonical)) {
+    /// Opens the image at `path` for writing: locked exclusively (its parents shared), after
+    /// rolling back an interrupted write whose journal belongs to it.
+    pub fn open_writable(path: &Path, opts: &OpenOptions) -> Result<(Self, Recovery)> {
+        let file = ImageFile::open(path, true, opts.wait)?;
+        let recovery = journal::recover(path, file.raw())?;
+        let mut chain = Vec::new();
+        Ok((DiskImage::from_open_file(file, opts, &mut chain)?, recovery))
+    }
+
+    /// Reads an image from a file its caller opened and locked (an output being written).
+    pub fn from_file(file: ImageFile, opts: &OpenOptions) -> Result<Self> {
+        DiskImage::from_open_file(file, opts, &mut Vec::new())
+    }
+
+    /// Opens `path` read-only as one link of a chain whose files so far are in `chain`.
+    pub(crate) fn open_in_chain(path: &Path, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<Self> {
+        let file = ImageFile::open(path, false, opts.wait)?;
+        if let Some(journal) = journal::pending(path) {
+            return Err(Error::JournalPending { file: path.to_path_buf(), journal });
+        }
+        DiskImage::from_open_file(file, opts, chain)
+    }
+
+    /// Decodes the open `file` as one link of a chain whose files so far are in `chain`.
+    fn from_open_file(file: ImageFile, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let id = FileId::of(&file.raw().metadata().map_err(|e| Error::open(&path, "stat", e))?);
+        if chain.contains(&id) {
             return Err(Error::corrupt(
-                first,
+                &path,
                 "differencing chain",
                 Space::File,
                 0,
-                format!("parent chain loops back to {}", canonical.display()),
+                "the parent chain loops back to this file",
             ));
         }
         if chain.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::unsupported(path, format!("differencing chain deeper than {MAX_CHAIN_DEPTH}")));
+            return Err(Error::unsupported(&path, format!("differencing chain deeper than {MAX_CHAIN_DEPTH}")));
         }
-        chain.push(canonical);
-        let file = ImageFile::open(path, opts.writable)?;
+        chain.push(id);
         let len = file.file_len()?;
-        match find_footer(&file, len)? {
-            None => Ok(DiskImage::Raw(RawImage::new(file, len))),
+        let footer = match opts.format {
+            Some(ImageFormat::Raw) => None,
+            _ => find_footer(&file, len)?,
+        };
+        match footer {
+            None => {
+                match opts.format {
+                    Some(ImageFormat::Raw) => {}
+                    Some(ImageFormat::Vhd) => {
+                        return Err(Error::corrupt(&path, "VHD footer", Space::File, len.saturating_sub(512), "missing: the file does not end with a VHD footer"));
+                    }
+                    None => refuse_non_disk(&file, len)?,
+                }
+                Ok(DiskImage::Raw(RawImage::new(file, len)))
+            }
             Some((footer, at)) => match footer.disk_type {
                 DiskType::Fixed => Ok(DiskImage::Fixed(Box::new(FixedVhd::open(file, footer, at, opts.strict)?))),
                 DiskType::Dynamic | DiskType::Differencing => {
@@ -107,6 +160,15 @@ impl DiskImage {
         }
     }
 
+    /// The image file, to stage writes.
+    pub fn file_mut(&mut self) -> &mut ImageFile {
+        match self {
+            DiskImage::Raw(r) => r.file_mut(),
+            DiskImage::Fixed(f) => f.file_mut(),
+            DiskImage::Sparse(s) => s.file_mut(),
+        }
+    }
+
     /// Problems noticed while opening this image and its parents.
     pub fn findings(&self) -> Vec<Finding> {
         match self {
@@ -133,11 +195,37 @@ impl DiskImage {
 
     /// Files of the chain from this image to its base.
     pub fn chain(&self) -> Vec<PathBuf> {
-        let mut out = vec![self.source().to_path_buf()];
+        self.chain_files().iter().map(|f| f.path().to_path_buf()).collect()
+    }
+
+    /// The open files of the chain from this image to its base.
+    pub fn chain_files(&self) -> Vec<&ImageFile> {
+        let mut out = vec![self.file()];
         if let Some(p) = self.as_sparse().and_then(SparseVhd::parent) {
-            out.extend(p.chain());
+            out.extend(p.chain_files());
         }
         out
+    }
+
+    /// Records every file of the chain as an input an output must not overwrite.
+    pub fn add_inputs_to(&self, policy: &mut OutputPolicy) {
+        for f in self.chain_files() {
+            if let Ok(meta) = f.raw().metadata() {
+                policy.input(f.path(), &meta);
+            }
+        }
+    }
+}
+
+/// Refuses a file without a footer that does not look like a raw disk, naming what it is.
+fn refuse_non_disk(file: &ImageFile, len: u64) -> Result<()> {
+    let mut head = vec![0u8; (len as usize).min(PROBE_BYTES)];
+    file.read_exact_at(0, &mut head, "first sectors")?;
+    match recognise(&head) {
+        Recognised::RawDisk => Ok(()),
+        Recognised::Unknown => Err(Error::NotADisk { file: file.path().to_path_buf() }),
+        Recognised::Vhdx => Err(Error::unsupported(file.path(), "is a VHDX image, which vhdkit does not read yet")),
+        other => Err(Error::unsupported(file.path(), format!("is {other}, not a VHD or a raw disk"))),
     }
 }
 

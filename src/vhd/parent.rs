@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::host::LockWait;
 use crate::vhd::device::ImageFile;
 use crate::vhd::footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, uuid_text};
 use crate::vhd::header::{DynamicHeader, LocatorEncoding, MAX_LOCATOR_LEN, ParentLocator};
@@ -129,8 +130,8 @@ pub fn candidates(child: &Path, header: &DynamicHeader, locators: &[DecodedLocat
 }
 
 /// Reads the UUID from the footer of the VHD at `path`, if it is one.
-fn footer_uuid(path: &Path) -> std::result::Result<[u8; 16], String> {
-    let file = ImageFile::open(path, false).map_err(|e| match e {
+fn footer_uuid(path: &Path, wait: LockWait) -> std::result::Result<[u8; 16], String> {
+    let file = ImageFile::open(path, false, wait).map_err(|e| match e {
         Error::Open { source, .. } => source.to_string(),
         other => other.to_string(),
     })?;
@@ -149,10 +150,10 @@ fn footer_uuid(path: &Path) -> std::result::Result<[u8; 16], String> {
 }
 
 /// Picks the first candidate whose footer UUID is `want`, or explains every failure.
-pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate]) -> Result<(PathBuf, String)> {
+pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate], wait: LockWait) -> Result<(PathBuf, String)> {
     let mut tried = Vec::new();
     for c in candidates {
-        match footer_uuid(&c.path) {
+        match footer_uuid(&c.path, wait) {
             Ok(u) if &u == want => return Ok((c.path.clone(), c.via.clone())),
             Ok(u) => tried.push(format!(
                 "{} (from {}): UUID {} is not the expected {}",
@@ -173,17 +174,9 @@ pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate]) -> Resul
     })
 }
 
-/// Checks that a parent named with `--parent` is the one the child expects.
-pub fn check_override(child: &Path, want: &[u8; 16], path: &Path) -> Result<()> {
-    resolve(
-        child,
-        want,
-        &[Candidate {
-            via: "--parent".into(),
-            path: path.to_path_buf(),
-        }],
-    )
-    .map(|_| ())
+/// Checks that a parent the caller named is the one the child expects.
+pub fn check_override(child: &Path, want: &[u8; 16], path: &Path, wait: LockWait) -> Result<()> {
+    resolve(child, want, &[Candidate { via: "given parent".into(), path: path.to_path_buf() }], wait).map(|_| ())
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! bytes come from: zeros in a dynamic disk, the parent in a differencing disk.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result, Space};
+use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice, check_range};
@@ -69,7 +70,7 @@ impl SparseVhd {
         footer: Footer,
         data_end: u64,
         opts: &OpenOptions,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<FileId>,
     ) -> Result<Self> {
         let path = file.path().to_path_buf();
         let mut findings = Vec::new();
@@ -135,13 +136,16 @@ impl SparseVhd {
         for (block, sector) in bat.allocated() {
             let end = sector * 512 + block_span;
             if end > data_end {
-                note(Finding::new(
-                    &path,
-                    format!("BAT entry {block}"),
-                    Space::File,
-                    header.table_offset + 4 * block,
-                    format!("block at sector {sector:#x} ends at {end:#x}, past the data end {data_end:#x}"),
-                ))?;
+                note(
+                    Finding::new(
+                        &path,
+                        format!("BAT entry {block}"),
+                        Space::File,
+                        header.table_offset + 4 * block,
+                        format!("block at sector {sector:#x} ends at {end:#x}, past the data end {data_end:#x}"),
+                    )
+                    .hazardous(),
+                )?;
             }
         }
 
@@ -168,13 +172,13 @@ impl SparseVhd {
     }
 
     /// Finds, checks and opens the parent of a differencing image.
-    fn attach_parent(&mut self, opts: &OpenOptions, chain: &mut Vec<PathBuf>) -> Result<()> {
+    fn attach_parent(&mut self, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<()> {
         let path = self.file.path().to_path_buf();
         self.locators = parent::decode_locators(&self.file, &self.header)?;
         let want = self.header.parent_uuid;
         let found = match &opts.parent {
-            Some(p) => parent::check_override(&path, &want, p).map(|()| (p.clone(), "--parent".to_string())),
-            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators)),
+            Some(p) => parent::check_override(&path, &want, p, opts.wait).map(|()| (p.clone(), "given parent".to_string())),
+            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators), opts.wait),
         };
         let (parent_path, via) = match found {
             Ok(found) => found,
@@ -184,12 +188,7 @@ impl SparseVhd {
             }
             Err(e) => return Err(e),
         };
-        let parent_opts = OpenOptions {
-            strict: opts.strict,
-            parent: None,
-            writable: false,
-            allow_missing_parent: opts.allow_missing_parent,
-        };
+        let parent_opts = OpenOptions { parent: None, ..opts.clone() };
         let parent = DiskImage::open_in_chain(&parent_path, &parent_opts, chain)?;
         if parent.len() != self.len() {
             self.findings.push(Finding::new(
@@ -305,7 +304,8 @@ impl SparseVhd {
                 parent: Some(link.path.to_path_buf()),
                 ..OpenOptions::default()
             };
-            vhd.attach_parent(&opts, &mut vec![std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())])?;
+            let own = FileId::of(&vhd.file.raw().metadata().map_err(|e| Error::open(path, "stat", e))?);
+            vhd.attach_parent(&opts, &mut vec![own])?;
         }
         Ok(vhd)
     }
@@ -358,6 +358,11 @@ impl SparseVhd {
     /// The image file.
     pub fn file(&self) -> &ImageFile {
         &self.file
+    }
+
+    /// The image file, to stage writes.
+    pub fn file_mut(&mut self) -> &mut ImageFile {
+        &mut self.file
     }
 
     /// Where the trailing footer starts.

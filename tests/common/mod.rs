@@ -326,3 +326,10 @@ pub fn image_hash(image: &Path) -> String {
     sha256(&read_all(&open(image)))
 }
 
+
+/// Gives a copied file (real data is read-only) its owner's write permission.
+pub fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+}

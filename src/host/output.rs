@@ -1,0 +1,229 @@
+//! Files vhdkit creates: one rule for all of them.
+//!
+//! A new file is written under a temporary name in the target's folder, flushed, then renamed
+//! into place, so it appears whole or not at all. The target may never be one of the command's
+//! inputs (compared by device and inode, so links and symlinks do not fool it), a device, a
+//! FIFO or a folder; an existing file is replaced only when the caller says so. A new file gets
+//! no more permission than its inputs have, and the umask applies on top; a file rewritten by
+//! rename keeps its mode and owner.
+//!
+//! The temporary file holds an exclusive lock while it is written. One left behind by a run
+//! that was killed is recognised by its name ([`STALE_TEMP_MARKER`]) and by the lock nobody
+//! holds any more, and the next run that writes into the folder removes it.
+
+use std::fs::{File, Metadata};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result, Space};
+use crate::host::{FileId, LockWait, folder_of, lock, platform};
+
+/// What every temporary output name contains, between the target's name and `.partial`.
+pub const STALE_TEMP_MARKER: &str = ".vhdkit-";
+const TEMP_SUFFIX: &str = ".partial";
+
+/// The inputs a new file must not be, and whether it may replace an existing file.
+#[derive(Clone, Debug)]
+pub struct OutputPolicy {
+    inputs: Vec<(PathBuf, FileId)>,
+    replace_existing: bool,
+    mode_limit: u32,
+}
+
+/// How a [`NewFile`] relates to what is at its target now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// The target must not exist when the file is committed.
+    Never,
+    /// An existing regular file at the target is replaced.
+    Existing,
+}
+
+impl OutputPolicy {
+    /// A policy with no inputs yet; `replace` says whether an existing file may be replaced.
+    pub fn new(replace: Replace) -> Self {
+        OutputPolicy { inputs: Vec::new(), replace_existing: replace == Replace::Existing, mode_limit: 0o7777 }
+    }
+
+    /// Records an input the output must not be; the output gets no more permission than it.
+    pub fn input(&mut self, path: &Path, meta: &Metadata) {
+        self.inputs.push((path.to_path_buf(), FileId::of(meta)));
+        self.mode_limit &= platform::mode(meta);
+    }
+
+    /// Records an input by path (ignored when it does not exist).
+    pub fn input_path(&mut self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.input(path, &meta);
+        }
+    }
+
+    /// Checks `target` against the rule, before any work is done.
+    pub fn check(&self, target: &Path) -> Result<()> {
+        let refuse = |problem: String| Err(Error::Conflict { file: target.to_path_buf(), problem });
+        let Ok(link) = std::fs::symlink_metadata(target) else { return Ok(()) };
+        let resolved = if link.file_type().is_symlink() { std::fs::metadata(target).ok() } else { Some(link) };
+        if let Some(meta) = &resolved {
+            let kind = platform::kind_name(meta);
+            if kind != "regular file" {
+                return refuse(format!("is a {kind}; the output must be a regular file"));
+            }
+            let id = FileId::of(meta);
+            if let Some((input, _)) = self.inputs.iter().find(|(_, i)| *i == id) {
+                return refuse(format!(
+                    "is the input {} (the same file); refusing to overwrite an input",
+                    input.display()
+                ));
+            }
+        }
+        if !self.replace_existing {
+            return Err(Error::OutputExists { file: target.to_path_buf() });
+        }
+        Ok(())
+    }
+}
+
+/// A file being written under a temporary name beside its target.
+pub struct NewFile {
+    file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    replace: Replace,
+    /// Temporary files of killed runs removed from the folder before this one was made.
+    removed_stale: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl NewFile {
+    /// Checks `target` against `policy`, removes stale temporary files of killed runs from its
+    /// folder, and creates the temporary file (locked, with the policy's permissions).
+    pub fn create(target: &Path, policy: &OutputPolicy) -> Result<Self> {
+        policy.check(target)?;
+        let replace = if policy.replace_existing { Replace::Existing } else { Replace::Never };
+        NewFile::make(target, platform::permissions_for_new(policy.mode_limit), None, replace)
+    }
+
+    /// A new copy of the existing file `target` (which the caller holds locked), to replace it
+    /// by rename with the same mode and owner.
+    pub fn replacing(target: &Path, original: &Metadata) -> Result<Self> {
+        let owner = platform::owner(original);
+        let new = NewFile::make(target, None, Some(platform::mode(original)), Replace::Existing)?;
+        if let Some(owner) = owner {
+            let current = new.file.metadata().ok().and_then(|m| platform::owner(&m));
+            if current != Some(owner) {
+                platform::set_owner(&new.file, owner).map_err(|e| {
+                    Error::open(target, "keep the owner (run as the file's owner or root) of", e)
+                })?;
+            }
+        }
+        Ok(new)
+    }
+
+    fn make(target: &Path, create_with: Option<std::fs::Permissions>, exact_mode: Option<u32>, replace: Replace) -> Result<Self> {
+        let dir = folder_of(target);
+        let removed_stale = remove_stale_temps(&dir);
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = format!(".{name}.vhdkit-new-");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(TEMP_SUFFIX);
+        if let Some(p) = create_with {
+            builder.permissions(p);
+        }
+        let created = builder.tempfile_in(&dir).map_err(|e| Error::open(target, "create a temporary file beside", e))?;
+        let (file, fresh) = created.keep().map_err(|e| Error::open(target, "create a temporary file beside", e.error))?;
+        let mut new = NewFile { file, temp: fresh.clone(), target: target.to_path_buf(), replace, removed_stale, committed: false };
+        lock(&new.file, &fresh, true, LockWait::Fail)?;
+        if let Some(mode) = exact_mode {
+            platform::set_mode(&new.file, mode).map_err(|e| Error::open(&fresh, "set the permissions of", e))?;
+        }
+        // Only a locked file carries the marker a later run looks for.
+        let marked = PathBuf::from(fresh.to_string_lossy().replacen(".vhdkit-new-", STALE_TEMP_MARKER, 1));
+        std::fs::rename(&fresh, &marked).map_err(|e| Error::open(&fresh, "rename", e))?;
+        new.temp = marked;
+        Ok(new)
+    }
+
+    /// The temporary file's path.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The target's path.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The open temporary file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Temporary files of killed runs that were removed from the target's folder.
+    pub fn removed_stale(&self) -> &[PathBuf] {
+        &self.removed_stale
+    }
+
+    /// Flushes the temporary file and renames it to the target (failing if the target
+    /// appeared meanwhile and may not be replaced), then flushes the folder.
+    pub fn commit(mut self) -> Result<()> {
+        self.file.sync_all().map_err(|e| Error::io(&self.temp, "fsync", Space::File, 0, e))?;
+        match self.replace {
+            Replace::Existing => std::fs::rename(&self.temp, &self.target)
+                .map_err(|e| Error::open(&self.target, "rename the finished output to", e))?,
+            Replace::Never => {
+                // A hard link fails when the target exists; the temporary name then goes.
+                std::fs::hard_link(&self.temp, &self.target).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Error::OutputExists { file: self.target.clone() },
+                    _ => Error::open(&self.target, "create the finished output", e),
+                })?;
+                let _ = std::fs::remove_file(&self.temp);
+            }
+        }
+        self.committed = true;
+        platform::sync_dir(&folder_of(&self.target));
+        Ok(())
+    }
+
+    /// Writes `bytes` as the whole file and commits it.
+    pub fn write_all_and_commit(self, bytes: &[u8]) -> Result<()> {
+        (&self.file).write_all(bytes).map_err(|e| Error::io(&self.temp, "write", Space::File, 0, e))?;
+        self.commit()
+    }
+}
+
+impl Drop for NewFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Flushes the folder holding `path`, so a create, rename or removal there survives a crash.
+pub fn sync_dir(path: &Path) {
+    platform::sync_dir(&folder_of(path));
+}
+
+/// Removes from `dir` the temporary outputs of vhdkit runs that were killed: files named
+/// `.NAME.vhdkit-XXXX.partial` that no live process holds locked.
+fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with('.')
+            && name.ends_with(TEMP_SUFFIX)
+            && name.contains(STALE_TEMP_MARKER)
+            && !name.contains(".vhdkit-new-");
+        if !ours {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = platform::open_nonblocking(&path, false, true) else { continue };
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        if regular && lock(&file, &path, true, LockWait::Fail).is_ok() && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}

@@ -1,0 +1,292 @@
+//! What differs between hosts: opening without blocking, file identity and kind, positional
+//! I/O, holes of sparse files, ownership. Everything else in vhdkit is portable.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::Path;
+
+use crate::host::FileId;
+
+#[cfg(unix)]
+mod imp {
+    use std::fs::{File, Metadata};
+    use std::io;
+    use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::path::Path;
+
+    use rustix::fs::{OFlags, SeekFrom};
+
+    use crate::host::FileId;
+
+    pub fn open_nonblocking(path: &Path, write: bool, no_follow: bool) -> io::Result<File> {
+        let mut flags = OFlags::NONBLOCK;
+        if no_follow {
+            flags |= OFlags::NOFOLLOW;
+        }
+        std::fs::OpenOptions::new().read(true).write(write).custom_flags(flags.bits() as i32).open(path)
+    }
+
+    pub fn create_new_private(path: &Path, mode: u32) -> io::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    }
+
+    pub fn file_id(meta: &Metadata) -> FileId {
+        FileId { device: meta.dev(), inode: meta.ino() }
+    }
+
+    pub fn kind_name(meta: &Metadata) -> &'static str {
+        let t = meta.file_type();
+        if t.is_file() {
+            "regular file"
+        } else if t.is_dir() {
+            "directory"
+        } else if t.is_block_device() {
+            "block device"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_fifo() {
+            "FIFO"
+        } else if t.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        }
+    }
+
+    pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        file.read_exact_at(buf, offset)
+    }
+
+    pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    pub fn data_ranges(file: &File, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < end {
+            let data = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+                Ok(d) => d,
+                // No data at or after `at`: the rest is a hole.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => return None,
+            };
+            if data >= end {
+                break;
+            }
+            let hole = rustix::fs::seek(file, SeekFrom::Hole(data)).ok()?;
+            out.push((data, hole.min(end)));
+            at = hole;
+        }
+        Some(out)
+    }
+
+    pub fn owner(meta: &Metadata) -> Option<(u32, u32)> {
+        Some((meta.uid(), meta.gid()))
+    }
+
+    pub fn mode(meta: &Metadata) -> u32 {
+        meta.mode() & 0o7777
+    }
+
+    pub fn set_owner(file: &File, owner: (u32, u32)) -> io::Result<()> {
+        std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1))
+    }
+
+    pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+
+    /// Whether someone other than the owner may write the file.
+    pub fn writable_by_others(meta: &Metadata) -> bool {
+        meta.mode() & 0o022 != 0
+    }
+
+    pub fn permissions_for_new(mode_of_input: u32) -> Option<std::fs::Permissions> {
+        use std::os::unix::fs::PermissionsExt;
+        Some(std::fs::Permissions::from_mode(0o666 & mode_of_input))
+    }
+
+    pub fn sync_dir(dir: &Path) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use std::fs::{File, Metadata};
+    use std::io;
+    use std::os::windows::fs::FileExt;
+    use std::path::Path;
+
+    use crate::host::FileId;
+
+    pub fn open_nonblocking(path: &Path, write: bool, _no_follow: bool) -> io::Result<File> {
+        std::fs::OpenOptions::new().read(true).write(write).open(path)
+    }
+
+    pub fn create_new_private(path: &Path, _mode: u32) -> io::Result<File> {
+        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)
+    }
+
+    pub fn file_id(meta: &Metadata) -> FileId {
+        // Windows exposes no stable file index through std: the creation time and length
+        // stand in, which tells apart everything but a file and its hard links.
+        let created = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        FileId { device: created, inode: meta.len() }
+    }
+
+    pub fn kind_name(meta: &Metadata) -> &'static str {
+        if meta.is_file() {
+            "regular file"
+        } else if meta.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        }
+    }
+
+    pub fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match file.seek_read(buf, offset)? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match file.seek_write(buf, offset)? {
+                0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer")),
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_ranges(_file: &File, _start: u64, _end: u64) -> Option<Vec<(u64, u64)>> {
+        None
+    }
+
+    pub fn owner(_meta: &Metadata) -> Option<(u32, u32)> {
+        None
+    }
+
+    pub fn mode(meta: &Metadata) -> u32 {
+        if meta.permissions().readonly() { 0o444 } else { 0o666 }
+    }
+
+    pub fn set_owner(_file: &File, _owner: (u32, u32)) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+        let mut p = file.metadata()?.permissions();
+        p.set_readonly(mode & 0o222 == 0);
+        file.set_permissions(p)
+    }
+
+    pub fn writable_by_others(_meta: &Metadata) -> bool {
+        false
+    }
+
+    pub fn permissions_for_new(_mode_of_input: u32) -> Option<std::fs::Permissions> {
+        None
+    }
+
+    pub fn sync_dir(_dir: &Path) {}
+}
+
+/// Opens `path` for reading (and writing), without blocking on FIFOs; with `no_follow`, a
+/// symlink is refused.
+pub fn open_nonblocking(path: &Path, write: bool, no_follow: bool) -> io::Result<File> {
+    imp::open_nonblocking(path, write, no_follow)
+}
+
+/// Creates `path` (never an existing file, never through a symlink) with permission bits
+/// `mode`, the umask applying on top.
+pub fn create_new_private(path: &Path, mode: u32) -> io::Result<File> {
+    imp::create_new_private(path, mode)
+}
+
+/// The identity of a file.
+pub fn file_id(meta: &Metadata) -> FileId {
+    imp::file_id(meta)
+}
+
+/// What a file is, in words: "regular file", "block device", "FIFO"...
+pub fn kind_name(meta: &Metadata) -> &'static str {
+    imp::kind_name(meta)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    imp::read_at(file, buf, offset)
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    imp::write_at(file, buf, offset)
+}
+
+/// The data ranges of `[start, end)` (holes left out), or `None` when the host cannot tell.
+pub fn data_ranges(file: &File, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+    imp::data_ranges(file, start, end)
+}
+
+/// The owner (user, group) of a file, where the host has one.
+pub fn owner(meta: &Metadata) -> Option<(u32, u32)> {
+    imp::owner(meta)
+}
+
+/// The permission bits of a file (rwx for owner, group, others, and the special bits).
+pub fn mode(meta: &Metadata) -> u32 {
+    imp::mode(meta)
+}
+
+/// Gives an open file an owner.
+pub fn set_owner(file: &File, owner: (u32, u32)) -> io::Result<()> {
+    imp::set_owner(file, owner)
+}
+
+/// Gives an open file exact permission bits (not reduced by the umask).
+pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    imp::set_mode(file, mode)
+}
+
+/// Whether the group or others may write the file.
+pub fn writable_by_others(meta: &Metadata) -> bool {
+    imp::writable_by_others(meta)
+}
+
+/// Permissions to create a new file with: at most read-write, never more than the input's
+/// (`mode_of_input`), the umask applying on top; `None` where the host's default is right.
+pub fn permissions_for_new(mode_of_input: u32) -> Option<std::fs::Permissions> {
+    imp::permissions_for_new(mode_of_input)
+}
+
+/// Flushes a folder so a create, rename or removal in it survives a crash.
+pub fn sync_dir(dir: &Path) {
+    imp::sync_dir(dir)
+}
