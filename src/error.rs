@@ -38,13 +38,7 @@ impl fmt::Display for Space {
 pub enum Error {
     /// A structure holds a value that cannot be right.
     #[error("{}: {structure} at {space} {offset:#x}: {problem}", file.display())]
-    Corrupt {
-        file: PathBuf,
-        structure: String,
-        space: Space,
-        offset: u64,
-        problem: String,
-    },
+    Corrupt { file: PathBuf, structure: String, space: Space, offset: u64, problem: String },
     /// The operating system failed a read or write.
     #[error("{}: {action} at {space} {offset:#x}: {source}", file.display())]
     Io {
@@ -108,41 +102,22 @@ impl Error {
         offset: u64,
         problem: impl Into<String>,
     ) -> Self {
-        Error::Corrupt {
-            file: file.to_path_buf(),
-            structure: structure.into(),
-            space,
-            offset,
-            problem: problem.into(),
-        }
+        Error::Corrupt { file: file.to_path_buf(), structure: structure.into(), space, offset, problem: problem.into() }
     }
 
     /// A failed read or write of `file` at `offset` of `space`.
     pub fn io(file: &Path, action: &'static str, space: Space, offset: u64, source: io::Error) -> Self {
-        Error::Io {
-            file: file.to_path_buf(),
-            action,
-            space,
-            offset,
-            source,
-        }
+        Error::Io { file: file.to_path_buf(), action, space, offset, source }
     }
 
     /// A failed open or create of `file`.
     pub fn open(file: &Path, action: &'static str, source: io::Error) -> Self {
-        Error::Open {
-            file: file.to_path_buf(),
-            action,
-            source,
-        }
+        Error::Open { file: file.to_path_buf(), action, source }
     }
 
     /// Something `file` holds that vhdkit does not handle.
     pub fn unsupported(file: &Path, problem: impl Into<String>) -> Self {
-        Error::Unsupported {
-            file: file.to_path_buf(),
-            problem: problem.into(),
-        }
+        Error::Unsupported { file: file.to_path_buf(), problem: problem.into() }
     }
 }
 

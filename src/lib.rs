@@ -11,15 +11,15 @@
 #![forbid(unsafe_code)]
 
 pub mod bytes;
+pub mod cli;
+pub mod disk;
 pub mod error;
 pub mod hive;
 pub mod host;
 pub mod map;
-pub mod report;
-pub mod cli;
-pub mod disk;
 pub mod ntfs;
 pub mod pass;
+pub mod report;
 pub mod vhd;
 
 pub use error::{Error, Result, Space};

@@ -56,7 +56,10 @@ fn a_sector_63_volume_moves_to_1_mib_with_every_file_intact() {
     let want = image_file_hashes(&input).remove(&1).unwrap();
     let before = align_json(&input);
     assert_eq!(before["partitions"][0]["aligned_4k"], false);
-    assert_eq!(before["partitions"][0]["clusters_straddling_4k"], before["partitions"][0]["clusters"], "every 4 KiB cluster at sector 63 straddles");
+    assert_eq!(
+        before["partitions"][0]["clusters_straddling_4k"], before["partitions"][0]["clusters"],
+        "every 4 KiB cluster at sector 63 straddles"
+    );
     let fail = run(bin("vhdinspect").args(["align", "--fail-on-misaligned"]).arg(&input));
     assert_eq!(fail.status.code(), Some(1));
     for to in ["dynamic", "fixed"] {
@@ -91,10 +94,21 @@ fn a_sector_63_volume_moves_to_1_mib_with_every_file_intact() {
 fn a_differencing_child_realigns_into_a_standalone_image() {
     let dir = tempdir();
     let parent = dir.path().join("parent.vhd");
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"]).arg(corpus("xp-fixed.vhd")).arg(&parent));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+            .arg(corpus("xp-fixed.vhd"))
+            .arg(&parent),
+    );
     let child = dir.path().join("child.vhd");
     let parent_img = open(&parent);
-    let mut c = vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent })).unwrap();
+    let mut c = vhdkit::vhd::SparseVhd::create(
+        &child,
+        0,
+        2 << 20,
+        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
+    )
+    .unwrap();
     // The child changes a sector of the volume's first block.
     let mut s = [0u8; 512];
     parent_img.read_at(63 * 512 + 4 * 4096 * 1024, &mut s).unwrap();
@@ -121,7 +135,10 @@ fn logical_partitions_and_their_ebrs_move_together() {
     assert!(r["verify"]["mismatches"].as_array().unwrap().is_empty());
     let moves = r["realign"]["moves"].as_array().unwrap();
     assert!(moves.iter().all(|m| m["new_start_lba"].as_u64().unwrap() % 2048 == 0), "{moves:?}");
-    assert!(moves.iter().filter(|m| m["index"].as_u64() >= Some(5)).all(|m| m["old_start_lba"] != m["new_start_lba"]), "both logicals were misaligned");
+    assert!(
+        moves.iter().filter(|m| m["index"].as_u64() >= Some(5)).all(|m| m["old_start_lba"] != m["new_start_lba"]),
+        "both logicals were misaligned"
+    );
     let after = align_json(&out);
     assert!(after["partitions"].as_array().unwrap().iter().all(|p| p["aligned_1mib"] == true));
     assert_eq!(after["partitions"].as_array().unwrap().len(), 3);
@@ -198,7 +215,13 @@ fn windows_records_of_the_partition_offset_are_patched() {
     set(&format!(r"{obj}\11000001"), "Element", &device);
     set(&format!(r"{obj}\21000001"), "Element", &device);
     set(&format!(r"{obj}\12000004"), "Element", &nested);
-    let gpt_element = run_ok(bin("vhdreg").args([im, "get", r"HKLM\BCD00000000\Objects\{733b62e4-f608-11eb-825c-c112f60133ab}\Elements\11000001", "Element", "--json"]));
+    let gpt_element = run_ok(bin("vhdreg").args([
+        im,
+        "get",
+        r"HKLM\BCD00000000\Objects\{733b62e4-f608-11eb-825c-c112f60133ab}\Elements\11000001",
+        "Element",
+        "--json",
+    ]));
     let out = dir.path().join("realigned.vhd");
     let r = compact_json(&image, &out, &["--realign", "--to", "dynamic", "--verify"]);
     assert!(r["verify"]["mismatches"].as_array().unwrap().is_empty());
@@ -218,14 +241,25 @@ fn windows_records_of_the_partition_offset_are_patched() {
     let new = 2048u64 * 512;
     assert_eq!(le32(&value, 0), signature);
     assert_eq!(u64::from_le_bytes(value[4..12].try_into().unwrap()), new);
-    let bcd_export = String::from_utf8(run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\BCD00000000"]).arg(&bcd).arg("\\Objects\\{7619dcc9-fafe-11d9-b411-000476eba25f}"))).unwrap();
+    let bcd_export = String::from_utf8(run_ok(
+        Command::new("hivexregedit")
+            .args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\BCD00000000"])
+            .arg(&bcd)
+            .arg("\\Objects\\{7619dcc9-fafe-11d9-b411-000476eba25f}"),
+    ))
+    .unwrap();
     for (element, at) in [("11000001", 0x20), ("21000001", 0x20), ("12000004", 0x40)] {
         let section = bcd_export.split(&format!("\\Elements\\{element}]")).nth(1).unwrap();
         let data = reg_hex_value(section, "Element");
         assert_eq!(u64::from_le_bytes(data[at..at + 8].try_into().unwrap()), new, "element {element}");
     }
     // GPT-style elements name partitions by GUID: untouched.
-    let after = run_ok(bin("vhdreg").arg(&out).args(["get", r"HKLM\BCD00000000\Objects\{733b62e4-f608-11eb-825c-c112f60133ab}\Elements\11000001", "Element", "--json"]));
+    let after = run_ok(bin("vhdreg").arg(&out).args([
+        "get",
+        r"HKLM\BCD00000000\Objects\{733b62e4-f608-11eb-825c-c112f60133ab}\Elements\11000001",
+        "Element",
+        "--json",
+    ]));
     assert_eq!(after, gpt_element);
 }
 
@@ -240,13 +274,21 @@ fn a_record_that_cannot_be_patched_stops_realignment_unless_forced() {
         std::fs::copy(h.dirty.join("NewDirtyHive"), mnt.join(SYSTEM)).unwrap();
     });
     let (start, _) = partition_span(&image);
-    std::fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(&std::fs::read(&part).unwrap(), start).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(&std::fs::read(&part).unwrap(), start)
+        .unwrap();
     let out = dir.path().join("realigned.vhd");
     let refused = run(bin("vhdcompact").arg(&image).arg(&out).arg("--realign"));
     assert_one_line_error(&refused, "win.vhd", &["cannot realign safely", "dirty", "--force"]);
     assert!(!out.exists(), "no output after a refusal");
     let r = compact_json(&image, &out, &["--realign", "--force"]);
     assert!(r["realign"]["impossible"].to_string().contains("dirty"), "{r}");
-    let text = String::from_utf8(run_ok(bin("vhdcompact").arg(&image).arg(dir.path().join("again.vhd")).args(["--realign", "--force"]))).unwrap();
+    let text = String::from_utf8(run_ok(
+        bin("vhdcompact").arg(&image).arg(dir.path().join("again.vhd")).args(["--realign", "--force"]),
+    ))
+    .unwrap();
     assert!(text.contains("NOT PATCHED") && text.contains("0xc0000225"), "{text}");
 }

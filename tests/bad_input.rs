@@ -79,7 +79,11 @@ fn absurd_block_sizes_and_table_sizes() {
         let p = small_dynamic(dir.path(), &format!("a{field}-{value}.vhd"));
         patch_header(&p, field, &value.to_be_bytes());
         let out = dump(&p, &[]);
-        assert_one_line_error(&out, &p.file_name().unwrap().to_string_lossy(), &["dynamic disk header", needle, "file offset 0x2"]);
+        assert_one_line_error(
+            &out,
+            &p.file_name().unwrap().to_string_lossy(),
+            &["dynamic disk header", needle, "file offset 0x2"],
+        );
     }
 }
 
@@ -93,16 +97,17 @@ fn a_bat_entry_past_the_end_is_a_finding_then_a_read_error() {
     assert_eq!(out.status.code(), Some(1));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = j["problems"].as_array().unwrap();
-    assert!(
-        problems.iter().any(|f| f["structure"] == "BAT entry 0" && f["offset"] == 1536),
-        "{problems:?}"
-    );
+    assert!(problems.iter().any(|f| f["structure"] == "BAT entry 0" && f["offset"] == 1536), "{problems:?}");
     // dump is lenient: it shows the finding and says the disk cannot be read.
     let out = dump(&p, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("BAT entry 0 at file offset 0x600"));
     // --strict refuses at open.
-    assert_one_line_error(&dump(&p, &["--strict"]), "b.vhd", &["BAT entry 0", "file offset 0x600", "past the data end"]);
+    assert_one_line_error(
+        &dump(&p, &["--strict"]),
+        "b.vhd",
+        &["BAT entry 0", "file offset 0x600", "past the data end"],
+    );
 }
 
 #[test]

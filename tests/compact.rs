@@ -124,7 +124,8 @@ fn azure_output_is_fixed_whole_mib_with_consistent_chs() {
     // Too small for Azure.
     let tiny = dir.path().join("tiny.raw");
     std::fs::write(&tiny, vec![0u8; 1 << 20]).unwrap();
-    let out = run(bin("vhdcompact").arg(&tiny).arg(dir.path().join("t.vhd")).args(["--azure", "--input-format", "raw"]));
+    let out =
+        run(bin("vhdcompact").arg(&tiny).arg(dir.path().join("t.vhd")).args(["--azure", "--input-format", "raw"]));
     assert_one_line_error(&out, "tiny.raw", &["Azure accepts disks of 20971520"]);
     assert!(!dir.path().join("t.vhd").exists());
 }
@@ -148,14 +149,24 @@ fn changed_child(dir: &Path) -> (PathBuf, PathBuf) {
     changed[start..start + len].copy_from_slice(&std::fs::read(&part).unwrap());
     std::fs::remove_file(&part).unwrap();
     // Stale data in free clusters of a block the parent holds no allocated cluster in.
-    let map = serde_json::from_slice::<serde_json::Value>(&run_ok(bin("vhdinspect").args(["map", "--json"]).arg(&parent))).unwrap();
-    let free = map["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["offset"].as_u64().unwrap() as usize;
+    let map =
+        serde_json::from_slice::<serde_json::Value>(&run_ok(bin("vhdinspect").args(["map", "--json"]).arg(&parent)))
+            .unwrap();
+    let free = map["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["offset"]
+        .as_u64()
+        .unwrap() as usize;
     changed[free + 4096..free + 4096 + 64 * 1024].fill(0x77);
     std::fs::remove_file(&new_file).unwrap();
     let child = dir.join("child.vhd");
     let parent_img = open(&parent);
     let base = read_all(&parent_img);
-    let mut c = vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent })).unwrap();
+    let mut c = vhdkit::vhd::SparseVhd::create(
+        &child,
+        0,
+        2 << 20,
+        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
+    )
+    .unwrap();
     for s in 0..changed.len() / 512 {
         if changed[s * 512..(s + 1) * 512] != base[s * 512..(s + 1) * 512] {
             vhdkit::vhd::WritableDevice::write_at(&mut c, (s * 512) as u64, &changed[s * 512..(s + 1) * 512]).unwrap();
@@ -236,7 +247,8 @@ fn refusals_leave_no_output() {
     std::fs::write(&hib, [b"hibr".as_slice(), &[7u8; 8192]].concat()).unwrap();
     run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&hib).arg("hiberfil.sys"));
     let mut disk = read_all(&img);
-    disk[2048 * 512..2048 * 512 + std::fs::metadata(&part).unwrap().len() as usize].copy_from_slice(&std::fs::read(&part).unwrap());
+    disk[2048 * 512..2048 * 512 + std::fs::metadata(&part).unwrap().len() as usize]
+        .copy_from_slice(&std::fs::read(&part).unwrap());
     let hibernated = dir.path().join("hibernated.raw");
     std::fs::write(&hibernated, &disk).unwrap();
     let out = run(bin("vhdcompact").arg(&hibernated).arg(dir.path().join("h.vhd")));
@@ -272,7 +284,15 @@ fn own_file_hashes(image: &Path) -> Option<std::collections::BTreeMap<String, St
         let view = vhdkit::disk::PartitionView::new(&img, p);
         for f in &idx.files {
             for s in f.streams.iter().filter(|s| s.is_data() && !s.resident) {
-                let data = vhdkit::ntfs::stream::read_runs(&view, p.index, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size).ok()?;
+                let data = vhdkit::ntfs::stream::read_runs(
+                    &view,
+                    p.index,
+                    idx.cluster_size(),
+                    &s.runs,
+                    s.data_size,
+                    s.initialized_size,
+                )
+                .ok()?;
                 out.insert(format!("{}:{}:{}", p.index, idx.path(f, 0), s.name), sha256(&data));
             }
         }
@@ -284,14 +304,18 @@ fn own_file_hashes(image: &Path) -> Option<std::collections::BTreeMap<String, St
 fn in_place_compaction_survives_a_crash_after_every_write() {
     let dir = tempdir();
     let (_, child) = changed_child(dir.path());
-    for (name, source, flag) in [
-        ("dynamic", corpus("xp-fixed.vhd"), "--zero-free"),
-        ("differencing", child.clone(), "--verify"),
-    ] {
+    for (name, source, flag) in
+        [("dynamic", corpus("xp-fixed.vhd"), "--zero-free"), ("differencing", child.clone(), "--verify")]
+    {
         // A dynamic image with blocks to drop, from the XP image; the child as is.
         let base = dir.path().join(format!("base-{name}.vhd"));
         if name == "dynamic" {
-            run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"]).arg(&source).arg(&base));
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+                    .arg(&source)
+                    .arg(&base),
+            );
         } else {
             std::fs::copy(&source, &base).unwrap();
         }
@@ -300,7 +324,11 @@ fn in_place_compaction_survives_a_crash_after_every_write() {
         for n in 0..400 {
             let work = dir.path().join(format!("work-{name}.vhd"));
             std::fs::copy(&base, &work).unwrap();
-            let out = run(bin("vhdcompact").arg(&work).arg("--in-place").arg(flag).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+            let out = run(bin("vhdcompact")
+                .arg(&work)
+                .arg("--in-place")
+                .arg(flag)
+                .env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
             let got = own_file_hashes(&work).unwrap_or_else(|| panic!("{name}: unreadable after a crash at write {n}"));
             assert_eq!(got, want, "{name}: files differ after a crash at write {n}");
             if out.status.success() {
@@ -325,7 +353,12 @@ fn in_place_compaction_survives_a_crash_after_every_write() {
 fn in_place_verify_and_refusals() {
     let dir = tempdir();
     let work = dir.path().join("w.vhd");
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"]).arg(corpus("xp-fixed.vhd")).arg(&work));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+            .arg(corpus("xp-fixed.vhd"))
+            .arg(&work),
+    );
     let out = run_ok(bin("vhdcompact").arg(&work).args(["--in-place", "--verify", "--json"]));
     let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(r["in_place"], true);
@@ -371,7 +404,10 @@ fn block_size_is_parsed_with_units() {
     }
     assert!(vhdkit::cli::compact::parse_size("lots").is_err());
     let dir = tempdir();
-    let out = run(bin("vhdcompact").arg(corpus("aligned-dynamic.vhd")).arg(dir.path().join("o.vhd")).args(["--block-size", "3000"]));
+    let out = run(bin("vhdcompact")
+        .arg(corpus("aligned-dynamic.vhd"))
+        .arg(dir.path().join("o.vhd"))
+        .args(["--block-size", "3000"]));
     assert_one_line_error(&out, "o.vhd", &["block size 3000"]);
 }
 

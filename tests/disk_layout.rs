@@ -56,7 +56,8 @@ fn logical_partitions_keep_linux_numbers_and_ebr_positions() {
     let p6 = layout.partition(6).unwrap();
     assert_eq!(p6.ebr_lba, Some(65598));
     assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, "0BADCAFE");
-    let clusters: Vec<Option<u32>> = layout.partitions.iter().map(|p| volume::probe(&img, p).unwrap().cluster_size).collect();
+    let clusters: Vec<Option<u32>> =
+        layout.partitions.iter().map(|p| volume::probe(&img, p).unwrap().cluster_size).collect();
     assert_eq!(clusters, vec![Some(4096), Some(1024), Some(65536)]);
 }
 
@@ -143,7 +144,12 @@ fn windows_ntfs_samples_wrapped_into_vhds() {
     let raw = dir.path().join("lastaccess.raw");
     std::fs::write(&raw, run_ok(Command::new("gzip").arg("-dc").arg(&gz))).unwrap();
     let vhd = dir.path().join("lastaccess.vhd");
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&raw).arg(&vhd));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"])
+            .arg(&raw)
+            .arg(&vhd),
+    );
     let out = run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(&vhd));
     let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(j["footer"]["disk_type"], "dynamic");

@@ -37,7 +37,8 @@ fn nt_hive_dump(bytes: &[u8]) -> (Dump, usize) {
                     Ok(data) => {
                         dump.insert((path.clone(), name), (ty, data));
                     }
-                    Err(nt_hive::NtHiveError::InvalidTwoByteSignature { expected, .. }) if &expected == b"db" && minor < 4 => {}
+                    Err(nt_hive::NtHiveError::InvalidTwoByteSignature { expected, .. })
+                        if &expected == b"db" && minor < 4 => {}
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -106,7 +107,8 @@ fn reads_every_real_hive_like_nt_hive() {
         assert_eq!(our_keys, their_keys, "{}", path.display());
         // Values nt-hive cannot read (one-cell data over 16344 bytes in format 1.3) are ours alone.
         if hive.minor() < 4 {
-            let only_ours: Vec<usize> = ours.iter().filter(|(k, _)| !theirs.contains_key(*k)).map(|(_, v)| v.1.len()).collect();
+            let only_ours: Vec<usize> =
+                ours.iter().filter(|(k, _)| !theirs.contains_key(*k)).map(|(_, v)| v.1.len()).collect();
             assert!(only_ours.iter().all(|&len| len > 16344), "{}: {only_ours:?}", path.display());
             ours.retain(|k, _| theirs.contains_key(k));
         }
@@ -140,12 +142,18 @@ fn corrupt_hives_give_errors_not_panics() {
         let e = Hive::open(&path).unwrap_err().to_string();
         assert!(e.contains(needle) && e.contains("hive offset"), "{rel}: {e}");
     }
-    for rel in ["plaso/test_data/regf/corrupt_sub_key_list.hiv", "hivex/images/rlenvalue_test_hive", "Registry/Registry.Test/Hives/SECURITYNoRoot"] {
+    for rel in [
+        "plaso/test_data/regf/corrupt_sub_key_list.hiv",
+        "hivex/images/rlenvalue_test_hive",
+        "Registry/Registry.Test/Hives/SECURITYNoRoot",
+    ] {
         let Some(path) = realdata(rel) else { continue };
         if let Ok(hive) = Hive::open(&path)
-            && let Ok(root) = hive.root() {
-                let _ = hive.walk(&root, &mut |_, k| hive.values(k).map(|vs| vs.iter().for_each(|v| drop(hive.value_data(v)))));
-            }
+            && let Ok(root) = hive.root()
+        {
+            let _ =
+                hive.walk(&root, &mut |_, k| hive.values(k).map(|vs| vs.iter().for_each(|v| drop(hive.value_data(v)))));
+        }
     }
 }
 
@@ -162,7 +170,10 @@ fn hivexget(hive: &Path, key: &str, name: &str) -> String {
 }
 
 fn hivex_export(hive: &Path) -> String {
-    String::from_utf8_lossy(&run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\T"]).arg(hive).arg("\\"))).into_owned()
+    String::from_utf8_lossy(&run_ok(
+        Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\T"]).arg(hive).arg("\\"),
+    ))
+    .into_owned()
 }
 
 /// Every `[key]` section of a hivexregedit export, keyed by key path.
@@ -192,7 +203,12 @@ fn writes_every_value_type_readable_by_nt_hive_and_hivex() {
     let sets: Vec<(&str, &str, u32, Vec<u8>)> = vec![
         ("vhdkit\\new\\deep", "sz", reg_type::SZ, utf16z("hello from vhdkit")),
         ("vhdkit\\new\\deep", "expand", reg_type::EXPAND_SZ, utf16z("%SystemRoot%\\x")),
-        ("vhdkit\\new\\deep", "multi", reg_type::MULTI_SZ, vhdkit::hive::value::encode_multi(&["a".into(), "bc".into()])),
+        (
+            "vhdkit\\new\\deep",
+            "multi",
+            reg_type::MULTI_SZ,
+            vhdkit::hive::value::encode_multi(&["a".into(), "bc".into()]),
+        ),
         ("vhdkit\\new\\deep", "dword", reg_type::DWORD, 0xdeadbeefu32.to_le_bytes().to_vec()),
         ("vhdkit\\new\\deep", "dwordbe", reg_type::DWORD_BIG_ENDIAN, 7u32.to_be_bytes().to_vec()),
         ("vhdkit\\new\\deep", "qword", reg_type::QWORD, 1u64.to_le_bytes().to_vec()),
@@ -349,10 +365,8 @@ fn a_dirty_hive_replays_to_what_windows_recovered() {
     let primary = std::fs::read(&dirty).unwrap();
     assert!(Hive::parse(primary.clone(), &dirty).unwrap().base().dirty());
     let (l1, l2) = (std::fs::read(&log1).unwrap(), std::fs::read(&log2).unwrap());
-    let logs = [
-        vhdkit::hive::log::LogFile { name: &log1, data: &l1 },
-        vhdkit::hive::log::LogFile { name: &log2, data: &l2 },
-    ];
+    let logs =
+        [vhdkit::hive::log::LogFile { name: &log1, data: &l1 }, vhdkit::hive::log::LogFile { name: &log2, data: &l2 }];
     let (recovered, report) = vhdkit::hive::log::replay(&primary, &dirty, &logs).unwrap();
     assert_eq!(report.applied, vec![2, 3, 4, 5]);
     let ours = Hive::parse(recovered, &dirty).unwrap();
@@ -377,10 +391,8 @@ fn regipy_transaction_logs_replay() {
     let unxz = |p: &Path| run_ok(Command::new("xz").arg("-dc").arg(p));
     let primary = unxz(&hive);
     let (l1, l2) = (unxz(&log1), std::fs::read(&log2).unwrap());
-    let logs = [
-        vhdkit::hive::log::LogFile { name: &log1, data: &l1 },
-        vhdkit::hive::log::LogFile { name: &log2, data: &l2 },
-    ];
+    let logs =
+        [vhdkit::hive::log::LogFile { name: &log1, data: &l1 }, vhdkit::hive::log::LogFile { name: &log2, data: &l2 }];
     let (recovered, report) = vhdkit::hive::log::replay(&primary, &hive, &logs).unwrap();
     assert!(!report.applied.is_empty());
     let h = Hive::parse(recovered.clone(), &hive).unwrap();
@@ -407,16 +419,27 @@ fn export_then_import_round_trips() {
     }
     let dump = |h: &Hive| {
         let k = h.find("data-test").unwrap().unwrap();
-        h.values(&k).unwrap().into_iter().map(|v| (v.name.clone(), (v.ty, h.value_data(&v).unwrap()))).collect::<BTreeMap<_, _>>()
+        h.values(&k)
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name.clone(), (v.ty, h.value_data(&v).unwrap())))
+            .collect::<BTreeMap<_, _>>()
     };
     assert_eq!(dump(&hive), dump(&copy));
     // hivexregedit's export of the same key parses to the same values.
-    let hivex = run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\T"]).arg(&path).arg("\\data-test"));
+    let hivex = run_ok(
+        Command::new("hivexregedit")
+            .args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\T"])
+            .arg(&path)
+            .arg("\\data-test"),
+    );
     let theirs = vhdkit::hive::regfile::parse(&hivex).unwrap();
     let values = |ops: &[vhdkit::hive::regfile::RegOp]| {
         ops.iter()
             .filter_map(|o| match o {
-                vhdkit::hive::regfile::RegOp::SetValue { name, ty, data, .. } => Some((name.clone(), (*ty, data.clone()))),
+                vhdkit::hive::regfile::RegOp::SetValue { name, ty, data, .. } => {
+                    Some((name.clone(), (*ty, data.clone())))
+                }
                 _ => None,
             })
             .collect::<BTreeMap<_, _>>()

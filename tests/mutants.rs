@@ -110,7 +110,8 @@ fn mutants(s: &Structures, seed: u64, per_class: usize) -> Vec<Mutant> {
     for (k, &m) in s.mft.iter().enumerate().filter(|(k, _)| k % (40 / per_class.max(1)).max(1) == 0) {
         flips(&format!("mft{k}"), m, 1024, &mut out, &mut rng);
     }
-    for (i, at) in [s.len / 2, s.len - 300, s.header.map_or(512, |(h, _)| h + 700), s.len - 512].into_iter().enumerate() {
+    for (i, at) in [s.len / 2, s.len - 300, s.header.map_or(512, |(h, _)| h + 700), s.len - 512].into_iter().enumerate()
+    {
         out.push(Mutant { name: format!("truncated-{i}"), edits: Vec::new(), truncate: Some(at) });
     }
     out
@@ -163,7 +164,15 @@ fn assert_clean_outcome(what: &str, file: &str, code: Option<i32>, err: &str) {
 fn run_all(mutant: &Path, dir: &Path) {
     let file = mutant.file_name().unwrap().to_string_lossy().into_owned();
     let before = sha256(&std::fs::read(mutant).unwrap());
-    let inspect: &[&[&str]] = &[&["dump"], &["check"], &["files", "--json"], &["map", "--json"], &["owner", "--sector", "2100"], &["align"], &["ranges"]];
+    let inspect: &[&[&str]] = &[
+        &["dump"],
+        &["check"],
+        &["files", "--json"],
+        &["map", "--json"],
+        &["owner", "--sector", "2100"],
+        &["align"],
+        &["ranges"],
+    ];
     for args in inspect {
         let mut cmd = bin("vhdinspect");
         cmd.arg(args[0]).arg(mutant).args(&args[1..]);
@@ -179,7 +188,11 @@ fn run_all(mutant: &Path, dir: &Path) {
         assert!(!out.exists(), "vhdcompact {file} failed but left its output");
     }
     let _ = std::fs::remove_file(&out);
-    let leftovers: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".partial")).collect();
+    let leftovers: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial"))
+        .collect();
     assert!(leftovers.is_empty(), "vhdcompact {file} left {leftovers:?}");
     let mut cmd = bin("vhdreg");
     cmd.arg("--dry-run").arg(mutant).args(["get", r"HKLM\SYSTEM\Select", "Current"]);
@@ -215,7 +228,9 @@ fn run_mutants(image: &str, seed: u64, per_class: usize) -> usize {
 
 #[test]
 fn mutated_dynamic_images_fail_cleanly() {
-    let n = run_mutants("aligned-dynamic.vhd", 0x5EED_0001, 8) + run_mutants("logical-dynamic.vhd", 0x5EED_0002, 4) + run_mutants("gpt-dynamic.vhd", 0x5EED_0003, 4);
+    let n = run_mutants("aligned-dynamic.vhd", 0x5EED_0001, 8)
+        + run_mutants("logical-dynamic.vhd", 0x5EED_0002, 4)
+        + run_mutants("gpt-dynamic.vhd", 0x5EED_0003, 4);
     eprintln!("{n} dynamic mutants");
     assert!(n >= 150, "{n} mutants");
 }
@@ -249,7 +264,9 @@ fn mutated_hives_fail_cleanly() {
         let path = dir.path().join(format!("hive-{i}"));
         std::fs::write(&path, &m).unwrap();
         let file = format!("hive-{i}");
-        for args in [vec!["list", ""], vec!["export", ""], vec!["set", "vhdkit", "v", "--type", "REG_DWORD", "--data", "1"]] {
+        for args in
+            [vec!["list", ""], vec!["export", ""], vec!["set", "vhdkit", "v", "--type", "REG_DWORD", "--data", "1"]]
+        {
             let mut cmd = bin("vhdreg");
             cmd.arg("--hive-file").arg(&path).args(&args);
             let (code, err) = run_bounded(cmd);

@@ -108,7 +108,8 @@ fn sampled_cluster_owners_match_ifind() {
         let total = idx.total_clusters();
         let mut checked = 0;
         for c in (0..total).step_by((total / 150).max(1) as usize) {
-            let ours: BTreeSet<u64> = idx.owners.owners_of(c).iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect();
+            let ours: BTreeSet<u64> =
+                idx.owners.owners_of(c).iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect();
             if !idx.bitmap.is_allocated(c) {
                 // ifind also searches deleted records, whose stale runs still name free clusters.
                 assert!(ours.is_empty(), "{name}:{index} free cluster {c} owned by {ours:?}");
@@ -119,7 +120,8 @@ fn sampled_cluster_owners_match_ifind() {
             if text.contains("not found") {
                 assert!(ours.is_empty(), "{name}:{index} cluster {c}: ifind none, ours {ours:?}");
             } else {
-                let theirs: u64 = text.split('-').next().unwrap().parse().unwrap_or_else(|_| panic!("ifind said {text:?}"));
+                let theirs: u64 =
+                    text.split('-').next().unwrap().parse().unwrap_or_else(|_| panic!("ifind said {text:?}"));
                 if in_use.contains(&theirs) {
                     assert!(ours.contains(&theirs), "{name}:{index} cluster {c}: ifind {theirs}, ours {ours:?}");
                     checked += 1;
@@ -140,12 +142,16 @@ fn cluster_ranges_match_ntfscluster() {
         let out = run_ok(Command::new("ntfscluster").args(["-f", "-c", &format!("{a}-{b}")]).arg(&part));
         let theirs: BTreeSet<u64> = String::from_utf8_lossy(&out)
             .lines()
-            .filter_map(|l| l.strip_prefix("Inode ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+            .filter_map(|l| {
+                l.strip_prefix("Inode ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok())
+            })
             .collect();
         let ours: BTreeSet<u64> = idx
             .owners
             .segments_in(a, b + 1)
-            .flat_map(|(_, _, ids)| ids.iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect::<Vec<_>>())
+            .flat_map(|(_, _, ids)| {
+                ids.iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect::<Vec<_>>()
+            })
             .collect();
         assert_eq!(ours, theirs, "clusters {a}-{b}");
     }
@@ -173,7 +179,14 @@ fn stream_contents_through_our_runs_match_ntfscat() {
                 cmd.arg("-a").arg("0x80").arg("-n").arg(&*s.name);
             }
             let theirs = run_ok(cmd.arg(&part));
-            assert_eq!(sha256(&ours), sha256(&theirs), "record {} stream {:?} ({})", f.record, s.name, idx.paths(f).join(", "));
+            assert_eq!(
+                sha256(&ours),
+                sha256(&theirs),
+                "record {} stream {:?} ({})",
+                f.record,
+                s.name,
+                idx.paths(f).join(", ")
+            );
             compared += 1;
         }
     }
@@ -333,7 +346,9 @@ fn dirty_and_hibernated_volumes_are_reported() {
 #[test]
 fn windows_made_volumes_match_sleuth_kit() {
     let dir = tempdir();
-    for sample in ["ntfs-samples/ntfs-lastaccess.raw.gz", "ntfs-samples/ntfs-ptrn.raw.gz", "ntfs-samples/ntfs-ramslack.raw.gz"] {
+    for sample in
+        ["ntfs-samples/ntfs-lastaccess.raw.gz", "ntfs-samples/ntfs-ptrn.raw.gz", "ntfs-samples/ntfs-ramslack.raw.gz"]
+    {
         let Some(gz) = realdata(sample) else { continue };
         let raw = dir.path().join("disk.raw");
         std::fs::write(&raw, run_ok(Command::new("gzip").arg("-dc").arg(&gz))).unwrap();
@@ -396,7 +411,21 @@ fn files_json_lists_every_name_in_tree_order_with_the_documented_keys() {
     let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let files = j["files"].as_array().unwrap();
     assert_eq!(files[0]["path"], ".");
-    for key in ["partition", "path", "mft_record", "size", "allocated_size", "directory", "system", "sparse", "compressed", "encrypted", "reparse", "stream_names", "streams"] {
+    for key in [
+        "partition",
+        "path",
+        "mft_record",
+        "size",
+        "allocated_size",
+        "directory",
+        "system",
+        "sparse",
+        "compressed",
+        "encrypted",
+        "reparse",
+        "stream_names",
+        "streams",
+    ] {
         assert!(!files[1][key].is_null(), "files[].{key}");
     }
     // A hard link appears once per name, with the same record.

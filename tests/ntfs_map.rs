@@ -63,7 +63,8 @@ fn droppable_blocks_match_an_independent_computation() {
     for name in ["xp-fixed.vhd", "aligned-dynamic.vhd", "logical-dynamic.vhd", "gpt-dynamic.vhd", "nofs-dynamic.vhd"] {
         let path = corpus(name);
         let j = json(bin("vhdinspect").args(["map", "--json"]).arg(&path));
-        let ours: Vec<bool> = j["blocks"].as_array().unwrap().iter().map(|b| b["allocated"] == true && b["droppable"] == true).collect();
+        let ours: Vec<bool> =
+            j["blocks"].as_array().unwrap().iter().map(|b| b["allocated"] == true && b["droppable"] == true).collect();
         assert_eq!(ours, independent_droppable(&path, dir.path()), "{name}");
         let n = ours.iter().filter(|&&d| d).count() as u64;
         assert_eq!(j["summary"]["droppable_blocks"], n, "{name}");
@@ -102,7 +103,9 @@ fn owner_names_every_kind_of_region() {
         assert_eq!(j["region"], region, "{image} {flag} {value}: {j}");
     }
     // A cluster of $MFT, and a free cluster.
-    let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", "4", "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+    let j = json(
+        bin("vhdinspect").args(["owner", "--json", "--cluster", "4", "--partition", "1"]).arg(corpus("xp-fixed.vhd")),
+    );
     assert_eq!(j["owners"][0]["path"], "$MFT");
     assert_eq!(j["owners"][0]["mft_record"], 0);
     assert_eq!(j["allocated"], true);
@@ -110,11 +113,19 @@ fn owner_names_every_kind_of_region() {
     let total = files["volumes"][0]["total_clusters"].as_u64().unwrap();
     let free = (1000..total)
         .find(|c| {
-            let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", &c.to_string(), "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+            let j = json(
+                bin("vhdinspect")
+                    .args(["owner", "--json", "--cluster", &c.to_string(), "--partition", "1"])
+                    .arg(corpus("xp-fixed.vhd")),
+            );
             j["region"] == "free cluster"
         })
         .expect("a free cluster");
-    let j = json(bin("vhdinspect").args(["owner", "--json", "--cluster", &free.to_string(), "--partition", "1"]).arg(corpus("xp-fixed.vhd")));
+    let j = json(
+        bin("vhdinspect")
+            .args(["owner", "--json", "--cluster", &free.to_string(), "--partition", "1"])
+            .arg(corpus("xp-fixed.vhd")),
+    );
     assert_eq!(j["allocated"], false);
     assert!(j["owners"].as_array().unwrap().is_empty());
     // A sector past the last partition (a raw disk one MiB longer than its partitions).
@@ -134,7 +145,8 @@ fn owner_file_places_every_byte_of_a_fragmented_file() {
     let j = json(bin("vhdinspect").args(["owner", "--json", "--file", "docs/fragmented.bin"]).arg(&image));
     let disk = read_all(&open(&image));
     let mut content = Vec::new();
-    let data = j["streams"].as_array().unwrap().iter().find(|s| s["attribute"] == "$DATA" && s["stream"] == "").unwrap();
+    let data =
+        j["streams"].as_array().unwrap().iter().find(|s| s["attribute"] == "$DATA" && s["stream"] == "").unwrap();
     for r in data["runs"].as_array().unwrap() {
         let at = r["disk_offset"].as_u64().unwrap() as usize;
         let n = r["sectors"].as_u64().unwrap() as usize * 512;
@@ -215,7 +227,8 @@ fn map_of_a_differencing_child_drops_blocks_whose_present_sectors_are_free() {
     let img = DiskImage::open(&parent, &Default::default()).unwrap();
     let files = json(bin("vhdinspect").args(["map", "--json"]).arg(&parent));
     // A droppable block of the parent holds only free clusters: write there in a child.
-    let free_block = files["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["index"].as_u64().unwrap();
+    let free_block =
+        files["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["index"].as_u64().unwrap();
     let child = dir.path().join("child.vhd");
     let mut want = read_all(&img);
     let at = (free_block * (2 << 20)) as usize + 4096;
@@ -223,6 +236,9 @@ fn map_of_a_differencing_child_drops_blocks_whose_present_sectors_are_free() {
     child_with(&parent, &child, &want);
     let j = json(bin("vhdinspect").args(["map", "--json"]).arg(&child));
     let b = &j["blocks"][free_block as usize];
-    assert_eq!((b["allocated"].clone(), b["sectors_present"].clone(), b["droppable"].clone()), (true.into(), 16.into(), true.into()));
+    assert_eq!(
+        (b["allocated"].clone(), b["sectors_present"].clone(), b["droppable"].clone()),
+        (true.into(), 16.into(), true.into())
+    );
     assert_eq!(img.len(), open(&child).len());
 }

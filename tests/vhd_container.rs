@@ -12,13 +12,8 @@ use vhdkit::vhd::fixed::Fill;
 use vhdkit::vhd::sparse::ParentLink;
 use vhdkit::vhd::{BlockDevice, DiskImage, FixedVhd, OpenOptions, SparseVhd, WritableDevice};
 
-const CORPUS: [&str; 5] = [
-    "xp-fixed.vhd",
-    "aligned-dynamic.vhd",
-    "logical-dynamic.vhd",
-    "gpt-dynamic.vhd",
-    "nofs-dynamic.vhd",
-];
+const CORPUS: [&str; 5] =
+    ["xp-fixed.vhd", "aligned-dynamic.vhd", "logical-dynamic.vhd", "gpt-dynamic.vhd", "nofs-dynamic.vhd"];
 
 #[test]
 fn our_reader_equals_qemu_img_on_every_corpus_image() {
@@ -73,7 +68,12 @@ fn qemu_img_reads_our_fixed_and_dynamic_images_byte_identical() {
             assert_eq!(info["format"], "vpc", "{}", img.display());
             assert_eq!(info["virtual-size"], data.len() as u64, "{}", img.display());
             let cmp = run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "vpc"]).arg(&raw_path).arg(img));
-            assert!(cmp.status.success(), "qemu-img compare {}: {}", img.display(), String::from_utf8_lossy(&cmp.stdout));
+            assert!(
+                cmp.status.success(),
+                "qemu-img compare {}: {}",
+                img.display(),
+                String::from_utf8_lossy(&cmp.stdout)
+            );
         }
         // And our own reader agrees, with no findings.
         let back = open(&dynamic);
@@ -126,7 +126,8 @@ fn differencing_child_reads_parent_plus_changes_and_never_touches_the_parent() {
     let mut model = read_all(&parent_img);
 
     let child_path = dir.path().join("child.vhd");
-    let mut child = SparseVhd::create(&child_path, 0, 2 << 20, Some(ParentLink { image: &parent_img, path: &parent })).unwrap();
+    let mut child =
+        SparseVhd::create(&child_path, 0, 2 << 20, Some(ParentLink { image: &parent_img, path: &parent })).unwrap();
     // Unaligned writes inside one sector, across sectors, across blocks, and into blocks the
     // parent never allocated; then a write of zeros over non-zero parent data.
     let writes: Vec<(u64, Vec<u8>)> = vec![
@@ -224,7 +225,8 @@ fn dfvfs_ext2_dynamic_equals_qemu() {
 
 #[test]
 fn dfvfs_bad_checksums_read_leniently_and_fail_strictly() {
-    let (Some(parent), Some(child)) = (realdata("dfvfs/test_data/image.vhd"), realdata("dfvfs/test_data/image-differential.vhd"))
+    let (Some(parent), Some(child)) =
+        (realdata("dfvfs/test_data/image.vhd"), realdata("dfvfs/test_data/image-differential.vhd"))
     else {
         return;
     };
@@ -251,13 +253,16 @@ fn dfvfs_windows_differencing_disk_without_its_parent() {
     let opts = OpenOptions { allow_missing_parent: true, ..OpenOptions::default() };
     let img = DiskImage::open(&p, &opts).unwrap();
     let s = img.as_sparse().unwrap();
-    let codes: Vec<(&str, Option<&str>)> = s.locators().iter().map(|l| (l.platform_code.as_str(), l.path.as_deref())).collect();
+    let codes: Vec<(&str, Option<&str>)> =
+        s.locators().iter().map(|l| (l.platform_code.as_str(), l.path.as_deref())).collect();
     assert_eq!(
         codes,
         vec![("W2ku", Some("C:\\Projects\\dfvfs\\test_data\\fat-parent.vhd")), ("W2ru", Some(".\\fat-parent.vhd"))]
     );
     assert_eq!(s.sectors_present(0).unwrap(), 18);
-    for (sector, text) in [(192u64, "This is a text file."), (194, "place,user,password"), (196, "This is another file.")] {
+    for (sector, text) in
+        [(192u64, "This is a text file."), (194, "place,user,password"), (196, "This is another file.")]
+    {
         let mut b = vec![0u8; text.len()];
         img.read_at(sector * 512, &mut b).unwrap();
         assert_eq!(String::from_utf8_lossy(&b), text);
@@ -281,7 +286,9 @@ fn dfvfs_windows_differencing_disk_without_its_parent() {
 
 #[test]
 fn libvhdi_virtual_pc_footer_and_header_fragments_decode() {
-    let (Some(f), Some(h)) = (realdata("libvhdi/tests/data/file_footer.1"), realdata("libvhdi/tests/data/dynamic_disk_header.1")) else {
+    let (Some(f), Some(h)) =
+        (realdata("libvhdi/tests/data/file_footer.1"), realdata("libvhdi/tests/data/dynamic_disk_header.1"))
+    else {
         return;
     };
     let footer = vhdkit::vhd::footer::Footer::parse(&std::fs::read(f).unwrap(), Path::new("file_footer.1"), 0).unwrap();

@@ -55,9 +55,11 @@ fn bare_hive_values_of_every_type_read_back_with_hivex() {
     let after = hivex_export(&hive, "\\");
     assert_eq!(without_key(&after, "HKEY_LOCAL_MACHINE\\SYSTEM\\vhdkit"), before);
     // Our own reader agrees, in JSON.
-    let got: serde_json::Value = serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "M", "--json"])).unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "M", "--json"])).unwrap();
     assert_eq!(got, serde_json::json!({"key": key, "name": "M", "type": "REG_MULTI_SZ", "data": ["one", "two"]}));
-    let got: serde_json::Value = serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "D", "--json"])).unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "D", "--json"])).unwrap();
     assert_eq!(got["data"], 42);
     // Deletions free what they held; the hive is as before.
     vhdreg_ok(&["--hive-file", f, "delete", key, "Big"]);
@@ -85,18 +87,28 @@ fn image_hive_set_reads_back_through_ntfs3g_and_hivex() {
     assert!(old.contains("WKS-WIN732BITA"), "{old}");
     // --dry-run names the change and writes nothing.
     let hash = sha256(&std::fs::read(&image).unwrap());
-    let dry = vhdreg_ok(&["--dry-run", im, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "BUILD-01"]);
+    let dry =
+        vhdreg_ok(&["--dry-run", im, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "BUILD-01"]);
     assert!(dry.contains("would set") && dry.contains("sectors to write"), "{dry}");
     assert_eq!(sha256(&std::fs::read(&image).unwrap()), hash);
     let report: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
-        im, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "BUILD-01", "--json",
+        im,
+        "set",
+        COMPUTER_NAME,
+        "ComputerName",
+        "--type",
+        "REG_SZ",
+        "--data",
+        "BUILD-01",
+        "--json",
     ]))
     .unwrap();
     assert_eq!(report["hives"][0]["hive"], SYSTEM);
     assert_eq!(report["hives"][0]["new_clusters"], 0);
     assert!(report["hives"][0]["sectors_changed"].as_u64().unwrap() >= 1);
     // vhdinspect reads it; so do ntfs-3g + hivex.
-    let got = String::from_utf8(run_ok(bin("vhdinspect").args(["reg", im, "get", COMPUTER_NAME, "ComputerName"]))).unwrap();
+    let got =
+        String::from_utf8(run_ok(bin("vhdinspect").args(["reg", im, "get", COMPUTER_NAME, "ComputerName"]))).unwrap();
     assert!(got.contains("BUILD-01"), "{got}");
     let [system] = copy_out(&image, &[SYSTEM], dir.path()).try_into().unwrap();
     assert_eq!(hivexget(&system, "\\ControlSet001\\Control\\ComputerName\\ComputerName", "ComputerName"), "BUILD-01");
@@ -109,9 +121,12 @@ fn image_hive_set_reads_back_through_ntfs3g_and_hivex() {
     // A user's hive is found by name; so are SAM and the BCD store, each as hivex reads it.
     let user = vhdreg_ok(&[im, "list", r"HKU\alice\Software"]);
     assert!(user.contains("[Microsoft]"), "{user}");
-    for (key, file, inner) in [(r"HKLM\SAM\SAM\Domains", &h.sam, r"\SAM\Domains"), (r"HKLM\BCD00000000\Objects", &h.bcd, r"\Objects")] {
+    for (key, file, inner) in
+        [(r"HKLM\SAM\SAM\Domains", &h.sam, r"\SAM\Domains"), (r"HKLM\BCD00000000\Objects", &h.bcd, r"\Objects")]
+    {
         let ours: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[im, "list", key, "--json"])).unwrap();
-        let names: Vec<&str> = ours["subkeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            ours["subkeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
         let theirs = hivexsh(file, &format!("cd {inner}\nls\n"));
         assert!(!names.is_empty());
         assert_eq!(names, theirs.lines().collect::<Vec<_>>(), "{key}");
@@ -124,13 +139,23 @@ fn a_hive_that_outgrows_its_clusters_is_extended_in_ntfs() {
     let Some(h) = hives(dir.path()) else { return };
     let image = windows_image(dir.path(), &h);
     let im = image.to_str().unwrap();
-    let files_json = |image: &Path| -> serde_json::Value { serde_json::from_slice(&run_ok(bin("vhdinspect").args(["files", "--json"]).arg(image))).unwrap() };
+    let files_json = |image: &Path| -> serde_json::Value {
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(["files", "--json"]).arg(image))).unwrap()
+    };
     let consistency_before = files_json(&image)["volumes"][0]["consistency"].clone();
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let blob_file = dir.path().join("blob.bin");
     std::fs::write(&blob_file, &blob).unwrap();
     let report: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
-        im, "set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob_file.to_str().unwrap(), "--json",
+        im,
+        "set",
+        r"HKLM\SYSTEM\vhdkit",
+        "Blob",
+        "--type",
+        "REG_BINARY",
+        "--data-file",
+        blob_file.to_str().unwrap(),
+        "--json",
     ]))
     .unwrap();
     let hive = &report["hives"][0];
@@ -145,7 +170,10 @@ fn a_hive_that_outgrows_its_clusters_is_extended_in_ntfs() {
     assert!(reg_hex_value(&export, "Blob") == blob, "hivex reads the value back whole");
     // The directory listing (the $I30 entry) shows the new size to Sleuth Kit as well.
     let (start, _) = partition_span(&image);
-    let fls = String::from_utf8(run_ok(Command::new("fls").args(["-r", "-p", "-o"]).arg((start / 512).to_string()).arg(&image))).unwrap();
+    let fls = String::from_utf8(run_ok(
+        Command::new("fls").args(["-r", "-p", "-o"]).arg((start / 512).to_string()).arg(&image),
+    ))
+    .unwrap();
     assert!(fls.contains(SYSTEM), "{fls}");
     // Our own index sees the new clusters as allocated and owned by the hive only.
     let check = files_json(&image);
@@ -161,7 +189,12 @@ fn a_hive_that_outgrows_its_clusters_is_extended_in_ntfs() {
 fn dynamic_windows_image(dir: &Path, h: &Hives) -> PathBuf {
     let fixed = windows_image(dir, h);
     let dynamic = dir.join("win-dynamic.vhd");
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"]).arg(&fixed).arg(&dynamic));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+            .arg(&fixed)
+            .arg(&dynamic),
+    );
     std::fs::remove_file(&fixed).unwrap();
     dynamic
 }
@@ -173,14 +206,21 @@ fn a_differencing_child_takes_the_write_and_its_parent_stays() {
     let parent = dynamic_windows_image(dir.path(), &h);
     let child = dir.path().join("child.vhd");
     let parent_img = open(&parent);
-    vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent })).unwrap();
+    vhdkit::vhd::SparseVhd::create(
+        &child,
+        0,
+        2 << 20,
+        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
+    )
+    .unwrap();
     drop(parent_img);
     let parent_sha = sha256(&std::fs::read(&parent).unwrap());
     let c = child.to_str().unwrap();
     vhdreg_ok(&[c, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "CHILD"]);
     assert_eq!(sha256(&std::fs::read(&parent).unwrap()), parent_sha, "the parent was written");
     let get = |image: &Path| -> serde_json::Value {
-        serde_json::from_str(&vhdreg_ok(&[image.to_str().unwrap(), "get", COMPUTER_NAME, "ComputerName", "--json"])).unwrap()
+        serde_json::from_str(&vhdreg_ok(&[image.to_str().unwrap(), "get", COMPUTER_NAME, "ComputerName", "--json"]))
+            .unwrap()
     };
     assert_eq!(get(&child)["data"], "CHILD");
     assert_eq!(get(&parent)["data"], "WKS-WIN732BITA");
@@ -207,11 +247,18 @@ fn crash_loop(base: &Path, work: &Path, args: &[&str]) -> PathBuf {
             eprintln!("{args:?} completed when allowed {n} writes");
             return work.to_path_buf();
         }
-        assert!(String::from_utf8_lossy(&out.stderr).contains("aborting before write"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("aborting before write"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let journal = vhdkit::host::journal::journal_path(work);
         if journal.exists() {
             // Read-only commands refuse to show a half-written image, and never roll it back...
-            for reader in [bin("vhdinspect").args(["reg", w, "get", COMPUTER_NAME]), bin("vhdreg").args([w, "get", COMPUTER_NAME, "ComputerName"])] {
+            for reader in [
+                bin("vhdinspect").args(["reg", w, "get", COMPUTER_NAME]),
+                bin("vhdreg").args([w, "get", COMPUTER_NAME, "ComputerName"]),
+            ] {
                 let out = run(reader);
                 assert_one_line_error(&out, "vhdkit-journal", &["interrupted", "recover"]);
             }
@@ -223,7 +270,11 @@ fn crash_loop(base: &Path, work: &Path, args: &[&str]) -> PathBuf {
             assert!(said.contains("rolled back") || said.contains("before it touched the image"), "{said}");
             assert!(!journal.exists());
         }
-        assert_eq!(sha256(&std::fs::read(work).unwrap()), before, "{args:?}: the file differs after a crash at write {n}");
+        assert_eq!(
+            sha256(&std::fs::read(work).unwrap()),
+            before,
+            "{args:?}: the file differs after a crash at write {n}"
+        );
         let check = run(bin("vhdinspect").arg("check").arg(work));
         assert!(check.status.success(), "{args:?}: crash at write {n}: {}", String::from_utf8_lossy(&check.stdout));
         // Every write position early on; then a stride (the middle writes are alike).
@@ -241,7 +292,11 @@ fn an_interrupted_write_is_rolled_back_by_the_next_run() {
     // A write that grows the hive in NTFS (new clusters, $Bitmap, MFT record, $I30).
     let blob = dir.path().join("blob.bin");
     std::fs::write(&blob, (0..1_500_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
-    let done = crash_loop(&base, &work, &["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()]);
+    let done = crash_loop(
+        &base,
+        &work,
+        &["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()],
+    );
     let [system] = copy_out(&done, &[SYSTEM], dir.path()).try_into().unwrap();
     assert!(reg_hex_value(&hivex_export(&system, "\\vhdkit"), "Blob") == std::fs::read(&blob).unwrap());
     // A recursive delete, in place.
@@ -250,7 +305,11 @@ fn an_interrupted_write_is_rolled_back_by_the_next_run() {
     assert!(!run(Command::new("hivexget").arg(&system).arg("\\ControlSet001\\Services\\Tcpip")).status.success());
     // An import into a dirty hive: replay, edit, and both logs' headers reset.
     let reg = dir.path().join("v.reg");
-    std::fs::write(&reg, "Windows Registry Editor Version 5.00\r\n\r\n[HKEY_LOCAL_MACHINE\\X\\vhdkit]\r\n\"V\"=dword:00000007\r\n").unwrap();
+    std::fs::write(
+        &reg,
+        "Windows Registry Editor Version 5.00\r\n\r\n[HKEY_LOCAL_MACHINE\\X\\vhdkit]\r\n\"V\"=dword:00000007\r\n",
+    )
+    .unwrap();
     let done = crash_loop(&base, &work, &["--hive", "dirty/NewDirtyHive", "import", reg.to_str().unwrap()]);
     let [hive] = copy_out(&done, &["dirty/NewDirtyHive"], dir.path()).try_into().unwrap();
     assert_eq!(hivexget(&hive, "\\vhdkit", "V"), "7");
@@ -268,13 +327,25 @@ fn a_dirty_hive_in_the_image_is_replayed_then_edited_and_its_logs_reset() {
     let want = vhdreg_ok(&["--json", "--hive-file", recovered.to_str().unwrap(), "list", r"Key3"]);
     assert_eq!(listing, want);
     let r: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
-        "--json", im, "--hive", "dirty/NewDirtyHive", "set", "vhdkit", "V", "--type", "REG_DWORD", "--data", "7",
+        "--json",
+        im,
+        "--hive",
+        "dirty/NewDirtyHive",
+        "set",
+        "vhdkit",
+        "V",
+        "--type",
+        "REG_DWORD",
+        "--data",
+        "7",
     ]))
     .unwrap();
     assert!(!r["replays"][0]["applied"].as_array().unwrap().is_empty(), "{r}");
     assert_eq!(r["hives"][0]["logs_reset"].as_array().unwrap().len(), 2, "{r}");
     let [hive, log1, log2] =
-        copy_out(&image, &["dirty/NewDirtyHive", "dirty/NewDirtyHive.LOG1", "dirty/NewDirtyHive.LOG2"], dir.path()).try_into().unwrap();
+        copy_out(&image, &["dirty/NewDirtyHive", "dirty/NewDirtyHive.LOG1", "dirty/NewDirtyHive.LOG2"], dir.path())
+            .try_into()
+            .unwrap();
     let bytes = std::fs::read(&hive).unwrap();
     assert_eq!(bytes[4..8], bytes[8..12], "the hive is clean");
     assert_eq!(hivexget(&hive, "\\vhdkit", "V"), "7");
@@ -309,7 +380,12 @@ fn export_matches_hivex_and_import_round_trips() {
     vhdreg_ok(&["--hive-file", f, "export", key, ours.to_str().unwrap()]);
     let bytes = std::fs::read(&ours).unwrap();
     assert_eq!(&bytes[..2], &[0xFF, 0xFE], "UTF-16LE with a BOM");
-    let theirs = run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"]).arg(&hive).arg("\\ControlSet001\\Control\\Session Manager"));
+    let theirs = run_ok(
+        Command::new("hivexregedit")
+            .args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"])
+            .arg(&hive)
+            .arg("\\ControlSet001\\Control\\Session Manager"),
+    );
     // Same keys and values (hivexregedit sorts values by name; we keep the hive's order, as
     // regedit does).
     let ops = vhdkit::hive::regfile::parse(&bytes).unwrap();
@@ -318,7 +394,10 @@ fn export_matches_hivex_and_import_round_trips() {
         ops.sort_by_key(|o| format!("{o:?}"));
         ops
     };
-    assert!(sorted(ops) == sorted(vhdkit::hive::regfile::parse(&theirs).unwrap()), "our export differs from hivexregedit's");
+    assert!(
+        sorted(ops) == sorted(vhdkit::hive::regfile::parse(&theirs).unwrap()),
+        "our export differs from hivexregedit's"
+    );
     // Delete the key, import the export: the key is back, value for value.
     let before = hivex_export(&hive, "\\");
     vhdreg_ok(&["--hive-file", f, "delete", key]);
@@ -331,7 +410,11 @@ fn export_matches_hivex_and_import_round_trips() {
     std::fs::write(&reg, b"REGEDIT4\r\n\r\n[HKEY_LOCAL_MACHINE\\SYSTEM\\vhdkit]\r\n\"S\"=\"caf\xe9\"\r\n\r\n[-HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Control\\Session Manager\\Environment]\r\n").unwrap();
     vhdreg_ok(&["--hive-file", f, "import", reg.to_str().unwrap()]);
     assert_eq!(hivexget(&hive, "\\vhdkit", "S"), "café");
-    assert!(!run(Command::new("hivexget").arg(&hive).arg("\\ControlSet001\\Control\\Session Manager\\Environment")).status.success());
+    assert!(
+        !run(Command::new("hivexget").arg(&hive).arg("\\ControlSet001\\Control\\Session Manager\\Environment"))
+            .status
+            .success()
+    );
 }
 
 #[test]
@@ -349,5 +432,9 @@ fn bad_requests_are_one_line_errors() {
     let f = h.system.to_str().unwrap();
     assert_one_line_error(&vhdreg(&["--hive-file", f, "get", "NoSuchKey"]), "NoSuchKey", &["no such key"]);
     assert_one_line_error(&vhdreg(&["--hive-file", f, "get", "Select", "Nope"]), "Select", &["no value"]);
-    assert_one_line_error(&vhdreg(&["--hive-file", f, "set", "Select", "X", "--type", "REG_DWORD", "--data", "x"]), "REG_DWORD", &["not a"]);
+    assert_one_line_error(
+        &vhdreg(&["--hive-file", f, "set", "Select", "X", "--type", "REG_DWORD", "--data", "x"]),
+        "REG_DWORD",
+        &["not a"],
+    );
 }

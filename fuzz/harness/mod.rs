@@ -20,7 +20,11 @@ use vhdkit::vhd::{BlockDevice, DiskImage, OpenOptions, SparseVhd, WritableDevice
 
 /// The crate's root.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if env!("CARGO_MANIFEST_DIR").ends_with("fuzz") { ".." } else { "." })
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if env!("CARGO_MANIFEST_DIR").ends_with("fuzz") {
+        ".."
+    } else {
+        "."
+    })
 }
 
 /// A scratch file private to this process (tmpfs when there is one).
@@ -142,7 +146,8 @@ fn sparse_bases() -> &'static SparseBases {
         let parent = DiskImage::open(&parent_path, &OpenOptions::default()).expect("open the base");
         let child_path = scratch("child-base.vhd");
         let _ = std::fs::remove_file(&child_path);
-        let mut c = SparseVhd::create(&child_path, 0, 4096, Some(ParentLink { image: &parent, path: &parent_path })).expect("create the child");
+        let mut c = SparseVhd::create(&child_path, 0, 4096, Some(ParentLink { image: &parent, path: &parent_path }))
+            .expect("create the child");
         c.write_at(5 * 4096 + 1024, &[0xAB; 1536]).expect("write");
         c.write_at(100 * 4096, &[0xCD; 512]).expect("write");
         c.flush().expect("flush");
@@ -253,7 +258,8 @@ pub fn ntfs_mutated(data: &[u8]) {
     for f in idx.files.iter().take(200) {
         let _ = idx.paths(f);
         if let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size < (1 << 20)) {
-            let _ = vhdkit::ntfs::stream::read_runs(&dev, 1, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size);
+            let _ =
+                vhdkit::ntfs::stream::read_runs(&dev, 1, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size);
         }
     }
     let _ = idx.tree_order();
@@ -338,7 +344,8 @@ pub fn hive_edits(data: &[u8]) {
             _ => hive.delete_key(&path).map(|_| ()),
         };
         hive.seal();
-        let reread = Hive::parse(hive.bytes().to_vec(), Path::new("edited")).unwrap_or_else(|e| panic!("an edit left a hive that does not parse: {e}"));
+        let reread = Hive::parse(hive.bytes().to_vec(), Path::new("edited"))
+            .unwrap_or_else(|e| panic!("an edit left a hive that does not parse: {e}"));
         walk_hive(&reread).unwrap_or_else(|e| panic!("an edit left a hive that does not walk: {e}"));
     }
 }

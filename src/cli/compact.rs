@@ -244,7 +244,10 @@ fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
     if let Some(f) = crate::vhd::check::write_hazards(&image).into_iter().next() {
         return Err(Error::unsupported(
             image.source(),
-            format!("refusing to compact a structurally broken image in place: {}: {} (compacting to a new OUT still works)", f.structure, f.problem),
+            format!(
+                "refusing to compact a structurally broken image in place: {}: {} (compacting to a new OUT still works)",
+                f.structure, f.problem
+            ),
         ));
     }
     let opts = cli.compact_options(&image)?;

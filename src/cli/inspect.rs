@@ -7,10 +7,10 @@ use clap::{Parser, Subcommand};
 
 use crate::cli::{emit, finish, write_output};
 use crate::error::Result;
-use crate::map::ImageMap;
-use crate::report::owner::Query;
-use crate::report;
 use crate::host::{LockWait, NewFile, OutputPolicy, Replace};
+use crate::map::ImageMap;
+use crate::report;
+use crate::report::owner::Query;
 use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
 
 /// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
@@ -230,7 +230,11 @@ fn run(cli: Cli) -> Result<bool> {
                 (_, Some(b), ..) => Query::Block(b),
                 (_, _, Some(c), _) => Query::Cluster(c),
                 (.., Some(o)) => Query::Offset(o),
-                _ => return Err(crate::Error::Usage("give one of --sector, --block, --cluster, --offset, --file".into())),
+                _ => {
+                    return Err(crate::Error::Usage(
+                        "give one of --sector, --block, --cluster, --offset, --file".into(),
+                    ));
+                }
             };
             let r = report::owner::locate(&map, query, partition)?;
             emit(cli.json, &r, report::owner::render)?;

@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand};
 use crate::cli::inspect::{FormatArg, lock_wait};
 use crate::cli::{emit, finish, write_output};
 use crate::error::{Error, Result};
-use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
-use crate::pass::disk_write;
 use crate::hive::regfile::{self, RegOp};
 use crate::hive::value::{self, reg_type};
 use crate::hive::{Hive, log};
+use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
+use crate::pass::disk_write;
 use crate::pass::registry::{self, KeyTarget, LoadedHive, WriteSummary};
 use crate::report::reg::{self as report, KeyOut, ValueOut, WriteOut};
 use crate::vhd::device::BlockDevice;
@@ -184,11 +184,16 @@ fn value_name(v: &str) -> String {
 /// Value data from a file: text for strings and numbers, the bytes for the rest.
 fn data_from_file(path: &Path, ty: u32, wait: LockWait) -> Result<Vec<u8>> {
     let bytes = host::read_limited(path, MAX_INPUT_FILE, "value data", wait)?;
-    let text = || String::from_utf8(bytes.clone()).map_err(|_| Error::Usage(format!("{}: not UTF-8 text", path.display())));
+    let text =
+        || String::from_utf8(bytes.clone()).map_err(|_| Error::Usage(format!("{}: not UTF-8 text", path.display())));
     match ty {
-        reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK => Ok(value::utf16z(text()?.trim_end_matches(['\r', '\n']))),
+        reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK => {
+            Ok(value::utf16z(text()?.trim_end_matches(['\r', '\n'])))
+        }
         reg_type::MULTI_SZ => Ok(value::encode_multi(&text()?.lines().map(str::to_string).collect::<Vec<_>>())),
-        reg_type::DWORD | reg_type::DWORD_BIG_ENDIAN | reg_type::QWORD => value::encode(ty, &[text()?.trim().to_string()]),
+        reg_type::DWORD | reg_type::DWORD_BIG_ENDIAN | reg_type::QWORD => {
+            value::encode(ty, &[text()?.trim().to_string()])
+        }
         _ => Ok(bytes),
     }
 }
@@ -245,9 +250,13 @@ fn bare_logs(hive: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
     let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let mut out = Vec::new();
-    registry::log_names(&name, |want| names.iter().find(|n| n.eq_ignore_ascii_case(want)).cloned(), |found| {
-        out.push(dir.join(found));
-    });
+    registry::log_names(
+        &name,
+        |want| names.iter().find(|n| n.eq_ignore_ascii_case(want)).cloned(),
+        |found| {
+            out.push(dir.join(found));
+        },
+    );
     out
 }
 
@@ -318,7 +327,8 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
     };
     let hive = &loaded.hive;
     let inner = registry::resolve_current_control_set(hive, &t.inner)?;
-    let node = hive.find(&inner)?.ok_or_else(|| Error::Usage(format!("{key}: no such key in {}", hive.name().display())))?;
+    let node =
+        hive.find(&inner)?.ok_or_else(|| Error::Usage(format!("{key}: no such key in {}", hive.name().display())))?;
     let shown = match key.trim_matches('\\') {
         "" => "\\".to_string(),
         k => k.to_string(),
@@ -464,7 +474,13 @@ fn group_by_hive(src: &HiveSource, ops: Vec<RegOp>) -> Result<Vec<(KeyTarget, Hi
 /// Applies `ops` and writes the changed hives back (each hive atomically), or with `dry_run`
 /// reports what would change.
 fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> Result<bool> {
-    let mut out = WriteOut { dry_run: flags.dry_run, changes: Vec::new(), hives: Vec::new(), replays: Vec::new(), rolled_back: None };
+    let mut out = WriteOut {
+        dry_run: flags.dry_run,
+        changes: Vec::new(),
+        hives: Vec::new(),
+        replays: Vec::new(),
+        rolled_back: None,
+    };
     let groups = group_by_hive(src, ops)?;
     match (&src.hive_file, &src.image) {
         (Some(file), _) => {
@@ -524,7 +540,14 @@ fn edit(loaded: &mut LoadedHive, ops: &[(RegOp, String)], strict: bool, out: &mu
 /// A bare hive: the new file replaces the old by rename (same mode and owner, never shorter);
 /// replayed logs get their header reset the same way (after the hive, so a crash in between
 /// leaves a clean hive and stale logs, which Windows ignores).
-fn write_file(src: &HiveSource, file: &Path, ops: &[(RegOp, String)], strict: bool, flags: WriteFlags, out: &mut WriteOut) -> Result<()> {
+fn write_file(
+    src: &HiveSource,
+    file: &Path,
+    ops: &[(RegOp, String)],
+    strict: bool,
+    flags: WriteFlags,
+    out: &mut WriteOut,
+) -> Result<()> {
     let mut bare = load_bare(file, !flags.dry_run, src.lock_wait())?;
     let Some(Edited { bytes, log_headers: headers }) = edit(&mut bare.loaded, ops, strict, out)? else { return Ok(()) };
     let new = registry::keep_length(&bare.loaded.stored, bytes);
@@ -545,7 +568,9 @@ fn write_file(src: &HiveSource, file: &Path, ops: &[(RegOp, String)], strict: bo
     for (name, header) in headers {
         let Some((_, old)) = bare.loaded.logs.iter().find(|(n, _)| *n == name) else { continue };
         if !flags.dry_run {
-            let Some((path, _, meta)) = bare.log_files.iter().find(|(p, ..)| p.to_string_lossy() == name) else { continue };
+            let Some((path, _, meta)) = bare.log_files.iter().find(|(p, ..)| p.to_string_lossy() == name) else {
+                continue;
+            };
             let mut bytes = old.clone();
             let n = header.len().min(bytes.len());
             bytes[..n].copy_from_slice(&header[..n]);

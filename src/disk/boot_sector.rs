@@ -82,11 +82,7 @@ pub struct NtfsBootSector {
 /// A record size from its BPB byte: positive = clusters, negative = 2^-n bytes.
 fn record_size(code: u8, cluster_size: u32) -> Result<u32, String> {
     let v = code as i8;
-    let size = if v > 0 {
-        (v as u32).checked_mul(cluster_size)
-    } else {
-        1u32.checked_shl(v.unsigned_abs() as u32)
-    };
+    let size = if v > 0 { (v as u32).checked_mul(cluster_size) } else { 1u32.checked_shl(v.unsigned_abs() as u32) };
     size.filter(|s| (256..=65_536).contains(s))
         .ok_or_else(|| format!("record size code {code:#04x} gives no size between 256 bytes and 64 KiB"))
 }
@@ -102,11 +98,7 @@ impl NtfsBootSector {
             return Err(format!("bytes per sector {bps} is not a power of two from 256 to 4096"));
         }
         let spc_code = b[0x0D];
-        let spc = if spc_code <= 0x80 {
-            spc_code as u32
-        } else {
-            1u32.checked_shl(256 - spc_code as u32).unwrap_or(0)
-        };
+        let spc = if spc_code <= 0x80 { spc_code as u32 } else { 1u32.checked_shl(256 - spc_code as u32).unwrap_or(0) };
         if spc == 0 || !spc.is_power_of_two() {
             return Err(format!("sectors per cluster code {spc_code:#04x} is invalid"));
         }
@@ -156,7 +148,8 @@ mod tests {
     use super::*;
 
     fn realdata(name: &str) -> Option<Vec<u8>> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realdata/dfir_ntfs/test_data").join(name);
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realdata/dfir_ntfs/test_data").join(name);
         match std::fs::read(&p) {
             Ok(b) => Some(b),
             Err(_) => {

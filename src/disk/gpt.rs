@@ -147,11 +147,8 @@ pub fn parse_entries(array: &[u8], entry_size: u32) -> Vec<GptEntry> {
             type_guid.copy_from_slice(&e[..16]);
             let mut unique_guid = [0u8; 16];
             unique_guid.copy_from_slice(&e[16..32]);
-            let units: Vec<u16> = e[56..128]
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|&u| u != 0)
-                .collect();
+            let units: Vec<u16> =
+                e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
             GptEntry {
                 index: i as u32 + 1,
                 type_guid,

@@ -92,10 +92,7 @@ pub struct DiskLayout {
 impl DiskLayout {
     /// Reads the partition table of `disk`.
     pub fn read<D: BlockDevice + ?Sized>(disk: &D) -> Result<Self> {
-        let mut layout = DiskLayout {
-            scheme: "none",
-            ..DiskLayout::default()
-        };
+        let mut layout = DiskLayout { scheme: "none", ..DiskLayout::default() };
         if disk.len() < 512 {
             return Ok(layout);
         }
@@ -202,7 +199,13 @@ impl DiskLayout {
                     .collect(),
             });
             if !here.is_empty() {
-                self.partitions.push(mbr_partition(&here, index, ebr_lba + here.start_lba() as u64, ebr_lba, Some(ebr_lba)));
+                self.partitions.push(mbr_partition(
+                    &here,
+                    index,
+                    ebr_lba + here.start_lba() as u64,
+                    ebr_lba,
+                    Some(ebr_lba),
+                ));
             }
             if next.is_empty() {
                 break;
@@ -246,12 +249,9 @@ impl DiskLayout {
         match (&primary, &backup) {
             (Some(_), None) => self.finding(d, "GPT backup header", backup_lba * 512, "missing or unreadable"),
             (None, Some(_)) => self.finding(d, "GPT header", 512, "missing; partitions taken from the backup"),
-            (Some(p), Some(b)) if p.entries_crc != b.entries_crc => self.finding(
-                d,
-                "GPT backup header",
-                backup_lba * 512,
-                "its entry array CRC differs from the primary's",
-            ),
+            (Some(p), Some(b)) if p.entries_crc != b.entries_crc => {
+                self.finding(d, "GPT backup header", backup_lba * 512, "its entry array CRC differs from the primary's")
+            }
             _ => {}
         }
         let primary_ok = primary.as_ref().is_some_and(GptHeader::header_crc_valid) && primary_entries.is_some();
@@ -270,7 +270,8 @@ impl DiskLayout {
             backup,
             used,
         });
-        let entry_base = self.gpt.as_ref().and_then(|g| if used == "primary" { g.primary.as_ref() } else { g.backup.as_ref() });
+        let entry_base =
+            self.gpt.as_ref().and_then(|g| if used == "primary" { g.primary.as_ref() } else { g.backup.as_ref() });
         let (array_at, entry_size) = entry_base.map_or((1024, 128), |h| (h.entries_lba * 512, h.entry_size as u64));
         for e in entries {
             let sectors = (e.last_lba + 1).saturating_sub(e.first_lba);
@@ -295,7 +296,12 @@ impl DiskLayout {
 
     /// Reads and CRC-checks the entry array `h` points at; `None` (with a finding) if it
     /// cannot be trusted.
-    fn gpt_entries<D: BlockDevice + ?Sized>(&mut self, disk: &D, h: &GptHeader, which: &str) -> Result<Option<Vec<GptEntry>>> {
+    fn gpt_entries<D: BlockDevice + ?Sized>(
+        &mut self,
+        disk: &D,
+        h: &GptHeader,
+        which: &str,
+    ) -> Result<Option<Vec<GptEntry>>> {
         let d = disk.source();
         let at = h.current_lba * 512;
         if !h.header_crc_valid() {

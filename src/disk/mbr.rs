@@ -22,20 +22,12 @@ pub struct Chs {
 impl Chs {
     /// Decodes head, sector (+ cylinder bits 8-9), cylinder bits 0-7.
     pub fn decode(b: [u8; 3]) -> Self {
-        Chs {
-            head: b[0],
-            sector: b[1] & 0x3F,
-            cylinder: ((b[1] as u16 & 0xC0) << 2) | b[2] as u16,
-        }
+        Chs { head: b[0], sector: b[1] & 0x3F, cylinder: ((b[1] as u16 & 0xC0) << 2) | b[2] as u16 }
     }
 
     /// Encodes to the 3-byte form.
     pub fn encode(self) -> [u8; 3] {
-        [
-            self.head,
-            (self.sector & 0x3F) | ((self.cylinder >> 2) & 0xC0) as u8,
-            self.cylinder as u8,
-        ]
+        [self.head, (self.sector & 0x3F) | ((self.cylinder >> 2) & 0xC0) as u8, self.cylinder as u8]
     }
 
     /// The CHS address of `lba` on a disk with `heads` heads and `spt` sectors per track,
@@ -46,11 +38,7 @@ impl Chs {
         if cylinder > CHS_MAX.cylinder as u64 {
             return CHS_MAX;
         }
-        Chs {
-            cylinder: cylinder as u16,
-            head: ((lba / spt) % heads) as u8,
-            sector: (lba % spt + 1) as u8,
-        }
+        Chs { cylinder: cylinder as u16, head: ((lba / spt) % heads) as u8, sector: (lba % spt + 1) as u8 }
     }
 }
 

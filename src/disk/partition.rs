@@ -79,12 +79,7 @@ impl<D: BlockDevice> PartitionView<D> {
     pub fn new(device: D, partition: &Partition) -> Self {
         let start = partition.start().min(device.len());
         let len = partition.len().min(device.len() - start);
-        PartitionView {
-            device,
-            start,
-            len,
-            index: partition.index,
-        }
+        PartitionView { device, start, len, index: partition.index }
     }
 
     /// Disk offset where the view begins.

@@ -97,7 +97,11 @@ pub fn probe<D: BlockDevice>(disk: D, partition: &Partition) -> Result<VolumeInf
 
 /// Where the NTFS backup boot sector should be: just past the volume's last sector, or else
 /// the partition's last sector. Compares it with the boot sector.
-fn backup_state<D: BlockDevice>(view: &PartitionView<D>, bpb: &NtfsBootSector, boot: &[u8; 512]) -> Result<(BackupState, Option<u64>)> {
+fn backup_state<D: BlockDevice>(
+    view: &PartitionView<D>,
+    bpb: &NtfsBootSector,
+    boot: &[u8; 512],
+) -> Result<(BackupState, Option<u64>)> {
     let bps = bpb.bytes_per_sector as u64;
     let at_volume_end = bpb.volume_bytes();
     let at = if at_volume_end + 512 <= view.len() {

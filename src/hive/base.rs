@@ -61,7 +61,10 @@ impl BaseBlock {
             file_name: crate::hive::names::decode(&b[48..112], false).trim_end_matches('\0').to_string(),
         };
         if block.major != 1 || !(2..=6).contains(&block.minor) {
-            return Err(bad(20, format!("format version {}.{} is not one vhdkit reads (1.2 to 1.6)", block.major, block.minor)));
+            return Err(bad(
+                20,
+                format!("format version {}.{} is not one vhdkit reads (1.2 to 1.6)", block.major, block.minor),
+            ));
         }
         if !block.hive_bins_size.is_multiple_of(4096) {
             return Err(bad(40, format!("hive bins data size {} is not a multiple of 4096", block.hive_bins_size)));

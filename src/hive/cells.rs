@@ -41,13 +41,18 @@ impl Hive {
             }
             let (offset, size) = (self.u32_at(abs + 4), self.u32_at(abs + 8));
             if offset != at || size < 4096 || size % 4096 != 0 || size > total - at {
-                return Err(self.corrupt("hive bin", at, format!("offset field {offset:#x} or size {size} is inconsistent")));
+                return Err(self.corrupt(
+                    "hive bin",
+                    at,
+                    format!("offset field {offset:#x} or size {size} is inconsistent"),
+                ));
             }
             self.bins.push((at, size));
             if self.read_only.is_none()
-                && let Err(why) = self.scan_cells(at, size) {
-                    self.read_only = Some(why);
-                }
+                && let Err(why) = self.scan_cells(at, size)
+            {
+                self.read_only = Some(why);
+            }
             at += size;
         }
         Ok(())
@@ -111,10 +116,18 @@ impl Hive {
     /// Allocates a cell for `len` bytes of data (zeroed); returns its offset.
     pub fn alloc(&mut self, len: usize) -> Result<u32> {
         self.require_editable()?;
-        let need = round8(u32::try_from(len).ok().and_then(|l| l.checked_add(4)).ok_or_else(|| {
-            crate::Error::unsupported(&self.name, format!("a cell of {len} bytes is too large"))
-        })?);
-        let best = self.free.iter().map(|(&off, &size)| (off, size)).filter(|&(_, size)| size >= need).min_by_key(|&(off, size)| (size, off));
+        let need = round8(
+            u32::try_from(len)
+                .ok()
+                .and_then(|l| l.checked_add(4))
+                .ok_or_else(|| crate::Error::unsupported(&self.name, format!("a cell of {len} bytes is too large")))?,
+        );
+        let best = self
+            .free
+            .iter()
+            .map(|(&off, &size)| (off, size))
+            .filter(|&(_, size)| size >= need)
+            .min_by_key(|&(off, size)| (size, off));
         let (off, size) = match best {
             Some(found) => found,
             None => self.grow(need)?,
@@ -157,16 +170,18 @@ impl Hive {
         let (bin, bin_size) = self.bin_of(off).ok_or_else(|| self.corrupt("freed cell", off, "outside every bin"))?;
         let (mut start, mut size) = (off, len);
         if let Some(&next) = self.free.get(&(off + len))
-            && off + len < bin + bin_size {
-                self.free.remove(&(off + len));
-                size += next;
-            }
+            && off + len < bin + bin_size
+        {
+            self.free.remove(&(off + len));
+            size += next;
+        }
         if let Some((&prev, &prev_size)) = self.free.range(bin..off).next_back()
-            && prev + prev_size == off {
-                self.free.remove(&prev);
-                start = prev;
-                size += prev_size;
-            }
+            && prev + prev_size == off
+        {
+            self.free.remove(&prev);
+            start = prev;
+            size += prev_size;
+        }
         self.put_i32(BINS_START + start as usize, size as i32);
         self.free.insert(start, size);
         Ok(())

@@ -67,10 +67,8 @@ impl Hive {
             return Ok((data.len() as u32 | 0x8000_0000, u32::from_le_bytes(inline)));
         }
         if self.minor() >= 4 && data.len() > BIG_DATA_SEGMENT {
-            let segments = data
-                .chunks(BIG_DATA_SEGMENT)
-                .map(|chunk| self.alloc_with(chunk))
-                .collect::<Result<Vec<u32>>>()?;
+            let segments =
+                data.chunks(BIG_DATA_SEGMENT).map(|chunk| self.alloc_with(chunk)).collect::<Result<Vec<u32>>>()?;
             let list: Vec<u8> = segments.iter().flat_map(|s| s.to_le_bytes()).collect();
             let list = self.alloc_with(&list)?;
             let mut db = Vec::with_capacity(8);
@@ -272,7 +270,8 @@ impl Hive {
         } else if children.len() <= LEAF_MAX {
             self.write_leaf(kind, children)?
         } else {
-            let leaves = children.chunks(LEAF_MAX).map(|chunk| self.write_leaf(kind, chunk)).collect::<Result<Vec<u32>>>()?;
+            let leaves =
+                children.chunks(LEAF_MAX).map(|chunk| self.write_leaf(kind, chunk)).collect::<Result<Vec<u32>>>()?;
             let mut ri = vec![0u8; 4 + 4 * leaves.len()];
             ri[..2].copy_from_slice(b"ri");
             ri[2..4].copy_from_slice(&(leaves.len() as u16).to_le_bytes());
@@ -336,7 +335,8 @@ impl Hive {
         if c.len() < 20 || &c[..2] != b"sk" {
             return Err(self.corrupt("security", sk, "no \"sk\" signature"));
         }
-        let (flink, blink, refs) = (self.u32_at(Self::field(sk, 4)), self.u32_at(Self::field(sk, 8)), self.u32_at(Self::field(sk, 12)));
+        let (flink, blink, refs) =
+            (self.u32_at(Self::field(sk, 4)), self.u32_at(Self::field(sk, 8)), self.u32_at(Self::field(sk, 12)));
         if refs > 1 {
             self.put_u32(Self::field(sk, 12), refs - 1);
             return Ok(());

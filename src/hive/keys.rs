@@ -140,7 +140,11 @@ impl Hive {
             let list = self.cell(le32(c, 4), "big data segment list")?;
             let count = le16(c, 2) as usize;
             if count * 4 > list.len() {
-                return Err(self.corrupt("big data", v.data, format!("{count} segments, but the list holds {}", list.len() / 4)));
+                return Err(self.corrupt(
+                    "big data",
+                    v.data,
+                    format!("{count} segments, but the list holds {}", list.len() / 4),
+                ));
             }
             let mut out = Vec::with_capacity(len.min(count * BIG_DATA_SEGMENT));
             for i in 0..count {
@@ -190,7 +194,11 @@ impl Hive {
             b"li" => 4,
             b"lf" | b"lh" => 8,
             other => {
-                return Err(self.corrupt("subkey list", list, format!("signature {:?} is not li, lf, lh or ri", String::from_utf8_lossy(other))));
+                return Err(self.corrupt(
+                    "subkey list",
+                    list,
+                    format!("signature {:?} is not li, lf, lh or ri", String::from_utf8_lossy(other)),
+                ));
             }
         };
         if 4 + stride * count > c.len() {
@@ -212,7 +220,11 @@ impl Hive {
         let c = self.cell(key.values, "value list")?;
         let count = key.value_count as usize;
         if count * 4 > c.len() {
-            return Err(self.corrupt("value list", key.values, format!("{count} values, but the list holds {}", c.len() / 4)));
+            return Err(self.corrupt(
+                "value list",
+                key.values,
+                format!("{count} values, but the list holds {}", c.len() / 4),
+            ));
         }
         Ok((0..count).map(|i| le32(c, 4 * i)).collect())
     }

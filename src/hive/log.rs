@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::bytes::{le32, le64};
 use crate::error::{Error, Result, Space};
-use crate::hive::base::{self, BaseBlock, CHECKSUM_AT};
 use crate::hive::BINS_START;
+use crate::hive::base::{self, BaseBlock, CHECKSUM_AT};
 use crate::hive::marvin::{LOG_SEED, marvin32};
 
 /// File type of a new-format log.
@@ -59,7 +59,9 @@ fn log_base(log: &LogFile<'_>) -> Result<Option<BaseBlock>> {
     if file_type != NEW_LOG {
         return Err(Error::unsupported(
             log.name,
-            format!("transaction log of type {file_type} (the old format with a dirty vector): vhdkit replays only new-format logs, so it refuses to edit the dirty hive"),
+            format!(
+                "transaction log of type {file_type} (the old format with a dirty vector): vhdkit replays only new-format logs, so it refuses to edit the dirty hive"
+            ),
         ));
     }
     let mut block = vec![0u8; 4096];
@@ -80,7 +82,10 @@ fn entries<'a>(index: usize, log: &LogFile<'a>) -> Vec<Entry<'a>> {
         let e = &d[at..at + size];
         let (h1, h2) = (le64(e, 24), le64(e, 32));
         let bins_size = le32(e, 16);
-        if marvin32(LOG_SEED, &e[ENTRY_HEADER..]) != h1 || marvin32(LOG_SEED, &e[..32]) != h2 || !bins_size.is_multiple_of(4096) {
+        if marvin32(LOG_SEED, &e[ENTRY_HEADER..]) != h1
+            || marvin32(LOG_SEED, &e[..32]) != h2
+            || !bins_size.is_multiple_of(4096)
+        {
             break;
         }
         let count = le32(e, 20) as usize;
@@ -116,19 +121,27 @@ pub fn replay(primary: &[u8], name: &Path, logs: &[LogFile<'_>]) -> Result<(Vec<
     let mut report = ReplayReport::default();
     let mut hive = primary.to_vec();
     let bases: Vec<Option<BaseBlock>> = logs.iter().map(log_base).collect::<Result<_>>()?;
-    let all: Vec<Entry<'_>> = logs.iter().enumerate().filter(|(i, _)| bases[*i].is_some()).flat_map(|(i, l)| entries(i, l)).collect();
+    let all: Vec<Entry<'_>> =
+        logs.iter().enumerate().filter(|(i, _)| bases[*i].is_some()).flat_map(|(i, l)| entries(i, l)).collect();
     let mut primary_base = BaseBlock::parse(&hive, name)?;
     if !primary_base.checksum_valid {
         // The base block is restored from the log with the latest entries.
         let latest = all.iter().max_by_key(|e| e.sequence).map(|e| e.log).ok_or_else(|| {
-            Error::corrupt(name, "base block", Space::Hive, CHECKSUM_AT as u64, "wrong checksum and no transaction log to restore it from")
+            Error::corrupt(
+                name,
+                "base block",
+                Space::Hive,
+                CHECKSUM_AT as u64,
+                "wrong checksum and no transaction log to restore it from",
+            )
         })?;
         hive[..HEADER].copy_from_slice(&logs[latest].data[..HEADER]);
         hive[28..32].copy_from_slice(&0u32.to_le_bytes());
         report.base_block_restored = true;
         primary_base = BaseBlock::parse(&hive, name)?;
     }
-    let by_sequence: BTreeMap<u32, &Entry<'_>> = all.iter().filter(|e| e.sequence >= primary_base.secondary_sequence).map(|e| (e.sequence, e)).collect();
+    let by_sequence: BTreeMap<u32, &Entry<'_>> =
+        all.iter().filter(|e| e.sequence >= primary_base.secondary_sequence).map(|e| (e.sequence, e)).collect();
     let mut expected = primary_base.secondary_sequence;
     if !by_sequence.contains_key(&expected) {
         expected = by_sequence.keys().next().copied().unwrap_or(expected);
@@ -160,7 +173,10 @@ pub fn replay(primary: &[u8], name: &Path, logs: &[LogFile<'_>]) -> Result<(Vec<
                 if logs.is_empty() {
                     " (no .LOG1/.LOG2 found)".to_string()
                 } else {
-                    format!(" (logs found: {})", logs.iter().map(|l| l.name.display().to_string()).collect::<Vec<_>>().join(", "))
+                    format!(
+                        " (logs found: {})",
+                        logs.iter().map(|l| l.name.display().to_string()).collect::<Vec<_>>().join(", ")
+                    )
                 }
             ),
         ));

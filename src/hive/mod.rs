@@ -51,16 +51,14 @@ impl Hive {
                 "base block hive bins data size",
                 Space::Hive,
                 0x28,
-                format!("{bins_size} bytes of hive bins, but the file has only {} after the base block (truncated hive)", data.len().saturating_sub(BINS_START)),
+                format!(
+                    "{bins_size} bytes of hive bins, but the file has only {} after the base block (truncated hive)",
+                    data.len().saturating_sub(BINS_START)
+                ),
             ));
         }
-        let mut hive = Hive {
-            name: name.to_path_buf(),
-            data,
-            bins: Vec::new(),
-            free: BTreeMap::new(),
-            read_only: None,
-        };
+        let mut hive =
+            Hive { name: name.to_path_buf(), data, bins: Vec::new(), free: BTreeMap::new(), read_only: None };
         hive.data.truncate(BINS_START + bins_size);
         hive.scan_bins()?;
         Ok(hive)

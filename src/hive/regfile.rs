@@ -4,9 +4,9 @@
 use std::fmt::Write;
 
 use crate::error::{Error, Result};
+use crate::hive::Hive;
 use crate::hive::keys::KeyNode;
 use crate::hive::value::{decode_string, reg_type};
-use crate::hive::Hive;
 
 /// One change a .reg file asks for, in file order. Key paths are as written (with the root).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +58,9 @@ fn value_line(name: &str, ty: u32, data: &[u8]) -> String {
             Some(s) => quote(&s),
             None => hex_value("hex(1):", data),
         },
-        reg_type::DWORD if data.len() == 4 => format!("dword:{:08x}", u32::from_le_bytes([data[0], data[1], data[2], data[3]])),
+        reg_type::DWORD if data.len() == 4 => {
+            format!("dword:{:08x}", u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
+        }
         reg_type::BINARY => hex_value("hex:", data),
         other => hex_value(&format!("hex({other:x}):"), data),
     };
@@ -126,7 +128,8 @@ fn parse_data(rhs: &str, ansi: bool) -> Result<Option<(u32, Vec<u8>)>> {
         return Ok(Some((reg_type::SZ, crate::hive::value::utf16z(&text))));
     }
     if let Some(hex) = rhs.strip_prefix("dword:") {
-        let v = u32::from_str_radix(hex.trim(), 16).map_err(|_| Error::Usage(format!("{rhs:?} is not dword:XXXXXXXX")))?;
+        let v =
+            u32::from_str_radix(hex.trim(), 16).map_err(|_| Error::Usage(format!("{rhs:?} is not dword:XXXXXXXX")))?;
         return Ok(Some((reg_type::DWORD, v.to_le_bytes().to_vec())));
     }
     let (ty, bytes) = if let Some(rest) = rhs.strip_prefix("hex:") {
@@ -212,16 +215,38 @@ mod tests {
         let ops = parse(&to_utf16_file(text)).unwrap();
         let key = "HKEY_LOCAL_MACHINE\\SOFTWARE\\Test".to_string();
         assert_eq!(ops[0], RegOp::Key(key.clone()));
-        assert_eq!(ops[1], RegOp::SetValue { key: key.clone(), name: String::new(), ty: 1, data: crate::hive::value::utf16z("default \"q\"") });
+        assert_eq!(
+            ops[1],
+            RegOp::SetValue {
+                key: key.clone(),
+                name: String::new(),
+                ty: 1,
+                data: crate::hive::value::utf16z("default \"q\"")
+            }
+        );
         assert_eq!(ops[2], RegOp::SetValue { key: key.clone(), name: "D".into(), ty: 4, data: vec![42, 0, 0, 0] });
         assert_eq!(ops[3], RegOp::SetValue { key: key.clone(), name: "B".into(), ty: 3, data: vec![1, 2, 3] });
-        assert_eq!(ops[4], RegOp::SetValue { key: key.clone(), name: "M".into(), ty: 7, data: vec![0x61, 0, 0, 0, 0, 0] });
+        assert_eq!(
+            ops[4],
+            RegOp::SetValue { key: key.clone(), name: "M".into(), ty: 7, data: vec![0x61, 0, 0, 0, 0, 0] }
+        );
         assert_eq!(ops[5], RegOp::DeleteValue { key, name: "Gone".into() });
         assert_eq!(ops[6], RegOp::DeleteKey("HKEY_LOCAL_MACHINE\\SOFTWARE\\Old".into()));
         let ansi = b"REGEDIT4\r\n\r\n[HKEY_CURRENT_USER\\X]\r\n\"S\"=\"caf\xe9\"\r\n\"E\"=hex(2):41,00\r\n";
         let ops = parse(ansi).unwrap();
-        assert_eq!(ops[1], RegOp::SetValue { key: "HKEY_CURRENT_USER\\X".into(), name: "S".into(), ty: 1, data: crate::hive::value::utf16z("café") });
-        assert_eq!(ops[2], RegOp::SetValue { key: "HKEY_CURRENT_USER\\X".into(), name: "E".into(), ty: 2, data: vec![0x41, 0, 0, 0] });
+        assert_eq!(
+            ops[1],
+            RegOp::SetValue {
+                key: "HKEY_CURRENT_USER\\X".into(),
+                name: "S".into(),
+                ty: 1,
+                data: crate::hive::value::utf16z("café")
+            }
+        );
+        assert_eq!(
+            ops[2],
+            RegOp::SetValue { key: "HKEY_CURRENT_USER\\X".into(), name: "E".into(), ty: 2, data: vec![0x41, 0, 0, 0] }
+        );
     }
 
     #[test]

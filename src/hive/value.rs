@@ -63,7 +63,8 @@ pub fn utf16z(s: &str) -> Vec<u8> {
 
 /// Text of a REG_SZ-like value: UTF-16LE up to the first NUL (odd trailing bytes ignored).
 pub fn decode_string(data: &[u8]) -> String {
-    let units: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+    let units: Vec<u16> =
+        data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
     String::from_utf16_lossy(&units)
 }
 
@@ -88,7 +89,9 @@ pub fn encode_multi(items: &[String]) -> Vec<u8> {
 /// everything else as hex.
 pub fn to_json(ty: u32, data: &[u8]) -> serde_json::Value {
     match (ty, data.len()) {
-        (reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK, _) if data.len().is_multiple_of(2) => json!(decode_string(data)),
+        (reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK, _) if data.len().is_multiple_of(2) => {
+            json!(decode_string(data))
+        }
         (reg_type::DWORD, 4) => json!(u32::from_le_bytes([data[0], data[1], data[2], data[3]])),
         (reg_type::DWORD_BIG_ENDIAN, 4) => json!(u32::from_be_bytes([data[0], data[1], data[2], data[3]])),
         (reg_type::QWORD, 8) => json!(u64::from_le_bytes(data.try_into().unwrap_or([0; 8]))),
@@ -108,7 +111,9 @@ pub fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => format!("{n} ({:#x})", n.as_u64().unwrap_or(0)),
-        serde_json::Value::Array(items) => items.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | "),
+        serde_json::Value::Array(items) => {
+            items.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | ")
+        }
         other => other.to_string(),
     }
 }

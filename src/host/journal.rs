@@ -43,9 +43,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The journal of an interrupted run on `path`, if there is one (read-only commands refuse
 /// such a file; writers recover it first).
 pub fn pending(path: &Path) -> Option<PathBuf> {
-    [journal_path(path), with_suffix(path, LEGACY_SUFFIX)]
-        .into_iter()
-        .find(|j| std::fs::symlink_metadata(j).is_ok())
+    [journal_path(path), with_suffix(path, LEGACY_SUFFIX)].into_iter().find(|j| std::fs::symlink_metadata(j).is_ok())
 }
 
 /// Writes collected in memory over a file that does not change until [`commit`].
@@ -108,7 +106,8 @@ impl Overlay {
         for (at, bytes) in &self.writes {
             let (a, b) = ((*at).max(offset), (*at + bytes.len() as u64).min(end));
             if a < b {
-                buf[(a - offset) as usize..(b - offset) as usize].copy_from_slice(&bytes[(a - at) as usize..(b - at) as usize]);
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&bytes[(a - at) as usize..(b - at) as usize]);
             }
         }
         Ok(())
@@ -195,7 +194,10 @@ pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
         entries.push(Entry { offset: *offset, new: new.clone(), old });
     }
     let tail = original_len.saturating_sub(ANCHOR);
-    let anchors = vec![(0, read_upto(file, path, 0, ANCHOR, original_len)?), (tail, read_upto(file, path, tail, ANCHOR, original_len)?)];
+    let anchors = vec![
+        (0, read_upto(file, path, 0, ANCHOR, original_len)?),
+        (tail, read_upto(file, path, tail, ANCHOR, original_len)?),
+    ];
     let journal = Journal {
         id: FileId::of(&meta),
         original_len,

@@ -139,7 +139,8 @@ pub fn read_limited(path: &Path, limit: u64, what: &str, wait: LockWait) -> Resu
 pub fn read_file_limited(file: &File, path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
-    out.try_reserve(hint as usize).map_err(|_| Error::unsupported(path, format!("cannot hold {hint} bytes in memory")))?;
+    out.try_reserve(hint as usize)
+        .map_err(|_| Error::unsupported(path, format!("cannot hold {hint} bytes in memory")))?;
     file.take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::io(path, "read", crate::Space::File, out.len() as u64, e))?;

@@ -111,15 +111,19 @@ impl NewFile {
         if let Some(owner) = owner {
             let current = new.file.metadata().ok().and_then(|m| platform::owner(&m));
             if current != Some(owner) {
-                platform::set_owner(&new.file, owner).map_err(|e| {
-                    Error::open(target, "keep the owner (run as the file's owner or root) of", e)
-                })?;
+                platform::set_owner(&new.file, owner)
+                    .map_err(|e| Error::open(target, "keep the owner (run as the file's owner or root) of", e))?;
             }
         }
         Ok(new)
     }
 
-    fn make(target: &Path, create_with: Option<std::fs::Permissions>, exact_mode: Option<u32>, replace: Replace) -> Result<Self> {
+    fn make(
+        target: &Path,
+        create_with: Option<std::fs::Permissions>,
+        exact_mode: Option<u32>,
+        replace: Replace,
+    ) -> Result<Self> {
         let dir = folder_of(target);
         let removed_stale = remove_stale_temps(&dir);
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -129,9 +133,18 @@ impl NewFile {
         if let Some(p) = create_with {
             builder.permissions(p);
         }
-        let created = builder.tempfile_in(&dir).map_err(|e| Error::open(target, "create a temporary file beside", e))?;
-        let (file, fresh) = created.keep().map_err(|e| Error::open(target, "create a temporary file beside", e.error))?;
-        let mut new = NewFile { file, temp: fresh.clone(), target: target.to_path_buf(), replace, removed_stale, committed: false };
+        let created =
+            builder.tempfile_in(&dir).map_err(|e| Error::open(target, "create a temporary file beside", e))?;
+        let (file, fresh) =
+            created.keep().map_err(|e| Error::open(target, "create a temporary file beside", e.error))?;
+        let mut new = NewFile {
+            file,
+            temp: fresh.clone(),
+            target: target.to_path_buf(),
+            replace,
+            removed_stale,
+            committed: false,
+        };
         lock(&new.file, &fresh, true, LockWait::Fail)?;
         if let Some(mode) = exact_mode {
             platform::set_mode(&new.file, mode).map_err(|e| Error::open(&fresh, "set the permissions of", e))?;

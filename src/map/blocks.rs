@@ -111,7 +111,9 @@ impl Presence {
     pub fn any(&self, a: u64, b: u64) -> bool {
         match &self.bitmap {
             None => self.allocated,
-            Some(bm) => bm.runs(((a - self.start) / 512) as u32, (b - self.start).div_ceil(512) as u32).iter().any(|r| r.2),
+            Some(bm) => {
+                bm.runs(((a - self.start) / 512) as u32, (b - self.start).div_ceil(512) as u32).iter().any(|r| r.2)
+            }
         }
     }
 }
@@ -256,10 +258,7 @@ impl ImageMap<'_> {
                 for &id in ids {
                     let f = &idx.files[idx.owner(id).file as usize];
                     metadata_only &= f.is_metadata();
-                    owners
-                        .entry((pm.partition.index, f.record))
-                        .or_insert_with(|| (idx.path(f, 0), 0))
-                        .1 += y - x;
+                    owners.entry((pm.partition.index, f.record)).or_insert_with(|| (idx.path(f, 0), 0)).1 += y - x;
                 }
             }
             if used > idx.owners.owned_count(span.first, span.last) {

@@ -56,23 +56,21 @@ impl<'a> ImageMap<'a> {
     pub fn build(image: &'a DiskImage, only: Option<u32>) -> Result<Self> {
         let layout = DiskLayout::read(image)?;
         if let Some(n) = only
-            && layout.partition(n).is_none() {
-                let known: Vec<String> = layout.partitions.iter().map(|p| p.index.to_string()).collect();
-                return Err(Error::Usage(format!(
-                    "{}: no partition {n} (partitions: {})",
-                    image.source().display(),
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
-                )));
-            }
+            && layout.partition(n).is_none()
+        {
+            let known: Vec<String> = layout.partitions.iter().map(|p| p.index.to_string()).collect();
+            return Err(Error::Usage(format!(
+                "{}: no partition {n} (partitions: {})",
+                image.source().display(),
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )));
+        }
         let partitions = layout
             .partitions
             .iter()
             .map(|p| {
-                let contents = if only.is_some_and(|n| n != p.index) {
-                    Contents::Other
-                } else {
-                    index_partition(image, p)?
-                };
+                let contents =
+                    if only.is_some_and(|n| n != p.index) { Contents::Other } else { index_partition(image, p)? };
                 Ok(PartitionMap { partition: p.clone(), contents })
             })
             .collect::<Result<Vec<_>>>()?;

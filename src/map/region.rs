@@ -111,9 +111,7 @@ pub struct Location {
 impl ImageMap<'_> {
     /// The partition holding disk offset `offset`.
     pub fn partition_at(&self, offset: u64) -> Option<&crate::map::PartitionMap> {
-        self.partitions
-            .iter()
-            .find(|p| p.partition.start() <= offset && offset < p.partition.end())
+        self.partitions.iter().find(|p| p.partition.start() <= offset && offset < p.partition.end())
     }
 
     /// What lives at disk offset `offset`.
@@ -146,9 +144,10 @@ impl ImageMap<'_> {
         }
         let sector = offset / 512;
         if let Some(mbr) = &self.layout.mbr
-            && mbr.ebrs.iter().any(|e| e.lba == sector) {
-                return outside(Region::Ebr, true);
-            }
+            && mbr.ebrs.iter().any(|e| e.lba == sector)
+        {
+            return outside(Region::Ebr, true);
+        }
         if let Some(gpt) = &self.layout.gpt {
             let header = gpt.primary.as_ref().or(gpt.backup.as_ref());
             let first_usable = header.map_or(34, |h| h.first_usable_lba);
@@ -220,16 +219,19 @@ impl ImageMap<'_> {
         let Some(pm) = self.partition_at(at) else {
             let loc = self.locate(at);
             let end = match loc.region {
-                Region::PartitionGap | Region::OutsideAnyPartition => self
-                    .partitions
-                    .iter()
-                    .map(|p| p.partition.start())
-                    .filter(|&s| s > at)
-                    .min()
-                    .unwrap_or(u64::MAX),
+                Region::PartitionGap | Region::OutsideAnyPartition => {
+                    self.partitions.iter().map(|p| p.partition.start()).filter(|&s| s > at).min().unwrap_or(u64::MAX)
+                }
                 _ => (at / 512 + 1) * 512,
             };
-            return Piece { start: at, end: end.min(limit), region: loc.region, partition: None, allocated: loc.allocated, owners: None };
+            return Piece {
+                start: at,
+                end: end.min(limit),
+                region: loc.region,
+                partition: None,
+                allocated: loc.allocated,
+                owners: None,
+            };
         };
         let p0 = pm.partition.start();
         let whole = Piece {

@@ -38,10 +38,8 @@ impl ImageMap<'_> {
 
     /// Every range of needed non-zero data, merged across blocks and cut at [`MAX_RANGE`].
     pub fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
-        let per_block: Vec<Vec<(u64, u64)>> = (0..self.block_count())
-            .into_par_iter()
-            .map(|b| self.data_ranges_in_block(b))
-            .collect::<Result<_>>()?;
+        let per_block: Vec<Vec<(u64, u64)>> =
+            (0..self.block_count()).into_par_iter().map(|b| self.data_ranges_in_block(b)).collect::<Result<_>>()?;
         let mut merged: Vec<(u64, u64)> = Vec::new();
         for (a, z) in per_block.into_iter().flatten() {
             match merged.last_mut() {

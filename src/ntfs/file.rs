@@ -98,7 +98,8 @@ impl FileEntry {
 
 /// One file from its base record (first) and extension records.
 pub fn merge_file(parts: Vec<RecordSummary>) -> FileEntry {
-    let (record, sequence, flags, file_attributes) = (parts[0].number, parts[0].sequence, parts[0].flags, parts[0].file_attributes);
+    let (record, sequence, flags, file_attributes) =
+        (parts[0].number, parts[0].sequence, parts[0].flags, parts[0].file_attributes);
     let mut parts = parts.into_iter();
     let first = parts.next().map(|p| (p.names, p.extents));
     let (mut names, mut extents) = first.unwrap_or_default();

@@ -1,7 +1,6 @@
 //! `NtfsIndex`: every file of a volume with its names, paths and streams, the
 //! [`ClusterOwnerIndex`] of every run, `$Bitmap`, and the consistency between the two.
 
-
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -10,9 +9,9 @@ use serde::Serialize;
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
 use crate::ntfs::bitmap::ClusterBitmap;
+use crate::ntfs::file::{FileEntry, merge_file};
 use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary, VolumeRecord};
 use crate::ntfs::owners::ClusterOwnerIndex;
-use crate::ntfs::file::{FileEntry, merge_file};
 use crate::ntfs::record::{self, attr_type, parse_attribute_list};
 use crate::ntfs::stream::read_runs;
 use crate::ntfs::volume::{self, VOLUME_DIRTY, VolumeState};
@@ -94,8 +93,12 @@ impl NtfsIndex {
         let layout = MftLayout::read(view, partition, &bpb)?;
         let scan = layout.scan(view);
         let mut problems = scan.problems;
-        let resident_lists: Vec<(u64, Vec<record::ListEntry>)> =
-            scan.pending.iter().filter(|r| !r.list.is_empty()).map(|r| (r.base.unwrap_or(r.number), r.list.clone())).collect();
+        let resident_lists: Vec<(u64, Vec<record::ListEntry>)> = scan
+            .pending
+            .iter()
+            .filter(|r| !r.list.is_empty())
+            .map(|r| (r.base.unwrap_or(r.number), r.list.clone()))
+            .collect();
         let (merged, extension_of) = group_records(scan.pending, &mut problems);
         let mut files = scan.files;
         files.extend(merged);
@@ -151,11 +154,8 @@ impl NtfsIndex {
     /// Needed clusters in `[start, end)`: the union of `$Bitmap` and the owner index.
     pub fn needed_count(&self, start: u64, end: u64) -> u64 {
         let allocated = self.bitmap.count(start, end);
-        let owned_free: u64 = self
-            .owners
-            .segments_in(start, end)
-            .map(|(a, b, _)| (b - a) - self.bitmap.count(a, b))
-            .sum();
+        let owned_free: u64 =
+            self.owners.segments_in(start, end).map(|(a, b, _)| (b - a) - self.bitmap.count(a, b)).sum();
         allocated + owned_free
     }
 
@@ -245,7 +245,8 @@ impl NtfsIndex {
                 }
             }
         }
-        let name = |&(fi, ni): &(u32, u16)| self.files[fi as usize].names.get(ni as usize).map_or("", |n| n.name.as_str());
+        let name =
+            |&(fi, ni): &(u32, u16)| self.files[fi as usize].names.get(ni as usize).map_or("", |n| n.name.as_str());
         let by_name = |a: &(u32, u16), b: &(u32, u16)| {
             let fold = |s: &str| s.chars().flat_map(char::to_lowercase).collect::<Vec<char>>();
             let (x, y) = (name(a), name(b));
@@ -261,7 +262,8 @@ impl NtfsIndex {
         if let Some(&root) = self.by_record.get(&ROOT) {
             out.push((root, 0));
         }
-        let mut stack: Vec<std::slice::Iter<'_, (u32, u16)>> = children.get(&ROOT).map(|c| c.iter()).into_iter().collect();
+        let mut stack: Vec<std::slice::Iter<'_, (u32, u16)>> =
+            children.get(&ROOT).map(|c| c.iter()).into_iter().collect();
         let mut entered: FxHashSet<u64> = FxHashSet::default();
         entered.insert(ROOT);
         while let Some(top) = stack.last_mut() {
@@ -271,10 +273,12 @@ impl NtfsIndex {
             };
             out.push(entry);
             let f = &self.files[entry.0 as usize];
-            if f.directory && entered.insert(f.record)
-                && let Some(c) = children.get(&f.record) {
-                    stack.push(c.iter());
-                }
+            if f.directory
+                && entered.insert(f.record)
+                && let Some(c) = children.get(&f.record)
+            {
+                stack.push(c.iter());
+            }
         }
         out.extend(orphans);
         out
@@ -314,7 +318,11 @@ impl NtfsIndex {
 
     /// Verifies that every attribute list entry names this file or one of its extension
     /// records; reports the rest (a looping or foreign list) without following it.
-    fn check_attribute_lists(&mut self, view: &dyn BlockDevice, resident: &[(u64, Vec<record::ListEntry>)]) -> Result<()> {
+    fn check_attribute_lists(
+        &mut self,
+        view: &dyn BlockDevice,
+        resident: &[(u64, Vec<record::ListEntry>)],
+    ) -> Result<()> {
         let mut found = Vec::new();
         for (rec, entries) in resident {
             if let Some(f) = self.file(*rec) {
@@ -322,15 +330,32 @@ impl NtfsIndex {
             }
         }
         for f in &self.files {
-            let Some(list) = f.streams.iter().find(|s| s.ty == attr_type::ATTRIBUTE_LIST && !s.resident) else { continue };
+            let Some(list) = f.streams.iter().find(|s| s.ty == attr_type::ATTRIBUTE_LIST && !s.resident) else {
+                continue;
+            };
             let entries = if list.data_size > MAX_ATTRIBUTE_LIST {
-                found.push(RecordProblem { record: f.record, offset: 0, problem: format!("attribute list of {} bytes", list.data_size) });
+                found.push(RecordProblem {
+                    record: f.record,
+                    offset: 0,
+                    problem: format!("attribute list of {} bytes", list.data_size),
+                });
                 continue;
             } else {
-                let v = read_runs(view, self.partition, self.cluster_size(), &list.runs, list.data_size, list.initialized_size)?;
+                let v = read_runs(
+                    view,
+                    self.partition,
+                    self.cluster_size(),
+                    &list.runs,
+                    list.data_size,
+                    list.initialized_size,
+                )?;
                 let (entries, bad) = parse_attribute_list(&v);
                 if let Some(e) = bad {
-                    found.push(RecordProblem { record: f.record, offset: e.at as u64, problem: format!("attribute list: {}", e.problem) });
+                    found.push(RecordProblem {
+                        record: f.record,
+                        offset: e.at as u64,
+                        problem: format!("attribute list: {}", e.problem),
+                    });
                 }
                 entries
             };
@@ -413,7 +438,8 @@ impl NtfsIndex {
     fn read_bitmap(&mut self, view: &dyn BlockDevice) -> Result<()> {
         let total = self.total_clusters();
         let need = total.div_ceil(8);
-        let corrupt = |problem: String| Error::corrupt(view.source(), "$Bitmap", Space::Partition(self.partition), 0, problem);
+        let corrupt =
+            |problem: String| Error::corrupt(view.source(), "$Bitmap", Space::Partition(self.partition), 0, problem);
         let stream = self
             .file(BITMAP_RECORD)
             .and_then(FileEntry::default_stream)
@@ -447,9 +473,10 @@ impl NtfsIndex {
                 state.label = name;
             }
         }
-        let hiberfil = self.files.iter().find(|f| {
-            f.names.iter().any(|n| n.parent == ROOT && n.name.eq_ignore_ascii_case("hiberfil.sys"))
-        });
+        let hiberfil = self
+            .files
+            .iter()
+            .find(|f| f.names.iter().any(|n| n.parent == ROOT && n.name.eq_ignore_ascii_case("hiberfil.sys")));
         if let Some(s) = hiberfil.and_then(FileEntry::default_stream).filter(|s| !s.resident && s.data_size >= 4) {
             let head = read_runs(view, self.partition, self.cluster_size(), &s.runs, 4, s.initialized_size)?;
             state.hibernated = volume::is_hibernation_signature(&head);
@@ -488,7 +515,10 @@ fn complement(ranges: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
 
 /// Merges extension records into their base records and extents into streams (moving, not
 /// copying, what the records hold); also returns the extension -> base map.
-fn group_records(records: Vec<RecordSummary>, problems: &mut Vec<RecordProblem>) -> (Vec<FileEntry>, FxHashMap<u64, u64>) {
+fn group_records(
+    records: Vec<RecordSummary>,
+    problems: &mut Vec<RecordProblem>,
+) -> (Vec<FileEntry>, FxHashMap<u64, u64>) {
     let position: FxHashMap<u64, usize> = records.iter().enumerate().map(|(i, r)| (r.number, i)).collect();
     let mut extensions: Vec<Vec<usize>> = vec![Vec::new(); records.len()];
     let mut extension_of = FxHashMap::default();
@@ -521,4 +551,3 @@ fn group_records(records: Vec<RecordSummary>, problems: &mut Vec<RecordProblem>)
     }
     (files, extension_of)
 }
-

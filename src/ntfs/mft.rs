@@ -90,10 +90,12 @@ impl RecordSummary {
                         }
                         attr_type::ATTRIBUTE_LIST => s.list = parse_attribute_list(value).0,
                         attr_type::VOLUME_INFORMATION if value.len() >= 12 => {
-                            s.volume_information = Some((value[8], value[9], u16::from_le_bytes([value[10], value[11]])));
+                            s.volume_information =
+                                Some((value[8], value[9], u16::from_le_bytes([value[10], value[11]])));
                         }
                         attr_type::VOLUME_NAME => {
-                            let units: Vec<u16> = value.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                            let units: Vec<u16> =
+                                value.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
                             s.volume_name = Some(String::from_utf16_lossy(&units));
                         }
                         _ => {}
@@ -197,7 +199,8 @@ impl MftLayout {
     /// The raw bytes of record `n`, gathered across runs when it straddles two of them.
     pub fn read_record_bytes(&self, view: &dyn BlockDevice, n: u64) -> Result<Vec<u8>, record::RecordError> {
         let missing = || record::RecordError { at: 0, problem: format!("no $MFT run maps record {n}") };
-        let pieces = self.pieces(n.checked_mul(self.record_size).ok_or_else(missing)?, self.record_size).ok_or_else(missing)?;
+        let pieces =
+            self.pieces(n.checked_mul(self.record_size).ok_or_else(missing)?, self.record_size).ok_or_else(missing)?;
         let mut b = vec![0u8; self.record_size as usize];
         let mut at = 0usize;
         for (offset, len) in pieces {
@@ -213,10 +216,14 @@ impl MftLayout {
         let cluster_size = bpb.cluster_size as u64;
         let total_clusters = bpb.total_clusters();
         let record_size = bpb.file_record_size as u64;
-        let corrupt = |offset: u64, problem: String| Error::corrupt(view.source(), "$MFT record 0", Space::Partition(partition), offset, problem);
+        let corrupt = |offset: u64, problem: String| {
+            Error::corrupt(view.source(), "$MFT record 0", Space::Partition(partition), offset, problem)
+        };
         let mft_at = bpb.mft_lcn * cluster_size;
-        let record0_bytes = read_record(view, mft_at, record_size).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
-        let record0 = record::parse(&record0_bytes, total_clusters).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
+        let record0_bytes =
+            read_record(view, mft_at, record_size).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
+        let record0 =
+            record::parse(&record0_bytes, total_clusters).map_err(|e| corrupt(mft_at + e.at as u64, e.problem))?;
         let mut layout = MftLayout {
             record_size,
             cluster_size,
@@ -247,7 +254,10 @@ impl MftLayout {
                 AttributeBody::Resident { value } => value.to_vec(),
                 AttributeBody::NonResident(nr) => {
                     if nr.data_size > MAX_ATTRIBUTE_LIST {
-                        return Err(corrupt(mft_at + list.offset as u64, format!("attribute list of {} bytes", nr.data_size)));
+                        return Err(corrupt(
+                            mft_at + list.offset as u64,
+                            format!("attribute list of {} bytes", nr.data_size),
+                        ));
                     }
                     read_runs(view, partition, cluster_size, &nr.runs, nr.data_size, nr.initialized_size)?
                 }
@@ -257,7 +267,8 @@ impl MftLayout {
                 return Err(corrupt(mft_at + list.offset as u64, format!("attribute list: {}", e.problem)));
             }
             layout.attribute_list = entries.clone();
-            let wanted: Vec<&ListEntry> = entries.iter().filter(|e| e.ty == attr_type::DATA && e.name.is_empty() && e.record != 0).collect();
+            let wanted: Vec<&ListEntry> =
+                entries.iter().filter(|e| e.ty == attr_type::DATA && e.name.is_empty() && e.record != 0).collect();
             let mut pending: Vec<&ListEntry> = wanted;
             while !pending.is_empty() {
                 layout.runs = merged(&extents);
@@ -270,7 +281,13 @@ impl MftLayout {
                     }
                     let bad = |err: record::RecordError| {
                         let at = layout.record_offset(e.record).unwrap_or(0);
-                        Error::corrupt(view.source(), format!("$MFT extension record {}", e.record), Space::Partition(partition), at + err.at as u64, err.problem)
+                        Error::corrupt(
+                            view.source(),
+                            format!("$MFT extension record {}", e.record),
+                            Space::Partition(partition),
+                            at + err.at as u64,
+                            err.problem,
+                        )
                     };
                     let mut bytes = layout.read_record_bytes(view, e.record).map_err(bad)?;
                     let r = parse_fixed(&mut bytes, total_clusters).map_err(bad)?;
@@ -359,11 +376,23 @@ impl MftLayout {
         out
     }
 
-    fn scan_chunk(&self, view: &dyn BlockDevice, buf: &mut Vec<u8>, first: u64, at: u64, count: u64, out: &mut ScanResult) {
+    fn scan_chunk(
+        &self,
+        view: &dyn BlockDevice,
+        buf: &mut Vec<u8>,
+        first: u64,
+        at: u64,
+        count: u64,
+        out: &mut ScanResult,
+    ) {
         let rs = self.record_size as usize;
         buf.resize(count as usize * rs, 0);
         if let Err(e) = view.read_at(at, buf) {
-            out.problems.push(RecordProblem { record: first, offset: at, problem: format!("cannot read {count} records: {e}") });
+            out.problems.push(RecordProblem {
+                record: first,
+                offset: at,
+                problem: format!("cannot read {count} records: {e}"),
+            });
             return;
         }
         for i in 0..count as usize {
@@ -396,7 +425,9 @@ impl MftLayout {
                 }
             }
             Ok(_) => {}
-            Err(e) if in_use => out.problems.push(RecordProblem { record: number, offset: offset + e.at as u64, problem: e.problem }),
+            Err(e) if in_use => {
+                out.problems.push(RecordProblem { record: number, offset: offset + e.at as u64, problem: e.problem })
+            }
             Err(_) => {}
         }
     }

@@ -57,16 +57,13 @@ impl ClusterOwnerIndex {
         sorted.sort_unstable();
         sorted.dedup();
         if let Some(last) = self.segments.last_mut()
-            && last.end == start && self.owner_ids[last.first as usize..][..last.count as usize] == sorted[..] {
-                last.end = end;
-                return;
-            }
-        self.segments.push(Segment {
-            start,
-            end,
-            first: self.owner_ids.len() as u32,
-            count: sorted.len() as u32,
-        });
+            && last.end == start
+            && self.owner_ids[last.first as usize..][..last.count as usize] == sorted[..]
+        {
+            last.end = end;
+            return;
+        }
+        self.segments.push(Segment { start, end, first: self.owner_ids.len() as u32, count: sorted.len() as u32 });
         self.owner_ids.extend(sorted);
     }
 

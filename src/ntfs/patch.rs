@@ -45,7 +45,10 @@ struct RecordBuf {
 impl RecordBuf {
     fn read(view: &dyn BlockDevice, idx: &NtfsIndex, number: u64) -> Result<Self> {
         let offset = idx.layout.record_offset(number).ok_or_else(|| {
-            Error::unsupported(view.source(), format!("MFT record {number} straddles two $MFT runs; vhdkit does not rewrite such records"))
+            Error::unsupported(
+                view.source(),
+                format!("MFT record {number} straddles two $MFT runs; vhdkit does not rewrite such records"),
+            )
         })?;
         let mut bytes = vec![0u8; idx.layout.record_size as usize];
         view.read_at(offset, &mut bytes)?;
@@ -68,7 +71,9 @@ fn corrupt(view: &dyn BlockDevice, idx: &NtfsIndex, offset: u64, problem: String
 fn data_attribute(rec: &RecordBuf, total_clusters: u64) -> Option<usize> {
     let parsed = record::parse(&rec.bytes, total_clusters).ok()?;
     parsed.attributes.iter().find_map(|a| match &a.body {
-        AttributeBody::NonResident(nr) if a.ty == attr_type::DATA && a.name.is_empty() && nr.lowest_vcn == 0 => Some(a.offset),
+        AttributeBody::NonResident(nr) if a.ty == attr_type::DATA && a.name.is_empty() && nr.lowest_vcn == 0 => {
+            Some(a.offset)
+        }
         _ => None,
     })
 }
@@ -122,7 +127,9 @@ fn bitmap_patches(view: &dyn BlockDevice, idx: &NtfsIndex, ranges: &[(u64, u64)]
     for byte in touched {
         let vcn = byte / cs;
         let run = stream.runs.iter().find(|r| r.vcn <= vcn && vcn < r.vcn + r.length);
-        let lcn = run.and_then(|r| r.lcn.map(|l| l + vcn - r.vcn)).ok_or_else(|| Error::unsupported(view.source(), "$Bitmap byte outside its runs"))?;
+        let lcn = run
+            .and_then(|r| r.lcn.map(|l| l + vcn - r.vcn))
+            .ok_or_else(|| Error::unsupported(view.source(), "$Bitmap byte outside its runs"))?;
         let offset = lcn * cs + byte % cs;
         match patches.last_mut() {
             Some(p) if p.offset + p.bytes.len() as u64 == offset => p.bytes.push(bytes[byte as usize]),
@@ -175,27 +182,47 @@ fn update_index_entries(entries: &mut [u8], record: u64, allocated: u64, size: u
 
 /// Patches the parent directory's `$I30` entry for `file` (in `$INDEX_ROOT` or an `INDX`
 /// block of `$INDEX_ALLOCATION`).
-fn index_patches(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, allocated: u64, size: u64) -> Result<Vec<Patch>> {
+fn index_patches(
+    view: &dyn BlockDevice,
+    idx: &NtfsIndex,
+    file: &FileEntry,
+    allocated: u64,
+    size: u64,
+) -> Result<Vec<Patch>> {
     let mut patches = Vec::new();
     for parent in file.names.iter().map(|n| n.parent).collect::<std::collections::BTreeSet<u64>>() {
         let Some(dir) = idx.file(parent) else { continue };
         let mut rec = RecordBuf::read(view, idx, parent)?;
-        let parsed = record::parse(&rec.bytes, idx.total_clusters()).map_err(|e| corrupt(view, idx, rec.offset + e.at as u64, e.problem))?;
-        let root = parsed.attributes.iter().find(|a| a.ty == attr_type::INDEX_ROOT && a.name == "$I30").map(|a| a.offset);
+        let parsed = record::parse(&rec.bytes, idx.total_clusters())
+            .map_err(|e| corrupt(view, idx, rec.offset + e.at as u64, e.problem))?;
+        let root =
+            parsed.attributes.iter().find(|a| a.ty == attr_type::INDEX_ROOT && a.name == "$I30").map(|a| a.offset);
         drop(parsed);
         if let Some(a) = root {
             let value = a + le16(&rec.bytes, a + 20) as usize;
             let node = value + 16;
             let (start, end) = (node + le32(&rec.bytes, node) as usize, node + le32(&rec.bytes, node + 4) as usize);
-            if end <= rec.bytes.len() && start < end && update_index_entries(&mut rec.bytes[start..end], file.record, allocated, size) {
+            if end <= rec.bytes.len()
+                && start < end
+                && update_index_entries(&mut rec.bytes[start..end], file.record, allocated, size)
+            {
                 let mut p = rec.into_patch(view, idx)?;
                 p.what.push_str(" ($I30 root)");
                 patches.push(p);
             }
         }
-        let Some(alloc) = dir.streams.iter().find(|s| s.ty == attr_type::INDEX_ALLOCATION && &*s.name == "$I30") else { continue };
+        let Some(alloc) = dir.streams.iter().find(|s| s.ty == attr_type::INDEX_ALLOCATION && &*s.name == "$I30") else {
+            continue;
+        };
         let block = idx.bpb.index_record_size as u64;
-        let data = read_runs(view, idx.partition, idx.cluster_size(), &alloc.runs, alloc.data_size.min(64 << 20), alloc.initialized_size)?;
+        let data = read_runs(
+            view,
+            idx.partition,
+            idx.cluster_size(),
+            &alloc.runs,
+            alloc.data_size.min(64 << 20),
+            alloc.initialized_size,
+        )?;
         for (i, chunk) in data.chunks(block as usize).enumerate() {
             if chunk.len() < block as usize || &chunk[..4] != b"INDX" {
                 continue;
@@ -206,7 +233,8 @@ fn index_patches(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, allo
             }
             let node = 0x18;
             let (start, end) = (node + le32(&b, node) as usize, node + le32(&b, node + 4) as usize);
-            if end > b.len() || start >= end || !update_index_entries(&mut b[start..end], file.record, allocated, size) {
+            if end > b.len() || start >= end || !update_index_entries(&mut b[start..end], file.record, allocated, size)
+            {
                 continue;
             }
             let vcn_byte = i as u64 * block;
@@ -222,7 +250,8 @@ fn index_patches(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, allo
 
 /// Patches that make `file`'s unnamed `$DATA` `new_size` bytes long (never shorter).
 pub fn grow(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, new_size: u64) -> Result<Growth> {
-    let unsupported = |why: String| Error::unsupported(view.source(), format!("cannot grow MFT record {}: {why}", file.record));
+    let unsupported =
+        |why: String| Error::unsupported(view.source(), format!("cannot grow MFT record {}: {why}", file.record));
     let stream = file.default_stream().ok_or_else(|| unsupported("no data stream".into()))?;
     if stream.resident || stream.flags & (record::ATTR_COMPRESSED | record::ATTR_ENCRYPTED) != 0 {
         return Err(unsupported("its data is resident, compressed or encrypted".into()));
@@ -235,8 +264,11 @@ pub fn grow(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, new_size:
     }
     let cs = idx.cluster_size();
     let mut rec = RecordBuf::read(view, idx, file.record)?;
-    let at = data_attribute(&rec, idx.total_clusters())
-        .ok_or_else(|| unsupported("its data continues in extension records (an attribute list); vhdkit grows only single-extent files".into()))?;
+    let at = data_attribute(&rec, idx.total_clusters()).ok_or_else(|| {
+        unsupported(
+            "its data continues in extension records (an attribute list); vhdkit grows only single-extent files".into(),
+        )
+    })?;
     let mut runs = stream.runs.to_vec();
     let mapped = runs.iter().map(|r| r.length).sum::<u64>();
     let needed = new_size.div_ceil(cs);
@@ -245,7 +277,8 @@ pub fn grow(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, new_size:
     if needed > mapped {
         let extra = needed - mapped;
         let last_end = runs.last().and_then(|r| r.lcn.map(|l| l + r.length));
-        let ranges = find_free(idx, last_end, extra).ok_or_else(|| unsupported(format!("the volume has no {extra} free clusters")))?;
+        let ranges = find_free(idx, last_end, extra)
+            .ok_or_else(|| unsupported(format!("the volume has no {extra} free clusters")))?;
         for &(start, len) in &ranges {
             let vcn = runs.last().map_or(0, |r| r.vcn + r.length);
             match runs.last_mut() {

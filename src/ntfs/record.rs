@@ -316,20 +316,14 @@ fn parse_attribute(b: &[u8], at: usize, limit: usize, total_clusters: u64) -> Re
         let value_len = le32(a, 16) as usize;
         let value_off = le16(a, 20) as usize;
         if value_off.checked_add(value_len).is_none_or(|e| e > len) {
-            return err(at + 16, format!("resident value of {value_len} bytes at {value_off} lies outside the attribute"));
+            return err(
+                at + 16,
+                format!("resident value of {value_len} bytes at {value_off} lies outside the attribute"),
+            );
         }
-        AttributeBody::Resident {
-            value: &a[value_off..value_off + value_len],
-        }
+        AttributeBody::Resident { value: &a[value_off..value_off + value_len] }
     };
-    Ok(Attribute {
-        ty,
-        name,
-        flags: le16(a, 12),
-        instance: le16(a, 14),
-        offset: at,
-        body,
-    })
+    Ok(Attribute { ty, name, flags: le16(a, 12), instance: le16(a, 14), offset: at, body })
 }
 
 /// A decoded `$FILE_NAME` value.

@@ -9,10 +9,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::bytes::{le16, le32, le64};
+use crate::disk::Partition;
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
 use crate::disk::gpt::GptHeader;
 use crate::disk::mbr::{self, MbrEntry};
-use crate::disk::Partition;
 use crate::error::{Error, Result, Space};
 use crate::hive::Hive;
 use crate::hive::log::reset_header;
@@ -148,7 +148,8 @@ impl BlockDevice for RealignedDisk<'_> {
         for p in self.plan.patches[first..].iter().take_while(|p| p.offset < end) {
             let (a, b) = (p.offset.max(offset), (p.offset + p.bytes.len() as u64).min(end));
             if a < b {
-                buf[(a - offset) as usize..(b - offset) as usize].copy_from_slice(&p.bytes[(a - p.offset) as usize..(b - p.offset) as usize]);
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&p.bytes[(a - p.offset) as usize..(b - p.offset) as usize]);
             }
         }
         Ok(())
@@ -192,7 +193,8 @@ fn sector(image: &DiskImage, lba: u64) -> Result<[u8; 512]> {
 /// The BIOS geometry the MBR's CHS fields were written with: from the entries' end addresses
 /// when they are not clamped, else 255 heads and 63 sectors per track as Windows uses.
 fn bios_geometry(entries: &[MbrEntry]) -> (u8, u8) {
-    let unclamped = entries.iter().filter(|e| !e.is_empty()).map(MbrEntry::last_chs).filter(|c| c.cylinder < 1023 && c.sector > 0);
+    let unclamped =
+        entries.iter().filter(|e| !e.is_empty()).map(MbrEntry::last_chs).filter(|c| c.cylinder < 1023 && c.sector > 0);
     let (mut heads, mut spt) = (0u8, 0u8);
     for c in unclamped {
         heads = heads.max(c.head);
@@ -203,7 +205,9 @@ fn bios_geometry(entries: &[MbrEntry]) -> (u8, u8) {
 
 /// Fits a sector number into an MBR field.
 fn mbr_field(image: &DiskImage, value: u64, what: &str) -> Result<u32> {
-    u32::try_from(value).map_err(|_| Error::unsupported(image.source(), format!("{what} would be sector {value}, beyond what an MBR can address")))
+    u32::try_from(value).map_err(|_| {
+        Error::unsupported(image.source(), format!("{what} would be sector {value}, beyond what an MBR can address"))
+    })
 }
 
 /// Planning state shared by the table-specific steps.
@@ -225,7 +229,12 @@ impl Planner<'_, '_> {
     }
 
     fn place(&mut self, p: &Partition, new_start: u64) {
-        self.moves.push(Move { index: p.index, old_start_lba: p.start_lba, new_start_lba: new_start, sectors: p.sectors });
+        self.moves.push(Move {
+            index: p.index,
+            old_start_lba: p.start_lba,
+            new_start_lba: new_start,
+            sectors: p.sectors,
+        });
     }
 
     /// Primary and logical partitions, EBRs moved to follow them, MBR and EBRs rewritten.
@@ -236,7 +245,8 @@ impl Planner<'_, '_> {
         let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&mbr0, i)).collect();
         let (heads, spt) = bios_geometry(&entries);
         let extended = entries.iter().position(|e| !e.is_empty() && e.is_extended());
-        let mut items: Vec<(u64, Option<&Partition>)> = layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
+        let mut items: Vec<(u64, Option<&Partition>)> =
+            layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
         if let Some(slot) = extended {
             items.push((entries[slot].start_lba() as u64, None));
         }
@@ -289,15 +299,36 @@ impl Planner<'_, '_> {
             let placed = if Some(slot) == extended {
                 let (start, len) = new_extended.unwrap_or((e.start_lba() as u64, e.sectors() as u64));
                 if (start, len) != (e.start_lba() as u64, e.sectors() as u64) {
-                    self.changes.push(format!("MBR entry {}: extended partition sectors {}+{} -> {start}+{len}", slot + 1, e.start_lba(), e.sectors()));
+                    self.changes.push(format!(
+                        "MBR entry {}: extended partition sectors {}+{} -> {start}+{len}",
+                        slot + 1,
+                        e.start_lba(),
+                        e.sectors()
+                    ));
                 }
-                e.relocated(mbr_field(image, start, "the extended partition")?, mbr_field(image, len, "the extended partition's length")?, heads, spt)
+                e.relocated(
+                    mbr_field(image, start, "the extended partition")?,
+                    mbr_field(image, len, "the extended partition's length")?,
+                    heads,
+                    spt,
+                )
             } else {
-                let Some(m) = layout.partitions.iter().find(|p| p.entry_offset == Some(entry_offset)).and_then(|p| self.moves.iter().find(|m| m.index == p.index)) else {
+                let Some(m) = layout
+                    .partitions
+                    .iter()
+                    .find(|p| p.entry_offset == Some(entry_offset))
+                    .and_then(|p| self.moves.iter().find(|m| m.index == p.index))
+                else {
                     continue;
                 };
                 if m.moved() {
-                    self.changes.push(format!("MBR entry {}: partition {} start sector {} -> {}", slot + 1, m.index, m.old_start_lba, m.new_start_lba));
+                    self.changes.push(format!(
+                        "MBR entry {}: partition {} start sector {} -> {}",
+                        slot + 1,
+                        m.index,
+                        m.old_start_lba,
+                        m.new_start_lba
+                    ));
                 }
                 e.relocated(mbr_field(image, m.new_start_lba, "a partition")?, e.sectors(), heads, spt)
             };
@@ -309,13 +340,25 @@ impl Planner<'_, '_> {
         for (i, &(ebr, l)) in new_ebrs.iter().enumerate() {
             let old = sector(image, l.ebr_lba.unwrap_or(ebr))?;
             let mut new = old;
-            let m = self.moves.iter().find(|m| m.index == l.index).cloned().ok_or_else(|| Error::Usage(format!("no move for partition {}", l.index)))?;
-            let own = MbrEntry::from_sector(&old, 0).placed(m.new_start_lba, mbr_field(image, m.new_start_lba - ebr, "a logical partition")?, l.sectors as u32, heads, spt);
+            let m = self
+                .moves
+                .iter()
+                .find(|m| m.index == l.index)
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("no move for partition {}", l.index)))?;
+            let own = MbrEntry::from_sector(&old, 0).placed(
+                m.new_start_lba,
+                mbr_field(image, m.new_start_lba - ebr, "a logical partition")?,
+                l.sectors as u32,
+                heads,
+                spt,
+            );
             new[mbr::TABLE_OFFSET..mbr::TABLE_OFFSET + mbr::ENTRY_SIZE].copy_from_slice(&own.raw);
             let link_at = mbr::TABLE_OFFSET + mbr::ENTRY_SIZE;
             match new_ebrs.get(i + 1) {
                 Some(&(next_ebr, next)) => {
-                    let next_move = self.moves.iter().find(|m| m.index == next.index).map_or(next.start_lba, |m| m.new_start_lba);
+                    let next_move =
+                        self.moves.iter().find(|m| m.index == next.index).map_or(next.start_lba, |m| m.new_start_lba);
                     let mut template = MbrEntry::from_sector(&old, 1);
                     if template.is_empty() {
                         template.raw[4] = 0x05;
@@ -338,7 +381,11 @@ impl Planner<'_, '_> {
                 m.old_start_lba,
                 m.new_start_lba
             ));
-            self.patches.push(DiskWrite { offset: ebr * 512, bytes: new.to_vec(), what: format!("EBR of partition {}", l.index) });
+            self.patches.push(DiskWrite {
+                offset: ebr * 512,
+                bytes: new.to_vec(),
+                what: format!("EBR of partition {}", l.index),
+            });
         }
         Ok(())
     }
@@ -348,10 +395,18 @@ impl Planner<'_, '_> {
     fn plan_gpt_moves(&mut self) -> Result<GptTable> {
         let image = self.map.image;
         let head_sector = sector(image, 1)?;
-        let header = GptHeader::parse(&head_sector)
-            .filter(GptHeader::header_crc_valid)
-            .ok_or_else(|| Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "missing or with a bad CRC: realigning needs a valid primary GPT"))?;
-        let array_bytes = header.entry_array_bytes().ok_or_else(|| Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "entry array sizes out of range"))?;
+        let header = GptHeader::parse(&head_sector).filter(GptHeader::header_crc_valid).ok_or_else(|| {
+            Error::corrupt(
+                image.source(),
+                "primary GPT header",
+                Space::Disk,
+                512,
+                "missing or with a bad CRC: realigning needs a valid primary GPT",
+            )
+        })?;
+        let array_bytes = header.entry_array_bytes().ok_or_else(|| {
+            Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "entry array sizes out of range")
+        })?;
         let array_sectors = array_bytes.div_ceil(512);
         let mut array = vec![0u8; (array_sectors * 512) as usize];
         image.read_at(header.entries_lba * 512, &mut array)?;
@@ -385,9 +440,15 @@ impl Planner<'_, '_> {
             let at = at as usize;
             array[at + 32..at + 40].copy_from_slice(&m.new_start_lba.to_le_bytes());
             array[at + 40..at + 48].copy_from_slice(&(m.new_start_lba + m.sectors - 1).to_le_bytes());
-            self.changes.push(format!("GPT entry of partition {}: first sector {} -> {}", m.index, m.old_start_lba, m.new_start_lba));
+            self.changes.push(format!(
+                "GPT entry of partition {}: first sector {} -> {}",
+                m.index, m.old_start_lba, m.new_start_lba
+            ));
         }
-        self.changes.push(format!("GPT headers and entry arrays rewritten (backup header at sector {}, CRCs)", disk_size / 512 - 1));
+        self.changes.push(format!(
+            "GPT headers and entry arrays rewritten (backup header at sector {}, CRCs)",
+            disk_size / 512 - 1
+        ));
         let last = disk_size / 512 - 1;
         let backup_entries = last - array_sectors;
         let entries_crc = crc32fast::hash(&array[..array_bytes as usize]);
@@ -403,10 +464,22 @@ impl Planner<'_, '_> {
             h[16..20].copy_from_slice(&crc.to_le_bytes());
             h.to_vec()
         };
-        self.patches.push(DiskWrite { offset: 512, bytes: seal(1, last, header.entries_lba), what: "primary GPT header".into() });
-        self.patches.push(DiskWrite { offset: header.entries_lba * 512, bytes: array.clone(), what: "primary GPT entries".into() });
+        self.patches.push(DiskWrite {
+            offset: 512,
+            bytes: seal(1, last, header.entries_lba),
+            what: "primary GPT header".into(),
+        });
+        self.patches.push(DiskWrite {
+            offset: header.entries_lba * 512,
+            bytes: array.clone(),
+            what: "primary GPT entries".into(),
+        });
         self.patches.push(DiskWrite { offset: backup_entries * 512, bytes: array, what: "backup GPT entries".into() });
-        self.patches.push(DiskWrite { offset: last * 512, bytes: seal(last, 1, backup_entries), what: "backup GPT header".into() });
+        self.patches.push(DiskWrite {
+            offset: last * 512,
+            bytes: seal(last, 1, backup_entries),
+            what: "backup GPT header".into(),
+        });
         if grows {
             let mut pmbr = sector(image, 0)?;
             for slot in 0..4 {
@@ -430,7 +503,8 @@ impl Planner<'_, '_> {
             let boot = sector(image, m.old_start_lba)?;
             let Some(fs) = identify(&boot) else { continue };
             if !fs.has_hidden_sectors() {
-                self.impossible.push(format!("partition {}: the exFAT PartitionOffset field is left as it was", m.index));
+                self.impossible
+                    .push(format!("partition {}: the exFAT PartitionOffset field is left as it was", m.index));
                 continue;
             }
             let Ok(hidden) = u32::try_from(m.new_start_lba) else {
@@ -452,7 +526,12 @@ impl Planner<'_, '_> {
                     continue;
                 }
                 s[HIDDEN_SECTORS_OFFSET..HIDDEN_SECTORS_OFFSET + 4].copy_from_slice(&hidden.to_le_bytes());
-                let what = format!("partition {} {} {what}: hidden sectors {} -> {hidden}", m.index, fs.name(), m.old_start_lba);
+                let what = format!(
+                    "partition {} {} {what}: hidden sectors {} -> {hidden}",
+                    m.index,
+                    fs.name(),
+                    m.old_start_lba
+                );
                 self.changes.push(what.clone());
                 self.patches.push(DiskWrite { offset: (m.new_start_lba + rel) * 512, bytes: s.to_vec(), what });
             }
@@ -474,7 +553,8 @@ impl Planner<'_, '_> {
         let image = self.map.image;
         let mbr0 = sector(image, 0)?;
         let signature = le32(&mbr0, mbr::DISK_SIGNATURE_OFFSET);
-        let moved: Vec<(u64, u64)> = self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
+        let moved: Vec<(u64, u64)> =
+            self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
         if moved.is_empty() {
             return Ok(());
         }
@@ -510,9 +590,14 @@ impl Planner<'_, '_> {
                 };
                 let (writes, _) = registry::plan_image_write(self.map, &h, &loaded.stored, &new, &headers)?;
                 for w in writes {
-                    self.patches.push(DiskWrite { offset: self.new_offset(w.offset), bytes: w.bytes, what: format!("partition {partition} {}", w.what) });
+                    self.patches.push(DiskWrite {
+                        offset: self.new_offset(w.offset),
+                        bytes: w.bytes,
+                        what: format!("partition {partition} {}", w.what),
+                    });
                 }
-                self.changes.extend(edits.into_iter().map(|e| format!("partition {partition} {}: {}", h.path, e.describe)));
+                self.changes
+                    .extend(edits.into_iter().map(|e| format!("partition {partition} {}: {}", h.path, e.describe)));
             }
         }
         Ok(())
@@ -549,7 +634,13 @@ fn mounted_devices_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> R
         let Some(&(old, new)) = moved.iter().find(|(old, _)| *old == le64(&data, 4)) else { continue };
         let mut d = data.clone();
         d[4..12].copy_from_slice(&new.to_le_bytes());
-        out.push(ValueEdit { key: "MountedDevices".into(), name: v.name.clone(), ty: v.ty, data: d, describe: format!("MountedDevices\\{}: offset {old} -> {new}", v.name) });
+        out.push(ValueEdit {
+            key: "MountedDevices".into(),
+            name: v.name.clone(),
+            ty: v.ty,
+            data: d,
+            describe: format!("MountedDevices\\{}: offset {old} -> {new}", v.name),
+        });
     }
     Ok(out)
 }
@@ -627,7 +718,12 @@ pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
             p.plan_gpt_patches(table, size)?;
             size
         }
-        "volume" => return Err(Error::unsupported(image.source(), "the disk is one volume without a partition table: there is nothing to move")),
+        "volume" => {
+            return Err(Error::unsupported(
+                image.source(),
+                "the disk is one volume without a partition table: there is nothing to move",
+            ));
+        }
         _ => return Err(Error::unsupported(image.source(), "the disk has no partition table to realign")),
     };
     p.plan_boot_sectors()?;
@@ -646,7 +742,16 @@ pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
     }
     let mut patches = p.patches;
     patches.sort_by_key(|w| w.offset);
-    Ok(Realignment { boundary, old_size, disk_size, moves: p.moves, patches, changes: p.changes, impossible: p.impossible, segments })
+    Ok(Realignment {
+        boundary,
+        old_size,
+        disk_size,
+        moves: p.moves,
+        patches,
+        changes: p.changes,
+        impossible: p.impossible,
+        segments,
+    })
 }
 
 /// The disk size: the input's, or grown (to a whole MiB) when the partitions need more.

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::map::blocks::{Need, NeedKind, Presence};
-use crate::pass::align::{self, Realignment};
 use crate::map::{Contents, ImageMap};
+use crate::pass::align::{self, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::fixed::MAX_FIXED_SIZE;
@@ -145,7 +145,9 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
         }));
     }
     if differencing_in && format != OutputFormat::Differencing && !opts.merge {
-        return Err(Error::Usage("the input is a differencing image: pass --merge to write a standalone image of the whole chain".into()));
+        return Err(Error::Usage(
+            "the input is a differencing image: pass --merge to write a standalone image of the whole chain".into(),
+        ));
     }
     let input_block = map.image.as_sparse().map(|s| s.block_size());
     let block_size = match (format, opts.block_size) {
@@ -167,7 +169,10 @@ fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: Out
     let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
     if !opts.azure {
         if size > limit {
-            return Err(Error::unsupported(map.image.source(), format!("a {format:?} VHD holds at most {limit} bytes; the disk has {size}").to_lowercase()));
+            return Err(Error::unsupported(
+                map.image.source(),
+                format!("a {format:?} VHD holds at most {limit} bytes; the disk has {size}").to_lowercase(),
+            ));
         }
         return Ok(size);
     }
@@ -175,7 +180,9 @@ fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: Out
     if !(AZURE_MIN_SIZE..=AZURE_MAX_SIZE).contains(&rounded) {
         return Err(Error::unsupported(
             map.image.source(),
-            format!("Azure accepts disks of {AZURE_MIN_SIZE} to {AZURE_MAX_SIZE} bytes; this one is {rounded} (rounded to a whole MiB)"),
+            format!(
+                "Azure accepts disks of {AZURE_MIN_SIZE} to {AZURE_MAX_SIZE} bytes; this one is {rounded} (rounded to a whole MiB)"
+            ),
         ));
     }
     Ok(rounded)
@@ -189,7 +196,10 @@ fn realignment(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<Option<Reali
     if let (Some(first), false) = (r.impossible.first(), opts.force) {
         return Err(Error::unsupported(
             map.image.source(),
-            format!("cannot realign safely: {first}{}; pass --force to realign anyway", if r.impossible.len() > 1 { format!(" (and {} more)", r.impossible.len() - 1) } else { String::new() }),
+            format!(
+                "cannot realign safely: {first}{}; pass --force to realign anyway",
+                if r.impossible.len() > 1 { format!(" (and {} more)", r.impossible.len() - 1) } else { String::new() }
+            ),
         ));
     }
     Ok(Some(r))
@@ -220,7 +230,12 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
         .into_par_iter()
         .map(|b| match format {
             OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free),
-            _ => Ok(plan_standalone_block(&needs, b * block_size, ((b + 1) * block_size).min(source_size), opts.zero_free)),
+            _ => Ok(plan_standalone_block(
+                &needs,
+                b * block_size,
+                ((b + 1) * block_size).min(source_size),
+                opts.zero_free,
+            )),
         })
         .collect::<Result<_>>()?;
     let held: Vec<bool> = (0..blocks).map(|b| holds(map, b * block_size, (b + 1) * block_size)).collect();
@@ -233,7 +248,11 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
                 .iter()
                 .zip(&held)
                 .enumerate()
-                .filter(|(b, (a, h))| **h && **a == BlockAction::Drop && (*b as u64 * block_size) < end && ((*b as u64 + 1) * block_size) > start)
+                .filter(|(b, (a, h))| {
+                    **h && **a == BlockAction::Drop
+                        && (*b as u64 * block_size) < end
+                        && ((*b as u64 + 1) * block_size) > start
+                })
                 .count() as u64;
             let (contents, problem) = match &pm.contents {
                 Contents::Ntfs(_) => ("ntfs", None),
@@ -248,11 +267,9 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
         disk_size,
         block_size,
         parent: match format {
-            OutputFormat::Differencing => map
-                .image
-                .as_sparse()
-                .and_then(|s| s.parent_resolution())
-                .map(|r| PathBuf::from(&r.path)),
+            OutputFormat::Differencing => {
+                map.image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| PathBuf::from(&r.path))
+            }
             _ => None,
         },
         actions,
@@ -275,7 +292,12 @@ fn holds(map: &ImageMap<'_>, start: u64, end: u64) -> bool {
 /// A block of a standalone output covering disk range `[start, end)` of the (merged, or
 /// realigned) input, whose needed bytes `needs` tells. Needed blocks are stored; the writer
 /// still drops those that read as zeros.
-fn plan_standalone_block(needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync), start: u64, end: u64, zero_free: bool) -> BlockAction {
+fn plan_standalone_block(
+    needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync),
+    start: u64,
+    end: u64,
+    zero_free: bool,
+) -> BlockAction {
     if start >= end {
         return BlockAction::Drop;
     }

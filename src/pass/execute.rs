@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::host::NewFile;
 use crate::map::ImageMap;
 use crate::pass::align::RealignedDisk;
 use crate::pass::compact::{BlockAction, CompactionPlan, OutputFormat};
@@ -17,7 +18,6 @@ use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
 use crate::vhd::header::bitmap_size_for;
-use crate::host::NewFile;
 use crate::vhd::sparse::{ParentLink, SparseVhd};
 
 /// Blocks read ahead of the writer (memory: this many blocks, twice over).
@@ -38,7 +38,11 @@ enum Prepared {
     Drop,
     /// Dropped because it reads as all zeros.
     Zero,
-    Store { bitmap: SectorBitmap, buf: Vec<u8>, prefix: usize },
+    Store {
+        bitmap: SectorBitmap,
+        buf: Vec<u8>,
+        prefix: usize,
+    },
 }
 
 /// The output container being written.
@@ -96,7 +100,9 @@ fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile) -> Re
     let file = ImageFile::from_file(file, out.path(), true);
     Ok(match plan.format {
         OutputFormat::Fixed => Writer::Fixed(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
-        OutputFormat::Dynamic => Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?)),
+        OutputFormat::Dynamic => {
+            Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?))
+        }
         OutputFormat::Differencing => {
             let parent = map.image.as_sparse().and_then(|s| s.parent()).ok_or_else(|| {
                 Error::unsupported(map.image.source(), "a differencing output needs the input's parent")
@@ -115,7 +121,14 @@ fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile) -> Re
 impl Writer {
     /// Writes block `b`; a fixed output writes every byte, zeros included, so it has no holes.
     /// Writes block `b` and returns whether it was stored, and its buffer for reuse.
-    fn write(&mut self, b: u64, bs: u64, disk_size: u64, block: Prepared, zeros: &[u8]) -> Result<(bool, Option<Vec<u8>>)> {
+    fn write(
+        &mut self,
+        b: u64,
+        bs: u64,
+        disk_size: u64,
+        block: Prepared,
+        zeros: &[u8],
+    ) -> Result<(bool, Option<Vec<u8>>)> {
         match (self, block) {
             (Writer::Fixed(f), block) => {
                 let start = b * bs;
@@ -182,8 +195,10 @@ pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile, progress:
         let mut first = 0;
         while first < blocks {
             let last = (first + WINDOW).min(blocks);
-            let window: Vec<(u64, Prepared)> =
-                (first..last).into_par_iter().map(|b| prepare(map, plan, b, pool).map(|p| (b, p))).collect::<Result<_>>()?;
+            let window: Vec<(u64, Prepared)> = (first..last)
+                .into_par_iter()
+                .map(|b| prepare(map, plan, b, pool).map(|p| (b, p)))
+                .collect::<Result<_>>()?;
             if tx.send(window).is_err() {
                 break;
             }

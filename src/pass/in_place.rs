@@ -50,7 +50,9 @@ pub fn compact_in_place(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(Co
         Some(OutputFormat::Differencing) => input == "differencing",
     };
     if !same_kind || opts.azure || opts.merge || opts.block_size.is_some() {
-        return Err(Error::Usage("--in-place keeps the image's kind and block size: drop --to, --azure, --merge and --block-size".into()));
+        return Err(Error::Usage(
+            "--in-place keeps the image's kind and block size: drop --to, --azure, --merge and --block-size".into(),
+        ));
     }
     let plan = compact::plan(map, opts)?;
     let file = map.image.file();
@@ -182,14 +184,8 @@ fn compact_sparse(map: &ImageMap<'_>, s: &SparseVhd, plan: &CompactionPlan, file
         stats.moved_blocks += batch.len() as u64;
     }
     // Step 4: footer at the new end, then truncate.
-    let new_end = bat
-        .allocated()
-        .map(|(_, sector)| sector * 512 + span)
-        .max()
-        .unwrap_or(0)
-        .max(metadata_end)
-        .div_ceil(512)
-        * 512;
+    let new_end =
+        bat.allocated().map(|(_, sector)| sector * 512 + span).max().unwrap_or(0).max(metadata_end).div_ceil(512) * 512;
     if new_end < s.data_end() {
         file.write_all_at(new_end, s.footer().raw())?;
         file.sync()?;
@@ -204,11 +200,6 @@ fn compact_sparse(map: &ImageMap<'_>, s: &SparseVhd, plan: &CompactionPlan, file
 fn metadata_end(s: &SparseVhd) -> u64 {
     let h = s.header();
     let table_end = h.table_offset + crate::vhd::bat::table_bytes(h.max_table_entries);
-    let locators = h
-        .parent_locators
-        .iter()
-        .map(|(_, l)| l.data_offset + l.data_length as u64)
-        .max()
-        .unwrap_or(0);
+    let locators = h.parent_locators.iter().map(|(_, l)| l.data_offset + l.data_length as u64).max().unwrap_or(0);
     (s.header_offset() + HEADER_SIZE as u64).max(table_end).max(locators).max(FOOTER_SIZE as u64)
 }

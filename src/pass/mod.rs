@@ -29,7 +29,11 @@ pub fn refuse_untrusted_volumes(map: &ImageMap<'_>, partition: Option<u32>, forc
         } else {
             continue;
         };
-        return Err(Error::UntrustedVolume { file: map.image.source().to_path_buf(), partition: p.index, why: why.into() });
+        return Err(Error::UntrustedVolume {
+            file: map.image.source().to_path_buf(),
+            partition: p.index,
+            why: why.into(),
+        });
     }
     Ok(())
 }

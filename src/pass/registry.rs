@@ -73,8 +73,14 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
         ("HKEY_LOCAL_MACHINE", "SYSTEM" | "SOFTWARE" | "SAM" | "SECURITY") => config(&upper),
         ("HKEY_LOCAL_MACHINE", "BCD00000000") => vec!["Boot/BCD".into(), "EFI/Microsoft/Boot/BCD".into()],
         ("HKEY_USERS", ".DEFAULT") => config("DEFAULT"),
-        ("HKEY_USERS", _) => vec![format!("Users/{second}/NTUSER.DAT"), format!("Documents and Settings/{second}/NTUSER.DAT")],
-        _ => return Err(Error::Usage(format!("{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive with --hive"))),
+        ("HKEY_USERS", _) => {
+            vec![format!("Users/{second}/NTUSER.DAT"), format!("Documents and Settings/{second}/NTUSER.DAT")]
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive with --hive"
+            )));
+        }
     };
     Ok(KeyTarget { hive_paths, prefix, inner })
 }
@@ -85,7 +91,9 @@ pub fn resolve_current_control_set(hive: &Hive, inner: &str) -> Result<String> {
     if !parts.first().is_some_and(|p| names::eq(p, "CurrentControlSet")) {
         return Ok(inner.to_string());
     }
-    let select = hive.find("Select")?.ok_or_else(|| Error::unsupported(hive.name(), "no Select key to resolve CurrentControlSet"))?;
+    let select = hive
+        .find("Select")?
+        .ok_or_else(|| Error::unsupported(hive.name(), "no Select key to resolve CurrentControlSet"))?;
     let current = hive
         .find_value(&select, "Current")?
         .map(|v| hive.value_data(&v))
@@ -130,10 +138,16 @@ pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit
     let names: Vec<PathBuf> = logs.iter().map(|(n, _)| PathBuf::from(n)).collect();
     let files: Vec<LogFile<'_>> = logs.iter().zip(&names).map(|((_, d), n)| LogFile { name: n, data: d }).collect();
     match log::replay(&stored, name, &files) {
-        Ok((bytes, report)) => Ok(LoadedHive { hive: Hive::parse(bytes, name)?, stored, replay: Some(report), logs, stale: None }),
-        Err(e) if !for_edit => {
-            Ok(LoadedHive { hive: Hive::parse(stored.clone(), name)?, stored, replay: None, logs, stale: Some(e.to_string()) })
+        Ok((bytes, report)) => {
+            Ok(LoadedHive { hive: Hive::parse(bytes, name)?, stored, replay: Some(report), logs, stale: None })
         }
+        Err(e) if !for_edit => Ok(LoadedHive {
+            hive: Hive::parse(stored.clone(), name)?,
+            stored,
+            replay: None,
+            logs,
+            stale: Some(e.to_string()),
+        }),
         Err(e) => Err(e),
     }
 }
@@ -163,8 +177,13 @@ pub fn keep_length(stored: &[u8], mut new: Vec<u8>) -> Vec<u8> {
 
 /// Reads the unnamed data stream of `file` (bounded by [`MAX_HIVE`]).
 fn read_file(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry) -> Result<Vec<u8>> {
-    let s = file.default_stream().ok_or_else(|| Error::unsupported(view.source(), format!("MFT record {} has no data", file.record)))?;
-    if s.resident || s.flags & (crate::ntfs::record::ATTR_COMPRESSED | crate::ntfs::record::ATTR_ENCRYPTED) != 0 || s.data_size > MAX_HIVE {
+    let s = file
+        .default_stream()
+        .ok_or_else(|| Error::unsupported(view.source(), format!("MFT record {} has no data", file.record)))?;
+    if s.resident
+        || s.flags & (crate::ntfs::record::ATTR_COMPRESSED | crate::ntfs::record::ATTR_ENCRYPTED) != 0
+        || s.data_size > MAX_HIVE
+    {
         return Err(Error::unsupported(
             view.source(),
             format!("MFT record {}: a hive must be a plain non-resident file under 2 GiB", file.record),
@@ -192,7 +211,13 @@ impl<'m> ImageMap<'m> {
             ))),
             1 => {
                 let (p, idx, f, path) = found.remove(0);
-                Ok(ImageHive { partition: p.index, index: idx, record: f.record, bytes: read_file(&PartitionView::new(self.image, p), idx, f)?, path })
+                Ok(ImageHive {
+                    partition: p.index,
+                    index: idx,
+                    record: f.record,
+                    bytes: read_file(&PartitionView::new(self.image, p), idx, f)?,
+                    path,
+                })
             }
             _ => Err(Error::Usage(format!(
                 "{}: {} is in partitions {}: choose one with --partition",
@@ -261,7 +286,9 @@ fn file_pieces(runs: &[Run], cs: u64, part_start: u64, at: u64, len: u64) -> Res
             .find(|r| r.vcn <= vcn && vcn < r.vcn + r.length)
             .ok_or_else(|| Error::Usage(format!("file offset {pos} lies outside the file's runs")))?;
         let lcn = run.lcn.ok_or_else(|| {
-            Error::Usage(format!("the file is sparse at offset {pos}: vhdkit does not allocate clusters inside a sparse file"))
+            Error::Usage(format!(
+                "the file is sparse at offset {pos}: vhdkit does not allocate clusters inside a sparse file"
+            ))
         })?;
         let run_end = (run.vcn + run.length) * cs;
         let n = run_end.min(at + len) - pos;
@@ -320,11 +347,16 @@ pub fn plan_image_write(
         let (a, b) = (first * 512, (s * 512).min(new.len()));
         let mut bytes = new[a..b].to_vec();
         bytes.resize((b - a).div_ceil(512) * 512, 0);
-        let pieces = file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64)
-            .map_err(|e| Error::unsupported(map.image.source(), format!("partition {}: {}: {e}", hive.partition, hive.path)))?;
+        let pieces = file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64).map_err(|e| {
+            Error::unsupported(map.image.source(), format!("partition {}: {}: {e}", hive.partition, hive.path))
+        })?;
         for (disk, file_at, n) in pieces {
             let from = (file_at - a as u64) as usize;
-            writes.push(DiskWrite { offset: disk, bytes: bytes[from..from + n as usize].to_vec(), what: format!("{} sectors", hive.path) });
+            writes.push(DiskWrite {
+                offset: disk,
+                bytes: bytes[from..from + n as usize].to_vec(),
+                what: format!("{} sectors", hive.path),
+            });
         }
         summary.sectors_changed += (s - first) as u64;
     }
@@ -334,11 +366,18 @@ pub fn plan_image_write(
     }
     for (name, header) in log_headers {
         let Some((f, _)) = idx.find_path(name) else { continue };
-        let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size >= header.len() as u64) else { continue };
-        let pieces = file_pieces(&s.runs, cs, part_start, 0, header.len() as u64)
-            .map_err(|e| Error::unsupported(map.image.source(), format!("partition {}: {name}: {e}", hive.partition)))?;
+        let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size >= header.len() as u64) else {
+            continue;
+        };
+        let pieces = file_pieces(&s.runs, cs, part_start, 0, header.len() as u64).map_err(|e| {
+            Error::unsupported(map.image.source(), format!("partition {}: {name}: {e}", hive.partition))
+        })?;
         for (disk, file_at, n) in pieces {
-            writes.push(DiskWrite { offset: disk, bytes: header[file_at as usize..(file_at + n) as usize].to_vec(), what: format!("{name} header") });
+            writes.push(DiskWrite {
+                offset: disk,
+                bytes: header[file_at as usize..(file_at + n) as usize].to_vec(),
+                what: format!("{name} header"),
+            });
         }
         summary.logs_reset.push(name.clone());
     }

@@ -44,7 +44,11 @@ pub fn needed_digests(map: &ImageMap<'_>, image: &dyn BlockDevice) -> Result<Nee
 }
 
 /// Digests of `image`'s needed bytes within its first `len` bytes, as `needs` tells them.
-pub fn digests_of(needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync), len: u64, image: &dyn BlockDevice) -> Result<NeededDigests> {
+pub fn digests_of(
+    needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync),
+    len: u64,
+    image: &dyn BlockDevice,
+) -> Result<NeededDigests> {
     let len = len.min(image.len());
     let pieces = (0..len.div_ceil(PIECE))
         .into_par_iter()
@@ -67,7 +71,11 @@ pub fn digests_of(needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync), len: u64, imag
 
 /// For a realigned output: digests of the realigned disk (the input's bytes at their new
 /// places, patches applied) and of `output`, over the realigned disk's needed bytes.
-pub fn realigned_digests(map: &ImageMap<'_>, plan: &Realignment, output: &dyn BlockDevice) -> Result<(NeededDigests, NeededDigests)> {
+pub fn realigned_digests(
+    map: &ImageMap<'_>,
+    plan: &Realignment,
+    output: &dyn BlockDevice,
+) -> Result<(NeededDigests, NeededDigests)> {
     let reference = RealignedDisk { input: map.image, plan };
     let needs = |a, b| plan.needs(map, a, b);
     Ok((digests_of(&needs, plan.disk_size, &reference)?, digests_of(&needs, plan.disk_size, output)?))

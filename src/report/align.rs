@@ -95,7 +95,12 @@ pub fn build(map: &ImageMap<'_>, boundary: u64) -> crate::error::Result<AlignRep
         let verdict = if aligned_boundary {
             format!("aligned to {}", human_bytes(boundary))
         } else {
-            let mut v = format!("misaligned: starts at sector {} ({} into the disk), not on a {} boundary", p.start_lba, human_bytes(offset), human_bytes(boundary));
+            let mut v = format!(
+                "misaligned: starts at sector {} ({} into the disk), not on a {} boundary",
+                p.start_lba,
+                human_bytes(offset),
+                human_bytes(boundary)
+            );
             if let (Some(s), Some(n)) = (s4k.filter(|&s| s > 0), clusters) {
                 v.push_str(&format!("; {s} of {n} clusters straddle 4 KiB host pages"));
             }
@@ -133,7 +138,18 @@ pub fn build(map: &ImageMap<'_>, boundary: u64) -> crate::error::Result<AlignRep
 pub fn render(r: &AlignReport) -> String {
     let mut t = Section::table(
         &format!("Alignment (VHD block {}, boundary {})", human_bytes(r.block_size), human_bytes(r.boundary)),
-        &["#", "start LBA", "4K", "64K", "1M", "block", "cluster", "straddle 4K", "straddle block", "bitmap bytes (cluster 0)"],
+        &[
+            "#",
+            "start LBA",
+            "4K",
+            "64K",
+            "1M",
+            "block",
+            "cluster",
+            "straddle 4K",
+            "straddle block",
+            "bitmap bytes (cluster 0)",
+        ],
     );
     let yes = |b: bool| if b { "yes" } else { "NO" }.to_string();
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
@@ -168,13 +184,25 @@ mod tests {
     #[test]
     fn straddling_counts_match_a_walk() {
         let walk = |start: u64, size: u64, count: u64, unit: u64| {
-            (0..count).filter(|c| {
-                let a = start + c * size;
-                (a + size - 1) / unit - a / unit + 1 > size.div_ceil(unit)
-            }).count() as u64
+            (0..count)
+                .filter(|c| {
+                    let a = start + c * size;
+                    (a + size - 1) / unit - a / unit + 1 > size.div_ceil(unit)
+                })
+                .count() as u64
         };
-        for (start, size, count, unit) in [(63 * 512, 4096, 10_000, 4096), (63 * 512, 4096, 100_003, 2 << 20), (1 << 20, 4096, 5000, 4096), (63 * 512, 512, 7777, 4096), (63 * 512, 65536, 999, 2 << 20)] {
-            assert_eq!(straddling(start, size, count, unit), walk(start, size, count, unit), "{start} {size} {count} {unit}");
+        for (start, size, count, unit) in [
+            (63 * 512, 4096, 10_000, 4096),
+            (63 * 512, 4096, 100_003, 2 << 20),
+            (1 << 20, 4096, 5000, 4096),
+            (63 * 512, 512, 7777, 4096),
+            (63 * 512, 65536, 999, 2 << 20),
+        ] {
+            assert_eq!(
+                straddling(start, size, count, unit),
+                walk(start, size, count, unit),
+                "{start} {size} {count} {unit}"
+            );
         }
         assert_eq!(straddling(63 * 512, 4096, 1000, 4096), 1000, "every cluster at sector 63 straddles two pages");
         assert_eq!(straddling(1 << 20, 4096, 1000, 2 << 20), 0);

@@ -36,13 +36,25 @@ pub fn build(image: &DiskImage) -> Result<CheckReport> {
         let v = match volume::probe(image, p) {
             Ok(v) => v,
             Err(e) => {
-                problems.push(Finding::new(image.source(), format!("partition {} boot sector", p.index), Space::Disk, p.start(), e.to_string()));
+                problems.push(Finding::new(
+                    image.source(),
+                    format!("partition {} boot sector", p.index),
+                    Space::Disk,
+                    p.start(),
+                    e.to_string(),
+                ));
                 continue;
             }
         };
         let at = p.start();
         if let Some(why) = &v.problem {
-            problems.push(Finding::new(image.source(), format!("partition {} boot sector", p.index), Space::Disk, at, why));
+            problems.push(Finding::new(
+                image.source(),
+                format!("partition {} boot sector", p.index),
+                Space::Disk,
+                at,
+                why,
+            ));
         }
         if v.backup_boot_sector == Some(BackupState::Differs) {
             problems.push(Finding::new(

@@ -63,7 +63,12 @@ pub struct RealignResult {
 impl RealignResult {
     /// The report of a realignment plan.
     pub fn new(r: &Realignment) -> Self {
-        RealignResult { boundary: r.boundary, moves: r.moves.clone(), changes: r.changes.clone(), impossible: r.impossible.clone() }
+        RealignResult {
+            boundary: r.boundary,
+            moves: r.moves.clone(),
+            changes: r.changes.clone(),
+            impossible: r.impossible.clone(),
+        }
     }
 }
 
@@ -81,14 +86,21 @@ pub fn render(r: &CompactReport) -> String {
         ),
     );
     if r.output_disk_size != r.disk_size {
-        let why = if r.realign.is_some() { "grown for the realigned partitions, to a whole MiB" } else { "rounded up to a whole MiB for Azure" };
+        let why = if r.realign.is_some() {
+            "grown for the realigned partitions, to a whole MiB"
+        } else {
+            "rounded up to a whole MiB for Azure"
+        };
         s.kv("disk size", format!("{} -> {} ({why})", r.disk_size, r.output_disk_size));
     } else {
         s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     }
     s.kv("block size", human_bytes(r.block_size));
     s.kv("blocks", format!("{} before, {} after", r.blocks_before, r.blocks_after));
-    s.kv("dropped", format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks));
+    s.kv(
+        "dropped",
+        format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks),
+    );
     if r.zeroed_bytes > 0 {
         s.kv("zeroed free space", human_bytes(r.zeroed_bytes));
     }

@@ -102,7 +102,15 @@ pub fn render(r: &DiffReport) -> String {
     );
     let _ = writeln!(out, "{:>5} {:>10} {:>10}  path", "part", "record", "sectors");
     for f in &r.files {
-        let _ = writeln!(out, "{:>5} {:>10} {:>10}  {}{}", f.partition, f.mft_record, f.sectors, f.path, if f.metadata { " (metadata)" } else { "" });
+        let _ = writeln!(
+            out,
+            "{:>5} {:>10} {:>10}  {}{}",
+            f.partition,
+            f.mft_record,
+            f.sectors,
+            f.path,
+            if f.metadata { " (metadata)" } else { "" }
+        );
     }
     for u in &r.unowned {
         let _ = writeln!(out, "{:>5} {:>10} {:>10}  ({})", "", "", u.sectors, u.region);

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
+use crate::disk::Partition;
 use crate::disk::layout::{DiskLayout, TableSlot};
 use crate::disk::volume::{self, VolumeInfo};
-use crate::disk::Partition;
 use crate::error::Result;
 use crate::report::table::{Section, human_bytes};
 use crate::vhd::bat::table_bytes;
@@ -216,11 +216,7 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
         DiskImage::Sparse(s) => s.data_end(),
     };
     let contents = DiskLayout::read(image).and_then(|layout| {
-        let volumes = layout
-            .partitions
-            .iter()
-            .map(|p| volume::probe(image, p))
-            .collect::<Result<Vec<_>>>()?;
+        let volumes = layout.partitions.iter().map(|p| volume::probe(image, p)).collect::<Result<Vec<_>>>()?;
         Ok((layout, volumes))
     });
     let (layout, volumes, disk_error) = match contents {
@@ -365,7 +361,15 @@ pub fn render(r: &DumpReport) -> String {
         s.kv("saved state", f.saved_state.to_string());
         s.kv(
             "checksum",
-            format!("{} ({})", f.checksum, if f.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", f.checksum_computed) }),
+            format!(
+                "{} ({})",
+                f.checksum,
+                if f.checksum_valid {
+                    "valid".to_string()
+                } else {
+                    format!("INVALID, computed {}", f.checksum_computed)
+                }
+            ),
         );
         out.push(s.render());
     }
@@ -392,7 +396,15 @@ pub fn render(r: &DumpReport) -> String {
         s.kv("version", &h.header_version);
         s.kv(
             "checksum",
-            format!("{} ({})", h.checksum, if h.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", h.checksum_computed) }),
+            format!(
+                "{} ({})",
+                h.checksum,
+                if h.checksum_valid {
+                    "valid".to_string()
+                } else {
+                    format!("INVALID, computed {}", h.checksum_computed)
+                }
+            ),
         );
         if let Some(u) = &h.parent_uuid {
             s.kv("parent uuid", u);
@@ -401,7 +413,8 @@ pub fn render(r: &DumpReport) -> String {
         }
         out.push(s.render());
         if !h.parent_locators.is_empty() {
-            let mut s = Section::table("Parent locators", &["slot", "platform", "length", "space", "data offset", "path"]);
+            let mut s =
+                Section::table("Parent locators", &["slot", "platform", "length", "space", "data offset", "path"]);
             for l in &h.parent_locators {
                 s.row(vec![
                     l.slot.to_string(),
@@ -431,7 +444,12 @@ pub fn render(r: &DumpReport) -> String {
         if let Some(blocks) = &b.blocks {
             let mut s = Section::table("Allocated blocks", &["block", "sector", "file offset", "sectors present"]);
             for e in blocks {
-                s.row(vec![e.index.to_string(), format!("{:#x}", e.sector), format!("{:#x}", e.file_offset), e.sectors_present.to_string()]);
+                s.row(vec![
+                    e.index.to_string(),
+                    format!("{:#x}", e.sector),
+                    format!("{:#x}", e.file_offset),
+                    e.sectors_present.to_string(),
+                ]);
             }
             out.push(s.render());
         }
@@ -461,7 +479,9 @@ pub fn render(r: &DumpReport) -> String {
     }
     if let Some(g) = &t.gpt {
         let mut s = Section::key_value(&format!("GPT (using the {} copy)", g.used));
-        for (name, h, ok) in [("primary", &g.primary, g.primary_entries_crc_valid), ("backup", &g.backup, g.backup_entries_crc_valid)] {
+        for (name, h, ok) in
+            [("primary", &g.primary, g.primary_entries_crc_valid), ("backup", &g.backup, g.backup_entries_crc_valid)]
+        {
             match h {
                 Some(h) => s.kv(
                     name,
@@ -481,7 +501,10 @@ pub fn render(r: &DumpReport) -> String {
         }
         out.push(s.render());
     }
-    let mut s = Section::table(&format!("Partitions ({})", t.scheme), &["#", "type", "name", "boot", "start LBA", "sectors", "size"]);
+    let mut s = Section::table(
+        &format!("Partitions ({})", t.scheme),
+        &["#", "type", "name", "boot", "start LBA", "sectors", "size"],
+    );
     for p in &r.partitions {
         s.row(vec![
             format!("{}{}", p.index, if p.logical { " (logical)" } else { "" }),
@@ -499,7 +522,10 @@ pub fn render(r: &DumpReport) -> String {
         s.kv("file system", v.detected.unwrap_or("unrecognised"));
         if let Some(n) = &v.ntfs {
             s.kv("OEM ID", format!("{:?}", n.oem_id));
-            s.kv("bytes/sector, sectors/cluster", format!("{}, {} (cluster {})", n.bytes_per_sector, n.sectors_per_cluster, n.cluster_size));
+            s.kv(
+                "bytes/sector, sectors/cluster",
+                format!("{}, {} (cluster {})", n.bytes_per_sector, n.sectors_per_cluster, n.cluster_size),
+            );
             s.kv("hidden sectors", n.hidden_sectors.to_string());
             s.kv("total sectors", n.total_sectors.to_string());
             s.kv("MFT / MFT mirror LCN", format!("{} / {}", n.mft_lcn, n.mft_mirror_lcn));

@@ -8,13 +8,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::map::ImageMap;
+use crate::ntfs::NtfsIndex;
 use crate::ntfs::file::{FileEntry, Stream, file_attr};
 use crate::ntfs::index::Consistency;
 use crate::ntfs::mft::RecordProblem;
 use crate::ntfs::record;
 use crate::ntfs::runs::Run;
 use crate::ntfs::volume::VolumeState;
-use crate::ntfs::NtfsIndex;
 
 /// One stream of a file.
 #[derive(Serialize)]
@@ -92,7 +92,9 @@ impl<'a> FileReport<'a> {
             reparse: f.reparse(),
             stream_names: f.streams.iter().filter(|s| s.is_data()).map(|s| &*s.name).collect(),
             streams: f.streams.iter().filter(|s| s.is_data()).map(|s| StreamReport::new(s, runs)).collect(),
-            attributes: runs.then(|| f.streams.iter().filter(|s| !s.is_data() && !s.resident).map(|s| StreamReport::new(s, true)).collect()),
+            attributes: runs.then(|| {
+                f.streams.iter().filter(|s| !s.is_data() && !s.resident).map(|s| StreamReport::new(s, true)).collect()
+            }),
         }
     }
 }
@@ -225,7 +227,14 @@ impl<'m> FilesReport<'m> {
             }
             if runs {
                 for a in f.streams.iter().filter(|s| !s.is_data() && !s.resident) {
-                    writeln!(w, "{:>42}{}{}{}", "", record::type_name(a.ty), if a.name.is_empty() { "" } else { ":" }, a.name)?;
+                    writeln!(
+                        w,
+                        "{:>42}{}{}{}",
+                        "",
+                        record::type_name(a.ty),
+                        if a.name.is_empty() { "" } else { ":" },
+                        a.name
+                    )?;
                     run_lines(w, &a.runs)?;
                 }
             }

@@ -58,7 +58,8 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
         .iter()
         .map(|pm| {
             let (start, end) = (pm.partition.start(), pm.partition.end());
-            let dropped: Vec<&BlockInfo> = all.iter().filter(|b| b.allocated && b.droppable && overlaps(b, start, end)).collect();
+            let dropped: Vec<&BlockInfo> =
+                all.iter().filter(|b| b.allocated && b.droppable && overlaps(b, start, end)).collect();
             let (contents, problem, idx) = match &pm.contents {
                 Contents::Ntfs(idx) => ("ntfs", None, Some(idx)),
                 Contents::Unreadable(why) => ("unreadable ntfs", Some(why.clone()), None),
@@ -95,12 +96,7 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
         Some(p) => all.into_iter().filter(|b| overlaps(b, p.start(), p.end())).collect(),
         None => all,
     };
-    Ok(MapReport {
-        file: map.image.source().display().to_string(),
-        format: map.image.format(),
-        blocks,
-        summary,
-    })
+    Ok(MapReport { file: map.image.source().display().to_string(), format: map.image.format(), blocks, summary })
 }
 
 /// Snake-case name of a state.
@@ -127,7 +123,10 @@ pub fn render(r: &MapReport) -> String {
         t.kv(&format!("  {state}"), n.to_string());
     }
     out.push(t.render());
-    let mut t = Section::table("Partitions", &["#", "contents", "cluster", "needed clusters", "free clusters", "droppable blocks", "droppable bytes"]);
+    let mut t = Section::table(
+        "Partitions",
+        &["#", "contents", "cluster", "needed clusters", "free clusters", "droppable blocks", "droppable bytes"],
+    );
     for p in &s.partitions {
         t.row(vec![
             p.index.to_string(),
@@ -212,7 +211,10 @@ pub fn svg(r: &MapReport) -> String {
     let width = columns * cell + 20;
     let height = legend_top + PALETTE.len() * 20 + 10;
     let mut out = String::new();
-    let _ = writeln!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(
         out,
         r#"<text x="10" y="18" font-size="14">{}: {} blocks of {}, {} droppable ({}){}</text>"#,

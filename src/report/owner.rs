@@ -7,8 +7,8 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::map::region::{Location, OwnerRef, Region};
 use crate::map::ImageMap;
+use crate::map::region::{Location, OwnerRef, Region};
 use crate::ntfs::record;
 use crate::vhd::device::BlockDevice;
 
@@ -62,8 +62,14 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
         Query::Block(b) => (b.saturating_mul(map.block_size()), map.block_size()),
         Query::Cluster(c) => {
             let n = partition.ok_or_else(|| Error::Usage("--cluster needs --partition".into()))?;
-            let pm = map.partitions.iter().find(|p| p.partition.index == n).ok_or_else(|| Error::Usage(format!("{name}: no partition {n}")))?;
-            let idx = pm.ntfs().ok_or_else(|| Error::Usage(format!("{name}: partition {n} is not a readable NTFS volume")))?;
+            let pm = map
+                .partitions
+                .iter()
+                .find(|p| p.partition.index == n)
+                .ok_or_else(|| Error::Usage(format!("{name}: no partition {n}")))?;
+            let idx = pm
+                .ntfs()
+                .ok_or_else(|| Error::Usage(format!("{name}: partition {n} is not a readable NTFS volume")))?;
             (pm.partition.start() + c.saturating_mul(idx.cluster_size()), idx.cluster_size())
         }
     };

@@ -38,13 +38,8 @@ pub fn build(map: &ImageMap<'_>) -> Result<RangesReport> {
 
 /// One line per range.
 pub fn render(r: &RangesReport) -> String {
-    let mut out = format!(
-        "{}: {} ranges, {} of {} bytes to upload\n",
-        r.file,
-        r.ranges.len(),
-        r.data_bytes,
-        r.disk_size
-    );
+    let mut out =
+        format!("{}: {} ranges, {} of {} bytes to upload\n", r.file, r.ranges.len(), r.data_bytes, r.disk_size);
     for range in &r.ranges {
         let _ = writeln!(out, "{:#014x} {:>10}", range.offset, range.length);
     }

@@ -5,9 +5,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::hive::log::ReplayReport;
-use crate::host::journal::Recovery;
 use crate::hive::value::{json_text, to_json, to_text, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
+use crate::host::journal::Recovery;
 use crate::pass::registry::WriteSummary;
 
 /// A value with its data decoded.
@@ -66,9 +66,18 @@ impl KeyOut {
             subkeys: hive
                 .subkeys(key)?
                 .into_iter()
-                .map(|k| SubkeyOut { name: k.name.clone(), last_written: filetime_text(k.timestamp), subkeys: k.subkey_count, values: k.value_count })
+                .map(|k| SubkeyOut {
+                    name: k.name.clone(),
+                    last_written: filetime_text(k.timestamp),
+                    subkeys: k.subkey_count,
+                    values: k.value_count,
+                })
                 .collect(),
-            values: hive.values(key)?.iter().map(|v| ValueOut::new(hive, path, v)).collect::<crate::error::Result<_>>()?,
+            values: hive
+                .values(key)?
+                .iter()
+                .map(|v| ValueOut::new(hive, path, v))
+                .collect::<crate::error::Result<_>>()?,
             stale,
         })
     }
@@ -143,7 +152,12 @@ pub fn render_write(w: &WriteOut) -> String {
 
 /// A change in words.
 pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
-    format!("set {key} {} = {} ({})", if name.is_empty() { "(default)" } else { name }, to_text(ty, data), type_name(ty))
+    format!(
+        "set {key} {} = {} ({})",
+        if name.is_empty() { "(default)" } else { name },
+        to_text(ty, data),
+        type_name(ty)
+    )
 }
 
 /// What `vhdreg IMAGE recover` found and did.

@@ -13,10 +13,7 @@ impl Section {
     pub fn key_value(title: &str) -> Self {
         let mut table = Table::new();
         table.load_style(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-        Section {
-            title: title.to_string(),
-            table,
-        }
+        Section { title: title.to_string(), table }
     }
 
     /// A section with column headers.

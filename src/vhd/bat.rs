@@ -15,9 +15,7 @@ pub struct BlockAllocationTable {
 impl BlockAllocationTable {
     /// A table of `count` unallocated entries.
     pub fn new(count: u32) -> Self {
-        BlockAllocationTable {
-            entries: vec![UNALLOCATED; count as usize],
-        }
+        BlockAllocationTable { entries: vec![UNALLOCATED; count as usize] }
     }
 
     /// Decodes `count` entries from the raw table bytes.
@@ -56,11 +54,7 @@ impl BlockAllocationTable {
 
     /// Allocated blocks as (block index, bitmap sector), in block order.
     pub fn allocated(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s != UNALLOCATED)
-            .map(|(i, s)| (i as u64, *s as u64))
+        self.entries.iter().enumerate().filter(|(_, s)| **s != UNALLOCATED).map(|(i, s)| (i as u64, *s as u64))
     }
 
     /// Number of allocated blocks.

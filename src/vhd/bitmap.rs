@@ -18,18 +18,12 @@ impl SectorBitmap {
         let mut bits = vec![0u8; need];
         let n = need.min(raw.len());
         bits[..n].copy_from_slice(&raw[..n]);
-        SectorBitmap {
-            bits: bits.into_boxed_slice(),
-            sectors,
-        }
+        SectorBitmap { bits: bits.into_boxed_slice(), sectors }
     }
 
     /// All sectors absent.
     pub fn empty(sectors: u32) -> Self {
-        SectorBitmap {
-            bits: vec![0u8; (sectors as usize).div_ceil(8)].into_boxed_slice(),
-            sectors,
-        }
+        SectorBitmap { bits: vec![0u8; (sectors as usize).div_ceil(8)].into_boxed_slice(), sectors }
     }
 
     /// All sectors present.

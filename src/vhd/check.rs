@@ -103,7 +103,12 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
     let mut extents: Vec<(u64, u64, String, u64)> = vec![
         (0, FOOTER_SIZE as u64, "footer copy".into(), 0),
         (s.header_offset(), s.header_offset() + HEADER_SIZE as u64, "dynamic disk header".into(), s.header_offset()),
-        (h.table_offset, h.table_offset + table_bytes(h.max_table_entries), "block allocation table".into(), h.table_offset),
+        (
+            h.table_offset,
+            h.table_offset + table_bytes(h.max_table_entries),
+            "block allocation table".into(),
+            h.table_offset,
+        ),
     ];
     for (slot, loc) in &h.parent_locators {
         if loc.data_length > 0 {
@@ -142,18 +147,19 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
     let mut reach: Option<(u64, &str)> = None;
     for (start, end, name, at) in &extents {
         if let Some((prev_end, prev)) = reach
-            && *start < prev_end {
-                out.push(
-                    Finding::new(
-                        path,
-                        if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
-                        Space::File,
-                        *at,
-                        format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
-                    )
-                    .hazardous(),
-                );
-            }
+            && *start < prev_end
+        {
+            out.push(
+                Finding::new(
+                    path,
+                    if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
+                    Space::File,
+                    *at,
+                    format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
+                )
+                .hazardous(),
+            );
+        }
         if reach.is_none_or(|(e, _)| *end > e) {
             reach = Some((*end, name));
         }

@@ -162,9 +162,7 @@ impl ImageFile {
         if meta.is_file() {
             return Ok(meta.len());
         }
-        (&self.file)
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::io(&self.path, "find the size of", Space::File, 0, e))
+        (&self.file).seek(SeekFrom::End(0)).map_err(|e| Error::io(&self.path, "find the size of", Space::File, 0, e))
     }
 
     /// Reads exactly `buf.len()` bytes at `offset` of the file.
@@ -190,7 +188,8 @@ impl ImageFile {
             return Ok(());
         }
         fault::before(&self.path, Op::Write { offset, bytes: buf });
-        host::platform::write_at(&self.file, buf, offset).map_err(|e| Error::io(&self.path, "write", Space::File, offset, e))
+        host::platform::write_at(&self.file, buf, offset)
+            .map_err(|e| Error::io(&self.path, "write", Space::File, offset, e))
     }
 
     /// Sets the file's length.

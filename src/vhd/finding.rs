@@ -56,10 +56,6 @@ impl Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} at {} offset {:#x}: {}",
-            self.file, self.structure, self.space, self.offset, self.problem
-        )
+        write!(f, "{}: {} at {} offset {:#x}: {}", self.file, self.structure, self.space, self.offset, self.problem)
     }
 }

@@ -67,12 +67,7 @@ impl FixedVhd {
             ));
         }
         let len = footer.current_size;
-        Ok(FixedVhd {
-            data: RawImage::new(file, len),
-            footer,
-            footer_offset,
-            findings,
-        })
+        Ok(FixedVhd { data: RawImage::new(file, len), footer, footer_offset, findings })
     }
 
     /// Creates a fixed image of `size` bytes at `path`, which must not exist.
@@ -96,12 +91,7 @@ impl FixedVhd {
         }
         let footer = Footer::new(DiskType::Fixed, size, new_uuid());
         file.write_all_at(size, &footer.encode())?;
-        Ok(FixedVhd {
-            data: RawImage::new(file, size),
-            footer,
-            footer_offset: size,
-            findings: Vec::new(),
-        })
+        Ok(FixedVhd { data: RawImage::new(file, size), footer, footer_offset: size, findings: Vec::new() })
     }
 
     /// The footer.

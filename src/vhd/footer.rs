@@ -102,14 +102,11 @@ impl Footer {
         let n = bytes.len().min(FOOTER_SIZE);
         raw[..n].copy_from_slice(&bytes[..n]);
         if &raw[..8] != FOOTER_COOKIE {
-            return Err(corrupt(format!(
-                "cookie is {:?}, expected \"conectix\"",
-                String::from_utf8_lossy(&raw[..8])
-            )));
+            return Err(corrupt(format!("cookie is {:?}, expected \"conectix\"", String::from_utf8_lossy(&raw[..8]))));
         }
         let type_code = be32(&raw, 60);
-        let disk_type = DiskType::from_code(type_code)
-            .ok_or_else(|| corrupt(format!("unknown disk type {type_code}")))?;
+        let disk_type =
+            DiskType::from_code(type_code).ok_or_else(|| corrupt(format!("unknown disk type {type_code}")))?;
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&raw[68..84]);
         Ok(Footer {
@@ -213,17 +210,12 @@ impl Footer {
 
 /// A four-character code as text, control bytes shown as `.`.
 pub fn fourcc_text(code: &[u8; 4]) -> String {
-    code.iter()
-        .map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' })
-        .collect()
+    code.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect()
 }
 
 /// Seconds since the VHD epoch for the current time (0 if the clock is before 2000).
 pub fn vhd_timestamp_now() -> u32 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     unix.saturating_sub(VHD_EPOCH_UNIX).min(u32::MAX as u64) as u32
 }
 
@@ -237,12 +229,7 @@ pub fn unix_time_text(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).

@@ -13,11 +13,7 @@ pub struct Geometry {
 impl Geometry {
     /// Decodes the 4-byte big-endian footer field.
     pub fn from_bytes(b: [u8; 4]) -> Self {
-        Geometry {
-            cylinders: u16::from_be_bytes([b[0], b[1]]),
-            heads: b[2],
-            sectors_per_track: b[3],
-        }
+        Geometry { cylinders: u16::from_be_bytes([b[0], b[1]]), heads: b[2], sectors_per_track: b[3] }
     }
 
     /// Encodes the 4-byte big-endian footer field.
@@ -58,11 +54,7 @@ impl Geometry {
             heads = h;
             cyl_times_heads = cth;
         }
-        Geometry {
-            cylinders: (cyl_times_heads / heads) as u16,
-            heads: heads as u8,
-            sectors_per_track: spt as u8,
-        }
+        Geometry { cylinders: (cyl_times_heads / heads) as u16, heads: heads as u8, sectors_per_track: spt as u8 }
     }
 }
 
@@ -73,20 +65,11 @@ mod tests {
     #[test]
     fn matches_the_geometries_real_writers_stored() {
         // dfvfs ext2.vhd (qemu): 4212736 bytes -> 121/4/17.
-        assert_eq!(
-            Geometry::for_size(4_212_736),
-            Geometry { cylinders: 121, heads: 4, sectors_per_track: 17 }
-        );
+        assert_eq!(Geometry::for_size(4_212_736), Geometry { cylinders: 121, heads: 4, sectors_per_track: 17 });
         // dfvfs fat-differential.vhd (Windows diskpart): 4 MiB -> 120/4/17.
-        assert_eq!(
-            Geometry::for_size(4 << 20),
-            Geometry { cylinders: 120, heads: 4, sectors_per_track: 17 }
-        );
+        assert_eq!(Geometry::for_size(4 << 20), Geometry { cylinders: 120, heads: 4, sectors_per_track: 17 });
         // libvhdi file_footer.1 (Virtual PC): 512 MiB -> 1040/16/63.
-        assert_eq!(
-            Geometry::for_size(512 << 20),
-            Geometry { cylinders: 1040, heads: 16, sectors_per_track: 63 }
-        );
+        assert_eq!(Geometry::for_size(512 << 20), Geometry { cylinders: 1040, heads: 16, sectors_per_track: 63 });
         // Above 127 GiB the heads and sectors saturate at 16/255.
         let big = Geometry::for_size(2040 << 30);
         assert_eq!((big.heads, big.sectors_per_track), (16, 255));

@@ -50,11 +50,8 @@ impl ParentLocator {
     pub fn decode_path(&self, data: &[u8]) -> Option<String> {
         match self.encoding() {
             LocatorEncoding::Utf16Relative | LocatorEncoding::Utf16Absolute => {
-                let units: Vec<u16> = data
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .take_while(|&u| u != 0)
-                    .collect();
+                let units: Vec<u16> =
+                    data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
                 Some(String::from_utf16_lossy(&units))
             }
             LocatorEncoding::FileUrl => {
@@ -83,9 +80,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let escaped = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| Some(hex(b[i + 1])? << 4 | hex(b[i + 2])?))
-            .flatten();
+        let escaped = (b[i] == b'%' && i + 2 < b.len()).then(|| Some(hex(b[i + 1])? << 4 | hex(b[i + 2])?)).flatten();
         match escaped {
             Some(v) => {
                 out.push(v);
@@ -255,10 +250,8 @@ mod tests {
         let mut h = DynamicHeader::new(1536, 32, 2 << 20);
         h.parent_uuid = [9; 16];
         h.parent_unicode_name = "C:\\parent.vhd".into();
-        h.parent_locators.push((
-            0,
-            ParentLocator { platform_code: *b"W2ru", data_space: 512, data_length: 26, data_offset: 2048 },
-        ));
+        h.parent_locators
+            .push((0, ParentLocator { platform_code: *b"W2ru", data_space: 512, data_length: 26, data_offset: 2048 }));
         let raw = h.encode();
         let back = DynamicHeader::parse(&raw, Path::new("t"), 512).unwrap();
         assert!(back.checksum_valid());

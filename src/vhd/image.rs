@@ -8,8 +8,8 @@ use crate::host::{FileId, LockWait, OutputPolicy};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
 use crate::vhd::fixed::FixedVhd;
-use crate::vhd::probe::{PROBE_BYTES, Recognised, recognise};
 use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
+use crate::vhd::probe::{PROBE_BYTES, Recognised, recognise};
 use crate::vhd::sparse::SparseVhd;
 
 /// Deepest differencing chain followed (a guard against pathological chains).
@@ -110,7 +110,13 @@ impl DiskImage {
                 match opts.format {
                     Some(ImageFormat::Raw) => {}
                     Some(ImageFormat::Vhd) => {
-                        return Err(Error::corrupt(&path, "VHD footer", Space::File, len.saturating_sub(512), "missing: the file does not end with a VHD footer"));
+                        return Err(Error::corrupt(
+                            &path,
+                            "VHD footer",
+                            Space::File,
+                            len.saturating_sub(512),
+                            "missing: the file does not end with a VHD footer",
+                        ));
                     }
                     None => refuse_non_disk(&file, len)?,
                 }

@@ -93,7 +93,9 @@ fn local_paths(raw: &str, encoding: LocatorEncoding, dir: &Path) -> Vec<PathBuf>
         LocatorEncoding::Utf16Relative if !has_drive && !unified.starts_with('/') => {
             out.push(dir.join(unified.trim_start_matches("./")));
         }
-        LocatorEncoding::Utf16Absolute | LocatorEncoding::FileUrl if unified.starts_with('/') && !unified.starts_with("//") => {
+        LocatorEncoding::Utf16Absolute | LocatorEncoding::FileUrl
+            if unified.starts_with('/') && !unified.starts_with("//") =>
+        {
             out.push(PathBuf::from(&unified));
         }
         _ => {}
@@ -168,10 +170,7 @@ pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate], wait: Lo
     if tried.is_empty() {
         tried.push("no locator or parent name gives a path".into());
     }
-    Err(Error::ParentNotFound {
-        file: child.to_path_buf(),
-        tried,
-    })
+    Err(Error::ParentNotFound { file: child.to_path_buf(), tried })
 }
 
 /// Checks that a parent the caller named is the one the child expects.

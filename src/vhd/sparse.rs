@@ -88,17 +88,19 @@ impl SparseVhd {
                 "VHD footer",
                 Space::File,
                 data_end,
-                format!(
-                    "checksum {:#010x} stored, {:#010x} computed",
-                    footer.checksum,
-                    footer.computed_checksum()
-                ),
+                format!("checksum {:#010x} stored, {:#010x} computed", footer.checksum, footer.computed_checksum()),
             ))?;
         }
         let mut copy = [0u8; FOOTER_SIZE];
         file.read_exact_at(0, &mut copy, "footer copy")?;
         if &copy != footer.raw() {
-            note(Finding::new(&path, "VHD footer copy", Space::File, 0, "differs from the footer at the end of the file"))?;
+            note(Finding::new(
+                &path,
+                "VHD footer copy",
+                Space::File,
+                0,
+                "differs from the footer at the end of the file",
+            ))?;
         }
 
         let header_offset = footer.data_offset;
@@ -120,11 +122,7 @@ impl SparseVhd {
                 "dynamic disk header",
                 Space::File,
                 header_offset,
-                format!(
-                    "checksum {:#010x} stored, {:#010x} computed",
-                    header.checksum,
-                    header.computed_checksum()
-                ),
+                format!("checksum {:#010x} stored, {:#010x} computed", header.checksum, header.computed_checksum()),
             ))?;
         }
         validate_geometry(&path, &footer, &header, header_offset, data_end)?;
@@ -177,7 +175,9 @@ impl SparseVhd {
         self.locators = parent::decode_locators(&self.file, &self.header)?;
         let want = self.header.parent_uuid;
         let found = match &opts.parent {
-            Some(p) => parent::check_override(&path, &want, p, opts.wait).map(|()| (p.clone(), "given parent".to_string())),
+            Some(p) => {
+                parent::check_override(&path, &want, p, opts.wait).map(|()| (p.clone(), "given parent".to_string()))
+            }
             None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators), opts.wait),
         };
         let (parent_path, via) = match found {
@@ -216,10 +216,7 @@ impl SparseVhd {
                 ));
             }
         }
-        self.parent_resolution = Some(ParentResolution {
-            path: parent_path.display().to_string(),
-            resolved_by: via,
-        });
+        self.parent_resolution = Some(ParentResolution { path: parent_path.display().to_string(), resolved_by: via });
         self.parent = Some(Box::new(parent));
         Ok(())
     }
@@ -300,10 +297,7 @@ impl SparseVhd {
             footers_current: true,
         };
         if let Some(link) = parent {
-            let opts = OpenOptions {
-                parent: Some(link.path.to_path_buf()),
-                ..OpenOptions::default()
-            };
+            let opts = OpenOptions { parent: Some(link.path.to_path_buf()), ..OpenOptions::default() };
             let own = FileId::of(&vhd.file.raw().metadata().map_err(|e| Error::open(path, "stat", e))?);
             vhd.attach_parent(&opts, &mut vec![own])?;
         }
@@ -413,10 +407,7 @@ impl SparseVhd {
             return Ok(p.clone());
         }
         let loaded = Arc::new(self.load_presence(block, sector)?);
-        self.presence
-            .write()
-            .map_err(|_| self.poisoned())?
-            .insert(block, loaded.clone());
+        self.presence.write().map_err(|_| self.poisoned())?.insert(block, loaded.clone());
         Ok(loaded)
     }
 
@@ -450,10 +441,7 @@ impl SparseVhd {
     /// Reads bytes that this file does not hold: zeros, or the parent's bytes.
     fn read_absent(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if let Some(tried) = &self.missing_parent {
-            return Err(Error::ParentNotFound {
-                file: self.file.path().to_path_buf(),
-                tried: tried.clone(),
-            });
+            return Err(Error::ParentNotFound { file: self.file.path().to_path_buf(), tried: tried.clone() });
         }
         match &self.parent {
             None => buf.fill(0),
@@ -502,10 +490,9 @@ impl SparseVhd {
     /// only then does the BAT entry make it visible.
     fn allocate_block(&mut self, block: u64, content: Option<(&SectorBitmap, &[u8])>) -> Result<()> {
         let start = self.data_end.div_ceil(512) * 512;
-        let sector = u32::try_from(start / 512)
-            .ok()
-            .filter(|&s| s != UNALLOCATED)
-            .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
+            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
+        })?;
         let bitmap_size = self.header.bitmap_size() as usize;
         let new_end = start + bitmap_size as u64 + self.block_size();
         self.write_footers(new_end)?;
@@ -514,12 +501,9 @@ impl SparseVhd {
                 self.file.write_all_at(start, &bitmap.encode(bitmap_size))?;
                 self.file.write_all_at(start + bitmap_size as u64, data)?;
             }
-            None => self
-                .file
-                .write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
+            None => self.file.write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
         }
-        self.file
-            .write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
+        self.file.write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
         self.bat.set(block, sector);
         let presence = match content {
             Some((b, _)) if b.is_full() => Presence::All,
@@ -556,10 +540,9 @@ impl SparseVhd {
             return Err(Error::Usage(format!("block {block}: not a fresh block of this image")));
         }
         let start = self.data_end.div_ceil(512) * 512;
-        let sector = u32::try_from(start / 512)
-            .ok()
-            .filter(|&s| s != UNALLOCATED)
-            .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
+            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
+        })?;
         buf[..bitmap_size].copy_from_slice(&bitmap.encode(bitmap_size));
         self.file.write_all_at(start, buf)?;
         self.bat.set(block, sector);
@@ -588,8 +571,7 @@ impl SparseVhd {
                 self.check_block_inside(block, sector)?;
                 let at = sector * 512;
                 self.file.write_all_at(at + self.header.bitmap_size(), data)?;
-                self.file
-                    .write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
+                self.file.write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
                 let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap.clone()) };
                 self.presence_map().insert(block, Arc::new(presence));
                 Ok(())
@@ -598,11 +580,7 @@ impl SparseVhd {
     }
 
     fn require_writable(&self) -> Result<()> {
-        if self.file.writable() {
-            Ok(())
-        } else {
-            Err(Error::unsupported(self.file.path(), "image opened read-only"))
-        }
+        if self.file.writable() { Ok(()) } else { Err(Error::unsupported(self.file.path(), "image opened read-only")) }
     }
 
     /// Writes `data` into `block` at `within`, keeping sector bitmap semantics.
@@ -635,14 +613,14 @@ impl SparseVhd {
         let last = (aligned_end / 512) as u32;
         let current = self.presence(block, sector)?;
         if let Presence::Some(bitmap) = &*current
-            && bitmap.runs(first, last).iter().any(|r| !r.2) {
-                let mut bitmap = bitmap.clone();
-                bitmap.set_range(first, last, true);
-                self.file
-                    .write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
-                let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) };
-                self.presence_map().insert(block, Arc::new(presence));
-            }
+            && bitmap.runs(first, last).iter().any(|r| !r.2)
+        {
+            let mut bitmap = bitmap.clone();
+            bitmap.set_range(first, last, true);
+            self.file.write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
+            let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) };
+            self.presence_map().insert(block, Arc::new(presence));
+        }
         Ok(())
     }
 }
@@ -727,7 +705,10 @@ fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_off
         return bad(
             "table offset",
             16,
-            format!("BAT at {:#x} of {} entries reaches past the data end {data_end:#x}", h.table_offset, h.max_table_entries),
+            format!(
+                "BAT at {:#x} of {} entries reaches past the data end {data_end:#x}",
+                h.table_offset, h.max_table_entries
+            ),
         );
     }
     Ok(())
@@ -759,14 +740,9 @@ fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
 /// 16 random bytes for a new image's UUID (a version 4 UUID).
 pub fn new_uuid() -> [u8; 16] {
     let mut u = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u))
-        .is_err()
-    {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u)).is_err() {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         u = (nanos ^ (std::process::id() as u128) << 64).to_le_bytes();
     }
     u[6] = (u[6] & 0x0F) | 0x40;
@@ -786,10 +762,7 @@ fn file_mtime_vhd(path: &Path) -> u32 {
 /// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
 /// `..\base\p.vhd`), as the W2ru locator stores it.
 fn relative_windows_path(child: &Path, target: &Path) -> String {
-    let child_dir = std::path::absolute(child)
-        .ok()
-        .and_then(|c| c.parent().map(Path::to_path_buf))
-        .unwrap_or_default();
+    let child_dir = std::path::absolute(child).ok().and_then(|c| c.parent().map(Path::to_path_buf)).unwrap_or_default();
     let from: Vec<_> = child_dir.components().collect();
     let to: Vec<_> = target.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();

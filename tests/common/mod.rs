@@ -157,7 +157,11 @@ fn hash_tree(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<Strin
         } else if kind.is_file() {
             out.insert(rel.clone(), sha256(&std::fs::read(&path).unwrap()));
         }
-        let xattrs = Command::new("getfattr").args(["--absolute-names", "-d", "-m", "^user\\.", "-e", "hex"]).arg(&path).output().unwrap();
+        let xattrs = Command::new("getfattr")
+            .args(["--absolute-names", "-d", "-m", "^user\\.", "-e", "hex"])
+            .arg(&path)
+            .output()
+            .unwrap();
         for line in String::from_utf8_lossy(&xattrs.stdout).lines() {
             if let Some((name, value)) = line.split_once('=') {
                 let bytes = hex::decode(value.trim_start_matches("0x")).unwrap_or_default();
@@ -276,7 +280,12 @@ pub fn copy_out(image: &Path, paths: &[&str], dir: &Path) -> Vec<PathBuf> {
 /// hivexsh (read-only) running `script` on `hive`.
 pub fn hivexsh(hive: &Path, script: &str) -> String {
     use std::io::Write;
-    let mut child = Command::new("hivexsh").arg(hive).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("hivexsh")
+        .arg(hive)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "hivexsh {}", hive.display());
@@ -288,7 +297,10 @@ pub fn hivexget(hive: &Path, key: &str, value: &str) -> String {
 }
 
 pub fn hivex_export(hive: &Path, key: &str) -> String {
-    String::from_utf8(run_ok(Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"]).arg(hive).arg(key))).unwrap()
+    String::from_utf8(run_ok(
+        Command::new("hivexregedit").args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"]).arg(hive).arg(key),
+    ))
+    .unwrap()
 }
 
 /// Drops the section of `key` (and its subkeys) from a hivexregedit export.
@@ -319,13 +331,13 @@ pub fn reg_hex_value(export: &str, name: &str) -> Vec<u8> {
         data.pop();
         data.push_str(lines.next().unwrap_or(""));
     }
-    hex::decode(data.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>()).unwrap_or_else(|e| panic!("{name}: {e}"))
+    hex::decode(data.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 pub fn image_hash(image: &Path) -> String {
     sha256(&read_all(&open(image)))
 }
-
 
 /// Gives a copied file (real data is read-only) its owner's write permission.
 pub fn make_writable(path: &Path) {
