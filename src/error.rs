@@ -72,6 +72,9 @@ pub enum Error {
     /// An NTFS volume Windows would not trust to be as it looks on disk.
     #[error("{}: partition {partition}: the NTFS volume {why}; boot Windows and shut it down fully first", file.display())]
     UntrustedVolume { file: PathBuf, partition: u32, why: String },
+    /// vhdkit broke one of its own rules: a bug to report.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
     /// Another process holds a lock on the file.
     #[error("{}: in use by another vhdkit process", file.display())]
     InUse { file: PathBuf },
@@ -113,6 +116,11 @@ impl Error {
     /// A failed open or create of `file`.
     pub fn open(file: &Path, action: &'static str, source: io::Error) -> Self {
         Error::Open { file: file.to_path_buf(), action, source }
+    }
+
+    /// A broken internal invariant.
+    pub fn internal(problem: impl Into<String>) -> Self {
+        Error::Internal(problem.into())
     }
 
     /// Something `file` holds that vhdkit does not handle.

@@ -81,7 +81,7 @@ fn map_draws_an_svg_with_one_cell_per_block() {
     let j = json(bin("vhdinspect").args(["map", "--json", "--svg"]).arg(&svg).arg(corpus("xp-fixed.vhd")));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
-    let cells = text.matches("<rect").count() - 6; // minus the legend swatches
+    let cells = text.matches("<rect").count() - 7; // minus the legend swatches
     assert_eq!(cells as u64, j["summary"]["blocks"].as_u64().unwrap());
     assert!(text.contains("block 0: partial"));
 }
@@ -201,6 +201,10 @@ fn diff_lists_the_files_a_child_changes() {
     let replacement = dir.path().join("small.bin");
     std::fs::write(&replacement, vec![0xA5; 300_000]).unwrap();
     run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&replacement).arg("data/nested/small.bin"));
+    // A file small enough to live in its MFT record: only its record changes.
+    let tiny = dir.path().join("tiny.txt");
+    std::fs::write(&tiny, b"resident data").unwrap();
+    run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&tiny).arg("data/tiny.txt"));
     let mut changed = disk.clone();
     changed[start..start + len].copy_from_slice(&std::fs::read(&part).unwrap());
     let child = dir.path().join("child.vhd");
@@ -210,10 +214,16 @@ fn diff_lists_the_files_a_child_changes() {
     let paths: Vec<&str> = j["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert!(paths.contains(&"data/added.bin"), "{paths:?}");
     assert!(paths.contains(&"data/nested/small.bin"), "{paths:?}");
-    assert!(paths.contains(&"$MFT"), "{paths:?}");
     assert!(!paths.contains(&"data/hello.txt"), "unchanged file listed: {paths:?}");
-    let added = j["files"].as_array().unwrap().iter().find(|f| f["path"] == "data/added.bin").unwrap();
-    assert_eq!(added["sectors"].as_u64().unwrap(), 300_000u64.div_ceil(512));
+    let file = |p: &str| j["files"].as_array().unwrap().iter().find(|f| f["path"] == p).unwrap().clone();
+    let added = file("data/added.bin");
+    let record = added["record_sectors"].as_u64().unwrap();
+    assert_eq!(added["sectors"].as_u64().unwrap() - record, 300_000u64.div_ceil(512));
+    assert!(record >= 1, "its new MFT record is part of the change");
+    // The resident file is found through its record, not lost in "$MFT".
+    let tiny = file("data/tiny.txt");
+    assert!(tiny["record_sectors"].as_u64().unwrap() >= 1);
+    assert_eq!(tiny["sectors"], tiny["record_sectors"]);
     // A dynamic image is refused with a clear error.
     let out = run(bin("vhdinspect").arg("diff").arg(&parent));
     assert_one_line_error(&out, "parent.vhd", &["not a differencing image"]);

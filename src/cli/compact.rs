@@ -40,7 +40,10 @@ pub struct Cli {
     /// Block size of a dynamic output (512K, 2M...; default: the input's, or 2 MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub block_size: Option<u32>,
-    /// Write zeros over free clusters of the blocks kept (stale data leaves the image).
+    /// Make every free NTFS cluster read as zeros (the stale data of deleted files in them
+    /// leaves the image). It does not remove what lives outside free clusters: the resident
+    /// data of small deleted files and the names of deleted files (in MFT records and
+    /// directory indexes), and the slack after a file's end in its last cluster.
     #[arg(long)]
     pub zero_free: bool,
     /// Write a standalone image of a differencing chain.
@@ -55,8 +58,8 @@ pub struct Cli {
     pub force: bool,
     /// Move misaligned partitions to the next multiple of BOUNDARY (default 1M; `block` = the
     /// output's VHD block size), patching MBR/EBR/GPT, boot sectors, MountedDevices and BCD.
-    #[arg(long, value_name = "BOUNDARY", num_args = 0..=1, require_equals = true, default_missing_value = "1M", conflicts_with = "in_place")]
-    pub realign: Option<String>,
+    #[arg(long, value_name = "BOUNDARY", num_args = 0..=1, require_equals = true, default_missing_value = "1M", conflicts_with = "in_place", value_parser = parse_boundary)]
+    pub realign: Option<Boundary>,
     /// Rewrite the input itself (dynamic and differencing: blocks dropped and the file
     /// truncated; fixed: free clusters zeroed with --zero-free).
     #[arg(long, conflicts_with = "output")]
@@ -77,6 +80,34 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A partition boundary: a power of two from 4 KiB, or the VHD block size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    Bytes(u64),
+    Block,
+}
+
+impl Boundary {
+    /// The boundary in bytes, `block` being the given VHD block size.
+    pub fn bytes(self, block: u64) -> u64 {
+        match self {
+            Boundary::Bytes(b) => b,
+            Boundary::Block => block,
+        }
+    }
+}
+
+/// Parses a boundary: `block`, or a power of two of at least 4 KiB (`4K`, `64K`, `1M`).
+pub fn parse_boundary(s: &str) -> std::result::Result<Boundary, String> {
+    if s.eq_ignore_ascii_case("block") {
+        return Ok(Boundary::Block);
+    }
+    match parse_size(s) {
+        Ok(b) if b >= 4096 && b.is_power_of_two() => Ok(Boundary::Bytes(b as u64)),
+        _ => Err(format!("{s:?} is not a boundary: give a power of two from 4K (4K, 64K, 1M...) or `block`")),
+    }
 }
 
 /// Parses `2M`, `512K`, `2MiB`, `1048576`.
@@ -128,16 +159,12 @@ impl Cli {
     }
 
     fn compact_options(&self, image: &DiskImage) -> Result<CompactOptions> {
-        let realign = match self.realign.as_deref() {
-            None => None,
-            Some("block") => Some(
-                self.block_size
-                    .map(u64::from)
-                    .or(image.as_sparse().map(|s| s.block_size()))
-                    .unwrap_or(DEFAULT_BLOCK_SIZE as u64),
-            ),
-            Some(size) => Some(parse_size(size).map_err(Error::Usage)? as u64),
-        };
+        let block = self
+            .block_size
+            .map(u64::from)
+            .or(image.as_sparse().map(|s| s.block_size()))
+            .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
+        let realign = self.realign.map(|b| b.bytes(block));
         Ok(CompactOptions {
             to: self.to,
             azure: self.azure,
@@ -216,7 +243,8 @@ fn run(cli: &Cli) -> Result<bool> {
         block_size: plan.block_size,
         blocks_before: blocks_held(&image),
         blocks_after: stats.stored_blocks,
-        dropped_blocks: plan.dropped(),
+        dropped_blocks: if plan.format == OutputFormat::Fixed { 0 } else { plan.dropped() },
+        zero_filled_blocks: if plan.format == OutputFormat::Fixed { plan.dropped() } else { 0 },
         dropped_zero_blocks: stats.zero_blocks_dropped,
         zeroed_bytes: plan.zeroed_bytes(),
         partitions: plan
@@ -284,6 +312,7 @@ fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
         blocks_before,
         blocks_after: stats.stored_blocks,
         dropped_blocks: stats.dropped_blocks,
+        zero_filled_blocks: 0,
         dropped_zero_blocks: stats.zero_blocks_dropped,
         zeroed_bytes: stats.zeroed_bytes,
         partitions: plan

@@ -11,6 +11,7 @@ use crate::host::{LockWait, NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 use crate::report;
 use crate::report::owner::Query;
+use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
 
 /// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
@@ -155,8 +156,8 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
         /// The boundary partitions should start on (default 1M).
-        #[arg(long, value_name = "SIZE", value_parser = crate::cli::compact::parse_size, default_value = "1M")]
-        boundary: u32,
+        #[arg(long, value_name = "SIZE", value_parser = crate::cli::compact::parse_boundary, default_value = "1M")]
+        boundary: crate::cli::compact::Boundary,
         /// Exit 1 when a partition is not aligned to the boundary.
         #[arg(long)]
         fail_on_misaligned: bool,
@@ -198,6 +199,19 @@ pub fn main() -> ExitCode {
     finish("vhdinspect", run(cli))
 }
 
+/// Says on stderr that an image holds no NTFS volume, and what it holds instead.
+fn note_without_ntfs(map: &ImageMap<'_>) {
+    if map.partitions.iter().any(|p| p.filesystem() == crate::disk::FileSystem::Ntfs) {
+        return;
+    }
+    let found: Vec<String> = map.filesystems().iter().map(|(p, fs)| format!("partition {p}: {}", fs.name())).collect();
+    eprintln!(
+        "vhdinspect: {}: no NTFS volume ({})",
+        map.image.source().display(),
+        if found.is_empty() { "no partitions".to_string() } else { found.join(", ") }
+    );
+}
+
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Dump { image, blocks, bitmap } => {
@@ -213,6 +227,7 @@ fn run(cli: Cli) -> Result<bool> {
             let img = image.open(false)?;
             let map = ImageMap::build(&img, partition)?;
             map.require_readable()?;
+            note_without_ntfs(&map);
             let r = report::files::FilesReport::new(&map, runs);
             write_output(|w| if cli.json { r.write_json(w) } else { r.write_table(w) })?;
             Ok(true)
@@ -248,6 +263,7 @@ fn run(cli: Cli) -> Result<bool> {
                 policy.check(path)?;
             }
             let map = ImageMap::build(&img, None)?;
+            note_without_ntfs(&map);
             let r = report::map::build(&map, partition)?;
             if let Some(path) = svg {
                 let out = NewFile::create(&path, &policy)?;
@@ -275,7 +291,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Align { image, boundary, fail_on_misaligned } => {
             let img = image.open(false)?;
             let map = ImageMap::build(&img, None)?;
-            let r = report::align::build(&map, boundary as u64)?;
+            let r = report::align::build(&map, boundary.bytes(map.block_size()))?;
             emit(cli.json, &r, report::align::render)?;
             Ok(!(fail_on_misaligned && r.misaligned > 0))
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::disk::FileSystem;
 use crate::disk::boot_sector::identify;
 use crate::disk::gpt::{self, GptEntry, GptHeader};
 use crate::disk::mbr::{self, MbrEntry};
@@ -98,12 +99,20 @@ impl DiskLayout {
         }
         let mut sector0 = [0u8; 512];
         disk.read_at(0, &mut sector0)?;
-        if let Some(fs) = identify(&sector0) {
+        let bare = match identify(&sector0) {
+            Some(_) => Some(FileSystem::detect(disk)?),
+            // A volume without a boot sector signature (ext4, XFS, LUKS...) made into a disk.
+            None if sector0[510..512] != [0x55, 0xAA] => {
+                Some(FileSystem::detect(disk)?).filter(|fs| *fs != FileSystem::Unknown)
+            }
+            None => None,
+        };
+        if let Some(fs) = bare {
             layout.scheme = "volume";
             layout.partitions.push(Partition {
                 index: 1,
                 scheme: Scheme::None,
-                kind: fs.name().to_string(),
+                kind: fs.id().to_string(),
                 type_name: format!("{} volume", fs.name()),
                 bootable: false,
                 start_lba: 0,
@@ -246,6 +255,19 @@ impl DiskLayout {
             return Ok(false);
         }
         let d = disk.source();
+        if let Some(h) = primary.as_ref().filter(|h| h.backup_lba != disk_sectors - 1) {
+            self.finding(
+                d,
+                "GPT header",
+                512 + 32,
+                format!(
+                    "names sector {} for the backup header, but the disk's last sector is {} (the disk was resized \
+                     without moving the backup table)",
+                    h.backup_lba,
+                    disk_sectors - 1
+                ),
+            );
+        }
         match (&primary, &backup) {
             (Some(_), None) => self.finding(d, "GPT backup header", backup_lba * 512, "missing or unreadable"),
             (None, Some(_)) => self.finding(d, "GPT header", 512, "missing; partitions taken from the backup"),

@@ -42,6 +42,44 @@ impl Chs {
     }
 }
 
+/// The BIOS geometry a partition table's CHS addresses were written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BiosGeometry {
+    pub heads: u8,
+    pub sectors_per_track: u8,
+}
+
+impl BiosGeometry {
+    /// What Windows (and every BIOS with LBA translation) uses: 255 heads, 63 sectors.
+    pub const WINDOWS: BiosGeometry = BiosGeometry { heads: 255, sectors_per_track: 63 };
+
+    /// Whether `chs` is the address of `lba` in this geometry.
+    fn explains(self, lba: u64, chs: Chs) -> bool {
+        let (h, s) = (self.heads as u64, self.sectors_per_track as u64);
+        chs.sector >= 1
+            && (chs.sector as u64) <= s
+            && (chs.head as u64) < h
+            && (chs.cylinder as u64 * h + chs.head as u64) * s + chs.sector as u64 - 1 == lba
+    }
+
+    /// The geometry that explains every address of `pairs` (absolute LBA, CHS) below the
+    /// 1024-cylinder limit: 255 x 63 when it does, else `hint` (the VHD's), else the first
+    /// that does; 255 x 63 or `hint` when nothing constrains it or nothing explains it all.
+    pub fn of_table(pairs: &[(u64, Chs)], hint: Option<BiosGeometry>) -> BiosGeometry {
+        let usable: Vec<(u64, Chs)> =
+            pairs.iter().copied().filter(|(_, c)| c.cylinder < 1023 && c.sector > 0).collect();
+        let fits = |g: BiosGeometry| usable.iter().all(|&(lba, c)| g.explains(lba, c));
+        let preferred = [Some(BiosGeometry::WINDOWS), hint].into_iter().flatten();
+        let search = (1..=255u8)
+            .rev()
+            .flat_map(|heads| (1..=63u8).rev().map(move |spt| BiosGeometry { heads, sectors_per_track: spt }));
+        preferred
+            .chain(if usable.is_empty() { None } else { Some(search) }.into_iter().flatten())
+            .find(|g| fits(*g))
+            .unwrap_or(hint.unwrap_or(BiosGeometry::WINDOWS))
+    }
+}
+
 /// One 16-byte partition entry of an MBR or EBR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MbrEntry {
@@ -102,17 +140,25 @@ impl MbrEntry {
     }
 
     /// The entry with a new start, length and CHS addresses for the given disk geometry.
-    pub fn relocated(&self, start_lba: u32, sectors: u32, heads: u8, spt: u8) -> Self {
-        self.placed(start_lba as u64, start_lba, sectors, heads, spt)
+    pub fn relocated(&self, start_lba: u32, sectors: u32, g: BiosGeometry) -> Self {
+        self.placed(start_lba as u64, start_lba, sectors, g)
     }
 
     /// The entry for a partition at absolute sector `absolute` (the CHS fields), stored as
-    /// `relative` (EBR entries count from their EBR or from the extended partition).
-    pub fn placed(&self, absolute: u64, relative: u32, sectors: u32, heads: u8, spt: u8) -> Self {
+    /// `relative` (EBR entries count from their EBR or from the extended partition). A CHS
+    /// field that already held the "beyond 1024 cylinders" marker keeps its bytes when the
+    /// new address is beyond too.
+    pub fn placed(&self, absolute: u64, relative: u32, sectors: u32, g: BiosGeometry) -> Self {
         let mut raw = self.raw;
-        raw[1..4].copy_from_slice(&Chs::from_lba(absolute, heads, spt).encode());
+        let (heads, spt) = (g.heads, g.sectors_per_track);
         let last = (absolute + sectors as u64).saturating_sub(1);
-        raw[5..8].copy_from_slice(&Chs::from_lba(last, heads, spt).encode());
+        for (at, lba) in [(1, absolute), (5, last)] {
+            let new = Chs::from_lba(lba, heads, spt);
+            let old = Chs::decode([raw[at], raw[at + 1], raw[at + 2]]);
+            if !(new == CHS_MAX && old.cylinder == CHS_MAX.cylinder) {
+                raw[at..at + 3].copy_from_slice(&new.encode());
+            }
+        }
         raw[8..12].copy_from_slice(&relative.to_le_bytes());
         raw[12..16].copy_from_slice(&sectors.to_le_bytes());
         MbrEntry { raw }
@@ -169,5 +215,34 @@ mod tests {
         assert_eq!(Chs::from_lba(1 << 30, 255, 63), CHS_MAX);
         let c = Chs { cylinder: 1023, head: 254, sector: 63 };
         assert_eq!(Chs::decode(c.encode()), c);
+    }
+
+    #[test]
+    fn the_geometry_comes_from_the_table() {
+        let chs = |cylinder, head, sector| Chs { cylinder, head, sector };
+        // The XP corpus image: 0/1/1 - 8/40/32 for sectors 63..131071 is 255 x 63, not the
+        // 41 x 32 its last address alone would suggest.
+        let xp = [(63, chs(0, 1, 1)), (131_071, chs(8, 40, 32))];
+        assert_eq!(BiosGeometry::of_table(&xp, None), BiosGeometry::WINDOWS);
+        // A table written with 16 heads.
+        let old = [(63, chs(0, 1, 1)), (131_071, chs(130, 0, 32))];
+        assert_eq!(BiosGeometry::of_table(&old, None), BiosGeometry { heads: 16, sectors_per_track: 63 });
+        // Only markers: the hint decides.
+        let hint = BiosGeometry { heads: 16, sectors_per_track: 63 };
+        assert_eq!(BiosGeometry::of_table(&[(1 << 30, CHS_MAX)], Some(hint)), BiosGeometry::WINDOWS);
+        assert_eq!(BiosGeometry::of_table(&[], None), BiosGeometry::WINDOWS);
+    }
+
+    #[test]
+    fn a_beyond_1024_marker_is_kept() {
+        // Last CHS FE FF FF (1023/254/63) as Windows writes; a marker with head 255 stays too.
+        let mut raw = [0x80, 0x01, 0x01, 0x00, 0x07, 0xFF, 0xFF, 0xFF, 0x3F, 0, 0, 0, 0, 0, 0, 0x10];
+        raw[12..16].copy_from_slice(&0x1000_0000u32.to_le_bytes());
+        let moved = MbrEntry { raw }.relocated(2048, 0x1000_0000, BiosGeometry::WINDOWS);
+        assert_eq!(moved.raw[5..8], [0xFF, 0xFF, 0xFF]);
+        assert_eq!(moved.first_chs(), chs_of(2048));
+        fn chs_of(lba: u64) -> Chs {
+            Chs::from_lba(lba, 255, 63)
+        }
     }
 }

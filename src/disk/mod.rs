@@ -6,11 +6,13 @@
 //! finding, and know where every entry lives so realignment can patch it.
 
 pub mod boot_sector;
+pub mod filesystem;
 pub mod gpt;
 pub mod layout;
 pub mod mbr;
 pub mod partition;
 pub mod volume;
 
+pub use filesystem::FileSystem;
 pub use layout::DiskLayout;
 pub use partition::{Partition, PartitionView, Scheme};

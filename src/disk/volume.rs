@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::disk::FileSystem;
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, NtfsBootSector, identify};
 use crate::disk::partition::{Partition, PartitionView};
 use crate::error::Result;
@@ -26,8 +27,9 @@ pub struct VolumeInfo {
     pub partition: u32,
     /// "ntfs" for NTFS volumes, null otherwise (see `detected`).
     pub filesystem: Option<&'static str>,
-    /// Any file system recognised from the boot sector: ntfs, fat12, fat16, fat32, exfat.
-    pub detected: Option<&'static str>,
+    /// The file system recognised from the volume's first sectors (ntfs, fat32, exfat, refs,
+    /// bitlocker, ext4, linux_swap... or unknown); null for a partition under one sector.
+    pub detected: Option<FileSystem>,
     pub cluster_size: Option<u32>,
     pub hidden_sectors: Option<u32>,
     /// The decoded NTFS BPB.
@@ -63,10 +65,10 @@ pub fn probe<D: BlockDevice>(disk: D, partition: &Partition) -> Result<VolumeInf
     let mut boot = [0u8; 512];
     view.read_at(0, &mut boot)?;
     info.boot_sector_hex = hex::encode(boot);
+    info.detected = Some(FileSystem::detect(&view)?);
     let Some(kind) = identify(&boot) else {
         return Ok(info);
     };
-    info.detected = Some(kind.name());
     if kind.has_hidden_sectors() {
         info.hidden_sectors = Some(u32::from_le_bytes(boot[HIDDEN_SECTORS_OFFSET..][..4].try_into().unwrap_or([0; 4])));
     }

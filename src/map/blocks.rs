@@ -30,6 +30,8 @@ pub enum NeedKind {
     BackupBootSector,
     /// Outside every readable volume's clusters: needed when it holds data.
     Outside,
+    /// A volume vhdkit keeps whole (encrypted, ReFS): always needed.
+    KeptWhole,
 }
 
 /// A disk byte range `[start, end)` of one kind.
@@ -56,6 +58,8 @@ pub enum BlockState {
     Metadata,
     /// Needed only for bytes outside NTFS clusters (MBR, boot loader, other partitions).
     OutsideNtfs,
+    /// Part of a volume kept whole (encrypted, ReFS).
+    KeptWhole,
 }
 
 /// A file owning clusters of a block.
@@ -169,6 +173,12 @@ impl ImageMap<'_> {
                 cuts.push(Need { start: at, end: span.end, kind: NeedKind::FreeCluster });
             }
         }
+        for pm in self.partitions.iter().filter(|pm| pm.kept_whole()) {
+            let (a, b) = (start.max(pm.partition.start()), end.min(pm.partition.end()));
+            if a < b {
+                cuts.push(Need { start: a, end: b, kind: NeedKind::KeptWhole });
+            }
+        }
         for pm in &self.partitions {
             let Contents::Ntfs(idx) = &pm.contents else { continue };
             let backup = pm.partition.start() + idx.bpb.volume_bytes();
@@ -209,7 +219,7 @@ impl ImageMap<'_> {
     pub fn needed(&self, n: &Need, presence: &Presence) -> Result<bool> {
         Ok(match n.kind {
             NeedKind::FreeCluster => false,
-            NeedKind::NeededCluster | NeedKind::BackupBootSector => presence.any(n.start, n.end),
+            NeedKind::NeededCluster | NeedKind::BackupBootSector | NeedKind::KeptWhole => presence.any(n.start, n.end),
             NeedKind::Outside if self.differencing() => presence.any(n.start, n.end),
             NeedKind::Outside => presence.allocated && !is_zero_range(self.image, n.start, n.end)?,
         })
@@ -222,11 +232,12 @@ impl ImageMap<'_> {
         let end = (start + bs).min(self.image.len());
         let presence = self.presence(index)?;
         let needs = self.needs(start, end);
-        let (mut needed, mut outside_ntfs_needed) = (false, false);
+        let (mut needed, mut outside_ntfs_needed, mut kept_whole) = (false, false, false);
         for n in &needs {
             if self.needed(n, &presence)? {
                 needed = true;
                 outside_ntfs_needed |= n.kind == NeedKind::Outside;
+                kept_whole |= n.kind == NeedKind::KeptWhole;
             }
         }
         let mut info = BlockInfo {
@@ -276,6 +287,8 @@ impl ImageMap<'_> {
             BlockState::Unallocated
         } else if !needed {
             BlockState::Droppable
+        } else if kept_whole && info.used_clusters == 0 {
+            BlockState::KeptWhole
         } else if info.outside_ntfs_needed && info.used_clusters == 0 {
             BlockState::OutsideNtfs
         } else if metadata_only && !info.outside_ntfs_needed {

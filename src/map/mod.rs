@@ -8,8 +8,7 @@ pub mod blocks;
 pub mod region;
 pub mod upload;
 
-use crate::disk::boot_sector::{FsKind, identify};
-use crate::disk::{DiskLayout, Partition, PartitionView};
+use crate::disk::{DiskLayout, FileSystem, Partition, PartitionView};
 use crate::error::{Error, Result};
 use crate::ntfs::NtfsIndex;
 use crate::ntfs::reader::contain_panic;
@@ -23,8 +22,9 @@ pub enum Contents {
     Ntfs(Box<NtfsIndex>),
     /// An NTFS boot sector, but the volume could not be read: everything in it is kept.
     Unreadable(String),
-    /// Not NTFS (or not selected): only its zero blocks may be dropped.
-    Other,
+    /// Another file system (or an NTFS volume not selected): only its zero blocks may be
+    /// dropped, and not even those when it is kept whole ([`FileSystem::kept_whole`]).
+    Other(FileSystem),
 }
 
 /// One partition and its contents.
@@ -35,6 +35,37 @@ pub struct PartitionMap {
 }
 
 impl PartitionMap {
+    /// What the partition holds.
+    pub fn filesystem(&self) -> FileSystem {
+        match &self.contents {
+            Contents::Ntfs(_) | Contents::Unreadable(_) => FileSystem::Ntfs,
+            Contents::Other(fs) => *fs,
+        }
+    }
+
+    /// What the partition holds, in a word for reports: `ntfs` (indexed), `unreadable ntfs`,
+    /// or another file system's id.
+    pub fn contents_name(&self) -> &'static str {
+        match &self.contents {
+            Contents::Ntfs(_) => "ntfs",
+            Contents::Unreadable(_) => "unreadable ntfs",
+            Contents::Other(fs) => fs.id(),
+        }
+    }
+
+    /// Why an NTFS volume could not be read.
+    pub fn problem(&self) -> Option<String> {
+        match &self.contents {
+            Contents::Unreadable(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether compaction keeps every byte of the partition (nothing in it is known free).
+    pub fn kept_whole(&self) -> bool {
+        matches!(&self.contents, Contents::Other(fs) if fs.kept_whole())
+    }
+
     /// The NTFS index, if the partition is a readable NTFS volume.
     pub fn ntfs(&self) -> Option<&NtfsIndex> {
         match &self.contents {
@@ -69,8 +100,7 @@ impl<'a> ImageMap<'a> {
             .partitions
             .iter()
             .map(|p| {
-                let contents =
-                    if only.is_some_and(|n| n != p.index) { Contents::Other } else { index_partition(image, p)? };
+                let contents = index_partition(image, p, only.is_none_or(|n| n == p.index))?;
                 Ok(PartitionMap { partition: p.clone(), contents })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -90,6 +120,11 @@ impl<'a> ImageMap<'a> {
         })
     }
 
+    /// Every partition's file system, by partition index.
+    pub fn filesystems(&self) -> Vec<(u32, FileSystem)> {
+        self.partitions.iter().map(|p| (p.partition.index, p.filesystem())).collect()
+    }
+
     /// Fails with the first unreadable NTFS partition's error, for commands that need them all.
     pub fn require_readable(&self) -> Result<()> {
         match self.unreadable().next() {
@@ -102,17 +137,13 @@ impl<'a> ImageMap<'a> {
     }
 }
 
-/// Indexes `p` if its boot sector says NTFS. A read error of the disk itself (not of the
-/// volume's structures) is still an error.
-fn index_partition(image: &DiskImage, p: &Partition) -> Result<Contents> {
+/// Recognises `p`'s file system and, if it is NTFS and `index` is set, indexes it. A read
+/// error of the disk itself (not of the volume's structures) is still an error.
+fn index_partition(image: &DiskImage, p: &Partition, index: bool) -> Result<Contents> {
     let view = PartitionView::new(image, p);
-    if view.len() < 512 {
-        return Ok(Contents::Other);
-    }
-    let mut boot = [0u8; 512];
-    view.read_at(0, &mut boot)?;
-    if identify(&boot) != Some(FsKind::Ntfs) {
-        return Ok(Contents::Other);
+    let fs = FileSystem::detect(&view)?;
+    if fs != FileSystem::Ntfs || !index {
+        return Ok(Contents::Other(fs));
     }
     match contain_panic(|| NtfsIndex::build(&view, p.index)) {
         Ok(Ok(index)) => Ok(Contents::Ntfs(Box::new(index))),

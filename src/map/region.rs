@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::disk::Partition;
+use crate::disk::{FileSystem, Partition};
 use crate::map::{Contents, ImageMap};
 use crate::ntfs::NtfsIndex;
 use crate::ntfs::record;
@@ -100,6 +100,8 @@ pub struct Location {
     pub region: Region,
     /// The partition containing the offset.
     pub partition: Option<u32>,
+    /// What that partition holds.
+    pub filesystem: Option<FileSystem>,
     /// The NTFS cluster, inside a volume's clusters.
     pub cluster: Option<u64>,
     /// `$Bitmap`'s bit for that cluster (true for the structures outside clusters: MBR, GPT,
@@ -119,6 +121,7 @@ impl ImageMap<'_> {
         let outside = |region: Region, allocated: bool| Location {
             region,
             partition: None,
+            filesystem: None,
             cluster: None,
             allocated,
             owners: Vec::new(),
@@ -128,6 +131,7 @@ impl ImageMap<'_> {
             let mut loc = Location {
                 region: Region::NonNtfsPartition,
                 partition: Some(pm.partition.index),
+                filesystem: Some(pm.filesystem()),
                 cluster: None,
                 allocated: true,
                 owners: Vec::new(),
@@ -135,11 +139,11 @@ impl ImageMap<'_> {
             match &pm.contents {
                 Contents::Ntfs(idx) => locate_in_volume(&mut loc, &pm.partition, idx, rel),
                 Contents::Unreadable(_) => loc.region = Region::UnreadableNtfs,
-                Contents::Other => {}
+                Contents::Other(_) => {}
             }
             return loc;
         }
-        if offset < 512 {
+        if offset < 512 && self.layout.mbr.is_some() {
             return outside(Region::Mbr, true);
         }
         let sector = offset / 512;
@@ -245,7 +249,7 @@ impl ImageMap<'_> {
         let idx = match &pm.contents {
             Contents::Ntfs(idx) => idx,
             Contents::Unreadable(_) => return Piece { region: Region::UnreadableNtfs, ..whole },
-            Contents::Other => return whole,
+            Contents::Other(_) => return whole,
         };
         let rel = at - p0;
         let cs = idx.cluster_size();

@@ -40,6 +40,11 @@ impl Stream {
         self.ty == attr_type::DATA
     }
 
+    /// Whether this is the unnamed `$DATA` stream.
+    pub fn is_default_data(&self) -> bool {
+        self.is_data() && self.name.is_empty()
+    }
+
     /// Clusters on disk (sparse and compressed-away runs own none).
     pub fn physical_clusters(&self) -> u64 {
         self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.length).sum()

@@ -131,6 +131,11 @@ impl NtfsIndex {
         self.by_record.get(&n).map(|&i| &self.files[i as usize])
     }
 
+    /// The file whose base or extension record is record `n`.
+    pub fn file_of_record(&self, n: u64) -> Option<&FileEntry> {
+        self.file(*self.extension_of.get(&n).unwrap_or(&n))
+    }
+
     /// The owner behind an id of [`ClusterOwnerIndex`].
     pub fn owner(&self, id: u32) -> Owner {
         self.owner_table[id as usize]

@@ -188,6 +188,33 @@ impl MftLayout {
         Some(out)
     }
 
+    /// The records with a byte in partition range `[start, end)`, with how many of their bytes
+    /// lie there.
+    pub fn records_in(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for run in &self.runs {
+            let Some(lcn) = run.lcn else { continue };
+            let (run_start, run_end) = (lcn * self.cluster_size, (lcn + run.length) * self.cluster_size);
+            let (a, b) = (start.max(run_start), end.min(run_end));
+            if a >= b {
+                continue;
+            }
+            // MFT byte offsets of the overlap.
+            let (x, y) = (run.vcn * self.cluster_size + (a - run_start), run.vcn * self.cluster_size + (b - run_start));
+            let mut at = x;
+            while at < y {
+                let record = at / self.record_size;
+                let next = ((record + 1) * self.record_size).min(y);
+                match out.last_mut() {
+                    Some(last) if last.0 == record => last.1 += next - at,
+                    _ => out.push((record, next - at)),
+                }
+                at = next;
+            }
+        }
+        out
+    }
+
     /// Partition offset of record `n` when it lies in one piece.
     pub fn record_offset(&self, n: u64) -> Option<u64> {
         match self.pieces(n.checked_mul(self.record_size)?, self.record_size)?.as_slice() {

@@ -12,7 +12,7 @@ use crate::bytes::{le16, le32, le64};
 use crate::disk::Partition;
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
 use crate::disk::gpt::GptHeader;
-use crate::disk::mbr::{self, MbrEntry};
+use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
 use crate::error::{Error, Result, Space};
 use crate::hive::Hive;
 use crate::hive::log::reset_header;
@@ -57,7 +57,9 @@ struct Segment {
 /// The realignment plan.
 #[derive(Clone, Debug)]
 pub struct Realignment {
-    pub boundary: u64,
+    /// The boundary partitions move to; `None` when only the disk grows (a GPT's backup copy
+    /// moving to the new end).
+    pub boundary: Option<u64>,
     pub old_size: u64,
     /// The realigned disk's size (grown when the last partition needed room).
     pub disk_size: u64,
@@ -190,17 +192,26 @@ fn sector(image: &DiskImage, lba: u64) -> Result<[u8; 512]> {
     Ok(s)
 }
 
-/// The BIOS geometry the MBR's CHS fields were written with: from the entries' end addresses
-/// when they are not clamped, else 255 heads and 63 sectors per track as Windows uses.
-fn bios_geometry(entries: &[MbrEntry]) -> (u8, u8) {
-    let unclamped =
-        entries.iter().filter(|e| !e.is_empty()).map(MbrEntry::last_chs).filter(|c| c.cylinder < 1023 && c.sector > 0);
-    let (mut heads, mut spt) = (0u8, 0u8);
-    for c in unclamped {
-        heads = heads.max(c.head);
-        spt = spt.max(c.sector);
+/// The BIOS geometry the table's CHS fields were written with (the VHD footer's as a hint).
+fn bios_geometry(image: &DiskImage, entries: &[MbrEntry], ebrs: &[(u64, MbrEntry)]) -> BiosGeometry {
+    let mut pairs = Vec::new();
+    let mut add = |start: u64, e: &MbrEntry| {
+        if !e.is_empty() {
+            pairs.push((start, e.first_chs()));
+            pairs.push((start + e.sectors() as u64 - 1, e.last_chs()));
+        }
+    };
+    for e in entries {
+        add(e.start_lba() as u64, e);
     }
-    if heads == 0 || spt == 0 { (255, 63) } else { (heads.saturating_add(1).max(1), spt) }
+    for (ebr, e) in ebrs {
+        add(ebr + e.start_lba() as u64, e);
+    }
+    let hint = image.footer().map(|f| f.geometry).and_then(|g| {
+        (g.heads > 0 && (1..=63).contains(&g.sectors_per_track))
+            .then_some(BiosGeometry { heads: g.heads, sectors_per_track: g.sectors_per_track })
+    });
+    BiosGeometry::of_table(&pairs, hint)
 }
 
 /// Fits a sector number into an MBR field.
@@ -243,7 +254,13 @@ impl Planner<'_, '_> {
         let layout = &self.map.layout;
         let mbr0 = sector(image, 0)?;
         let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&mbr0, i)).collect();
-        let (heads, spt) = bios_geometry(&entries);
+        let ebr_entries: Vec<(u64, MbrEntry)> = layout
+            .partitions
+            .iter()
+            .filter_map(|p| p.ebr_lba)
+            .map(|lba| sector(image, lba).map(|s| (lba, MbrEntry::from_sector(&s, 0))))
+            .collect::<Result<_>>()?;
+        let geometry = bios_geometry(image, &entries, &ebr_entries);
         let extended = entries.iter().position(|e| !e.is_empty() && e.is_extended());
         let mut items: Vec<(u64, Option<&Partition>)> =
             layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
@@ -309,8 +326,7 @@ impl Planner<'_, '_> {
                 e.relocated(
                     mbr_field(image, start, "the extended partition")?,
                     mbr_field(image, len, "the extended partition's length")?,
-                    heads,
-                    spt,
+                    geometry,
                 )
             } else {
                 let Some(m) = layout
@@ -330,7 +346,7 @@ impl Planner<'_, '_> {
                         m.new_start_lba
                     ));
                 }
-                e.relocated(mbr_field(image, m.new_start_lba, "a partition")?, e.sectors(), heads, spt)
+                e.relocated(mbr_field(image, m.new_start_lba, "a partition")?, e.sectors(), geometry)
             };
             new_mbr[entry_offset as usize..entry_offset as usize + mbr::ENTRY_SIZE].copy_from_slice(&placed.raw);
         }
@@ -350,8 +366,7 @@ impl Planner<'_, '_> {
                 m.new_start_lba,
                 mbr_field(image, m.new_start_lba - ebr, "a logical partition")?,
                 l.sectors as u32,
-                heads,
-                spt,
+                geometry,
             );
             new[mbr::TABLE_OFFSET..mbr::TABLE_OFFSET + mbr::ENTRY_SIZE].copy_from_slice(&own.raw);
             let link_at = mbr::TABLE_OFFSET + mbr::ENTRY_SIZE;
@@ -367,8 +382,7 @@ impl Planner<'_, '_> {
                         next_ebr,
                         mbr_field(image, next_ebr - ext_start, "an EBR link")?,
                         mbr_field(image, next_move + next.sectors - next_ebr, "an EBR link's length")?,
-                        heads,
-                        spt,
+                        geometry,
                     );
                     new[link_at..link_at + mbr::ENTRY_SIZE].copy_from_slice(&link.raw);
                 }
@@ -690,15 +704,16 @@ fn bcd_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<Va
 }
 
 /// Plans moving every misaligned partition of `map`'s disk to the next multiple of
-/// `boundary` bytes.
-pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
+/// `boundary` bytes (none moves without a boundary), on a disk of at least `min_size` bytes
+/// (a GPT's backup copy goes to the end of a grown disk).
+pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<Realignment> {
     let image = map.image;
-    if boundary < 512 || !boundary.is_multiple_of(512) {
-        return Err(Error::Usage(format!("--realign boundary {boundary} is not a multiple of 512 bytes")));
+    if boundary.is_some_and(|b| b < 512 || !b.is_multiple_of(512)) {
+        return Err(Error::internal(format!("realignment boundary {boundary:?} is not a multiple of 512 bytes")));
     }
     let mut p = Planner {
         map,
-        boundary_sectors: boundary / 512,
+        boundary_sectors: boundary.map_or(1, |b| b / 512),
         moves: Vec::new(),
         vacated: Vec::new(),
         patches: Vec::new(),
@@ -710,14 +725,15 @@ pub fn plan(map: &ImageMap<'_>, boundary: u64) -> Result<Realignment> {
     let disk_size = match map.layout.scheme {
         "mbr" => {
             p.plan_mbr()?;
-            grown(old_size, p.needed_sectors * 512)
+            grown(old_size, p.needed_sectors * 512).max(min_size)
         }
         "gpt" => {
             let table = p.plan_gpt_moves()?;
-            let size = grown(old_size, p.needed_sectors * 512);
+            let size = grown(old_size, p.needed_sectors * 512).max(min_size);
             p.plan_gpt_patches(table, size)?;
             size
         }
+        _ if boundary.is_none() => old_size.max(min_size),
         "volume" => {
             return Err(Error::unsupported(
                 image.source(),

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind, Presence};
-use crate::map::{Contents, ImageMap};
 use crate::pass::align::{self, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
@@ -73,8 +73,11 @@ pub enum BlockAction {
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionPlan {
     pub index: u32,
-    /// "ntfs", "unreadable ntfs" (kept whole but for zero blocks) or "other".
+    /// "ntfs", "unreadable ntfs" (kept but for zero blocks), or the file system found
+    /// ("fat32", "bitlocker", "ext4", "unknown"...).
     pub contents: &'static str,
+    /// Every byte is kept, zero blocks included (encrypted volumes, ReFS).
+    pub kept_whole: bool,
     pub problem: Option<String>,
     /// Blocks overlapping the partition that the input holds and the plan drops.
     pub dropped_blocks: u64,
@@ -131,8 +134,8 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
         }
         (_, true) => OutputFormat::Fixed,
         (Some(f), false) => f,
+        // Compaction shrinks: a fixed or raw input becomes dynamic unless fixed is asked for.
         (None, false) => match input {
-            "fixed" => OutputFormat::Fixed,
             "differencing" if !opts.merge => OutputFormat::Differencing,
             _ => OutputFormat::Dynamic,
         },
@@ -188,11 +191,15 @@ fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: Out
     Ok(rounded)
 }
 
-/// The realignment asked for, refused when a Windows record of a partition offset cannot be
-/// patched (Windows would not boot) unless forced.
-fn realignment(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<Option<Realignment>> {
-    let Some(boundary) = opts.realign else { return Ok(None) };
-    let r = align::plan(map, boundary)?;
+/// The realignment asked for (or, on a GPT disk that grows, the backup table moved to the new
+/// end), refused when a Windows record of a partition offset cannot be patched (Windows would
+/// not boot) unless forced.
+fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) -> Result<Option<Realignment>> {
+    let grows_gpt = min_size > map.image.len() && map.layout.scheme == "gpt";
+    if opts.realign.is_none() && !grows_gpt {
+        return Ok(None);
+    }
+    let r = align::plan(map, opts.realign, min_size)?;
     if let (Some(first), false) = (r.impossible.first(), opts.force) {
         return Err(Error::unsupported(
             map.image.source(),
@@ -208,7 +215,13 @@ fn realignment(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<Option<Reali
 /// Plans the compaction of `map`'s image.
 pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan> {
     crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
-    let realignment = realignment(map, opts)?;
+    if opts.merge && map.image.as_sparse().is_none_or(|s| s.parent().is_none()) {
+        return Err(Error::unsupported(
+            map.image.source(),
+            format!("is a {} image, not a differencing one: there is no chain to merge", map.image.format()),
+        ));
+    }
+    let mut realignment = plan_realignment(map, opts, 0)?;
     // Realigning moves every sector: a differencing input becomes a standalone image.
     let merged;
     let opts = match &realignment {
@@ -221,6 +234,10 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
     let (format, block_size) = output_kind(map, opts)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
     let disk_size = output_size(map, source_size, opts, format)?;
+    if disk_size > source_size && map.layout.scheme == "gpt" {
+        // The backup GPT belongs on the last sector of the grown disk.
+        realignment = plan_realignment(map, opts, disk_size)?;
+    }
     let blocks = disk_size.div_ceil(block_size);
     let needs = |a: u64, b: u64| match &realignment {
         Some(r) => r.needs(map, a, b),
@@ -254,12 +271,13 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
                         && ((*b as u64 + 1) * block_size) > start
                 })
                 .count() as u64;
-            let (contents, problem) = match &pm.contents {
-                Contents::Ntfs(_) => ("ntfs", None),
-                Contents::Unreadable(why) => ("unreadable ntfs", Some(why.clone())),
-                Contents::Other => ("other", None),
-            };
-            PartitionPlan { index: pm.partition.index, contents, problem, dropped_blocks: dropped }
+            PartitionPlan {
+                index: pm.partition.index,
+                contents: pm.contents_name(),
+                kept_whole: pm.kept_whole(),
+                problem: pm.problem(),
+                dropped_blocks: dropped,
+            }
         })
         .collect();
     Ok(CompactionPlan {

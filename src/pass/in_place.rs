@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
+use crate::map::blocks::NeedKind;
 use crate::pass::compact::{self, BlockAction, CompactOptions, CompactionPlan, OutputFormat};
 use crate::vhd::bat::UNALLOCATED;
 use crate::vhd::device::{BlockDevice, ImageFile};
@@ -40,43 +41,98 @@ pub struct InPlaceStats {
 }
 
 /// Plans and carries out compaction of `map`'s image in place (`map` was built from an image
-/// opened for writing).
+/// opened for writing). A run that would write nothing is refused before anything happens.
 pub fn compact_in_place(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(CompactionPlan, InPlaceStats)> {
     let input = map.image.format();
-    let same_kind = match opts.to {
-        None => true,
-        Some(OutputFormat::Fixed) => input == "fixed",
-        Some(OutputFormat::Dynamic) => input == "dynamic",
-        Some(OutputFormat::Differencing) => input == "differencing",
+    let kind = match input {
+        "dynamic" => OutputFormat::Dynamic,
+        "differencing" => OutputFormat::Differencing,
+        _ => OutputFormat::Fixed,
     };
-    if !same_kind || opts.azure || opts.merge || opts.block_size.is_some() {
+    if opts.to.is_some_and(|t| t != kind) || opts.azure || opts.merge || opts.block_size.is_some() {
         return Err(Error::Usage(
             "--in-place keeps the image's kind and block size: drop --to, --azure, --merge and --block-size".into(),
         ));
     }
-    let plan = compact::plan(map, opts)?;
+    if kind == OutputFormat::Fixed && !opts.zero_free {
+        return Err(Error::unsupported(
+            map.image.source(),
+            format!(
+                "is a {input} image, whose blocks stay where they are: in place, only its free space can be zeroed"
+            ),
+        ));
+    }
+    let plan = compact::plan(map, &CompactOptions { to: Some(kind), ..opts.clone() })?;
     let file = map.image.file();
     if !file.writable() {
-        return Err(Error::unsupported(file.path(), "image opened read-only"));
+        return Err(Error::internal("in-place compaction of an image opened read-only"));
     }
     let stats = match map.image {
-        DiskImage::Sparse(s) => compact_sparse(map, s, &plan, file)?,
-        _ => zero_free_in_place(&plan, file)?,
+        DiskImage::Sparse(s) => compact_sparse(map, s, &plan, file, opts.zero_free)?,
+        _ => zero_free_in_place(map, file)?,
     };
     Ok((plan, stats))
 }
 
-/// Fixed and raw images keep every block (their data starts at file offset 0): only free
-/// clusters can be zeroed.
-fn zero_free_in_place(plan: &CompactionPlan, file: &ImageFile) -> Result<InPlaceStats> {
-    let mut stats = InPlaceStats { stored_blocks: plan.actions.len() as u64, ..InPlaceStats::default() };
-    for (b, action) in plan.actions.iter().enumerate() {
-        if let BlockAction::Store { zero, .. } = action {
-            for &(a, z) in zero {
-                write_zeros(file, b as u64 * plan.block_size + a, z - a)?;
-                stats.zeroed_bytes += z - a;
+/// Bytes examined per step when looking for free space to zero.
+const ZERO_WINDOW: u64 = 64 << 20;
+
+/// Every range of free NTFS clusters of the disk that holds a non-zero byte, in file offsets
+/// of a fixed or raw image (whose data starts at offset 0). Holes of a sparse host file are
+/// skipped without reading them.
+fn free_ranges_to_zero(map: &ImageMap<'_>, file: &ImageFile) -> Result<Vec<(u64, u64)>> {
+    let len = map.image.len();
+    let windows: Vec<u64> = (0..len.div_ceil(ZERO_WINDOW)).collect();
+    let per_window: Vec<Vec<(u64, u64)>> = windows
+        .par_iter()
+        .map(|&w| {
+            let (a, b) = (w * ZERO_WINDOW, ((w + 1) * ZERO_WINDOW).min(len));
+            let mut out = Vec::new();
+            for n in map.needs(a, b).into_iter().filter(|n| n.kind == NeedKind::FreeCluster) {
+                for (x, y) in file.data_ranges(n.start, n.end) {
+                    nonzero_pieces(file, x, y, &mut out)?;
+                }
+            }
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    Ok(per_window.into_iter().flatten().collect())
+}
+
+/// Appends the 4 KiB-aligned pieces of file range `[a, b)` that hold a non-zero byte.
+fn nonzero_pieces(file: &ImageFile, a: u64, b: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+    const STEP: u64 = 1 << 20;
+    let mut buf = vec![0u8; STEP.min(b - a) as usize];
+    let mut at = a;
+    while at < b {
+        let n = STEP.min(b - at) as usize;
+        file.read_exact_at(at, &mut buf[..n], "free space")?;
+        for (i, piece) in buf[..n].chunks(4096).enumerate() {
+            if piece.iter().any(|&x| x != 0) {
+                let s = at + i as u64 * 4096;
+                let e = s + piece.len() as u64;
+                match out.last_mut() {
+                    Some(last) if last.1 == s => last.1 = e,
+                    _ => out.push((s, e)),
+                }
             }
         }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Fixed and raw images keep every block (their data starts at file offset 0): every free
+/// cluster of every NTFS volume that is not already zero is zeroed.
+fn zero_free_in_place(map: &ImageMap<'_>, file: &ImageFile) -> Result<InPlaceStats> {
+    let ranges = free_ranges_to_zero(map, file)?;
+    if ranges.is_empty() {
+        return Err(Error::unsupported(file.path(), "nothing to do: its free space is already zero"));
+    }
+    let mut stats = InPlaceStats { stored_blocks: map.block_count(), ..InPlaceStats::default() };
+    for (a, z) in ranges {
+        write_zeros(file, a, z - a)?;
+        stats.zeroed_bytes += z - a;
     }
     file.sync()?;
     Ok(stats)
@@ -109,44 +165,99 @@ fn reads_as_zeros(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64) -> Result<b
     Ok(data.iter().all(|&x| x == 0))
 }
 
-fn compact_sparse(map: &ImageMap<'_>, s: &SparseVhd, plan: &CompactionPlan, file: &ImageFile) -> Result<InPlaceStats> {
+/// What happens to one allocated block of a dynamic or differencing image.
+enum Decision {
+    Drop,
+    DropZero,
+    /// Kept: file ranges to zero (only those holding non-zero bytes) and a new sector bitmap.
+    Keep {
+        zero: Vec<(u64, u64)>,
+        bitmap: Option<crate::vhd::bitmap::SectorBitmap>,
+    },
+}
+
+fn decide(
+    map: &ImageMap<'_>,
+    s: &SparseVhd,
+    plan: &CompactionPlan,
+    b: u64,
+    sector: u64,
+    zero_free: bool,
+) -> Result<Decision> {
+    let bitmap_size = s.header().bitmap_size();
+    match &plan.actions[b as usize] {
+        BlockAction::Drop => Ok(Decision::Drop),
+        BlockAction::Store { .. } if s.parent().is_none() && reads_as_zeros(map, plan, b)? => Ok(Decision::DropZero),
+        BlockAction::Store { bitmap, zero } => {
+            let data_at = sector * 512 + bitmap_size;
+            let mut to_zero = Vec::new();
+            if zero_free {
+                for &(a, z) in zero {
+                    nonzero_pieces(s.file(), data_at + a, data_at + z, &mut to_zero)?;
+                }
+            }
+            let current = s.block_bitmap(b)?;
+            let bitmap = bitmap.clone().filter(|bm| Some(bm) != current.as_ref());
+            Ok(Decision::Keep { zero: to_zero, bitmap })
+        }
+    }
+}
+
+fn compact_sparse(
+    map: &ImageMap<'_>,
+    s: &SparseVhd,
+    plan: &CompactionPlan,
+    file: &ImageFile,
+    zero_free: bool,
+) -> Result<InPlaceStats> {
     let h = s.header();
     let span = h.bitmap_size() + s.block_size();
     let bitmap_size = h.bitmap_size() as usize;
     let allocated: Vec<(u64, u64)> = s.bat().allocated().collect();
     // Decide first, from reads only: nothing is written until every block is classified.
-    let zero_blocks: Vec<bool> = allocated
-        .par_iter()
-        .map(|&(b, _)| if s.parent().is_none() { reads_as_zeros(map, plan, b) } else { Ok(false) })
-        .collect::<Result<_>>()?;
+    let decisions: Vec<Decision> =
+        allocated.par_iter().map(|&(b, sector)| decide(map, s, plan, b, sector, zero_free)).collect::<Result<_>>()?;
+    let changes = decisions.iter().any(|d| match d {
+        Decision::Drop | Decision::DropZero => true,
+        Decision::Keep { zero, bitmap } => !zero.is_empty() || bitmap.is_some(),
+    });
+    if !changes {
+        return Err(Error::unsupported(
+            file.path(),
+            "nothing to do: every allocated block holds needed data and no free space needs zeroing",
+        ));
+    }
     let mut stats = InPlaceStats::default();
     let mut bat = s.bat().clone();
     let mut kept: Vec<(u64, u64)> = Vec::new();
-    for (&(b, sector), &zero) in allocated.iter().zip(&zero_blocks) {
-        match &plan.actions[b as usize] {
-            BlockAction::Drop => {
+    for (&(b, sector), decision) in allocated.iter().zip(&decisions) {
+        match decision {
+            Decision::Drop => {
                 stats.dropped_blocks += 1;
                 bat.set(b, UNALLOCATED);
             }
-            BlockAction::Store { .. } if zero => {
+            Decision::DropZero => {
                 stats.zero_blocks_dropped += 1;
                 bat.set(b, UNALLOCATED);
             }
-            BlockAction::Store { bitmap, zero } => {
+            Decision::Keep { zero, bitmap } => {
                 // Step 1: only free sectors change.
-                let at = sector * 512;
                 for &(a, z) in zero {
-                    write_zeros(file, at + bitmap_size as u64 + a, z - a)?;
+                    write_zeros(file, a, z - a)?;
                     stats.zeroed_bytes += z - a;
                 }
                 if let Some(bm) = bitmap {
-                    file.write_all_at(at, &bm.encode(bitmap_size))?;
+                    file.write_all_at(sector * 512, &bm.encode(bitmap_size))?;
                 }
                 kept.push((b, sector));
             }
         }
     }
     file.sync()?;
+    if bat.allocated_count() == s.bat().allocated_count() {
+        stats.stored_blocks = bat.allocated_count();
+        return Ok(stats);
+    }
     // Step 2: the dropped blocks leave the BAT in one write.
     file.write_all_at(h.table_offset, &bat.encode())?;
     file.sync()?;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::disk::layout::DiskLayout;
 use crate::disk::volume::{self, BackupState};
 use crate::error::{Result, Space};
+use crate::map::ImageMap;
 use crate::report::table::Section;
 use crate::vhd::check::check_image;
 use crate::vhd::device::BlockDevice;
@@ -66,12 +67,44 @@ pub fn build(image: &DiskImage) -> Result<CheckReport> {
             ));
         }
     }
+    problems.extend(volume_states(image));
     Ok(CheckReport {
         file: image.source().display().to_string(),
         format: image.format(),
         clean: problems.is_empty(),
         problems,
     })
+}
+
+/// NTFS volumes Windows left dirty or hibernated: writers refuse them, so `check` says so.
+fn volume_states(image: &DiskImage) -> Vec<Finding> {
+    let map = match ImageMap::build(image, None) {
+        Ok(m) => m,
+        Err(e) => return vec![Finding::new(image.source(), "NTFS volumes", Space::Disk, 0, e.to_string())],
+    };
+    let mut out = Vec::new();
+    for (p, idx) in map.ntfs() {
+        let at = p.start();
+        if idx.state.hibernated {
+            out.push(Finding::new(
+                image.source(),
+                format!("partition {} NTFS volume", p.index),
+                Space::Disk,
+                at,
+                "hibernated: hiberfil.sys holds a live image (Windows hibernated or used fast startup)",
+            ));
+        }
+        if idx.state.dirty {
+            out.push(Finding::new(
+                image.source(),
+                format!("partition {} NTFS $Volume flags", p.index),
+                Space::Disk,
+                at,
+                "dirty: the volume was not shut down cleanly (chkdsk pending)",
+            ));
+        }
+    }
+    out
 }
 
 /// Renders the check as a table, or a one-line all-clear.

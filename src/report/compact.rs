@@ -36,8 +36,11 @@ pub struct CompactReport {
     pub blocks_before: u64,
     /// Blocks the output stores (every block of a fixed image).
     pub blocks_after: u64,
-    /// Blocks the input held with no needed byte.
+    /// Blocks the input held with no needed byte, left out of the output (0 for a fixed
+    /// output, which stores every block).
     pub dropped_blocks: u64,
+    /// In a fixed output: blocks with no needed byte, written as zeros instead of copied.
+    pub zero_filled_blocks: u64,
     /// Blocks with needed bytes that all read as zeros, dropped too.
     pub dropped_zero_blocks: u64,
     /// Bytes of free clusters written as zeros (--zero-free).
@@ -52,7 +55,8 @@ pub struct CompactReport {
 /// What realignment did.
 #[derive(Serialize)]
 pub struct RealignResult {
-    pub boundary: u64,
+    /// The boundary asked for; null when the table was only adjusted to a grown disk.
+    pub boundary: Option<u64>,
     pub moves: Vec<Move>,
     /// Every patch in words: tables, boot sectors, MountedDevices, BCD.
     pub changes: Vec<String>,
@@ -65,7 +69,7 @@ impl RealignResult {
     pub fn new(r: &Realignment) -> Self {
         RealignResult {
             boundary: r.boundary,
-            moves: r.moves.clone(),
+            moves: r.moves.iter().filter(|m| m.old_start_lba != m.new_start_lba).cloned().collect(),
             changes: r.changes.clone(),
             impossible: r.impossible.clone(),
         }
@@ -97,10 +101,20 @@ pub fn render(r: &CompactReport) -> String {
     }
     s.kv("block size", human_bytes(r.block_size));
     s.kv("blocks", format!("{} before, {} after", r.blocks_before, r.blocks_after));
-    s.kv(
-        "dropped",
-        format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks),
-    );
+    if r.output_format == OutputFormat::Fixed {
+        s.kv(
+            "dropped",
+            format!(
+                "none: a fixed image stores every block ({} blocks of free space written as zeros)",
+                r.zero_filled_blocks
+            ),
+        );
+    } else {
+        s.kv(
+            "dropped",
+            format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks),
+        );
+    }
     if r.zeroed_bytes > 0 {
         s.kv("zeroed free space", human_bytes(r.zeroed_bytes));
     }
@@ -120,7 +134,8 @@ pub fn render(r: &CompactReport) -> String {
         p.row(vec![
             part.plan.index.to_string(),
             match &part.plan.problem {
-                Some(why) => format!("{} (kept whole: {why})", part.plan.contents),
+                Some(why) => format!("{} (kept: {why})", part.plan.contents),
+                None if part.plan.kept_whole => format!("{} (kept whole)", part.plan.contents),
                 None => part.plan.contents.to_string(),
             },
             part.plan.dropped_blocks.to_string(),
@@ -129,7 +144,10 @@ pub fn render(r: &CompactReport) -> String {
     }
     let mut out = s.render() + "\n" + &p.render();
     if let Some(r) = &r.realign {
-        out.push_str(&format!("\nRealigned to {}:\n", human_bytes(r.boundary)));
+        match r.boundary {
+            Some(b) => out.push_str(&format!("\nRealigned to {}:\n", human_bytes(b))),
+            None => out.push_str("\nPartition table adjusted to the grown disk:\n"),
+        }
         for m in &r.moves {
             out.push_str(&format!("  partition {}: sector {} -> {}\n", m.index, m.old_start_lba, m.new_start_lba));
         }

@@ -15,8 +15,10 @@ pub struct ChangedFile {
     pub partition: u32,
     pub mft_record: u64,
     pub path: String,
-    /// Sectors of the file's clusters present in the child.
+    /// Sectors of the file present in the child: of its clusters, and of its MFT records.
     pub sectors: u64,
+    /// Of those, sectors of its MFT records (names, times, attributes, resident data).
+    pub record_sectors: u64,
     pub metadata: bool,
 }
 
@@ -60,18 +62,34 @@ pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
                 let sectors = (piece.end - piece.start) / 512;
                 match (piece.owners, piece.partition) {
                     (Some((idx, ids)), Some(partition)) if !ids.is_empty() => {
+                        let mut credit = |f: &crate::ntfs::FileEntry, sectors: u64, record: bool| {
+                            let entry = files.entry((partition, f.record)).or_insert_with(|| ChangedFile {
+                                partition,
+                                mft_record: f.record,
+                                path: idx.path(f, 0),
+                                sectors: 0,
+                                record_sectors: 0,
+                                metadata: f.is_metadata(),
+                            });
+                            entry.sectors += sectors;
+                            entry.record_sectors += if record { sectors } else { 0 };
+                        };
                         for &id in ids {
-                            let f = &idx.files[idx.owner(id).file as usize];
-                            files
-                                .entry((partition, f.record))
-                                .or_insert_with(|| ChangedFile {
-                                    partition,
-                                    mft_record: f.record,
-                                    path: idx.path(f, 0),
-                                    sectors: 0,
-                                    metadata: f.is_metadata(),
-                                })
-                                .sectors += sectors;
+                            let owner = idx.owner(id);
+                            let f = &idx.files[owner.file as usize];
+                            let in_mft_data = f.record == 0 && f.streams[owner.stream as usize].is_default_data();
+                            if !in_mft_data {
+                                credit(f, sectors, false);
+                                continue;
+                            }
+                            // Sectors of $MFT's data belong to the files whose records they hold.
+                            let p0 = map.partition_at(piece.start).map_or(0, |p| p.partition.start());
+                            for (record, bytes) in idx.layout.records_in(piece.start - p0, piece.end - p0) {
+                                match idx.file_of_record(record) {
+                                    Some(owner) => credit(owner, bytes.div_ceil(512), true),
+                                    None => *unowned.entry("free mft record").or_default() += bytes.div_ceil(512),
+                                }
+                            }
                         }
                     }
                     _ => *unowned.entry(piece.region.name()).or_default() += sectors,
@@ -102,15 +120,13 @@ pub fn render(r: &DiffReport) -> String {
     );
     let _ = writeln!(out, "{:>5} {:>10} {:>10}  path", "part", "record", "sectors");
     for f in &r.files {
-        let _ = writeln!(
-            out,
-            "{:>5} {:>10} {:>10}  {}{}",
-            f.partition,
-            f.mft_record,
-            f.sectors,
-            f.path,
-            if f.metadata { " (metadata)" } else { "" }
-        );
+        let note = match (f.metadata, f.record_sectors) {
+            (true, _) => " (metadata)",
+            (false, n) if n == f.sectors => " (MFT record only)",
+            (false, 0) => "",
+            _ => " (data and MFT record)",
+        };
+        let _ = writeln!(out, "{:>5} {:>10} {:>10}  {}{note}", f.partition, f.mft_record, f.sectors, f.path);
     }
     for u in &r.unowned {
         let _ = writeln!(out, "{:>5} {:>10} {:>10}  ({})", "", "", u.sectors, u.region);

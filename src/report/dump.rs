@@ -519,7 +519,7 @@ pub fn render(r: &DumpReport) -> String {
     out.push(s.render());
     for v in &r.volumes {
         let mut s = Section::key_value(&format!("Volume boot sector of partition {}", v.partition));
-        s.kv("file system", v.detected.unwrap_or("unrecognised"));
+        s.kv("file system", v.detected.map_or("unrecognised", |f| f.name()));
         if let Some(n) = &v.ntfs {
             s.kv("OEM ID", format!("{:?}", n.oem_id));
             s.kv(

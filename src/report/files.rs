@@ -128,8 +128,16 @@ impl VolumeReport {
     }
 }
 
+/// What a partition holds.
+#[derive(Serialize)]
+pub struct PartitionFileSystem {
+    pub partition: u32,
+    pub filesystem: crate::disk::FileSystem,
+}
+
 /// The listing of every NTFS volume of an image, written as
-/// `{"volumes": [VolumeReport], "files": [FileReport]}` or as a table.
+/// `{"filesystems": [PartitionFileSystem], "volumes": [VolumeReport], "files": [FileReport]}`
+/// or as a table.
 pub struct FilesReport<'m> {
     map: &'m ImageMap<'m>,
     runs: bool,
@@ -180,7 +188,15 @@ impl<'m> FilesReport<'m> {
     /// Writes the JSON form `{"volumes": [...], "files": [...]}`, compact (one line: listings
     /// reach millions of entries).
     pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
-        w.write_all(b"{\"volumes\":")?;
+        let filesystems: Vec<PartitionFileSystem> = self
+            .map
+            .filesystems()
+            .into_iter()
+            .map(|(partition, filesystem)| PartitionFileSystem { partition, filesystem })
+            .collect();
+        w.write_all(b"{\"filesystems\":")?;
+        serde_json::to_writer(&mut *w, &filesystems)?;
+        w.write_all(b",\"volumes\":")?;
         serde_json::to_writer(&mut *w, &self.volumes)?;
         w.write_all(b",\"files\":[")?;
         let runs = self.runs;

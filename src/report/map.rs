@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::map::ImageMap;
 use crate::map::blocks::{BlockInfo, BlockState};
-use crate::map::{Contents, ImageMap};
 use crate::report::table::{Section, human_bytes};
 use crate::vhd::device::BlockDevice;
 
@@ -15,8 +15,11 @@ use crate::vhd::device::BlockDevice;
 #[derive(Serialize)]
 pub struct PartitionSummary {
     pub index: u32,
-    /// "ntfs", "unreadable ntfs" or "other".
+    /// "ntfs", "unreadable ntfs", or the file system found ("fat32", "bitlocker", "ext4",
+    /// "unknown"...).
     pub contents: &'static str,
+    /// Every byte is kept by compaction (encrypted volumes, ReFS).
+    pub kept_whole: bool,
     pub problem: Option<String>,
     pub cluster_size: Option<u64>,
     pub needed_clusters: Option<u64>,
@@ -60,15 +63,12 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
             let (start, end) = (pm.partition.start(), pm.partition.end());
             let dropped: Vec<&BlockInfo> =
                 all.iter().filter(|b| b.allocated && b.droppable && overlaps(b, start, end)).collect();
-            let (contents, problem, idx) = match &pm.contents {
-                Contents::Ntfs(idx) => ("ntfs", None, Some(idx)),
-                Contents::Unreadable(why) => ("unreadable ntfs", Some(why.clone()), None),
-                Contents::Other => ("other", None, None),
-            };
+            let (contents, problem, idx) = (pm.contents_name(), pm.problem(), pm.ntfs());
             let needed = idx.map(|i| i.needed_count(0, i.total_clusters()));
             PartitionSummary {
                 index: pm.partition.index,
                 contents,
+                kept_whole: pm.kept_whole(),
                 problem,
                 cluster_size: idx.map(|i| i.cluster_size()),
                 needed_clusters: needed,
@@ -108,6 +108,7 @@ pub fn state_name(s: BlockState) -> &'static str {
         BlockState::Partial => "partial",
         BlockState::Metadata => "metadata",
         BlockState::OutsideNtfs => "outside_ntfs",
+        BlockState::KeptWhole => "kept_whole",
     }
 }
 
@@ -132,6 +133,7 @@ pub fn render(r: &MapReport) -> String {
             p.index.to_string(),
             match &p.problem {
                 Some(why) => format!("{}: {why}", p.contents),
+                None if p.kept_whole => format!("{} (kept whole)", p.contents),
                 None => p.contents.to_string(),
             },
             p.cluster_size.map(|c| c.to_string()).unwrap_or_default(),
@@ -174,8 +176,9 @@ pub fn render(r: &MapReport) -> String {
 }
 
 /// Fill colour and legend text of each state, in legend order.
-const PALETTE: [(BlockState, &str, &str); 6] = [
+const PALETTE: [(BlockState, &str, &str); 7] = [
     (BlockState::Used, "#c0392b", "used: every cluster needed"),
+    (BlockState::KeptWhole, "#7f8c8d", "kept whole (encrypted volume or ReFS)"),
     (BlockState::Partial, "#e67e22", "partially used"),
     (BlockState::Metadata, "#2e86c1", "NTFS metadata only"),
     (BlockState::OutsideNtfs, "#8e44ad", "data outside NTFS (MBR, boot loader, other partitions)"),
