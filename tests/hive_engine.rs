@@ -376,7 +376,7 @@ fn a_dirty_hive_replays_to_what_windows_recovered() {
     assert!(ours.find("Key3\\Key3_3").unwrap().is_some());
     // Without its logs the dirty hive is refused.
     let e = vhdkit::hive::log::replay(&primary, &dirty, &[]).unwrap_err().to_string();
-    assert!(e.contains("dirty") && e.contains("no .LOG1/.LOG2"), "{e}");
+    assert!(e.contains("dirty") && e.contains("no .LOG1, .LOG2 or .LOG found"), "{e}");
 }
 
 #[test]
@@ -445,4 +445,226 @@ fn export_then_import_round_trips() {
             .collect::<BTreeMap<_, _>>()
     };
     assert_eq!(values(&ops), values(&theirs));
+}
+
+/// A copy of the yarp test hives of `folder` in a writable temporary folder.
+fn yarp_copy(folder: &str, names: &[&str], dir: &Path) -> Option<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for n in names {
+        let src = realdata(&format!("yarp/hives_for_tests/{folder}/{n}"))?;
+        let to = dir.join(n);
+        std::fs::copy(&src, &to).unwrap();
+        make_writable(&to);
+        out.push(to);
+    }
+    Some(out)
+}
+
+/// The assertions yarp's test_dirty_old makes on an old-format recovery.
+fn assert_old_log_applied(h: &Hive) {
+    assert!(h.find("key_with_many_subkeys\\1").unwrap().is_none(), "key 1 was deleted in the log");
+    assert!(h.find("key_with_many_subkeys\\5000\\find_me_in_log").unwrap().is_some());
+    let k = h.find("key_with_many_subkeys\\4500").unwrap().unwrap();
+    let v = h.find_value(&k, "v").unwrap().expect("value V written in the log");
+    assert_eq!(v.ty, reg_type::MULTI_SZ);
+    assert_eq!(h.value_data(&v).unwrap(), vhdkit::hive::value::encode_multi(&["a".into(), "bb".into(), "ccc".into()]));
+}
+
+#[test]
+fn an_old_format_log_restores_a_damaged_base_block() {
+    // BadBaseBlockHive: OldDirtyHive with its base block checksum broken (and version 1.1);
+    // its LOG1 is an old-format (dirty vector) log written by Windows 7.
+    let dir = tempdir();
+    let Some(files) = yarp_copy(
+        "BadBaseBlockHive",
+        &["BadBaseBlockHive", "BadBaseBlockHive.LOG1", "BadBaseBlockHive.LOG2"],
+        dir.path(),
+    ) else {
+        return;
+    };
+    let (hive, log1, log2) = (&files[0], &files[1], &files[2]);
+    let primary = std::fs::read(hive).unwrap();
+    let (l1, l2) = (std::fs::read(log1).unwrap(), std::fs::read(log2).unwrap());
+    let logs =
+        [vhdkit::hive::log::LogFile { name: log1, data: &l1 }, vhdkit::hive::log::LogFile { name: log2, data: &l2 }];
+    let (recovered, report) = vhdkit::hive::log::replay(&primary, hive, &logs).unwrap();
+    assert_eq!(report.format, vhdkit::hive::log::LogFormat::Old);
+    assert!(report.base_block_restored);
+    assert_eq!(report.dirty_pages, 64);
+    assert_eq!(report.logs_used, vec![log1.display().to_string()]);
+    let h = Hive::parse(recovered.clone(), hive).unwrap();
+    assert!(!h.base().dirty());
+    assert_eq!((h.base().major, h.base().minor), (1, 3), "the version comes from the log's copy");
+    assert_old_log_applied(&h);
+    nt_hive_dump(&recovered);
+    // vhdreg reads it the same way, and an edit leaves a hive hivex reads, never shorter.
+    let key = r"\key_with_many_subkeys\5000\find_me_in_log";
+    run_ok(bin("vhdreg").args(["--hive-file", hive.to_str().unwrap(), "get", key]));
+    run_ok(bin("vhdreg").args([
+        "--hive-file",
+        hive.to_str().unwrap(),
+        "set",
+        key,
+        "x",
+        "--type",
+        "REG_DWORD",
+        "--data",
+        "7",
+    ]));
+    assert_eq!(std::fs::metadata(hive).unwrap().len(), primary.len() as u64);
+    assert_eq!(hivexget(hive, "\\key_with_many_subkeys\\5000\\find_me_in_log", "x"), "7");
+    assert_eq!(std::fs::read(log1).unwrap(), l1, "an old-format log is left as it was");
+    // Without its log the damage itself is named, not the version it garbled.
+    std::fs::copy(realdata("yarp/hives_for_tests/BadBaseBlockHive/BadBaseBlockHive").unwrap(), hive).unwrap();
+    std::fs::remove_file(log1).unwrap();
+    let out = run(bin("vhdreg").args(["--hive-file", hive.to_str().unwrap(), "get", key]));
+    assert_one_line_error(
+        &out,
+        "BadBaseBlockHive",
+        &["base block is damaged", "checksum 0x4c564e49 stored", "LOG2: empty"],
+    );
+}
+
+#[test]
+fn an_old_format_log_replays_to_what_windows_7_recovered() {
+    // yarp's OldDirtyHive with Windows 7's own recovery of it (RecoveredHive_Windows7).
+    let dir = tempdir();
+    let Some(files) =
+        yarp_copy("OldDirtyHive", &["OldDirtyHive", "OldDirtyHive.LOG1", "RecoveredHive_Windows7"], dir.path())
+    else {
+        return;
+    };
+    let primary = std::fs::read(&files[0]).unwrap();
+    let l1 = std::fs::read(&files[1]).unwrap();
+    let (recovered, report) =
+        vhdkit::hive::log::replay(&primary, &files[0], &[vhdkit::hive::log::LogFile { name: &files[1], data: &l1 }])
+            .unwrap();
+    assert!(!report.base_block_restored);
+    let ours = Hive::parse(recovered, &files[0]).unwrap();
+    assert_old_log_applied(&ours);
+    assert_eq!(our_dump(&ours), our_dump(&Hive::open(&files[2]).unwrap()));
+    // hivex's export of Windows' recovery equals ours.
+    let windows = String::from_utf8(run_ok(
+        Command::new("hivexregedit")
+            .args(["--export", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"])
+            .arg(&files[2])
+            .arg("\\"),
+    ))
+    .unwrap();
+    let mine =
+        String::from_utf8(run_ok(bin("vhdreg").args(["--hive-file", files[0].to_str().unwrap(), "export", "\\"])))
+            .unwrap();
+    let lines = |t: &str| {
+        let mut l: Vec<String> =
+            t.replace('\r', "").lines().map(|l| l.replace("OLDDIRTYHIVE\\]", "OLDDIRTYHIVE]")).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(lines(&mine.replace("HKEY_LOCAL_MACHINE\\OLDDIRTYHIVE", "HKEY_LOCAL_MACHINE\\SYSTEM")), lines(&windows));
+}
+
+#[test]
+fn logs_of_a_bare_hive_are_found_whatever_their_case() {
+    let dir = tempdir();
+    let Some(files) =
+        yarp_copy("NewDirtyHive1", &["NewDirtyHive", "NewDirtyHive.LOG1", "NewDirtyHive.LOG2"], dir.path())
+    else {
+        return;
+    };
+    std::fs::rename(&files[1], dir.path().join("newdirtyhive.log1")).unwrap();
+    std::fs::rename(&files[2], dir.path().join("NEWDIRTYHIVE.Log2")).unwrap();
+    let out = run_ok(bin("vhdreg").args(["--hive-file", files[0].to_str().unwrap(), "get", "Key3\\Key3_3", "--json"]));
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(j["stale"].is_null(), "the logs were not found: {j}");
+}
+
+#[test]
+fn a_hive_file_never_gets_shorter() {
+    // A SAM made by Windows is longer than its hive bins; one DWORD must not cut it.
+    let dir = tempdir();
+    let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };
+    let hive = dir.path().join("SAM");
+    std::fs::copy(&sam, &hive).unwrap();
+    make_writable(&hive);
+    let before = std::fs::read(&hive).unwrap();
+    let out = run_ok(bin("vhdreg").args([
+        "--hive-file",
+        hive.to_str().unwrap(),
+        "--json",
+        "set",
+        "SAM\\Domains",
+        "vhdkit",
+        "--type",
+        "REG_DWORD",
+        "--data",
+        "1",
+    ]));
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let after = std::fs::read(&hive).unwrap();
+    assert_eq!(after.len(), before.len(), "262144 bytes before");
+    assert_eq!(j["hives"][0]["bytes_after"], after.len() as u64);
+    assert_eq!(hivexget(&hive, "\\SAM\\Domains", "vhdkit"), "1");
+}
+
+#[test]
+fn hostile_lists_and_log_sizes_cannot_exhaust_memory() {
+    // A hive whose root lists one lh list 65,535 times through an ri: 4 billion subkeys if the
+    // repeats were followed.
+    let dir = tempdir();
+    let Some(path) = testhive(dir.path()) else { return };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let root = Hive::parse(bytes.clone(), &path).unwrap().root().unwrap();
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    // A new hive bin at the end holding one index root that names the root's list N times.
+    let n = 65_535usize;
+    let bins = le32(&bytes, 40) as usize;
+    let cell_len = (8 + 4 * n).div_ceil(8) * 8;
+    let bin_size = (32 + cell_len).div_ceil(4096) * 4096;
+    let mut new_bin = vec![0u8; bin_size];
+    new_bin[..4].copy_from_slice(b"hbin");
+    new_bin[4..8].copy_from_slice(&(bins as u32).to_le_bytes());
+    new_bin[8..12].copy_from_slice(&(bin_size as u32).to_le_bytes());
+    new_bin[32..36].copy_from_slice(&(-(cell_len as i32)).to_le_bytes());
+    new_bin[36..38].copy_from_slice(b"ri");
+    new_bin[38..40].copy_from_slice(&(n as u16).to_le_bytes());
+    for i in 0..n {
+        new_bin[40 + 4 * i..44 + 4 * i].copy_from_slice(&root.subkeys.to_le_bytes());
+    }
+    let free = bin_size - 32 - cell_len;
+    if free > 0 {
+        new_bin[32 + cell_len..36 + cell_len].copy_from_slice(&(free as i32).to_le_bytes());
+    }
+    bytes.truncate(4096 + bins);
+    bytes.extend_from_slice(&new_bin);
+    bytes[40..44].copy_from_slice(&((bins + bin_size) as u32).to_le_bytes());
+    let ri_off = (bins + 32) as u32;
+    let root_at = 4096 + root.off as usize + 4;
+    bytes[root_at + 0x1C..root_at + 0x20].copy_from_slice(&ri_off.to_le_bytes());
+    let sum = vhdkit::hive::base::checksum(&bytes);
+    bytes[0x1FC..0x200].copy_from_slice(&sum.to_le_bytes());
+    let hostile = dir.path().join("hostile");
+    std::fs::write(&hostile, &bytes).unwrap();
+    let out = run(bin("vhdinspect").args(["reg", "--hive-file", hostile.to_str().unwrap(), "list", "\\"]));
+    assert_one_line_error(&out, "hostile", &["index root", "twice"]);
+    // A log entry that claims 4 GiB of hive bins is not an allocation of 4 GiB.
+    let Some(files) =
+        yarp_copy("NewDirtyHive1", &["NewDirtyHive", "NewDirtyHive.LOG1", "NewDirtyHive.LOG2"], dir.path())
+    else {
+        return;
+    };
+    let primary = std::fs::read(&files[0]).unwrap();
+    let mut l1 = std::fs::read(&files[1]).unwrap();
+    // The first entry's hive bins size, with both its hashes recomputed so it stays valid.
+    let e = 512;
+    l1[e + 16..e + 20].copy_from_slice(&0xFFFF_F000u32.to_le_bytes());
+    let size = u32::from_le_bytes(l1[e + 4..e + 8].try_into().unwrap()) as usize;
+    let h1 = vhdkit::hive::marvin::marvin32(vhdkit::hive::marvin::LOG_SEED, &l1[e + 40..e + size]);
+    l1[e + 24..e + 32].copy_from_slice(&h1.to_le_bytes());
+    let h2 = vhdkit::hive::marvin::marvin32(vhdkit::hive::marvin::LOG_SEED, &l1[e..e + 32]);
+    l1[e + 32..e + 40].copy_from_slice(&h2.to_le_bytes());
+    let logs = [vhdkit::hive::log::LogFile { name: &files[1], data: &l1 }];
+    let result = vhdkit::hive::log::replay(&primary, &files[0], &logs);
+    if let Ok((recovered, _)) = result {
+        assert!(recovered.len() < 64 << 20, "the replay grew the hive to {} bytes", recovered.len());
+    }
 }

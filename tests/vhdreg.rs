@@ -364,7 +364,7 @@ fn a_dirty_hive_in_the_image_is_replayed_then_edited_and_its_logs_reset() {
     make_writable(&lonely);
     let sha = sha256(&std::fs::read(&lonely).unwrap());
     let out = vhdreg(&["--hive-file", lonely.to_str().unwrap(), "set", "x", "y", "--type", "REG_DWORD", "--data", "1"]);
-    assert_one_line_error(&out, "lonely", &["dirty", "no .LOG1/.LOG2"]);
+    assert_one_line_error(&out, "lonely", &["dirty", "no .LOG1, .LOG2 or .LOG found"]);
     assert_eq!(sha256(&std::fs::read(&lonely).unwrap()), sha);
 }
 

@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 use crate::cli::inspect::{FormatArg, lock_wait};
 use crate::cli::{emit, finish, write_output};
 use crate::error::{Error, Result};
+use crate::hive::Hive;
 use crate::hive::regfile::{self, RegOp};
 use crate::hive::value::{self, reg_type};
-use crate::hive::{Hive, log};
 use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 use crate::pass::disk_write;
@@ -277,9 +277,7 @@ fn load_bare(path: &Path, for_edit: bool, wait: LockWait) -> Result<BareHive> {
         let Ok(f) = host::open_locked(&log, access, Expect::Regular, wait) else { continue };
         let Ok(m) = f.metadata() else { continue };
         let bytes = host::read_file_limited(&f, &log, registry::MAX_HIVE, "a hive log")?;
-        if !bytes.is_empty() {
-            logs.push((log.to_string_lossy().into_owned(), bytes));
-        }
+        logs.push((log.to_string_lossy().into_owned(), bytes));
         log_files.push((log, f, m));
     }
     let loaded = registry::load(path, stored, logs, for_edit)?;
@@ -531,8 +529,8 @@ fn edit(loaded: &mut LoadedHive, ops: &[(RegOp, String)], strict: bool, out: &mu
     let new = loaded.hive.bytes().to_vec();
     let mut headers = Vec::new();
     if let Some(r) = loaded.replay.take() {
+        headers = registry::log_resets(&r, &loaded.logs, &new);
         out.replays.push(r);
-        headers = loaded.logs.iter().map(|(n, _)| (n.clone(), log::reset_header(&new))).collect();
     }
     Ok(Some(Edited { bytes: new, log_headers: headers }))
 }
@@ -612,8 +610,8 @@ fn write_image(
         let stored = std::mem::take(&mut h.bytes);
         let mut loaded = registry::load(&name, stored, logs, true)?;
         let Some(edited) = edit(&mut loaded, ops, strict, out)? else { return Ok(()) };
-        let new = registry::keep_length(&loaded.stored, edited.bytes);
-        let (writes, summary) = registry::plan_image_write(&map, &h, &loaded.stored, &new, &edited.log_headers)?;
+        let (writes, summary) =
+            registry::plan_image_write(&map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
         out.hives.push(summary);
         writes
     };

@@ -33,6 +33,7 @@ pub struct BaseBlock {
     pub root_cell: u32,
     pub hive_bins_size: u32,
     pub checksum: u32,
+    pub computed_checksum: u32,
     pub checksum_valid: bool,
     pub file_name: String,
 }
@@ -57,19 +58,39 @@ impl BaseBlock {
             root_cell: le32(b, 36),
             hive_bins_size: le32(b, 40),
             checksum: le32(b, CHECKSUM_AT),
+            computed_checksum: checksum(b),
             checksum_valid: checksum(b) == le32(b, CHECKSUM_AT),
             file_name: crate::hive::names::decode(&b[48..112], false).trim_end_matches('\0').to_string(),
         };
-        if block.major != 1 || !(2..=6).contains(&block.minor) {
-            return Err(bad(
-                20,
-                format!("format version {}.{} is not one vhdkit reads (1.2 to 1.6)", block.major, block.minor),
-            ));
-        }
-        if !block.hive_bins_size.is_multiple_of(4096) {
-            return Err(bad(40, format!("hive bins data size {} is not a multiple of 4096", block.hive_bins_size)));
+        // A damaged block's fields are not trusted: it is recovered from a log, or refused.
+        if block.checksum_valid {
+            block.check_fields().map_err(|(at, problem)| bad(at, problem))?;
         }
         Ok(block)
+    }
+
+    /// Refuses a version vhdkit does not read or a hive bins size that cannot be.
+    fn check_fields(&self) -> std::result::Result<(), (u64, String)> {
+        if self.major != 1 || !(2..=6).contains(&self.minor) {
+            return Err((
+                20,
+                format!("format version {}.{} is not one vhdkit reads (1.2 to 1.6)", self.major, self.minor),
+            ));
+        }
+        if !self.hive_bins_size.is_multiple_of(4096) {
+            return Err((40, format!("hive bins data size {} is not a multiple of 4096", self.hive_bins_size)));
+        }
+        Ok(())
+    }
+
+    /// Fails unless the version and sizes are ones vhdkit reads (checked at parse time only
+    /// for a block with the right checksum).
+    pub fn require_readable(&self, name: &Path) -> Result<()> {
+        self.check_fields().map_err(|(at, problem)| {
+            let problem =
+                if self.checksum_valid { problem } else { format!("{problem} (and the block's checksum is wrong)") };
+            Error::corrupt(name, "base block", Space::Hive, at, problem)
+        })
     }
 
     /// Whether Windows would replay logs before using the hive: sequence numbers differ or the

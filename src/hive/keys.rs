@@ -172,9 +172,15 @@ impl Hive {
             if 4 + 4 * count > c.len() {
                 return Err(self.corrupt("index root", list, format!("{count} entries run past the cell")));
             }
+            // Distinct leaves hold distinct cells: the entries cannot outnumber what the hive
+            // holds, however often a hostile root repeats a leaf.
+            let mut leaves = HashSet::new();
             let mut out = Vec::new();
             for i in 0..count {
                 let leaf = le32(c, 4 + 4 * i);
+                if !leaves.insert(leaf) {
+                    return Err(self.corrupt("index root", list, format!("names the list at {leaf:#x} twice")));
+                }
                 let l = self.cell(leaf, "subkey list")?;
                 if l.len() >= 2 && &l[..2] == b"ri" {
                     return Err(self.corrupt("index root", leaf, "an index root inside an index root"));

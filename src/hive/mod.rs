@@ -24,6 +24,9 @@ use crate::error::{Error, Result, Space};
 
 pub use keys::{KeyNode, ValueKey};
 
+/// Largest hive file vhdkit loads (Windows limits a hive to 2 GiB).
+pub const MAX_HIVE: u64 = 2 << 30;
+
 /// File offset of the hive bins data: cell offsets count from here.
 pub const BINS_START: usize = 4096;
 
@@ -44,6 +47,7 @@ impl Hive {
     /// Parses a hive file's bytes; `name` is used in error messages.
     pub fn parse(data: Vec<u8>, name: &Path) -> Result<Self> {
         let base = base::BaseBlock::parse(&data, name)?;
+        base.require_readable(name)?;
         let bins_size = base.hive_bins_size as usize;
         if BINS_START + bins_size > data.len() {
             return Err(Error::corrupt(
@@ -64,9 +68,9 @@ impl Hive {
         Ok(hive)
     }
 
-    /// Reads a hive file.
+    /// Reads a hive file (a regular file, locked shared while it is read).
     pub fn open(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| Error::open(path, "read", e))?;
+        let data = crate::host::read_limited(path, MAX_HIVE, "a hive", crate::host::LockWait::Fail)?;
         Hive::parse(data, path)
     }
 

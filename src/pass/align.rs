@@ -15,7 +15,6 @@ use crate::disk::gpt::GptHeader;
 use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
 use crate::error::{Error, Result, Space};
 use crate::hive::Hive;
-use crate::hive::log::reset_header;
 use crate::hive::value::reg_type;
 use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind};
@@ -598,8 +597,8 @@ impl Planner<'_, '_> {
                 }
                 loaded.hive.seal();
                 let new = loaded.hive.bytes().to_vec();
-                let headers: Vec<(String, Vec<u8>)> = match loaded.replay {
-                    Some(_) => loaded.logs.iter().map(|(n, _)| (n.clone(), reset_header(&new))).collect(),
+                let headers = match &loaded.replay {
+                    Some(r) => registry::log_resets(r, &loaded.logs, &new),
                     None => Vec::new(),
                 };
                 let (writes, _) = registry::plan_image_write(self.map, &h, &loaded.stored, &new, &headers)?;

@@ -21,8 +21,7 @@ use crate::ntfs::stream::read_runs;
 use crate::pass::disk_write::DiskWrite;
 use crate::vhd::device::BlockDevice;
 
-/// Largest hive file vhdkit loads (Windows limits a hive to 2 GiB).
-pub const MAX_HIVE: u64 = 2 << 30;
+pub use crate::hive::MAX_HIVE;
 
 /// Which hive file a key lives in, and the key's path inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +128,8 @@ pub struct LoadedHive {
 }
 
 /// Parses `stored`; a dirty hive is replayed from `logs`. With `for_edit`, a dirty hive whose
-/// logs do not apply is an error; otherwise its primary is used and marked stale.
+/// logs do not apply is an error; otherwise its primary is used and marked stale (unless its
+/// base block is damaged: then nothing in it can be trusted, and it is an error too).
 pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit: bool) -> Result<LoadedHive> {
     let base = crate::hive::base::BaseBlock::parse(&stored, name)?;
     if !base.dirty() {
@@ -141,7 +141,8 @@ pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit
         Ok((bytes, report)) => {
             Ok(LoadedHive { hive: Hive::parse(bytes, name)?, stored, replay: Some(report), logs, stale: None })
         }
-        Err(e) if !for_edit => Ok(LoadedHive {
+        // A damaged base block's fields are not shown as if they were data.
+        Err(e) if !for_edit && base.checksum_valid => Ok(LoadedHive {
             hive: Hive::parse(stored.clone(), name)?,
             stored,
             replay: None,
@@ -150,6 +151,17 @@ pub fn load(name: &Path, stored: Vec<u8>, logs: Vec<(String, Vec<u8>)>, for_edit
         }),
         Err(e) => Err(e),
     }
+}
+
+/// The first sector each log gets once the replayed hive `new` is written: a copy of its base
+/// block with file type 6, so Windows will not apply the new-format entries behind it again.
+/// Old-format logs stay as they are: the written hive's newer timestamp already makes them
+/// inapplicable, and a Windows of their era would not know a type 6 header.
+pub fn log_resets(replay: &ReplayReport, logs: &[(String, Vec<u8>)], new: &[u8]) -> Vec<(String, Vec<u8>)> {
+    if replay.format != log::LogFormat::New {
+        return Vec::new();
+    }
+    logs.iter().filter(|(_, b)| !b.is_empty()).map(|(n, _)| (n.clone(), log::reset_header(new))).collect()
 }
 
 /// The logs of the hive named `hive`, as Windows uses them: `.LOG1` and `.LOG2`, else `.LOG`.
@@ -245,10 +257,9 @@ impl<'m> ImageMap<'m> {
         log_names(&hive.path, |want| hive.index.find_path(want).map(|(f, n)| hive.index.path(f, n)), |n| names.push(n));
         let mut out = Vec::new();
         for name in names {
-            if let Some((f, _)) = hive.index.find_path(&name)
-                && f.default_stream().is_some_and(|s| s.data_size > 0)
-            {
-                out.push((name, read_file(&view, hive.index, f)?));
+            if let Some((f, _)) = hive.index.find_path(&name) {
+                let empty = f.default_stream().is_none_or(|s| s.data_size == 0);
+                out.push((name, if empty { Vec::new() } else { read_file(&view, hive.index, f)? }));
             }
         }
         Ok(out)
@@ -298,9 +309,9 @@ fn file_pieces(runs: &[Run], cs: u64, part_start: u64, at: u64, len: u64) -> Res
     Ok(out)
 }
 
-/// The disk writes that store `new` over a hive file whose bytes were `old`: changed sectors
-/// through the file's runs (grown first when `new` is longer), and `log_headers` over the
-/// first sector of each log.
+/// The disk writes that store `new` over a hive file whose bytes were `old` (never shorter:
+/// see [`keep_length`]): changed sectors through the file's runs (grown first when `new` is
+/// longer), and `log_headers` over the first sector of each log.
 pub fn plan_image_write(
     map: &ImageMap<'_>,
     hive: &ImageHive<'_>,
@@ -318,6 +329,8 @@ pub fn plan_image_write(
     let file = idx.file(hive.record).ok_or_else(|| Error::Usage(format!("no MFT record {}", hive.record)))?;
     let part_start = pm.partition.start();
     let cs = idx.cluster_size();
+    let kept = keep_length(old, new.to_vec());
+    let new = kept.as_slice();
     let growth = patch::grow(&view, idx, file, new.len() as u64)?;
     let mut writes = Vec::new();
     let mut summary = WriteSummary {
