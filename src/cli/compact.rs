@@ -13,6 +13,7 @@ use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
+use crate::pass::align::RealignedDisk;
 use crate::pass::compact::{self, CompactOptions, OutputFormat};
 use crate::pass::{execute, in_place, verify};
 use crate::report::compact::{CompactReport, PartitionResult, RealignResult};
@@ -206,7 +207,7 @@ fn run(cli: &Cli) -> Result<bool> {
     let out = NewFile::create(output, &policy)?;
     crate::cli::report_stale("vhdcompact", out.removed_stale());
     crate::cli::track_temp(out.path());
-    let bar = progress(plan.actions.len() as u64);
+    let bar = progress(plan.blocks_written());
     let stats = execute::write(&map, &plan, &out, &bar)?;
     bar.finish_and_clear();
     let verified = if cli.verify {
@@ -215,13 +216,17 @@ fn run(cli: &Cli) -> Result<bool> {
             ImageFile::from_file(dup, out.path(), false),
             &OpenOptions { strict: true, parent: plan.parent.clone(), ..cli.open_options() },
         )?;
-        Some(match &plan.realignment {
-            Some(r) => {
-                let (want, got) = verify::realigned_digests(&map, r, &written)?;
-                verify::compare(&want, &got)
-            }
-            None => verify::compare(&verify::needed_digests(&map, &image)?, &verify::needed_digests(&map, &written)?),
-        })
+        let realigned = plan.realignment.as_ref().map(|r| RealignedDisk { input: &image, plan: r });
+        let reference: &dyn BlockDevice = match &realigned {
+            Some(r) => r,
+            None => &image,
+        };
+        let needs = |a: u64, b: u64| match &plan.realignment {
+            Some(r) => r.needs(&map, a, b),
+            None => map.needs(a, b),
+        };
+        let d = verify::needed_digests(&needs, reference.len(), &[reference, &written])?;
+        Some(verify::compare(&d[0], &d[1]))
     } else {
         None
     };
@@ -283,7 +288,10 @@ fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
     let blocks_before = blocks_held(&image);
     let map = ImageMap::build(&image, None)?;
     // The input is about to be overwritten: take its digests first.
-    let before = if cli.verify { Some(verify::needed_digests(&map, &image)?) } else { None };
+    let before = match cli.verify {
+        true => verify::needed_digests(&|a, b| map.needs(a, b), image.len(), &[&image])?.pop(),
+        false => None,
+    };
     let (plan, stats) = in_place::compact_in_place(&map, &opts)?;
     let after = DiskImage::from_file(
         ImageFile::from_file(
@@ -294,7 +302,7 @@ fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
         &OpenOptions { parent: cli.parent.clone(), ..cli.open_options() },
     )?;
     let verified = match &before {
-        Some(before) => Some(verify::compare(before, &verify::needed_digests(&map, &after)?)),
+        Some(before) => Some(verify::compare(before, &verify::digests_like(before, &after)?)),
         None => None,
     };
     let ok = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());

@@ -111,4 +111,13 @@ impl<D: BlockDevice> BlockDevice for PartitionView<D> {
     fn source(&self) -> &Path {
         self.device.source()
     }
+
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        let end = end.min(self.len);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let ranges = self.device.data_ranges(self.start + start, self.start + end)?;
+        Ok(ranges.into_iter().map(|(a, b)| (a - self.start, b - self.start)).collect())
+    }
 }

@@ -301,23 +301,42 @@ impl ImageMap<'_> {
         Ok(info)
     }
 
+    /// The blocks that may hold data (the others are unallocated, or holes of a sparse file).
+    pub fn data_blocks(&self) -> Result<Vec<u64>> {
+        Ok(blocks_touched(&self.image.data_ranges(0, self.image.len())?, self.block_size()))
+    }
+
     /// Every block, classified in parallel.
     pub fn classify_blocks(&self) -> Result<Vec<BlockInfo>> {
         (0..self.block_count()).into_par_iter().map(|b| self.block_info(b)).collect()
     }
 }
 
-/// Whether `[a, b)` of `image` reads as zeros (in 1 MiB reads).
+/// The blocks of `block_size` bytes that sorted `ranges` touch, in order.
+pub fn blocks_touched(ranges: &[(u64, u64)], block_size: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for &(a, b) in ranges {
+        let first = (a / block_size).max(out.last().map_or(0, |l| l + 1));
+        out.extend(first..b.div_ceil(block_size));
+    }
+    out
+}
+
+/// Whether `[a, b)` of `image` reads as zeros (in 1 MiB reads of the ranges that may hold
+/// data; unallocated blocks and holes are not read).
 pub fn is_zero_range(image: &DiskImage, a: u64, b: u64) -> Result<bool> {
-    let mut buf = vec![0u8; (b - a).min(1 << 20) as usize];
-    let mut at = a;
-    while at < b {
-        let n = ((b - at) as usize).min(buf.len());
-        image.read_at(at, &mut buf[..n])?;
-        if buf[..n].iter().any(|&x| x != 0) {
-            return Ok(false);
+    let mut buf = Vec::new();
+    for (x, y) in image.data_ranges(a, b)? {
+        let mut at = x;
+        while at < y {
+            let n = (y - at).min(1 << 20) as usize;
+            buf.resize(n, 0);
+            image.read_at(at, &mut buf)?;
+            if buf.iter().any(|&v| v != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
         }
-        at += n as u64;
     }
     Ok(true)
 }

@@ -20,7 +20,7 @@ use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind};
 use crate::pass::disk_write::DiskWrite;
 use crate::pass::registry;
-use crate::vhd::device::{BlockDevice, check_range};
+use crate::vhd::device::{BlockDevice, check_range, merge_ranges};
 use crate::vhd::image::DiskImage;
 
 /// The boundary `--realign` moves partitions to by default.
@@ -158,6 +158,27 @@ impl BlockDevice for RealignedDisk<'_> {
 
     fn source(&self) -> &Path {
         self.input.source()
+    }
+
+    /// The input's data carried to its new place, and every patch.
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        let end = end.min(self.len());
+        let mut out = Vec::new();
+        for (a, b, source) in self.plan.pieces(start, end) {
+            if let Some(src) = source {
+                out.extend(
+                    self.input.data_ranges(src, src + (b - a))?.into_iter().map(|(x, y)| (x - src + a, y - src + a)),
+                );
+            }
+        }
+        for p in &self.plan.patches {
+            let (a, b) = (p.offset.max(start), (p.offset + p.bytes.len() as u64).min(end));
+            if a < b {
+                out.push((a, b));
+            }
+        }
+        out.sort_unstable();
+        Ok(merge_ranges(out))
     }
 }
 

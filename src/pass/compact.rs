@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
-use crate::map::blocks::{Need, NeedKind, Presence};
-use crate::pass::align::{self, Realignment};
+use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
+use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::fixed::MAX_FIXED_SIZE;
@@ -58,15 +58,15 @@ pub struct CompactOptions {
     pub realign: Option<u64>,
 }
 
-/// What happens to one output block.
+/// A block the output stores; every other block is dropped (reads as zeros, or in a
+/// differencing output from the parent; a fixed output writes zeros there).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BlockAction {
-    /// Not stored: reads as zeros (or, in a differencing output, from the parent). A fixed
-    /// output writes zeros.
-    Drop,
-    /// Stored. `bitmap` (differencing output only) says which sectors are present; `zero`
-    /// lists byte ranges inside the block written as zeros (free clusters, with --zero-free).
-    Store { bitmap: Option<SectorBitmap>, zero: Vec<(u64, u64)> },
+pub struct StoredBlock {
+    pub index: u64,
+    /// Which sectors are present (differencing output only).
+    pub bitmap: Option<SectorBitmap>,
+    /// Byte ranges inside the block written as zeros (free clusters, with --zero-free).
+    pub zero: Vec<(u64, u64)>,
 }
 
 /// A partition's share of the plan, for the report.
@@ -83,7 +83,8 @@ pub struct PartitionPlan {
     pub dropped_blocks: u64,
 }
 
-/// The whole plan.
+/// The whole plan. Only blocks that may hold data are looked at: work and memory grow with
+/// the data, not with the disk's size.
 #[derive(Clone, Debug)]
 pub struct CompactionPlan {
     pub format: OutputFormat,
@@ -92,35 +93,42 @@ pub struct CompactionPlan {
     pub block_size: u64,
     /// For a differencing output: the parent the child keeps.
     pub parent: Option<PathBuf>,
-    pub actions: Vec<BlockAction>,
-    /// Whether the input holds data for each output block (a dynamic input's unallocated
-    /// blocks hold none: dropping them is no gain).
-    pub held: Vec<bool>,
+    /// The blocks stored, in order.
+    pub stored: Vec<StoredBlock>,
+    /// Blocks that held data in the input and are dropped, in order.
+    pub dropped: Vec<u64>,
     pub partitions: Vec<PartitionPlan>,
     /// With --realign: where the partitions go; the output is the realigned disk.
     pub realignment: Option<Realignment>,
 }
 
 impl CompactionPlan {
-    /// Blocks the input holds that the plan drops.
-    pub fn dropped(&self) -> u64 {
-        self.actions.iter().zip(&self.held).filter(|(a, h)| **h && **a == BlockAction::Drop).count() as u64
+    /// Number of blocks of the output disk.
+    pub fn blocks(&self) -> u64 {
+        self.disk_size.div_ceil(self.block_size)
     }
 
-    /// Blocks the plan stores.
-    pub fn stored(&self) -> u64 {
-        self.actions.iter().filter(|a| matches!(a, BlockAction::Store { .. })).count() as u64
+    /// Blocks the writer writes: every block of a fixed output, the stored ones otherwise.
+    pub fn blocks_written(&self) -> u64 {
+        match self.format {
+            OutputFormat::Fixed => self.blocks(),
+            _ => self.stored.len() as u64,
+        }
+    }
+
+    /// Blocks the input holds that the plan drops.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.len() as u64
+    }
+
+    /// The plan for block `b`, if it is stored.
+    pub fn stored_block(&self, b: u64) -> Option<&StoredBlock> {
+        self.stored.binary_search_by_key(&b, |s| s.index).ok().map(|i| &self.stored[i])
     }
 
     /// Bytes the plan zeroes inside stored blocks.
     pub fn zeroed_bytes(&self) -> u64 {
-        self.actions
-            .iter()
-            .map(|a| match a {
-                BlockAction::Store { zero, .. } => zero.iter().map(|(a, b)| b - a).sum(),
-                BlockAction::Drop => 0,
-            })
-            .sum()
+        self.stored.iter().flat_map(|s| &s.zero).map(|(a, b)| b - a).sum()
     }
 }
 
@@ -238,39 +246,51 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
     }
-    let blocks = disk_size.div_ceil(block_size);
     let needs = |a: u64, b: u64| match &realignment {
         Some(r) => r.needs(map, a, b),
         None => map.needs(a, b),
     };
-    let actions: Vec<BlockAction> = (0..blocks)
+    // Candidates: the blocks that may hold data (a differencing child: its own blocks).
+    let candidates: Vec<u64> = match (format, map.image.as_sparse()) {
+        (OutputFormat::Differencing, Some(s)) => s.bat().allocated().map(|(b, _)| b).collect(),
+        _ => {
+            let ranges = match &realignment {
+                Some(r) => RealignedDisk { input: map.image, plan: r }.data_ranges(0, source_size)?,
+                None => map.image.data_ranges(0, source_size)?,
+            };
+            blocks_touched(&ranges, block_size)
+        }
+    };
+    let planned: Vec<(u64, Option<StoredBlock>)> = candidates
         .into_par_iter()
-        .map(|b| match format {
-            OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free),
-            _ => Ok(plan_standalone_block(
-                &needs,
-                b * block_size,
-                ((b + 1) * block_size).min(source_size),
-                opts.zero_free,
-            )),
+        .map(|b| {
+            let stored = match format {
+                OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free)?,
+                _ => plan_standalone_block(
+                    &needs,
+                    b * block_size,
+                    ((b + 1) * block_size).min(source_size),
+                    opts.zero_free,
+                ),
+            };
+            Ok((b, stored.map(|(bitmap, zero)| StoredBlock { index: b, bitmap, zero })))
         })
         .collect::<Result<_>>()?;
-    let held: Vec<bool> = (0..blocks).map(|b| holds(map, b * block_size, (b + 1) * block_size)).collect();
+    let mut stored = Vec::new();
+    let mut dropped = Vec::new();
+    for (b, s) in planned {
+        match s {
+            Some(s) => stored.push(s),
+            None => dropped.push(b),
+        }
+    }
     let partitions = map
         .partitions
         .iter()
         .map(|pm| {
             let (start, end) = (pm.partition.start(), pm.partition.end());
-            let dropped = actions
-                .iter()
-                .zip(&held)
-                .enumerate()
-                .filter(|(b, (a, h))| {
-                    **h && **a == BlockAction::Drop
-                        && (*b as u64 * block_size) < end
-                        && ((*b as u64 + 1) * block_size) > start
-                })
-                .count() as u64;
+            let dropped =
+                dropped.iter().filter(|&&b| b * block_size < end && (b + 1) * block_size > start).count() as u64;
             PartitionPlan {
                 index: pm.partition.index,
                 contents: pm.contents_name(),
@@ -290,22 +310,16 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
             }
             _ => None,
         },
-        actions,
-        held,
+        stored,
+        dropped,
         partitions,
         realignment,
     })
 }
 
-/// Whether the input holds any data for disk range `[start, end)`.
-fn holds(map: &ImageMap<'_>, start: u64, end: u64) -> bool {
-    let end = end.min(map.image.len());
-    match map.image.as_sparse() {
-        _ if start >= end => false,
-        None => true,
-        Some(s) => (start / s.block_size()..end.div_ceil(s.block_size())).any(|b| s.bat().sector(b).is_some()),
-    }
-}
+/// What a stored block holds besides the input's bytes: its sector bitmap (differencing output)
+/// and the ranges written as zeros.
+type BlockContent = (Option<SectorBitmap>, Vec<(u64, u64)>);
 
 /// A block of a standalone output covering disk range `[start, end)` of the (merged, or
 /// realigned) input, whose needed bytes `needs` tells. Needed blocks are stored; the writer
@@ -315,33 +329,33 @@ fn plan_standalone_block(
     start: u64,
     end: u64,
     zero_free: bool,
-) -> BlockAction {
+) -> Option<BlockContent> {
     if start >= end {
-        return BlockAction::Drop;
+        return None;
     }
     let needs = needs(start, end);
     let needed = needs.iter().any(|n| n.kind != NeedKind::FreeCluster);
     if !needed {
-        return BlockAction::Drop;
+        return None;
     }
     let zero = if zero_free {
         needs.iter().filter(|n| n.kind == NeedKind::FreeCluster).map(|n| (n.start - start, n.end - start)).collect()
     } else {
         Vec::new()
     };
-    BlockAction::Store { bitmap: None, zero }
+    Some((None, zero))
 }
 
 /// A block of a differencing output: the input child's block `b`, with the bits of sectors
 /// that lie wholly in free clusters cleared (or, with --zero-free, kept and zeroed so the
 /// parent's stale data stays hidden).
-fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<BlockAction> {
+fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Option<BlockContent>> {
     let presence: Presence = map.presence(b)?;
     let bs = map.block_size();
     let start = b * bs;
     let end = (start + bs).min(map.image.len());
     let Some(mut bitmap) = map.image.as_sparse().and_then(|s| s.block_bitmap(b).transpose()).transpose()? else {
-        return Ok(BlockAction::Drop);
+        return Ok(None);
     };
     let needs = map.needs(start, end);
     let mut any = false;
@@ -363,7 +377,7 @@ fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Block
         }
     }
     if !any {
-        return Ok(BlockAction::Drop);
+        return Ok(None);
     }
-    Ok(BlockAction::Store { bitmap: Some(bitmap), zero })
+    Ok(Some((Some(bitmap), zero)))
 }

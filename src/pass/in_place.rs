@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::map::blocks::NeedKind;
-use crate::pass::compact::{self, BlockAction, CompactOptions, CompactionPlan, OutputFormat};
+use crate::pass::compact::{self, CompactOptions, CompactionPlan, OutputFormat, StoredBlock};
 use crate::vhd::bat::UNALLOCATED;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::footer::FOOTER_SIZE;
@@ -152,17 +152,44 @@ fn write_zeros(file: &ImageFile, at: u64, len: u64) -> Result<()> {
 
 /// Whether a kept block of a dynamic image reads as all zeros once its free ranges are.
 fn reads_as_zeros(map: &ImageMap<'_>, plan: &CompactionPlan, b: u64) -> Result<bool> {
-    let BlockAction::Store { zero, bitmap: None } = &plan.actions[b as usize] else {
+    let Some(stored) = plan.stored_block(b).filter(|s| s.bitmap.is_none()) else {
         return Ok(false);
     };
+    let zero = &stored.zero;
     let start = b * plan.block_size;
     let end = (start + plan.block_size).min(map.image.len());
-    let mut data = vec![0u8; (end - start) as usize];
-    map.image.read_at(start, &mut data)?;
-    for &(a, z) in zero {
-        data[a as usize..(z.min(end - start)) as usize].fill(0);
+    let mut buf = vec![0u8; COPY_CHUNK.min(end - start) as usize];
+    let mut at = start;
+    while at < end {
+        let n = COPY_CHUNK.min(end - at) as usize;
+        map.image.read_at(at, &mut buf[..n])?;
+        for &(a, z) in zero {
+            let (a, z) = ((start + a).max(at), (start + z).min(at + n as u64));
+            if a < z {
+                buf[(a - at) as usize..(z - at) as usize].fill(0);
+            }
+        }
+        if buf[..n].iter().any(|&x| x != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
     }
-    Ok(data.iter().all(|&x| x == 0))
+    Ok(true)
+}
+
+/// Bytes read or copied at once: memory stays fixed whatever the block size.
+const COPY_CHUNK: u64 = 4 << 20;
+
+/// Copies `len` bytes of the file from `from` to `to` (ranges that do not overlap).
+fn copy_within(file: &ImageFile, from: u64, to: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let n = (buf.len() as u64).min(len - done) as usize;
+        file.read_exact_at(from + done, &mut buf[..n], "block")?;
+        file.write_all_at(to + done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// What happens to one allocated block of a dynamic or differencing image.
@@ -185,10 +212,10 @@ fn decide(
     zero_free: bool,
 ) -> Result<Decision> {
     let bitmap_size = s.header().bitmap_size();
-    match &plan.actions[b as usize] {
-        BlockAction::Drop => Ok(Decision::Drop),
-        BlockAction::Store { .. } if s.parent().is_none() && reads_as_zeros(map, plan, b)? => Ok(Decision::DropZero),
-        BlockAction::Store { bitmap, zero } => {
+    match plan.stored_block(b) {
+        None => Ok(Decision::Drop),
+        Some(_) if s.parent().is_none() && reads_as_zeros(map, plan, b)? => Ok(Decision::DropZero),
+        Some(StoredBlock { bitmap, zero, .. }) => {
             let data_at = sector * 512 + bitmap_size;
             let mut to_zero = Vec::new();
             if zero_free {
@@ -280,11 +307,10 @@ fn compact_sparse(
         }
         moves.push((b, sector * 512, slot));
     }
-    let mut buf = vec![0u8; span as usize];
+    let mut buf = vec![0u8; COPY_CHUNK.min(span) as usize];
     for batch in moves.chunks(MOVE_BATCH) {
         for &(_, from, to) in batch {
-            file.read_exact_at(from, &mut buf, "block")?;
-            file.write_all_at(to, &buf)?;
+            copy_within(file, from, to, span, &mut buf)?;
         }
         file.sync()?;
         for &(b, _, to) in batch {

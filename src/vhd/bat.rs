@@ -57,6 +57,12 @@ impl BlockAllocationTable {
         self.entries.iter().enumerate().filter(|(_, s)| **s != UNALLOCATED).map(|(i, s)| (i as u64, *s as u64))
     }
 
+    /// Allocated blocks among `[first, last)`, in order.
+    pub fn allocated_in(&self, first: u64, last: u64) -> impl Iterator<Item = u64> + '_ {
+        let (a, b) = ((first as usize).min(self.entries.len()), (last as usize).min(self.entries.len()));
+        self.entries[a..b].iter().enumerate().filter(|(_, s)| **s != UNALLOCATED).map(move |(i, _)| (a + i) as u64)
+    }
+
     /// Number of allocated blocks.
     pub fn allocated_count(&self) -> u64 {
         self.entries.iter().filter(|s| **s != UNALLOCATED).count() as u64

@@ -27,6 +27,28 @@ pub trait BlockDevice: Send + Sync {
 
     /// The file the device's bytes come from, for error messages.
     fn source(&self) -> &Path;
+
+    /// The ranges of `[start, end)` that may hold non-zero bytes, sorted and disjoint; the
+    /// rest reads as zeros. Devices that know where their data is (unallocated blocks, holes
+    /// of a sparse file) leave the rest out, so work grows with the data, not the disk's size.
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        Ok(if start < end { vec![(start, end)] } else { Vec::new() })
+    }
+}
+
+/// Merges sorted ranges that touch or overlap.
+pub fn merge_ranges(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        if a >= b {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 /// A device that can also be written.
@@ -48,6 +70,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for &D {
     fn source(&self) -> &Path {
         (**self).source()
     }
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        (**self).data_ranges(start, end)
+    }
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
@@ -59,6 +84,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     }
     fn source(&self) -> &Path {
         (**self).source()
+    }
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        (**self).data_ranges(start, end)
     }
 }
 
@@ -257,6 +285,11 @@ impl BlockDevice for RawImage {
 
     fn source(&self) -> &Path {
         self.file.path()
+    }
+
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        let end = end.min(self.len);
+        Ok(if start < end { self.file.data_ranges(start, end) } else { Vec::new() })
     }
 }
 

@@ -144,6 +144,9 @@ impl BlockDevice for FixedVhd {
     fn source(&self) -> &Path {
         self.data.source()
     }
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        self.data.data_ranges(start, end)
+    }
 }
 
 impl WritableDevice for FixedVhd {

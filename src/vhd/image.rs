@@ -290,6 +290,14 @@ impl BlockDevice for DiskImage {
             DiskImage::Sparse(s) => s.source(),
         }
     }
+
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        match self {
+            DiskImage::Raw(r) => r.data_ranges(start, end),
+            DiskImage::Fixed(f) => f.data_ranges(start, end),
+            DiskImage::Sparse(s) => s.data_ranges(start, end),
+        }
+    }
 }
 
 impl WritableDevice for DiskImage {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice, check_range};
+use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
 use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
@@ -52,6 +52,8 @@ pub struct SparseVhd {
     data_end: u64,
     /// Whether the footer at the end and the copy at 0 are the encoded `footer`.
     footers_current: bool,
+    /// The block being appended to a fresh image, and the file offset of its bitmap.
+    appending: Option<(u64, u64)>,
 }
 
 /// Parent of a new differencing image.
@@ -161,6 +163,7 @@ impl SparseVhd {
             findings,
             data_end,
             footers_current: false,
+            appending: None,
         };
         if vhd.footer.disk_type == DiskType::Differencing {
             vhd.attach_parent(opts, chain)?;
@@ -295,6 +298,7 @@ impl SparseVhd {
             findings: Vec::new(),
             data_end,
             footers_current: true,
+            appending: None,
         };
         if let Some(link) = parent {
             let opts = OpenOptions { parent: Some(link.path.to_path_buf()), ..OpenOptions::default() };
@@ -530,30 +534,51 @@ impl SparseVhd {
         self.presence.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends a new block to an image being written from scratch into a temporary file, in
-    /// one write: `buf` holds room for the bitmap (the first bitmap-size bytes, filled here)
-    /// then the block's data. The BAT entry and the trailing footer are written only by
-    /// [`Self::finish_appends`]; until then the file is not a valid image.
-    pub fn append_block(&mut self, block: u64, bitmap: &SectorBitmap, buf: &mut [u8]) -> Result<()> {
-        let bitmap_size = self.header.bitmap_size() as usize;
-        if buf.len() as u64 != bitmap_size as u64 + self.block_size() || self.bat.sector(block).is_some() {
-            return Err(Error::Usage(format!("block {block}: not a fresh block of this image")));
+    /// Starts block `block` of an image being written from scratch into a temporary file: its
+    /// sector bitmap goes at the end of the file, its data follows through
+    /// [`Self::append_data`], and [`Self::append_end`] keeps or discards it. The BAT and the
+    /// trailing footer are written only by [`Self::finish_appends`]; until then the file is not
+    /// a valid image.
+    pub fn append_begin(&mut self, block: u64, bitmap: &SectorBitmap) -> Result<()> {
+        if self.bat.sector(block).is_some() || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
+            return Err(Error::internal(format!("block {block}: not a fresh block of this image")));
         }
         let start = self.data_end.div_ceil(512) * 512;
-        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
-            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
-        })?;
-        buf[..bitmap_size].copy_from_slice(&bitmap.encode(bitmap_size));
-        self.file.write_all_at(start, buf)?;
-        self.bat.set(block, sector);
-        self.data_end = start + buf.len() as u64;
+        if u32::try_from(start / 512).ok().is_none_or(|s| s == UNALLOCATED) {
+            return Err(Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"));
+        }
+        self.file.write_all_at(start, &bitmap.encode(self.header.bitmap_size() as usize))?;
+        self.appending = Some((block, start));
         Ok(())
     }
 
-    /// Writes the BAT and the trailing footer after [`Self::append_block`] calls.
+    /// Writes `data` at `within` bytes into the block being appended.
+    pub fn append_data(&mut self, within: u64, data: &[u8]) -> Result<()> {
+        let Some((block, start)) = self.appending else {
+            return Err(Error::internal("block data written with no block begun"));
+        };
+        if within + data.len() as u64 > self.block_size() {
+            return Err(Error::internal(format!("block {block}: data past the block's end")));
+        }
+        self.file.write_all_at(start + self.header.bitmap_size() + within, data)
+    }
+
+    /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
+    /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
+    pub fn append_end(&mut self, keep: bool) -> Result<()> {
+        let (block, start) = self.appending.take().ok_or_else(|| Error::internal("block ended with no block begun"))?;
+        if keep {
+            self.bat.set(block, (start / 512) as u32);
+            self.data_end = start + self.header.bitmap_size() + self.block_size();
+        }
+        Ok(())
+    }
+
+    /// Writes the BAT and the trailing footer after the appends, and cuts the file there.
     pub fn finish_appends(&mut self) -> Result<()> {
         self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;
         self.file.write_all_at(self.data_end, &self.footer.encode())?;
+        self.file.set_len(self.data_end + FOOTER_SIZE as u64)?;
         self.presence_map().clear();
         Ok(())
     }
@@ -646,6 +671,35 @@ impl BlockDevice for SparseVhd {
 
     fn source(&self) -> &Path {
         self.file.path()
+    }
+
+    /// Allocated blocks (read without touching the others), and where they are not, the
+    /// parent's data ranges.
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        let end = end.min(self.len());
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let bs = self.block_size();
+        let (first, last) = (start / bs, end.div_ceil(bs));
+        let mut own: Vec<(u64, u64)> = Vec::new();
+        let blocks = self.bat.allocated_in(first, last);
+        for b in blocks {
+            own.push(((b * bs).max(start), ((b + 1) * bs).min(end)));
+        }
+        let own = merge_ranges(own);
+        let Some(parent) = self.parent.as_deref() else { return Ok(own) };
+        // The parent shows through where this image holds no block.
+        let mut out = own.clone();
+        let mut at = start;
+        for &(a, b) in own.iter().chain(std::iter::once(&(end, end))) {
+            if at < a {
+                out.extend(parent.data_ranges(at, a.min(parent.len()))?);
+            }
+            at = at.max(b);
+        }
+        out.sort_unstable();
+        Ok(merge_ranges(out))
     }
 }
 
