@@ -3,11 +3,11 @@
 #   make test   installs the test tools when missing (as root), then runs the whole suite
 
 CARGO ?= cargo
-TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk attr xz-utils
-TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk setfattr getfattr xz gzip
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 
-.PHONY: build test tools lint demo bench install corpus clean
+.PHONY: build test torture tools lint demo bench install corpus clean
 
 build:
 	$(CARGO) build --release
@@ -34,6 +34,11 @@ lint:
 test: tools lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
 	$(CARGO) test --features fault-injection
+
+# The long runs of the integrity harness: more concurrent trials, power-cut states and crash
+# points (figures in docs/integrity.md).
+torture: tools
+	VHDKIT_TORTURE=1 $(CARGO) test --release --features fault-injection --test integrity --test vhdreg -- --test-threads=1
 
 $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
 	mkdir -p $(dir $@)

@@ -185,20 +185,6 @@ fn a_hive_that_outgrows_its_clusters_is_extended_in_ntfs() {
     assert!(other[&1].contains_key("Users/alice/NTUSER.DAT"));
 }
 
-/// A dynamic copy of the Windows image (made by qemu-img).
-fn dynamic_windows_image(dir: &Path, h: &Hives) -> PathBuf {
-    let fixed = windows_image(dir, h);
-    let dynamic = dir.join("win-dynamic.vhd");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
-            .arg(&fixed)
-            .arg(&dynamic),
-    );
-    std::fs::remove_file(&fixed).unwrap();
-    dynamic
-}
-
 #[test]
 fn a_differencing_child_takes_the_write_and_its_parent_stays() {
     let dir = tempdir();

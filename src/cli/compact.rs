@@ -260,6 +260,7 @@ fn run(cli: &Cli) -> Result<bool> {
         realign: plan.realignment.as_ref().map(RealignResult::new),
         verify: verified,
         elapsed_seconds: started.elapsed().as_secs_f64(),
+        input_problems: crate::vhd::check::write_hazards(&image),
     };
     emit(cli.json, &report, crate::report::compact::render)?;
     if !ok {
@@ -331,6 +332,7 @@ fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
         realign: None,
         verify: verified,
         elapsed_seconds: started.elapsed().as_secs_f64(),
+        input_problems: Vec::new(),
     };
     emit(cli.json, &report, crate::report::compact::render)?;
     Ok(ok)

@@ -66,7 +66,7 @@ pub struct HiveSource {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<FormatArg>,
     /// Wait for another vhdkit process using the image or hive instead of failing at once.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub wait: bool,
 }
 

@@ -89,8 +89,11 @@ fn prepare(source: &dyn BlockDevice, bs: u64, p: &Piece<'_>, pool: &BufferPool) 
     let Some(stored) = p.stored else { return Ok(None) };
     let start = p.block * bs + p.within;
     let mut buf = take_buffer(pool, p.len as usize);
+    // The last block of a disk that is not a whole number of blocks reads zeros past the end.
     let readable = (start + p.len).min(source.len()).saturating_sub(start) as usize;
-    source.read_at(start, &mut buf[..readable])?;
+    if readable > 0 {
+        source.read_at(start, &mut buf[..readable])?;
+    }
     buf[readable..].fill(0);
     for &(a, z) in &stored.zero {
         let (a, z) = (a.max(p.within), z.min(p.within + p.len));

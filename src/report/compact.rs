@@ -49,6 +49,9 @@ pub struct CompactReport {
     /// With --realign: where each partition went and every patch made.
     pub realign: Option<RealignResult>,
     pub verify: Option<VerifyReport>,
+    /// Structural problems of the input (blocks that overlap or lie outside the file...): a
+    /// copy to a new file goes on, an in-place run refuses them.
+    pub input_problems: Vec<crate::vhd::finding::Finding>,
     pub elapsed_seconds: f64,
 }
 
@@ -129,6 +132,9 @@ pub fn render(r: &CompactReport) -> String {
         );
     }
     s.kv("elapsed", format!("{:.2} s", r.elapsed_seconds));
+    for f in &r.input_problems {
+        s.kv("input problem", f.to_string());
+    }
     let mut p = Section::table("Partitions", &["#", "contents", "dropped blocks", "dropped bytes"]);
     for part in &r.partitions {
         p.row(vec![

@@ -25,7 +25,9 @@ pub fn corpus(name: &str) -> PathBuf {
     if !out.exists() {
         std::fs::create_dir_all(&cache).unwrap();
         let src = root().join("corpus").join(format!("{name}.gz"));
-        let tmp = cache.join(format!("{name}.partial"));
+        // Another test process may decompress the same image at the same time: each writes
+        // its own file and the rename is atomic.
+        let tmp = cache.join(format!("{name}.{}.partial", std::process::id()));
         let f = std::fs::File::create(&tmp).unwrap();
         let st = Command::new("gzip").arg("-dc").arg(&src).stdout(f).status().expect("gzip is needed");
         assert!(st.success(), "gzip -dc {}", src.display());
@@ -119,20 +121,66 @@ pub fn assert_one_line_error(out: &Output, file: &str, needles: &[&str]) {
     }
 }
 
+/// Whether `dir` is a mount point now (the kernel's own table, not a guess).
+fn is_mounted(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table.lines().any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap_or("")))
+}
+
+/// Polls `done` every 50 ms for up to `secs` seconds.
+fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
 /// Mounts an NTFS volume (a raw partition image) with ntfs-3g, runs `f` on the mount point,
-/// then unmounts (also when `f` panics).
+/// then unmounts (also when `f` panics). The mount is over only when `umount` succeeded and
+/// the ntfs-3g process has exited successfully (it then has written everything to the
+/// volume); anything else fails the test loudly, so a busy machine cannot make it race.
 pub fn with_ntfs3g<T>(volume: &Path, read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempdir();
-    let opts = if read_only { "ro,streams_interface=xattr" } else { "rw,streams_interface=xattr" };
-    let mounted = Command::new("ntfs-3g")
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let opts = if read_only { "ro,streams_interface=xattr,no_detach" } else { "rw,streams_interface=xattr,no_detach" };
+    let mut child = Command::new("ntfs-3g")
         .args(["-o", opts])
         .arg(volume)
         .arg(mnt.path())
-        .status()
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
         .expect("ntfs-3g is needed (make test installs it)");
-    assert!(mounted.success(), "ntfs-3g could not mount {} (FUSE and root are needed)", volume.display());
+    let log_text = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let up = wait_for(60, || is_mounted(mnt.path()) || child.try_wait().ok().flatten().is_some());
+    if !up || !is_mounted(mnt.path()) {
+        let _ = child.kill();
+        panic!("ntfs-3g could not mount {} (FUSE and root are needed): {}", volume.display(), log_text());
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(mnt.path())));
-    let _ = Command::new("umount").arg(mnt.path()).status();
+    let unmounted = wait_for(120, || {
+        Command::new("umount").arg(mnt.path()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+            || !is_mounted(mnt.path())
+    });
+    let mut status = None;
+    let exited = unmounted && wait_for(120, || matches!(child.try_wait(), Ok(Some(s)) if { status = Some(s); true }));
+    if !unmounted || !exited {
+        let _ = Command::new("umount").arg("-l").arg(mnt.path()).status();
+        let _ = child.kill();
+        panic!(
+            "ntfs-3g on {}: umount {} and the process {}",
+            volume.display(),
+            if unmounted { "succeeded" } else { "kept failing" },
+            if exited { "exited" } else { "did not exit" }
+        );
+    }
+    let status = status.expect("the exit status was read");
+    assert!(status.success(), "ntfs-3g on {} exited with {status}: {}", volume.display(), log_text());
     result.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
@@ -257,6 +305,20 @@ pub fn windows_image(dir: &Path, h: &Hives) -> PathBuf {
     f.write_all_at(&std::fs::read(&part).unwrap(), start).unwrap();
     std::fs::remove_file(&part).unwrap();
     image
+}
+
+/// A dynamic copy of the Windows image (made by qemu-img).
+pub fn dynamic_windows_image(dir: &Path, h: &Hives) -> PathBuf {
+    let fixed = windows_image(dir, h);
+    let dynamic = dir.join("win-dynamic.vhd");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+            .arg(&fixed)
+            .arg(&dynamic),
+    );
+    std::fs::remove_file(&fixed).unwrap();
+    dynamic
 }
 
 /// Files copied out of partition 1 of an image by ntfs-3g (read-only), by path in the volume.

@@ -1,0 +1,623 @@
+//! Integrity beyond one process on a trusted file: locks between tools, journals that only
+//! their owner may roll back, power loss at any point, structurally broken and hostile inputs,
+//! and permissions. Long variants run under `make torture` (VHDKIT_TORTURE=1).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NAME_KEY: &str = r"HKLM\SYSTEM\CurrentControlSet\Control\ComputerName\ComputerName";
+
+/// More trials under `make torture`.
+fn trials(quick: usize, torture: usize) -> usize {
+    if std::env::var_os("VHDKIT_TORTURE").is_some() { torture } else { quick }
+}
+
+fn vhdreg(args: &[&str]) -> Output {
+    run(bin("vhdreg").args(args))
+}
+
+fn get_value(image: &Path, name: &str) -> Option<String> {
+    let out = run(bin("vhdreg").arg(image).args(["get", NAME_KEY, name, "--json", "--wait"]));
+    out.status.success().then(|| {
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["data"].as_str().unwrap().to_string()
+    })
+}
+
+/// A dynamic Windows-like image with real hives, or `None` without real data.
+fn windows(dir: &Path) -> Option<PathBuf> {
+    let h = hives(dir)?;
+    Some(dynamic_windows_image(dir, &h))
+}
+
+#[test]
+fn a_locked_image_is_refused_at_once_or_waited_for() {
+    let dir = tempdir();
+    let img = dir.path().join("img.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &img).unwrap();
+    let holder = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    holder.lock().unwrap();
+    let out_vhd = dir.path().join("out.vhd");
+    for cmd in [
+        bin("vhdinspect").arg("dump").arg(&img),
+        bin("vhdinspect").arg("files").arg(&img),
+        bin("vhdcompact").arg(&img).arg(&out_vhd),
+        bin("vhdcompact").arg(&img).arg("--in-place"),
+        bin("vhdreg").arg(&img).args(["set", r"HKLM\SYSTEM\x", "y", "--type", "REG_DWORD", "--data", "1"]),
+        bin("vhdreg").arg(&img).arg("recover"),
+    ] {
+        let started = Instant::now();
+        let o = run(cmd);
+        assert_one_line_error(&o, "img.vhd", &["in use by another vhdkit process", "--wait"]);
+        assert!(started.elapsed() < Duration::from_secs(10), "{cmd:?} waited");
+    }
+    assert!(!out_vhd.exists());
+    // A shared lock lets readers in and keeps writers out.
+    holder.unlock().unwrap();
+    holder.lock_shared().unwrap();
+    run_ok(bin("vhdinspect").arg("dump").arg(&img));
+    let o = run(bin("vhdcompact").arg(&img).args(["--in-place", "--zero-free"]));
+    assert_one_line_error(&o, "img.vhd", &["in use"]);
+    // With --wait, a writer waits for the lock and then runs.
+    let mut child = bin("vhdcompact")
+        .arg(&img)
+        .args(["--in-place", "--zero-free", "--wait"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "the writer did not wait for the lock");
+    holder.unlock().unwrap();
+    let out = child.wait_with_output().unwrap();
+    // It ran (it either zeroed free space or found none to zero), after the lock was released.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || err.contains("nothing to do"), "{err}");
+}
+
+#[test]
+fn writers_side_by_side_lose_no_change() {
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let path = img.to_str().unwrap();
+    for trial in 0..trials(6, 30) {
+        let names = [format!("A{trial}"), format!("B{trial}")];
+        let spawn = |name: &str, wait: bool| {
+            let mut c = bin("vhdreg");
+            c.arg(path).args(["set", NAME_KEY, name, "--type", "REG_SZ", "--data", name]);
+            if wait {
+                c.arg("--wait");
+            }
+            c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        };
+        let wait = trial % 2 == 0;
+        let (a, b) = (spawn(&names[0], wait), spawn(&names[1], wait));
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        for (name, out) in names.iter().zip(outs) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                assert_eq!(
+                    get_value(&img, name).as_deref(),
+                    Some(name.as_str()),
+                    "trial {trial}: a committed change is gone"
+                );
+            } else {
+                assert!(!wait && err.contains("in use"), "trial {trial}: {err}");
+            }
+        }
+        assert!(run(bin("vhdinspect").arg("check").arg(&img)).status.success());
+    }
+}
+
+#[test]
+fn a_write_beside_in_place_compaction_is_kept_and_the_image_stays_whole() {
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let path = img.to_str().unwrap();
+    let files_before = image_file_hashes(&img);
+    for trial in 0..trials(3, 15) {
+        let value = format!("V{trial}");
+        let mut compact = bin("vhdcompact")
+            .arg(path)
+            .args(["--in-place", "--zero-free", "--wait"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let set = vhdreg(&[path, "set", NAME_KEY, &value, "--type", "REG_SZ", "--data", &value, "--wait"]);
+        assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+        let c = compact.wait().unwrap();
+        let _ = c;
+        assert_eq!(get_value(&img, &value).as_deref(), Some(value.as_str()), "trial {trial}");
+        let check = run(bin("vhdinspect").arg("check").arg(&img));
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    }
+    let mut files_after = image_file_hashes(&img);
+    let mut before = files_before;
+    for m in [&mut before, &mut files_after] {
+        m.get_mut(&1).unwrap().remove(SYSTEM);
+    }
+    assert_eq!(files_after, before, "a file other than the hive changed");
+}
+
+/// Crashes a `vhdreg set` before write `n` and returns the journal it left.
+fn crashed_write(img: &Path, n: u32) -> PathBuf {
+    let o = run(bin("vhdreg")
+        .arg(img)
+        .args(["set", NAME_KEY, "Crash", "--type", "REG_SZ", "--data", "CRASHED"])
+        .env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+    assert!(!o.status.success());
+    let journal = vhdkit::host::journal::journal_path(img);
+    assert!(journal.exists(), "no journal after a crash at write {n}");
+    journal
+}
+
+#[test]
+fn a_journal_is_applied_only_to_the_image_it_belongs_to() {
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let pristine = std::fs::read(&img).unwrap();
+    let journal = vhdkit::host::journal::journal_path(&img);
+    let refused = |why: &str| {
+        for cmd in [vec!["recover"], vec!["set", NAME_KEY, "x", "--type", "REG_DWORD", "--data", "1"]] {
+            let o = run(bin("vhdreg").arg(&img).args(&cmd));
+            assert_one_line_error(&o, "vhdkit-journal", &["refusing to apply this journal", why]);
+        }
+        // Readers refuse to look at the image, and touch nothing.
+        let o = run(bin("vhdinspect").arg("dump").arg(&img));
+        assert_one_line_error(&o, "win-dynamic.vhd", &["interrupted"]);
+        assert_eq!(std::fs::read(&img).unwrap(), pristine, "the image changed");
+    };
+    // A planted file that is no journal at all.
+    std::fs::write(&journal, b"#!/bin/sh\nthis would wipe the partition table\n..........................").unwrap();
+    refused("not a vhdkit journal");
+    std::fs::remove_file(&journal).unwrap();
+    // A real journal, but of another image.
+    let other = dir.path().join("other.vhd");
+    std::fs::write(&other, &pristine).unwrap();
+    let other_journal = crashed_write(&other, 3);
+    std::fs::copy(&other_journal, &journal).unwrap();
+    refused("was written for device");
+    // Its own journal, made writable by others or owned by someone else, or a symlink or a
+    // FIFO in its place.
+    std::fs::remove_file(&journal).unwrap();
+    let own = crashed_write(&img, 3);
+    let crashed = std::fs::read(&img).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused_crashed = |why: &str| {
+        let o = run(bin("vhdreg").arg(&img).arg("recover"));
+        assert_one_line_error(&o, "vhdkit-journal", &[why]);
+        assert_eq!(std::fs::read(&img).unwrap(), crashed);
+    };
+    refused_crashed("others than its owner may write it");
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&own, Some(65534), None).unwrap();
+    refused_crashed("owned by user 65534");
+    std::os::unix::fs::chown(&own, Some(std::fs::metadata(&img).unwrap().uid()), None).unwrap();
+    let kept = dir.path().join("kept-journal");
+    std::fs::rename(&own, &kept).unwrap();
+    std::os::unix::fs::symlink(&kept, &journal).unwrap();
+    refused_crashed("symlink");
+    std::fs::remove_file(&journal).unwrap();
+    assert!(Command::new("mkfifo").arg(&journal).status().unwrap().success());
+    refused_crashed("FIFO");
+    std::fs::remove_file(&journal).unwrap();
+    // The image changed after the crash (another tool wrote it): the journal is refused.
+    std::fs::rename(&kept, &journal).unwrap();
+    let mut tampered = crashed.clone();
+    tampered[5] ^= 0xFF;
+    std::fs::write(&img, &tampered).unwrap();
+    let o = run(bin("vhdreg").arg(&img).arg("recover"));
+    assert_one_line_error(&o, "vhdkit-journal", &["neither its old value", "nor one the interrupted run wrote"]);
+    // Put back as the crash left it, the journal is honoured: the file is what it was.
+    std::fs::write(&img, &crashed).unwrap();
+    run_ok(bin("vhdreg").arg(&img).arg("recover"));
+    assert_eq!(std::fs::read(&img).unwrap(), pristine);
+    assert!(!journal.exists());
+    // A journal of an older vhdkit is never applied.
+    std::fs::write(vhdkit_legacy_journal(&img), b"VHDKJRNL").unwrap();
+    let o = run(bin("vhdreg").arg(&img).arg("recover"));
+    assert_one_line_error(&o, "vhdreg-journal", &["older vhdkit"]);
+}
+
+fn vhdkit_legacy_journal(img: &Path) -> PathBuf {
+    let mut p = img.as_os_str().to_os_string();
+    p.push(".vhdreg-journal");
+    PathBuf::from(p)
+}
+
+/// One operation of a write trace (see src/host/fault.rs).
+#[derive(Clone, Debug)]
+enum Op {
+    Write { path: PathBuf, offset: u64, bytes: Vec<u8> },
+    SetLen { path: PathBuf, len: u64 },
+    Sync { path: PathBuf },
+    Remove { path: PathBuf },
+}
+
+fn parse_trace(bytes: &[u8]) -> Vec<Op> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let u32_at = |b: &[u8], a: usize| u32::from_le_bytes(b[a..a + 4].try_into().unwrap()) as usize;
+    let u64_at = |b: &[u8], a: usize| u64::from_le_bytes(b[a..a + 8].try_into().unwrap());
+    while at < bytes.len() {
+        let kind = bytes[at];
+        let name_len = u32_at(bytes, at + 1);
+        let path = PathBuf::from(String::from_utf8(bytes[at + 5..at + 5 + name_len].to_vec()).unwrap());
+        let p = at + 5 + name_len;
+        let (offset, len) = (u64_at(bytes, p), u64_at(bytes, p + 8) as usize);
+        let data = bytes[p + 16..p + 16 + len].to_vec();
+        out.push(match kind {
+            b'W' => Op::Write { path, offset, bytes: data },
+            b'T' => Op::SetLen { path, len: offset },
+            b'S' => Op::Sync { path },
+            _ => Op::Remove { path },
+        });
+        at = p + 16 + len;
+    }
+    out
+}
+
+/// A small deterministic generator for the sampled states.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Applies `op` to the in-memory file `data`.
+fn apply(data: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Write { offset, bytes, .. } => {
+            let end = *offset as usize + bytes.len();
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            data[*offset as usize..end].copy_from_slice(bytes);
+        }
+        Op::SetLen { len, .. } => data.resize(*len as usize, 0),
+        _ => {}
+    }
+}
+
+#[test]
+fn after_a_power_cut_at_any_point_the_image_recovers_to_its_old_content() {
+    // A write that allocates blocks in a dynamic image and grows the hive in NTFS: footer
+    // moves, block data, BAT entries, bitmap, MFT record, hive sectors.
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let original = std::fs::read(&img).unwrap();
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, (0..2_500_000u32).map(|i| (i % 241) as u8).collect::<Vec<u8>>()).unwrap();
+    let trace = dir.path().join("trace");
+    let work = dir.path().join("traced.vhd");
+    std::fs::write(&work, &original).unwrap();
+    let o = run(bin("vhdreg")
+        .arg(&work)
+        .args(["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()])
+        .env("VHDKIT_TRACE_WRITES", &trace));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ops = parse_trace(&std::fs::read(&trace).unwrap());
+    let journal_path = vhdkit::host::journal::journal_path(&work);
+    let is_image = |p: &Path| p == work;
+    // The journal is whole and flushed before the first write to the image.
+    let first_image_write = ops.iter().position(|o| matches!(o, Op::Write { path, .. } if is_image(path))).unwrap();
+    assert!(
+        ops[..first_image_write].iter().any(|o| matches!(o, Op::Sync { path } if *path == journal_path)),
+        "the image is written before the journal is flushed"
+    );
+    let mut journal = Vec::new();
+    for op in &ops[..first_image_write] {
+        if let Op::Write { path, .. } = op
+            && *path == journal_path
+        {
+            apply(&mut journal, op);
+        }
+    }
+    let image_ops: Vec<&Op> = ops[first_image_write..]
+        .iter()
+        .filter(|o| matches!(o, Op::Write { path, .. } | Op::SetLen { path, .. } if is_image(path)))
+        .collect();
+    assert!(image_ops.len() > 5, "{} image writes", image_ops.len());
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let states = trials(60, 400);
+    // The states are written into the traced file itself: the journal names its inode.
+    let state_img = work.clone();
+    let state_journal = journal_path.clone();
+    for s in 0..states {
+        // Any subset of the writes since the journal was flushed may have reached the disk.
+        let mut data = original.clone();
+        let mask = rng.next();
+        for (i, op) in image_ops.iter().enumerate() {
+            let keep = match s {
+                0 => false,
+                1 => true,
+                _ => (mask.rotate_left(i as u32) ^ rng.next()) & 1 == 1,
+            };
+            if keep {
+                apply(&mut data, op);
+            }
+        }
+        std::fs::write(&state_img, &data).unwrap();
+        std::fs::write(&state_journal, &journal).unwrap();
+        std::fs::set_permissions(&state_journal, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = run(bin("vhdreg").arg(&state_img).arg("recover"));
+        assert!(o.status.success(), "state {s}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::read(&state_img).unwrap() == original, "state {s}: not the old content");
+        let check = run(bin("vhdinspect").arg("check").arg(&state_img));
+        assert!(check.status.success(), "state {s}: {}", String::from_utf8_lossy(&check.stdout));
+    }
+    // A journal cut short while being written: the image was never touched.
+    for cut in [0, 7, journal.len() / 2, journal.len() - 1] {
+        std::fs::write(&state_img, &original).unwrap();
+        std::fs::write(&state_journal, &journal[..cut]).unwrap();
+        let o = run(bin("vhdreg").arg(&state_img).arg("recover"));
+        assert!(o.status.success(), "cut at {cut}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("before it touched the image"));
+        assert!(std::fs::read(&state_img).unwrap() == original);
+    }
+}
+
+#[test]
+fn in_place_compaction_survives_a_power_cut_between_any_two_flushes() {
+    let dir = tempdir();
+    let img = dir.path().join("xp.vhd");
+    // A dynamic copy of the XP image: blocks with stale data to drop, blocks to move.
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic"])
+            .arg(corpus("xp-fixed.vhd"))
+            .arg(&img),
+    );
+    let original = std::fs::read(&img).unwrap();
+    let reference = vhdkit::vhd::DiskImage::open(&img, &Default::default()).unwrap();
+    let map = vhdkit::map::ImageMap::build(&reference, None).unwrap();
+    let needed: Vec<(u64, u64)> = map
+        .needs(0, vhdkit::vhd::BlockDevice::len(&reference))
+        .into_iter()
+        .filter(|n| n.kind != vhdkit::map::blocks::NeedKind::FreeCluster)
+        .map(|n| (n.start, n.end))
+        .collect();
+    let needed_bytes = |image: &vhdkit::vhd::DiskImage| -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(a, b) in &needed {
+            let mut buf = vec![0u8; (b - a) as usize];
+            vhdkit::vhd::BlockDevice::read_at(image, a, &mut buf).unwrap();
+            out.extend(buf);
+        }
+        out
+    };
+    let want = needed_bytes(&reference);
+    drop(map);
+    drop(reference);
+    let trace = dir.path().join("trace");
+    let work = dir.path().join("traced.vhd");
+    std::fs::write(&work, &original).unwrap();
+    let o = run(bin("vhdcompact").arg(&work).args(["--in-place", "--zero-free"]).env("VHDKIT_TRACE_WRITES", &trace));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ops: Vec<Op> = parse_trace(&std::fs::read(&trace).unwrap())
+        .into_iter()
+        .filter(|o| match o {
+            Op::Write { path, .. } | Op::SetLen { path, .. } | Op::Sync { path } | Op::Remove { path } => *path == work,
+        })
+        .collect();
+    // Epochs: the operations between two flushes.
+    let mut epochs: Vec<Vec<&Op>> = vec![Vec::new()];
+    for op in &ops {
+        match op {
+            Op::Sync { .. } => epochs.push(Vec::new()),
+            _ => epochs.last_mut().unwrap().push(op),
+        }
+    }
+    assert!(epochs.len() >= 4, "{} flushes", epochs.len() - 1);
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let per_epoch = trials(4, 25);
+    let state = dir.path().join("state.vhd");
+    let mut base = original.clone();
+    for (e, epoch) in epochs.iter().enumerate() {
+        for s in 0..per_epoch {
+            let mut data = base.clone();
+            for op in epoch {
+                if s == 1 || (s > 1 && rng.next() & 1 == 1) {
+                    apply(&mut data, op);
+                }
+            }
+            std::fs::write(&state, &data).unwrap();
+            let image = vhdkit::vhd::DiskImage::open(&state, &Default::default())
+                .unwrap_or_else(|err| panic!("epoch {e} state {s}: the image does not open: {err}"));
+            assert!(needed_bytes(&image) == want, "epoch {e} state {s}: needed content changed");
+            let check = run(bin("vhdinspect").arg("check").arg(&state));
+            assert!(check.status.success(), "epoch {e} state {s}: {}", String::from_utf8_lossy(&check.stdout));
+        }
+        for op in epoch {
+            apply(&mut base, op);
+        }
+    }
+    assert!(base == std::fs::read(&work).unwrap(), "the trace does not replay to the result");
+}
+
+#[test]
+fn a_structurally_broken_image_is_not_rewritten_in_place() {
+    let dir = tempdir();
+    let img = dir.path().join("cross.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &img).unwrap();
+    // Cross-link: the second allocated BAT entry points at the first one's block.
+    let data = std::fs::read(&img).unwrap();
+    let table = u64::from_be_bytes(data[512 + 16..512 + 24].try_into().unwrap()) as usize;
+    let entries: Vec<usize> = (0..64)
+        .filter(|i| u32::from_be_bytes(data[table + 4 * i..table + 4 * i + 4].try_into().unwrap()) != u32::MAX)
+        .collect();
+    let mut broken = data.clone();
+    let (a, b) = (entries[0], entries[1]);
+    let first = broken[table + 4 * a..table + 4 * a + 4].to_vec();
+    broken[table + 4 * b..table + 4 * b + 4].copy_from_slice(&first);
+    std::fs::write(&img, &broken).unwrap();
+    let o = run(bin("vhdcompact").arg(&img).arg("--in-place"));
+    assert_one_line_error(&o, "cross.vhd", &["structurally broken", "overlaps"]);
+    assert_eq!(std::fs::read(&img).unwrap(), broken);
+    let o = run(bin("vhdreg").arg(&img).args(["set", r"HKLM\SYSTEM\x", "y", "--type", "REG_DWORD", "--data", "1"]));
+    assert_one_line_error(&o, "cross.vhd", &["structurally broken"]);
+    // A copy to a new file goes on and says what is wrong.
+    let out = run_ok(bin("vhdcompact").arg(&img).arg(dir.path().join("out.vhd")).arg("--json"));
+    let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        r["input_problems"].as_array().unwrap().iter().any(|p| p["problem"].as_str().unwrap().contains("overlaps"))
+    );
+}
+
+/// Runs `cmd` with a time limit; a run past it is a hang.
+fn bounded(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{cmd:?} hung for {secs} s");
+}
+
+#[test]
+fn fifos_and_devices_in_every_input_slot_are_refused_at_once() {
+    let dir = tempdir();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (f, zero) = (fifo.to_str().unwrap(), "/dev/zero");
+    let img = dir.path().join("img.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &img).unwrap();
+    let i = img.to_str().unwrap();
+    let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };
+    let hive = dir.path().join("SAM");
+    std::fs::copy(&sam, &hive).unwrap();
+    make_writable(&hive);
+    let h = hive.to_str().unwrap();
+    for bad in [f, zero] {
+        let cases: Vec<Vec<&str>> = vec![
+            vec!["vhdinspect", "dump", bad],
+            vec!["vhdinspect", "check", bad],
+            vec!["vhdcompact", bad, "out.vhd"],
+            vec!["vhdreg", "--hive-file", bad, "get", "SAM", "x"],
+            vec!["vhdreg", "--hive-file", h, "set", "SAM", "x", "--type", "REG_BINARY", "--data-file", bad],
+            vec!["vhdreg", "--hive-file", h, "import", bad],
+        ];
+        for case in cases {
+            let o = bounded(bin(case[0]).current_dir(dir.path()).args(&case[1..]), 20);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{case:?}: {err}");
+            assert!(
+                err.contains("not a regular file") || err.contains("not a regular file or a block device"),
+                "{case:?}: {err}"
+            );
+        }
+    }
+    // A log beside a bare hive, and a journal beside an image, that are FIFOs.
+    let log = dir.path().join("SAM.LOG1");
+    assert!(Command::new("mkfifo").arg(&log).status().unwrap().success());
+    let o = bounded(bin("vhdreg").args(["--hive-file", h, "get", "SAM\\Domains"]), 20);
+    assert!(o.status.success(), "a FIFO log is skipped: {}", String::from_utf8_lossy(&o.stderr));
+    let journal = vhdkit::host::journal::journal_path(&img);
+    assert!(Command::new("mkfifo").arg(&journal).status().unwrap().success());
+    let o = bounded(bin("vhdreg").args([i, "recover"]), 20);
+    assert_one_line_error(&o, "vhdkit-journal", &["FIFO"]);
+    // A differencing child whose parent locator names a FIFO.
+    std::fs::remove_file(&journal).unwrap();
+    let parent = dir.path().join("parent.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &parent).unwrap();
+    let child = dir.path().join("child.vhd");
+    {
+        let p = vhdkit::vhd::DiskImage::open(&parent, &Default::default()).unwrap();
+        let link = vhdkit::vhd::sparse::ParentLink { image: &p, path: &parent };
+        vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
+    }
+    std::fs::remove_file(&parent).unwrap();
+    assert!(Command::new("mkfifo").arg(&parent).status().unwrap().success());
+    for cmd in ["dump", "check", "files"] {
+        let o = bounded(bin("vhdinspect").arg(cmd).arg(&child), 20);
+        let err = String::from_utf8_lossy(&o.stderr) + String::from_utf8_lossy(&o.stdout);
+        assert!(err.contains("FIFO"), "{cmd}: {err}");
+    }
+}
+
+/// Peak memory of a run, in KiB (GNU time).
+fn peak_kib(cmd: &mut Command) -> (Output, u64) {
+    let program = cmd.get_program().to_os_string();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
+    let out = run(Command::new("/usr/bin/time").args(["-f", "%M"]).arg(program).args(args));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let kib = err.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+    (out, kib)
+}
+
+#[test]
+fn hostile_sizes_cannot_exhaust_memory_or_time() {
+    let dir = tempdir();
+    // 256 MiB blocks: block copies stay a fixed number of bytes.
+    let big_blocks = dir.path().join("big-blocks.vhd");
+    run_ok(bin("vhdcompact").arg(corpus("xp-fixed.vhd")).arg(&big_blocks).args(["--block-size", "256M"]));
+    let (out, kib) = peak_kib(bin("vhdcompact").arg(&big_blocks).arg(dir.path().join("o1.vhd")).arg("--verify"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(kib < 200 << 10, "compacting 256 MiB blocks peaked at {kib} KiB");
+    // An empty 2040 GiB dynamic VHD with 2^24-ish BAT entries (128 KiB blocks).
+    let empty = dir.path().join("empty.vhd");
+    vhdkit::vhd::SparseVhd::create(&empty, 2040 << 30, 128 << 10, None).unwrap();
+    let started = Instant::now();
+    let (out, kib) =
+        peak_kib(bin("vhdcompact").arg(&empty).arg(dir.path().join("o2.vhd")).arg("--input-format").arg("vhd"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(kib < 600 << 10, "peaked at {kib} KiB for a 64 MiB BAT");
+    // A 1 TiB sparse raw disk is not read as a terabyte of zeros.
+    let sparse = dir.path().join("sparse.raw");
+    std::fs::File::create(&sparse).unwrap().set_len(1 << 40).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&sparse).unwrap().write_all_at(&[0x55, 0xAA], 510).unwrap();
+    }
+    for cmd in
+        [bin("vhdinspect").args(["ranges"]).arg(&sparse), bin("vhdcompact").arg(&sparse).arg(dir.path().join("o3.vhd"))]
+    {
+        let started = Instant::now();
+        let o = bounded(cmd, 120);
+        assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(started.elapsed() < Duration::from_secs(60), "{cmd:?} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_rewritten_hive_keeps_its_mode_and_owner_and_a_read_only_one_is_refused() {
+    let dir = tempdir();
+    let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };
+    let hive = dir.path().join("SAM");
+    std::fs::copy(&sam, &hive).unwrap();
+    std::fs::set_permissions(&hive, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&hive, Some(65534), Some(65534)).unwrap();
+    let h = hive.to_str().unwrap();
+    run_ok(bin("vhdreg").args(["--hive-file", h, "set", r"SAM\Domains", "v", "--type", "REG_DWORD", "--data", "1"]));
+    let m = std::fs::metadata(&hive).unwrap();
+    assert_eq!((m.permissions().mode() & 0o7777, m.uid(), m.gid()), (0o640, 65534, 65534));
+    // A file made read-only was made so on purpose, even for root.
+    std::fs::set_permissions(&hive, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&hive).unwrap();
+    let o =
+        run(bin("vhdreg").args(["--hive-file", h, "set", r"SAM\Domains", "v", "--type", "REG_DWORD", "--data", "2"]));
+    assert_one_line_error(&o, "SAM", &["read-only"]);
+    assert_eq!(std::fs::read(&hive).unwrap(), before);
+    // The journal of an interrupted write is no more open than its image.
+    let Some(img) = windows(dir.path()) else { return };
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let journal = crashed_write(&img, 3);
+    assert_eq!(std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777, 0o600);
+}
