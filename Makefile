@@ -38,7 +38,10 @@ test: tools lint
 # The long runs of the integrity harness: more concurrent trials, power-cut states and crash
 # points (figures in docs/integrity.md).
 torture: tools
-	VHDKIT_TORTURE=1 $(CARGO) test --release --features fault-injection --test integrity --test vhdreg -- --test-threads=1
+	@mkdir -p target
+	VHDKIT_TORTURE=1 $(CARGO) test --release --features fault-injection --test integrity --test vhdreg \
+	  -- --test-threads=1 --nocapture > target/torture.log 2>&1; status=$$?; \
+	  grep -oE 'FIGURE: .*|test result.*|panicked.*' target/torture.log; exit $$status
 
 $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
 	mkdir -p $(dir $@)
