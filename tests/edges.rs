@@ -434,3 +434,23 @@ fn outputs_are_never_more_open_than_their_input() {
     )));
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn a_disk_without_a_partition_table_has_no_mbr() {
+    // dfvfs's differencing pair: an ext2 volume with no partition table.
+    let (Some(child), Some(parent)) =
+        (realdata("dfvfs/test_data/image-differential.vhd"), realdata("dfvfs/test_data/image.vhd"))
+    else {
+        return;
+    };
+    let dir = tempdir();
+    let c = dir.path().join("image-differential.vhd");
+    std::fs::copy(child, &c).unwrap();
+    std::fs::copy(parent, dir.path().join("image.vhd")).unwrap();
+    let j = json(&run_ok(bin("vhdinspect").args(["diff", "--json"]).arg(&c)));
+    let regions: Vec<&str> = j["unowned"].as_array().unwrap().iter().map(|u| u["region"].as_str().unwrap()).collect();
+    assert!(!regions.contains(&"mbr"), "{regions:?}");
+    let o = json(&run_ok(bin("vhdinspect").args(["owner", "--json", "--sector", "0"]).arg(&c)));
+    assert_ne!(o["region"], "mbr");
+    assert_eq!(o["filesystem"], "ext2");
+}

@@ -660,3 +660,90 @@ fn a_rewritten_hive_keeps_its_mode_and_owner_and_a_read_only_one_is_refused() {
     let journal = crashed_write(&img, 3);
     assert_eq!(std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+/// Starts `cmd` paused just before its write `n` (returns None when it finished first, having
+/// made fewer writes), with the pause file to remove to let it go on.
+fn paused_at(cmd: &mut Command, n: u32, dir: &Path) -> Option<(std::process::Child, PathBuf)> {
+    let pause = dir.join(format!("pause-{n}"));
+    std::fs::write(&pause, b"").unwrap();
+    let marker = dir.join(format!("pause-{n}.paused"));
+    let _ = std::fs::remove_file(&marker);
+    let mut child = cmd
+        .env("VHDKIT_PAUSE_AFTER_WRITES", n.to_string())
+        .env("VHDKIT_PAUSE_FILE", &pause)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if marker.exists() {
+            return Some((child, pause));
+        }
+        if child.try_wait().unwrap().is_some() {
+            let _ = std::fs::remove_file(&pause);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{cmd:?} never paused");
+}
+
+#[test]
+fn other_tools_stopped_at_each_write_of_a_writer_cannot_get_in() {
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let path = img.to_str().unwrap();
+    let out = dir.path().join("copy.vhd");
+    let mut points = 0;
+    let pristine = std::fs::read(&img).unwrap();
+    // A registry write stopped at each of its writes, and in-place compaction too.
+    for (writer, args) in [
+        ("vhdreg", vec![path, "set", NAME_KEY, "Paused", "--type", "REG_SZ", "--data", "P"]),
+        ("vhdcompact", vec![path, "--in-place", "--zero-free"]),
+    ] {
+        for n in 0..400 {
+            // Each run starts from the same image (written in place: the inode stays).
+            std::fs::write(&img, &pristine).unwrap();
+            let Some((child, pause)) = paused_at(bin(writer).args(&args), n, dir.path()) else { break };
+            points += 1;
+            // Nobody else gets in while the writer is between two writes...
+            for other in [
+                bin("vhdinspect").args(["files", path]),
+                bin("vhdreg").args([path, "get", NAME_KEY, "ComputerName"]),
+                bin("vhdreg").args([path, "set", NAME_KEY, "Other", "--type", "REG_SZ", "--data", "O"]),
+                bin("vhdcompact").arg(path).arg(&out),
+            ] {
+                let o = run(other);
+                assert_one_line_error(&o, "win-dynamic.vhd", &["in use"]);
+            }
+            assert!(!out.exists());
+            // ...and one that waits runs after it, on what it left.
+            let waiter = bin("vhdreg")
+                .args([path, "set", NAME_KEY, "Waiter", "--type", "REG_SZ", "--data", "W", "--wait"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(&pause).unwrap();
+            let done = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&done.stderr);
+            assert!(done.status.success() || err.contains("nothing to do"), "{writer} at write {n}: {err}");
+            let w = waiter.wait_with_output().unwrap();
+            assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+            assert_eq!(get_value(&img, "Waiter").as_deref(), Some("W"));
+            if writer == "vhdreg" {
+                assert_eq!(get_value(&img, "Paused").as_deref(), Some("P"));
+            }
+            let check = run(bin("vhdinspect").arg("check").arg(&img));
+            assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        }
+    }
+    assert!(points > 5, "only {points} stopping points");
+    figure(format!(
+        "other tools at each stopping point of vhdreg set and vhdcompact --in-place: {points} points, every one refused or waited"
+    ));
+}

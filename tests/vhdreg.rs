@@ -241,14 +241,17 @@ fn crash_loop(base: &Path, work: &Path, args: &[&str]) -> PathBuf {
         let journal = vhdkit::host::journal::journal_path(work);
         if journal.exists() {
             // Read-only commands refuse to show a half-written image, and never roll it back...
+            let copy = work.with_extension("copy.vhd");
             for reader in [
                 bin("vhdinspect").args(["reg", w, "get", COMPUTER_NAME]),
                 bin("vhdreg").args([w, "get", COMPUTER_NAME, "ComputerName"]),
+                bin("vhdcompact").arg(w).arg(&copy),
             ] {
                 let out = run(reader);
                 assert_one_line_error(&out, "vhdkit-journal", &["interrupted", "recover"]);
             }
             assert!(journal.exists(), "a reader removed the journal");
+            assert!(!copy.exists(), "a torn image was copied");
             // ...and `recover`, a writer, rolls it back.
             let out = run(bin("vhdreg").args([w, "recover"]));
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -423,4 +426,86 @@ fn bad_requests_are_one_line_errors() {
         "REG_DWORD",
         &["not a"],
     );
+}
+
+/// Sets the dirty flag of the NTFS volume in partition 1 of `image` (in `$Volume`'s
+/// `$VOLUME_INFORMATION`, record 3 of the MFT).
+fn make_dirty(image: &Path) {
+    use std::os::unix::fs::FileExt;
+    let (start, _) = partition_span(image);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(image).unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, start).unwrap();
+    let cluster = u16::from_le_bytes([boot[11], boot[12]]) as u64 * boot[13] as u64;
+    let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap());
+    let at = start + mft * cluster + 3 * 1024;
+    let mut rec = vec![0u8; 1024];
+    f.read_exact_at(&mut rec, at).unwrap();
+    vhdkit::ntfs::record::apply_fixups(&mut rec).unwrap();
+    let mut a = u16::from_le_bytes([rec[20], rec[21]]) as usize;
+    loop {
+        let ty = u32::from_le_bytes(rec[a..a + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(rec[a + 4..a + 8].try_into().unwrap()) as usize;
+        assert_ne!(ty, 0xFFFF_FFFF, "no $VOLUME_INFORMATION");
+        if ty == 0x70 {
+            let value = a + u16::from_le_bytes([rec[a + 20], rec[a + 21]]) as usize;
+            rec[value + 0x0A] |= 1;
+            break;
+        }
+        a += len;
+    }
+    vhdkit::ntfs::record::protect(&mut rec).unwrap();
+    f.write_all_at(&rec, at).unwrap();
+}
+
+#[test]
+fn every_writer_refuses_a_dirty_or_hibernated_volume() {
+    let dir = tempdir();
+    let Some(h) = hives(dir.path()) else { return };
+    let clean = windows_image(dir.path(), &h);
+    let dirty = dir.path().join("dirty.vhd");
+    std::fs::copy(&clean, &dirty).unwrap();
+    make_dirty(&dirty);
+    let hibernated = dir.path().join("hibernated.vhd");
+    std::fs::copy(&clean, &hibernated).unwrap();
+    let part = partition_image(&open(&hibernated), 1, dir.path());
+    with_ntfs3g(&part, false, |mnt| {
+        let mut data = b"HIBR".to_vec();
+        data.resize(1 << 20, 7);
+        std::fs::write(mnt.join("hiberfil.sys"), data).unwrap();
+    });
+    {
+        use std::os::unix::fs::FileExt;
+        let (start, _) = partition_span(&hibernated);
+        let f = std::fs::OpenOptions::new().write(true).open(&hibernated).unwrap();
+        f.write_all_at(&std::fs::read(&part).unwrap(), start).unwrap();
+    }
+    for (image, state) in [(&dirty, "dirty"), (&hibernated, "hibernated")] {
+        let before = std::fs::read(image).unwrap();
+        let i = image.to_str().unwrap();
+        let o = vhdreg(&[i, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "X"]);
+        assert_one_line_error(&o, i, &[state, "--force"]);
+        let o = run(bin("vhdcompact").arg(image).arg(dir.path().join("out.vhd")));
+        assert_one_line_error(&o, i, &[state, "--force"]);
+        assert_eq!(std::fs::read(image).unwrap(), before, "{state}: the image changed");
+        let check = run(bin("vhdinspect").arg("check").arg(image));
+        assert_eq!(check.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&check.stdout).contains(state), "{}", String::from_utf8_lossy(&check.stdout));
+        // --force writes anyway, and a hive in NTFS keeps its length.
+        let j: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
+            i,
+            "set",
+            COMPUTER_NAME,
+            "ComputerName",
+            "--type",
+            "REG_SZ",
+            "--data",
+            "X",
+            "--force",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(j["hives"][0]["bytes_after"], j["hives"][0]["bytes_before"]);
+    }
+    assert!(run(bin("vhdinspect").arg("check").arg(&clean)).status.success());
 }

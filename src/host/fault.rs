@@ -5,6 +5,9 @@
 //! - `VHDKIT_TRACE_WRITES=FILE` appends every write, truncation, flush and removal to FILE, so
 //!   a test can rebuild the states a power cut could leave (any subset of the writes issued
 //!   since the last flush).
+//! - `VHDKIT_PAUSE_AFTER_WRITES=N` with `VHDKIT_PAUSE_FILE=FILE` stops the process just before
+//!   its (N+1)-th write: it creates `FILE.paused` and waits until `FILE` is removed, so a test
+//!   can run another tool at exactly that point.
 //!
 //! Without the feature every hook is an empty inline function.
 
@@ -30,13 +33,36 @@ mod armed {
 
     pub const FAULT_ENV: &str = "VHDKIT_FAULT_AFTER_WRITES";
     pub const TRACE_ENV: &str = "VHDKIT_TRACE_WRITES";
+    pub const PAUSE_ENV: &str = "VHDKIT_PAUSE_AFTER_WRITES";
+    pub const PAUSE_FILE_ENV: &str = "VHDKIT_PAUSE_FILE";
 
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static PAUSE: OnceLock<Option<(u64, std::path::PathBuf)>> = OnceLock::new();
+    static PAUSE_COUNT: AtomicU64 = AtomicU64::new(0);
+
+    /// Waits at the armed write until the test removes the pause file.
+    fn pause_here() {
+        let pause = PAUSE.get_or_init(|| {
+            let n = std::env::var(PAUSE_ENV).ok()?.parse().ok()?;
+            Some((n, std::env::var_os(PAUSE_FILE_ENV)?.into()))
+        });
+        let Some((n, file)) = pause else { return };
+        if PAUSE_COUNT.fetch_add(1, Ordering::SeqCst) != *n {
+            return;
+        }
+        let mut marker = file.as_os_str().to_os_string();
+        marker.push(".paused");
+        let _ = std::fs::write(&marker, b"");
+        while file.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     static WRITES: AtomicU64 = AtomicU64::new(0);
     static TRACE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
 
     pub fn before(path: &Path, op: Op<'_>) {
         if op != Op::Sync {
+            pause_here();
             let limit = LIMIT.get_or_init(|| std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()));
             if let Some(limit) = *limit
                 && WRITES.fetch_add(1, Ordering::SeqCst) >= limit

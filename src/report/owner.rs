@@ -46,6 +46,8 @@ pub struct OwnerReport {
     /// The region of the range's first byte.
     pub region: Region,
     pub partition: Option<u32>,
+    /// What that partition holds.
+    pub filesystem: Option<crate::disk::FileSystem>,
     pub cluster: Option<u64>,
     pub owners: Vec<OwnerRef>,
     /// Every region in the range with its byte count.
@@ -106,6 +108,7 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
         allocated,
         region: first.region,
         partition: first.partition,
+        filesystem: first.filesystem,
         cluster: first.cluster,
         owners,
         regions: regions.into_values().map(|(region, bytes)| RegionBytes { region, bytes }).collect(),
