@@ -33,7 +33,54 @@ impl fmt::Display for Space {
     }
 }
 
-/// A failure while reading or writing an image.
+/// What kind of failure an [`Error`] is: stable, for callers to match on.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operating system failed to open, read or write a file.
+    Io,
+    /// The file is not what it was taken for (another format, or not a disk image at all).
+    InvalidFormat,
+    /// The request is valid but outside what vhdkit or this image supports.
+    Unsupported,
+    /// A structure holds a value that cannot be right.
+    Corrupt,
+    /// The request collides with the state of the files: another process holds them, an
+    /// output would replace an input, an interrupted write or an untrusted volume is in the way.
+    Conflict,
+    /// The caller asked for something inconsistent.
+    Usage,
+    /// vhdkit broke one of its own rules: a bug.
+    Internal,
+}
+
+/// What the caller can ask for to get past a refusal, in the library's own terms (each
+/// front end names it its own way).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Set the `force` option: go on although Windows may not cope with the result.
+    Force,
+    /// Set the `merge` option: write a standalone image of the whole chain.
+    Merge,
+    /// Name the partition to use.
+    ChoosePartition,
+}
+
+/// Where in a file an error happened: the on-disk structure and its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location<'a> {
+    /// The structure being read (`"VHD footer"`, `"BAT entry 17"`...).
+    pub structure: &'a str,
+    /// The address space of `offset`.
+    pub space: Space,
+    /// Byte offset of the structure.
+    pub offset: u64,
+}
+
+/// A failure while reading or writing an image. [`Error::kind`] says what kind it is,
+/// [`Error::file`] and [`Error::location`] where; the message names all three.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A structure holds a value that cannot be right.
@@ -63,15 +110,22 @@ pub enum Error {
     /// The request is valid but outside what this image or tool supports.
     #[error("{}: {problem}", file.display())]
     Unsupported { file: PathBuf, problem: String },
-    /// The user asked for something inconsistent.
+    /// The caller asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// The file is another format, named by its magic numbers (VHDX, qcow, a compressed
+    /// file...).
+    #[error("{}: is {what}, not a VHD or a raw disk", file.display())]
+    Format { file: PathBuf, what: String },
     /// The file holds no VHD footer, partition table or volume boot sector.
     #[error("{}: not a disk image: no VHD footer, partition table or volume boot sector", file.display())]
     NotADisk { file: PathBuf },
     /// An NTFS volume Windows would not trust to be as it looks on disk.
     #[error("{}: partition {partition}: the NTFS volume {why}; boot Windows and shut it down fully first", file.display())]
     UntrustedVolume { file: PathBuf, partition: u32, why: String },
+    /// The request was refused; `remedy` says what would get past it.
+    #[error("{}: {problem}", file.display())]
+    Refused { file: PathBuf, problem: String, remedy: Remedy },
     /// vhdkit broke one of its own rules: a bug to report.
     #[error("internal error (please report): {0}")]
     Internal(String),
@@ -97,6 +151,60 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Io { .. } | Error::Open { .. } | Error::ParentNotFound { .. } => ErrorKind::Io,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Format { .. } | Error::NotADisk { .. } => ErrorKind::InvalidFormat,
+            Error::UntrustedVolume { .. }
+            | Error::InUse { .. }
+            | Error::Conflict { .. }
+            | Error::OutputExists { .. }
+            | Error::JournalPending { .. }
+            | Error::JournalRefused { .. } => ErrorKind::Conflict,
+            Error::Refused { remedy: Remedy::Force, .. } => ErrorKind::Conflict,
+            Error::Refused { .. } => ErrorKind::Usage,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The file the error is about, when there is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Error::Corrupt { file, .. }
+            | Error::Io { file, .. }
+            | Error::Open { file, .. }
+            | Error::ParentNotFound { file, .. }
+            | Error::Unsupported { file, .. }
+            | Error::Format { file, .. }
+            | Error::NotADisk { file }
+            | Error::UntrustedVolume { file, .. }
+            | Error::InUse { file }
+            | Error::Conflict { file, .. }
+            | Error::OutputExists { file }
+            | Error::JournalPending { file, .. }
+            | Error::Refused { file, .. } => Some(file),
+            Error::JournalRefused { journal, .. } => Some(journal),
+            Error::Usage(_) | Error::Internal(_) => None,
+        }
+    }
+
+    /// The structure and offset the error is about, when there are.
+    pub fn location(&self) -> Option<Location<'_>> {
+        match self {
+            Error::Corrupt { structure, space, offset, .. } => {
+                Some(Location { structure, space: *space, offset: *offset })
+            }
+            Error::Io { action, space, offset, .. } => {
+                Some(Location { structure: action, space: *space, offset: *offset })
+            }
+            _ => None,
+        }
+    }
+
     /// A corrupt structure in `file` at `offset` of `space`.
     pub fn corrupt(
         file: &Path,

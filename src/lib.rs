@@ -22,4 +22,4 @@ pub mod pass;
 pub mod report;
 pub mod vhd;
 
-pub use error::{Error, Result, Space};
+pub use error::{Error, ErrorKind, Location, Remedy, Result, Space};

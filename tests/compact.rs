@@ -112,7 +112,7 @@ fn azure_output_is_fixed_whole_mib_with_consistent_chs() {
     assert_eq!(r["output_format"], "fixed");
     assert_eq!(r["output_disk_size"], 65 << 20);
     let img = open(&output);
-    assert_eq!(img.format(), "fixed");
+    assert_eq!(img.kind().name(), "fixed");
     let f = img.footer().unwrap();
     assert_eq!(f.current_size, 65 << 20);
     assert_eq!(f.geometry, vhdkit::vhd::geometry::Geometry::for_size(65 << 20));
@@ -202,7 +202,7 @@ fn a_differencing_child_compacts_and_merges_file_identical() {
         let merged = dir.path().join(format!("merged-{to}.vhd"));
         let r = compact(&child, &merged, &["--merge", "--to", to, "--verify"]);
         assert_eq!(r["output_format"], to);
-        assert_eq!(open(&merged).format(), to);
+        assert_eq!(open(&merged).kind().name(), to);
         assert_eq!(image_file_hashes(&merged)[&1], want);
     }
     // Without --merge a standalone output is refused.

@@ -48,14 +48,14 @@ fn corpus_tables_match_sfdisk() {
 fn logical_partitions_keep_linux_numbers_and_ebr_positions() {
     let img = open(&corpus("logical-dynamic.vhd"));
     let layout = DiskLayout::read(&img).unwrap();
-    assert_eq!(layout.scheme, "mbr");
+    assert_eq!(layout.scheme.to_string(), "mbr");
     let p5 = layout.partition(5).unwrap();
     assert!(p5.logical);
     assert_eq!(p5.ebr_lba, Some(40960));
     assert_eq!(p5.entry_offset, Some(40960 * 512 + 446));
     let p6 = layout.partition(6).unwrap();
     assert_eq!(p6.ebr_lba, Some(65598));
-    assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, "0BADCAFE");
+    assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, 0x0BAD_CAFE);
     let clusters: Vec<Option<u32>> =
         layout.partitions.iter().map(|p| volume::probe(&img, p).unwrap().cluster_size).collect();
     assert_eq!(clusters, vec![Some(4096), Some(1024), Some(65536)]);
@@ -69,7 +69,7 @@ fn windows_disk_management_mbr_with_four_logicals() {
     let raw = dir.path().join("mbr-win-512.raw");
     let img = open(&raw);
     let layout = DiskLayout::read(&img).unwrap();
-    assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, "882EDD52");
+    assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, 0x882E_DD52);
     assert_eq!(
         ours(&img),
         vec![
@@ -113,7 +113,7 @@ fn gpt_sample_with_valid_crcs_and_backup() {
     std::fs::write(&raw, data).unwrap();
     let img = open(&raw);
     let layout = DiskLayout::read(&img).unwrap();
-    assert_eq!(layout.scheme, "gpt");
+    assert_eq!(layout.scheme.to_string(), "gpt");
     let g = layout.gpt.as_ref().unwrap();
     assert!(g.primary.as_ref().unwrap().header_crc_valid() && g.primary_entries_crc_valid);
     assert!(g.backup.as_ref().unwrap().header_crc_valid() && g.backup_entries_crc_valid);
@@ -168,10 +168,10 @@ fn a_bare_ntfs_volume_is_one_partition() {
     let Some(raw) = realdata("ntfs/testdata/testfs1") else { return };
     let img = open(&raw);
     let layout = DiskLayout::read(&img).unwrap();
-    assert_eq!(layout.scheme, "volume");
+    assert_eq!(layout.scheme.to_string(), "volume");
     assert_eq!(layout.partitions.len(), 1);
     let p = &layout.partitions[0];
-    assert_eq!((p.index, p.start_lba, p.scheme), (1, 0, Scheme::None));
+    assert_eq!((p.index, p.start_lba, p.scheme), (1, 0, Scheme::Volume));
     let v = volume::probe(&img, p).unwrap();
     assert_eq!(v.filesystem, Some("ntfs"));
     assert_eq!(v.cluster_size, Some(512));
@@ -224,5 +224,5 @@ fn check_is_clean_on_the_corpus() {
     }
     // A fixed image opens as such (not as raw) even though only its end says so.
     let img = DiskImage::open(&corpus("xp-fixed.vhd"), &Default::default()).unwrap();
-    assert_eq!(img.format(), "fixed");
+    assert_eq!(img.kind().name(), "fixed");
 }

@@ -340,7 +340,7 @@ fn dirty_and_hibernated_volumes_are_reported() {
     let p = &DiskLayout::read(&pimg).unwrap().partitions[0];
     let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1).unwrap();
     assert!(idx.state.dirty);
-    assert_eq!(layout.scheme, "mbr");
+    assert_eq!(layout.scheme.to_string(), "mbr");
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn our_reader_equals_qemu_img_on_every_corpus_image() {
         let path = corpus(name);
         let img = open(&path);
         let ours = read_all(&img);
-        assert_eq!(img.format(), manifest["images"][name]["format"].as_str().unwrap(), "{name}");
+        assert_eq!(img.kind().name(), manifest["images"][name]["format"].as_str().unwrap(), "{name}");
         assert_eq!(sha256(&ours), manifest["images"][name]["raw_sha256"].as_str().unwrap(), "{name} vs manifest");
         assert_eq!(sha256(&ours), sha256(&qemu_raw(&path, dir.path())), "{name} vs qemu-img");
     }
@@ -102,7 +102,7 @@ fn a_legacy_511_byte_footer_is_accepted() {
     let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     file.set_len((1 << 20) + 511).unwrap();
     let img = open(&p);
-    assert_eq!(img.format(), "fixed");
+    assert_eq!(img.kind().name(), "fixed");
     assert_eq!(img.len(), 1 << 20);
     let mut b = [0u8; 15];
     img.read_at(4096, &mut b).unwrap();
@@ -147,7 +147,7 @@ fn differencing_child_reads_parent_plus_changes_and_never_touches_the_parent() {
 
     // Re-opened from disk, the parent is found through the relative locator.
     let back = open(&child_path);
-    assert_eq!(back.format(), "differencing");
+    assert_eq!(back.kind().name(), "differencing");
     let res = back.as_sparse().unwrap().parent_resolution().unwrap();
     assert_eq!(res.resolved_by, "W2ru");
     assert_eq!(read_all(&back), model);
@@ -233,7 +233,7 @@ fn dfvfs_bad_checksums_read_leniently_and_fail_strictly() {
     let p = open(&parent);
     assert_eq!(p.findings().len(), 1, "footer checksum mismatch reported: {:?}", p.findings());
     let c = open(&child);
-    assert_eq!(c.format(), "differencing");
+    assert_eq!(c.kind().name(), "differencing");
     assert_eq!(c.as_sparse().unwrap().parent_resolution().unwrap().resolved_by, "parent name");
     assert_eq!(sha256(&read_all(&c)), sha256(&read_all(&p)));
     let strict = OpenOptions { strict: true, ..OpenOptions::default() };

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 
 /// What a command prints: a serde report, and how to render it as tables.
 pub fn emit<T: Serialize>(json: bool, report: &T, render: impl Fn(&T) -> String) -> Result<()> {
@@ -46,6 +46,9 @@ fn hint(tool: &str, e: &Error) -> Option<&'static str> {
         Error::NotADisk { .. } => Some(" (--format raw reads it as a raw disk anyway)"),
         Error::OutputExists { .. } => Some(" (--force replaces it)"),
         Error::UntrustedVolume { .. } => Some(" (--force writes anyway)"),
+        Error::Refused { remedy: Remedy::Force, .. } => Some(" (--force goes on anyway)"),
+        Error::Refused { remedy: Remedy::Merge, .. } => Some(" (--merge writes a standalone image of the chain)"),
+        Error::Refused { remedy: Remedy::ChoosePartition, .. } => Some(" (--partition N chooses one)"),
         Error::JournalPending { .. } => Some(" (vhdreg IMAGE recover rolls it back)"),
         _ => None,
     }

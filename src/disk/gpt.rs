@@ -58,6 +58,67 @@ pub fn type_name(g: &[u8; 16]) -> &'static str {
     KNOWN.iter().find(|(k, _)| *k == text).map_or("unknown", |(_, n)| n)
 }
 
+/// A valid GPT as read from the disk (its header sector and entry array), to be rewritten for
+/// moved partitions or a resized disk.
+#[derive(Clone, Debug)]
+pub struct GptTable {
+    /// The primary header.
+    pub header: GptHeader,
+    sector: [u8; 512],
+    array: Vec<u8>,
+}
+
+impl GptTable {
+    /// The table of a primary header `sector` (decoded as `header`) and its entry array.
+    pub fn new(sector: [u8; 512], header: GptHeader, array: Vec<u8>) -> Self {
+        GptTable { header, sector, array }
+    }
+
+    /// Sectors the entry array occupies.
+    pub fn array_sectors(&self) -> u64 {
+        (self.array.len() as u64).div_ceil(512)
+    }
+
+    /// Moves entry `index` (1-based) to start at `first_lba`, keeping its `sectors`.
+    pub fn move_entry(&mut self, index: u32, first_lba: u64, sectors: u64) {
+        let at = (index as usize - 1) * self.header.entry_size as usize;
+        if let Some(e) = self.array.get_mut(at..at + 48) {
+            e[32..40].copy_from_slice(&first_lba.to_le_bytes());
+            e[40..48].copy_from_slice(&(first_lba + sectors - 1).to_le_bytes());
+        }
+    }
+
+    /// The table's sectors on a disk whose last sector is `last_lba`, as (disk offset, bytes,
+    /// what): the primary header and entry array where they were, the backup array just
+    /// before the last sector and the backup header on it; the last usable sector moves to
+    /// just before the backup array; both CRCs recomputed.
+    pub fn encode(&self, last_lba: u64) -> Vec<(u64, Vec<u8>, &'static str)> {
+        let mut array = self.array.clone();
+        let crc = crc32fast::hash(&array);
+        array.resize((self.array_sectors() * 512) as usize, 0);
+        let backup_array = last_lba - self.array_sectors();
+        let header = |current: u64, backup: u64, entries: u64| {
+            let mut h = self.sector;
+            h[24..32].copy_from_slice(&current.to_le_bytes());
+            h[32..40].copy_from_slice(&backup.to_le_bytes());
+            h[48..56].copy_from_slice(&(backup_array - 1).to_le_bytes());
+            h[72..80].copy_from_slice(&entries.to_le_bytes());
+            h[88..92].copy_from_slice(&crc.to_le_bytes());
+            h[16..20].fill(0);
+            let size = (self.header.header_size as usize).clamp(92, 512);
+            let header_crc = crc32fast::hash(&h[..size]);
+            h[16..20].copy_from_slice(&header_crc.to_le_bytes());
+            h.to_vec()
+        };
+        vec![
+            (512, header(1, last_lba, self.header.entries_lba), "primary GPT header"),
+            (self.header.entries_lba * 512, array.clone(), "primary GPT entries"),
+            (backup_array * 512, array, "backup GPT entries"),
+            (last_lba * 512, header(last_lba, 1, backup_array), "backup GPT header"),
+        ]
+    }
+}
+
 /// A decoded GPT header.
 #[derive(Clone, Debug, Serialize)]
 pub struct GptHeader {

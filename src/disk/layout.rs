@@ -7,12 +7,17 @@ use serde::Serialize;
 
 use crate::disk::FileSystem;
 use crate::disk::boot_sector::identify;
-use crate::disk::gpt::{self, GptEntry, GptHeader};
+use crate::disk::gpt::{self, GptEntry, GptHeader, GptTable};
 use crate::disk::mbr::{self, MbrEntry};
 use crate::disk::partition::{Partition, Scheme};
 use crate::error::{Result, Space};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::finding::Finding;
+
+/// Serializes a 32-bit value as 8 upper-case hex digits.
+fn hex_u32<S: serde::Serializer>(v: &u32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:08X}"))
+}
 
 /// Most logical partitions followed in an EBR chain.
 pub const MAX_LOGICAL: usize = 256;
@@ -63,7 +68,10 @@ pub struct Ebr {
 /// The MBR as found on disk.
 #[derive(Clone, Debug, Serialize)]
 pub struct MbrInfo {
-    pub disk_signature: String,
+    /// The 32-bit disk signature at offset 440 (shown as 8 hex digits), by which Windows names
+    /// the disk in `MountedDevices` and BCD.
+    #[serde(serialize_with = "hex_u32")]
+    pub disk_signature: u32,
     pub entries: Vec<TableSlot>,
     pub ebrs: Vec<Ebr>,
 }
@@ -82,8 +90,13 @@ pub struct GptInfo {
 /// Everything the partition layer knows about a disk.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DiskLayout {
-    /// "mbr", "gpt", "volume" (a bare volume boot sector) or "none".
-    pub scheme: &'static str,
+    pub scheme: Scheme,
+    /// The disk's first sector as read (the MBR, or a volume's boot sector).
+    #[serde(skip)]
+    pub sector0: Vec<u8>,
+    /// The primary GPT with its entry array, when it is valid (for rewriting it).
+    #[serde(skip)]
+    pub gpt_table: Option<GptTable>,
     pub mbr: Option<MbrInfo>,
     pub gpt: Option<GptInfo>,
     pub partitions: Vec<Partition>,
@@ -93,12 +106,13 @@ pub struct DiskLayout {
 impl DiskLayout {
     /// Reads the partition table of `disk`.
     pub fn read<D: BlockDevice + ?Sized>(disk: &D) -> Result<Self> {
-        let mut layout = DiskLayout { scheme: "none", ..DiskLayout::default() };
+        let mut layout = DiskLayout { scheme: Scheme::None, ..DiskLayout::default() };
         if disk.len() < 512 {
             return Ok(layout);
         }
         let mut sector0 = [0u8; 512];
         disk.read_at(0, &mut sector0)?;
+        layout.sector0 = sector0.to_vec();
         let bare = match identify(&sector0) {
             Some(_) => Some(FileSystem::detect(disk)?),
             // A volume without a boot sector signature (ext4, XFS, LUKS...) made into a disk.
@@ -108,10 +122,10 @@ impl DiskLayout {
             None => None,
         };
         if let Some(fs) = bare {
-            layout.scheme = "volume";
+            layout.scheme = Scheme::Volume;
             layout.partitions.push(Partition {
                 index: 1,
-                scheme: Scheme::None,
+                scheme: Scheme::Volume,
                 kind: fs.id().to_string(),
                 type_name: format!("{} volume", fs.name()),
                 bootable: false,
@@ -130,10 +144,7 @@ impl DiskLayout {
         let protective = has_mbr && entries.iter().any(|e| e.kind() == 0xEE);
         if has_mbr {
             layout.mbr = Some(MbrInfo {
-                disk_signature: format!(
-                    "{:08X}",
-                    u32::from_le_bytes(sector0[mbr::DISK_SIGNATURE_OFFSET..][..4].try_into().unwrap_or([0; 4]))
-                ),
+                disk_signature: crate::bytes::le32(&sector0, mbr::DISK_SIGNATURE_OFFSET),
                 entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, 0)).collect(),
                 ebrs: Vec::new(),
             });
@@ -146,7 +157,7 @@ impl DiskLayout {
                 return Ok(layout);
             }
         }
-        layout.scheme = "mbr";
+        layout.scheme = Scheme::Mbr;
         layout.read_mbr(disk, &entries)?;
         layout.check_bounds(disk);
         Ok(layout)
@@ -235,11 +246,13 @@ impl DiskLayout {
         }
         let mut sector = [0u8; 512];
         disk.read_at(512, &mut sector)?;
+        let primary_sector = sector;
         let primary = GptHeader::parse(&sector);
-        let primary_entries = match &primary {
+        let primary_read = match &primary {
             Some(h) => self.gpt_entries(disk, h, "primary")?,
             None => None,
         };
+        let primary_entries = primary_read.as_ref().map(|(e, _)| e.clone());
         let backup_lba = primary.as_ref().map_or(disk_sectors.saturating_sub(1), |h| h.backup_lba);
         let backup = if backup_lba > 1 && backup_lba < disk_sectors {
             disk.read_at(backup_lba * 512, &mut sector)?;
@@ -248,7 +261,7 @@ impl DiskLayout {
             None
         };
         let backup_entries = match &backup {
-            Some(h) => self.gpt_entries(disk, h, "backup")?,
+            Some(h) => self.gpt_entries(disk, h, "backup")?.map(|(e, _)| e),
             None => None,
         };
         if primary.is_none() && backup.is_none() {
@@ -277,6 +290,9 @@ impl DiskLayout {
             _ => {}
         }
         let primary_ok = primary.as_ref().is_some_and(GptHeader::header_crc_valid) && primary_entries.is_some();
+        if let (true, Some(h), Some((_, array))) = (primary_ok, &primary, primary_read) {
+            self.gpt_table = Some(GptTable::new(primary_sector, h.clone(), array));
+        }
         let (used, entries) = if primary_ok {
             ("primary", primary_entries.clone().unwrap_or_default())
         } else if backup.as_ref().is_some_and(GptHeader::header_crc_valid) && backup_entries.is_some() {
@@ -284,7 +300,7 @@ impl DiskLayout {
         } else {
             ("primary", primary_entries.clone().or(backup_entries.clone()).unwrap_or_default())
         };
-        self.scheme = "gpt";
+        self.scheme = Scheme::Gpt;
         self.gpt = Some(GptInfo {
             primary_entries_crc_valid: primary_entries.is_some(),
             backup_entries_crc_valid: backup_entries.is_some(),
@@ -323,7 +339,7 @@ impl DiskLayout {
         disk: &D,
         h: &GptHeader,
         which: &str,
-    ) -> Result<Option<Vec<GptEntry>>> {
+    ) -> Result<Option<(Vec<GptEntry>, Vec<u8>)>> {
         let d = disk.source();
         let at = h.current_lba * 512;
         if !h.header_crc_valid() {
@@ -360,7 +376,7 @@ impl DiskLayout {
             );
             return Ok(None);
         }
-        Ok(Some(gpt::parse_entries(&array, h.entry_size)))
+        Ok(Some((gpt::parse_entries(&array, h.entry_size), array)))
     }
 
     /// Partitions that reach past the disk or overlap each other.

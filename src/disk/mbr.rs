@@ -170,6 +170,21 @@ impl MbrEntry {
     }
 }
 
+/// The protective MBR `sector` with its GPT entry covering a disk whose last sector is
+/// `last_lba` (as far as 32 bits reach, as the UEFI specification asks).
+pub fn protective_for(sector: &[u8; 512], last_lba: u64) -> [u8; 512] {
+    let mut out = *sector;
+    for slot in 0..4 {
+        let at = TABLE_OFFSET + slot * ENTRY_SIZE;
+        if out[at + 4] == 0xEE {
+            let sectors = u32::try_from(last_lba).unwrap_or(u32::MAX);
+            out[at + 12..at + 16].copy_from_slice(&sectors.to_le_bytes());
+            out[at + 5..at + 8].copy_from_slice(&CHS_MAX.encode());
+        }
+    }
+    out
+}
+
 /// A human name for an MBR partition type byte.
 pub fn type_name(kind: u8) -> &'static str {
     match kind {

@@ -7,16 +7,30 @@ use serde::Serialize;
 use crate::error::{Result, Space};
 use crate::vhd::device::{BlockDevice, check_range};
 
-/// Which table a partition comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// How a disk is laid out, and which table a partition comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
-    /// A primary or logical MBR partition.
+    /// An MBR, with the EBR chain of an extended partition.
     Mbr,
-    /// A GPT entry.
+    /// A GPT (behind its protective MBR).
     Gpt,
-    /// No table: the disk starts with a volume boot sector and is one volume.
+    /// No table: the disk is one volume (it starts with a volume boot sector or superblock).
+    Volume,
+    /// No table and no volume.
+    #[default]
     None,
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheme::Mbr => "mbr",
+            Scheme::Gpt => "gpt",
+            Scheme::Volume => "volume",
+            Scheme::None => "none",
+        })
+    }
 }
 
 /// One partition of the disk.

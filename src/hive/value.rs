@@ -139,7 +139,7 @@ pub fn encode(ty: u32, parts: &[String]) -> Result<Vec<u8>> {
     let one = || -> Result<&String> {
         match parts {
             [one] => Ok(one),
-            _ => Err(Error::Usage(format!("{} takes exactly one --data", type_name(ty)))),
+            _ => Err(Error::Usage(format!("{} takes exactly one data item", type_name(ty)))),
         }
     };
     let number = |max: u64| -> Result<u64> {

@@ -9,10 +9,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::bytes::{le16, le32, le64};
-use crate::disk::Partition;
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
-use crate::disk::gpt::GptHeader;
+use crate::disk::gpt::GptTable;
 use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
+use crate::disk::{DiskLayout, Partition, Scheme};
 use crate::error::{Error, Result, Space};
 use crate::hive::Hive;
 use crate::hive::value::reg_type;
@@ -241,6 +241,16 @@ fn mbr_field(image: &DiskImage, value: u64, what: &str) -> Result<u32> {
     })
 }
 
+/// Where the MBR's extended partition and its EBRs go.
+struct MbrPlacement<'l> {
+    /// The MBR slot of the extended partition.
+    extended: Option<usize>,
+    /// Its new start and length.
+    new_extended: Option<(u64, u64)>,
+    /// Each logical partition with its EBR's new sector, in chain order.
+    ebrs: Vec<(u64, &'l Partition)>,
+}
+
 /// Planning state shared by the table-specific steps.
 struct Planner<'m, 'i> {
     map: &'m ImageMap<'i>,
@@ -254,7 +264,7 @@ struct Planner<'m, 'i> {
     needed_sectors: u64,
 }
 
-impl Planner<'_, '_> {
+impl<'m> Planner<'m, '_> {
     fn align_up(&self, lba: u64) -> u64 {
         lba.div_ceil(self.boundary_sectors) * self.boundary_sectors
     }
@@ -272,7 +282,11 @@ impl Planner<'_, '_> {
     fn plan_mbr(&mut self) -> Result<()> {
         let image = self.map.image;
         let layout = &self.map.layout;
-        let mbr0 = sector(image, 0)?;
+        let mbr0: [u8; 512] = layout
+            .sector0
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::internal("the partition table was read without its first sector"))?;
         let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&mbr0, i)).collect();
         let ebr_entries: Vec<(u64, MbrEntry)> = layout
             .partitions
@@ -281,6 +295,24 @@ impl Planner<'_, '_> {
             .map(|lba| sector(image, lba).map(|s| (lba, MbrEntry::from_sector(&s, 0))))
             .collect::<Result<_>>()?;
         let geometry = bios_geometry(image, &entries, &ebr_entries);
+        let placement = self.place_mbr_partitions(&entries);
+        if !self.moves.iter().any(Move::moved) {
+            return Ok(());
+        }
+        for m in self.moves.iter().filter(|m| m.moved()) {
+            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
+        }
+        for ebr in layout.mbr.iter().flat_map(|m| &m.ebrs) {
+            self.vacated.push((ebr.lba * 512, ebr.lba * 512 + 512));
+        }
+        self.patch_mbr(&mbr0, &entries, &placement, geometry)?;
+        self.patch_ebrs(&placement, geometry)
+    }
+
+    /// Places the primaries in disk order and, where the extended partition was, its EBRs and
+    /// logicals (the first EBR at the extended partition's start, each logical after its EBR).
+    fn place_mbr_partitions(&mut self, entries: &[MbrEntry]) -> MbrPlacement<'m> {
+        let layout: &'m DiskLayout = &self.map.layout;
         let extended = entries.iter().position(|e| !e.is_empty() && e.is_extended());
         let mut items: Vec<(u64, Option<&Partition>)> =
             layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
@@ -290,8 +322,7 @@ impl Planner<'_, '_> {
         items.sort_by_key(|(start, _)| *start);
         let logicals: Vec<&Partition> = layout.partitions.iter().filter(|p| p.logical).collect();
         let mut cursor = 1;
-        let mut new_extended = None;
-        let mut new_ebrs: Vec<(u64, &Partition)> = Vec::new();
+        let mut placement = MbrPlacement { extended, new_extended: None, ebrs: Vec::new() };
         for (start, item) in items {
             match item {
                 Some(p) => {
@@ -307,34 +338,36 @@ impl Planner<'_, '_> {
                         let ebr = if i == 0 { ext_start } else { l.ebr_lba.unwrap_or(c).max(c) };
                         let new = self.align_up(l.start_lba.max(ebr + 1));
                         self.place(l, new);
-                        new_ebrs.push((ebr, l));
+                        placement.ebrs.push((ebr, l));
                         c = new + l.sectors;
                     }
                     let ext_end = (start + ext.sectors() as u64 + (ext_start - start)).max(c);
-                    new_extended = Some((ext_start, ext_end - ext_start));
+                    placement.new_extended = Some((ext_start, ext_end - ext_start));
                     cursor = ext_end;
                 }
             }
         }
         self.needed_sectors = cursor;
-        if !self.moves.iter().any(Move::moved) {
-            return Ok(());
-        }
-        for m in self.moves.iter().filter(|m| m.moved()) {
-            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
-        }
-        for ebr in layout.mbr.iter().flat_map(|m| &m.ebrs) {
-            self.vacated.push((ebr.lba * 512, ebr.lba * 512 + 512));
-        }
-        // The MBR: every entry at its new place, CHS as Windows writes it.
-        let mut new_mbr = mbr0;
+        placement
+    }
+
+    /// The MBR: every entry at its new place, CHS in the table's geometry.
+    fn patch_mbr(
+        &mut self,
+        mbr0: &[u8; 512],
+        entries: &[MbrEntry],
+        placement: &MbrPlacement<'_>,
+        geometry: BiosGeometry,
+    ) -> Result<()> {
+        let image = self.map.image;
+        let mut new_mbr = *mbr0;
         for (slot, e) in entries.iter().enumerate() {
             if e.is_empty() {
                 continue;
             }
             let entry_offset = (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64;
-            let placed = if Some(slot) == extended {
-                let (start, len) = new_extended.unwrap_or((e.start_lba() as u64, e.sectors() as u64));
+            let placed = if Some(slot) == placement.extended {
+                let (start, len) = placement.new_extended.unwrap_or((e.start_lba() as u64, e.sectors() as u64));
                 if (start, len) != (e.start_lba() as u64, e.sectors() as u64) {
                     self.changes.push(format!(
                         "MBR entry {}: extended partition sectors {}+{} -> {start}+{len}",
@@ -349,7 +382,9 @@ impl Planner<'_, '_> {
                     geometry,
                 )
             } else {
-                let Some(m) = layout
+                let Some(m) = self
+                    .map
+                    .layout
                     .partitions
                     .iter()
                     .find(|p| p.entry_offset == Some(entry_offset))
@@ -371,9 +406,14 @@ impl Planner<'_, '_> {
             new_mbr[entry_offset as usize..entry_offset as usize + mbr::ENTRY_SIZE].copy_from_slice(&placed.raw);
         }
         self.patches.push(DiskWrite { offset: 0, bytes: new_mbr.to_vec(), what: "MBR partition table".into() });
-        // Each EBR: its logical relative to itself, the link relative to the extended start.
-        let ext_start = new_extended.map_or(0, |(s, _)| s);
-        for (i, &(ebr, l)) in new_ebrs.iter().enumerate() {
+        Ok(())
+    }
+
+    /// Each EBR: its logical relative to itself, the link relative to the extended start.
+    fn patch_ebrs(&mut self, placement: &MbrPlacement<'_>, geometry: BiosGeometry) -> Result<()> {
+        let image = self.map.image;
+        let ext_start = placement.new_extended.map_or(0, |(s, _)| s);
+        for (i, &(ebr, l)) in placement.ebrs.iter().enumerate() {
             let old = sector(image, l.ebr_lba.unwrap_or(ebr))?;
             let mut new = old;
             let m = self
@@ -381,7 +421,7 @@ impl Planner<'_, '_> {
                 .iter()
                 .find(|m| m.index == l.index)
                 .cloned()
-                .ok_or_else(|| Error::Usage(format!("no move for partition {}", l.index)))?;
+                .ok_or_else(|| Error::internal(format!("no place planned for partition {}", l.index)))?;
             let own = MbrEntry::from_sector(&old, 0).placed(
                 m.new_start_lba,
                 mbr_field(image, m.new_start_lba - ebr, "a logical partition")?,
@@ -390,7 +430,7 @@ impl Planner<'_, '_> {
             );
             new[mbr::TABLE_OFFSET..mbr::TABLE_OFFSET + mbr::ENTRY_SIZE].copy_from_slice(&own.raw);
             let link_at = mbr::TABLE_OFFSET + mbr::ENTRY_SIZE;
-            match new_ebrs.get(i + 1) {
+            match placement.ebrs.get(i + 1) {
                 Some(&(next_ebr, next)) => {
                     let next_move =
                         self.moves.iter().find(|m| m.index == next.index).map_or(next.start_lba, |m| m.new_start_lba);
@@ -428,104 +468,63 @@ impl Planner<'_, '_> {
     /// needs the disk size the moves lead to).
     fn plan_gpt_moves(&mut self) -> Result<GptTable> {
         let image = self.map.image;
-        let head_sector = sector(image, 1)?;
-        let header = GptHeader::parse(&head_sector).filter(GptHeader::header_crc_valid).ok_or_else(|| {
+        let table = self.map.layout.gpt_table.clone().ok_or_else(|| {
             Error::corrupt(
                 image.source(),
                 "primary GPT header",
                 Space::Disk,
                 512,
-                "missing or with a bad CRC: realigning needs a valid primary GPT",
+                "missing, with a bad CRC or a bad entry array: realigning needs a valid primary GPT",
             )
         })?;
-        let array_bytes = header.entry_array_bytes().ok_or_else(|| {
-            Error::corrupt(image.source(), "primary GPT header", Space::Disk, 512, "entry array sizes out of range")
-        })?;
-        let array_sectors = array_bytes.div_ceil(512);
-        let mut array = vec![0u8; (array_sectors * 512) as usize];
-        image.read_at(header.entries_lba * 512, &mut array)?;
         let mut parts: Vec<&Partition> = self.map.layout.partitions.iter().collect();
         parts.sort_by_key(|p| p.start_lba);
-        let mut cursor = header.first_usable_lba;
+        let mut cursor = table.header.first_usable_lba;
         for p in parts {
             let new = self.align_up(p.start_lba.max(cursor));
             self.place(p, new);
             cursor = new + p.sectors;
         }
-        self.needed_sectors = cursor + array_sectors + 1;
-        Ok(GptTable { head_sector, header, array, array_bytes, array_sectors })
+        self.needed_sectors = cursor + table.array_sectors() + 1;
+        Ok(table)
     }
 
     /// Both GPT headers and entry arrays rewritten for the moves and `disk_size`, with their
     /// CRCs (and the protective MBR when the disk grows).
-    fn plan_gpt_patches(&mut self, table: GptTable, disk_size: u64) -> Result<()> {
-        let image = self.map.image;
-        let GptTable { head_sector, header, mut array, array_bytes, array_sectors } = table;
+    fn plan_gpt_patches(&mut self, mut table: GptTable, disk_size: u64) -> Result<()> {
         let grows = disk_size > self.map.image.len();
         if !self.moves.iter().any(Move::moved) && !grows {
             return Ok(());
         }
         let old_last = self.map.image.len() / 512 - 1;
-        self.vacated.push(((old_last - array_sectors) * 512, (old_last + 1) * 512));
+        self.vacated.push(((old_last - table.array_sectors()) * 512, (old_last + 1) * 512));
         for m in self.moves.iter().filter(|m| m.moved()) {
             self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
-            let p = self.map.layout.partitions.iter().find(|p| p.index == m.index);
-            let Some(at) = p.and_then(|p| p.entry_offset).map(|o| o - header.entries_lba * 512) else { continue };
-            let at = at as usize;
-            array[at + 32..at + 40].copy_from_slice(&m.new_start_lba.to_le_bytes());
-            array[at + 40..at + 48].copy_from_slice(&(m.new_start_lba + m.sectors - 1).to_le_bytes());
+            table.move_entry(m.index, m.new_start_lba, m.sectors);
             self.changes.push(format!(
                 "GPT entry of partition {}: first sector {} -> {}",
                 m.index, m.old_start_lba, m.new_start_lba
             ));
         }
-        self.changes.push(format!(
-            "GPT headers and entry arrays rewritten (backup header at sector {}, CRCs)",
-            disk_size / 512 - 1
-        ));
         let last = disk_size / 512 - 1;
-        let backup_entries = last - array_sectors;
-        let entries_crc = crc32fast::hash(&array[..array_bytes as usize]);
-        let seal = |current: u64, backup: u64, entries: u64| {
-            let mut h = head_sector;
-            h[24..32].copy_from_slice(&current.to_le_bytes());
-            h[32..40].copy_from_slice(&backup.to_le_bytes());
-            h[48..56].copy_from_slice(&(backup_entries - 1).to_le_bytes());
-            h[72..80].copy_from_slice(&entries.to_le_bytes());
-            h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-            h[16..20].fill(0);
-            let crc = crc32fast::hash(&h[..header.header_size as usize]);
-            h[16..20].copy_from_slice(&crc.to_le_bytes());
-            h.to_vec()
-        };
-        self.patches.push(DiskWrite {
-            offset: 512,
-            bytes: seal(1, last, header.entries_lba),
-            what: "primary GPT header".into(),
-        });
-        self.patches.push(DiskWrite {
-            offset: header.entries_lba * 512,
-            bytes: array.clone(),
-            what: "primary GPT entries".into(),
-        });
-        self.patches.push(DiskWrite { offset: backup_entries * 512, bytes: array, what: "backup GPT entries".into() });
-        self.patches.push(DiskWrite {
-            offset: last * 512,
-            bytes: seal(last, 1, backup_entries),
-            what: "backup GPT header".into(),
-        });
+        self.changes.push(format!("GPT headers and entry arrays rewritten (backup header at sector {last}, CRCs)"));
+        for (offset, bytes, what) in table.encode(last) {
+            self.patches.push(DiskWrite { offset, bytes, what: what.into() });
+        }
         if grows {
-            let mut pmbr = sector(image, 0)?;
-            for slot in 0..4 {
-                let at = mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE;
-                if pmbr[at + 4] == 0xEE {
-                    let sectors = u32::try_from(last).unwrap_or(u32::MAX);
-                    pmbr[at + 12..at + 16].copy_from_slice(&sectors.to_le_bytes());
-                    pmbr[at + 5..at + 8].copy_from_slice(&mbr::CHS_MAX.encode());
-                }
-            }
-            self.changes.push(format!("protective MBR: covers {} sectors", last));
-            self.patches.push(DiskWrite { offset: 0, bytes: pmbr.to_vec(), what: "protective MBR".into() });
+            let sector0: [u8; 512] = self
+                .map
+                .layout
+                .sector0
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::internal("the partition table was read without its first sector"))?;
+            self.changes.push(format!("protective MBR: covers {last} sectors"));
+            self.patches.push(DiskWrite {
+                offset: 0,
+                bytes: mbr::protective_for(&sector0, last).to_vec(),
+                what: "protective MBR".into(),
+            });
         }
         Ok(())
     }
@@ -585,8 +584,7 @@ impl Planner<'_, '_> {
     /// signature, byte offset), rewritten through the registry engine.
     fn plan_registry(&mut self) -> Result<()> {
         let image = self.map.image;
-        let mbr0 = sector(image, 0)?;
-        let signature = le32(&mbr0, mbr::DISK_SIGNATURE_OFFSET);
+        let signature = self.map.layout.mbr.as_ref().map_or(0, |m| m.disk_signature);
         let moved: Vec<(u64, u64)> =
             self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
         if moved.is_empty() {
@@ -636,15 +634,6 @@ impl Planner<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// The primary GPT as read, carried from planning the moves to writing the patches.
-struct GptTable {
-    head_sector: [u8; 512],
-    header: GptHeader,
-    array: Vec<u8>,
-    array_bytes: u64,
-    array_sectors: u64,
 }
 
 /// A value to rewrite in a hive.
@@ -743,27 +732,27 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     };
     let old_size = image.len();
     let disk_size = match map.layout.scheme {
-        "mbr" => {
+        Scheme::Mbr => {
             p.plan_mbr()?;
             grown(old_size, p.needed_sectors * 512).max(min_size)
         }
-        "gpt" => {
+        Scheme::Gpt => {
             let table = p.plan_gpt_moves()?;
             let size = grown(old_size, p.needed_sectors * 512).max(min_size);
             p.plan_gpt_patches(table, size)?;
             size
         }
         _ if boundary.is_none() => old_size.max(min_size),
-        "volume" => {
+        Scheme::Volume => {
             return Err(Error::unsupported(
                 image.source(),
                 "the disk is one volume without a partition table: there is nothing to move",
             ));
         }
-        _ => return Err(Error::unsupported(image.source(), "the disk has no partition table to realign")),
+        Scheme::None => return Err(Error::unsupported(image.source(), "the disk has no partition table to realign")),
     };
     p.plan_boot_sectors()?;
-    if map.layout.scheme == "mbr" {
+    if map.layout.scheme == Scheme::Mbr {
         p.plan_registry()?;
     }
     let mut segments = vec![Segment { start: 0, end: old_size.min(disk_size), source: Some(0) }];

@@ -12,13 +12,15 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::disk::Scheme;
+use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
 use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::fixed::MAX_FIXED_SIZE;
+use crate::vhd::image::ImageKind;
 use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
 
 /// Smallest disk Azure accepts.
@@ -134,31 +136,33 @@ impl CompactionPlan {
 
 /// The output kind and block size for `opts` on this input.
 fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputFormat, u64)> {
-    let input = map.image.format();
-    let differencing_in = input == "differencing";
+    let input = map.image.kind();
+    let differencing_in = input == ImageKind::Differencing;
     let format = match (opts.to, opts.azure) {
         (Some(OutputFormat::Dynamic | OutputFormat::Differencing), true) => {
-            return Err(Error::Usage("--azure makes a fixed image; it cannot be combined with --to dynamic".into()));
+            return Err(Error::Usage(
+                "Azure output is a fixed image: it cannot also be dynamic or differencing".into(),
+            ));
         }
         (_, true) => OutputFormat::Fixed,
         (Some(f), false) => f,
         // Compaction shrinks: a fixed or raw input becomes dynamic unless fixed is asked for.
-        (None, false) => match input {
-            "differencing" if !opts.merge => OutputFormat::Differencing,
-            _ => OutputFormat::Dynamic,
-        },
+        (None, false) if differencing_in && !opts.merge => OutputFormat::Differencing,
+        (None, false) => OutputFormat::Dynamic,
     };
     if format == OutputFormat::Differencing && (!differencing_in || opts.merge) {
         return Err(Error::Usage(if opts.merge {
-            "--merge makes a standalone image: choose --to dynamic or --to fixed".into()
+            "merging makes a standalone image: choose a dynamic or fixed output".into()
         } else {
             format!("a differencing output needs a differencing input ({} is {input})", map.image.source().display())
         }));
     }
     if differencing_in && format != OutputFormat::Differencing && !opts.merge {
-        return Err(Error::Usage(
-            "the input is a differencing image: pass --merge to write a standalone image of the whole chain".into(),
-        ));
+        return Err(Error::Refused {
+            file: map.image.source().to_path_buf(),
+            problem: "is a differencing image: a standalone output holds the whole chain merged".into(),
+            remedy: Remedy::Merge,
+        });
     }
     let input_block = map.image.as_sparse().map(|s| s.block_size());
     let block_size = match (format, opts.block_size) {
@@ -203,19 +207,20 @@ fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: Out
 /// end), refused when a Windows record of a partition offset cannot be patched (Windows would
 /// not boot) unless forced.
 fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) -> Result<Option<Realignment>> {
-    let grows_gpt = min_size > map.image.len() && map.layout.scheme == "gpt";
+    let grows_gpt = min_size > map.image.len() && map.layout.scheme == Scheme::Gpt;
     if opts.realign.is_none() && !grows_gpt {
         return Ok(None);
     }
     let r = align::plan(map, opts.realign, min_size)?;
     if let (Some(first), false) = (r.impossible.first(), opts.force) {
-        return Err(Error::unsupported(
-            map.image.source(),
-            format!(
-                "cannot realign safely: {first}{}; pass --force to realign anyway",
+        return Err(Error::Refused {
+            file: map.image.source().to_path_buf(),
+            problem: format!(
+                "cannot realign safely: {first}{}",
                 if r.impossible.len() > 1 { format!(" (and {} more)", r.impossible.len() - 1) } else { String::new() }
             ),
-        ));
+            remedy: Remedy::Force,
+        });
     }
     Ok(Some(r))
 }
@@ -226,7 +231,7 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
     if opts.merge && map.image.as_sparse().is_none_or(|s| s.parent().is_none()) {
         return Err(Error::unsupported(
             map.image.source(),
-            format!("is a {} image, not a differencing one: there is no chain to merge", map.image.format()),
+            format!("is a {} image, not a differencing one: there is no chain to merge", map.image.kind()),
         ));
     }
     let mut realignment = plan_realignment(map, opts, 0)?;
@@ -242,7 +247,7 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
     let (format, block_size) = output_kind(map, opts)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
     let disk_size = output_size(map, source_size, opts, format)?;
-    if disk_size > source_size && map.layout.scheme == "gpt" {
+    if disk_size > source_size && map.layout.scheme == Scheme::Gpt {
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
     }

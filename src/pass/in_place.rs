@@ -20,7 +20,7 @@ use crate::vhd::bat::UNALLOCATED;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::footer::FOOTER_SIZE;
 use crate::vhd::header::HEADER_SIZE;
-use crate::vhd::image::DiskImage;
+use crate::vhd::image::{DiskImage, ImageKind};
 use crate::vhd::sparse::SparseVhd;
 
 /// Blocks moved between two flushes of the BAT.
@@ -43,15 +43,15 @@ pub struct InPlaceStats {
 /// Plans and carries out compaction of `map`'s image in place (`map` was built from an image
 /// opened for writing). A run that would write nothing is refused before anything happens.
 pub fn compact_in_place(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(CompactionPlan, InPlaceStats)> {
-    let input = map.image.format();
+    let input = map.image.kind();
     let kind = match input {
-        "dynamic" => OutputFormat::Dynamic,
-        "differencing" => OutputFormat::Differencing,
-        _ => OutputFormat::Fixed,
+        ImageKind::Dynamic => OutputFormat::Dynamic,
+        ImageKind::Differencing => OutputFormat::Differencing,
+        ImageKind::Raw | ImageKind::Fixed => OutputFormat::Fixed,
     };
     if opts.to.is_some_and(|t| t != kind) || opts.azure || opts.merge || opts.block_size.is_some() {
         return Err(Error::Usage(
-            "--in-place keeps the image's kind and block size: drop --to, --azure, --merge and --block-size".into(),
+            "in place, an image keeps its kind and block size: no output format, Azure rounding, merge or block size can be asked for".into(),
         ));
     }
     if kind == OutputFormat::Fixed && !opts.zero_free {

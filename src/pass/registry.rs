@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::bytes::le32;
 use crate::disk::PartitionView;
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::hive::log::{self, LogFile, ReplayReport};
 use crate::hive::{Hive, keys::split_path, names};
 use crate::map::ImageMap;
@@ -62,7 +62,7 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
     let Some((prefix, inner)) = rooted else {
         return Err(Error::Usage(format!(
             "{key}: start the key with HKLM\\SYSTEM, HKLM\\SOFTWARE, HKLM\\SAM, HKLM\\SECURITY, HKLM\\BCD00000000, \
-             HKU\\.DEFAULT or HKU\\<user>, or name the hive with --hive"
+             HKU\\.DEFAULT or HKU\\<user>, or name the hive by its path in the volume"
         )));
     };
     let (root, second) = prefix.split_once('\\').unwrap_or((&prefix, ""));
@@ -77,7 +77,7 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
         }
         _ => {
             return Err(Error::Usage(format!(
-                "{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive with --hive"
+                "{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive by its path in the volume"
             )));
         }
     };
@@ -206,7 +206,7 @@ fn read_file(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry) -> Resul
 
 impl<'m> ImageMap<'m> {
     /// Finds the first of `paths` in the NTFS volumes (only `partition`, if given). Several
-    /// Windows volumes holding it is an error asking for --partition.
+    /// Windows volumes holding it is an error asking to choose one.
     pub fn find_hive(&self, paths: &[String], partition: Option<u32>) -> Result<ImageHive<'_>> {
         let mut found = Vec::new();
         for (p, idx) in self.ntfs().filter(|(p, _)| partition.is_none_or(|n| n == p.index)) {
@@ -231,12 +231,15 @@ impl<'m> ImageMap<'m> {
                     path,
                 })
             }
-            _ => Err(Error::Usage(format!(
-                "{}: {} is in partitions {}: choose one with --partition",
-                self.image.source().display(),
-                paths[0],
-                found.iter().map(|(p, ..)| p.index.to_string()).collect::<Vec<_>>().join(", ")
-            ))),
+            _ => Err(Error::Refused {
+                file: self.image.source().to_path_buf(),
+                problem: format!(
+                    "{} is in partitions {}",
+                    paths[0],
+                    found.iter().map(|(p, ..)| p.index.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                remedy: Remedy::ChoosePartition,
+            }),
         }
     }
 

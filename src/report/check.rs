@@ -17,7 +17,7 @@ use crate::vhd::image::DiskImage;
 #[derive(Serialize)]
 pub struct CheckReport {
     pub file: String,
-    pub format: &'static str,
+    pub format: crate::vhd::ImageKind,
     pub clean: bool,
     pub problems: Vec<Finding>,
 }
@@ -70,7 +70,7 @@ pub fn build(image: &DiskImage) -> Result<CheckReport> {
     problems.extend(volume_states(image));
     Ok(CheckReport {
         file: image.source().display().to_string(),
-        format: image.format(),
+        format: image.kind(),
         clean: problems.is_empty(),
         problems,
     })

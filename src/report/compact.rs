@@ -22,7 +22,7 @@ pub struct CompactReport {
     pub input: String,
     pub output: String,
     pub in_place: bool,
-    pub input_format: &'static str,
+    pub input_format: crate::vhd::ImageKind,
     pub output_format: OutputFormat,
     /// Size of the input file (the top of a chain).
     pub input_bytes: u64,

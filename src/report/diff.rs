@@ -42,7 +42,7 @@ pub struct DiffReport {
 /// Attributes every sector present in the child to files of the merged view.
 pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
     let s = map.image.as_sparse().filter(|s| s.parent().is_some()).ok_or_else(|| {
-        Error::Usage(format!("{}: not a differencing image ({})", map.image.source().display(), map.image.format()))
+        Error::Usage(format!("{}: not a differencing image ({})", map.image.source().display(), map.image.kind()))
     })?;
     let bs = s.block_size();
     let mut files: BTreeMap<(u32, u64), ChangedFile> = BTreeMap::new();

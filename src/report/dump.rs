@@ -143,7 +143,7 @@ pub struct HeaderReport {
 pub struct ParentReport {
     pub path: Option<String>,
     pub resolved_by: Option<String>,
-    pub format: Option<&'static str>,
+    pub format: Option<crate::vhd::ImageKind>,
 }
 
 /// One BAT entry with its block's presence count.
@@ -184,7 +184,7 @@ pub struct BitmapReport {
 #[derive(Serialize)]
 pub struct DumpReport {
     pub file: String,
-    pub format: &'static str,
+    pub format: crate::vhd::ImageKind,
     pub disk_size: u64,
     pub chain: Vec<String>,
     pub footer: Option<FooterReport>,
@@ -227,7 +227,7 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
     findings.extend(layout.findings.iter().cloned());
     Ok(DumpReport {
         file: image.source().display().to_string(),
-        format: image.format(),
+        format: image.kind(),
         disk_size: image.len(),
         chain: image.chain().iter().map(|p| p.display().to_string()).collect(),
         footer: image.footer().map(|f| FooterReport::new(f, footer_offset)),
@@ -236,7 +236,7 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
         parent: ParentReport {
             path: sparse.and_then(|s| s.parent_resolution()).map(|r| r.path.clone()),
             resolved_by: sparse.and_then(|s| s.parent_resolution()).map(|r| r.resolved_by.clone()),
-            format: sparse.and_then(|s| s.parent()).map(DiskImage::format),
+            format: sparse.and_then(|s| s.parent()).map(DiskImage::kind),
         },
         bat: sparse.map(|s| bat_report(s, opts)).transpose()?,
         partitions: layout.partitions.clone(),
@@ -338,7 +338,7 @@ pub fn render(r: &DumpReport) -> String {
     let mut out = Vec::new();
     let mut s = Section::key_value("Image");
     s.kv("file", &r.file);
-    s.kv("format", r.format);
+    s.kv("format", r.format.name());
     s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     if r.chain.len() > 1 {
         s.kv("chain", r.chain.join(" -> "));
@@ -432,7 +432,7 @@ pub fn render(r: &DumpReport) -> String {
         let mut s = Section::key_value("Parent");
         s.kv("path", p);
         s.kv("resolved by", r.parent.resolved_by.clone().unwrap_or_default());
-        s.kv("format", r.parent.format.unwrap_or_default());
+        s.kv("format", r.parent.format.map_or("", |k| k.name()));
         out.push(s.render());
     }
     if let Some(b) = &r.bat {
@@ -470,7 +470,8 @@ pub fn render(r: &DumpReport) -> String {
     }
     let t = &r.partition_table;
     if let Some(m) = &t.mbr {
-        let mut s = Section::table(&format!("MBR (disk signature {})", m.disk_signature), &["entry", "raw", "decoded"]);
+        let mut s =
+            Section::table(&format!("MBR (disk signature {:08X})", m.disk_signature), &["entry", "raw", "decoded"]);
         slot_rows(&mut s, "Index", &m.entries);
         for e in &m.ebrs {
             slot_rows(&mut s, &format!("EBR@{}", e.lba), &e.entries);

@@ -46,7 +46,7 @@ pub struct MapSummary {
 #[derive(Serialize)]
 pub struct MapReport {
     pub file: String,
-    pub format: &'static str,
+    pub format: crate::vhd::ImageKind,
     pub blocks: Vec<BlockInfo>,
     pub summary: MapSummary,
 }
@@ -96,7 +96,7 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
         Some(p) => all.into_iter().filter(|b| overlaps(b, p.start(), p.end())).collect(),
         None => all,
     };
-    Ok(MapReport { file: map.image.source().display().to_string(), format: map.image.format(), blocks, summary })
+    Ok(MapReport { file: map.image.source().display().to_string(), format: map.image.kind(), blocks, summary })
 }
 
 /// Snake-case name of a state.

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::error::{Error, Result, Space};
 use crate::host::journal::{self, Recovery};
 use crate::host::{FileId, LockWait, OutputPolicy};
@@ -39,6 +41,38 @@ pub enum ImageFormat {
     Raw,
     /// A VHD (fixed, dynamic or differencing): the file must end with a VHD footer.
     Vhd,
+}
+
+/// The kind of container an image is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A file whose bytes are the disk.
+    Raw,
+    /// A VHD: the disk's bytes then a footer.
+    Fixed,
+    /// A VHD that stores only the blocks written.
+    Dynamic,
+    /// A VHD that stores what changed from its parent.
+    Differencing,
+}
+
+impl ImageKind {
+    /// The name people and JSON use: `raw`, `fixed`, `dynamic`, `differencing`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Raw => "raw",
+            ImageKind::Fixed => "fixed",
+            ImageKind::Dynamic => "dynamic",
+            ImageKind::Differencing => "differencing",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// An opened disk image of any kind.
@@ -131,12 +165,13 @@ impl DiskImage {
         }
     }
 
-    /// "raw", "fixed", "dynamic" or "differencing".
-    pub fn format(&self) -> &'static str {
+    /// What kind of container this is.
+    pub fn kind(&self) -> ImageKind {
         match self {
-            DiskImage::Raw(_) => "raw",
-            DiskImage::Fixed(f) => f.footer().disk_type.name(),
-            DiskImage::Sparse(s) => s.footer().disk_type.name(),
+            DiskImage::Raw(_) => ImageKind::Raw,
+            DiskImage::Fixed(_) => ImageKind::Fixed,
+            DiskImage::Sparse(s) if s.footer().disk_type == DiskType::Differencing => ImageKind::Differencing,
+            DiskImage::Sparse(_) => ImageKind::Dynamic,
         }
     }
 
@@ -230,8 +265,7 @@ fn refuse_non_disk(file: &ImageFile, len: u64) -> Result<()> {
     match recognise(&head) {
         Recognised::RawDisk => Ok(()),
         Recognised::Unknown => Err(Error::NotADisk { file: file.path().to_path_buf() }),
-        Recognised::Vhdx => Err(Error::unsupported(file.path(), "is a VHDX image, which vhdkit does not read yet")),
-        other => Err(Error::unsupported(file.path(), format!("is {other}, not a VHD or a raw disk"))),
+        other => Err(Error::Format { file: file.path().to_path_buf(), what: other.to_string() }),
     }
 }
 

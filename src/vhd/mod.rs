@@ -21,5 +21,5 @@ pub mod sparse;
 pub use device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 pub use finding::Finding;
 pub use fixed::FixedVhd;
-pub use image::{DiskImage, ImageFormat, OpenOptions};
+pub use image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
 pub use sparse::SparseVhd;

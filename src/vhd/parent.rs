@@ -28,7 +28,7 @@ pub struct Candidate {
 pub struct ParentResolution {
     /// The parent file opened.
     pub path: String,
-    /// What named it: a locator's platform code, `"parent name"` or `"--parent"`.
+    /// What named it: a locator's platform code, `"parent name"` or `"given parent"`.
     pub resolved_by: String,
 }
 
