@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bytes;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod disk;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod host;
 pub mod map;
 pub mod ntfs;
 pub mod pass;
+#[cfg(feature = "cli")]
 pub mod report;
 pub mod vhd;
 

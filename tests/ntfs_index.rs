@@ -12,9 +12,9 @@ use common::*;
 use vhdkit::disk::{DiskLayout, PartitionView};
 use vhdkit::map::ImageMap;
 use vhdkit::ntfs::NtfsIndex;
-use vhdkit::ntfs::reader::DeviceReader;
 use vhdkit::ntfs::record::attr_type;
 use vhdkit::ntfs::stream::read_runs;
+use vhdkit::vhd::DeviceReader;
 use vhdkit::vhd::{BlockDevice, DiskImage};
 
 /// The NTFS partitions of the corpus: (image, partition index).

@@ -32,9 +32,9 @@ pub struct Cli {
     /// Where to write the result (not with --in-place).
     #[arg(required_unless_present = "in_place")]
     pub output: Option<PathBuf>,
-    /// Output kind (default: the input's; a raw input becomes dynamic).
+    /// Output kind (default: dynamic; a differencing input stays differencing unless --merge).
     #[arg(long, value_enum)]
-    pub to: Option<OutputFormat>,
+    pub to: Option<ToArg>,
     /// Fixed output for Azure: size rounded up to a whole MiB, CHS recomputed, limits checked.
     #[arg(long)]
     pub azure: bool,
@@ -81,6 +81,28 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Output kinds on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToArg {
+    /// Raw data then a footer, every byte written.
+    Fixed,
+    /// Only needed blocks stored.
+    Dynamic,
+    /// A child of the input's parent holding only the input's needed sectors.
+    Differencing,
+}
+
+impl ToArg {
+    /// The library's name for it.
+    pub fn format(self) -> OutputFormat {
+        match self {
+            ToArg::Fixed => OutputFormat::Fixed,
+            ToArg::Dynamic => OutputFormat::Dynamic,
+            ToArg::Differencing => OutputFormat::Differencing,
+        }
+    }
 }
 
 /// A partition boundary: a power of two from 4 KiB, or the VHD block size.
@@ -167,7 +189,7 @@ impl Cli {
             .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
         let realign = self.realign.map(|b| b.bytes(block));
         Ok(CompactOptions {
-            to: self.to,
+            to: self.to.map(ToArg::format),
             azure: self.azure,
             block_size: self.block_size,
             zero_free: self.zero_free,
@@ -208,7 +230,7 @@ fn run(cli: &Cli) -> Result<bool> {
     crate::cli::report_stale("vhdcompact", out.removed_stale());
     crate::cli::track_temp(out.path());
     let bar = progress(plan.blocks_written());
-    let stats = execute::write(&map, &plan, &out, &bar)?;
+    let stats = execute::write(&map, &plan, &out, &|done| bar.set_position(done))?;
     bar.finish_and_clear();
     let verified = if cli.verify {
         let dup = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;

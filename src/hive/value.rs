@@ -1,8 +1,9 @@
 //! Value types and data: names of the types, decoding data for people and JSON, and encoding
 //! data given on the command line or in a .reg file.
 
-use serde_json::json;
+use serde::Serialize;
 
+use crate::bytes::{le32, le64};
 use crate::error::{Error, Result};
 
 /// Value type numbers.
@@ -85,36 +86,42 @@ pub fn encode_multi(items: &[String]) -> Vec<u8> {
     out
 }
 
-/// The value's data for JSON: strings as text, DWORD/QWORD as numbers, lists as arrays,
-/// everything else as hex.
-pub fn to_json(ty: u32, data: &[u8]) -> serde_json::Value {
-    match (ty, data.len()) {
-        (reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK, _) if data.len().is_multiple_of(2) => {
-            json!(decode_string(data))
+/// A value's data decoded by its type: strings as text, DWORD/QWORD as numbers, lists as
+/// lists, everything else (and anything malformed for its type) as hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ValueData {
+    Text(String),
+    Number(u64),
+    Strings(Vec<String>),
+    Hex(String),
+}
+
+impl ValueData {
+    /// Decodes the data of a value of type `ty`.
+    pub fn decode(ty: u32, data: &[u8]) -> Self {
+        match (ty, data.len()) {
+            (reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK, _) if data.len().is_multiple_of(2) => {
+                ValueData::Text(decode_string(data))
+            }
+            (reg_type::DWORD, 4) => ValueData::Number(le32(data, 0) as u64),
+            (reg_type::DWORD_BIG_ENDIAN, 4) => ValueData::Number(crate::bytes::be32(data, 0) as u64),
+            (reg_type::QWORD, 8) => ValueData::Number(le64(data, 0)),
+            (reg_type::MULTI_SZ, _) if data.len().is_multiple_of(2) => ValueData::Strings(decode_multi(data)),
+            _ => ValueData::Hex(hex::encode(data)),
         }
-        (reg_type::DWORD, 4) => json!(u32::from_le_bytes([data[0], data[1], data[2], data[3]])),
-        (reg_type::DWORD_BIG_ENDIAN, 4) => json!(u32::from_be_bytes([data[0], data[1], data[2], data[3]])),
-        (reg_type::QWORD, 8) => json!(u64::from_le_bytes(data.try_into().unwrap_or([0; 8]))),
-        (reg_type::MULTI_SZ, _) if data.len().is_multiple_of(2) => json!(decode_multi(data)),
-        _ => json!(hex::encode(data)),
     }
 }
 
-/// The value's data as one line of text.
-pub fn to_text(ty: u32, data: &[u8]) -> String {
-    json_text(&to_json(ty, data))
-}
-
-/// A value's JSON form (see [`to_json`]) as one line of text: strings as they are, numbers in
-/// decimal and hex, REG_MULTI_SZ items joined by ` | `.
-pub fn json_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => format!("{n} ({:#x})", n.as_u64().unwrap_or(0)),
-        serde_json::Value::Array(items) => {
-            items.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(" | ")
+/// One line of text: strings as they are, numbers in decimal and hex, REG_MULTI_SZ items
+/// joined by ` | `.
+impl std::fmt::Display for ValueData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueData::Text(s) | ValueData::Hex(s) => f.write_str(s),
+            ValueData::Number(n) => write!(f, "{n} ({n:#x})"),
+            ValueData::Strings(items) => f.write_str(&items.join(" | ")),
         }
-        other => other.to_string(),
     }
 }
 
@@ -177,7 +184,7 @@ mod tests {
         assert_eq!(encode(reg_type::SZ, &["A".into()]).unwrap(), vec![b'A', 0, 0, 0]);
         let multi = encode(reg_type::MULTI_SZ, &["a".into(), "b".into()]).unwrap();
         assert_eq!(decode_multi(&multi), vec!["a", "b"]);
-        assert_eq!(to_json(reg_type::QWORD, &5u64.to_le_bytes()), json!(5));
+        assert_eq!(ValueData::decode(reg_type::QWORD, &5u64.to_le_bytes()), ValueData::Number(5));
         assert_eq!(to_json(reg_type::BINARY, &[1, 0xff]), json!("01ff"));
         assert!(encode(reg_type::DWORD, &["4294967296".into()]).is_err());
         assert_eq!(parse_hex("01,02 ff").unwrap(), vec![1, 2, 0xff]);

@@ -11,7 +11,6 @@ pub mod upload;
 use crate::disk::{DiskLayout, FileSystem, Partition, PartitionView};
 use crate::error::{Error, Result};
 use crate::ntfs::NtfsIndex;
-use crate::ntfs::reader::contain_panic;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::DiskImage;
 
@@ -145,10 +144,9 @@ fn index_partition(image: &DiskImage, p: &Partition, index: bool) -> Result<Cont
     if fs != FileSystem::Ntfs || !index {
         return Ok(Contents::Other(fs));
     }
-    match contain_panic(|| NtfsIndex::build(&view, p.index)) {
-        Ok(Ok(index)) => Ok(Contents::Ntfs(Box::new(index))),
-        Ok(Err(e @ (Error::Io { .. } | Error::ParentNotFound { .. }))) => Err(e),
-        Ok(Err(e)) => Ok(Contents::Unreadable(e.to_string())),
-        Err(panic) => Ok(Contents::Unreadable(format!("internal error while indexing: {panic}"))),
+    match NtfsIndex::build(&view, p.index) {
+        Ok(index) => Ok(Contents::Ntfs(Box::new(index))),
+        Err(e @ (Error::Io { .. } | Error::ParentNotFound { .. })) => Err(e),
+        Err(e) => Ok(Contents::Unreadable(e.to_string())),
     }
 }

@@ -457,26 +457,15 @@ impl NtfsIndex {
         Ok(())
     }
 
-    /// Label, version, dirty flag and hibernation; `volume_record` is what the bulk pass read
-    /// from `$Volume` (version and flags, name), the fallback when the crate cannot open it.
+    /// Label, version, dirty flag (what the bulk pass read from `$Volume`) and hibernation.
     fn read_state(&mut self, view: &dyn BlockDevice, volume_record: Option<VolumeRecord>) -> Result<()> {
         let mut state = VolumeState::default();
-        match volume::probe_with_crate(view) {
-            Ok((label, version, flags)) => {
-                state.label = label;
-                state.version = Some(version);
-                state.dirty = flags & VOLUME_DIRTY != 0;
-            }
-            Err(problem) => state.crate_problem = Some(problem),
-        }
         if let Some((info, name)) = volume_record {
             if let Some((major, minor, flags)) = info {
-                state.version.get_or_insert_with(|| format!("{major}.{minor}"));
-                state.dirty |= flags & VOLUME_DIRTY != 0;
+                state.version = Some(format!("{major}.{minor}"));
+                state.dirty = flags & VOLUME_DIRTY != 0;
             }
-            if state.label.is_none() {
-                state.label = name;
-            }
+            state.label = name;
         }
         let hiberfil = self
             .files

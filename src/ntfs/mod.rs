@@ -13,7 +13,6 @@ pub mod index;
 pub mod mft;
 pub mod owners;
 pub mod patch;
-pub mod reader;
 pub mod record;
 pub mod runs;
 pub mod stream;

@@ -29,7 +29,7 @@ pub const AZURE_MIN_SIZE: u64 = 20 << 20;
 pub const AZURE_MAX_SIZE: u64 = MAX_FIXED_SIZE;
 
 /// The kinds of image compaction writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// Raw data then a footer, every byte written.

@@ -8,7 +8,6 @@
 
 use std::sync::mpsc;
 
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -181,7 +180,12 @@ impl Writer {
 
 /// Writes the plan's output into the new file `out` (flushed, not yet committed, so it can be
 /// verified first).
-pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile, progress: &ProgressBar) -> Result<WriteStats> {
+pub fn write(
+    map: &ImageMap<'_>,
+    plan: &CompactionPlan,
+    out: &NewFile,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteStats> {
     let mut writer = create_writer(map, plan, out)?;
     let realigned = plan.realignment.as_ref().map(|r| RealignedDisk { input: map.image, plan: r });
     let source: &dyn BlockDevice = match &realigned {
@@ -202,7 +206,7 @@ pub fn write(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile, progress:
                     if let Some(kept) = writer.write(bs, &p, data.as_deref(), &zeros)? {
                         stats.stored_blocks += u64::from(kept);
                         stats.zero_blocks_dropped += u64::from(!kept);
-                        progress.inc(1);
+                        progress(stats.stored_blocks + stats.zero_blocks_dropped);
                     }
                     if let (Some(buf), Ok(mut free)) = (data, pool.lock()) {
                         free.push(buf);

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::hive::log::ReplayReport;
-use crate::hive::value::{json_text, to_json, to_text, type_name};
+use crate::hive::value::{ValueData, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
 use crate::host::journal::Recovery;
 use crate::pass::registry::WriteSummary;
@@ -19,14 +19,19 @@ pub struct ValueOut {
     #[serde(rename = "type")]
     pub ty: String,
     /// Text for strings, numbers for DWORD/QWORD, arrays for REG_MULTI_SZ, hex otherwise.
-    pub data: serde_json::Value,
+    pub data: ValueData,
 }
 
 impl ValueOut {
     /// Decodes value `v` of `key`.
     pub fn new(hive: &Hive, key: &str, v: &ValueKey) -> crate::error::Result<Self> {
         let data = hive.value_data(v)?;
-        Ok(ValueOut { key: key.to_string(), name: v.name.clone(), ty: type_name(v.ty), data: to_json(v.ty, &data) })
+        Ok(ValueOut {
+            key: key.to_string(),
+            name: v.name.clone(),
+            ty: type_name(v.ty),
+            data: ValueData::decode(v.ty, &data),
+        })
     }
 }
 
@@ -86,7 +91,7 @@ impl KeyOut {
 /// Renders one value.
 pub fn render_value(v: &ValueOut) -> String {
     let name = if v.name.is_empty() { "(default)" } else { &v.name };
-    format!("{name}  {}  {}\n", v.ty, json_text(&v.data))
+    format!("{name}  {}  {}\n", v.ty, v.data)
 }
 
 /// Renders a key listing.
@@ -155,7 +160,7 @@ pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
     format!(
         "set {key} {} = {} ({})",
         if name.is_empty() { "(default)" } else { name },
-        to_text(ty, data),
+        ValueData::decode(ty, data),
         type_name(ty)
     )
 }

@@ -1,7 +1,7 @@
 //! The `BlockDevice` abstraction every layer above reads through, and the plain-file device.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -33,6 +33,45 @@ pub trait BlockDevice: Send + Sync {
     /// of a sparse file) leave the rest out, so work grows with the data, not the disk's size.
     fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
         Ok(if start < end { vec![(start, end)] } else { Vec::new() })
+    }
+}
+
+/// `Read + Seek` over a device, for code that wants a stream (another crate, a copy). Cheap
+/// to make: each thread gets its own.
+pub struct DeviceReader<'a> {
+    device: &'a dyn BlockDevice,
+    pos: u64,
+}
+
+impl<'a> DeviceReader<'a> {
+    /// A reader at offset 0 of `device`.
+    pub fn new(device: &'a dyn BlockDevice) -> Self {
+        DeviceReader { device, pos: 0 }
+    }
+}
+
+impl Read for DeviceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.device.len().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.device.read_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for DeviceReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.device.len().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
     }
 }
 
