@@ -154,7 +154,7 @@ fn a_parent_loop_is_detected() {
     drop((x_img, y_img));
     std::fs::rename(&y2, &y).unwrap();
     let out = dump(&x, &[]);
-    assert_one_line_error(&out, "x.vhd", &["differencing chain", "loops back"]);
+    assert_one_line_error(&out, "x.vhd", &["this very chain", "loop"]);
 }
 
 #[test]

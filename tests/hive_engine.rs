@@ -668,3 +668,26 @@ fn hostile_lists_and_log_sizes_cannot_exhaust_memory() {
         assert!(recovered.len() < 64 << 20, "the replay grew the hive to {} bytes", recovered.len());
     }
 }
+
+#[test]
+fn a_tiny_hive_with_a_damaged_base_block_is_an_error_not_a_panic() {
+    let dir = tempdir();
+    for len in [4096usize, 4100, 4110, 4123, 4124, 8192] {
+        let mut b = vec![0u8; len];
+        b[..4].copy_from_slice(b"regf");
+        b[20] = 1;
+        b[24] = 3;
+        if len >= 4100 {
+            b[4096..4100].copy_from_slice(b"hbin");
+        }
+        let p = dir.path().join(format!("tiny{len}"));
+        std::fs::write(&p, &b).unwrap();
+        for cmd in [
+            bin("vhdinspect").args(["reg", "--hive-file", p.to_str().unwrap(), "list", "\\"]),
+            bin("vhdreg").args(["--hive-file", p.to_str().unwrap(), "get", "\\"]),
+        ] {
+            let o = run(cmd);
+            assert_one_line_error(&o, &format!("tiny{len}"), &[]);
+        }
+    }
+}

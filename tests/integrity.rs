@@ -747,3 +747,157 @@ fn other_tools_stopped_at_each_write_of_a_writer_cannot_get_in() {
         "other tools at each stopping point of vhdreg set and vhdcompact --in-place: {points} points, every one refused or waited"
     ));
 }
+
+#[test]
+fn a_journal_is_found_under_every_name_of_its_image() {
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let pristine = std::fs::read(&img).unwrap();
+    // A write through a symlink leaves the journal beside the real file.
+    let link = dir.path().join("link.vhd");
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    let journal = crashed_write(&link, 3);
+    assert_eq!(journal, vhdkit::host::journal::journal_path(&img));
+    for reader in
+        [bin("vhdreg").arg(&img).args(["get", NAME_KEY, "ComputerName"]), bin("vhdinspect").arg("files").arg(&img)]
+    {
+        assert_one_line_error(&run(reader), "win-dynamic.vhd", &["interrupted"]);
+    }
+    let o = run(bin("vhdreg").arg(&img).args(["set", NAME_KEY, "Second", "--type", "REG_SZ", "--data", "2"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rolled back an interrupted write"));
+    assert_eq!(get_value(&img, "Crash"), None, "the interrupted change is not half there");
+    // An image with hard links is not written in place: its journal could be missed.
+    std::fs::write(&img, &pristine).unwrap();
+    let hard = dir.path().join("hard.vhd");
+    std::fs::hard_link(&img, &hard).unwrap();
+    let o = run(bin("vhdreg").arg(&img).args(["set", NAME_KEY, "x", "--type", "REG_SZ", "--data", "x"]));
+    assert_one_line_error(&o, "win-dynamic.vhd", &["hard links"]);
+    assert_eq!(std::fs::read(&img).unwrap(), pristine);
+    // Restored from a copy (a new inode) with its journal, the image recovers with --force,
+    // every journaled byte still checked.
+    std::fs::remove_file(&hard).unwrap();
+    let journal = crashed_write(&img, 3);
+    let crashed = std::fs::read(&img).unwrap();
+    // The copy is made while the original exists, so it gets another inode.
+    let copy = dir.path().join("restored.vhd");
+    std::fs::write(&copy, &crashed).unwrap();
+    std::fs::rename(&copy, &img).unwrap();
+    let o = run(bin("vhdreg").arg(&img).arg("recover"));
+    assert_one_line_error(&o, "vhdkit-journal", &["inode", "forcing"]);
+    run_ok(bin("vhdreg").arg(&img).args(["recover", "--force"]));
+    assert_eq!(std::fs::read(&img).unwrap(), pristine);
+    assert!(!journal.exists());
+}
+
+#[test]
+fn links_devices_and_loops_cannot_turn_a_write_against_its_target() {
+    let dir = tempdir();
+    let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };
+    // A bare hive edited through a symlink: the real file changes, the link stays a link.
+    let real = dir.path().join("SAM.real");
+    std::fs::copy(&sam, &real).unwrap();
+    make_writable(&real);
+    let link = dir.path().join("SAM");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    run_ok(bin("vhdreg").args([
+        "--hive-file",
+        link.to_str().unwrap(),
+        "set",
+        r"SAM\Domains",
+        "Via",
+        "--type",
+        "REG_DWORD",
+        "--data",
+        "5",
+    ]));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(hivexget(&real, "\\SAM\\Domains", "Via"), "5");
+    // A hive with another name is not split by a rewrite.
+    let other = dir.path().join("SAM.other");
+    std::fs::hard_link(&real, &other).unwrap();
+    let o = run(bin("vhdreg").args([
+        "--hive-file",
+        real.to_str().unwrap(),
+        "set",
+        r"SAM\Domains",
+        "X",
+        "--type",
+        "REG_DWORD",
+        "--data",
+        "1",
+    ]));
+    assert_one_line_error(&o, "SAM.real", &["hard links"]);
+    // --force does not replace an output another process is writing.
+    let img = corpus("aligned-dynamic.vhd");
+    let busy = dir.path().join("busy.vhd");
+    std::fs::write(&busy, b"in use").unwrap();
+    let holder = std::fs::File::open(&busy).unwrap();
+    holder.lock().unwrap();
+    let o = run(bin("vhdcompact").arg(&img).arg(&busy).arg("--force"));
+    assert_one_line_error(&o, "busy.vhd", &["in use"]);
+    assert_eq!(std::fs::read(&busy).unwrap(), b"in use");
+    drop(holder);
+    // A journal's name is not an output name.
+    let o = run(bin("vhdcompact").arg(&img).arg(dir.path().join("x.vhd.vhdkit-journal")));
+    assert_one_line_error(&o, "vhdkit-journal", &["journal"]);
+    // A parent that is the image itself: no waiting for its own lock, no loop.
+    let child = dir.path().join("child.vhd");
+    {
+        let parent = dir.path().join("parent.vhd");
+        std::fs::copy(&img, &parent).unwrap();
+        let p = vhdkit::vhd::DiskImage::open(&parent, &Default::default()).unwrap();
+        let link = vhdkit::vhd::sparse::ParentLink { image: &p, path: &parent };
+        vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
+    }
+    let o = bounded(bin("vhdcompact").arg(&child).args(["--in-place", "--wait", "--parent"]).arg(&child), 20);
+    assert_one_line_error(&o, "child.vhd", &["this very chain"]);
+    let o = bounded(bin("vhdinspect").arg("dump").arg("--parent").arg(&child).arg(&child), 20);
+    assert!(!o.status.success() || String::from_utf8_lossy(&o.stdout).contains("this very chain"));
+}
+
+#[test]
+fn outputs_land_in_folders_whatever_their_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempdir();
+    let img = corpus("aligned-dynamic.vhd");
+    for folder in [
+        dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+        dir.path().join("a.vhdkit-new-b"),
+        dir.path().join("x.partial"),
+    ] {
+        std::fs::create_dir(&folder).unwrap();
+        let out = folder.join("out.vhd");
+        let o = run(bin("vhdcompact").arg(&img).arg(&out));
+        assert!(o.status.success(), "{}: {}", folder.display(), String::from_utf8_lossy(&o.stderr));
+        assert!(out.exists());
+        let left: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
+    // `--realign block` without '=' would name the output "block".
+    let o = run(bin("vhdcompact").current_dir(dir.path()).arg(&img).args(["--realign", "block"]));
+    assert_one_line_error(&o, "block", &["--realign=block"]);
+}
+
+#[test]
+fn block_devices_are_read_but_not_written_in_place() {
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, read_all(&open(&corpus("aligned-dynamic.vhd")))).unwrap();
+    let attach = Command::new("losetup").args(["--find", "--show"]).arg(&raw).output();
+    let Some(attach) = attach.ok().filter(|o| o.status.success()) else {
+        eprintln!("skipped: no loop device can be attached here (losetup needs root and /dev/loop*)");
+        return;
+    };
+    let dev = String::from_utf8(attach.stdout).unwrap().trim().to_string();
+    let result = std::panic::catch_unwind(|| {
+        run_ok(bin("vhdinspect").args(["check", &dev]));
+        run_ok(bin("vhdinspect").args(["files", &dev]));
+        let o =
+            run(bin("vhdreg").args([dev.as_str(), "set", r"HKLM\SYSTEM\x", "y", "--type", "REG_DWORD", "--data", "1"]));
+        assert_eq!(o.status.code(), Some(1));
+        assert!(!Path::new(&format!("{dev}.vhdkit-journal")).exists());
+    });
+    assert!(Command::new("losetup").args(["-d", &dev]).status().unwrap().success());
+    result.unwrap();
+}

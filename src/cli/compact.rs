@@ -178,6 +178,7 @@ impl Cli {
             allow_missing_parent: false,
             wait: lock_wait(self.wait),
             format: self.input_format.map(FormatArg::format),
+            ..OpenOptions::default()
         }
     }
 
@@ -203,9 +204,10 @@ impl Cli {
 /// Refuses an OUT that reads like a size: `--realign 1M` makes clap take `1M` for OUT.
 fn refuse_size_like_output(out: &Path) -> Result<()> {
     let text = out.to_string_lossy();
-    if std::fs::symlink_metadata(out).is_err() && !text.contains(['/', '\\', '.']) && parse_size(&text).is_ok() {
+    let looks_like_a_value = parse_size(&text).is_ok() || text.eq_ignore_ascii_case("block");
+    if std::fs::symlink_metadata(out).is_err() && !text.contains(['/', '\\', '.']) && looks_like_a_value {
         return Err(Error::Usage(format!(
-            "OUT {text:?} looks like a size, not a file name: a value for --realign comes with '=' \
+            "OUT {text:?} looks like a boundary, not a file name: a value for --realign comes with '=' \
              (--realign={text}); name a file that looks like a size as ./{text}"
         )));
     }

@@ -76,6 +76,7 @@ impl ImageArgs {
             allow_missing_parent,
             wait: lock_wait(self.wait),
             format: self.format.map(FormatArg::format),
+            ..OpenOptions::default()
         }
     }
 

@@ -76,7 +76,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Stops the process on SIGINT, SIGTERM or SIGHUP without leaving a temporary output behind:
 /// registered temporary files are removed first. A signal during a deferred section (a short
-/// journaled write) takes effect when the section ends.
+/// journaled write) lets the section finish; it stops the process at the start of the next
+/// one, or the command simply ends.
 pub fn handle_signals(tool: &'static str) {
     let _ = ctrlc::set_handler(move || {
         if DEFERRING.load(Ordering::SeqCst) {

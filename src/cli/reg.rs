@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::hive::regfile::{self, RegOp};
 use crate::hive::value::{self, reg_type};
+use crate::host::journal::Identity;
 use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 use crate::pass::disk_write;
@@ -115,7 +116,9 @@ pub enum RegCommand {
     Delete { key: String, value: Option<String> },
     /// Apply a .reg file (regedit 5.00 UTF-16 or REGEDIT4): keys, values, `-` deletions.
     Import { file: PathBuf },
-    /// Roll back a write that was interrupted (every write does this first, too).
+    /// Roll back a write that was interrupted (every write does this first, too). With
+    /// --force, also when the image and its journal were restored from a copy (every journaled
+    /// byte is still checked).
     Recover,
 }
 
@@ -155,14 +158,17 @@ fn run(cli: Cli) -> Result<bool> {
             let ops = regfile::parse(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
             write(src, ops, false, w)
         }
-        RegCommand::Recover => recover(src, cli.json),
+        RegCommand::Recover => recover(src, cli.force, cli.json),
     }
 }
 
-/// `vhdreg IMAGE recover`: rolls back an interrupted write, if any.
-fn recover(src: &HiveSource, json: bool) -> Result<bool> {
+/// `vhdreg IMAGE recover`: rolls back an interrupted write, if any; with `force`, also when
+/// the image was restored from a copy (a new inode), every journaled byte still checked.
+fn recover(src: &HiveSource, force: bool, json: bool) -> Result<bool> {
     let image = src.image.as_deref().ok_or_else(|| Error::Usage("recover works on an image".into()))?;
-    let (_img, recovery) = DiskImage::open_writable(image, &src.open_options())?;
+    let identity = if force { Identity::Trusted } else { Identity::Checked };
+    let (_img, recovery) =
+        DiskImage::open_writable(image, &OpenOptions { journal_identity: identity, ..src.open_options() })?;
     let out = report::RecoverOut::new(image, &recovery);
     emit(json, &out, report::render_recover)?;
     Ok(true)
@@ -207,6 +213,7 @@ impl HiveSource {
             allow_missing_parent: false,
             wait: self.lock_wait(),
             format: self.format.map(FormatArg::format),
+            ..OpenOptions::default()
         }
     }
 
@@ -219,7 +226,10 @@ impl HiveSource {
     fn target(&self, key: &str) -> Result<KeyTarget> {
         match (&self.hive_file, &self.hive) {
             (Some(f), _) => registry::target(key, Some(&f.to_string_lossy())),
-            (None, h) => registry::target(key, h.as_deref()),
+            (None, h) => registry::target(key, h.as_deref()).map_err(|e| match e {
+                Error::Usage(text) => Error::Usage(format!("{text} (--hive PATH names any other hive)")),
+                other => other,
+            }),
         }
     }
 
@@ -263,18 +273,31 @@ fn bare_logs(hive: &Path) -> Vec<PathBuf> {
 /// Opens and reads a bare hive file and its logs, locked shared (or exclusive, for an edit).
 fn load_bare(path: &Path, for_edit: bool, wait: LockWait) -> Result<BareHive> {
     let access = if for_edit { Access::ReadWrite } else { Access::Read };
-    if for_edit {
-        let meta = std::fs::metadata(path).map_err(|e| Error::open(path, "open", e))?;
+    // An edit replaces the file by rename: through a symlink that would replace the link,
+    // and a file with other names (hard links) would keep its old content under them.
+    let resolved;
+    let path = if for_edit {
+        resolved = std::fs::canonicalize(path).map_err(|e| Error::open(path, "open", e))?;
+        let meta = std::fs::metadata(&resolved).map_err(|e| Error::open(path, "open", e))?;
         host::require_write_permission(path, &meta)?;
-    }
+        host::require_single_name(path, &meta)?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let file = host::open_locked(path, access, Expect::Regular, wait)?;
     let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
     let stored = host::read_file_limited(&file, path, registry::MAX_HIVE, "a hive")?;
     let mut log_files = Vec::new();
     let mut logs = Vec::new();
     for log in bare_logs(path) {
-        // A log that cannot be opened counts as absent: a dirty hive is then refused, not guessed.
-        let Ok(f) = host::open_locked(&log, access, Expect::Regular, wait) else { continue };
+        // A log that cannot be opened counts as absent (a dirty hive is then refused, not
+        // guessed); one another process holds is an error.
+        let f = match host::open_locked(&log, access, Expect::Regular, wait) {
+            Ok(f) => f,
+            Err(e @ Error::InUse { .. }) => return Err(e),
+            Err(_) => continue,
+        };
         let Ok(m) = f.metadata() else { continue };
         let bytes = host::read_file_limited(&f, &log, registry::MAX_HIVE, "a hive log")?;
         logs.push((log.to_string_lossy().into_owned(), bytes));
@@ -482,8 +505,13 @@ fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> 
     let groups = group_by_hive(src, ops)?;
     match (&src.hive_file, &src.image) {
         (Some(file), _) => {
+            let file = if flags.dry_run {
+                file.clone()
+            } else {
+                std::fs::canonicalize(file).map_err(|e| Error::open(file, "open", e))?
+            };
             for (_, ops) in &groups {
-                write_file(src, file, ops, strict, flags, &mut out)?;
+                write_file(src, &file, ops, strict, flags, &mut out)?;
             }
         }
         (None, Some(image)) => {

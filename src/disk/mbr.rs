@@ -64,19 +64,20 @@ impl BiosGeometry {
 
     /// The geometry that explains every address of `pairs` (absolute LBA, CHS) below the
     /// 1024-cylinder limit: 255 x 63 when it does, else `hint` (the VHD's), else the first
-    /// that does; 255 x 63 or `hint` when nothing constrains it or nothing explains it all.
+    /// that does. When no address constrains it, `hint` (or 255 x 63); when none explains
+    /// them all, 255 x 63.
     pub fn of_table(pairs: &[(u64, Chs)], hint: Option<BiosGeometry>) -> BiosGeometry {
         let usable: Vec<(u64, Chs)> =
             pairs.iter().copied().filter(|(_, c)| c.cylinder < 1023 && c.sector > 0).collect();
+        if usable.is_empty() {
+            return hint.unwrap_or(BiosGeometry::WINDOWS);
+        }
         let fits = |g: BiosGeometry| usable.iter().all(|&(lba, c)| g.explains(lba, c));
         let preferred = [Some(BiosGeometry::WINDOWS), hint].into_iter().flatten();
         let search = (1..=255u8)
             .rev()
             .flat_map(|heads| (1..=63u8).rev().map(move |spt| BiosGeometry { heads, sectors_per_track: spt }));
-        preferred
-            .chain(if usable.is_empty() { None } else { Some(search) }.into_iter().flatten())
-            .find(|g| fits(*g))
-            .unwrap_or(hint.unwrap_or(BiosGeometry::WINDOWS))
+        preferred.chain(search).find(|g| fits(*g)).unwrap_or(BiosGeometry::WINDOWS)
     }
 }
 
@@ -244,7 +245,7 @@ mod tests {
         assert_eq!(BiosGeometry::of_table(&old, None), BiosGeometry { heads: 16, sectors_per_track: 63 });
         // Only markers: the hint decides.
         let hint = BiosGeometry { heads: 16, sectors_per_track: 63 };
-        assert_eq!(BiosGeometry::of_table(&[(1 << 30, CHS_MAX)], Some(hint)), BiosGeometry::WINDOWS);
+        assert_eq!(BiosGeometry::of_table(&[(1 << 30, CHS_MAX)], Some(hint)), hint);
         assert_eq!(BiosGeometry::of_table(&[], None), BiosGeometry::WINDOWS);
     }
 

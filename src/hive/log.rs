@@ -188,10 +188,10 @@ fn entries<'a>(index: usize, log: &LogFile<'a>) -> Vec<Entry<'a>> {
 /// The timestamp a log must not be older than: the base block's, or, when the base block is
 /// damaged, the first hive bin's copy of it.
 fn primary_timestamp(hive: &[u8], base: &BaseBlock) -> u64 {
-    if base.checksum_valid || hive.get(BINS_START..BINS_START + 4) != Some(b"hbin".as_slice()) {
-        base.timestamp
-    } else {
-        le64(hive, BINS_START + 20)
+    let bin = hive.get(BINS_START..BINS_START + 28);
+    match bin {
+        Some(b) if !base.checksum_valid && &b[..4] == b"hbin" => le64(b, 20),
+        _ => base.timestamp,
     }
 }
 

@@ -185,7 +185,7 @@ mod tests {
         let multi = encode(reg_type::MULTI_SZ, &["a".into(), "b".into()]).unwrap();
         assert_eq!(decode_multi(&multi), vec!["a", "b"]);
         assert_eq!(ValueData::decode(reg_type::QWORD, &5u64.to_le_bytes()), ValueData::Number(5));
-        assert_eq!(to_json(reg_type::BINARY, &[1, 0xff]), json!("01ff"));
+        assert_eq!(ValueData::decode(reg_type::BINARY, &[1, 0xff]), ValueData::Hex("01ff".into()));
         assert!(encode(reg_type::DWORD, &["4294967296".into()]).is_err());
         assert_eq!(parse_hex("01,02 ff").unwrap(), vec![1, 2, 0xff]);
     }

@@ -29,9 +29,10 @@ const ANCHOR: u64 = 512;
 const LEGACY_SUFFIX: &str = ".vhdreg-journal";
 const SUFFIX: &str = ".vhdkit-journal";
 
-/// The journal path of the file at `path`.
+/// The journal path of the file at `path`: beside the file itself, symlinks resolved, so
+/// every name that leads to it finds the same journal.
 pub fn journal_path(path: &Path) -> PathBuf {
-    with_suffix(path, SUFFIX)
+    with_suffix(&std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()), SUFFIX)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -43,7 +44,35 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The journal of an interrupted run on `path`, if there is one (read-only commands refuse
 /// such a file; writers recover it first).
 pub fn pending(path: &Path) -> Option<PathBuf> {
-    [journal_path(path), with_suffix(path, LEGACY_SUFFIX)].into_iter().find(|j| std::fs::symlink_metadata(j).is_ok())
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    [journal_path(path), with_suffix(path, LEGACY_SUFFIX), with_suffix(&real, LEGACY_SUFFIX)]
+        .into_iter()
+        .find(|j| std::fs::symlink_metadata(j).is_ok())
+}
+
+/// Refuses an in-place journaled write to a file whose journal could be missed: one with
+/// several names (hard links: a run through one name leaves the journal beside that name
+/// only), or a block device (no folder of its own to keep a journal in).
+fn require_journal_home(path: &Path, meta: &Metadata) -> Result<()> {
+    let kind = platform::kind_name(meta);
+    if kind != "regular file" {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "is a {kind}: an in-place write needs a journal beside the image, which a device has no folder for"
+            ),
+        ));
+    }
+    let links = platform::link_count(meta);
+    if links > 1 {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "has {links} names (hard links): an interrupted write could not be found under the others; write through a copy"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes collected in memory over a file that does not change until [`commit`].
@@ -188,6 +217,7 @@ pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
     if staged.writes.is_empty() && staged.final_len == original_len {
         return Ok(());
     }
+    require_journal_home(path, &meta)?;
     let mut entries = Vec::with_capacity(staged.writes.len());
     for (offset, new) in &staged.writes {
         let old = read_upto(file, path, *offset, new.len() as u64, original_len)?;
@@ -239,11 +269,22 @@ fn create_journal(jpath: &Path, image: &Metadata) -> Result<File> {
     Ok(file)
 }
 
+/// How sure [`recover`] must be that a journal belongs to its file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// The journal names this file's inode (its device may have been renumbered).
+    #[default]
+    Checked,
+    /// The file may have been restored from a copy (a new inode): its length and every
+    /// journaled byte are still checked.
+    Trusted,
+}
+
 /// Rolls back an interrupted run on the file at `path` (open as `file`, exclusively locked by
 /// the caller), when its journal provably belongs to it.
-pub fn recover(path: &Path, file: &File) -> Result<Recovery> {
-    let legacy = with_suffix(path, LEGACY_SUFFIX);
-    if std::fs::symlink_metadata(&legacy).is_ok() {
+pub fn recover(path: &Path, file: &File, identity: Identity) -> Result<Recovery> {
+    let legacy = pending(path).filter(|j| j.to_string_lossy().ends_with(LEGACY_SUFFIX));
+    if let Some(legacy) = legacy {
         return Err(Error::JournalRefused {
             journal: legacy,
             reason: "it is the journal of an older vhdkit, which recorded no identity of its image; \
@@ -284,7 +325,7 @@ pub fn recover(path: &Path, file: &File) -> Result<Recovery> {
         }
         Decoded::Foreign => return refuse("it is not a vhdkit journal".into()),
     };
-    if let Err(reason) = journal.belongs_to(file, path, &meta) {
+    if let Err(reason) = journal.belongs_to(file, path, &meta, identity) {
         return refuse(reason);
     }
     for e in &journal.entries {
@@ -378,11 +419,18 @@ impl Journal {
     }
 
     /// Why the journal is not this file's, if it is not.
-    fn belongs_to(&self, file: &File, path: &Path, meta: &Metadata) -> std::result::Result<(), String> {
+    fn belongs_to(
+        &self,
+        file: &File,
+        path: &Path,
+        meta: &Metadata,
+        identity: Identity,
+    ) -> std::result::Result<(), String> {
         let id = FileId::of(meta);
-        if id != self.id {
+        if id.inode != self.id.inode && identity == Identity::Checked {
             return Err(format!(
-                "it was written for device {} inode {}, and this image is device {} inode {}",
+                "it was written for device {} inode {}, and this image is device {} inode {} (if the image was \
+                 restored from a copy together with its journal, forcing the recovery still checks every byte)",
                 self.id.device, self.id.inode, id.device, id.inode
             ));
         }

@@ -162,6 +162,19 @@ pub fn require_write_permission(path: &Path, meta: &Metadata) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to replace a file that has other names (hard links): they would keep the old
+/// content.
+pub fn require_single_name(path: &Path, meta: &Metadata) -> Result<()> {
+    let links = platform::link_count(meta);
+    if links > 1 {
+        return Err(Error::Conflict {
+            file: path.to_path_buf(),
+            problem: format!("has {links} names (hard links), which a rewrite would split; edit a copy"),
+        });
+    }
+    Ok(())
+}
+
 /// Ranges `[a, b)` of `[start, end)` of `file` that may hold data: a sparse file's holes read
 /// as zeros and are skipped without reading them. Where the host cannot tell, the whole range.
 pub fn data_ranges(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {

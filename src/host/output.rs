@@ -35,8 +35,10 @@ pub struct OutputPolicy {
 pub enum Replace {
     /// The target must not exist when the file is committed.
     Never,
-    /// An existing regular file at the target is replaced.
+    /// An existing regular file at the target is replaced (unless another process holds it).
     Existing,
+    /// The target is the file the caller holds locked and rewrites.
+    Own,
 }
 
 impl OutputPolicy {
@@ -61,6 +63,10 @@ impl OutputPolicy {
     /// Checks `target` against the rule, before any work is done.
     pub fn check(&self, target: &Path) -> Result<()> {
         let refuse = |problem: String| Err(Error::Conflict { file: target.to_path_buf(), problem });
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".vhdkit-journal") || name.ends_with(".vhdreg-journal") {
+            return refuse("is the name of an image's journal, which vhdkit keeps for itself".into());
+        }
         let Ok(link) = std::fs::symlink_metadata(target) else { return Ok(()) };
         let resolved = if link.file_type().is_symlink() { std::fs::metadata(target).ok() } else { Some(link) };
         if let Some(meta) = &resolved {
@@ -107,7 +113,7 @@ impl NewFile {
     /// by rename with the same mode and owner.
     pub fn replacing(target: &Path, original: &Metadata) -> Result<Self> {
         let owner = platform::owner(original);
-        let new = NewFile::make(target, None, Some(platform::mode(original)), Replace::Existing)?;
+        let new = NewFile::make(target, None, Some(platform::mode(original)), Replace::Own)?;
         if let Some(owner) = owner {
             let current = new.file.metadata().ok().and_then(|m| platform::owner(&m));
             if current != Some(owner) {
@@ -150,7 +156,7 @@ impl NewFile {
             platform::set_mode(&new.file, mode).map_err(|e| Error::open(&fresh, "set the permissions of", e))?;
         }
         // Only a locked file carries the marker a later run looks for.
-        let marked = PathBuf::from(fresh.to_string_lossy().replacen(".vhdkit-new-", STALE_TEMP_MARKER, 1));
+        let marked = marked_name(&fresh);
         std::fs::rename(&fresh, &marked).map_err(|e| Error::open(&fresh, "rename", e))?;
         new.temp = marked;
         Ok(new)
@@ -181,16 +187,26 @@ impl NewFile {
     pub fn commit(mut self) -> Result<()> {
         self.file.sync_all().map_err(|e| Error::io(&self.temp, "fsync", Space::File, 0, e))?;
         match self.replace {
-            Replace::Existing => std::fs::rename(&self.temp, &self.target)
-                .map_err(|e| Error::open(&self.target, "rename the finished output to", e))?,
-            Replace::Never => {
-                // A hard link fails when the target exists; the temporary name then goes.
-                std::fs::hard_link(&self.temp, &self.target).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => Error::OutputExists { file: self.target.clone() },
-                    _ => Error::open(&self.target, "create the finished output", e),
-                })?;
-                let _ = std::fs::remove_file(&self.temp);
+            Replace::Existing => {
+                // A file another process is writing (it holds it locked) is not replaced
+                // under it: its writes would go to a file that no longer has a name.
+                let held = match platform::open_nonblocking(&self.target, false, false) {
+                    Ok(existing) => {
+                        lock(&existing, &self.target, true, LockWait::Fail)?;
+                        Some(existing)
+                    }
+                    Err(_) => None,
+                };
+                std::fs::rename(&self.temp, &self.target)
+                    .map_err(|e| Error::open(&self.target, "rename the finished output to", e))?;
+                drop(held);
             }
+            Replace::Own => std::fs::rename(&self.temp, &self.target)
+                .map_err(|e| Error::open(&self.target, "rename the finished output to", e))?,
+            Replace::Never => platform::rename_noreplace(&self.temp, &self.target).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::OutputExists { file: self.target.clone() },
+                _ => Error::open(&self.target, "create the finished output", e),
+            })?,
         }
         self.committed = true;
         platform::sync_dir(&folder_of(&self.target));
@@ -210,6 +226,13 @@ impl Drop for NewFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// The name a locked temporary file takes: its own with `.vhdkit-new-` turned into the
+/// marker (the folder's path is left alone, whatever it holds).
+fn marked_name(fresh: &Path) -> PathBuf {
+    let name = fresh.file_name().map(|n| n.to_string_lossy().replacen(".vhdkit-new-", STALE_TEMP_MARKER, 1));
+    fresh.with_file_name(name.unwrap_or_default())
 }
 
 /// Flushes the folder holding `path`, so a create, rename or removal there survives a crash.

@@ -40,6 +40,23 @@ mod imp {
         FileId { device: meta.dev(), inode: meta.ino() }
     }
 
+    pub fn link_count(meta: &Metadata) -> u64 {
+        meta.nlink()
+    }
+
+    pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            // File systems without the flag: a hard link fails as well when the target exists.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                std::fs::hard_link(from, to)?;
+                std::fs::remove_file(from)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn kind_name(meta: &Metadata) -> &'static str {
         let t = meta.file_type();
         if t.is_file() {
@@ -139,14 +156,25 @@ mod imp {
     }
 
     pub fn file_id(meta: &Metadata) -> FileId {
-        // Windows exposes no stable file index through std: the creation time and length
-        // stand in, which tells apart everything but a file and its hard links.
+        // Windows exposes no stable file index through std: the creation time (100 ns
+        // resolution, kept when the file grows) stands in.
         let created = meta
             .created()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as u64);
-        FileId { device: created, inode: meta.len() }
+        FileId { device: 0, inode: created }
+    }
+
+    pub fn link_count(_meta: &Metadata) -> u64 {
+        1
+    }
+
+    pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        std::fs::rename(from, to)
     }
 
     pub fn kind_name(meta: &Metadata) -> &'static str {
@@ -233,6 +261,16 @@ pub fn create_new_private(path: &Path, mode: u32) -> io::Result<File> {
 /// The identity of a file.
 pub fn file_id(meta: &Metadata) -> FileId {
     imp::file_id(meta)
+}
+
+/// How many names (hard links) a file has.
+pub fn link_count(meta: &Metadata) -> u64 {
+    imp::link_count(meta)
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` when `to` exists.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    imp::rename_noreplace(from, to)
 }
 
 /// What a file is, in words: "regular file", "block device", "FIFO"...

@@ -1,8 +1,8 @@
 //! The one writer that carries out a compaction plan. The output is cut into pieces of at most
 //! [`PIECE`] bytes; a window of pieces is read and prepared in parallel (positional reads),
 //! then handed in order to a single writer thread, which writes into the new file. Memory for
-//! block copies is a fixed number of bytes, whatever the block size: two windows of at most
-//! [`READ_AHEAD`] bytes. Since nobody can see the new file until it is committed, a sparse
+//! block copies is a fixed number of bytes, whatever the block size: at most three windows of
+//! [`READ_AHEAD`] bytes (one being read, one waiting in the channel, one being written). Since nobody can see the new file until it is committed, a sparse
 //! output appends each block as its pieces come and writes its BAT and footer once at the end;
 //! a block that turns out to read as zeros is given back.
 

@@ -151,6 +151,8 @@ pub fn render(r: &CompactReport) -> String {
     let mut out = s.render() + "\n" + &p.render();
     if let Some(r) = &r.realign {
         match r.boundary {
+            Some(b) if r.moves.is_empty() && r.changes.is_empty() => out
+                .push_str(&format!("\nEvery partition already starts on a {} boundary: none moved\n", human_bytes(b))),
             Some(b) => out.push_str(&format!("\nRealigned to {}:\n", human_bytes(b))),
             None => out.push_str("\nPartition table adjusted to the grown disk:\n"),
         }

@@ -157,12 +157,11 @@ pub fn render_write(w: &WriteOut) -> String {
 
 /// A change in words.
 pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
-    format!(
-        "set {key} {} = {} ({})",
-        if name.is_empty() { "(default)" } else { name },
-        ValueData::decode(ty, data),
-        type_name(ty)
-    )
+    let mut shown = ValueData::decode(ty, data).to_string();
+    if shown.chars().count() > 120 {
+        shown = format!("{}... ({} bytes)", shown.chars().take(100).collect::<String>(), data.len());
+    }
+    format!("set {key} {} = {shown} ({})", if name.is_empty() { "(default)" } else { name }, type_name(ty))
 }
 
 /// What `vhdreg IMAGE recover` found and did.

@@ -29,6 +29,8 @@ pub struct OpenOptions {
     pub allow_missing_parent: bool,
     /// What to do when another process holds the image locked.
     pub wait: LockWait,
+    /// How sure recovery must be that a pending journal belongs to the image.
+    pub journal_identity: journal::Identity,
     /// The container format, when the caller knows it better than the file's magic numbers:
     /// `Some(Raw)` reads any file as a raw disk.
     pub format: Option<ImageFormat>,
@@ -98,7 +100,7 @@ impl DiskImage {
     /// rolling back an interrupted write whose journal belongs to it.
     pub fn open_writable(path: &Path, opts: &OpenOptions) -> Result<(Self, Recovery)> {
         let file = ImageFile::open(path, true, opts.wait)?;
-        let recovery = journal::recover(path, file.raw())?;
+        let recovery = journal::recover(path, file.raw(), opts.journal_identity)?;
         let mut chain = Vec::new();
         Ok((DiskImage::from_open_file(file, opts, &mut chain)?, recovery))
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::host::LockWait;
+use crate::host::{FileId, LockWait};
 use crate::vhd::device::ImageFile;
 use crate::vhd::footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, uuid_text};
 use crate::vhd::header::{DynamicHeader, LocatorEncoding, MAX_LOCATOR_LEN, ParentLocator};
@@ -131,8 +131,13 @@ pub fn candidates(child: &Path, header: &DynamicHeader, locators: &[DecodedLocat
     out
 }
 
-/// Reads the UUID from the footer of the VHD at `path`, if it is one.
-fn footer_uuid(path: &Path, wait: LockWait) -> std::result::Result<[u8; 16], String> {
+/// Reads the UUID from the footer of the VHD at `path`, if it is one. A file of the chain
+/// being opened (`chain`) is not opened again: it would be its own parent, and a second
+/// handle of a file this process holds locked would wait for itself.
+fn footer_uuid(path: &Path, wait: LockWait, chain: &[FileId]) -> std::result::Result<[u8; 16], String> {
+    if FileId::of_path(path).is_some_and(|id| chain.contains(&id)) {
+        return Err("is a file of this very chain (the parent chain would loop)".into());
+    }
     let file = ImageFile::open(path, false, wait).map_err(|e| match e {
         Error::Open { source, .. } => source.to_string(),
         other => other.to_string(),
@@ -152,10 +157,16 @@ fn footer_uuid(path: &Path, wait: LockWait) -> std::result::Result<[u8; 16], Str
 }
 
 /// Picks the first candidate whose footer UUID is `want`, or explains every failure.
-pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate], wait: LockWait) -> Result<(PathBuf, String)> {
+pub fn resolve(
+    child: &Path,
+    want: &[u8; 16],
+    candidates: &[Candidate],
+    wait: LockWait,
+    chain: &[FileId],
+) -> Result<(PathBuf, String)> {
     let mut tried = Vec::new();
     for c in candidates {
-        match footer_uuid(&c.path, wait) {
+        match footer_uuid(&c.path, wait, chain) {
             Ok(u) if &u == want => return Ok((c.path.clone(), c.via.clone())),
             Ok(u) => tried.push(format!(
                 "{} (from {}): UUID {} is not the expected {}",
@@ -174,8 +185,8 @@ pub fn resolve(child: &Path, want: &[u8; 16], candidates: &[Candidate], wait: Lo
 }
 
 /// Checks that a parent the caller named is the one the child expects.
-pub fn check_override(child: &Path, want: &[u8; 16], path: &Path, wait: LockWait) -> Result<()> {
-    resolve(child, want, &[Candidate { via: "given parent".into(), path: path.to_path_buf() }], wait).map(|_| ())
+pub fn check_override(child: &Path, want: &[u8; 16], path: &Path, wait: LockWait, chain: &[FileId]) -> Result<()> {
+    resolve(child, want, &[Candidate { via: "given parent".into(), path: path.to_path_buf() }], wait, chain).map(|_| ())
 }
 
 #[cfg(test)]

@@ -178,10 +178,15 @@ impl SparseVhd {
         self.locators = parent::decode_locators(&self.file, &self.header)?;
         let want = self.header.parent_uuid;
         let found = match &opts.parent {
-            Some(p) => {
-                parent::check_override(&path, &want, p, opts.wait).map(|()| (p.clone(), "given parent".to_string()))
-            }
-            None => parent::resolve(&path, &want, &parent::candidates(&path, &self.header, &self.locators), opts.wait),
+            Some(p) => parent::check_override(&path, &want, p, opts.wait, chain)
+                .map(|()| (p.clone(), "given parent".to_string())),
+            None => parent::resolve(
+                &path,
+                &want,
+                &parent::candidates(&path, &self.header, &self.locators),
+                opts.wait,
+                chain,
+            ),
         };
         let (parent_path, via) = match found {
             Ok(found) => found,
