@@ -116,7 +116,16 @@ fn a_differencing_child_realigns_into_a_standalone_image() {
     drop(c);
     let want = image_file_hashes(&parent).remove(&1).unwrap();
     let out = dir.path().join("realigned.vhd");
-    let r = compact_json(&child, &out, &["--realign", "--verify"]);
+    // Realigning moves every sector: the output is standalone, which must be asked for.
+    let refused = run(bin("vhdcompact").arg(&child).arg(&out).arg("--realign"));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--merge"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!out.exists());
+    let r = compact_json(&child, &out, &["--realign", "--merge", "--verify"]);
     assert_eq!(r["output_format"], "dynamic");
     assert!(r["verify"]["mismatches"].as_array().unwrap().is_empty());
     let (part, start) = qemu_partition(&out, 1, dir.path());

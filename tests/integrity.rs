@@ -138,7 +138,7 @@ fn a_write_beside_in_place_compaction_is_kept_and_the_image_stays_whole() {
         // Every trial starts with blocks to drop, so the compaction has work to do.
         std::fs::write(&img, &pristine).unwrap();
         let value = format!("V{trial}");
-        let mut compact = bin("vhdcompact")
+        let compact = bin("vhdcompact")
             .arg(path)
             .args(["--in-place", "--zero-free", "--wait"])
             .stdout(Stdio::null())
@@ -406,7 +406,7 @@ fn in_place_compaction_survives_a_power_cut_between_any_two_flushes() {
     let needed: Vec<(u64, u64)> = map
         .needs(0, vhdkit::vhd::BlockDevice::len(&reference))
         .into_iter()
-        .filter(|n| n.kind != vhdkit::map::blocks::NeedKind::FreeCluster)
+        .filter(|n| n.kind != vhdkit::map::blocks::NeedKind::Unneeded)
         .map(|n| (n.start, n.end))
         .collect();
     let needed_bytes = |image: &vhdkit::vhd::DiskImage| -> Vec<u8> {

@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,13 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::inspect::{FormatArg, lock_wait};
 use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
-use crate::host::{NewFile, OutputPolicy, Replace};
-use crate::map::ImageMap;
-use crate::pass::align::RealignedDisk;
-use crate::pass::compact::{self, CompactOptions, OutputFormat};
-use crate::pass::{execute, in_place, verify};
-use crate::report::compact::{CompactReport, PartitionResult, RealignResult};
-use crate::vhd::device::{BlockDevice, ImageFile};
+use crate::host::Replace;
+use crate::pass::compact::{self, CompactOptions, Event, OutputFormat};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 
@@ -159,11 +153,11 @@ pub fn main() -> ExitCode {
 }
 
 /// A progress bar on stderr when it is a terminal.
-fn progress(blocks: u64) -> ProgressBar {
+fn progress() -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(blocks);
+    let bar = ProgressBar::new(0);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {per_sec} eta {eta}") {
         bar.set_style(style);
     }
@@ -182,14 +176,14 @@ impl Cli {
         }
     }
 
-    fn compact_options(&self, image: &DiskImage) -> Result<CompactOptions> {
+    fn compact_options(&self, image: &DiskImage) -> CompactOptions {
         let block = self
             .block_size
             .map(u64::from)
             .or(image.as_sparse().map(|s| s.block_size()))
             .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
         let realign = self.realign.map(|b| b.bytes(block));
-        Ok(CompactOptions {
+        CompactOptions {
             to: self.to.map(ToArg::format),
             azure: self.azure,
             block_size: self.block_size,
@@ -197,7 +191,8 @@ impl Cli {
             merge: self.merge,
             force: self.force,
             realign,
-        })
+            verify: self.verify,
+        }
     }
 }
 
@@ -215,158 +210,36 @@ fn refuse_size_like_output(out: &Path) -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<bool> {
-    let started = Instant::now();
-    if cli.in_place {
-        return run_in_place(cli, started);
-    }
-    let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
-    refuse_size_like_output(output)?;
-    let image = DiskImage::open(&cli.input, &cli.open_options())?;
-    let mut policy = OutputPolicy::new(if cli.force { Replace::Existing } else { Replace::Never });
-    image.add_inputs_to(&mut policy);
-    policy.check(output)?;
-    let opts = cli.compact_options(&image)?;
-    let map = ImageMap::build(&image, None)?;
-    let plan = compact::plan(&map, &opts)?;
-    let out = NewFile::create(output, &policy)?;
-    crate::cli::report_stale("vhdcompact", out.removed_stale());
-    crate::cli::track_temp(out.path());
-    let bar = progress(plan.blocks_written());
-    let stats = execute::write(&map, &plan, &out, &|done| bar.set_position(done))?;
-    bar.finish_and_clear();
-    let verified = if cli.verify {
-        let dup = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
-        let written = DiskImage::from_file(
-            ImageFile::from_file(dup, out.path(), false),
-            &OpenOptions { strict: true, parent: plan.parent.clone(), ..cli.open_options() },
-        )?;
-        let realigned = plan.realignment.as_ref().map(|r| RealignedDisk { input: &image, plan: r });
-        let reference: &dyn BlockDevice = match &realigned {
-            Some(r) => r,
-            None => &image,
-        };
-        let needs = |a: u64, b: u64| match &plan.realignment {
-            Some(r) => r.needs(&map, a, b),
-            None => map.needs(a, b),
-        };
-        let d = verify::needed_digests(&needs, reference.len(), &[reference, &written])?;
-        Some(verify::compare(&d[0], &d[1]))
+    let bar = progress();
+    let events = |e: Event<'_>| match e {
+        Event::RemovedStale(removed) => crate::cli::report_stale("vhdcompact", removed),
+        Event::Writing { temp, blocks } => {
+            if let Some(temp) = temp {
+                crate::cli::track_temp(temp);
+            }
+            bar.set_length(blocks);
+        }
+        Event::Written(done) => bar.set_position(done),
+        Event::Verifying => bar.finish_and_clear(),
+    };
+    let report = if cli.in_place {
+        let (mut image, recovery) = DiskImage::open_writable(&cli.input, &cli.open_options())?;
+        if let Some(text) = crate::report::reg::recovery_text(&recovery) {
+            eprintln!("vhdcompact: {}: {text}", cli.input.display());
+        }
+        let opts = cli.compact_options(&image);
+        compact::in_place(&mut image, &opts, &events)?
     } else {
-        None
+        let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
+        refuse_size_like_output(output)?;
+        let image = DiskImage::open(&cli.input, &cli.open_options())?;
+        let replace = if cli.force { Replace::Existing } else { Replace::Never };
+        compact::to_new_file(&image, output, replace, &cli.compact_options(&image), &events)?
     };
-    let ok = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());
-    let output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
-    if ok {
-        out.commit()?;
-    }
-    let report = CompactReport {
-        input: cli.input.display().to_string(),
-        output: output.display().to_string(),
-        in_place: false,
-        input_format: image.kind(),
-        output_format: plan.format,
-        input_bytes: image.file().file_len()?,
-        output_bytes,
-        disk_size: image.len(),
-        output_disk_size: plan.disk_size,
-        block_size: plan.block_size,
-        blocks_before: blocks_held(&image),
-        blocks_after: stats.stored_blocks,
-        dropped_blocks: if plan.format == OutputFormat::Fixed { 0 } else { plan.dropped() },
-        zero_filled_blocks: if plan.format == OutputFormat::Fixed { plan.dropped() } else { 0 },
-        dropped_zero_blocks: stats.zero_blocks_dropped,
-        zeroed_bytes: plan.zeroed_bytes(),
-        partitions: plan
-            .partitions
-            .iter()
-            .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
-            .collect(),
-        realign: plan.realignment.as_ref().map(RealignResult::new),
-        verify: verified,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        input_problems: crate::vhd::check::write_hazards(&image),
-    };
+    bar.finish_and_clear();
     emit(cli.json, &report, crate::report::compact::render)?;
-    if !ok {
-        eprintln!("vhdcompact: {}: verification failed; no output written", output.display());
+    if !report.verified_ok() && !report.in_place {
+        eprintln!("vhdcompact: {}: verification failed; no output written", report.output);
     }
-    Ok(ok)
-}
-
-/// `--in-place`: the same plan, carried out on the input file itself, under its exclusive lock.
-fn run_in_place(cli: &Cli, started: Instant) -> Result<bool> {
-    let (image, recovery) = DiskImage::open_writable(&cli.input, &cli.open_options())?;
-    if let Some(text) = crate::report::reg::recovery_text(&recovery) {
-        eprintln!("vhdcompact: {}: {text}", cli.input.display());
-    }
-    if let Some(f) = crate::vhd::check::write_hazards(&image).into_iter().next() {
-        return Err(Error::unsupported(
-            image.source(),
-            format!(
-                "refusing to compact a structurally broken image in place: {}: {} (compacting to a new OUT still works)",
-                f.structure, f.problem
-            ),
-        ));
-    }
-    let opts = cli.compact_options(&image)?;
-    let bytes_before = image.file().file_len()?;
-    let blocks_before = blocks_held(&image);
-    let map = ImageMap::build(&image, None)?;
-    // The input is about to be overwritten: take its digests first.
-    let before = match cli.verify {
-        true => verify::needed_digests(&|a, b| map.needs(a, b), image.len(), &[&image])?.pop(),
-        false => None,
-    };
-    let (plan, stats) = in_place::compact_in_place(&map, &opts)?;
-    let after = DiskImage::from_file(
-        ImageFile::from_file(
-            image.file().raw().try_clone().map_err(|e| Error::open(image.source(), "reopen", e))?,
-            image.source(),
-            false,
-        ),
-        &OpenOptions { parent: cli.parent.clone(), ..cli.open_options() },
-    )?;
-    let verified = match &before {
-        Some(before) => Some(verify::compare(before, &verify::digests_like(before, &after)?)),
-        None => None,
-    };
-    let ok = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());
-    let report = CompactReport {
-        input: cli.input.display().to_string(),
-        output: cli.input.display().to_string(),
-        in_place: true,
-        input_format: image.kind(),
-        output_format: plan.format,
-        input_bytes: bytes_before,
-        output_bytes: after.file().file_len()?,
-        disk_size: image.len(),
-        output_disk_size: after.len(),
-        block_size: plan.block_size,
-        blocks_before,
-        blocks_after: stats.stored_blocks,
-        dropped_blocks: stats.dropped_blocks,
-        zero_filled_blocks: 0,
-        dropped_zero_blocks: stats.zero_blocks_dropped,
-        zeroed_bytes: stats.zeroed_bytes,
-        partitions: plan
-            .partitions
-            .iter()
-            .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
-            .collect(),
-        realign: None,
-        verify: verified,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        input_problems: Vec::new(),
-    };
-    emit(cli.json, &report, crate::report::compact::render)?;
-    Ok(ok)
-}
-
-/// Blocks the input container holds: allocated BAT entries, or every 2 MiB of a fixed or raw
-/// image.
-pub fn blocks_held(image: &DiskImage) -> u64 {
-    match image.as_sparse() {
-        Some(s) => s.bat().allocated_count(),
-        None => image.len().div_ceil(crate::map::blocks::RAW_BLOCK_SIZE),
-    }
+    Ok(report.verified_ok())
 }

@@ -24,8 +24,8 @@ pub const RAW_BLOCK_SIZE: u64 = 2 << 20;
 pub enum NeedKind {
     /// NTFS clusters allocated in `$Bitmap` or owned by a file: always needed.
     NeededCluster,
-    /// Free NTFS clusters: never needed.
-    FreeCluster,
+    /// Never needed: free NTFS clusters, and the gaps a realignment opens between partitions.
+    Unneeded,
     /// An NTFS backup boot sector: always needed.
     BackupBootSector,
     /// Outside every readable volume's clusters: needed when it holds data.
@@ -164,13 +164,13 @@ impl ImageMap<'_> {
             for (x, y) in idx.needed_ranges(span.first, span.last) {
                 let (a, b) = ((p0 + x * cs).max(span.start), (p0 + y * cs).min(span.end));
                 if a > at {
-                    cuts.push(Need { start: at, end: a, kind: NeedKind::FreeCluster });
+                    cuts.push(Need { start: at, end: a, kind: NeedKind::Unneeded });
                 }
                 cuts.push(Need { start: a, end: b, kind: NeedKind::NeededCluster });
                 at = b;
             }
             if at < span.end {
-                cuts.push(Need { start: at, end: span.end, kind: NeedKind::FreeCluster });
+                cuts.push(Need { start: at, end: span.end, kind: NeedKind::Unneeded });
             }
         }
         for pm in self.partitions.iter().filter(|pm| pm.kept_whole()) {
@@ -218,7 +218,7 @@ impl ImageMap<'_> {
     /// Whether the container holds a needed byte of `n` (reading it, outside NTFS).
     pub fn needed(&self, n: &Need, presence: &Presence) -> Result<bool> {
         Ok(match n.kind {
-            NeedKind::FreeCluster => false,
+            NeedKind::Unneeded => false,
             NeedKind::NeededCluster | NeedKind::BackupBootSector | NeedKind::KeptWhole => presence.any(n.start, n.end),
             NeedKind::Outside if self.differencing() => presence.any(n.start, n.end),
             NeedKind::Outside => presence.allocated && !is_zero_range(self.image, n.start, n.end)?,

@@ -20,7 +20,7 @@ impl ImageMap<'_> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut buf = Vec::new();
         let data = self.image.data_ranges(start, end)?;
-        for n in self.needs(start, end).into_iter().filter(|n| n.kind != NeedKind::FreeCluster) {
+        for n in self.needs(start, end).into_iter().filter(|n| n.kind != NeedKind::Unneeded) {
             for &(x, y) in data.iter().filter(|(x, y)| *x < n.end && *y > n.start) {
                 let (a, z) = (n.start.max(x) / 512 * 512, n.end.min(y).div_ceil(512) * 512);
                 buf.resize((z - a) as usize, 0);

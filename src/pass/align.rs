@@ -88,7 +88,7 @@ impl Realignment {
         let mut out = Vec::new();
         for (a, b, source) in self.pieces(start, end) {
             match source {
-                None => out.push(Need { start: a, end: b, kind: NeedKind::FreeCluster }),
+                None => out.push(Need { start: a, end: b, kind: NeedKind::Unneeded }),
                 Some(src) => out.extend(map.needs(src, src + (b - a)).into_iter().map(|n| Need {
                     start: n.start - src + a,
                     end: n.end - src + a,

@@ -4,10 +4,7 @@
 pub mod align;
 pub mod compact;
 pub mod disk_write;
-pub mod execute;
-pub mod in_place;
 pub mod registry;
-pub mod verify;
 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;

@@ -97,6 +97,50 @@ pub trait WritableDevice: BlockDevice {
 
     /// Makes every write so far durable.
     fn flush(&mut self) -> Result<()>;
+
+    /// Writes `len` zero bytes at `offset`, a bounded buffer at a time.
+    fn write_zeros(&mut self, offset: u64, len: u64) -> Result<()> {
+        write_zeros_with(offset, len, &mut |at, zeros| self.write_at(at, zeros))
+    }
+}
+
+/// Writes `len` zero bytes at `offset` through `write`, a bounded buffer at a time.
+pub fn write_zeros_with(offset: u64, len: u64, write: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = ZERO_CHUNK.min(len - done);
+        write(offset + done, &zeros[..n as usize])?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Bytes of zeros written or examined at once: memory stays fixed whatever the range.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+/// The pieces of `[a, b)`, in 4 KiB steps counted from `a`, that hold a non-zero byte, read
+/// through `read`: what zeroing must write, so ranges already zero are left alone.
+pub fn nonzero_ranges(a: u64, b: u64, read: &dyn Fn(u64, &mut [u8]) -> Result<()>) -> Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; ZERO_CHUNK.min(b.saturating_sub(a)) as usize];
+    let mut at = a;
+    while at < b {
+        let n = ZERO_CHUNK.min(b - at) as usize;
+        read(at, &mut buf[..n])?;
+        for (i, piece) in buf[..n].chunks(4096).enumerate() {
+            if piece.iter().any(|&x| x != 0) {
+                let s = at + i as u64 * 4096;
+                let e = s + piece.len() as u64;
+                match out.last_mut() {
+                    Some(last) if last.1 == s => last.1 = e,
+                    _ => out.push((s, e)),
+                }
+            }
+        }
+        at += n as u64;
+    }
+    Ok(out)
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for &D {

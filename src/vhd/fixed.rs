@@ -5,8 +5,8 @@ use std::path::Path;
 use crate::error::{Error, Result, Space};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
+use crate::vhd::footer::new_uuid;
 use crate::vhd::footer::{DiskType, Footer};
-use crate::vhd::sparse::new_uuid;
 
 /// A fixed VHD.
 #[derive(Debug)]

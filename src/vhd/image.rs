@@ -194,6 +194,14 @@ impl DiskImage {
         }
     }
 
+    /// The dynamic or differencing image, to rewrite it.
+    pub fn as_sparse_mut(&mut self) -> Option<&mut SparseVhd> {
+        match self {
+            DiskImage::Sparse(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The image file.
     pub fn file(&self) -> &ImageFile {
         match self {

@@ -10,14 +10,21 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result, Space};
 use crate::host::FileId;
-use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
+use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice, check_range, merge_ranges};
+use crate::vhd::device::{BlockDevice, ImageFile, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
-use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
+use crate::vhd::header::{DynamicHeader, HEADER_SIZE};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::parent::{self, DecodedLocator, ParentResolution};
+
+mod create;
+mod rewrite;
+mod write;
+
+pub use create::ParentLink;
+pub use rewrite::{BlockRewrite, RewriteOutcome};
 
 /// Largest block size accepted (Hyper-V's limit for VHDX; no VHD writer goes beyond).
 pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
@@ -28,7 +35,7 @@ pub const MAX_DISK_SIZE: u64 = 2040 << 30;
 
 /// Which sectors of an allocated block live in this file.
 #[derive(Debug)]
-enum Presence {
+enum StoredSectors {
     All,
     Some(SectorBitmap),
 }
@@ -41,7 +48,7 @@ pub struct SparseVhd {
     header: DynamicHeader,
     header_offset: u64,
     bat: BlockAllocationTable,
-    presence: RwLock<HashMap<u64, Arc<Presence>>>,
+    presence: RwLock<HashMap<u64, Arc<StoredSectors>>>,
     parent: Option<Box<DiskImage>>,
     /// Paths tried for a parent that could not be found (opened with `allow_missing_parent`).
     missing_parent: Option<Vec<String>>,
@@ -54,14 +61,6 @@ pub struct SparseVhd {
     footers_current: bool,
     /// The block being appended to a fresh image, and the file offset of its bitmap.
     appending: Option<(u64, u64)>,
-}
-
-/// Parent of a new differencing image.
-pub struct ParentLink<'a> {
-    /// The parent, opened.
-    pub image: &'a DiskImage,
-    /// The parent's file.
-    pub path: &'a Path,
 }
 
 impl SparseVhd {
@@ -229,90 +228,6 @@ impl SparseVhd {
         Ok(())
     }
 
-    /// Creates a new dynamic image at `path` (which must not exist) of `size` bytes, or a
-    /// differencing child of `parent` (whose size it takes).
-    pub fn create(path: &Path, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
-        let size = parent.as_ref().map_or(size, |p| p.image.len());
-        validate_new(path, size, block_size)?;
-        SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent)
-    }
-
-    /// Writes a new dynamic or differencing image into the empty, writable `file`.
-    pub fn create_in(file: ImageFile, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
-        let path = file.path().to_path_buf();
-        let path = path.as_path();
-        let size = parent.as_ref().map_or(size, |p| p.image.len());
-        validate_new(path, size, block_size)?;
-        let entries = size.div_ceil(block_size as u64) as u32;
-        let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
-        let mut header = DynamicHeader::new(table_offset, entries, block_size);
-        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
-        let footer = Footer::new(disk_type, size, new_uuid());
-        let mut data_end = table_offset + table_bytes(entries);
-        let mut locator_data = Vec::new();
-        if let Some(link) = &parent {
-            let pf = link.image.footer().ok_or_else(|| {
-                Error::unsupported(link.path, "a differencing disk's parent must be a VHD (it needs a UUID)")
-            })?;
-            header.parent_uuid = pf.uuid;
-            header.parent_timestamp = file_mtime_vhd(link.path);
-            let absolute = std::path::absolute(link.path).map_err(|e| Error::open(link.path, "resolve", e))?;
-            header.parent_unicode_name = absolute.display().to_string();
-            let relative = relative_windows_path(path, &absolute);
-            let absolute_w = absolute.display().to_string().replace('/', "\\");
-            for (slot, (code, text)) in [(*b"W2ru", relative), (*b"W2ku", absolute_w)].into_iter().enumerate() {
-                let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
-                let space = (bytes.len() as u64).div_ceil(512).max(1) * 512;
-                header.parent_locators.push((
-                    slot,
-                    ParentLocator {
-                        platform_code: code,
-                        data_space: space as u32,
-                        data_length: bytes.len() as u32,
-                        data_offset: data_end,
-                    },
-                ));
-                locator_data.push((data_end, bytes));
-                data_end += space;
-            }
-        }
-        let footer_bytes = footer.encode();
-        let mut meta = vec![0u8; data_end as usize];
-        meta[..FOOTER_SIZE].copy_from_slice(&footer_bytes);
-        meta[FOOTER_SIZE..FOOTER_SIZE + HEADER_SIZE].copy_from_slice(&header.encode());
-        let bat = BlockAllocationTable::new(entries);
-        meta[table_offset as usize..][..table_bytes(entries) as usize].copy_from_slice(&bat.encode());
-        for (at, bytes) in &locator_data {
-            meta[*at as usize..][..bytes.len()].copy_from_slice(bytes);
-        }
-        file.write_all_at(0, &meta)?;
-        file.write_all_at(data_end, &footer_bytes)?;
-        let footer = Footer::parse(&footer_bytes, path, data_end)?;
-        let header = DynamicHeader::parse(&header.encode(), path, FOOTER_SIZE as u64)?;
-        let mut vhd = SparseVhd {
-            file,
-            footer,
-            header,
-            header_offset: FOOTER_SIZE as u64,
-            bat,
-            presence: RwLock::new(HashMap::new()),
-            parent: None,
-            missing_parent: None,
-            parent_resolution: None,
-            locators: Vec::new(),
-            findings: Vec::new(),
-            data_end,
-            footers_current: true,
-            appending: None,
-        };
-        if let Some(link) = parent {
-            let opts = OpenOptions { parent: Some(link.path.to_path_buf()), ..OpenOptions::default() };
-            let own = FileId::of(&vhd.file.raw().metadata().map_err(|e| Error::open(path, "stat", e))?);
-            vhd.attach_parent(&opts, &mut vec![own])?;
-        }
-        Ok(vhd)
-    }
-
     /// The footer at the end of the file.
     pub fn footer(&self) -> &Footer {
         &self.footer
@@ -394,8 +309,8 @@ impl SparseVhd {
             return Ok(None);
         };
         Ok(Some(match &*self.presence(block, sector)? {
-            Presence::All => SectorBitmap::full(self.block_sectors()),
-            Presence::Some(b) => b.clone(),
+            StoredSectors::All => SectorBitmap::full(self.block_sectors()),
+            StoredSectors::Some(b) => b.clone(),
         }))
     }
 
@@ -405,13 +320,13 @@ impl SparseVhd {
             return Ok(0);
         };
         Ok(match &*self.presence(block, sector)? {
-            Presence::All => self.block_sectors(),
-            Presence::Some(b) => b.count(),
+            StoredSectors::All => self.block_sectors(),
+            StoredSectors::Some(b) => b.count(),
         })
     }
 
     /// The cached presence of an allocated block, loading its bitmap on first use.
-    fn presence(&self, block: u64, sector: u64) -> Result<Arc<Presence>> {
+    fn presence(&self, block: u64, sector: u64) -> Result<Arc<StoredSectors>> {
         if let Some(p) = self.presence.read().map_err(|_| self.poisoned())?.get(&block) {
             return Ok(p.clone());
         }
@@ -424,12 +339,12 @@ impl SparseVhd {
         Error::unsupported(self.file.path(), "bitmap cache lock poisoned by an earlier panic")
     }
 
-    fn load_presence(&self, block: u64, sector: u64) -> Result<Presence> {
+    fn load_presence(&self, block: u64, sector: u64) -> Result<StoredSectors> {
         self.check_block_inside(block, sector)?;
         let mut raw = vec![0u8; self.header.bitmap_size() as usize];
         self.file.read_exact_at(sector * 512, &mut raw, "sector bitmap")?;
         let bitmap = SectorBitmap::from_bytes(&raw, self.block_sectors());
-        Ok(if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) })
+        Ok(if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) })
     }
 
     /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).
@@ -473,8 +388,8 @@ impl SparseVhd {
         };
         let data_at = sector * 512 + self.header.bitmap_size();
         match &*self.presence(block, sector)? {
-            Presence::All => self.file.read_exact_at(data_at + within, buf, "block data"),
-            Presence::Some(bitmap) => {
+            StoredSectors::All => self.file.read_exact_at(data_at + within, buf, "block data"),
+            StoredSectors::Some(bitmap) => {
                 let end = within + buf.len() as u64;
                 let first = (within / 512) as u32;
                 let last = end.div_ceil(512) as u32;
@@ -493,165 +408,8 @@ impl SparseVhd {
         }
     }
 
-    /// Appends a new block for `block` at the end of the file and points the BAT at it.
-    ///
-    /// The order survives a crash: the footer moves first, then the block is written, and
-    /// only then does the BAT entry make it visible.
-    fn allocate_block(&mut self, block: u64, content: Option<(&SectorBitmap, &[u8])>) -> Result<()> {
-        let start = self.data_end.div_ceil(512) * 512;
-        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
-            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
-        })?;
-        let bitmap_size = self.header.bitmap_size() as usize;
-        let new_end = start + bitmap_size as u64 + self.block_size();
-        self.write_footers(new_end)?;
-        match content {
-            Some((bitmap, data)) => {
-                self.file.write_all_at(start, &bitmap.encode(bitmap_size))?;
-                self.file.write_all_at(start + bitmap_size as u64, data)?;
-            }
-            None => self.file.write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
-        }
-        self.file.write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
-        self.bat.set(block, sector);
-        let presence = match content {
-            Some((b, _)) if b.is_full() => Presence::All,
-            Some((b, _)) => Presence::Some(b.clone()),
-            None => Presence::Some(SectorBitmap::empty(self.block_sectors())),
-        };
-        self.presence_map().insert(block, Arc::new(presence));
-        self.data_end = new_end;
-        Ok(())
-    }
-
-    /// Writes the footer at `end` (and refreshes the copy at 0 if it was stale).
-    fn write_footers(&mut self, end: u64) -> Result<()> {
-        let bytes = self.footer.encode();
-        self.file.write_all_at(end, &bytes)?;
-        if !self.footers_current {
-            self.file.write_all_at(0, &bytes)?;
-            self.footers_current = true;
-        }
-        Ok(())
-    }
-
-    fn presence_map(&mut self) -> &mut HashMap<u64, Arc<Presence>> {
+    fn presence_map(&mut self) -> &mut HashMap<u64, Arc<StoredSectors>> {
         self.presence.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Starts block `block` of an image being written from scratch into a temporary file: its
-    /// sector bitmap goes at the end of the file, its data follows through
-    /// [`Self::append_data`], and [`Self::append_end`] keeps or discards it. The BAT and the
-    /// trailing footer are written only by [`Self::finish_appends`]; until then the file is not
-    /// a valid image.
-    pub fn append_begin(&mut self, block: u64, bitmap: &SectorBitmap) -> Result<()> {
-        if self.bat.sector(block).is_some() || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
-            return Err(Error::internal(format!("block {block}: not a fresh block of this image")));
-        }
-        let start = self.data_end.div_ceil(512) * 512;
-        if u32::try_from(start / 512).ok().is_none_or(|s| s == UNALLOCATED) {
-            return Err(Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"));
-        }
-        self.file.write_all_at(start, &bitmap.encode(self.header.bitmap_size() as usize))?;
-        self.appending = Some((block, start));
-        Ok(())
-    }
-
-    /// Writes `data` at `within` bytes into the block being appended.
-    pub fn append_data(&mut self, within: u64, data: &[u8]) -> Result<()> {
-        let Some((block, start)) = self.appending else {
-            return Err(Error::internal("block data written with no block begun"));
-        };
-        if within + data.len() as u64 > self.block_size() {
-            return Err(Error::internal(format!("block {block}: data past the block's end")));
-        }
-        self.file.write_all_at(start + self.header.bitmap_size() + within, data)
-    }
-
-    /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
-    /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
-    pub fn append_end(&mut self, keep: bool) -> Result<()> {
-        let (block, start) = self.appending.take().ok_or_else(|| Error::internal("block ended with no block begun"))?;
-        if keep {
-            self.bat.set(block, (start / 512) as u32);
-            self.data_end = start + self.header.bitmap_size() + self.block_size();
-        }
-        Ok(())
-    }
-
-    /// Writes the BAT and the trailing footer after the appends, and cuts the file there.
-    pub fn finish_appends(&mut self) -> Result<()> {
-        self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;
-        self.file.write_all_at(self.data_end, &self.footer.encode())?;
-        self.file.set_len(self.data_end + FOOTER_SIZE as u64)?;
-        self.presence_map().clear();
-        Ok(())
-    }
-
-    /// Stores a whole block with the given presence bits in one go. An allocated block is
-    /// overwritten in place.
-    pub fn put_block(&mut self, block: u64, bitmap: &SectorBitmap, data: &[u8]) -> Result<()> {
-        if data.len() as u64 != self.block_size() || bitmap.sectors() != self.block_sectors() {
-            return Err(Error::Usage(format!("block {block}: buffer does not match the block size")));
-        }
-        self.require_writable()?;
-        match self.bat.sector(block) {
-            None => self.allocate_block(block, Some((bitmap, data))),
-            Some(sector) => {
-                self.check_block_inside(block, sector)?;
-                let at = sector * 512;
-                self.file.write_all_at(at + self.header.bitmap_size(), data)?;
-                self.file.write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
-                let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap.clone()) };
-                self.presence_map().insert(block, Arc::new(presence));
-                Ok(())
-            }
-        }
-    }
-
-    fn require_writable(&self) -> Result<()> {
-        if self.file.writable() { Ok(()) } else { Err(Error::unsupported(self.file.path(), "image opened read-only")) }
-    }
-
-    /// Writes `data` into `block` at `within`, keeping sector bitmap semantics.
-    fn write_in_block(&mut self, block: u64, within: u64, data: &[u8]) -> Result<()> {
-        let bs = self.block_size();
-        if self.bat.sector(block).is_none() {
-            if within == 0 && data.len() as u64 == bs {
-                return self.allocate_block(block, Some((&SectorBitmap::full(self.block_sectors()), data)));
-            }
-            self.allocate_block(block, None)?;
-        }
-        let sector = self.bat.sector(block).ok_or_else(|| self.poisoned())?;
-        let end = within + data.len() as u64;
-        let aligned_start = within / 512 * 512;
-        let aligned_end = end.div_ceil(512) * 512;
-        let data_at = sector * 512 + self.header.bitmap_size();
-        if aligned_start == within && aligned_end == end {
-            self.file.write_all_at(data_at + within, data)?;
-        } else {
-            // Partial sectors keep their current content around the new bytes.
-            let mut buf = vec![0u8; (aligned_end - aligned_start) as usize];
-            let head = &mut buf[..512];
-            self.read_in_block(block, aligned_start, head)?;
-            let tail_at = buf.len() - 512;
-            self.read_in_block(block, aligned_end - 512, &mut buf[tail_at..])?;
-            buf[(within - aligned_start) as usize..][..data.len()].copy_from_slice(data);
-            self.file.write_all_at(data_at + aligned_start, &buf)?;
-        }
-        let first = (aligned_start / 512) as u32;
-        let last = (aligned_end / 512) as u32;
-        let current = self.presence(block, sector)?;
-        if let Presence::Some(bitmap) = &*current
-            && bitmap.runs(first, last).iter().any(|r| !r.2)
-        {
-            let mut bitmap = bitmap.clone();
-            bitmap.set_range(first, last, true);
-            self.file.write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
-            let presence = if bitmap.is_full() { Presence::All } else { Presence::Some(bitmap) };
-            self.presence_map().insert(block, Arc::new(presence));
-        }
-        Ok(())
     }
 }
 
@@ -708,27 +466,6 @@ impl BlockDevice for SparseVhd {
     }
 }
 
-impl WritableDevice for SparseVhd {
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.require_writable()?;
-        check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % bs;
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            self.write_in_block(pos / bs, within, &buf[done..done + n])?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.file.sync()
-    }
-}
-
 /// Rejects headers whose sizes cannot describe this file, before anything is allocated.
 fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_offset: u64, data_end: u64) -> Result<()> {
     let bad = |field: &str, at: u64, problem: String| {
@@ -771,83 +508,4 @@ fn validate_geometry(path: &Path, footer: &Footer, h: &DynamicHeader, header_off
         );
     }
     Ok(())
-}
-
-/// Rejects sizes a new image cannot have.
-fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
-    if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
-        return Err(Error::unsupported(
-            path,
-            format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),
-        ));
-    }
-    if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::unsupported(
-            path,
-            format!("block size {block_size} must be a power of two between 512 and {MAX_BLOCK_SIZE}"),
-        ));
-    }
-    if size.div_ceil(block_size as u64) > MAX_ENTRIES as u64 {
-        return Err(Error::unsupported(
-            path,
-            format!("{size} bytes in {block_size}-byte blocks needs more than {MAX_ENTRIES} BAT entries"),
-        ));
-    }
-    Ok(())
-}
-
-/// 16 random bytes for a new image's UUID (a version 4 UUID).
-pub fn new_uuid() -> [u8; 16] {
-    let mut u = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u)).is_err() {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        u = (nanos ^ (std::process::id() as u128) << 64).to_le_bytes();
-    }
-    u[6] = (u[6] & 0x0F) | 0x40;
-    u[8] = (u[8] & 0x3F) | 0x80;
-    u
-}
-
-/// A file's modification time in VHD seconds (0 when unknown).
-fn file_mtime_vhd(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs().saturating_sub(VHD_EPOCH_UNIX).min(u32::MAX as u64) as u32)
-}
-
-/// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
-/// `..\base\p.vhd`), as the W2ru locator stores it.
-fn relative_windows_path(child: &Path, target: &Path) -> String {
-    let child_dir = std::path::absolute(child).ok().and_then(|c| c.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let from: Vec<_> = child_dir.components().collect();
-    let to: Vec<_> = target.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut parts: Vec<String> = vec![".".into()];
-    parts.extend(std::iter::repeat_n("..".to_string(), from.len() - common));
-    parts.extend(to[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
-    if parts.len() > 1 && parts[1] == ".." {
-        parts.remove(0);
-    }
-    parts.join("\\")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_paths_are_windows_style() {
-        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/b/p.vhd")), ".\\p.vhd");
-        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/c/p.vhd")), "..\\c\\p.vhd");
-    }
-
-    #[test]
-    fn new_uuids_are_version_4_and_differ() {
-        let (a, b) = (new_uuid(), new_uuid());
-        assert_ne!(a, b);
-        assert_eq!(a[6] >> 4, 4);
-    }
 }

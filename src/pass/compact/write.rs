@@ -1,20 +1,19 @@
-//! The one writer that carries out a compaction plan. The output is cut into pieces of at most
+//! The one writer that carries out a compaction plan into a new file. The output is cut into pieces of at most
 //! [`PIECE`] bytes; a window of pieces is read and prepared in parallel (positional reads),
 //! then handed in order to a single writer thread, which writes into the new file. Memory for
 //! block copies is a fixed number of bytes, whatever the block size: at most three windows of
 //! [`READ_AHEAD`] bytes (one being read, one waiting in the channel, one being written). Since nobody can see the new file until it is committed, a sparse
 //! output appends each block as its pieces come and writes its BAT and footer once at the end;
-//! a block that turns out to read as zeros is given back.
+//! a block that turns out to read as zeros is given back. When asked, the needed bytes of
+//! every piece are hashed as they are read, for verification to compare with the output.
 
 use std::sync::mpsc;
 
 use rayon::prelude::*;
 
+use super::verify::{NeededDigests, PieceDigest};
+use super::{CompactionPlan, OutputFormat, StoredBlock};
 use crate::error::{Error, Result};
-use crate::host::NewFile;
-use crate::map::ImageMap;
-use crate::pass::align::RealignedDisk;
-use crate::pass::compact::{CompactionPlan, OutputFormat, StoredBlock};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
@@ -26,20 +25,22 @@ const PIECE: u64 = 4 << 20;
 const READ_AHEAD: u64 = 32 << 20;
 
 /// What the writer did.
-#[derive(Clone, Debug, Default)]
-pub struct WriteStats {
+#[derive(Debug, Default)]
+pub struct Written {
     /// Blocks stored in the output.
     pub stored_blocks: u64,
     /// Blocks the plan kept that read as zeros and were dropped anyway.
     pub zero_blocks_dropped: u64,
+    /// Digests of the needed bytes read, when asked for.
+    pub digests: Option<NeededDigests>,
 }
 
 /// One piece of the output: `len` bytes at `within` of block `block`.
 #[derive(Clone, Copy, Debug)]
-struct Piece<'p> {
-    block: u64,
-    within: u64,
-    len: u64,
+pub(super) struct Piece<'p> {
+    pub(super) block: u64,
+    pub(super) within: u64,
+    pub(super) len: u64,
     /// The plan of a stored block; `None` for a block a fixed output fills with zeros.
     stored: Option<&'p StoredBlock>,
     /// The last piece of its block.
@@ -47,7 +48,7 @@ struct Piece<'p> {
 }
 
 /// The pieces of `len` bytes of block `block`.
-fn cut(block: u64, len: u64, stored: Option<&StoredBlock>) -> impl Iterator<Item = Piece<'_>> {
+pub(super) fn cut(block: u64, len: u64, stored: Option<&StoredBlock>) -> impl Iterator<Item = Piece<'_>> {
     (0..len.div_ceil(PIECE)).map(move |i| {
         let within = i * PIECE;
         let n = PIECE.min(len - within);
@@ -57,7 +58,7 @@ fn cut(block: u64, len: u64, stored: Option<&StoredBlock>) -> impl Iterator<Item
 
 /// The pieces of the output, in order, made as they are needed: the stored blocks of a sparse
 /// output; every block of a fixed one (dropped blocks as zeros, so the file has no holes).
-fn pieces(plan: &CompactionPlan) -> Box<dyn Iterator<Item = Piece<'_>> + '_> {
+fn pieces<'p>(plan: &'p CompactionPlan<'_>) -> Box<dyn Iterator<Item = Piece<'p>> + 'p> {
     let bs = plan.block_size;
     match plan.format {
         OutputFormat::Fixed => {
@@ -82,10 +83,16 @@ fn take_buffer(pool: &BufferPool, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Reads piece `p` from `source` with the plan's zero ranges applied; `None` for a piece of
-/// zeros that needs no read.
-fn prepare(source: &dyn BlockDevice, bs: u64, p: &Piece<'_>, pool: &BufferPool) -> Result<Option<Vec<u8>>> {
-    let Some(stored) = p.stored else { return Ok(None) };
+/// Piece `p` read from `source` with the plan's zero ranges applied (`None` for a piece of
+/// zeros that needs no read), and with `digest`, the digest of its needed bytes.
+fn prepare(
+    source: &dyn BlockDevice,
+    bs: u64,
+    p: &Piece<'_>,
+    pool: &BufferPool,
+    digest: bool,
+) -> Result<(Option<Vec<u8>>, Option<PieceDigest>)> {
+    let Some(stored) = p.stored else { return Ok((None, None)) };
     let start = p.block * bs + p.within;
     let mut buf = take_buffer(pool, p.len as usize);
     // The last block of a disk that is not a whole number of blocks reads zeros past the end.
@@ -94,13 +101,30 @@ fn prepare(source: &dyn BlockDevice, bs: u64, p: &Piece<'_>, pool: &BufferPool) 
         source.read_at(start, &mut buf[..readable])?;
     }
     buf[readable..].fill(0);
+    let digest = digest.then(|| PieceDigest::of(start, &buf, p.needed(bs))).flatten();
     for &(a, z) in &stored.zero {
         let (a, z) = (a.max(p.within), z.min(p.within + p.len));
         if a < z {
             buf[(a - p.within) as usize..(z - p.within) as usize].fill(0);
         }
     }
-    Ok(Some(buf))
+    Ok((Some(buf), digest))
+}
+
+impl Piece<'_> {
+    /// The disk ranges of the piece's needed bytes.
+    pub(super) fn needed(&self, bs: u64) -> Vec<(u64, u64)> {
+        let base = self.block * bs;
+        let (lo, hi) = (self.within, self.within + self.len);
+        self.stored
+            .iter()
+            .flat_map(|s| &s.needed)
+            .filter_map(|&(a, z)| {
+                let (a, z) = (a.max(lo), z.min(hi));
+                (a < z).then_some((base + a, base + z))
+            })
+            .collect()
+    }
 }
 
 /// The output container being written.
@@ -110,19 +134,19 @@ enum Writer {
     Sparse(Box<SparseVhd>, bool),
 }
 
-/// Creates the output container in the new file.
-fn create_writer(map: &ImageMap<'_>, plan: &CompactionPlan, out: &NewFile) -> Result<Writer> {
-    let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
-    let file = ImageFile::from_file(file, out.path(), true);
+/// Creates the output container in the new `file`.
+fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
+    let image = plan.source.map().image;
     Ok(match plan.format {
         OutputFormat::Fixed => Writer::Fixed(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
         OutputFormat::Dynamic => {
             Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?), true)
         }
         OutputFormat::Differencing => {
-            let parent = map.image.as_sparse().and_then(|s| s.parent()).ok_or_else(|| {
-                Error::unsupported(map.image.source(), "a differencing output needs the input's parent")
-            })?;
+            let parent = image
+                .as_sparse()
+                .and_then(|s| s.parent())
+                .ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))?;
             let path = plan.parent.as_deref().unwrap_or(parent.source());
             Writer::Sparse(
                 Box::new(SparseVhd::create_in(
@@ -178,35 +202,36 @@ impl Writer {
     }
 }
 
-/// Writes the plan's output into the new file `out` (flushed, not yet committed, so it can be
-/// verified first).
+/// Writes the plan's output into the new `file` (flushed, not yet committed, so it can be
+/// verified first); with `digest`, takes the digests of the needed bytes it reads.
 pub fn write(
-    map: &ImageMap<'_>,
-    plan: &CompactionPlan,
-    out: &NewFile,
+    plan: &CompactionPlan<'_>,
+    file: ImageFile,
+    digest: bool,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<WriteStats> {
-    let mut writer = create_writer(map, plan, out)?;
-    let realigned = plan.realignment.as_ref().map(|r| RealignedDisk { input: map.image, plan: r });
-    let source: &dyn BlockDevice = match &realigned {
-        Some(r) => r,
-        None => map.image,
-    };
+) -> Result<Written> {
+    let mut writer = create_writer(plan, file)?;
+    let source: &dyn BlockDevice = &plan.source;
     let bs = plan.block_size;
     let mut all = pieces(plan).peekable();
     let pool = BufferPool::default();
-    std::thread::scope(|scope| -> Result<WriteStats> {
-        let (tx, rx) = mpsc::sync_channel::<Vec<(Piece<'_>, Option<Vec<u8>>)>>(1);
+    type Prepared<'p> = Vec<(Piece<'p>, Option<Vec<u8>>, Option<PieceDigest>)>;
+    std::thread::scope(|scope| -> Result<Written> {
+        let (tx, rx) = mpsc::sync_channel::<Prepared<'_>>(1);
         let pool = &pool;
-        let handle = scope.spawn(move || -> Result<WriteStats> {
+        let handle = scope.spawn(move || -> Result<Written> {
             let zeros = vec![0u8; PIECE as usize];
-            let mut stats = WriteStats::default();
+            let mut done =
+                Written { digests: digest.then(|| NeededDigests::new(plan.source.len())), ..Written::default() };
             for window in rx {
-                for (p, data) in window {
+                for (p, data, piece_digest) in window {
                     if let Some(kept) = writer.write(bs, &p, data.as_deref(), &zeros)? {
-                        stats.stored_blocks += u64::from(kept);
-                        stats.zero_blocks_dropped += u64::from(!kept);
-                        progress(stats.stored_blocks + stats.zero_blocks_dropped);
+                        done.stored_blocks += u64::from(kept);
+                        done.zero_blocks_dropped += u64::from(!kept);
+                        progress(done.stored_blocks + done.zero_blocks_dropped);
+                    }
+                    if let (Some(d), Some(all)) = (piece_digest, done.digests.as_mut()) {
+                        all.push(d);
                     }
                     if let (Some(buf), Ok(mut free)) = (data, pool.lock()) {
                         free.push(buf);
@@ -214,7 +239,7 @@ pub fn write(
                 }
             }
             writer.finish()?;
-            Ok(stats)
+            Ok(done)
         });
         while all.peek().is_some() {
             let mut window = Vec::new();
@@ -223,8 +248,10 @@ pub fn write(
                 bytes += p.len;
                 window.push(p);
             }
-            let prepared: Vec<(Piece<'_>, Option<Vec<u8>>)> =
-                window.par_iter().map(|p| prepare(source, bs, p, pool).map(|d| (*p, d))).collect::<Result<_>>()?;
+            let prepared: Prepared<'_> = window
+                .par_iter()
+                .map(|p| prepare(source, bs, p, pool, digest).map(|(d, h)| (*p, d, h)))
+                .collect::<Result<_>>()?;
             if tx.send(prepared).is_err() {
                 break;
             }

@@ -7,11 +7,12 @@
 //! sector, nothing outside readable NTFS volumes that holds data. Unreadable NTFS partitions
 //! and other file systems count as "outside": only their zero blocks are dropped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::{AZURE_MAX_SIZE, AZURE_MIN_SIZE, CompactOptions, OutputFormat};
 use crate::disk::Scheme;
 use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
@@ -23,43 +24,6 @@ use crate::vhd::fixed::MAX_FIXED_SIZE;
 use crate::vhd::image::ImageKind;
 use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
 
-/// Smallest disk Azure accepts.
-pub const AZURE_MIN_SIZE: u64 = 20 << 20;
-/// Largest disk Azure accepts (32 TiB, footer included).
-pub const AZURE_MAX_SIZE: u64 = MAX_FIXED_SIZE;
-
-/// The kinds of image compaction writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// Raw data then a footer, every byte written.
-    Fixed,
-    /// Only needed blocks stored.
-    Dynamic,
-    /// A child of the input's parent holding only the input's needed sectors.
-    Differencing,
-}
-
-/// What the user asked for.
-#[derive(Clone, Debug, Default)]
-pub struct CompactOptions {
-    /// Output kind; `None` keeps the input's (raw input becomes dynamic).
-    pub to: Option<OutputFormat>,
-    /// Fixed output, size rounded up to a whole MiB, CHS recomputed, Azure's limits checked.
-    pub azure: bool,
-    /// Block size of a dynamic output.
-    pub block_size: Option<u32>,
-    /// Write zeros over free clusters of kept blocks.
-    pub zero_free: bool,
-    /// Make a standalone image of a differencing chain.
-    pub merge: bool,
-    /// Compact dirty or hibernated volumes anyway (and realign when a Windows record of a
-    /// partition offset cannot be patched).
-    pub force: bool,
-    /// Move misaligned partitions to this boundary (bytes) in the output.
-    pub realign: Option<u64>,
-}
-
 /// A block the output stores; every other block is dropped (reads as zeros, or in a
 /// differencing output from the parent; a fixed output writes zeros there).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +31,9 @@ pub struct StoredBlock {
     pub index: u64,
     /// Which sectors are present (differencing output only).
     pub bitmap: Option<SectorBitmap>,
-    /// Byte ranges inside the block written as zeros (free clusters, with --zero-free).
+    /// Byte ranges inside the block whose bytes are needed: what verification compares.
+    pub needed: Vec<(u64, u64)>,
+    /// Byte ranges inside the block written as zeros (free clusters, when asked to zero them).
     pub zero: Vec<(u64, u64)>,
 }
 
@@ -85,10 +51,62 @@ pub struct PartitionPlan {
     pub dropped_blocks: u64,
 }
 
+/// The disk the output copies, decided once by the plan: the input, or the input with its
+/// partitions realigned.
+pub struct PlannedSource<'a> {
+    map: &'a ImageMap<'a>,
+    realignment: Option<Realignment>,
+}
+
+impl PlannedSource<'_> {
+    /// The map of the input image.
+    pub fn map(&self) -> &ImageMap<'_> {
+        self.map
+    }
+
+    /// Which bytes of `[start, end)` of this disk are needed, and why.
+    pub fn needs(&self, start: u64, end: u64) -> Vec<Need> {
+        match &self.realignment {
+            Some(r) => r.needs(self.map, start, end),
+            None => self.map.needs(start, end),
+        }
+    }
+
+    /// The realigned disk, when partitions move.
+    fn realigned(&self) -> Option<RealignedDisk<'_>> {
+        self.realignment.as_ref().map(|plan| RealignedDisk { input: self.map.image, plan })
+    }
+}
+
+impl BlockDevice for PlannedSource<'_> {
+    fn len(&self) -> u64 {
+        self.realignment.as_ref().map_or(self.map.image.len(), |r| r.disk_size)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match self.realigned() {
+            Some(r) => r.read_at(offset, buf),
+            None => self.map.image.read_at(offset, buf),
+        }
+    }
+
+    fn source(&self) -> &Path {
+        self.map.image.source()
+    }
+
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        match self.realigned() {
+            Some(r) => r.data_ranges(start, end),
+            None => self.map.image.data_ranges(start, end),
+        }
+    }
+}
+
 /// The whole plan. Only blocks that may hold data are looked at: work and memory grow with
 /// the data, not with the disk's size.
-#[derive(Clone, Debug)]
-pub struct CompactionPlan {
+pub struct CompactionPlan<'a> {
+    /// What the output copies.
+    pub source: PlannedSource<'a>,
     pub format: OutputFormat,
     /// Length of the output disk (Azure rounding may grow it past the input's).
     pub disk_size: u64,
@@ -100,11 +118,14 @@ pub struct CompactionPlan {
     /// Blocks that held data in the input and are dropped, in order.
     pub dropped: Vec<u64>,
     pub partitions: Vec<PartitionPlan>,
-    /// With --realign: where the partitions go; the output is the realigned disk.
-    pub realignment: Option<Realignment>,
 }
 
-impl CompactionPlan {
+impl CompactionPlan<'_> {
+    /// Where the partitions go, when the output is the realigned disk.
+    pub fn realignment(&self) -> Option<&Realignment> {
+        self.source.realignment.as_ref()
+    }
+
     /// Number of blocks of the output disk.
     pub fn blocks(&self) -> u64 {
         self.disk_size.div_ceil(self.block_size)
@@ -134,9 +155,14 @@ impl CompactionPlan {
     }
 }
 
-/// The output kind and block size for `opts` on this input.
-fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputFormat, u64)> {
-    let input = map.image.kind();
+/// The output kind and block size for `opts` on an input of kind `input` and (when sparse)
+/// block size `input_block`, in `file`.
+fn output_kind(
+    file: &Path,
+    input: ImageKind,
+    input_block: Option<u64>,
+    opts: &CompactOptions,
+) -> Result<(OutputFormat, u64)> {
     let differencing_in = input == ImageKind::Differencing;
     let format = match (opts.to, opts.azure) {
         (Some(OutputFormat::Dynamic | OutputFormat::Differencing), true) => {
@@ -154,17 +180,17 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
         return Err(Error::Usage(if opts.merge {
             "merging makes a standalone image: choose a dynamic or fixed output".into()
         } else {
-            format!("a differencing output needs a differencing input ({} is {input})", map.image.source().display())
+            format!("a differencing output needs a differencing input ({} is {input})", file.display())
         }));
     }
-    if differencing_in && format != OutputFormat::Differencing && !opts.merge {
-        return Err(Error::Refused {
-            file: map.image.source().to_path_buf(),
-            problem: "is a differencing image: a standalone output holds the whole chain merged".into(),
-            remedy: Remedy::Merge,
-        });
+    if differencing_in && !opts.merge && (format != OutputFormat::Differencing || opts.realign.is_some()) {
+        let problem = if opts.realign.is_some() {
+            "is a differencing image: realigning moves every sector, so the output holds the whole chain merged"
+        } else {
+            "is a differencing image: a standalone output holds the whole chain merged"
+        };
+        return Err(Error::Refused { file: file.to_path_buf(), problem: problem.into(), remedy: Remedy::Merge });
     }
-    let input_block = map.image.as_sparse().map(|s| s.block_size());
     let block_size = match (format, opts.block_size) {
         (OutputFormat::Differencing, Some(b)) if Some(b as u64) != input_block => {
             return Err(Error::Usage("a differencing output keeps the input's block size".into()));
@@ -179,13 +205,13 @@ fn output_kind(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<(OutputForma
 /// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors (a raw
 /// input's last partial sector is padded with zeros), or for Azure rounded up to a whole MiB
 /// within limits.
-fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: OutputFormat) -> Result<u64> {
+fn output_size(file: &Path, size: u64, azure: bool, format: OutputFormat) -> Result<u64> {
     let size = size.div_ceil(512) * 512;
     let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
-    if !opts.azure {
+    if !azure {
         if size > limit {
             return Err(Error::unsupported(
-                map.image.source(),
+                file,
                 format!("a {format:?} VHD holds at most {limit} bytes; the disk has {size}").to_lowercase(),
             ));
         }
@@ -194,7 +220,7 @@ fn output_size(map: &ImageMap<'_>, size: u64, opts: &CompactOptions, format: Out
     let rounded = size.div_ceil(1 << 20) << 20;
     if !(AZURE_MIN_SIZE..=AZURE_MAX_SIZE).contains(&rounded) {
         return Err(Error::unsupported(
-            map.image.source(),
+            file,
             format!(
                 "Azure accepts disks of {AZURE_MIN_SIZE} to {AZURE_MAX_SIZE} bytes; this one is {rounded} (rounded to a whole MiB)"
             ),
@@ -226,7 +252,7 @@ fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) ->
 }
 
 /// Plans the compaction of `map`'s image.
-pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan> {
+pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<CompactionPlan<'a>> {
     crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
     if opts.merge && map.image.as_sparse().is_none_or(|s| s.parent().is_none()) {
         return Err(Error::unsupported(
@@ -234,37 +260,20 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
             format!("is a {} image, not a differencing one: there is no chain to merge", map.image.kind()),
         ));
     }
+    let input_block = map.image.as_sparse().map(|s| s.block_size());
+    let (format, block_size) = output_kind(map.image.source(), map.image.kind(), input_block, opts)?;
     let mut realignment = plan_realignment(map, opts, 0)?;
-    // Realigning moves every sector: a differencing input becomes a standalone image.
-    let merged;
-    let opts = match &realignment {
-        Some(_) => {
-            merged = CompactOptions { merge: true, ..opts.clone() };
-            &merged
-        }
-        None => opts,
-    };
-    let (format, block_size) = output_kind(map, opts)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
-    let disk_size = output_size(map, source_size, opts, format)?;
+    let disk_size = output_size(map.image.source(), source_size, opts.azure, format)?;
     if disk_size > source_size && map.layout.scheme == Scheme::Gpt {
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
     }
-    let needs = |a: u64, b: u64| match &realignment {
-        Some(r) => r.needs(map, a, b),
-        None => map.needs(a, b),
-    };
+    let source = PlannedSource { map, realignment };
     // Candidates: the blocks that may hold data (a differencing child: its own blocks).
     let candidates: Vec<u64> = match (format, map.image.as_sparse()) {
         (OutputFormat::Differencing, Some(s)) => s.bat().allocated().map(|(b, _)| b).collect(),
-        _ => {
-            let ranges = match &realignment {
-                Some(r) => RealignedDisk { input: map.image, plan: r }.data_ranges(0, source_size)?,
-                None => map.image.data_ranges(0, source_size)?,
-            };
-            blocks_touched(&ranges, block_size)
-        }
+        _ => blocks_touched(&source.data_ranges(0, source_size)?, block_size),
     };
     let planned: Vec<(u64, Option<StoredBlock>)> = candidates
         .into_par_iter()
@@ -272,13 +281,13 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
             let stored = match format {
                 OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free)?,
                 _ => plan_standalone_block(
-                    &needs,
+                    &source,
                     b * block_size,
                     ((b + 1) * block_size).min(source_size),
                     opts.zero_free,
                 ),
             };
-            Ok((b, stored.map(|(bitmap, zero)| StoredBlock { index: b, bitmap, zero })))
+            Ok((b, stored.map(|c| StoredBlock { index: b, bitmap: c.bitmap, needed: c.needed, zero: c.zero })))
         })
         .collect::<Result<_>>()?;
     let mut stored = Vec::new();
@@ -289,8 +298,19 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
             None => dropped.push(b),
         }
     }
-    let partitions = map
-        .partitions
+    let partitions = partition_plans(map, &dropped, block_size);
+    let parent = match format {
+        OutputFormat::Differencing => {
+            map.image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| PathBuf::from(&r.path))
+        }
+        _ => None,
+    };
+    Ok(CompactionPlan { source, format, disk_size, block_size, parent, stored, dropped, partitions })
+}
+
+/// Each partition's share of the plan: its contents and the blocks dropped from it.
+fn partition_plans(map: &ImageMap<'_>, dropped: &[u64], block_size: u64) -> Vec<PartitionPlan> {
+    map.partitions
         .iter()
         .map(|pm| {
             let (start, end) = (pm.partition.start(), pm.partition.end());
@@ -304,56 +324,42 @@ pub fn plan(map: &ImageMap<'_>, opts: &CompactOptions) -> Result<CompactionPlan>
                 dropped_blocks: dropped,
             }
         })
-        .collect();
-    Ok(CompactionPlan {
-        format,
-        disk_size,
-        block_size,
-        parent: match format {
-            OutputFormat::Differencing => {
-                map.image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| PathBuf::from(&r.path))
-            }
-            _ => None,
-        },
-        stored,
-        dropped,
-        partitions,
-        realignment,
-    })
+        .collect()
 }
 
-/// What a stored block holds besides the input's bytes: its sector bitmap (differencing output)
-/// and the ranges written as zeros.
-type BlockContent = (Option<SectorBitmap>, Vec<(u64, u64)>);
+/// What a stored block holds besides the input's bytes (all offsets inside the block).
+struct BlockContent {
+    /// Its sector bitmap (differencing output).
+    bitmap: Option<SectorBitmap>,
+    /// The ranges of needed bytes.
+    needed: Vec<(u64, u64)>,
+    /// The ranges written as zeros.
+    zero: Vec<(u64, u64)>,
+}
 
-/// A block of a standalone output covering disk range `[start, end)` of the (merged, or
-/// realigned) input, whose needed bytes `needs` tells. Needed blocks are stored; the writer
-/// still drops those that read as zeros.
-fn plan_standalone_block(
-    needs: &(dyn Fn(u64, u64) -> Vec<Need> + Sync),
-    start: u64,
-    end: u64,
-    zero_free: bool,
-) -> Option<BlockContent> {
+/// A block of a standalone output covering disk range `[start, end)` of the source, stored
+/// when any byte of it is needed. The writer still drops those that read as zeros.
+fn plan_standalone_block(source: &PlannedSource<'_>, start: u64, end: u64, zero_free: bool) -> Option<BlockContent> {
     if start >= end {
         return None;
     }
-    let needs = needs(start, end);
-    let needed = needs.iter().any(|n| n.kind != NeedKind::FreeCluster);
-    if !needed {
+    let needs = source.needs(start, end);
+    let needed = ranges_of(&needs, start, |k| k != NeedKind::Unneeded);
+    if needed.is_empty() {
         return None;
     }
-    let zero = if zero_free {
-        needs.iter().filter(|n| n.kind == NeedKind::FreeCluster).map(|n| (n.start - start, n.end - start)).collect()
-    } else {
-        Vec::new()
-    };
-    Some((None, zero))
+    let zero = if zero_free { ranges_of(&needs, start, |k| k == NeedKind::Unneeded) } else { Vec::new() };
+    Some(BlockContent { bitmap: None, needed, zero })
+}
+
+/// The ranges of `needs` whose kind passes `keep`, relative to `start`.
+fn ranges_of(needs: &[Need], start: u64, keep: impl Fn(NeedKind) -> bool) -> Vec<(u64, u64)> {
+    needs.iter().filter(|n| keep(n.kind)).map(|n| (n.start - start, n.end - start)).collect()
 }
 
 /// A block of a differencing output: the input child's block `b`, with the bits of sectors
-/// that lie wholly in free clusters cleared (or, with --zero-free, kept and zeroed so the
-/// parent's stale data stays hidden).
+/// that lie wholly in free clusters cleared (or, when zeroing, kept and zeroed so the parent's
+/// stale data stays hidden).
 fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Option<BlockContent>> {
     let presence: Presence = map.presence(b)?;
     let bs = map.block_size();
@@ -367,7 +373,7 @@ fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Optio
     let mut zero = Vec::new();
     for n in &needs {
         let present = presence.any(n.start, n.end);
-        if n.kind != NeedKind::FreeCluster {
+        if n.kind != NeedKind::Unneeded {
             any |= present;
         } else if zero_free {
             // Zeroed sectors stay present: dropping them would show the parent's stale data.
@@ -384,5 +390,66 @@ fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Optio
     if !any {
         return Ok(None);
     }
-    Ok(Some((Some(bitmap), zero)))
+    let needed = ranges_of(&needs, start, |k| k != NeedKind::Unneeded);
+    Ok(Some(BlockContent { bitmap: Some(bitmap), needed, zero }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn kind(input: ImageKind, block: Option<u64>, opts: CompactOptions) -> Result<(OutputFormat, u64)> {
+        output_kind(Path::new("in.vhd"), input, block, &opts)
+    }
+
+    #[test]
+    fn a_fixed_or_raw_input_becomes_dynamic_unless_fixed_is_asked_for() {
+        for input in [ImageKind::Fixed, ImageKind::Raw] {
+            assert_eq!(kind(input, None, CompactOptions::default()).unwrap(), (OutputFormat::Dynamic, 2 << 20));
+            let fixed = CompactOptions { to: Some(OutputFormat::Fixed), ..Default::default() };
+            assert_eq!(kind(input, None, fixed).unwrap().0, OutputFormat::Fixed);
+        }
+    }
+
+    #[test]
+    fn a_dynamic_input_keeps_its_block_size_unless_told() {
+        assert_eq!(kind(ImageKind::Dynamic, Some(512 << 10), CompactOptions::default()).unwrap().1, 512 << 10);
+        let told = CompactOptions { block_size: Some(1 << 20), ..Default::default() };
+        assert_eq!(kind(ImageKind::Dynamic, Some(512 << 10), told).unwrap().1, 1 << 20);
+    }
+
+    #[test]
+    fn a_differencing_input_stays_differencing_and_merges_only_when_asked() {
+        let d = ImageKind::Differencing;
+        assert_eq!(kind(d, Some(2 << 20), CompactOptions::default()).unwrap().0, OutputFormat::Differencing);
+        let standalone = CompactOptions { to: Some(OutputFormat::Dynamic), ..Default::default() };
+        assert!(matches!(kind(d, Some(2 << 20), standalone), Err(Error::Refused { remedy: Remedy::Merge, .. })));
+        let realign = CompactOptions { realign: Some(1 << 20), ..Default::default() };
+        assert!(matches!(kind(d, Some(2 << 20), realign), Err(Error::Refused { remedy: Remedy::Merge, .. })));
+        let merged = CompactOptions { merge: true, realign: Some(1 << 20), ..Default::default() };
+        assert_eq!(kind(d, Some(2 << 20), merged).unwrap().0, OutputFormat::Dynamic);
+        let other_block = CompactOptions { block_size: Some(1 << 20), ..Default::default() };
+        assert_eq!(kind(d, Some(2 << 20), other_block).unwrap_err().kind(), ErrorKind::Usage);
+    }
+
+    #[test]
+    fn azure_output_is_fixed_and_nothing_else() {
+        let azure = CompactOptions { azure: true, ..Default::default() };
+        assert_eq!(kind(ImageKind::Dynamic, Some(2 << 20), azure).unwrap().0, OutputFormat::Fixed);
+        let dynamic = CompactOptions { azure: true, to: Some(OutputFormat::Dynamic), ..Default::default() };
+        assert_eq!(kind(ImageKind::Fixed, None, dynamic).unwrap_err().kind(), ErrorKind::Usage);
+        let child = CompactOptions { to: Some(OutputFormat::Differencing), ..Default::default() };
+        assert_eq!(kind(ImageKind::Dynamic, Some(2 << 20), child).unwrap_err().kind(), ErrorKind::Usage);
+    }
+
+    #[test]
+    fn sizes_round_to_sectors_and_azure_to_whole_mib_within_limits() {
+        let f = Path::new("in.vhd");
+        assert_eq!(output_size(f, 1000, false, OutputFormat::Dynamic).unwrap(), 1024);
+        assert_eq!(output_size(f, (30 << 20) + 1, true, OutputFormat::Fixed).unwrap(), 31 << 20);
+        assert!(output_size(f, 1 << 20, true, OutputFormat::Fixed).is_err(), "below Azure's minimum");
+        assert!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Dynamic).is_err());
+        assert_eq!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Fixed).unwrap(), MAX_DISK_SIZE + 512);
+    }
 }

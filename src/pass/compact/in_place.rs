@@ -1,0 +1,230 @@
+//! Compaction of an image in place. Everything is decided first, from reads only: which
+//! blocks go, which free ranges inside kept blocks hold bytes to zero, and (when verifying)
+//! the digests of every needed byte. Then the VHD layer rewrites the image in its crash-safe
+//! order ([`SparseVhd::rewrite_in_place`]), or a fixed or raw image gets its free ranges
+//! zeroed through the device's writer. A run that would write nothing is refused before
+//! anything happens.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::verify::{self, NeededDigests};
+use super::{CompactOptions, CompactReport, CompactionPlan, Event, OutputFormat, plan};
+use crate::error::{Error, Result};
+use crate::map::ImageMap;
+use crate::map::blocks::NeedKind;
+use crate::vhd::device::{self, BlockDevice, ImageFile, WritableDevice};
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
+use crate::vhd::sparse::{BlockRewrite, SparseVhd};
+
+/// Bytes read at once when checking whether a block reads as zeros.
+const READ_CHUNK: u64 = 4 << 20;
+/// Bytes examined per task when looking for free space to zero.
+const ZERO_WINDOW: u64 = 64 << 20;
+
+/// The writes an in-place run makes, decided before the first one.
+enum Rewrite {
+    /// A dynamic or differencing image: per allocated block, and whether a dropped block was
+    /// dropped for reading as zeros.
+    Blocks(Vec<(u64, BlockRewrite, bool)>),
+    /// A fixed or raw image: disk ranges to zero.
+    Zero(Vec<(u64, u64)>),
+}
+
+/// Compacts `image` (opened for writing, so its exclusive lock is held) in place: a dynamic
+/// or differencing image loses the blocks that hold no needed byte and its file shrinks; a
+/// fixed or raw image can only have its free space zeroed.
+pub fn in_place(
+    image: &mut DiskImage,
+    opts: &CompactOptions,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<CompactReport> {
+    let started = Instant::now();
+    if !image.file().writable() {
+        return Err(Error::internal("in-place compaction of an image opened read-only"));
+    }
+    if let Some(f) = crate::vhd::check::write_hazards(image).into_iter().next() {
+        return Err(Error::unsupported(
+            image.source(),
+            format!(
+                "refusing to compact a structurally broken image in place: {}: {} (compacting to a new file still works)",
+                f.structure, f.problem
+            ),
+        ));
+    }
+    let opts = &CompactOptions { to: Some(kept_format(image, opts)?), ..opts.clone() };
+    let (mut report, rewrite, before) = {
+        let map = ImageMap::build(image, None)?;
+        let plan = plan(&map, opts)?;
+        let rewrite = match image.as_sparse() {
+            Some(s) => Rewrite::Blocks(decide_blocks(&plan, s, opts.zero_free)?),
+            None => Rewrite::Zero(free_ranges_to_zero(&map)?),
+        };
+        let before = if opts.verify { Some(NeededDigests::of_stored(&plan)?) } else { None };
+        (CompactReport::before(image, &plan)?, rewrite, before)
+    };
+    match rewrite {
+        Rewrite::Blocks(decisions) => {
+            events(Event::Writing { temp: None, blocks: decisions.len() as u64 });
+            report.dropped_blocks = decisions.iter().filter(|d| d.1 == BlockRewrite::Drop && !d.2).count() as u64;
+            report.dropped_zero_blocks = decisions.iter().filter(|d| d.2).count() as u64;
+            let changes: Vec<(u64, BlockRewrite)> = decisions.into_iter().map(|(b, r, _)| (b, r)).collect();
+            let sparse = image.as_sparse_mut().ok_or_else(|| Error::internal("a sparse image changed kind"))?;
+            let done = sparse.rewrite_in_place(&changes)?;
+            report.blocks_after = done.stored_blocks;
+            report.zeroed_bytes = done.zeroed_bytes;
+        }
+        Rewrite::Zero(ranges) => {
+            events(Event::Writing { temp: None, blocks: ranges.len() as u64 });
+            for (a, z) in ranges {
+                image.write_zeros(a, z - a)?;
+                report.zeroed_bytes += z - a;
+            }
+            image.flush()?;
+            report.blocks_after = report.blocks_before;
+        }
+    }
+    let after = reopen(image)?;
+    if let Some(before) = &before {
+        events(Event::Verifying);
+        report.verify = Some(verify::check(&after, before)?);
+    }
+    Ok(CompactReport {
+        output: report.input.clone(),
+        in_place: true,
+        output_bytes: after.file().file_len()?,
+        output_disk_size: after.len(),
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// In place, an image keeps its kind and block size; a fixed one keeps every block.
+fn kept_format(image: &DiskImage, opts: &CompactOptions) -> Result<OutputFormat> {
+    let kind = match image.kind() {
+        ImageKind::Dynamic => OutputFormat::Dynamic,
+        ImageKind::Differencing => OutputFormat::Differencing,
+        ImageKind::Raw | ImageKind::Fixed => OutputFormat::Fixed,
+    };
+    if opts.to.is_some_and(|t| t != kind)
+        || opts.azure
+        || opts.merge
+        || opts.block_size.is_some()
+        || opts.realign.is_some()
+    {
+        return Err(Error::Usage(
+            "in place, an image keeps its kind, block size and layout: no output format, Azure rounding, merge, block size or realignment can be asked for".into(),
+        ));
+    }
+    if kind == OutputFormat::Fixed && !opts.zero_free {
+        return Err(Error::unsupported(
+            image.source(),
+            format!(
+                "is a {} image, whose blocks stay where they are: in place, only its free space can be zeroed",
+                image.kind()
+            ),
+        ));
+    }
+    Ok(kind)
+}
+
+/// The image as the file now holds it, read afresh (not from what the writer cached).
+fn reopen(image: &DiskImage) -> Result<DiskImage> {
+    let file = image.file().raw().try_clone().map_err(|e| Error::open(image.source(), "reopen", e))?;
+    let parent = image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| r.path.clone().into());
+    let format = if image.kind() == ImageKind::Raw { ImageFormat::Raw } else { ImageFormat::Vhd };
+    DiskImage::from_file(
+        ImageFile::from_file(file, image.source(), false),
+        &OpenOptions { parent, format: Some(format), ..OpenOptions::default() },
+    )
+}
+
+/// Every range of free NTFS clusters of the disk that holds a non-zero byte. Ranges where the
+/// device holds no data (holes of a sparse host file) are skipped without reading them.
+fn free_ranges_to_zero(map: &ImageMap<'_>) -> Result<Vec<(u64, u64)>> {
+    let image = map.image;
+    let len = image.len();
+    let per_window: Vec<Vec<(u64, u64)>> = (0..len.div_ceil(ZERO_WINDOW))
+        .into_par_iter()
+        .map(|w| {
+            let (a, b) = (w * ZERO_WINDOW, ((w + 1) * ZERO_WINDOW).min(len));
+            let mut out = Vec::new();
+            for n in map.needs(a, b).into_iter().filter(|n| n.kind == NeedKind::Unneeded) {
+                for (x, y) in image.data_ranges(n.start, n.end)? {
+                    out.extend(device::nonzero_ranges(x, y, &|at, buf| image.read_at(at, buf))?);
+                }
+            }
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    let ranges: Vec<(u64, u64)> = per_window.into_iter().flatten().collect();
+    if ranges.is_empty() {
+        return Err(Error::unsupported(image.source(), "nothing to do: its free space is already zero"));
+    }
+    Ok(ranges)
+}
+
+/// What happens to each allocated block of `s`, and whether a dropped one reads as zeros.
+fn decide_blocks(plan: &CompactionPlan<'_>, s: &SparseVhd, zero_free: bool) -> Result<Vec<(u64, BlockRewrite, bool)>> {
+    let allocated: Vec<u64> = s.bat().allocated().map(|(b, _)| b).collect();
+    let decisions: Vec<(u64, BlockRewrite, bool)> = allocated
+        .par_iter()
+        .map(|&b| decide(plan, s, b, zero_free).map(|(r, zero)| (b, r, zero)))
+        .collect::<Result<_>>()?;
+    let changes = decisions.iter().any(|(_, r, _)| match r {
+        BlockRewrite::Drop => true,
+        BlockRewrite::Keep { zero, bitmap } => !zero.is_empty() || bitmap.is_some(),
+    });
+    if !changes {
+        return Err(Error::unsupported(
+            s.file().path(),
+            "nothing to do: every allocated block holds needed data and no free space needs zeroing",
+        ));
+    }
+    Ok(decisions)
+}
+
+/// What happens to allocated block `b`, and whether it is dropped for reading as zeros.
+fn decide(plan: &CompactionPlan<'_>, s: &SparseVhd, b: u64, zero_free: bool) -> Result<(BlockRewrite, bool)> {
+    let Some(stored) = plan.stored_block(b) else { return Ok((BlockRewrite::Drop, false)) };
+    if s.parent().is_none() && reads_as_zeros(plan, b)? {
+        return Ok((BlockRewrite::Drop, true));
+    }
+    let mut zero = Vec::new();
+    if zero_free {
+        for &(a, z) in &stored.zero {
+            zero.extend(s.stored_nonzero(b, a, z)?);
+        }
+    }
+    let current = s.block_bitmap(b)?;
+    let bitmap = stored.bitmap.clone().filter(|bm| Some(bm) != current.as_ref());
+    Ok((BlockRewrite::Keep { zero, bitmap }, false))
+}
+
+/// Whether a kept block of a dynamic image reads as all zeros once its free ranges are.
+fn reads_as_zeros(plan: &CompactionPlan<'_>, b: u64) -> Result<bool> {
+    let Some(stored) = plan.stored_block(b).filter(|s| s.bitmap.is_none()) else {
+        return Ok(false);
+    };
+    let source = &plan.source;
+    let start = b * plan.block_size;
+    let end = (start + plan.block_size).min(source.len());
+    let mut buf = vec![0u8; READ_CHUNK.min(end - start) as usize];
+    let mut at = start;
+    while at < end {
+        let n = READ_CHUNK.min(end - at) as usize;
+        source.read_at(at, &mut buf[..n])?;
+        for &(a, z) in &stored.zero {
+            let (a, z) = ((start + a).max(at), (start + z).min(at + n as u64));
+            if a < z {
+                buf[(a - at) as usize..(z - at) as usize].fill(0);
+            }
+        }
+        if buf[..n].iter().any(|&x| x != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}

@@ -1,0 +1,156 @@
+//! Compaction, one pipeline whichever the output:
+//!
+//! 1. [`plan()`] reads the map (never the data) and decides once what the output copies: the
+//!    input, or the input realigned ([`CompactionPlan::source`]), which blocks it stores, and
+//!    which bytes of them are needed.
+//! 2. The writer copies the stored blocks into a new file, and while it reads them takes the
+//!    digests of their needed bytes ([`NeededDigests`]). In place, the digests are taken first,
+//!    then the VHD layer rewrites the image ([`crate::vhd::sparse::BlockRewrite`]).
+//! 3. Verification re-reads only the output's needed bytes and compares digests.
+//! 4. A new file is committed (renamed into place) only when verification found nothing.
+//!
+//! [`to_new_file`] and [`in_place`] run all of it and return the [`CompactReport`]; progress
+//! comes through a callback of [`Event`]s, so the library never draws or prints.
+
+mod in_place;
+mod plan;
+mod report;
+mod verify;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use in_place::in_place;
+pub use plan::{CompactionPlan, PartitionPlan, StoredBlock, plan};
+pub use report::{CompactReport, PartitionResult, RealignResult};
+pub use verify::{Mismatch, NeededDigests, VerifyReport};
+
+use crate::error::{Error, Result};
+use crate::host::{NewFile, OutputPolicy, Replace};
+use crate::map::ImageMap;
+use crate::vhd::device::{BlockDevice, ImageFile};
+use crate::vhd::image::{DiskImage, OpenOptions};
+
+/// Smallest disk Azure accepts.
+pub const AZURE_MIN_SIZE: u64 = 20 << 20;
+/// Largest disk Azure accepts (32 TiB, footer included).
+pub const AZURE_MAX_SIZE: u64 = crate::vhd::fixed::MAX_FIXED_SIZE;
+
+/// The kinds of image compaction writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Raw data then a footer, every byte written.
+    Fixed,
+    /// Only needed blocks stored.
+    Dynamic,
+    /// A child of the input's parent holding only the input's needed sectors.
+    Differencing,
+}
+
+/// What the caller asks for.
+#[derive(Clone, Debug, Default)]
+pub struct CompactOptions {
+    /// Output kind; `None` keeps the input's (a fixed or raw input becomes dynamic).
+    pub to: Option<OutputFormat>,
+    /// Fixed output, size rounded up to a whole MiB, CHS recomputed, Azure's limits checked.
+    pub azure: bool,
+    /// Block size of a dynamic output.
+    pub block_size: Option<u32>,
+    /// Write zeros over free clusters of kept blocks.
+    pub zero_free: bool,
+    /// Make a standalone image of a differencing chain.
+    pub merge: bool,
+    /// Compact dirty or hibernated volumes anyway (and realign when a Windows record of a
+    /// partition offset cannot be patched).
+    pub force: bool,
+    /// Move misaligned partitions to this boundary (bytes) in the output.
+    pub realign: Option<u64>,
+    /// Compare every needed byte of the output with the input before committing.
+    pub verify: bool,
+}
+
+/// What a compaction run tells its caller as it goes.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Temporary files that killed runs left in the output's folder were removed.
+    RemovedStale(&'a [PathBuf]),
+    /// Writing starts: into `temp` (a new file, removed if the run is interrupted), `blocks`
+    /// blocks in all.
+    Writing { temp: Option<&'a Path>, blocks: u64 },
+    /// Blocks written so far.
+    Written(u64),
+    /// The output is being read back and compared.
+    Verifying,
+}
+
+/// Compacts `image` into a new file at `output`, which appears only once written, flushed and
+/// (with [`CompactOptions::verify`]) verified. `replace` says whether an existing file there
+/// may be replaced; an input of the image's chain never is.
+pub fn to_new_file(
+    image: &DiskImage,
+    output: &Path,
+    replace: Replace,
+    opts: &CompactOptions,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<CompactReport> {
+    let started = Instant::now();
+    let mut policy = OutputPolicy::new(replace);
+    image.add_inputs_to(&mut policy);
+    policy.check(output)?;
+    let map = ImageMap::build(image, None)?;
+    let plan = plan(&map, opts)?;
+    let out = NewFile::create(output, &policy)?;
+    if !out.removed_stale().is_empty() {
+        events(Event::RemovedStale(out.removed_stale()));
+    }
+    events(Event::Writing { temp: Some(out.path()), blocks: plan.blocks_written() });
+    let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
+    let written = write::write(&plan, ImageFile::from_file(file, out.path(), true), opts.verify, &|done| {
+        events(Event::Written(done))
+    })?;
+    let verified = match &written.digests {
+        Some(digests) => {
+            events(Event::Verifying);
+            let dup = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
+            let reopened = DiskImage::from_file(
+                ImageFile::from_file(dup, out.path(), false),
+                &OpenOptions { strict: true, parent: plan.parent.clone(), ..OpenOptions::default() },
+            )?;
+            Some(verify::check(&reopened, digests)?)
+        }
+        None => None,
+    };
+    let output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
+    if verified.as_ref().is_none_or(|v| v.mismatches.is_empty()) {
+        out.commit()?;
+    }
+    let fixed = plan.format == OutputFormat::Fixed;
+    Ok(CompactReport {
+        output: output.display().to_string(),
+        in_place: false,
+        output_bytes,
+        blocks_after: written.stored_blocks,
+        dropped_blocks: if fixed { 0 } else { plan.dropped() },
+        zero_filled_blocks: if fixed { plan.dropped() } else { 0 },
+        dropped_zero_blocks: written.zero_blocks_dropped,
+        zeroed_bytes: plan.zeroed_bytes(),
+        realign: plan.realignment().map(RealignResult::new),
+        verify: verified,
+        input_problems: crate::vhd::check::write_hazards(image),
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        ..CompactReport::before(image, &plan)?
+    })
+}
+
+/// Blocks the container holds: allocated BAT entries, or every 2 MiB of a fixed or raw image.
+pub fn blocks_held(image: &DiskImage) -> u64 {
+    match image.as_sparse() {
+        Some(s) => s.bat().allocated_count(),
+        None => image.len().div_ceil(crate::map::blocks::RAW_BLOCK_SIZE),
+    }
+}

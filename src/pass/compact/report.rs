@@ -1,0 +1,120 @@
+//! What a compaction did, for the caller (the CLI renders it as text or JSON).
+
+use serde::Serialize;
+
+use super::{CompactionPlan, OutputFormat, PartitionPlan, VerifyReport, blocks_held};
+use crate::error::Result;
+use crate::pass::align::{Move, Realignment};
+use crate::vhd::device::BlockDevice;
+use crate::vhd::finding::Finding;
+use crate::vhd::image::{DiskImage, ImageKind};
+
+/// One partition's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionResult {
+    #[serde(flatten)]
+    pub plan: PartitionPlan,
+    /// Container bytes of the dropped blocks.
+    pub dropped_bytes: u64,
+}
+
+/// What compaction did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompactReport {
+    pub input: String,
+    pub output: String,
+    pub in_place: bool,
+    pub input_format: ImageKind,
+    pub output_format: OutputFormat,
+    /// Size of the input file (the top of a chain).
+    pub input_bytes: u64,
+    /// Size of the output file.
+    pub output_bytes: u64,
+    pub disk_size: u64,
+    /// The output's disk size (Azure output is rounded up to a whole MiB).
+    pub output_disk_size: u64,
+    pub block_size: u64,
+    /// Blocks the input container holds (every block of a fixed or raw image).
+    pub blocks_before: u64,
+    /// Blocks the output stores (every block of a fixed image).
+    pub blocks_after: u64,
+    /// Blocks the input held with no needed byte, left out of the output (0 for a fixed
+    /// output, which stores every block).
+    pub dropped_blocks: u64,
+    /// In a fixed output: blocks with no needed byte, written as zeros instead of copied.
+    pub zero_filled_blocks: u64,
+    /// Blocks with needed bytes that all read as zeros, dropped too.
+    pub dropped_zero_blocks: u64,
+    /// Bytes of free clusters written as zeros (--zero-free).
+    pub zeroed_bytes: u64,
+    pub partitions: Vec<PartitionResult>,
+    /// With --realign: where each partition went and every patch made.
+    pub realign: Option<RealignResult>,
+    pub verify: Option<VerifyReport>,
+    /// Structural problems of the input (blocks that overlap or lie outside the file...): a
+    /// copy to a new file goes on, an in-place run refuses them.
+    pub input_problems: Vec<Finding>,
+    pub elapsed_seconds: f64,
+}
+
+/// What realignment did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RealignResult {
+    /// The boundary asked for; null when the table was only adjusted to a grown disk.
+    pub boundary: Option<u64>,
+    pub moves: Vec<Move>,
+    /// Every patch in words: tables, boot sectors, MountedDevices, BCD.
+    pub changes: Vec<String>,
+    /// Records of partition offsets that could not be patched (only with --force).
+    pub impossible: Vec<String>,
+}
+
+impl RealignResult {
+    /// The report of a realignment plan.
+    pub fn new(r: &Realignment) -> Self {
+        RealignResult {
+            boundary: r.boundary,
+            moves: r.moves.iter().filter(|m| m.old_start_lba != m.new_start_lba).cloned().collect(),
+            changes: r.changes.clone(),
+            impossible: r.impossible.clone(),
+        }
+    }
+}
+
+impl CompactReport {
+    /// The fields known before anything is written: the input and the plan.
+    pub(super) fn before(image: &DiskImage, plan: &CompactionPlan<'_>) -> Result<Self> {
+        Ok(CompactReport {
+            input: image.source().display().to_string(),
+            output: String::new(),
+            in_place: false,
+            input_format: image.kind(),
+            output_format: plan.format,
+            input_bytes: image.file().file_len()?,
+            output_bytes: 0,
+            disk_size: image.len(),
+            output_disk_size: plan.disk_size,
+            block_size: plan.block_size,
+            blocks_before: blocks_held(image),
+            blocks_after: 0,
+            dropped_blocks: 0,
+            zero_filled_blocks: 0,
+            dropped_zero_blocks: 0,
+            zeroed_bytes: 0,
+            partitions: plan
+                .partitions
+                .iter()
+                .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
+                .collect(),
+            realign: None,
+            verify: None,
+            input_problems: Vec::new(),
+            elapsed_seconds: 0.0,
+        })
+    }
+
+    /// Whether the output is trustworthy: not verified, or verified without a mismatch.
+    pub fn verified_ok(&self) -> bool {
+        self.verify.as_ref().is_none_or(|v| v.mismatches.is_empty())
+    }
+}

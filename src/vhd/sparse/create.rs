@@ -1,0 +1,226 @@
+//! Creating dynamic and differencing images: from scratch (metadata written at once), and
+//! filled by appending blocks to a fresh file (the compaction writer's way).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::RwLock;
+
+use super::{MAX_BLOCK_SIZE, MAX_DISK_SIZE, SparseVhd};
+use crate::error::{Error, Result};
+use crate::host::FileId;
+use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::{BlockDevice, ImageFile};
+use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX, new_uuid};
+use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
+use crate::vhd::image::{DiskImage, OpenOptions};
+
+/// Parent of a new differencing image.
+pub struct ParentLink<'a> {
+    /// The parent, opened.
+    pub image: &'a DiskImage,
+    /// The parent's file.
+    pub path: &'a Path,
+}
+
+impl SparseVhd {
+    /// Creates a new dynamic image at `path` (which must not exist) of `size` bytes, or a
+    /// differencing child of `parent` (whose size it takes).
+    pub fn create(path: &Path, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
+        let size = parent.as_ref().map_or(size, |p| p.image.len());
+        validate_new(path, size, block_size)?;
+        SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent)
+    }
+
+    /// Writes a new dynamic or differencing image into the empty, writable `file`.
+    pub fn create_in(file: ImageFile, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
+        let size = parent.as_ref().map_or(size, |p| p.image.len());
+        validate_new(path, size, block_size)?;
+        let entries = size.div_ceil(block_size as u64) as u32;
+        let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
+        let mut header = DynamicHeader::new(table_offset, entries, block_size);
+        let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
+        let footer = Footer::new(disk_type, size, new_uuid());
+        let mut data_end = table_offset + table_bytes(entries);
+        let mut locator_data = Vec::new();
+        if let Some(link) = &parent {
+            let pf = link.image.footer().ok_or_else(|| {
+                Error::unsupported(link.path, "a differencing disk's parent must be a VHD (it needs a UUID)")
+            })?;
+            header.parent_uuid = pf.uuid;
+            header.parent_timestamp = file_mtime_vhd(link.path);
+            let absolute = std::path::absolute(link.path).map_err(|e| Error::open(link.path, "resolve", e))?;
+            header.parent_unicode_name = absolute.display().to_string();
+            let relative = relative_windows_path(path, &absolute);
+            let absolute_w = absolute.display().to_string().replace('/', "\\");
+            for (slot, (code, text)) in [(*b"W2ru", relative), (*b"W2ku", absolute_w)].into_iter().enumerate() {
+                let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+                let space = (bytes.len() as u64).div_ceil(512).max(1) * 512;
+                header.parent_locators.push((
+                    slot,
+                    ParentLocator {
+                        platform_code: code,
+                        data_space: space as u32,
+                        data_length: bytes.len() as u32,
+                        data_offset: data_end,
+                    },
+                ));
+                locator_data.push((data_end, bytes));
+                data_end += space;
+            }
+        }
+        let footer_bytes = footer.encode();
+        let mut meta = vec![0u8; data_end as usize];
+        meta[..FOOTER_SIZE].copy_from_slice(&footer_bytes);
+        meta[FOOTER_SIZE..FOOTER_SIZE + HEADER_SIZE].copy_from_slice(&header.encode());
+        let bat = BlockAllocationTable::new(entries);
+        meta[table_offset as usize..][..table_bytes(entries) as usize].copy_from_slice(&bat.encode());
+        for (at, bytes) in &locator_data {
+            meta[*at as usize..][..bytes.len()].copy_from_slice(bytes);
+        }
+        file.write_all_at(0, &meta)?;
+        file.write_all_at(data_end, &footer_bytes)?;
+        let footer = Footer::parse(&footer_bytes, path, data_end)?;
+        let header = DynamicHeader::parse(&header.encode(), path, FOOTER_SIZE as u64)?;
+        let mut vhd = SparseVhd {
+            file,
+            footer,
+            header,
+            header_offset: FOOTER_SIZE as u64,
+            bat,
+            presence: RwLock::new(HashMap::new()),
+            parent: None,
+            missing_parent: None,
+            parent_resolution: None,
+            locators: Vec::new(),
+            findings: Vec::new(),
+            data_end,
+            footers_current: true,
+            appending: None,
+        };
+        if let Some(link) = parent {
+            let opts = OpenOptions { parent: Some(link.path.to_path_buf()), ..OpenOptions::default() };
+            let own = FileId::of(&vhd.file.raw().metadata().map_err(|e| Error::open(path, "stat", e))?);
+            vhd.attach_parent(&opts, &mut vec![own])?;
+        }
+        Ok(vhd)
+    }
+
+    /// Starts block `block` of an image being written from scratch into a temporary file: its
+    /// sector bitmap goes at the end of the file, its data follows through
+    /// [`Self::append_data`], and [`Self::append_end`] keeps or discards it. The BAT and the
+    /// trailing footer are written only by [`Self::finish_appends`]; until then the file is not
+    /// a valid image.
+    pub fn append_begin(&mut self, block: u64, bitmap: &SectorBitmap) -> Result<()> {
+        if self.bat.sector(block).is_some() || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
+            return Err(Error::internal(format!("block {block}: not a fresh block of this image")));
+        }
+        let start = self.data_end.div_ceil(512) * 512;
+        if u32::try_from(start / 512).ok().is_none_or(|s| s == UNALLOCATED) {
+            return Err(Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"));
+        }
+        self.file.write_all_at(start, &bitmap.encode(self.header.bitmap_size() as usize))?;
+        self.appending = Some((block, start));
+        Ok(())
+    }
+
+    /// Writes `data` at `within` bytes into the block being appended.
+    pub fn append_data(&mut self, within: u64, data: &[u8]) -> Result<()> {
+        let Some((block, start)) = self.appending else {
+            return Err(Error::internal("block data written with no block begun"));
+        };
+        if within + data.len() as u64 > self.block_size() {
+            return Err(Error::internal(format!("block {block}: data past the block's end")));
+        }
+        self.file.write_all_at(start + self.header.bitmap_size() + within, data)
+    }
+
+    /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
+    /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
+    pub fn append_end(&mut self, keep: bool) -> Result<()> {
+        let (block, start) = self.appending.take().ok_or_else(|| Error::internal("block ended with no block begun"))?;
+        if keep {
+            self.bat.set(block, (start / 512) as u32);
+            self.data_end = start + self.header.bitmap_size() + self.block_size();
+        }
+        Ok(())
+    }
+
+    /// Writes the BAT and the trailing footer after the appends, and cuts the file there.
+    pub fn finish_appends(&mut self) -> Result<()> {
+        self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;
+        self.file.write_all_at(self.data_end, &self.footer.encode())?;
+        self.file.set_len(self.data_end + FOOTER_SIZE as u64)?;
+        self.presence_map().clear();
+        Ok(())
+    }
+}
+
+/// Rejects sizes a new image cannot have.
+fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
+        return Err(Error::unsupported(
+            path,
+            format!("disk size {size} must be a non-zero multiple of 512 up to {MAX_DISK_SIZE} bytes"),
+        ));
+    }
+    if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::unsupported(
+            path,
+            format!("block size {block_size} must be a power of two between 512 and {MAX_BLOCK_SIZE}"),
+        ));
+    }
+    if size.div_ceil(block_size as u64) > MAX_ENTRIES as u64 {
+        return Err(Error::unsupported(
+            path,
+            format!("{size} bytes in {block_size}-byte blocks needs more than {MAX_ENTRIES} BAT entries"),
+        ));
+    }
+    Ok(())
+}
+
+/// A file's modification time in VHD seconds (0 when unknown).
+fn file_mtime_vhd(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs().saturating_sub(VHD_EPOCH_UNIX).min(u32::MAX as u64) as u32)
+}
+
+/// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
+/// `..\base\p.vhd`), as the W2ru locator stores it.
+fn relative_windows_path(child: &Path, target: &Path) -> String {
+    let child_dir = std::path::absolute(child).ok().and_then(|c| c.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let from: Vec<_> = child_dir.components().collect();
+    let to: Vec<_> = target.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec![".".into()];
+    parts.extend(std::iter::repeat_n("..".to_string(), from.len() - common));
+    parts.extend(to[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    if parts.len() > 1 && parts[1] == ".." {
+        parts.remove(0);
+    }
+    parts.join("\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhd::footer::new_uuid;
+
+    #[test]
+    fn relative_paths_are_windows_style() {
+        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/b/p.vhd")), ".\\p.vhd");
+        assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/c/p.vhd")), "..\\c\\p.vhd");
+    }
+
+    #[test]
+    fn new_uuids_are_version_4_and_differ() {
+        let (a, b) = (new_uuid(), new_uuid());
+        assert_ne!(a, b);
+        assert_eq!(a[6] >> 4, 4);
+    }
+}

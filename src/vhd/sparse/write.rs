@@ -1,0 +1,142 @@
+//! Writing into an existing dynamic or differencing image: a block is allocated at the end of
+//! the file in an order that survives a crash, partial sectors keep their content (the
+//! parent's included), and writing zeros never drops a block.
+
+use std::sync::Arc;
+
+use super::{SparseVhd, StoredSectors};
+use crate::error::{Error, Result, Space};
+use crate::vhd::bat::UNALLOCATED;
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::{BlockDevice, WritableDevice, check_range};
+
+impl SparseVhd {
+    /// Appends a new block for `block` at the end of the file and points the BAT at it.
+    ///
+    /// The order survives a crash: the footer moves first, then the block is written, and
+    /// only then does the BAT entry make it visible.
+    fn allocate_block(&mut self, block: u64, content: Option<(&SectorBitmap, &[u8])>) -> Result<()> {
+        let start = self.data_end.div_ceil(512) * 512;
+        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
+            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
+        })?;
+        let bitmap_size = self.header.bitmap_size() as usize;
+        let new_end = start + bitmap_size as u64 + self.block_size();
+        self.write_footers(new_end)?;
+        match content {
+            Some((bitmap, data)) => {
+                self.file.write_all_at(start, &bitmap.encode(bitmap_size))?;
+                self.file.write_all_at(start + bitmap_size as u64, data)?;
+            }
+            None => self.file.write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
+        }
+        self.file.write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
+        self.bat.set(block, sector);
+        let presence = match content {
+            Some((b, _)) if b.is_full() => StoredSectors::All,
+            Some((b, _)) => StoredSectors::Some(b.clone()),
+            None => StoredSectors::Some(SectorBitmap::empty(self.block_sectors())),
+        };
+        self.presence_map().insert(block, Arc::new(presence));
+        self.data_end = new_end;
+        Ok(())
+    }
+
+    /// Writes the footer at `end` (and refreshes the copy at 0 if it was stale).
+    fn write_footers(&mut self, end: u64) -> Result<()> {
+        let bytes = self.footer.encode();
+        self.file.write_all_at(end, &bytes)?;
+        if !self.footers_current {
+            self.file.write_all_at(0, &bytes)?;
+            self.footers_current = true;
+        }
+        Ok(())
+    }
+
+    /// Stores a whole block with the given presence bits in one go. An allocated block is
+    /// overwritten in place.
+    pub fn put_block(&mut self, block: u64, bitmap: &SectorBitmap, data: &[u8]) -> Result<()> {
+        if data.len() as u64 != self.block_size() || bitmap.sectors() != self.block_sectors() {
+            return Err(Error::Usage(format!("block {block}: buffer does not match the block size")));
+        }
+        self.require_writable()?;
+        match self.bat.sector(block) {
+            None => self.allocate_block(block, Some((bitmap, data))),
+            Some(sector) => {
+                self.check_block_inside(block, sector)?;
+                let at = sector * 512;
+                self.file.write_all_at(at + self.header.bitmap_size(), data)?;
+                self.file.write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
+                let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap.clone()) };
+                self.presence_map().insert(block, Arc::new(presence));
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn require_writable(&self) -> Result<()> {
+        if self.file.writable() { Ok(()) } else { Err(Error::unsupported(self.file.path(), "image opened read-only")) }
+    }
+
+    /// Writes `data` into `block` at `within`, keeping sector bitmap semantics.
+    fn write_in_block(&mut self, block: u64, within: u64, data: &[u8]) -> Result<()> {
+        let bs = self.block_size();
+        if self.bat.sector(block).is_none() {
+            if within == 0 && data.len() as u64 == bs {
+                return self.allocate_block(block, Some((&SectorBitmap::full(self.block_sectors()), data)));
+            }
+            self.allocate_block(block, None)?;
+        }
+        let sector = self.bat.sector(block).ok_or_else(|| self.poisoned())?;
+        let end = within + data.len() as u64;
+        let aligned_start = within / 512 * 512;
+        let aligned_end = end.div_ceil(512) * 512;
+        let data_at = sector * 512 + self.header.bitmap_size();
+        if aligned_start == within && aligned_end == end {
+            self.file.write_all_at(data_at + within, data)?;
+        } else {
+            // Partial sectors keep their current content around the new bytes.
+            let mut buf = vec![0u8; (aligned_end - aligned_start) as usize];
+            let head = &mut buf[..512];
+            self.read_in_block(block, aligned_start, head)?;
+            let tail_at = buf.len() - 512;
+            self.read_in_block(block, aligned_end - 512, &mut buf[tail_at..])?;
+            buf[(within - aligned_start) as usize..][..data.len()].copy_from_slice(data);
+            self.file.write_all_at(data_at + aligned_start, &buf)?;
+        }
+        let first = (aligned_start / 512) as u32;
+        let last = (aligned_end / 512) as u32;
+        let current = self.presence(block, sector)?;
+        if let StoredSectors::Some(bitmap) = &*current
+            && bitmap.runs(first, last).iter().any(|r| !r.2)
+        {
+            let mut bitmap = bitmap.clone();
+            bitmap.set_range(first, last, true);
+            self.file.write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
+            let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) };
+            self.presence_map().insert(block, Arc::new(presence));
+        }
+        Ok(())
+    }
+}
+
+impl WritableDevice for SparseVhd {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.require_writable()?;
+        check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
+        let bs = self.block_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let within = pos % bs;
+            let n = ((bs - within) as usize).min(buf.len() - done);
+            self.write_in_block(pos / bs, within, &buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file.sync()
+    }
+}
