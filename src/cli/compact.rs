@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::inspect::{FormatArg, lock_wait};
+use crate::cli::args::{Boundary, FormatArg, lock_wait, parse_boundary, parse_size};
 use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
 use crate::host::Replace;
@@ -97,52 +97,6 @@ impl ToArg {
             ToArg::Differencing => OutputFormat::Differencing,
         }
     }
-}
-
-/// A partition boundary: a power of two from 4 KiB, or the VHD block size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Boundary {
-    Bytes(u64),
-    Block,
-}
-
-impl Boundary {
-    /// The boundary in bytes, `block` being the given VHD block size.
-    pub fn bytes(self, block: u64) -> u64 {
-        match self {
-            Boundary::Bytes(b) => b,
-            Boundary::Block => block,
-        }
-    }
-}
-
-/// Parses a boundary: `block`, or a power of two of at least 4 KiB (`4K`, `64K`, `1M`).
-pub fn parse_boundary(s: &str) -> std::result::Result<Boundary, String> {
-    if s.eq_ignore_ascii_case("block") {
-        return Ok(Boundary::Block);
-    }
-    match parse_size(s) {
-        Ok(b) if b >= 4096 && b.is_power_of_two() => Ok(Boundary::Bytes(b as u64)),
-        _ => Err(format!("{s:?} is not a boundary: give a power of two from 4K (4K, 64K, 1M...) or `block`")),
-    }
-}
-
-/// Parses `2M`, `512K`, `2MiB`, `1048576`.
-pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (digits, shift) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 10),
-        Some('m') => (&t[..t.len() - 1], 20),
-        Some('g') => (&t[..t.len() - 1], 30),
-        _ => (t, 0),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| format!("{s:?} is not a size like 2M, 512K or 1048576"))
 }
 
 /// Runs `vhdcompact` with the process arguments.

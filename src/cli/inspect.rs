@@ -5,14 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cli::args::{FormatArg, lock_wait};
 use crate::cli::{emit, finish, write_output};
 use crate::error::Result;
-use crate::host::{LockWait, NewFile, OutputPolicy, Replace};
+use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 use crate::report;
 use crate::report::owner::Query;
 use crate::vhd::device::BlockDevice;
-use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
+use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
 #[derive(Parser, Debug)]
@@ -43,28 +44,6 @@ pub struct ImageArgs {
     /// Wait for another vhdkit process using the image instead of failing at once.
     #[arg(long)]
     pub wait: bool,
-}
-
-/// Container formats the user can insist on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FormatArg {
-    Raw,
-    Vhd,
-}
-
-impl FormatArg {
-    /// The library's name for it.
-    pub fn format(self) -> ImageFormat {
-        match self {
-            FormatArg::Raw => ImageFormat::Raw,
-            FormatArg::Vhd => ImageFormat::Vhd,
-        }
-    }
-}
-
-/// How long to wait for another process's lock.
-pub fn lock_wait(wait: bool) -> LockWait {
-    if wait { LockWait::Wait } else { LockWait::Fail }
 }
 
 impl ImageArgs {
@@ -157,8 +136,8 @@ pub enum Command {
         #[command(flatten)]
         image: ImageArgs,
         /// The boundary partitions should start on (default 1M).
-        #[arg(long, value_name = "SIZE", value_parser = crate::cli::compact::parse_boundary, default_value = "1M")]
-        boundary: crate::cli::compact::Boundary,
+        #[arg(long, value_name = "SIZE", value_parser = crate::cli::args::parse_boundary, default_value = "1M")]
+        boundary: crate::cli::args::Boundary,
         /// Exit 1 when a partition is not aligned to the boundary.
         #[arg(long)]
         fail_on_misaligned: bool,

@@ -1,6 +1,7 @@
 //! Layer 6 (input half): argument parsing and the command runners behind the thin binaries in
 //! src/bin/.
 
+pub mod args;
 pub mod compact;
 pub mod inspect;
 pub mod reg;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::inspect::{FormatArg, lock_wait};
+use crate::cli::args::{FormatArg, lock_wait};
 use crate::cli::{emit, finish, write_output};
 use crate::error::{Error, Result};
 use crate::hive::Hive;

@@ -1,9 +1,7 @@
 //! Files as the index keeps them: a base record merged with its extension records, its
 //! names and its streams (each attribute with every extent's runs in VCN order).
 
-use crate::ntfs::index::{EXTEND_RECORD, ROOT};
-use crate::ntfs::mft::RecordSummary;
-use crate::ntfs::record::{self, FileName, attr_type};
+use crate::ntfs::record::{self, EXTEND_RECORD, FileName, ROOT, attr_type};
 use crate::ntfs::runs::Run;
 
 /// `$STANDARD_INFORMATION` file attribute bits.
@@ -98,40 +96,5 @@ impl FileEntry {
 
     pub fn system(&self) -> bool {
         self.is_metadata() || self.file_attributes & file_attr::SYSTEM != 0
-    }
-}
-
-/// One file from its base record (first) and extension records.
-pub fn merge_file(parts: Vec<RecordSummary>) -> FileEntry {
-    let (record, sequence, flags, file_attributes) =
-        (parts[0].number, parts[0].sequence, parts[0].flags, parts[0].file_attributes);
-    let mut parts = parts.into_iter();
-    let first = parts.next().map(|p| (p.names, p.extents));
-    let (mut names, mut extents) = first.unwrap_or_default();
-    for p in parts {
-        names.extend(p.names);
-        extents.extend(p.extents);
-    }
-    if names.iter().any(|n| !n.is_dos_alias()) {
-        names.retain(|n| !n.is_dos_alias());
-    }
-    names.dedup_by(|a, b| a.parent == b.parent && a.name == b.name);
-    extents.sort_by(|a, b| (a.ty, &a.name, a.lowest_vcn).cmp(&(b.ty, &b.name, b.lowest_vcn)));
-    let mut streams: Vec<Stream> = Vec::with_capacity(extents.len());
-    for e in extents {
-        match streams.last_mut() {
-            Some(s) if s.ty == e.ty && s.name == e.name && !e.resident && !s.resident && e.lowest_vcn > 0 => {
-                s.runs.extend(e.runs);
-            }
-            _ => streams.push(e),
-        }
-    }
-    FileEntry {
-        record,
-        sequence,
-        directory: flags & record::FLAG_DIRECTORY != 0,
-        file_attributes: file_attributes.unwrap_or(0),
-        names: names.into_boxed_slice(),
-        streams: streams.into_boxed_slice(),
     }
 }

@@ -9,22 +9,14 @@ use serde::Serialize;
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
 use crate::ntfs::bitmap::ClusterBitmap;
-use crate::ntfs::file::{FileEntry, merge_file};
-use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary, VolumeRecord};
+use crate::ntfs::file::FileEntry;
+use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary, VolumeRecord, merge_file};
 use crate::ntfs::owners::ClusterOwnerIndex;
-use crate::ntfs::record::{self, attr_type, parse_attribute_list};
+use crate::ntfs::record::{self, BITMAP_RECORD, ROOT, attr_type, parse_attribute_list};
 use crate::ntfs::stream::read_runs;
 use crate::ntfs::volume::{self, VOLUME_DIRTY, VolumeState};
 use crate::vhd::device::BlockDevice;
 
-/// Record number of the root directory.
-pub const ROOT: u64 = 5;
-/// Record number of `$Bitmap`.
-pub const BITMAP_RECORD: u64 = 6;
-/// Record number of `$Volume`.
-pub const VOLUME_RECORD: u64 = 3;
-/// Record number of `$Extend`.
-pub const EXTEND_RECORD: u64 = 11;
 /// Where paths of files whose parent is gone are placed (as Sleuth Kit does).
 pub const ORPHANS: &str = "$OrphanFiles";
 

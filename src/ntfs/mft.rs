@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
-use crate::ntfs::file::{FileEntry, Stream, merge_file};
-use crate::ntfs::index::VOLUME_RECORD;
+use crate::ntfs::file::{FileEntry, Stream};
+use crate::ntfs::record::VOLUME_RECORD;
 use crate::ntfs::record::{
     self, AttributeBody, FileName, FileRecord, ListEntry, Slot, attr_type, parse_attribute_list,
 };
@@ -487,4 +487,39 @@ fn read_record(view: &dyn BlockDevice, at: u64, size: u64) -> Result<Vec<u8>, re
 fn parse_fixed(b: &mut [u8], total_clusters: u64) -> Result<FileRecord<'_>, record::RecordError> {
     record::apply_fixups(b)?;
     record::parse(b, total_clusters)
+}
+
+/// One file from its base record (first) and extension records.
+pub fn merge_file(parts: Vec<RecordSummary>) -> FileEntry {
+    let (record, sequence, flags, file_attributes) =
+        (parts[0].number, parts[0].sequence, parts[0].flags, parts[0].file_attributes);
+    let mut parts = parts.into_iter();
+    let first = parts.next().map(|p| (p.names, p.extents));
+    let (mut names, mut extents) = first.unwrap_or_default();
+    for p in parts {
+        names.extend(p.names);
+        extents.extend(p.extents);
+    }
+    if names.iter().any(|n| !n.is_dos_alias()) {
+        names.retain(|n| !n.is_dos_alias());
+    }
+    names.dedup_by(|a, b| a.parent == b.parent && a.name == b.name);
+    extents.sort_by(|a, b| (a.ty, &a.name, a.lowest_vcn).cmp(&(b.ty, &b.name, b.lowest_vcn)));
+    let mut streams: Vec<Stream> = Vec::with_capacity(extents.len());
+    for e in extents {
+        match streams.last_mut() {
+            Some(s) if s.ty == e.ty && s.name == e.name && !e.resident && !s.resident && e.lowest_vcn > 0 => {
+                s.runs.extend(e.runs);
+            }
+            _ => streams.push(e),
+        }
+    }
+    FileEntry {
+        record,
+        sequence,
+        directory: flags & record::FLAG_DIRECTORY != 0,
+        file_attributes: file_attributes.unwrap_or(0),
+        names: names.into_boxed_slice(),
+        streams: streams.into_boxed_slice(),
+    }
 }

@@ -7,7 +7,8 @@
 use crate::bytes::{le16, le32, le64};
 use crate::error::{Error, Result, Space};
 use crate::ntfs::file::FileEntry;
-use crate::ntfs::index::{BITMAP_RECORD, NtfsIndex};
+use crate::ntfs::index::NtfsIndex;
+use crate::ntfs::record::BITMAP_RECORD;
 use crate::ntfs::record::{self, AttributeBody, attr_type};
 use crate::ntfs::runs::{self, Run};
 use crate::ntfs::stream::read_runs;

@@ -7,6 +7,15 @@
 use crate::bytes::{le16, le32, le64};
 use crate::ntfs::runs::{self, Run};
 
+/// Record number of the root directory.
+pub const ROOT: u64 = 5;
+/// Record number of `$Bitmap`.
+pub const BITMAP_RECORD: u64 = 6;
+/// Record number of `$Volume`.
+pub const VOLUME_RECORD: u64 = 3;
+/// Record number of `$Extend`.
+pub const EXTEND_RECORD: u64 = 11;
+
 /// Attribute type codes.
 pub mod attr_type {
     pub const STANDARD_INFORMATION: u32 = 0x10;
