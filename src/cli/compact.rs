@@ -178,7 +178,7 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     let report = if cli.in_place {
         let (mut image, recovery) = DiskImage::open_writable(&cli.input, &cli.open_options())?;
-        if let Some(text) = crate::report::reg::recovery_text(&recovery) {
+        if let Some(text) = recovery.describe() {
             eprintln!("vhdcompact: {}: {text}", cli.input.display());
         }
         let opts = cli.compact_options(&image);

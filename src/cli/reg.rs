@@ -13,12 +13,10 @@ use crate::hive::Hive;
 use crate::hive::regfile::{self, RegOp};
 use crate::hive::value::{self, reg_type};
 use crate::host::journal::Identity;
-use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy, Replace};
-use crate::map::ImageMap;
-use crate::pass::disk_write;
-use crate::pass::registry::{self, KeyTarget, LoadedHive, WriteSummary};
-use crate::report::reg::{self as report, KeyOut, ValueOut, WriteOut};
-use crate::vhd::device::BlockDevice;
+use crate::host::{self, LockWait, NewFile, OutputPolicy, Replace};
+use crate::pass::registry::edit::{self, EditOptions};
+use crate::pass::registry::{self, LoadedHive};
+use crate::report::reg::{self as report, KeyOut, ValueOut};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Get, set, delete, import and export registry keys and values in the hives inside a VHD
@@ -144,7 +142,7 @@ fn run(cli: Cli) -> Result<bool> {
         RegCommand::Set { key, value, ty, data, data_file } => {
             let ty = value::parse_type(&ty)?;
             let data = match data_file {
-                Some(f) => data_from_file(&f, ty, src.lock_wait())?,
+                Some(f) => data_from_file(&f, ty, lock_wait(src.wait))?,
                 None => value::encode(ty, &data)?,
             };
             write(src, vec![RegOp::SetValue { key, name: value_name(&value), ty, data }], true, w)
@@ -154,7 +152,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         RegCommand::Delete { key, value: None } => write(src, vec![RegOp::DeleteKey(key)], true, w),
         RegCommand::Import { file } => {
-            let bytes = host::read_limited(&file, MAX_INPUT_FILE, "a .reg file", src.lock_wait())?;
+            let bytes = host::read_limited(&file, MAX_INPUT_FILE, "a .reg file", lock_wait(src.wait))?;
             let ops = regfile::parse(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
             write(src, ops, false, w)
         }
@@ -211,100 +209,25 @@ impl HiveSource {
             strict: false,
             parent: self.parent.clone(),
             allow_missing_parent: false,
-            wait: self.lock_wait(),
+            wait: lock_wait(self.wait),
             format: self.format.map(FormatArg::format),
             ..OpenOptions::default()
         }
     }
 
-    /// What to do when another process holds a file.
-    fn lock_wait(&self) -> LockWait {
-        lock_wait(self.wait)
-    }
-
-    /// Where `key` lives.
-    fn target(&self, key: &str) -> Result<KeyTarget> {
-        match (&self.hive_file, &self.hive) {
-            (Some(f), _) => registry::target(key, Some(&f.to_string_lossy())),
-            (None, h) => registry::target(key, h.as_deref()).map_err(|e| match e {
-                Error::Usage(text) => Error::Usage(format!("{text} (--hive PATH names any other hive)")),
-                other => other,
-            }),
-        }
-    }
-
-    /// The name a hive of this source goes by in messages.
-    fn hive_name(&self, volume_path: &str, partition: u32) -> PathBuf {
+    /// Where the hives are, for the library.
+    fn source(&self) -> Result<edit::HiveSource> {
         match (&self.hive_file, &self.image) {
-            (Some(f), _) => f.clone(),
-            (None, Some(i)) => PathBuf::from(format!("{}: partition {partition}: {volume_path}", i.display())),
-            (None, None) => PathBuf::from(volume_path),
+            (Some(path), _) => Ok(edit::HiveSource::File { path: path.clone(), wait: lock_wait(self.wait) }),
+            (None, Some(path)) => Ok(edit::HiveSource::Image {
+                path: path.clone(),
+                open: self.open_options(),
+                hive: self.hive.clone(),
+                partition: self.partition,
+            }),
+            (None, None) => Err(Error::Usage("name an image or --hive-file".into())),
         }
     }
-}
-
-/// A bare hive file and its logs, open and locked (exclusively for an edit).
-struct BareHive {
-    path: PathBuf,
-    file: std::fs::File,
-    meta: std::fs::Metadata,
-    loaded: LoadedHive,
-    /// The logs' files, locked like the hive.
-    log_files: Vec<(PathBuf, std::fs::File, std::fs::Metadata)>,
-}
-
-/// The logs beside a bare hive file, found case-insensitively (`ntuser.dat.log1`).
-fn bare_logs(hive: &Path) -> Vec<PathBuf> {
-    let dir = host::folder_of(hive);
-    let Some(name) = hive.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let mut out = Vec::new();
-    registry::log_names(
-        &name,
-        |want| names.iter().find(|n| n.eq_ignore_ascii_case(want)).cloned(),
-        |found| {
-            out.push(dir.join(found));
-        },
-    );
-    out
-}
-
-/// Opens and reads a bare hive file and its logs, locked shared (or exclusive, for an edit).
-fn load_bare(path: &Path, for_edit: bool, wait: LockWait) -> Result<BareHive> {
-    let access = if for_edit { Access::ReadWrite } else { Access::Read };
-    // An edit replaces the file by rename: through a symlink that would replace the link,
-    // and a file with other names (hard links) would keep its old content under them.
-    let resolved;
-    let path = if for_edit {
-        resolved = std::fs::canonicalize(path).map_err(|e| Error::open(path, "open", e))?;
-        let meta = std::fs::metadata(&resolved).map_err(|e| Error::open(path, "open", e))?;
-        host::require_write_permission(path, &meta)?;
-        host::require_single_name(path, &meta)?;
-        resolved.as_path()
-    } else {
-        path
-    };
-    let file = host::open_locked(path, access, Expect::Regular, wait)?;
-    let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
-    let stored = host::read_file_limited(&file, path, registry::MAX_HIVE, "a hive")?;
-    let mut log_files = Vec::new();
-    let mut logs = Vec::new();
-    for log in bare_logs(path) {
-        // A log that cannot be opened counts as absent (a dirty hive is then refused, not
-        // guessed); one another process holds is an error.
-        let f = match host::open_locked(&log, access, Expect::Regular, wait) {
-            Ok(f) => f,
-            Err(e @ Error::InUse { .. }) => return Err(e),
-            Err(_) => continue,
-        };
-        let Ok(m) = f.metadata() else { continue };
-        let bytes = host::read_file_limited(&f, &log, registry::MAX_HIVE, "a hive log")?;
-        logs.push((log.to_string_lossy().into_owned(), bytes));
-        log_files.push((log, f, m));
-    }
-    let loaded = registry::load(path, stored, logs, for_edit)?;
-    Ok(BareHive { path: path.to_path_buf(), file, meta, loaded, log_files })
 }
 
 /// Runs a read-only command (for `vhdreg` and `vhdinspect reg`).
@@ -312,7 +235,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
     let key = match &cmd {
         ReadCommand::Get { key, .. } | ReadCommand::List { key } | ReadCommand::Export { key, .. } => key.clone(),
     };
-    let t = src.target(&key)?;
+    let source = src.source()?;
     let export_to = match &cmd {
         ReadCommand::Export { file: Some(f), force, .. } => Some((f.clone(), *force)),
         _ => None,
@@ -321,31 +244,10 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
         Some((_, true)) => Replace::Existing,
         _ => Replace::Never,
     });
-    let loaded = match (&src.hive_file, &src.image) {
-        (Some(f), _) => {
-            let bare = load_bare(f, false, src.lock_wait())?;
-            policy.input(&bare.path, &bare.meta);
-            for (p, _, m) in &bare.log_files {
-                policy.input(p, m);
-            }
-            if let Some((out, _)) = &export_to {
-                policy.check(out)?;
-            }
-            bare.loaded
-        }
-        (None, Some(image)) => {
-            let img = DiskImage::open(image, &src.open_options())?;
-            img.add_inputs_to(&mut policy);
-            if let Some((out, _)) = &export_to {
-                policy.check(out)?;
-            }
-            let map = ImageMap::build(&img, src.partition)?;
-            let h = map.find_hive(&t.hive_paths, src.partition)?;
-            let logs = map.hive_logs(&h)?;
-            registry::load(&src.hive_name(&h.path, h.partition), h.bytes, logs, false)?
-        }
-        (None, None) => return Err(Error::Usage("name an image or --hive-file".into())),
-    };
+    let (t, loaded) = edit::read(&source, &key, &mut policy).map_err(with_hive_hint)?;
+    if let Some((out, _)) = &export_to {
+        policy.check(out)?;
+    }
     let hive = &loaded.hive;
     let inner = registry::resolve_current_control_set(hive, &t.inner)?;
     let node =
@@ -408,243 +310,22 @@ fn export_tree(hive: &Hive, node: &crate::hive::KeyNode, prefix: &str) -> Result
     Ok(out)
 }
 
-/// Changes for one hive, each with its key's path inside the hive.
-type HiveOps = Vec<(RegOp, String)>;
-
-/// A hive's new bytes, and the new first sector of each of its logs (after a replay).
-struct Edited {
-    bytes: Vec<u8>,
-    log_headers: Vec<(String, Vec<u8>)>,
-}
-
-/// The key path of an op.
-fn op_key(op: &RegOp) -> &str {
-    match op {
-        RegOp::Key(k) | RegOp::DeleteKey(k) => k,
-        RegOp::SetValue { key, .. } | RegOp::DeleteValue { key, .. } => key,
-    }
-}
-
-/// Applies `ops` to `hive` (keys are paths inside it once resolved); returns one line per
-/// change. With `strict`, deleting something absent is an error; otherwise (.reg imports,
-/// as regedit does) it is noted and skipped.
-fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(Vec<String>, bool)> {
-    let mut lines = Vec::new();
-    let mut changed = false;
-    for (op, inner) in ops {
-        let inner = registry::resolve_current_control_set(hive, inner)?;
-        match op {
-            RegOp::Key(k) => {
-                if hive.find(&inner)?.is_none() {
-                    hive.create_key(&inner)?;
-                    lines.push(format!("create {k}"));
-                    changed = true;
-                }
-            }
-            RegOp::SetValue { key, name, ty, data } => {
-                hive.set_value(&inner, name, *ty, data)?;
-                lines.push(report::describe_set(key, name, *ty, data));
-                changed = true;
-            }
-            RegOp::DeleteValue { key, name } => {
-                let shown = if name.is_empty() { "(default)" } else { name };
-                if hive.delete_value(&inner, name)? {
-                    lines.push(format!("delete {key} {shown}"));
-                    changed = true;
-                } else if strict {
-                    return Err(Error::Usage(format!("{key}: no value {shown:?} to delete")));
-                } else {
-                    lines.push(format!("(absent) {key} {shown}"));
-                }
-            }
-            RegOp::DeleteKey(k) => {
-                if hive.delete_key(&inner)? {
-                    lines.push(format!("delete {k} and everything under it"));
-                    changed = true;
-                } else if strict {
-                    return Err(Error::Usage(format!("{k}: no such key to delete")));
-                } else {
-                    lines.push(format!("(absent) {k}"));
-                }
-            }
+/// A key that names no known hive gets the option that names any hive.
+fn with_hive_hint(e: Error) -> Error {
+    match e {
+        Error::Usage(text) if text.contains("by its path in the volume") => {
+            Error::Usage(format!("{text} (--hive PATH names any other hive)"))
         }
+        other => other,
     }
-    Ok((lines, changed))
 }
 
-/// Groups `ops` by the hive they go to, in order of first appearance.
-fn group_by_hive(src: &HiveSource, ops: Vec<RegOp>) -> Result<Vec<(KeyTarget, HiveOps)>> {
-    let mut groups: Vec<(KeyTarget, HiveOps)> = Vec::new();
-    for op in ops {
-        let t = src.target(op_key(&op))?;
-        let inner = t.inner.clone();
-        match groups.iter_mut().find(|(g, _)| g.hive_paths == t.hive_paths) {
-            Some((g, list)) if g.prefix.eq_ignore_ascii_case(&t.prefix) => list.push((op, inner)),
-            Some((g, _)) => {
-                return Err(Error::Usage(format!(
-                    "{} and {} both name the one hive given: import one hive's keys at a time",
-                    g.prefix, t.prefix
-                )));
-            }
-            None => groups.push((t, vec![(op, inner)])),
-        }
-    }
-    Ok(groups)
-}
-
-/// Applies `ops` and writes the changed hives back (each hive atomically), or with `dry_run`
-/// reports what would change.
+/// Applies `ops` and writes the changed hives back (each hive atomically, its write not cut
+/// short by an interruption), or with `--dry-run` reports what would change.
 fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> Result<bool> {
-    let mut out = WriteOut {
-        dry_run: flags.dry_run,
-        changes: Vec::new(),
-        hives: Vec::new(),
-        replays: Vec::new(),
-        rolled_back: None,
-    };
-    let groups = group_by_hive(src, ops)?;
-    match (&src.hive_file, &src.image) {
-        (Some(file), _) => {
-            let file = if flags.dry_run {
-                file.clone()
-            } else {
-                std::fs::canonicalize(file).map_err(|e| Error::open(file, "open", e))?
-            };
-            for (_, ops) in &groups {
-                write_file(src, &file, ops, strict, flags, &mut out)?;
-            }
-        }
-        (None, Some(image)) => {
-            let mut img = if flags.dry_run {
-                DiskImage::open(image, &src.open_options())?
-            } else {
-                let (img, recovery) = DiskImage::open_writable(image, &src.open_options())?;
-                out.rolled_back = report::recovery_text(&recovery);
-                img
-            };
-            refuse_hazards(&img)?;
-            for (target, ops) in &groups {
-                write_image(src, &mut img, target, ops, strict, flags, &mut out)?;
-            }
-        }
-        (None, None) => return Err(Error::Usage("name an image or --hive-file".into())),
-    }
-    emit(flags.json, &out, report::render_write)?;
+    let opts = EditOptions { strict, dry_run: flags.dry_run, force: flags.force };
+    let report = edit::edit(&src.source()?, ops, opts, &|commit| crate::cli::deferring_signals("vhdreg", commit))
+        .map_err(with_hive_hint)?;
+    emit(flags.json, &report, report::render_write)?;
     Ok(true)
-}
-
-/// Refuses to write into an image whose blocks overlap or lie outside the file: a write
-/// there would land on other live data.
-fn refuse_hazards(img: &DiskImage) -> Result<()> {
-    match crate::vhd::check::write_hazards(img).into_iter().next() {
-        Some(f) => Err(Error::unsupported(
-            img.source(),
-            format!("refusing to write into a structurally broken image: {}: {}", f.structure, f.problem),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Edits a loaded hive; returns its new bytes and the log headers to reset, or `None` when
-/// nothing changed.
-fn edit(loaded: &mut LoadedHive, ops: &[(RegOp, String)], strict: bool, out: &mut WriteOut) -> Result<Option<Edited>> {
-    let (lines, changed) = apply_ops(&mut loaded.hive, ops, strict)?;
-    out.changes.extend(lines);
-    if !changed {
-        return Ok(None);
-    }
-    loaded.hive.seal();
-    let new = loaded.hive.bytes().to_vec();
-    let mut headers = Vec::new();
-    if let Some(r) = loaded.replay.take() {
-        headers = registry::log_resets(&r, &loaded.logs, &new);
-        out.replays.push(r);
-    }
-    Ok(Some(Edited { bytes: new, log_headers: headers }))
-}
-
-/// A bare hive: the new file replaces the old by rename (same mode and owner, never shorter);
-/// replayed logs get their header reset the same way (after the hive, so a crash in between
-/// leaves a clean hive and stale logs, which Windows ignores).
-fn write_file(
-    src: &HiveSource,
-    file: &Path,
-    ops: &[(RegOp, String)],
-    strict: bool,
-    flags: WriteFlags,
-    out: &mut WriteOut,
-) -> Result<()> {
-    let mut bare = load_bare(file, !flags.dry_run, src.lock_wait())?;
-    let Some(Edited { bytes, log_headers: headers }) = edit(&mut bare.loaded, ops, strict, out)? else { return Ok(()) };
-    let new = registry::keep_length(&bare.loaded.stored, bytes);
-    let mut summary = WriteSummary {
-        hive: file.display().to_string(),
-        bytes_before: bare.loaded.stored.len() as u64,
-        bytes_after: new.len() as u64,
-        sectors_changed: changed_sectors(&bare.loaded.stored, &new),
-        ..WriteSummary::default()
-    };
-    if !flags.dry_run {
-        crate::cli::deferring_signals("vhdreg", || -> Result<()> {
-            let replacement = NewFile::replacing(file, &bare.meta)?;
-            crate::cli::track_temp(replacement.path());
-            replacement.write_all_and_commit(&new)
-        })?;
-    }
-    for (name, header) in headers {
-        let Some((_, old)) = bare.loaded.logs.iter().find(|(n, _)| *n == name) else { continue };
-        if !flags.dry_run {
-            let Some((path, _, meta)) = bare.log_files.iter().find(|(p, ..)| p.to_string_lossy() == name) else {
-                continue;
-            };
-            let mut bytes = old.clone();
-            let n = header.len().min(bytes.len());
-            bytes[..n].copy_from_slice(&header[..n]);
-            crate::cli::deferring_signals("vhdreg", || -> Result<()> {
-                let replacement = NewFile::replacing(path, meta)?;
-                crate::cli::track_temp(replacement.path());
-                replacement.write_all_and_commit(&bytes)
-            })?;
-        }
-        summary.logs_reset.push(name);
-    }
-    drop(bare.file);
-    out.hives.push(summary);
-    Ok(())
-}
-
-/// 512-byte sectors of `new` that differ from `old`.
-fn changed_sectors(old: &[u8], new: &[u8]) -> u64 {
-    new.chunks(512).enumerate().filter(|(i, c)| old.get(i * 512..i * 512 + c.len()) != Some(*c)).count() as u64
-}
-
-/// A hive inside the image: written back through its clusters (grown in NTFS if needed) under
-/// the image's journal.
-fn write_image(
-    src: &HiveSource,
-    img: &mut DiskImage,
-    target: &KeyTarget,
-    ops: &[(RegOp, String)],
-    strict: bool,
-    flags: WriteFlags,
-    out: &mut WriteOut,
-) -> Result<()> {
-    let writes = {
-        let map = ImageMap::build(img, src.partition)?;
-        let mut h = map.find_hive(&target.hive_paths, src.partition)?;
-        crate::pass::refuse_untrusted_volumes(&map, Some(h.partition), flags.force)?;
-        let logs = map.hive_logs(&h)?;
-        let name = src.hive_name(&h.path, h.partition);
-        let stored = std::mem::take(&mut h.bytes);
-        let mut loaded = registry::load(&name, stored, logs, true)?;
-        let Some(edited) = edit(&mut loaded, ops, strict, out)? else { return Ok(()) };
-        let (writes, summary) =
-            registry::plan_image_write(&map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
-        out.hives.push(summary);
-        writes
-    };
-    if !flags.dry_run {
-        crate::cli::deferring_signals("vhdreg", || disk_write::apply(img, &writes))?;
-    }
-    Ok(())
 }

@@ -161,6 +161,23 @@ pub enum Recovery {
     DiscardedIncomplete { journal: PathBuf },
 }
 
+impl Recovery {
+    /// The recovery in words, or `None` when there was nothing to recover.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Recovery::Clean => None,
+            Recovery::RolledBack { journal, ranges, length } => Some(format!(
+                "rolled back an interrupted write: {ranges} ranges restored from {}, file length {length}",
+                journal.display()
+            )),
+            Recovery::DiscardedIncomplete { journal } => Some(format!(
+                "removed {}, the journal of a write interrupted before it touched the image",
+                journal.display()
+            )),
+        }
+    }
+}
+
 /// A write with the bytes it replaces (only those inside the old length).
 struct Entry {
     offset: u64,

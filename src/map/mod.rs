@@ -5,6 +5,7 @@
 //! [`blocks`] classifies every VHD block (used, free, droppable) for `map` and compaction.
 
 pub mod blocks;
+pub mod files;
 pub mod region;
 pub mod upload;
 

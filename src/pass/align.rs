@@ -593,8 +593,8 @@ impl<'m> Planner<'m, '_> {
         let volumes: Vec<u32> = self.map.ntfs().map(|(p, _)| p.index).collect();
         for partition in volumes {
             for path in std::iter::once(SYSTEM_HIVE).chain(BCD_STORES) {
-                let Some(mut h) = self.map.hive_at(partition, path)? else { continue };
-                let logs = self.map.hive_logs(&h)?;
+                let Some(mut h) = registry::hive_at(self.map, partition, path)? else { continue };
+                let logs = registry::hive_logs(self.map, &h)?;
                 let name = format!("{}: partition {partition}: {}", image.source().display(), h.path);
                 let mut loaded = match registry::load(Path::new(&name), std::mem::take(&mut h.bytes), logs, true) {
                     Ok(l) => l,
@@ -614,13 +614,9 @@ impl<'m> Planner<'m, '_> {
                 for e in &edits {
                     loaded.hive.set_value(&e.key, &e.name, e.ty, &e.data)?;
                 }
-                loaded.hive.seal();
-                let new = loaded.hive.bytes().to_vec();
-                let headers = match &loaded.replay {
-                    Some(r) => registry::log_resets(r, &loaded.logs, &new),
-                    None => Vec::new(),
-                };
-                let (writes, _) = registry::plan_image_write(self.map, &h, &loaded.stored, &new, &headers)?;
+                let edited = registry::EditedHive::seal(&mut loaded);
+                let (writes, _) =
+                    registry::plan_image_write(self.map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
                 for w in writes {
                     self.patches.push(DiskWrite {
                         offset: self.new_offset(w.offset),

@@ -4,11 +4,10 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::hive::log::ReplayReport;
 use crate::hive::value::{ValueData, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
 use crate::host::journal::Recovery;
-use crate::pass::registry::WriteSummary;
+use crate::pass::registry::edit::EditReport;
 
 /// A value with its data decoded.
 #[derive(Serialize)]
@@ -111,22 +110,8 @@ pub fn render_key(k: &KeyOut) -> String {
     out
 }
 
-/// What a write did (or, with --dry-run, would do).
-#[derive(Serialize)]
-pub struct WriteOut {
-    pub dry_run: bool,
-    /// One line per change asked for.
-    pub changes: Vec<String>,
-    /// Per hive written: where, how many sectors, NTFS patches, logs reset.
-    pub hives: Vec<WriteSummary>,
-    /// Log replays done before editing dirty hives.
-    pub replays: Vec<ReplayReport>,
-    /// An interrupted earlier write rolled back before this one, in words.
-    pub rolled_back: Option<String>,
-}
-
 /// Renders a write report.
-pub fn render_write(w: &WriteOut) -> String {
+pub fn render_write(w: &EditReport) -> String {
     let mut out = String::new();
     if let Some(r) = &w.rolled_back {
         let _ = writeln!(out, "{r}");
@@ -153,15 +138,6 @@ pub fn render_write(w: &WriteOut) -> String {
         );
     }
     out
-}
-
-/// A change in words.
-pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
-    let mut shown = ValueData::decode(ty, data).to_string();
-    if shown.chars().count() > 120 {
-        shown = format!("{}... ({} bytes)", shown.chars().take(100).collect::<String>(), data.len());
-    }
-    format!("set {key} {} = {shown} ({})", if name.is_empty() { "(default)" } else { name }, type_name(ty))
 }
 
 /// What `vhdreg IMAGE recover` found and did.
@@ -198,21 +174,6 @@ impl RecoverOut {
                 length: None,
             },
         }
-    }
-}
-
-/// A recovery in words, or `None` when there was nothing to recover.
-pub fn recovery_text(r: &Recovery) -> Option<String> {
-    match r {
-        Recovery::Clean => None,
-        Recovery::RolledBack { journal, ranges, length } => Some(format!(
-            "rolled back an interrupted write: {ranges} ranges restored from {}, file length {length}",
-            journal.display()
-        )),
-        Recovery::DiscardedIncomplete { journal } => Some(format!(
-            "removed {}, the journal of a write interrupted before it touched the image",
-            journal.display()
-        )),
     }
 }
 

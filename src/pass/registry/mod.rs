@@ -1,18 +1,18 @@
 //! Hives inside an image (or bare hive files): where a registry key's hive lives, reading it
 //! (replaying its transaction logs when it is dirty), and planning the writes that put an
 //! edited hive back: changed sectors through the file's runs, the file grown in NTFS when it
-//! must, and its logs reset after a replay.
+//! must, and its logs reset after a replay. [`edit`] runs the whole read or edit.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::bytes::le32;
-use crate::disk::PartitionView;
 use crate::error::{Error, Remedy, Result};
 use crate::hive::log::{self, LogFile, ReplayReport};
 use crate::hive::{Hive, keys::split_path, names};
 use crate::map::ImageMap;
+use crate::map::files::VolumeFile;
 use crate::ntfs::NtfsIndex;
 use crate::ntfs::file::FileEntry;
 use crate::ntfs::patch;
@@ -20,6 +20,8 @@ use crate::ntfs::runs::Run;
 use crate::ntfs::stream::read_runs;
 use crate::pass::disk_write::DiskWrite;
 use crate::vhd::device::BlockDevice;
+
+pub mod edit;
 
 pub use crate::hive::MAX_HIVE;
 
@@ -104,14 +106,40 @@ pub fn resolve_current_control_set(hive: &Hive, inner: &str) -> Result<String> {
     Ok(parts.join("\\"))
 }
 
-/// A hive file found in an NTFS volume of the image.
+/// A hive file found in an NTFS volume of the image, read.
 pub struct ImageHive<'m> {
-    pub partition: u32,
-    pub index: &'m NtfsIndex,
-    pub record: u64,
+    pub file: VolumeFile<'m>,
     /// Its path in the volume.
     pub path: String,
     pub bytes: Vec<u8>,
+}
+
+impl ImageHive<'_> {
+    /// The partition holding it.
+    pub fn partition(&self) -> u32 {
+        self.file.partition.index
+    }
+}
+
+/// A hive edited in memory, ready to be written back.
+pub struct EditedHive {
+    pub bytes: Vec<u8>,
+    /// The new first sector of each log (after a replay).
+    pub log_headers: Vec<(String, Vec<u8>)>,
+    /// The replay the edit started from, when the hive was dirty.
+    pub replay: Option<ReplayReport>,
+}
+
+impl EditedHive {
+    /// Seals the edits made to `loaded`'s hive (checksums, sequence numbers) and takes its
+    /// bytes, with the log headers to reset if it was replayed.
+    pub fn seal(loaded: &mut LoadedHive) -> Self {
+        loaded.hive.seal();
+        let bytes = loaded.hive.bytes().to_vec();
+        let replay = loaded.replay.take();
+        let log_headers = replay.as_ref().map(|r| log_resets(r, &loaded.logs, &bytes)).unwrap_or_default();
+        EditedHive { bytes, log_headers, replay }
+    }
 }
 
 /// A loaded hive: the bytes as stored, the hive to work on (replayed if it was dirty), and the
@@ -204,69 +232,53 @@ fn read_file(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry) -> Resul
     read_runs(view, idx.partition, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size)
 }
 
-impl<'m> ImageMap<'m> {
-    /// Finds the first of `paths` in the NTFS volumes (only `partition`, if given). Several
-    /// Windows volumes holding it is an error asking to choose one.
-    pub fn find_hive(&self, paths: &[String], partition: Option<u32>) -> Result<ImageHive<'_>> {
-        let mut found = Vec::new();
-        for (p, idx) in self.ntfs().filter(|(p, _)| partition.is_none_or(|n| n == p.index)) {
-            if let Some((f, name)) = paths.iter().find_map(|path| idx.find_path(path)) {
-                found.push((p, idx, f, idx.path(f, name)));
-            }
-        }
-        match found.len() {
-            0 => Err(Error::Usage(format!(
-                "{}: no hive at {} in {}",
-                self.image.source().display(),
-                paths.join(" or "),
-                partition.map_or("any NTFS volume".to_string(), |n| format!("partition {n}"))
-            ))),
-            1 => {
-                let (p, idx, f, path) = found.remove(0);
-                Ok(ImageHive {
-                    partition: p.index,
-                    index: idx,
-                    record: f.record,
-                    bytes: read_file(&PartitionView::new(self.image, p), idx, f)?,
-                    path,
-                })
-            }
-            _ => Err(Error::Refused {
-                file: self.image.source().to_path_buf(),
-                problem: format!(
-                    "{} is in partitions {}",
-                    paths[0],
-                    found.iter().map(|(p, ..)| p.index.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-                remedy: Remedy::ChoosePartition,
-            }),
-        }
+/// Finds the first of `paths` in the NTFS volumes of `map` (only `partition`, if given) and
+/// reads it. Several Windows volumes holding it is an error asking to choose one.
+pub fn find_hive<'m>(map: &'m ImageMap<'_>, paths: &[String], partition: Option<u32>) -> Result<ImageHive<'m>> {
+    let mut found = map.find_files(paths, partition);
+    match found.len() {
+        0 => Err(Error::Usage(format!(
+            "{}: no hive at {} in {}",
+            map.image.source().display(),
+            paths.join(" or "),
+            partition.map_or("any NTFS volume".to_string(), |n| format!("partition {n}"))
+        ))),
+        1 => read_hive(map, found.remove(0)),
+        _ => Err(Error::Refused {
+            file: map.image.source().to_path_buf(),
+            problem: format!(
+                "{} is in partitions {}",
+                paths[0],
+                found.iter().map(|f| f.partition.index.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            remedy: Remedy::ChoosePartition,
+        }),
     }
+}
 
-    /// The hive at `path` in NTFS partition `partition`, if there is one.
-    pub fn hive_at(&self, partition: u32, path: &str) -> Result<Option<ImageHive<'_>>> {
-        let Some((p, idx)) = self.ntfs().find(|(p, _)| p.index == partition) else { return Ok(None) };
-        let Some((f, name)) = idx.find_path(path) else { return Ok(None) };
-        let bytes = read_file(&PartitionView::new(self.image, p), idx, f)?;
-        Ok(Some(ImageHive { partition, index: idx, record: f.record, path: idx.path(f, name), bytes }))
-    }
+/// The hive at `path` in NTFS partition `partition`, if there is one.
+pub fn hive_at<'m>(map: &'m ImageMap<'_>, partition: u32, path: &str) -> Result<Option<ImageHive<'m>>> {
+    map.find_files(&[path.to_string()], Some(partition)).pop().map(|f| read_hive(map, f)).transpose()
+}
 
-    /// The logs beside an image hive, read.
-    pub fn hive_logs(&self, hive: &ImageHive<'_>) -> Result<Vec<(String, Vec<u8>)>> {
-        let pm = self.partitions.iter().find(|p| p.partition.index == hive.partition).map(|p| p.partition.clone());
-        let Some(part) = pm else { return Ok(Vec::new()) };
-        let view = PartitionView::new(self.image, &part);
-        let mut names = Vec::new();
-        log_names(&hive.path, |want| hive.index.find_path(want).map(|(f, n)| hive.index.path(f, n)), |n| names.push(n));
-        let mut out = Vec::new();
-        for name in names {
-            if let Some((f, _)) = hive.index.find_path(&name) {
-                let empty = f.default_stream().is_none_or(|s| s.data_size == 0);
-                out.push((name, if empty { Vec::new() } else { read_file(&view, hive.index, f)? }));
-            }
+fn read_hive<'m>(map: &ImageMap<'_>, file: VolumeFile<'m>) -> Result<ImageHive<'m>> {
+    let bytes = read_file(&file.volume(map.image), file.index, file.file)?;
+    Ok(ImageHive { path: file.path(), bytes, file })
+}
+
+/// The logs beside an image hive, read.
+pub fn hive_logs(map: &ImageMap<'_>, hive: &ImageHive<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+    let view = hive.file.volume(map.image);
+    let mut names = Vec::new();
+    log_names(&hive.path, |want| hive.file.sibling(want).map(|f| f.path()), |n| names.push(n));
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(log) = hive.file.sibling(&name) {
+            let empty = log.file.default_stream().is_none_or(|s| s.data_size == 0);
+            out.push((name, if empty { Vec::new() } else { read_file(&view, log.index, log.file)? }));
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// What writing a hive back will do.
@@ -322,22 +334,18 @@ pub fn plan_image_write(
     new: &[u8],
     log_headers: &[(String, Vec<u8>)],
 ) -> Result<(Vec<DiskWrite>, WriteSummary)> {
-    let pm = map
-        .partitions
-        .iter()
-        .find(|p| p.partition.index == hive.partition)
-        .ok_or_else(|| Error::Usage(format!("no partition {}", hive.partition)))?;
-    let view = PartitionView::new(map.image, &pm.partition);
-    let idx = hive.index;
-    let file = idx.file(hive.record).ok_or_else(|| Error::Usage(format!("no MFT record {}", hive.record)))?;
-    let part_start = pm.partition.start();
+    let view = hive.file.volume(map.image);
+    let idx = hive.file.index;
+    let file = hive.file.file;
+    let partition = hive.partition();
+    let part_start = hive.file.partition.start();
     let cs = idx.cluster_size();
     let kept = keep_length(old, new.to_vec());
     let new = kept.as_slice();
     let growth = patch::grow(&view, idx, file, new.len() as u64)?;
     let mut writes = Vec::new();
     let mut summary = WriteSummary {
-        partition: Some(hive.partition),
+        partition: Some(partition),
         hive: hive.path.clone(),
         bytes_before: old.len() as u64,
         bytes_after: new.len() as u64,
@@ -364,7 +372,7 @@ pub fn plan_image_write(
         let mut bytes = new[a..b].to_vec();
         bytes.resize((b - a).div_ceil(512) * 512, 0);
         let pieces = file_pieces(&growth.runs, cs, part_start, a as u64, bytes.len() as u64).map_err(|e| {
-            Error::unsupported(map.image.source(), format!("partition {}: {}: {e}", hive.partition, hive.path))
+            Error::unsupported(map.image.source(), format!("partition {partition}: {}: {e}", hive.path))
         })?;
         for (disk, file_at, n) in pieces {
             let from = (file_at - a as u64) as usize;
@@ -385,9 +393,8 @@ pub fn plan_image_write(
         let Some(s) = f.default_stream().filter(|s| !s.resident && s.data_size >= header.len() as u64) else {
             continue;
         };
-        let pieces = file_pieces(&s.runs, cs, part_start, 0, header.len() as u64).map_err(|e| {
-            Error::unsupported(map.image.source(), format!("partition {}: {name}: {e}", hive.partition))
-        })?;
+        let pieces = file_pieces(&s.runs, cs, part_start, 0, header.len() as u64)
+            .map_err(|e| Error::unsupported(map.image.source(), format!("partition {partition}: {name}: {e}")))?;
         for (disk, file_at, n) in pieces {
             writes.push(DiskWrite {
                 offset: disk,
