@@ -345,88 +345,13 @@ pub fn render(r: &DumpReport) -> String {
     }
     out.push(s.render());
     if let Some(f) = &r.footer {
-        let mut s = Section::key_value(&format!("VHD footer (file offset {:#x})", f.offset));
-        s.kv("disk type", f.disk_type);
-        s.kv("current size", format!("{} ({})", f.current_size, human_bytes(f.current_size)));
-        s.kv("original size", f.original_size.to_string());
-        s.kv(
-            "geometry (C/H/S)",
-            format!("{}/{}/{}", f.geometry.cylinders, f.geometry.heads, f.geometry.sectors_per_track),
-        );
-        s.kv("creator", format!("{:?} {} on {:?}", f.creator_app, f.creator_version, f.creator_host_os));
-        s.kv("timestamp", format!("{} ({})", f.timestamp_utc, f.timestamp));
-        s.kv("data offset", &f.data_offset);
-        s.kv("features / version", format!("{:#x} / {}", f.features, f.format_version));
-        s.kv("uuid", &f.uuid);
-        s.kv("saved state", f.saved_state.to_string());
-        s.kv(
-            "checksum",
-            format!(
-                "{} ({})",
-                f.checksum,
-                if f.checksum_valid {
-                    "valid".to_string()
-                } else {
-                    format!("INVALID, computed {}", f.checksum_computed)
-                }
-            ),
-        );
-        out.push(s.render());
+        out.push(render_footer(f));
     }
     if let Some(z) = &r.sizes {
-        let mut s = Section::key_value("Sizes");
-        s.kv("current_size", z.current_size.to_string());
-        s.kv("CHS product", z.chs_size.to_string());
-        if let Some(b) = z.bat_size {
-            s.kv("BAT x block size", b.to_string());
-        }
-        s.kv("qemu would read", z.qemu_size.to_string());
-        s.kv("whole MiB (Azure)", z.whole_mib.to_string());
-        for n in &z.notes {
-            s.kv("note", n);
-        }
-        out.push(s.render());
+        out.push(render_sizes(z));
     }
     if let Some(h) = &r.dynamic_header {
-        let mut s = Section::key_value(&format!("Dynamic disk header (file offset {:#x})", h.offset));
-        s.kv("table offset", format!("{:#x}", h.table_offset));
-        s.kv("max table entries", h.max_table_entries.to_string());
-        s.kv("block size", format!("{} ({})", h.block_size, human_bytes(h.block_size as u64)));
-        s.kv("bitmap size", h.bitmap_size.to_string());
-        s.kv("version", &h.header_version);
-        s.kv(
-            "checksum",
-            format!(
-                "{} ({})",
-                h.checksum,
-                if h.checksum_valid {
-                    "valid".to_string()
-                } else {
-                    format!("INVALID, computed {}", h.checksum_computed)
-                }
-            ),
-        );
-        if let Some(u) = &h.parent_uuid {
-            s.kv("parent uuid", u);
-            s.kv("parent timestamp", h.parent_timestamp.clone().unwrap_or_default());
-            s.kv("parent name", h.parent_unicode_name.clone().unwrap_or_default());
-        }
-        out.push(s.render());
-        if !h.parent_locators.is_empty() {
-            let mut s =
-                Section::table("Parent locators", &["slot", "platform", "length", "space", "data offset", "path"]);
-            for l in &h.parent_locators {
-                s.row(vec![
-                    l.slot.to_string(),
-                    l.platform_code.clone(),
-                    l.data_length.to_string(),
-                    l.data_space.to_string(),
-                    format!("{:#x}", l.data_offset),
-                    l.path.clone().unwrap_or_else(|| "(alias record)".into()),
-                ]);
-            }
-            out.push(s.render());
-        }
+        render_header(h, &mut out);
     }
     if let Some(p) = &r.parent.path {
         let mut s = Section::key_value("Parent");
@@ -436,39 +361,135 @@ pub fn render(r: &DumpReport) -> String {
         out.push(s.render());
     }
     if let Some(b) = &r.bat {
-        let mut s = Section::key_value(&format!("Block allocation table (file offset {:#x})", b.offset));
-        s.kv("entries", format!("{} ({} bytes)", b.entries, b.table_bytes));
-        s.kv("disk blocks", b.disk_blocks.to_string());
-        s.kv("allocated", b.allocated_blocks.to_string());
-        out.push(s.render());
-        if let Some(blocks) = &b.blocks {
-            let mut s = Section::table("Allocated blocks", &["block", "sector", "file offset", "sectors present"]);
-            for e in blocks {
-                s.row(vec![
-                    e.index.to_string(),
-                    format!("{:#x}", e.sector),
-                    format!("{:#x}", e.file_offset),
-                    e.sectors_present.to_string(),
-                ]);
-            }
-            out.push(s.render());
-        }
-        if let Some(bm) = &b.bitmap {
-            let mut s = Section::key_value(&format!("Sector bitmap of block {}", bm.block));
-            s.kv("allocated", bm.allocated.to_string());
-            s.kv("sectors present", bm.sectors_present.to_string());
-            for (i, chunk) in bm.hex.as_bytes().chunks(64).enumerate() {
-                s.kv(&format!("{:#06x}", i * 32), String::from_utf8_lossy(chunk));
-            }
-            out.push(s.render());
-        }
+        render_bat(b, &mut out);
     }
     if let Some(e) = &r.disk_error {
         let mut s = Section::key_value("Disk contents");
         s.kv("unreadable", e);
         out.push(s.render());
     }
-    let t = &r.partition_table;
+    render_partitions(&r.partition_table, &r.partitions, &mut out);
+    out.extend(r.volumes.iter().map(render_volume));
+    if !r.findings.is_empty() {
+        let mut s = Section::table("Findings", &["structure", "offset", "problem"]);
+        for f in &r.findings {
+            s.row(vec![f.structure.clone(), format!("{} {:#x}", f.space, f.offset), f.problem.clone()]);
+        }
+        out.push(s.render());
+    }
+    out.join("\n")
+}
+
+/// The VHD footer, every field.
+fn render_footer(f: &FooterReport) -> String {
+    let mut s = Section::key_value(&format!("VHD footer (file offset {:#x})", f.offset));
+    s.kv("disk type", f.disk_type);
+    s.kv("current size", format!("{} ({})", f.current_size, human_bytes(f.current_size)));
+    s.kv("original size", f.original_size.to_string());
+    s.kv("geometry (C/H/S)", format!("{}/{}/{}", f.geometry.cylinders, f.geometry.heads, f.geometry.sectors_per_track));
+    s.kv("creator", format!("{:?} {} on {:?}", f.creator_app, f.creator_version, f.creator_host_os));
+    s.kv("timestamp", format!("{} ({})", f.timestamp_utc, f.timestamp));
+    s.kv("data offset", &f.data_offset);
+    s.kv("features / version", format!("{:#x} / {}", f.features, f.format_version));
+    s.kv("uuid", &f.uuid);
+    s.kv("saved state", f.saved_state.to_string());
+    s.kv(
+        "checksum",
+        format!(
+            "{} ({})",
+            f.checksum,
+            if f.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", f.checksum_computed) }
+        ),
+    );
+    s.render()
+}
+
+/// The sizes a disk may be taken to have, and where they disagree.
+fn render_sizes(z: &SizesReport) -> String {
+    let mut s = Section::key_value("Sizes");
+    s.kv("current_size", z.current_size.to_string());
+    s.kv("CHS product", z.chs_size.to_string());
+    if let Some(b) = z.bat_size {
+        s.kv("BAT x block size", b.to_string());
+    }
+    s.kv("qemu would read", z.qemu_size.to_string());
+    s.kv("whole MiB (Azure)", z.whole_mib.to_string());
+    for n in &z.notes {
+        s.kv("note", n);
+    }
+    s.render()
+}
+
+/// The dynamic disk header and its parent locators.
+fn render_header(h: &HeaderReport, out: &mut Vec<String>) {
+    let mut s = Section::key_value(&format!("Dynamic disk header (file offset {:#x})", h.offset));
+    s.kv("table offset", format!("{:#x}", h.table_offset));
+    s.kv("max table entries", h.max_table_entries.to_string());
+    s.kv("block size", format!("{} ({})", h.block_size, human_bytes(h.block_size as u64)));
+    s.kv("bitmap size", h.bitmap_size.to_string());
+    s.kv("version", &h.header_version);
+    s.kv(
+        "checksum",
+        format!(
+            "{} ({})",
+            h.checksum,
+            if h.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", h.checksum_computed) }
+        ),
+    );
+    if let Some(u) = &h.parent_uuid {
+        s.kv("parent uuid", u);
+        s.kv("parent timestamp", h.parent_timestamp.clone().unwrap_or_default());
+        s.kv("parent name", h.parent_unicode_name.clone().unwrap_or_default());
+    }
+    out.push(s.render());
+    if !h.parent_locators.is_empty() {
+        let mut s = Section::table("Parent locators", &["slot", "platform", "length", "space", "data offset", "path"]);
+        for l in &h.parent_locators {
+            s.row(vec![
+                l.slot.to_string(),
+                l.platform_code.clone(),
+                l.data_length.to_string(),
+                l.data_space.to_string(),
+                format!("{:#x}", l.data_offset),
+                l.path.clone().unwrap_or_else(|| "(alias record)".into()),
+            ]);
+        }
+        out.push(s.render());
+    }
+}
+
+/// The BAT, its allocated blocks and one block's sector bitmap, when asked for.
+fn render_bat(b: &BatReport, out: &mut Vec<String>) {
+    let mut s = Section::key_value(&format!("Block allocation table (file offset {:#x})", b.offset));
+    s.kv("entries", format!("{} ({} bytes)", b.entries, b.table_bytes));
+    s.kv("disk blocks", b.disk_blocks.to_string());
+    s.kv("allocated", b.allocated_blocks.to_string());
+    out.push(s.render());
+    if let Some(blocks) = &b.blocks {
+        let mut s = Section::table("Allocated blocks", &["block", "sector", "file offset", "sectors present"]);
+        for e in blocks {
+            s.row(vec![
+                e.index.to_string(),
+                format!("{:#x}", e.sector),
+                format!("{:#x}", e.file_offset),
+                e.sectors_present.to_string(),
+            ]);
+        }
+        out.push(s.render());
+    }
+    if let Some(bm) = &b.bitmap {
+        let mut s = Section::key_value(&format!("Sector bitmap of block {}", bm.block));
+        s.kv("allocated", bm.allocated.to_string());
+        s.kv("sectors present", bm.sectors_present.to_string());
+        for (i, chunk) in bm.hex.as_bytes().chunks(64).enumerate() {
+            s.kv(&format!("{:#06x}", i * 32), String::from_utf8_lossy(chunk));
+        }
+        out.push(s.render());
+    }
+}
+
+/// The MBR (with its EBRs), the GPT headers and the partitions.
+fn render_partitions(t: &DiskLayout, partitions: &[Partition], out: &mut Vec<String>) {
     if let Some(m) = &t.mbr {
         let mut s =
             Section::table(&format!("MBR (disk signature {:08X})", m.disk_signature), &["entry", "raw", "decoded"]);
@@ -506,7 +527,7 @@ pub fn render(r: &DumpReport) -> String {
         &format!("Partitions ({})", t.scheme),
         &["#", "type", "name", "boot", "start LBA", "sectors", "size"],
     );
-    for p in &r.partitions {
+    for p in partitions {
         s.row(vec![
             format!("{}{}", p.index, if p.logical { " (logical)" } else { "" }),
             format!("{} {}", p.kind, p.type_name),
@@ -518,53 +539,47 @@ pub fn render(r: &DumpReport) -> String {
         ]);
     }
     out.push(s.render());
-    for v in &r.volumes {
-        let mut s = Section::key_value(&format!("Volume boot sector of partition {}", v.partition));
-        s.kv("file system", v.detected.map_or("unrecognised", |f| f.name()));
-        if let Some(n) = &v.ntfs {
-            s.kv("OEM ID", format!("{:?}", n.oem_id));
-            s.kv(
-                "bytes/sector, sectors/cluster",
-                format!("{}, {} (cluster {})", n.bytes_per_sector, n.sectors_per_cluster, n.cluster_size),
-            );
-            s.kv("hidden sectors", n.hidden_sectors.to_string());
-            s.kv("total sectors", n.total_sectors.to_string());
-            s.kv("MFT / MFT mirror LCN", format!("{} / {}", n.mft_lcn, n.mft_mirror_lcn));
-            s.kv("file / index record size", format!("{} / {}", n.file_record_size, n.index_record_size));
-            s.kv("serial number", &n.serial_number);
-            s.kv(
-                "backup boot sector",
-                format!(
-                    "{:?} at partition offset {:#x}",
-                    v.backup_boot_sector.unwrap_or(volume::BackupState::Missing),
-                    v.backup_boot_sector_offset.unwrap_or(0)
-                )
-                .to_lowercase(),
-            );
-        } else {
-            if let Some(c) = v.cluster_size {
-                s.kv("cluster size", c.to_string());
-            }
-            if let Some(h) = v.hidden_sectors {
-                s.kv("hidden sectors", h.to_string());
-            }
+}
+
+/// A volume's boot sector.
+fn render_volume(v: &VolumeInfo) -> String {
+    let mut s = Section::key_value(&format!("Volume boot sector of partition {}", v.partition));
+    s.kv("file system", v.detected.map_or("unrecognised", |f| f.name()));
+    if let Some(n) = &v.ntfs {
+        s.kv("OEM ID", format!("{:?}", n.oem_id));
+        s.kv(
+            "bytes/sector, sectors/cluster",
+            format!("{}, {} (cluster {})", n.bytes_per_sector, n.sectors_per_cluster, n.cluster_size),
+        );
+        s.kv("hidden sectors", n.hidden_sectors.to_string());
+        s.kv("total sectors", n.total_sectors.to_string());
+        s.kv("MFT / MFT mirror LCN", format!("{} / {}", n.mft_lcn, n.mft_mirror_lcn));
+        s.kv("file / index record size", format!("{} / {}", n.file_record_size, n.index_record_size));
+        s.kv("serial number", &n.serial_number);
+        s.kv(
+            "backup boot sector",
+            format!(
+                "{:?} at partition offset {:#x}",
+                v.backup_boot_sector.unwrap_or(volume::BackupState::Missing),
+                v.backup_boot_sector_offset.unwrap_or(0)
+            )
+            .to_lowercase(),
+        );
+    } else {
+        if let Some(c) = v.cluster_size {
+            s.kv("cluster size", c.to_string());
         }
-        if let Some(p) = &v.problem {
-            s.kv("problem", p);
+        if let Some(h) = v.hidden_sectors {
+            s.kv("hidden sectors", h.to_string());
         }
-        if !v.boot_sector_hex.is_empty() {
-            s.kv("bytes 0x00-0x4f", spaced_hex(&v.boot_sector_hex[..160]));
-        }
-        out.push(s.render());
     }
-    if !r.findings.is_empty() {
-        let mut s = Section::table("Findings", &["structure", "offset", "problem"]);
-        for f in &r.findings {
-            s.row(vec![f.structure.clone(), format!("{} {:#x}", f.space, f.offset), f.problem.clone()]);
-        }
-        out.push(s.render());
+    if let Some(p) = &v.problem {
+        s.kv("problem", p);
     }
-    out.join("\n")
+    if !v.boot_sector_hex.is_empty() {
+        s.kv("bytes 0x00-0x4f", spaced_hex(&v.boot_sector_hex[..160]));
+    }
+    s.render()
 }
 
 fn spaced_hex(h: &str) -> String {
