@@ -33,7 +33,7 @@ fn qemu_partition(image: &Path, index: u32, dir: &Path) -> (PathBuf, u64) {
     let out = dir.join(format!("qemu-part{index}.img"));
     std::fs::write(&out, &raw[p.start() as usize..p.end() as usize]).unwrap();
     std::fs::remove_file(&raw_file).unwrap();
-    (out, p.start_lba)
+    (out, p.start_lba.0)
 }
 
 /// `mmls` start sectors of the NTFS partitions.

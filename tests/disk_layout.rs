@@ -28,7 +28,7 @@ fn sfdisk_partitions(raw: &Path) -> Vec<(u32, u64, u64)> {
 }
 
 fn ours(img: &dyn BlockDevice) -> Vec<(u32, u64, u64)> {
-    DiskLayout::read(img).unwrap().partitions.iter().map(|p| (p.index, p.start_lba, p.sectors)).collect()
+    DiskLayout::read(img).unwrap().partitions.iter().map(|p| (p.index, p.start_lba.0, p.sectors)).collect()
 }
 
 #[test]
@@ -51,10 +51,10 @@ fn logical_partitions_keep_linux_numbers_and_ebr_positions() {
     assert_eq!(layout.scheme.to_string(), "mbr");
     let p5 = layout.partition(5).unwrap();
     assert!(p5.logical);
-    assert_eq!(p5.ebr_lba, Some(40960));
+    assert_eq!(p5.ebr_lba, Some(vhdkit::disk::Lba(40960)));
     assert_eq!(p5.entry_offset, Some(40960 * 512 + 446));
     let p6 = layout.partition(6).unwrap();
-    assert_eq!(p6.ebr_lba, Some(65598));
+    assert_eq!(p6.ebr_lba, Some(vhdkit::disk::Lba(65598)));
     assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, 0x0BAD_CAFE);
     let clusters: Vec<Option<u32>> =
         layout.partitions.iter().map(|p| volume::probe(&img, p).unwrap().cluster_size).collect();
@@ -171,7 +171,7 @@ fn a_bare_ntfs_volume_is_one_partition() {
     assert_eq!(layout.scheme.to_string(), "volume");
     assert_eq!(layout.partitions.len(), 1);
     let p = &layout.partitions[0];
-    assert_eq!((p.index, p.start_lba, p.scheme), (1, 0, Scheme::Volume));
+    assert_eq!((p.index, p.start_lba.0, p.scheme), (1, 0, Scheme::Volume));
     let v = volume::probe(&img, p).unwrap();
     assert_eq!(v.filesystem, Some("ntfs"));
     assert_eq!(v.cluster_size, Some(512));

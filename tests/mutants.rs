@@ -57,7 +57,7 @@ fn file_offset(img: &vhdkit::vhd::DiskImage, disk: u64) -> Option<u64> {
         Some(s) => {
             let bs = s.block_size();
             let sector = s.bat().sector(disk / bs)?;
-            Some(sector * 512 + vhdkit::vhd::header::bitmap_size_for(bs as u32) + disk % bs)
+            Some(sector.offset() + vhdkit::vhd::header::bitmap_size_for(bs as u32) + disk % bs)
         }
     }
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::bytes::{le32, le64};
+use crate::disk::lba::{Lba, bytes_to_sectors, sectors_to_bytes};
 
 /// The header signature.
 pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -76,15 +77,15 @@ impl GptTable {
 
     /// Sectors the entry array occupies.
     pub fn array_sectors(&self) -> u64 {
-        (self.array.len() as u64).div_ceil(512)
+        bytes_to_sectors(self.array.len() as u64)
     }
 
     /// Moves entry `index` (1-based) to start at `first_lba`, keeping its `sectors`.
-    pub fn move_entry(&mut self, index: u32, first_lba: u64, sectors: u64) {
+    pub fn move_entry(&mut self, index: u32, first_lba: Lba, sectors: u64) {
         let at = (index as usize - 1) * self.header.entry_size as usize;
         if let Some(e) = self.array.get_mut(at..at + 48) {
-            e[32..40].copy_from_slice(&first_lba.to_le_bytes());
-            e[40..48].copy_from_slice(&(first_lba + sectors - 1).to_le_bytes());
+            e[32..40].copy_from_slice(&first_lba.0.to_le_bytes());
+            e[40..48].copy_from_slice(&(first_lba + sectors - 1).0.to_le_bytes());
         }
     }
 
@@ -92,17 +93,17 @@ impl GptTable {
     /// what): the primary header and entry array where they were, the backup array just
     /// before the last sector and the backup header on it; the last usable sector moves to
     /// just before the backup array; both CRCs recomputed.
-    pub fn encode(&self, last_lba: u64) -> Vec<(u64, Vec<u8>, &'static str)> {
+    pub fn encode(&self, last_lba: Lba) -> Vec<(u64, Vec<u8>, &'static str)> {
         let mut array = self.array.clone();
         let crc = crc32fast::hash(&array);
-        array.resize((self.array_sectors() * 512) as usize, 0);
+        array.resize(sectors_to_bytes(self.array_sectors()) as usize, 0);
         let backup_array = last_lba - self.array_sectors();
-        let header = |current: u64, backup: u64, entries: u64| {
+        let header = |current: Lba, backup: Lba, entries: Lba| {
             let mut h = self.sector;
-            h[24..32].copy_from_slice(&current.to_le_bytes());
-            h[32..40].copy_from_slice(&backup.to_le_bytes());
-            h[48..56].copy_from_slice(&(backup_array - 1).to_le_bytes());
-            h[72..80].copy_from_slice(&entries.to_le_bytes());
+            h[24..32].copy_from_slice(&current.0.to_le_bytes());
+            h[32..40].copy_from_slice(&backup.0.to_le_bytes());
+            h[48..56].copy_from_slice(&(backup_array - 1).0.to_le_bytes());
+            h[72..80].copy_from_slice(&entries.0.to_le_bytes());
             h[88..92].copy_from_slice(&crc.to_le_bytes());
             h[16..20].fill(0);
             let size = (self.header.header_size as usize).clamp(92, 512);
@@ -111,10 +112,10 @@ impl GptTable {
             h.to_vec()
         };
         vec![
-            (512, header(1, last_lba, self.header.entries_lba), "primary GPT header"),
-            (self.header.entries_lba * 512, array.clone(), "primary GPT entries"),
-            (backup_array * 512, array, "backup GPT entries"),
-            (last_lba * 512, header(last_lba, 1, backup_array), "backup GPT header"),
+            (Lba(1).offset(), header(Lba(1), last_lba, self.header.entries_lba), "primary GPT header"),
+            (self.header.entries_lba.offset(), array.clone(), "primary GPT entries"),
+            (backup_array.offset(), array, "backup GPT entries"),
+            (last_lba.offset(), header(last_lba, Lba(1), backup_array), "backup GPT header"),
         ]
     }
 }
@@ -127,12 +128,12 @@ pub struct GptHeader {
     pub header_crc: u32,
     #[serde(skip)]
     pub computed_header_crc: u32,
-    pub current_lba: u64,
-    pub backup_lba: u64,
-    pub first_usable_lba: u64,
-    pub last_usable_lba: u64,
+    pub current_lba: Lba,
+    pub backup_lba: Lba,
+    pub first_usable_lba: Lba,
+    pub last_usable_lba: Lba,
     pub disk_guid: String,
-    pub entries_lba: u64,
+    pub entries_lba: Lba,
     pub entry_count: u32,
     pub entry_size: u32,
     pub entries_crc: u32,
@@ -159,12 +160,12 @@ impl GptHeader {
             header_size,
             header_crc: le32(sector, 16),
             computed_header_crc: computed,
-            current_lba: le64(sector, 24),
-            backup_lba: le64(sector, 32),
-            first_usable_lba: le64(sector, 40),
-            last_usable_lba: le64(sector, 48),
+            current_lba: Lba(le64(sector, 24)),
+            backup_lba: Lba(le64(sector, 32)),
+            first_usable_lba: Lba(le64(sector, 40)),
+            last_usable_lba: Lba(le64(sector, 48)),
             disk_guid: guid_text(&guid),
-            entries_lba: le64(sector, 72),
+            entries_lba: Lba(le64(sector, 72)),
             entry_count: le32(sector, 80),
             entry_size: le32(sector, 84),
             entries_crc: le32(sector, 88),
@@ -190,8 +191,8 @@ pub struct GptEntry {
     pub index: u32,
     pub type_guid: [u8; 16],
     pub unique_guid: [u8; 16],
-    pub first_lba: u64,
-    pub last_lba: u64,
+    pub first_lba: Lba,
+    pub last_lba: Lba,
     pub attributes: u64,
     pub name: String,
     pub raw: Vec<u8>,
@@ -214,8 +215,8 @@ pub fn parse_entries(array: &[u8], entry_size: u32) -> Vec<GptEntry> {
                 index: i as u32 + 1,
                 type_guid,
                 unique_guid,
-                first_lba: le64(e, 32),
-                last_lba: le64(e, 40),
+                first_lba: Lba(le64(e, 32)),
+                last_lba: Lba(le64(e, 40)),
                 attributes: le64(e, 48),
                 name: String::from_utf16_lossy(&units),
                 raw: e[..128].to_vec(),

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::disk::FileSystem;
 use crate::disk::boot_sector::identify;
 use crate::disk::gpt::{self, GptEntry, GptHeader, GptTable};
+use crate::disk::lba::{Lba, SECTOR_SIZE};
 use crate::disk::mbr::{self, MbrEntry};
 use crate::disk::partition::{Partition, Scheme};
 use crate::error::{Result, Space};
@@ -42,10 +43,10 @@ pub struct TableSlot {
 }
 
 impl TableSlot {
-    fn new(entry: &MbrEntry, slot: usize, sector_lba: u64) -> Self {
+    fn new(entry: &MbrEntry, slot: usize, sector_lba: Lba) -> Self {
         TableSlot {
             slot,
-            offset: sector_lba * 512 + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
+            offset: sector_lba.offset() + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
             hex: entry.hex(),
             boot_indicator: entry.boot_indicator(),
             kind: entry.kind(),
@@ -61,7 +62,7 @@ impl TableSlot {
 /// An extended boot record in the chain.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ebr {
-    pub lba: u64,
+    pub lba: Lba,
     pub entries: Vec<TableSlot>,
 }
 
@@ -129,8 +130,8 @@ impl DiskLayout {
                 kind: fs.id().to_string(),
                 type_name: format!("{} volume", fs.name()),
                 bootable: false,
-                start_lba: 0,
-                sectors: disk.len() / 512,
+                start_lba: Lba(0),
+                sectors: disk.len() / SECTOR_SIZE,
                 logical: false,
                 name: None,
                 unique_guid: None,
@@ -145,7 +146,7 @@ impl DiskLayout {
         if has_mbr {
             layout.mbr = Some(MbrInfo {
                 disk_signature: crate::bytes::le32(&sector0, mbr::DISK_SIGNATURE_OFFSET),
-                entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, 0)).collect(),
+                entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, Lba(0))).collect(),
                 ebrs: Vec::new(),
             });
         }
@@ -176,11 +177,11 @@ impl DiskLayout {
             }
             if e.is_extended() {
                 if extended.is_none() {
-                    extended = Some(e.start_lba() as u64);
+                    extended = Some(Lba(e.start_lba() as u64));
                 }
                 continue;
             }
-            self.partitions.push(mbr_partition(e, slot as u32 + 1, e.start_lba() as u64, 0, None));
+            self.partitions.push(mbr_partition(e, slot as u32 + 1, Lba(e.start_lba() as u64), Lba(0), None));
         }
         if let Some(ext_start) = extended {
             self.read_ebr_chain(disk, ext_start)?;
@@ -189,24 +190,24 @@ impl DiskLayout {
     }
 
     /// Follows the EBR chain, guarding against loops and runaway chains.
-    fn read_ebr_chain<D: BlockDevice + ?Sized>(&mut self, disk: &D, ext_start: u64) -> Result<()> {
-        let disk_sectors = disk.len() / 512;
+    fn read_ebr_chain<D: BlockDevice + ?Sized>(&mut self, disk: &D, ext_start: Lba) -> Result<()> {
+        let disk_sectors = disk.len() / SECTOR_SIZE;
         let mut seen = HashSet::new();
         let mut ebr_lba = ext_start;
         let mut ebrs = Vec::new();
         for index in 5..5 + MAX_LOGICAL as u32 {
-            if ebr_lba >= disk_sectors {
-                self.finding(disk.source(), "EBR", ebr_lba * 512, "lies past the end of the disk");
+            if ebr_lba.0 >= disk_sectors {
+                self.finding(disk.source(), "EBR", ebr_lba.offset(), "lies past the end of the disk");
                 break;
             }
             if !seen.insert(ebr_lba) {
-                self.finding(disk.source(), "EBR chain", ebr_lba * 512, "loops back to an EBR already read");
+                self.finding(disk.source(), "EBR chain", ebr_lba.offset(), "loops back to an EBR already read");
                 break;
             }
             let mut sector = [0u8; 512];
-            disk.read_at(ebr_lba * 512, &mut sector)?;
+            disk.read_at(ebr_lba.offset(), &mut sector)?;
             if sector[510..512] != [0x55, 0xAA] {
-                self.finding(disk.source(), "EBR", ebr_lba * 512, "has no 55AA signature");
+                self.finding(disk.source(), "EBR", ebr_lba.offset(), "has no 55AA signature");
                 break;
             }
             let here = MbrEntry::from_sector(&sector, 0);
@@ -240,12 +241,12 @@ impl DiskLayout {
 
     /// Reads the GPT (primary, else backup). Returns false when neither copy is usable.
     fn read_gpt<D: BlockDevice + ?Sized>(&mut self, disk: &D) -> Result<bool> {
-        let disk_sectors = disk.len() / 512;
+        let disk_sectors = disk.len() / SECTOR_SIZE;
         if disk_sectors < 2 {
             return Ok(false);
         }
         let mut sector = [0u8; 512];
-        disk.read_at(512, &mut sector)?;
+        disk.read_at(Lba(1).offset(), &mut sector)?;
         let primary_sector = sector;
         let primary = GptHeader::parse(&sector);
         let primary_read = match &primary {
@@ -253,9 +254,9 @@ impl DiskLayout {
             None => None,
         };
         let primary_entries = primary_read.as_ref().map(|(e, _)| e.clone());
-        let backup_lba = primary.as_ref().map_or(disk_sectors.saturating_sub(1), |h| h.backup_lba);
-        let backup = if backup_lba > 1 && backup_lba < disk_sectors {
-            disk.read_at(backup_lba * 512, &mut sector)?;
+        let backup_lba = primary.as_ref().map_or(Lba(disk_sectors.saturating_sub(1)), |h| h.backup_lba);
+        let backup = if backup_lba > Lba(1) && backup_lba.0 < disk_sectors {
+            disk.read_at(backup_lba.offset(), &mut sector)?;
             GptHeader::parse(&sector)
         } else {
             None
@@ -268,7 +269,7 @@ impl DiskLayout {
             return Ok(false);
         }
         let d = disk.source();
-        if let Some(h) = primary.as_ref().filter(|h| h.backup_lba != disk_sectors - 1) {
+        if let Some(h) = primary.as_ref().filter(|h| h.backup_lba.0 != disk_sectors - 1) {
             self.finding(
                 d,
                 "GPT header",
@@ -282,11 +283,14 @@ impl DiskLayout {
             );
         }
         match (&primary, &backup) {
-            (Some(_), None) => self.finding(d, "GPT backup header", backup_lba * 512, "missing or unreadable"),
+            (Some(_), None) => self.finding(d, "GPT backup header", backup_lba.offset(), "missing or unreadable"),
             (None, Some(_)) => self.finding(d, "GPT header", 512, "missing; partitions taken from the backup"),
-            (Some(p), Some(b)) if p.entries_crc != b.entries_crc => {
-                self.finding(d, "GPT backup header", backup_lba * 512, "its entry array CRC differs from the primary's")
-            }
+            (Some(p), Some(b)) if p.entries_crc != b.entries_crc => self.finding(
+                d,
+                "GPT backup header",
+                backup_lba.offset(),
+                "its entry array CRC differs from the primary's",
+            ),
             _ => {}
         }
         let primary_ok = primary.as_ref().is_some_and(GptHeader::header_crc_valid) && primary_entries.is_some();
@@ -310,9 +314,9 @@ impl DiskLayout {
         });
         let entry_base =
             self.gpt.as_ref().and_then(|g| if used == "primary" { g.primary.as_ref() } else { g.backup.as_ref() });
-        let (array_at, entry_size) = entry_base.map_or((1024, 128), |h| (h.entries_lba * 512, h.entry_size as u64));
+        let (array_at, entry_size) = entry_base.map_or((1024, 128), |h| (h.entries_lba.offset(), h.entry_size as u64));
         for e in entries {
-            let sectors = (e.last_lba + 1).saturating_sub(e.first_lba);
+            let sectors = (e.last_lba.0 + 1).saturating_sub(e.first_lba.0);
             self.partitions.push(Partition {
                 index: e.index,
                 scheme: Scheme::Gpt,
@@ -341,7 +345,7 @@ impl DiskLayout {
         which: &str,
     ) -> Result<Option<(Vec<GptEntry>, Vec<u8>)>> {
         let d = disk.source();
-        let at = h.current_lba * 512;
+        let at = h.current_lba.offset();
         if !h.header_crc_valid() {
             self.finding(
                 d,
@@ -359,7 +363,7 @@ impl DiskLayout {
             );
             return Ok(None);
         };
-        let array_at = h.entries_lba.saturating_mul(512);
+        let array_at = h.entries_lba.offset();
         if array_at.checked_add(bytes).is_none_or(|end| end > disk.len()) {
             self.finding(d, format!("GPT {which} header"), at + 72, "entry array lies past the end of the disk");
             return Ok(None);
@@ -414,8 +418,8 @@ impl DiskLayout {
 }
 
 /// A partition from an MBR or EBR entry whose start is `start_lba` (already made absolute).
-fn mbr_partition(e: &MbrEntry, index: u32, start_lba: u64, table_lba: u64, ebr_lba: Option<u64>) -> Partition {
-    let slot_offset = table_lba * 512 + mbr::TABLE_OFFSET as u64;
+fn mbr_partition(e: &MbrEntry, index: u32, start_lba: Lba, table_lba: Lba, ebr_lba: Option<Lba>) -> Partition {
+    let slot_offset = table_lba.offset() + mbr::TABLE_OFFSET as u64;
     Partition {
         index,
         scheme: Scheme::Mbr,

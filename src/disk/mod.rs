@@ -9,10 +9,12 @@ pub mod boot_sector;
 pub mod filesystem;
 pub mod gpt;
 pub mod layout;
+pub mod lba;
 pub mod mbr;
 pub mod partition;
 pub mod volume;
 
 pub use filesystem::FileSystem;
 pub use layout::DiskLayout;
+pub use lba::{Lba, SECTOR_SIZE};
 pub use partition::{Partition, PartitionView, Scheme};

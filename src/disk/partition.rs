@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::disk::lba::{Lba, sectors_to_bytes};
 use crate::error::{Result, Space};
 use crate::vhd::device::{BlockDevice, check_range};
 
@@ -44,7 +45,7 @@ pub struct Partition {
     pub kind: String,
     pub type_name: String,
     pub bootable: bool,
-    pub start_lba: u64,
+    pub start_lba: Lba,
     pub sectors: u64,
     /// Whether this is a logical partition inside an extended one.
     pub logical: bool,
@@ -55,18 +56,18 @@ pub struct Partition {
     /// Disk offset of the table entry that describes the partition (None for a bare volume).
     pub entry_offset: Option<u64>,
     /// For a logical partition, the LBA of the EBR whose first entry describes it.
-    pub ebr_lba: Option<u64>,
+    pub ebr_lba: Option<Lba>,
 }
 
 impl Partition {
     /// Byte offset of the first sector.
     pub fn start(&self) -> u64 {
-        self.start_lba * 512
+        self.start_lba.offset()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> u64 {
-        self.sectors * 512
+        sectors_to_bytes(self.sectors)
     }
 
     /// Whether the partition has no sectors.

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::disk::{FileSystem, Partition};
+use crate::disk::{FileSystem, Lba, Partition};
 use crate::map::{Contents, ImageMap};
 use crate::ntfs::NtfsIndex;
 use crate::ntfs::record;
@@ -146,7 +146,7 @@ impl ImageMap<'_> {
         if offset < 512 && self.layout.mbr.is_some() {
             return outside(Region::Mbr, true);
         }
-        let sector = offset / 512;
+        let sector = Lba::containing(offset);
         if let Some(mbr) = &self.layout.mbr
             && mbr.ebrs.iter().any(|e| e.lba == sector)
         {
@@ -154,8 +154,8 @@ impl ImageMap<'_> {
         }
         if let Some(gpt) = &self.layout.gpt {
             let header = gpt.primary.as_ref().or(gpt.backup.as_ref());
-            let first_usable = header.map_or(34, |h| h.first_usable_lba);
-            let last_usable = header.map_or(u64::MAX, |h| h.last_usable_lba);
+            let first_usable = header.map_or(Lba(34), |h| h.first_usable_lba);
+            let last_usable = header.map_or(Lba(u64::MAX), |h| h.last_usable_lba);
             if sector < first_usable || sector > last_usable {
                 return outside(Region::Gpt, true);
             }

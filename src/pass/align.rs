@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::bytes::{le16, le32, le64};
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
 use crate::disk::gpt::GptTable;
+use crate::disk::lba::{Lba, SECTOR_SIZE, sectors_to_bytes};
 use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
 use crate::disk::{DiskLayout, Partition, Scheme};
 use crate::error::{Error, Result, Space};
@@ -34,8 +35,8 @@ const BCD_STORES: [&str; 2] = ["Boot/BCD", "EFI/Microsoft/Boot/BCD"];
 #[derive(Clone, Debug, Serialize)]
 pub struct Move {
     pub index: u32,
-    pub old_start_lba: u64,
-    pub new_start_lba: u64,
+    pub old_start_lba: Lba,
+    pub new_start_lba: Lba,
     pub sectors: u64,
 }
 
@@ -206,14 +207,14 @@ fn overlay(segments: &mut Vec<Segment>, start: u64, end: u64, source: Option<u64
 }
 
 /// Reads one 512-byte sector of the input.
-fn sector(image: &DiskImage, lba: u64) -> Result<[u8; 512]> {
+fn sector(image: &DiskImage, lba: Lba) -> Result<[u8; 512]> {
     let mut s = [0u8; 512];
-    image.read_at(lba * 512, &mut s)?;
+    image.read_at(lba.offset(), &mut s)?;
     Ok(s)
 }
 
 /// The BIOS geometry the table's CHS fields were written with (the VHD footer's as a hint).
-fn bios_geometry(image: &DiskImage, entries: &[MbrEntry], ebrs: &[(u64, MbrEntry)]) -> BiosGeometry {
+fn bios_geometry(image: &DiskImage, entries: &[MbrEntry], ebrs: &[(Lba, MbrEntry)]) -> BiosGeometry {
     let mut pairs = Vec::new();
     let mut add = |start: u64, e: &MbrEntry| {
         if !e.is_empty() {
@@ -225,7 +226,7 @@ fn bios_geometry(image: &DiskImage, entries: &[MbrEntry], ebrs: &[(u64, MbrEntry
         add(e.start_lba() as u64, e);
     }
     for (ebr, e) in ebrs {
-        add(ebr + e.start_lba() as u64, e);
+        add(ebr.0 + e.start_lba() as u64, e);
     }
     let hint = image.footer().map(|f| f.geometry).and_then(|g| {
         (g.heads > 0 && (1..=63).contains(&g.sectors_per_track))
@@ -246,9 +247,9 @@ struct MbrPlacement<'l> {
     /// The MBR slot of the extended partition.
     extended: Option<usize>,
     /// Its new start and length.
-    new_extended: Option<(u64, u64)>,
+    new_extended: Option<(Lba, u64)>,
     /// Each logical partition with its EBR's new sector, in chain order.
-    ebrs: Vec<(u64, &'l Partition)>,
+    ebrs: Vec<(Lba, &'l Partition)>,
 }
 
 /// Planning state shared by the table-specific steps.
@@ -265,11 +266,11 @@ struct Planner<'m, 'i> {
 }
 
 impl<'m> Planner<'m, '_> {
-    fn align_up(&self, lba: u64) -> u64 {
-        lba.div_ceil(self.boundary_sectors) * self.boundary_sectors
+    fn align_up(&self, lba: Lba) -> Lba {
+        Lba(lba.0.div_ceil(self.boundary_sectors) * self.boundary_sectors)
     }
 
-    fn place(&mut self, p: &Partition, new_start: u64) {
+    fn place(&mut self, p: &Partition, new_start: Lba) {
         self.moves.push(Move {
             index: p.index,
             old_start_lba: p.start_lba,
@@ -288,7 +289,7 @@ impl<'m> Planner<'m, '_> {
             .try_into()
             .map_err(|_| Error::internal("the partition table was read without its first sector"))?;
         let entries: Vec<MbrEntry> = (0..4).map(|i| MbrEntry::from_sector(&mbr0, i)).collect();
-        let ebr_entries: Vec<(u64, MbrEntry)> = layout
+        let ebr_entries: Vec<(Lba, MbrEntry)> = layout
             .partitions
             .iter()
             .filter_map(|p| p.ebr_lba)
@@ -300,10 +301,10 @@ impl<'m> Planner<'m, '_> {
             return Ok(());
         }
         for m in self.moves.iter().filter(|m| m.moved()) {
-            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
+            self.vacated.push((m.old_start_lba.offset(), (m.old_start_lba + m.sectors).offset()));
         }
         for ebr in layout.mbr.iter().flat_map(|m| &m.ebrs) {
-            self.vacated.push((ebr.lba * 512, ebr.lba * 512 + 512));
+            self.vacated.push((ebr.lba.offset(), (ebr.lba + 1).offset()));
         }
         self.patch_mbr(&mbr0, &entries, &placement, geometry)?;
         self.patch_ebrs(&placement, geometry)
@@ -314,14 +315,14 @@ impl<'m> Planner<'m, '_> {
     fn place_mbr_partitions(&mut self, entries: &[MbrEntry]) -> MbrPlacement<'m> {
         let layout: &'m DiskLayout = &self.map.layout;
         let extended = entries.iter().position(|e| !e.is_empty() && e.is_extended());
-        let mut items: Vec<(u64, Option<&Partition>)> =
+        let mut items: Vec<(Lba, Option<&Partition>)> =
             layout.partitions.iter().filter(|p| !p.logical).map(|p| (p.start_lba, Some(p))).collect();
         if let Some(slot) = extended {
-            items.push((entries[slot].start_lba() as u64, None));
+            items.push((Lba(entries[slot].start_lba() as u64), None));
         }
         items.sort_by_key(|(start, _)| *start);
         let logicals: Vec<&Partition> = layout.partitions.iter().filter(|p| p.logical).collect();
-        let mut cursor = 1;
+        let mut cursor = Lba(1);
         let mut placement = MbrPlacement { extended, new_extended: None, ebrs: Vec::new() };
         for (start, item) in items {
             match item {
@@ -347,7 +348,7 @@ impl<'m> Planner<'m, '_> {
                 }
             }
         }
-        self.needed_sectors = cursor;
+        self.needed_sectors = cursor.0;
         placement
     }
 
@@ -367,8 +368,8 @@ impl<'m> Planner<'m, '_> {
             }
             let entry_offset = (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64;
             let placed = if Some(slot) == placement.extended {
-                let (start, len) = placement.new_extended.unwrap_or((e.start_lba() as u64, e.sectors() as u64));
-                if (start, len) != (e.start_lba() as u64, e.sectors() as u64) {
+                let (start, len) = placement.new_extended.unwrap_or((Lba(e.start_lba() as u64), e.sectors() as u64));
+                if (start, len) != (Lba(e.start_lba() as u64), e.sectors() as u64) {
                     self.changes.push(format!(
                         "MBR entry {}: extended partition sectors {}+{} -> {start}+{len}",
                         slot + 1,
@@ -377,7 +378,7 @@ impl<'m> Planner<'m, '_> {
                     ));
                 }
                 e.relocated(
-                    mbr_field(image, start, "the extended partition")?,
+                    mbr_field(image, start.0, "the extended partition")?,
                     mbr_field(image, len, "the extended partition's length")?,
                     geometry,
                 )
@@ -401,7 +402,7 @@ impl<'m> Planner<'m, '_> {
                         m.new_start_lba
                     ));
                 }
-                e.relocated(mbr_field(image, m.new_start_lba, "a partition")?, e.sectors(), geometry)
+                e.relocated(mbr_field(image, m.new_start_lba.0, "a partition")?, e.sectors(), geometry)
             };
             new_mbr[entry_offset as usize..entry_offset as usize + mbr::ENTRY_SIZE].copy_from_slice(&placed.raw);
         }
@@ -412,7 +413,7 @@ impl<'m> Planner<'m, '_> {
     /// Each EBR: its logical relative to itself, the link relative to the extended start.
     fn patch_ebrs(&mut self, placement: &MbrPlacement<'_>, geometry: BiosGeometry) -> Result<()> {
         let image = self.map.image;
-        let ext_start = placement.new_extended.map_or(0, |(s, _)| s);
+        let ext_start = placement.new_extended.map_or(Lba(0), |(s, _)| s);
         for (i, &(ebr, l)) in placement.ebrs.iter().enumerate() {
             let old = sector(image, l.ebr_lba.unwrap_or(ebr))?;
             let mut new = old;
@@ -423,7 +424,7 @@ impl<'m> Planner<'m, '_> {
                 .cloned()
                 .ok_or_else(|| Error::internal(format!("no place planned for partition {}", l.index)))?;
             let own = MbrEntry::from_sector(&old, 0).placed(
-                m.new_start_lba,
+                m.new_start_lba.0,
                 mbr_field(image, m.new_start_lba - ebr, "a logical partition")?,
                 l.sectors as u32,
                 geometry,
@@ -439,7 +440,7 @@ impl<'m> Planner<'m, '_> {
                         template.raw[4] = 0x05;
                     }
                     let link = template.placed(
-                        next_ebr,
+                        next_ebr.0,
                         mbr_field(image, next_ebr - ext_start, "an EBR link")?,
                         mbr_field(image, next_move + next.sectors - next_ebr, "an EBR link's length")?,
                         geometry,
@@ -456,7 +457,7 @@ impl<'m> Planner<'m, '_> {
                 m.new_start_lba
             ));
             self.patches.push(DiskWrite {
-                offset: ebr * 512,
+                offset: ebr.offset(),
                 bytes: new.to_vec(),
                 what: format!("EBR of partition {}", l.index),
             });
@@ -485,7 +486,7 @@ impl<'m> Planner<'m, '_> {
             self.place(p, new);
             cursor = new + p.sectors;
         }
-        self.needed_sectors = cursor + table.array_sectors() + 1;
+        self.needed_sectors = cursor.0 + table.array_sectors() + 1;
         Ok(table)
     }
 
@@ -496,17 +497,17 @@ impl<'m> Planner<'m, '_> {
         if !self.moves.iter().any(Move::moved) && !grows {
             return Ok(());
         }
-        let old_last = self.map.image.len() / 512 - 1;
-        self.vacated.push(((old_last - table.array_sectors()) * 512, (old_last + 1) * 512));
+        let old_last = Lba::last_of(self.map.image.len()).unwrap_or_default();
+        self.vacated.push(((old_last - table.array_sectors()).offset(), (old_last + 1).offset()));
         for m in self.moves.iter().filter(|m| m.moved()) {
-            self.vacated.push((m.old_start_lba * 512, (m.old_start_lba + m.sectors) * 512));
+            self.vacated.push((m.old_start_lba.offset(), (m.old_start_lba + m.sectors).offset()));
             table.move_entry(m.index, m.new_start_lba, m.sectors);
             self.changes.push(format!(
                 "GPT entry of partition {}: first sector {} -> {}",
                 m.index, m.old_start_lba, m.new_start_lba
             ));
         }
-        let last = disk_size / 512 - 1;
+        let last = Lba::last_of(disk_size).unwrap_or_default();
         self.changes.push(format!("GPT headers and entry arrays rewritten (backup header at sector {last}, CRCs)"));
         for (offset, bytes, what) in table.encode(last) {
             self.patches.push(DiskWrite { offset, bytes, what: what.into() });
@@ -522,7 +523,7 @@ impl<'m> Planner<'m, '_> {
             self.changes.push(format!("protective MBR: covers {last} sectors"));
             self.patches.push(DiskWrite {
                 offset: 0,
-                bytes: mbr::protective_for(&sector0, last).to_vec(),
+                bytes: mbr::protective_for(&sector0, last.0).to_vec(),
                 what: "protective MBR".into(),
             });
         }
@@ -540,7 +541,7 @@ impl<'m> Planner<'m, '_> {
                     .push(format!("partition {}: the exFAT PartitionOffset field is left as it was", m.index));
                 continue;
             }
-            let Ok(hidden) = u32::try_from(m.new_start_lba) else {
+            let Ok(hidden) = u32::try_from(m.new_start_lba.0) else {
                 self.impossible.push(format!("partition {}: hidden sectors cannot hold {}", m.index, m.new_start_lba));
                 continue;
             };
@@ -566,7 +567,7 @@ impl<'m> Planner<'m, '_> {
                     m.old_start_lba
                 );
                 self.changes.push(what.clone());
-                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel) * 512, bytes: s.to_vec(), what });
+                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel).offset(), bytes: s.to_vec(), what });
             }
         }
         Ok(())
@@ -576,8 +577,8 @@ impl<'m> Planner<'m, '_> {
     fn new_offset(&self, old: u64) -> u64 {
         self.moves
             .iter()
-            .find(|m| (m.old_start_lba * 512..(m.old_start_lba + m.sectors) * 512).contains(&old))
-            .map_or(old, |m| old - m.old_start_lba * 512 + m.new_start_lba * 512)
+            .find(|m| (m.old_start_lba.offset()..(m.old_start_lba + m.sectors).offset()).contains(&old))
+            .map_or(old, |m| old - m.old_start_lba.offset() + m.new_start_lba.offset())
     }
 
     /// MountedDevices and BCD device elements that name a moved MBR partition by (disk
@@ -585,8 +586,12 @@ impl<'m> Planner<'m, '_> {
     fn plan_registry(&mut self) -> Result<()> {
         let image = self.map.image;
         let signature = self.map.layout.mbr.as_ref().map_or(0, |m| m.disk_signature);
-        let moved: Vec<(u64, u64)> =
-            self.moves.iter().filter(|m| m.moved()).map(|m| (m.old_start_lba * 512, m.new_start_lba * 512)).collect();
+        let moved: Vec<(u64, u64)> = self
+            .moves
+            .iter()
+            .filter(|m| m.moved())
+            .map(|m| (m.old_start_lba.offset(), m.new_start_lba.offset()))
+            .collect();
         if moved.is_empty() {
             return Ok(());
         }
@@ -718,7 +723,7 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     }
     let mut p = Planner {
         map,
-        boundary_sectors: boundary.map_or(1, |b| b / 512),
+        boundary_sectors: boundary.map_or(1, |b| b / SECTOR_SIZE),
         moves: Vec::new(),
         vacated: Vec::new(),
         patches: Vec::new(),
@@ -730,11 +735,11 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     let disk_size = match map.layout.scheme {
         Scheme::Mbr => {
             p.plan_mbr()?;
-            grown(old_size, p.needed_sectors * 512).max(min_size)
+            grown(old_size, sectors_to_bytes(p.needed_sectors)).max(min_size)
         }
         Scheme::Gpt => {
             let table = p.plan_gpt_moves()?;
-            let size = grown(old_size, p.needed_sectors * 512).max(min_size);
+            let size = grown(old_size, sectors_to_bytes(p.needed_sectors)).max(min_size);
             p.plan_gpt_patches(table, size)?;
             size
         }
@@ -759,7 +764,12 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
         overlay(&mut segments, a, b.min(disk_size), None);
     }
     for m in p.moves.iter().filter(|m| m.moved()) {
-        overlay(&mut segments, m.new_start_lba * 512, (m.new_start_lba + m.sectors) * 512, Some(m.old_start_lba * 512));
+        overlay(
+            &mut segments,
+            m.new_start_lba.offset(),
+            (m.new_start_lba + m.sectors).offset(),
+            Some(m.old_start_lba.offset()),
+        );
     }
     let mut patches = p.patches;
     patches.sort_by_key(|w| w.offset);

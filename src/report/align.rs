@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::disk::Lba;
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::map::ImageMap;
 use crate::report::table::{Section, human_bytes};
@@ -14,7 +15,7 @@ use crate::vhd::device::BlockDevice;
 pub struct PartitionAlignment {
     pub index: u32,
     pub logical: bool,
-    pub start_lba: u64,
+    pub start_lba: Lba,
     pub offset: u64,
     pub aligned_4k: bool,
     pub aligned_64k: bool,

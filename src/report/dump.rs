@@ -277,8 +277,8 @@ fn bat_report(s: &SparseVhd, opts: DumpOptions) -> Result<BatReport> {
                 .map(|(index, sector)| {
                     Ok(BlockEntry {
                         index,
-                        sector,
-                        file_offset: sector * 512,
+                        sector: sector.0 as u64,
+                        file_offset: sector.offset(),
                         sectors_present: s.sectors_present(index)?,
                     })
                 })

@@ -141,7 +141,7 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
                 format!("allocated, but the disk has only {} blocks", s.block_count()),
             ));
         }
-        extents.push((sector * 512, sector * 512 + span, format!("block {block}"), entry_at));
+        extents.push((sector.offset(), sector.offset() + span, format!("block {block}"), entry_at));
     }
     extents.sort();
     let mut reach: Option<(u64, &str)> = None;

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use super::{MAX_BLOCK_SIZE, MAX_DISK_SIZE, SparseVhd};
 use crate::error::{Error, Result};
 use crate::host::FileId;
-use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, UNALLOCATED, table_bytes};
+use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX, new_uuid};
@@ -117,11 +117,8 @@ impl SparseVhd {
         if self.bat.sector(block).is_some() || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
             return Err(Error::internal(format!("block {block}: not a fresh block of this image")));
         }
-        let start = self.data_end.div_ceil(512) * 512;
-        if u32::try_from(start / 512).ok().is_none_or(|s| s == UNALLOCATED) {
-            return Err(Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"));
-        }
-        self.file.write_all_at(start, &bitmap.encode(self.header.bitmap_size() as usize))?;
+        let start = self.next_block_sector()?;
+        self.file.write_all_at(start.offset(), &bitmap.encode(self.header.bitmap_size() as usize))?;
         self.appending = Some((block, start));
         Ok(())
     }
@@ -134,7 +131,7 @@ impl SparseVhd {
         if within + data.len() as u64 > self.block_size() {
             return Err(Error::internal(format!("block {block}: data past the block's end")));
         }
-        self.file.write_all_at(start + self.header.bitmap_size() + within, data)
+        self.file.write_all_at(start.offset() + self.header.bitmap_size() + within, data)
     }
 
     /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
@@ -142,8 +139,8 @@ impl SparseVhd {
     pub fn append_end(&mut self, keep: bool) -> Result<()> {
         let (block, start) = self.appending.take().ok_or_else(|| Error::internal("block ended with no block begun"))?;
         if keep {
-            self.bat.set(block, (start / 512) as u32);
-            self.data_end = start + self.header.bitmap_size() + self.block_size();
+            self.bat.set(block, Some(start));
+            self.data_end = start.offset() + self.header.bitmap_size() + self.block_size();
         }
         Ok(())
     }

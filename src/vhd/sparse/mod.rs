@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result, Space};
 use crate::host::FileId;
-use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, table_bytes};
+use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
@@ -60,7 +60,7 @@ pub struct SparseVhd {
     /// Whether the footer at the end and the copy at 0 are the encoded `footer`.
     footers_current: bool,
     /// The block being appended to a fresh image, and the file offset of its bitmap.
-    appending: Option<(u64, u64)>,
+    appending: Option<(u64, FileSector)>,
 }
 
 impl SparseVhd {
@@ -133,7 +133,7 @@ impl SparseVhd {
         let bat = BlockAllocationTable::parse(&bat_raw, header.max_table_entries);
         let block_span = header.bitmap_size() + header.block_size as u64;
         for (block, sector) in bat.allocated() {
-            let end = sector * 512 + block_span;
+            let end = sector.offset() + block_span;
             if end > data_end {
                 note(
                     Finding::new(
@@ -141,7 +141,7 @@ impl SparseVhd {
                         format!("BAT entry {block}"),
                         Space::File,
                         header.table_offset + 4 * block,
-                        format!("block at sector {sector:#x} ends at {end:#x}, past the data end {data_end:#x}"),
+                        format!("block at sector {:#x} ends at {end:#x}, past the data end {data_end:#x}", sector.0),
                     )
                     .hazardous(),
                 )?;
@@ -326,7 +326,7 @@ impl SparseVhd {
     }
 
     /// The cached presence of an allocated block, loading its bitmap on first use.
-    fn presence(&self, block: u64, sector: u64) -> Result<Arc<StoredSectors>> {
+    fn presence(&self, block: u64, sector: FileSector) -> Result<Arc<StoredSectors>> {
         if let Some(p) = self.presence.read().map_err(|_| self.poisoned())?.get(&block) {
             return Ok(p.clone());
         }
@@ -339,24 +339,24 @@ impl SparseVhd {
         Error::unsupported(self.file.path(), "bitmap cache lock poisoned by an earlier panic")
     }
 
-    fn load_presence(&self, block: u64, sector: u64) -> Result<StoredSectors> {
+    fn load_presence(&self, block: u64, sector: FileSector) -> Result<StoredSectors> {
         self.check_block_inside(block, sector)?;
         let mut raw = vec![0u8; self.header.bitmap_size() as usize];
-        self.file.read_exact_at(sector * 512, &mut raw, "sector bitmap")?;
+        self.file.read_exact_at(sector.offset(), &mut raw, "sector bitmap")?;
         let bitmap = SectorBitmap::from_bytes(&raw, self.block_sectors());
         Ok(if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) })
     }
 
     /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).
-    fn check_block_inside(&self, block: u64, sector: u64) -> Result<()> {
-        let end = sector * 512 + self.header.bitmap_size() + self.block_size();
+    fn check_block_inside(&self, block: u64, sector: FileSector) -> Result<()> {
+        let end = sector.offset() + self.header.bitmap_size() + self.block_size();
         if end > self.data_end {
             return Err(Error::corrupt(
                 self.file.path(),
                 format!("BAT entry {block}"),
                 Space::File,
                 self.header.table_offset + 4 * block,
-                format!("block at sector {sector:#x} ends at {end:#x}, past the data end {:#x}", self.data_end),
+                format!("block at sector {:#x} ends at {end:#x}, past the data end {:#x}", sector.0, self.data_end),
             ));
         }
         Ok(())
@@ -386,7 +386,7 @@ impl SparseVhd {
         let Some(sector) = self.bat.sector(block) else {
             return self.read_absent(disk_offset, buf);
         };
-        let data_at = sector * 512 + self.header.bitmap_size();
+        let data_at = sector.offset() + self.header.bitmap_size();
         match &*self.presence(block, sector)? {
             StoredSectors::All => self.file.read_exact_at(data_at + within, buf, "block data"),
             StoredSectors::Some(bitmap) => {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::{SparseVhd, StoredSectors};
 use crate::error::{Error, Result};
-use crate::vhd::bat::{BlockAllocationTable, UNALLOCATED, table_bytes};
+use crate::vhd::bat::{BlockAllocationTable, FileSector, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device;
 use crate::vhd::footer::FOOTER_SIZE;
@@ -53,7 +53,7 @@ impl SparseVhd {
     pub fn stored_nonzero(&self, block: u64, a: u64, z: u64) -> Result<Vec<(u64, u64)>> {
         let Some(sector) = self.bat.sector(block) else { return Ok(Vec::new()) };
         self.check_block_inside(block, sector)?;
-        let data_at = sector * 512 + self.header.bitmap_size();
+        let data_at = sector.offset() + self.header.bitmap_size();
         let z = z.min(self.block_size());
         let found = device::nonzero_ranges(data_at + a.min(z), data_at + z, &|at, buf| {
             self.file.read_exact_at(at, buf, "block data")
@@ -76,7 +76,7 @@ impl SparseVhd {
             self.check_block_inside(*block, sector)?;
             match rewrite {
                 BlockRewrite::Drop => {
-                    bat.set(*block, UNALLOCATED);
+                    bat.set(*block, None);
                     self.presence_map().remove(block);
                 }
                 BlockRewrite::Keep { zero, bitmap } => {
@@ -89,7 +89,8 @@ impl SparseVhd {
         if bat.allocated_count() < old.allocated_count() {
             // Step 2: the dropped blocks leave the BAT in one write.
             self.write_bat(&bat)?;
-            let freed: Vec<u64> = old.allocated().filter(|(b, _)| bat.sector(*b).is_none()).map(|(_, s)| s).collect();
+            let freed: Vec<FileSector> =
+                old.allocated().filter(|(b, _)| bat.sector(*b).is_none()).map(|(_, s)| s).collect();
             outcome.moved_blocks = self.fill_freed_slots(&mut bat, freed)?;
             self.cut_after_last_block()?;
         }
@@ -102,11 +103,11 @@ impl SparseVhd {
     fn change_block(
         &mut self,
         block: u64,
-        sector: u64,
+        sector: FileSector,
         zero: &[(u64, u64)],
         bitmap: Option<&SectorBitmap>,
     ) -> Result<u64> {
-        let data_at = sector * 512 + self.header.bitmap_size();
+        let data_at = sector.offset() + self.header.bitmap_size();
         let mut zeroed = 0;
         for &(a, z) in zero {
             let z = z.min(self.block_size());
@@ -119,7 +120,7 @@ impl SparseVhd {
             if bm.sectors() != self.block_sectors() {
                 return Err(Error::internal(format!("block {block}: a sector bitmap of the wrong size")));
             }
-            self.file.write_all_at(sector * 512, &bm.encode(self.header.bitmap_size() as usize))?;
+            self.file.write_all_at(sector.offset(), &bm.encode(self.header.bitmap_size() as usize))?;
             let stored = if bm.is_full() { StoredSectors::All } else { StoredSectors::Some(bm.clone()) };
             self.presence_map().insert(block, Arc::new(stored));
         }
@@ -137,27 +138,27 @@ impl SparseVhd {
     /// Step 3: the last blocks of the file are copied into the `freed` slots (sectors) below
     /// them, a batch at a time, each batch durable before the BAT points at it. Returns the
     /// number of blocks moved.
-    fn fill_freed_slots(&mut self, bat: &mut BlockAllocationTable, freed: Vec<u64>) -> Result<u64> {
+    fn fill_freed_slots(&mut self, bat: &mut BlockAllocationTable, freed: Vec<FileSector>) -> Result<u64> {
         let span = self.header.bitmap_size() + self.block_size();
         let metadata_end = self.metadata_end();
-        let mut free: Vec<u64> = freed.into_iter().map(|s| s * 512).filter(|&at| at >= metadata_end).collect();
+        let mut free: Vec<FileSector> = freed.into_iter().filter(|s| s.offset() >= metadata_end).collect();
         free.sort_unstable();
-        let mut kept: Vec<(u64, u64)> = bat.allocated().collect();
+        let mut kept: Vec<(u64, FileSector)> = bat.allocated().collect();
         kept.sort_by_key(|&(_, sector)| std::cmp::Reverse(sector));
-        let moves: Vec<(u64, u64, u64)> = kept
+        let moves: Vec<(u64, FileSector, FileSector)> = kept
             .iter()
             .zip(free)
-            .take_while(|&(&(_, sector), slot)| slot < sector * 512)
-            .map(|(&(b, sector), slot)| (b, sector * 512, slot))
+            .take_while(|&(&(_, sector), slot)| slot < sector)
+            .map(|(&(b, sector), slot)| (b, sector, slot))
             .collect();
         let mut buf = vec![0u8; COPY_CHUNK.min(span) as usize];
         for batch in moves.chunks(MOVE_BATCH) {
             for &(_, from, to) in batch {
-                self.copy_within(from, to, span, &mut buf)?;
+                self.copy_within(from.offset(), to.offset(), span, &mut buf)?;
             }
             self.file.sync()?;
             for &(b, _, to) in batch {
-                bat.set(b, (to / 512) as u32);
+                bat.set(b, Some(to));
             }
             self.write_bat(bat)?;
         }
@@ -179,7 +180,7 @@ impl SparseVhd {
     /// Step 4: the footer at the end of the last block, then the file cut after it.
     fn cut_after_last_block(&mut self) -> Result<()> {
         let span = self.header.bitmap_size() + self.block_size();
-        let last = self.bat.allocated().map(|(_, sector)| sector * 512 + span).max().unwrap_or(0);
+        let last = self.bat.allocated().map(|(_, sector)| sector.offset() + span).max().unwrap_or(0);
         let new_end = last.max(self.metadata_end()).div_ceil(512) * 512;
         if new_end < self.data_end {
             self.file.write_all_at(new_end, self.footer.raw())?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{SparseVhd, StoredSectors};
 use crate::error::{Error, Result, Space};
-use crate::vhd::bat::UNALLOCATED;
+use crate::vhd::bat::FileSector;
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, WritableDevice, check_range};
 
@@ -16,10 +16,8 @@ impl SparseVhd {
     /// The order survives a crash: the footer moves first, then the block is written, and
     /// only then does the BAT entry make it visible.
     fn allocate_block(&mut self, block: u64, content: Option<(&SectorBitmap, &[u8])>) -> Result<()> {
-        let start = self.data_end.div_ceil(512) * 512;
-        let sector = u32::try_from(start / 512).ok().filter(|&s| s != UNALLOCATED).ok_or_else(|| {
-            Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
-        })?;
+        let sector = self.next_block_sector()?;
+        let start = sector.offset();
         let bitmap_size = self.header.bitmap_size() as usize;
         let new_end = start + bitmap_size as u64 + self.block_size();
         self.write_footers(new_end)?;
@@ -30,8 +28,8 @@ impl SparseVhd {
             }
             None => self.file.write_all_at(start, &vec![0u8; bitmap_size + self.block_size() as usize])?,
         }
-        self.file.write_all_at(self.header.table_offset + 4 * block, &sector.to_be_bytes())?;
-        self.bat.set(block, sector);
+        self.file.write_all_at(self.header.table_offset + 4 * block, &sector.0.to_be_bytes())?;
+        self.bat.set(block, Some(sector));
         let presence = match content {
             Some((b, _)) if b.is_full() => StoredSectors::All,
             Some((b, _)) => StoredSectors::Some(b.clone()),
@@ -40,6 +38,13 @@ impl SparseVhd {
         self.presence_map().insert(block, Arc::new(presence));
         self.data_end = new_end;
         Ok(())
+    }
+
+    /// Where the next block appended to the file starts: the first whole sector after the
+    /// data, which a 32-bit BAT entry must be able to name.
+    pub(super) fn next_block_sector(&self) -> Result<FileSector> {
+        FileSector::at_or_after(self.data_end)
+            .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))
     }
 
     /// Writes the footer at `end` (and refreshes the copy at 0 if it was stale).
@@ -64,7 +69,7 @@ impl SparseVhd {
             None => self.allocate_block(block, Some((bitmap, data))),
             Some(sector) => {
                 self.check_block_inside(block, sector)?;
-                let at = sector * 512;
+                let at = sector.offset();
                 self.file.write_all_at(at + self.header.bitmap_size(), data)?;
                 self.file.write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
                 let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap.clone()) };
@@ -91,7 +96,7 @@ impl SparseVhd {
         let end = within + data.len() as u64;
         let aligned_start = within / 512 * 512;
         let aligned_end = end.div_ceil(512) * 512;
-        let data_at = sector * 512 + self.header.bitmap_size();
+        let data_at = sector.offset() + self.header.bitmap_size();
         if aligned_start == within && aligned_end == end {
             self.file.write_all_at(data_at + within, data)?;
         } else {
@@ -112,7 +117,7 @@ impl SparseVhd {
         {
             let mut bitmap = bitmap.clone();
             bitmap.set_range(first, last, true);
-            self.file.write_all_at(sector * 512, &bitmap.encode(self.header.bitmap_size() as usize))?;
+            self.file.write_all_at(sector.offset(), &bitmap.encode(self.header.bitmap_size() as usize))?;
             let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) };
             self.presence_map().insert(block, Arc::new(presence));
         }
