@@ -3,8 +3,8 @@
 #   make test   installs the test tools when missing (as root), then runs the whole suite
 
 CARGO ?= cargo
-TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time
-TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 
 .PHONY: build test torture tools lint demo bench install corpus clean

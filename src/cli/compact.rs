@@ -167,11 +167,11 @@ fn run(cli: &Cli) -> Result<bool> {
     let bar = progress();
     let events = |e: Event<'_>| match e {
         Event::RemovedStale(removed) => crate::cli::report_stale("vhdcompact", removed),
-        Event::Writing { temp, blocks } => {
+        Event::Writing { temp, units } => {
             if let Some(temp) = temp {
                 crate::cli::track_temp(temp);
             }
-            bar.set_length(blocks);
+            bar.set_length(units);
         }
         Event::Written(done) => bar.set_position(done),
         Event::Verifying => bar.finish_and_clear(),

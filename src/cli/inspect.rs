@@ -142,6 +142,34 @@ pub enum Command {
         #[arg(long)]
         fail_on_misaligned: bool,
     },
+    /// Write a file's bytes to standard output: PATH in the volume (`/` or `\`,
+    /// case-insensitive), or PATH:STREAM for an alternate data stream.
+    Cat {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The file, as PATH or PATH:STREAM.
+        #[arg(value_name = "PATH[:STREAM]")]
+        path: String,
+        /// The partition holding it, when several volumes have the path.
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
+    },
+    /// Copy files out of the NTFS volumes into a new folder: everything, or each PATH (a file,
+    /// or a folder with everything under it), with alternate data streams (as NAME:STREAM
+    /// beside the file), hard links and times. Symbolic links and junctions are not recreated.
+    Extract {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Files or folders in the volume (default: every file of every NTFS volume).
+        #[arg(value_name = "PATH")]
+        paths: Vec<String>,
+        /// The folder to create (it must not exist yet; it appears only once complete).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Only this partition.
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
+    },
     /// Registry keys and values in the image's hives (the read-only half of vhdreg).
     Reg {
         #[command(flatten)]
@@ -276,6 +304,18 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(!(fail_on_misaligned && r.misaligned > 0))
         }
         Command::Reg { source, command } => crate::cli::reg::run_read(&source, command, cli.json),
+        Command::Cat { image, path, partition } => cat(&image, &path, partition),
+        Command::Extract { image, paths, to, partition } => {
+            let img = image.open(false)?;
+            let events = |e: crate::pass::Event<'_>| match e {
+                crate::pass::Event::RemovedStale(removed) => crate::cli::report_stale("vhdinspect", removed),
+                crate::pass::Event::Writing { temp: Some(temp), .. } => crate::cli::track_temp(temp),
+                _ => {}
+            };
+            let r = crate::pass::extract::extract(&img, &paths, partition, &to, &events)?;
+            emit(cli.json, &r, report::extract::render)?;
+            Ok(!r.skipped.iter().any(|s| s.unreadable))
+        }
         Command::Check { image } => {
             let img = image.open(true)?;
             let r = report::check::build(&img)?;
@@ -283,4 +323,40 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(r.clean)
         }
     }
+}
+
+/// `cat`: the file (or stream) at `path`, copied to standard output.
+fn cat(image: &ImageArgs, path: &str, partition: Option<u32>) -> Result<bool> {
+    let img = image.open(false)?;
+    let map = ImageMap::build(&img, partition)?;
+    map.require_readable()?;
+    // PATH:STREAM, unless the whole argument names a file (POSIX names may hold a colon).
+    let (file, stream) = match map.find_file(path, partition) {
+        Ok(f) => (f, ""),
+        Err(whole) => match path.rsplit_once(':').filter(|(_, s)| !s.contains(['/', '\\'])) {
+            Some((p, s)) => (map.find_file(p, partition).map_err(|_| whole)?, s),
+            None => return Err(whole),
+        },
+    };
+    if file.file.directory && stream.is_empty() {
+        return Err(crate::Error::Usage(format!("{path} is a folder: name a file (or use extract)")));
+    }
+    let mut reader = file.open(&img, stream)?;
+    // Read errors name the image; only write errors are the output's.
+    let mut failed = None;
+    write_output(|w| {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < reader.len() {
+            let n = (reader.len() - at).min(buf.len() as u64) as usize;
+            if let Err(e) = reader.read_at(at, &mut buf[..n]) {
+                failed = Some(e);
+                break;
+            }
+            w.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    })?;
+    failed.map_or(Ok(true), Err)
 }

@@ -92,7 +92,11 @@ pub fn handle_signals(tool: &'static str) {
 fn stop(tool: &str) -> ! {
     let temps = TEMP_OUTPUTS.lock().map(|t| t.clone()).unwrap_or_default();
     for t in &temps {
-        let _ = std::fs::remove_file(t);
+        if t.is_dir() {
+            let _ = std::fs::remove_dir_all(t);
+        } else {
+            let _ = std::fs::remove_file(t);
+        }
     }
     eprintln!("{tool}: interrupted; no partial output left behind");
     std::process::exit(130)

@@ -82,6 +82,7 @@ impl Partition {
 }
 
 /// A window of a device, readable as a device of its own.
+#[derive(Clone, Debug)]
 pub struct PartitionView<D> {
     device: D,
     start: u64,

@@ -228,6 +228,102 @@ impl Drop for NewFile {
     }
 }
 
+/// A folder tree being written under a temporary name beside its target: it appears whole
+/// (renamed into place, never over anything) or not at all (removed when dropped first). The
+/// temporary folder is locked while it is written, so a later run can tell one left by a
+/// killed run.
+pub struct NewTree {
+    temp: PathBuf,
+    target: PathBuf,
+    /// The temporary folder, open and locked (where the host can lock a folder).
+    handle: Option<File>,
+    mode_limit: u32,
+    removed_stale: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl NewTree {
+    /// Creates the temporary folder for `target`, which must not exist yet; files in it get
+    /// no more permission than `policy`'s inputs.
+    pub fn create(target: &Path, policy: &OutputPolicy) -> Result<Self> {
+        if std::fs::symlink_metadata(target).is_ok() {
+            return Err(Error::Conflict {
+                file: target.to_path_buf(),
+                problem: "exists: the tree is written as a new folder, never into or over anything".into(),
+            });
+        }
+        let dir = folder_of(target);
+        let removed_stale = remove_stale_temps(&dir);
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = format!(".{name}.vhdkit-new-");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(TEMP_SUFFIX);
+        if let Some(p) = platform::permissions_for_new_dir(policy.mode_limit) {
+            builder.permissions(p);
+        }
+        let fresh =
+            builder.tempdir_in(&dir).map_err(|e| Error::open(target, "create a temporary folder beside", e))?.keep();
+        let handle = platform::open_dir(&fresh);
+        if let Some(h) = &handle {
+            lock(h, &fresh, true, LockWait::Fail)?;
+        }
+        let marked = marked_name(&fresh);
+        std::fs::rename(&fresh, &marked).map_err(|e| Error::open(&fresh, "rename", e))?;
+        Ok(NewTree {
+            temp: marked,
+            target: target.to_path_buf(),
+            handle,
+            mode_limit: policy.mode_limit,
+            removed_stale,
+            committed: false,
+        })
+    }
+
+    /// The temporary folder, to write the tree into.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Permission bits for a new file in the tree (the umask applies on top).
+    pub fn file_mode(&self) -> u32 {
+        0o666 & self.mode_limit
+    }
+
+    /// Permission bits for a new folder in the tree: a file's, plus search where read is
+    /// allowed.
+    pub fn dir_mode(&self) -> u32 {
+        platform::dir_mode(self.mode_limit)
+    }
+
+    /// Temporary outputs of killed runs that were removed from the target's folder.
+    pub fn removed_stale(&self) -> &[PathBuf] {
+        &self.removed_stale
+    }
+
+    /// Flushes the tree and renames it to the target (failing if the target appeared
+    /// meanwhile), then flushes the folder.
+    pub fn commit(mut self) -> Result<()> {
+        if let Some(h) = &self.handle {
+            platform::sync_filesystem(h).map_err(|e| Error::io(&self.temp, "flush", Space::File, 0, e))?;
+        }
+        platform::rename_noreplace(&self.temp, &self.target).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::OutputExists { file: self.target.clone() },
+            _ => Error::open(&self.target, "create the finished output", e),
+        })?;
+        self.committed = true;
+        platform::sync_dir(&folder_of(&self.target));
+        Ok(())
+    }
+}
+
+impl Drop for NewTree {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.temp);
+        }
+    }
+}
+
 /// The name a locked temporary file takes: its own with `.vhdkit-new-` turned into the
 /// marker (the folder's path is left alone, whatever it holds).
 fn marked_name(fresh: &Path) -> PathBuf {
@@ -255,6 +351,14 @@ fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
             continue;
         }
         let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // A tree: removable once nobody holds its lock.
+            let Some(dir) = platform::open_dir(&path) else { continue };
+            if lock(&dir, &path, true, LockWait::Fail).is_ok() && std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path);
+            }
+            continue;
+        }
         let Ok(file) = platform::open_nonblocking(&path, false, true) else { continue };
         let regular = file.metadata().is_ok_and(|m| m.is_file());
         if regular && lock(&file, &path, true, LockWait::Fail).is_ok() && std::fs::remove_file(&path).is_ok() {

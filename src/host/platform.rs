@@ -136,6 +136,26 @@ mod imp {
             let _ = d.sync_all();
         }
     }
+
+    pub fn create_dir_new(path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(mode).create(path)
+    }
+
+    pub fn open_dir(path: &Path) -> Option<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlags::DIRECTORY | OFlags::NOFOLLOW).bits() as i32)
+            .open(path)
+            .ok()
+    }
+
+    pub fn sync_filesystem(dir: &File) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return rustix::fs::syncfs(dir).map_err(io::Error::from);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return dir.sync_all();
+    }
 }
 
 #[cfg(windows)]
@@ -244,6 +264,18 @@ mod imp {
     }
 
     pub fn sync_dir(_dir: &Path) {}
+
+    pub fn create_dir_new(path: &Path, _mode: u32) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+
+    pub fn open_dir(_path: &Path) -> Option<File> {
+        None
+    }
+
+    pub fn sync_filesystem(_dir: &File) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens `path` for reading (and writing), without blocking on FIFOs; with `no_follow`, a
@@ -327,4 +359,43 @@ pub fn permissions_for_new(mode_of_input: u32) -> Option<std::fs::Permissions> {
 /// Flushes a folder so a create, rename or removal in it survives a crash.
 pub fn sync_dir(dir: &Path) {
     imp::sync_dir(dir)
+}
+
+/// Creates the folder `path` (never an existing one, never through a symlink) with
+/// permission bits `mode`, the umask applying on top.
+pub fn create_dir_new(path: &Path, mode: u32) -> io::Result<()> {
+    imp::create_dir_new(path, mode)
+}
+
+/// A folder opened as a file (not through a symlink), to lock or flush it; `None` where the
+/// host cannot.
+pub fn open_dir(path: &Path) -> Option<File> {
+    imp::open_dir(path)
+}
+
+/// Flushes every write to the file system holding `dir` (one call for a whole new tree).
+pub fn sync_filesystem(dir: &File) -> io::Result<()> {
+    imp::sync_filesystem(dir)
+}
+
+/// Permission bits of a new folder whose files get at most `mode_of_input`: read-write
+/// where the input allows, plus search where read is allowed.
+pub fn dir_mode(mode_of_input: u32) -> u32 {
+    let files = 0o666 & mode_of_input;
+    files | ((files & 0o444) >> 2)
+}
+
+/// Permissions to create a new folder with (see [`dir_mode`]), the umask applying on top;
+/// `None` where the host's default is right.
+pub fn permissions_for_new_dir(mode_of_input: u32) -> Option<std::fs::Permissions> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        Some(std::fs::Permissions::from_mode(dir_mode(mode_of_input)))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode_of_input;
+        None
+    }
 }

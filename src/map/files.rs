@@ -1,8 +1,11 @@
 //! Files of the image's NTFS volumes found by their path, with the partition they live in.
 
 use crate::disk::{Partition, PartitionView};
+use crate::error::{Error, Remedy, Result};
 use crate::ntfs::NtfsIndex;
+use crate::ntfs::content::StreamReader;
 use crate::ntfs::file::FileEntry;
+use crate::vhd::device::BlockDevice;
 use crate::vhd::image::DiskImage;
 
 use super::ImageMap;
@@ -28,6 +31,15 @@ impl<'m> VolumeFile<'m> {
         PartitionView::new(image, self.partition)
     }
 
+    /// A reader of the file's data stream `stream` (`""` for the unnamed one).
+    pub fn open<'i>(
+        &self,
+        image: &'i DiskImage,
+        stream: &str,
+    ) -> Result<StreamReader<'m, PartitionView<&'i DiskImage>>> {
+        self.index.open_stream(self.volume(image), self.file, stream)
+    }
+
     /// Another file of the same volume, by its path.
     pub fn sibling(&self, path: &str) -> Option<VolumeFile<'m>> {
         let (file, name) = self.index.find_path(path)?;
@@ -46,5 +58,29 @@ impl ImageMap<'_> {
                 Some(VolumeFile { partition: p, index: idx, file, name })
             })
             .collect()
+    }
+}
+
+impl ImageMap<'_> {
+    /// The file at `path` in the one NTFS volume (only partition `partition`, if given) that
+    /// has it: none is a usage error, several ask for a partition to be chosen.
+    pub fn find_file(&self, path: &str, partition: Option<u32>) -> Result<VolumeFile<'_>> {
+        let mut found = self.find_files(&[path.to_string()], partition);
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Error::Usage(format!(
+                "{}: no {path} in {}",
+                self.image.source().display(),
+                partition.map_or("any NTFS volume".into(), |n| format!("partition {n}"))
+            ))),
+            _ => Err(Error::Refused {
+                file: self.image.source().to_path_buf(),
+                problem: format!(
+                    "{path} is in partitions {}",
+                    found.iter().map(|f| f.partition.index.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                remedy: Remedy::ChoosePartition,
+            }),
+        }
     }
 }

@@ -30,6 +30,11 @@ pub struct Stream {
     pub initialized_size: u64,
     /// VCN-ordered runs of every extent; empty for a resident attribute.
     pub runs: Vec<Run>,
+    /// Clusters per compression unit, as a power of two (0: not compressed), from the extent
+    /// at VCN 0.
+    pub compression_unit: u8,
+    /// The record holding the attribute (its value, when resident).
+    pub record: u64,
 }
 
 impl Stream {

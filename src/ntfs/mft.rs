@@ -81,6 +81,7 @@ impl RecordSummary {
         };
         for a in r.attributes {
             s.has_attribute_list |= a.ty == attr_type::ATTRIBUTE_LIST;
+            let mut compression_unit = 0;
             let (resident, lowest_vcn, data_size, allocated_size, initialized_size, runs) = match a.body {
                 AttributeBody::Resident { value } => {
                     match a.ty {
@@ -109,6 +110,7 @@ impl RecordSummary {
                     (true, 0, n, n, n, Vec::new())
                 }
                 AttributeBody::NonResident(nr) => {
+                    compression_unit = nr.compression_unit.min(u8::MAX as u16) as u8;
                     (false, nr.lowest_vcn, nr.data_size, nr.allocated_size, nr.initialized_size, nr.runs)
                 }
             };
@@ -122,6 +124,8 @@ impl RecordSummary {
                 allocated_size,
                 initialized_size,
                 runs,
+                compression_unit,
+                record: number,
             });
         }
         s

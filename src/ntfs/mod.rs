@@ -8,6 +8,7 @@
 //! [`owners::ClusterOwnerIndex`] maps every cluster to the streams that own it.
 
 pub mod bitmap;
+pub mod content;
 pub mod file;
 pub mod index;
 pub mod mft;

@@ -4,11 +4,29 @@
 pub mod align;
 pub mod compact;
 pub mod disk_write;
+pub mod extract;
 pub mod registry;
+
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::vhd::device::BlockDevice;
+
+/// What a pass that writes a new output tells its caller as it goes.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Temporary files that killed runs left in the output's folder were removed.
+    RemovedStale(&'a [PathBuf]),
+    /// Writing starts: into `temp` (a new file or folder, to remove if the run is
+    /// interrupted), `units` blocks or files in all.
+    Writing { temp: Option<&'a Path>, units: u64 },
+    /// Blocks or files written so far.
+    Written(u64),
+    /// The output is being read back and compared.
+    Verifying,
+}
 
 /// Refuses to write on the strength of NTFS volumes whose state Windows would not trust: a
 /// hibernated volume (Windows resumes with its own cached metadata and may undo or corrupt the

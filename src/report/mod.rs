@@ -6,6 +6,7 @@ pub mod check;
 pub mod compact;
 pub mod diff;
 pub mod dump;
+pub mod extract;
 pub mod files;
 pub mod map;
 pub mod owner;

@@ -66,7 +66,7 @@ pub fn in_place(
     };
     match rewrite {
         Rewrite::Blocks(decisions) => {
-            events(Event::Writing { temp: None, blocks: decisions.len() as u64 });
+            events(Event::Writing { temp: None, units: decisions.len() as u64 });
             report.dropped_blocks = decisions.iter().filter(|d| d.1 == BlockRewrite::Drop && !d.2).count() as u64;
             report.dropped_zero_blocks = decisions.iter().filter(|d| d.2).count() as u64;
             let changes: Vec<(u64, BlockRewrite)> = decisions.into_iter().map(|(b, r, _)| (b, r)).collect();
@@ -76,7 +76,7 @@ pub fn in_place(
             report.zeroed_bytes = done.zeroed_bytes;
         }
         Rewrite::Zero(ranges) => {
-            events(Event::Writing { temp: None, blocks: ranges.len() as u64 });
+            events(Event::Writing { temp: None, units: ranges.len() as u64 });
             for (a, z) in ranges {
                 image.write_zeros(a, z - a)?;
                 report.zeroed_bytes += z - a;

@@ -18,7 +18,7 @@ mod report;
 mod verify;
 mod write;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -31,6 +31,7 @@ pub use verify::{Mismatch, NeededDigests, VerifyReport};
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
+pub use crate::pass::Event;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
@@ -73,21 +74,6 @@ pub struct CompactOptions {
     pub verify: bool,
 }
 
-/// What a compaction run tells its caller as it goes.
-#[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
-pub enum Event<'a> {
-    /// Temporary files that killed runs left in the output's folder were removed.
-    RemovedStale(&'a [PathBuf]),
-    /// Writing starts: into `temp` (a new file, removed if the run is interrupted), `blocks`
-    /// blocks in all.
-    Writing { temp: Option<&'a Path>, blocks: u64 },
-    /// Blocks written so far.
-    Written(u64),
-    /// The output is being read back and compared.
-    Verifying,
-}
-
 /// Compacts `image` into a new file at `output`, which appears only once written, flushed and
 /// (with [`CompactOptions::verify`]) verified. `replace` says whether an existing file there
 /// may be replaced; an input of the image's chain never is.
@@ -108,7 +94,7 @@ pub fn to_new_file(
     if !out.removed_stale().is_empty() {
         events(Event::RemovedStale(out.removed_stale()));
     }
-    events(Event::Writing { temp: Some(out.path()), blocks: plan.blocks_written() });
+    events(Event::Writing { temp: Some(out.path()), units: plan.blocks_written() });
     let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
     let written = write::write(&plan, ImageFile::from_file(file, out.path(), true), opts.verify, &|done| {
         events(Event::Written(done))
