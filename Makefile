@@ -30,10 +30,12 @@ tools:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	RUSTFLAGS="-D warnings" $(CARGO) build --quiet --lib --no-default-features --target-dir target/lib-only
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps --lib
 
 test: tools lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
-	$(CARGO) test --features fault-injection
+	$(CARGO) test --features fault-injection,internals
 
 # The long runs of the integrity harness: more concurrent trials, power-cut states and crash
 # points (figures in docs/integrity.md).

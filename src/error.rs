@@ -85,66 +85,138 @@ pub struct Location<'a> {
 pub enum Error {
     /// A structure holds a value that cannot be right.
     #[error("{}: {structure} at {space} {offset:#x}: {problem}", file.display())]
-    Corrupt { file: PathBuf, structure: String, space: Space, offset: u64, problem: String },
+    Corrupt {
+        /// The file holding the structure.
+        file: PathBuf,
+        /// The structure, in words (`"VHD footer"`, `"BAT entry 17"`).
+        structure: String,
+        /// The address space of `offset`.
+        space: Space,
+        /// Where the structure (or its bad field) is.
+        offset: u64,
+        /// What is wrong, with the expected and actual values.
+        problem: String,
+    },
     /// The operating system failed a read or write.
     #[error("{}: {action} at {space} {offset:#x}: {source}", file.display())]
     Io {
+        /// The file read or written.
         file: PathBuf,
+        /// What was being done (`"read"`, `"write"`, `"fsync"`).
         action: &'static str,
+        /// The address space of `offset`.
         space: Space,
+        /// Where.
         offset: u64,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
     /// A file could not be opened or created.
     #[error("{}: cannot {action}: {source}", file.display())]
     Open {
+        /// The file.
         file: PathBuf,
+        /// What was being done (`"open"`, `"create"`, `"lock"`).
         action: &'static str,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
     /// A differencing disk's parent could not be found under any name its header gives.
     #[error("{}: parent disk not found; tried {}", file.display(), tried.join("; "))]
-    ParentNotFound { file: PathBuf, tried: Vec<String> },
+    ParentNotFound {
+        /// The differencing image.
+        file: PathBuf,
+        /// Every path tried, in order.
+        tried: Vec<String>,
+    },
     /// The request is valid but outside what this image or tool supports.
     #[error("{}: {problem}", file.display())]
-    Unsupported { file: PathBuf, problem: String },
+    Unsupported {
+        /// The file concerned.
+        file: PathBuf,
+        /// What is not supported, and why.
+        problem: String,
+    },
     /// The caller asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
     /// The file is another format, named by its magic numbers (VHDX, qcow, a compressed
     /// file...).
     #[error("{}: is {what}, not a VHD or a raw disk", file.display())]
-    Format { file: PathBuf, what: String },
+    Format {
+        /// The file.
+        file: PathBuf,
+        /// The format it is, in words.
+        what: String,
+    },
     /// The file holds no VHD footer, partition table or volume boot sector.
     #[error("{}: not a disk image: no VHD footer, partition table or volume boot sector", file.display())]
-    NotADisk { file: PathBuf },
+    NotADisk {
+        /// The file.
+        file: PathBuf,
+    },
     /// An NTFS volume Windows would not trust to be as it looks on disk.
     #[error("{}: partition {partition}: the NTFS volume {why}; boot Windows and shut it down fully first", file.display())]
-    UntrustedVolume { file: PathBuf, partition: u32, why: String },
+    UntrustedVolume {
+        /// The image.
+        file: PathBuf,
+        /// The partition holding the volume.
+        partition: u32,
+        /// Its state, in words (hibernated, dirty).
+        why: String,
+    },
     /// The request was refused; `remedy` says what would get past it.
     #[error("{}: {problem}", file.display())]
-    Refused { file: PathBuf, problem: String, remedy: Remedy },
+    Refused {
+        /// The file concerned.
+        file: PathBuf,
+        /// Why the request was refused.
+        problem: String,
+        /// What would get past the refusal.
+        remedy: Remedy,
+    },
     /// vhdkit broke one of its own rules: a bug to report.
     #[error("internal error (please report): {0}")]
     Internal(String),
     /// Another process holds a lock on the file.
     #[error("{}: in use by another vhdkit process", file.display())]
-    InUse { file: PathBuf },
+    InUse {
+        /// The locked file.
+        file: PathBuf,
+    },
     /// The request collides with what is on disk (an output that is an input, a read-only file).
     #[error("{}: {problem}", file.display())]
-    Conflict { file: PathBuf, problem: String },
+    Conflict {
+        /// The file on disk.
+        file: PathBuf,
+        /// The collision, in words.
+        problem: String,
+    },
     /// An output file exists and the caller did not allow replacing it.
     #[error("{}: exists; refusing to replace it", file.display())]
-    OutputExists { file: PathBuf },
+    OutputExists {
+        /// The existing file.
+        file: PathBuf,
+    },
     /// An image has the journal of an interrupted write: read-only commands do not look at a
     /// half-written image, and only a writer rolls it back.
     #[error("{}: a write was interrupted ({} exists); roll it back first", file.display(), journal.display())]
-    JournalPending { file: PathBuf, journal: PathBuf },
+    JournalPending {
+        /// The image.
+        file: PathBuf,
+        /// Its journal.
+        journal: PathBuf,
+    },
     /// A journal beside an image that cannot be proved to belong to it; it is never applied.
     #[error("{}: refusing to apply this journal: {reason}", journal.display())]
-    JournalRefused { journal: PathBuf, reason: String },
+    JournalRefused {
+        /// The journal.
+        journal: PathBuf,
+        /// Why it cannot be proved to belong to its image.
+        reason: String,
+    },
 }
 
 /// Result alias used throughout vhdkit.
@@ -244,10 +316,3 @@ impl From<Error> for io::Error {
     }
 }
 
-/// Recovers the [`Error`] that an adapter wrapped, or describes the plain I/O error.
-pub fn from_io(e: io::Error, file: &Path, action: &'static str, space: Space, offset: u64) -> Error {
-    match e.downcast::<Error>() {
-        Ok(inner) => inner,
-        Err(e) => Error::io(file, action, space, offset, e),
-    }
-}

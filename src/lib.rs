@@ -1,27 +1,142 @@
-//! vhdkit: offline tools for Microsoft VHD disk images.
+//! Offline tools for Microsoft virtual disk images (VHD): read any fixed, dynamic or
+//! differencing image, its partitions and its NTFS volumes without mounting anything; read
+//! files and streams out of it; compact it into a smaller image or in place; edit the
+//! registry hives inside it. Plain file I/O: no root, no VM, no Windows.
 //!
-//! Layers, each depending only on the ones above it:
-//! 1. [`vhd`]: container formats behind one `BlockDevice` trait.
-//! 2. [`disk`]: MBR and GPT partition tables; a partition is a byte-range view of a device.
-//! 3. [`ntfs`]: NTFS volumes read without mounting: files, paths, streams, cluster owners.
-//! 4. [`map`]: the correlation index: sector <-> cluster <-> VHD block <-> file.
-//! 5. [`pass`]: compaction, realignment and registry writes (over the [`hive`] engine): a
-//!    plan, then one writer.
-//! 6. [`cli`] and [`report`]: argument parsing, JSON and table output; the binaries are thin.
+//! # Reading an image
+//!
+//! ```
+//! use std::io::Read;
+//! # fn example_image(name: &str) -> std::path::PathBuf {
+//! #     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+//! #     let out = root.join("target/doc-example").join(name);
+//! #     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+//! #     let gz = root.join("corpus/aligned-dynamic.vhd.gz");
+//! #     let raw = std::process::Command::new("gzip").arg("-dc").arg(gz).output().unwrap().stdout;
+//! #     std::fs::write(&out, raw).unwrap();
+//! #     out
+//! # }
+//! use vhdkit::{BlockDevice, DiskImage, ImageMap, OpenOptions};
+//!
+//! # fn main() -> vhdkit::Result<()> {
+//! # let path = example_image("read.vhd");
+//! let image = DiskImage::open(&path, &OpenOptions::default())?;
+//! println!("{} image of {} bytes", image.kind(), image.len());
+//!
+//! // Partitions and the NTFS volumes in them, indexed in one parallel pass.
+//! let map = ImageMap::build(&image, None)?;
+//! for p in &map.layout.partitions {
+//!     println!("partition {} at sector {}: {}", p.index, p.start_lba, p.type_name);
+//! }
+//! for (partition, volume) in map.ntfs() {
+//!     println!("partition {}: {} files", partition.index, volume.files.len());
+//! }
+//!
+//! // A file's bytes, streamed (compressed and sparse files included).
+//! let file = map.find_file("data/hello.txt", None)?;
+//! let mut text = String::new();
+//! file.open(&image, "")?.read_to_string(&mut text).expect("the file reads");
+//! assert_eq!(text, "hello from mnt\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Compacting into a new image
+//!
+//! ```
+//! use vhdkit::compact::{self, CompactOptions, OutputFormat};
+//! # fn example_image(name: &str) -> std::path::PathBuf {
+//! #     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+//! #     let out = root.join("target/doc-example").join(name);
+//! #     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+//! #     let gz = root.join("corpus/aligned-dynamic.vhd.gz");
+//! #     let raw = std::process::Command::new("gzip").arg("-dc").arg(gz).output().unwrap().stdout;
+//! #     std::fs::write(&out, raw).unwrap();
+//! #     out
+//! # }
+//! use vhdkit::{DiskImage, OpenOptions, Replace};
+//!
+//! # fn main() -> vhdkit::Result<()> {
+//! # let path = example_image("compact.vhd");
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let output = dir.path().join("small.vhd");
+//! let image = DiskImage::open(&path, &OpenOptions::default())?;
+//! let opts = CompactOptions { to: Some(OutputFormat::Dynamic), verify: true, ..CompactOptions::default() };
+//! let report = compact::to_new_file(&image, &output, Replace::Never, &opts, &|_event| {})?;
+//! assert!(report.verified_ok());
+//! println!("{} -> {} bytes, {} blocks dropped", report.input_bytes, report.output_bytes, report.dropped_blocks);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layers
+//!
+//! Each depends only on the ones above it: containers behind [`BlockDevice`]; the disk's
+//! partition tables ([`DiskLayout`]); NTFS volumes ([`NtfsIndex`]); the correlation map
+//! ([`ImageMap`]: sector, cluster, block, file); passes that plan then write once
+//! ([`compact`], [`extract`], [`registry`]); and the command-line tools, which only parse,
+//! call and print. The layers' own modules are public only with the `internals` feature,
+//! which the test suite uses and which carries no stability promise.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(feature = "internals"), deny(missing_docs))]
+// Without the command-line tools, what only they use (.reg files, checks, text formats) is
+// built but not reachable.
+#![cfg_attr(not(any(feature = "cli", feature = "internals")), allow(dead_code, unused_imports))]
 
-pub mod bytes;
+macro_rules! layers {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        $(
+            $(#[$attr])*
+            #[cfg(feature = "internals")]
+            pub mod $name;
+            $(#[$attr])*
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+layers!(bytes, disk, error, hive, host, map, ntfs, pass, vhd);
+
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
-pub mod disk;
-pub mod error;
-pub mod hive;
-pub mod host;
-pub mod map;
-pub mod ntfs;
-pub mod pass;
 #[cfg(feature = "cli")]
-pub mod report;
-pub mod vhd;
+mod report;
 
-pub use error::{Error, ErrorKind, Location, Remedy, Result, Space};
+pub use crate::disk::{DiskLayout, FileSystem, Lba, Partition, PartitionView, Scheme};
+pub use crate::error::{Error, ErrorKind, Location, Remedy, Result, Space};
+pub use crate::hive::Hive;
+pub use crate::hive::regfile::RegOp;
+pub use crate::host::journal::Recovery;
+pub use crate::host::{LockWait, Replace};
+pub use crate::map::ImageMap;
+pub use crate::map::files::VolumeFile;
+pub use crate::ntfs::content::{FileTimes, Storage, StreamReader, WofAlgorithm};
+pub use crate::ntfs::{FileEntry, NtfsIndex, Stream};
+pub use crate::vhd::fixed::Fill;
+pub use crate::vhd::sparse::ParentLink;
+pub use crate::vhd::{
+    BlockDevice, DeviceReader, DiskImage, FixedVhd, ImageFormat, ImageKind, OpenOptions, SparseVhd, WritableDevice,
+};
+
+/// Compaction: an image rewritten with only the blocks that hold needed NTFS bytes, into a
+/// new file or in place; conversion between fixed and dynamic; realignment; verification.
+pub mod compact {
+    pub use crate::pass::Event;
+    pub use crate::pass::compact::{
+        CompactOptions, CompactReport, Mismatch, OutputFormat, PartitionPlan, PartitionResult, RealignResult,
+        VerifyReport, in_place, to_new_file,
+    };
+}
+
+/// Files and folders copied out of the image's NTFS volumes into a new folder.
+pub mod extract {
+    pub use crate::pass::extract::{ExtractReport, Skipped, extract};
+}
+
+/// Registry keys and values in the hives inside an image, or in a bare hive file.
+pub mod registry {
+    pub use crate::pass::registry::edit::{CommitGuard, EditOptions, EditReport, HiveSource, edit, read};
+    pub use crate::pass::registry::{KeyTarget, LoadedHive, WriteSummary};
+}

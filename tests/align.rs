@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use vhdkit::vhd::BlockDevice;
+use vhdkit::BlockDevice;
 
 fn compact_json(input: &Path, output: &Path, args: &[&str]) -> serde_json::Value {
     let out = run(bin("vhdcompact").arg(input).arg(output).args(args).arg("--json"));
@@ -28,7 +28,7 @@ fn qemu_partition(image: &Path, index: u32, dir: &Path) -> (PathBuf, u64) {
     let raw_file = dir.join("qemu-disk.raw");
     std::fs::write(&raw_file, &raw).unwrap();
     let disk = open(&raw_file);
-    let layout = vhdkit::disk::DiskLayout::read(&disk).unwrap();
+    let layout = vhdkit::DiskLayout::read(&disk).unwrap();
     let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}")).clone();
     let out = dir.join(format!("qemu-part{index}.img"));
     std::fs::write(&out, &raw[p.start() as usize..p.end() as usize]).unwrap();
@@ -102,17 +102,13 @@ fn a_differencing_child_realigns_into_a_standalone_image() {
     );
     let child = dir.path().join("child.vhd");
     let parent_img = open(&parent);
-    let mut c = vhdkit::vhd::SparseVhd::create(
-        &child,
-        0,
-        2 << 20,
-        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
-    )
-    .unwrap();
+    let mut c =
+        vhdkit::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::ParentLink { image: &parent_img, path: &parent }))
+            .unwrap();
     // The child changes a sector of the volume's first block.
     let mut s = [0u8; 512];
     parent_img.read_at(63 * 512 + 4 * 4096 * 1024, &mut s).unwrap();
-    vhdkit::vhd::WritableDevice::write_at(&mut c, 63 * 512 + 4 * 4096 * 1024, &s).unwrap();
+    vhdkit::WritableDevice::write_at(&mut c, 63 * 512 + 4 * 4096 * 1024, &s).unwrap();
     drop(c);
     let want = image_file_hashes(&parent).remove(&1).unwrap();
     let out = dir.path().join("realigned.vhd");

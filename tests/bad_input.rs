@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use vhdkit::ParentLink;
 use vhdkit::vhd::footer::Footer;
-use vhdkit::vhd::sparse::ParentLink;
-use vhdkit::vhd::{SparseVhd, WritableDevice};
+use vhdkit::{SparseVhd, WritableDevice};
 
 /// A small dynamic image with two allocated blocks; returns its path.
 fn small_dynamic(dir: &Path, name: &str) -> PathBuf {

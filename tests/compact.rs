@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use vhdkit::vhd::{BlockDevice, DiskImage, OpenOptions};
+use vhdkit::{BlockDevice, DiskImage, OpenOptions};
 
 fn compact(input: &Path, output: &Path, args: &[&str]) -> serde_json::Value {
     let out = run(bin("vhdcompact").arg(input).arg(output).args(args).arg("--json"));
@@ -160,16 +160,12 @@ fn changed_child(dir: &Path) -> (PathBuf, PathBuf) {
     let child = dir.join("child.vhd");
     let parent_img = open(&parent);
     let base = read_all(&parent_img);
-    let mut c = vhdkit::vhd::SparseVhd::create(
-        &child,
-        0,
-        2 << 20,
-        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
-    )
-    .unwrap();
+    let mut c =
+        vhdkit::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::ParentLink { image: &parent_img, path: &parent }))
+            .unwrap();
     for s in 0..changed.len() / 512 {
         if changed[s * 512..(s + 1) * 512] != base[s * 512..(s + 1) * 512] {
-            vhdkit::vhd::WritableDevice::write_at(&mut c, (s * 512) as u64, &changed[s * 512..(s + 1) * 512]).unwrap();
+            vhdkit::WritableDevice::write_at(&mut c, (s * 512) as u64, &changed[s * 512..(s + 1) * 512]).unwrap();
         }
     }
     (parent, child)
@@ -278,10 +274,10 @@ fn refusals_leave_no_output() {
 /// after every simulated crash).
 fn own_file_hashes(image: &Path) -> Option<std::collections::BTreeMap<String, String>> {
     let img = DiskImage::open(image, &OpenOptions::default()).ok()?;
-    let map = vhdkit::map::ImageMap::build(&img, None).ok()?;
+    let map = vhdkit::ImageMap::build(&img, None).ok()?;
     let mut out = std::collections::BTreeMap::new();
     for (p, idx) in map.ntfs() {
-        let view = vhdkit::disk::PartitionView::new(&img, p);
+        let view = vhdkit::PartitionView::new(&img, p);
         for f in &idx.files {
             for s in f.streams.iter().filter(|s| s.is_data() && !s.resident) {
                 let data = vhdkit::ntfs::stream::read_runs(

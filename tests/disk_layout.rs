@@ -7,8 +7,8 @@ use std::process::Command;
 
 use common::*;
 use vhdkit::disk::volume::{self, BackupState};
-use vhdkit::disk::{DiskLayout, Scheme};
-use vhdkit::vhd::{BlockDevice, DiskImage};
+use vhdkit::{BlockDevice, DiskImage};
+use vhdkit::{DiskLayout, Scheme};
 
 /// (index, start, sectors) of every partition sfdisk sees in a raw disk.
 fn sfdisk_partitions(raw: &Path) -> Vec<(u32, u64, u64)> {
@@ -51,10 +51,10 @@ fn logical_partitions_keep_linux_numbers_and_ebr_positions() {
     assert_eq!(layout.scheme.to_string(), "mbr");
     let p5 = layout.partition(5).unwrap();
     assert!(p5.logical);
-    assert_eq!(p5.ebr_lba, Some(vhdkit::disk::Lba(40960)));
+    assert_eq!(p5.ebr_lba, Some(vhdkit::Lba(40960)));
     assert_eq!(p5.entry_offset, Some(40960 * 512 + 446));
     let p6 = layout.partition(6).unwrap();
-    assert_eq!(p6.ebr_lba, Some(vhdkit::disk::Lba(65598)));
+    assert_eq!(p6.ebr_lba, Some(vhdkit::Lba(65598)));
     assert_eq!(layout.mbr.as_ref().unwrap().disk_signature, 0x0BAD_CAFE);
     let clusters: Vec<Option<u32>> =
         layout.partitions.iter().map(|p| volume::probe(&img, p).unwrap().cluster_size).collect();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use vhdkit::hive::Hive;
+use vhdkit::Hive;
 use vhdkit::hive::value::{reg_type, utf16z};
 
 /// (key path, value name) -> (type, data), as nt-hive reads them.
@@ -412,7 +412,7 @@ fn export_then_import_round_trips() {
     let mut copy = Hive::open(&path).unwrap();
     copy.delete_key("data-test").unwrap();
     for op in &ops {
-        if let vhdkit::hive::regfile::RegOp::SetValue { key, name, ty, data } = op {
+        if let vhdkit::RegOp::SetValue { key, name, ty, data } = op {
             let inner = key.strip_prefix("HKEY_LOCAL_MACHINE\\T\\").unwrap();
             copy.set_value(inner, name, *ty, data).unwrap();
         }
@@ -434,12 +434,10 @@ fn export_then_import_round_trips() {
             .arg("\\data-test"),
     );
     let theirs = vhdkit::hive::regfile::parse(&hivex).unwrap();
-    let values = |ops: &[vhdkit::hive::regfile::RegOp]| {
+    let values = |ops: &[vhdkit::RegOp]| {
         ops.iter()
             .filter_map(|o| match o {
-                vhdkit::hive::regfile::RegOp::SetValue { name, ty, data, .. } => {
-                    Some((name.clone(), (*ty, data.clone())))
-                }
+                vhdkit::RegOp::SetValue { name, ty, data, .. } => Some((name.clone(), (*ty, data.clone()))),
                 _ => None,
             })
             .collect::<BTreeMap<_, _>>()

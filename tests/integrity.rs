@@ -401,19 +401,19 @@ fn in_place_compaction_survives_a_power_cut_between_any_two_flushes() {
             .arg(&img),
     );
     let original = std::fs::read(&img).unwrap();
-    let reference = vhdkit::vhd::DiskImage::open(&img, &Default::default()).unwrap();
-    let map = vhdkit::map::ImageMap::build(&reference, None).unwrap();
+    let reference = vhdkit::DiskImage::open(&img, &Default::default()).unwrap();
+    let map = vhdkit::ImageMap::build(&reference, None).unwrap();
     let needed: Vec<(u64, u64)> = map
-        .needs(0, vhdkit::vhd::BlockDevice::len(&reference))
+        .needs(0, vhdkit::BlockDevice::len(&reference))
         .into_iter()
         .filter(|n| n.kind != vhdkit::map::blocks::NeedKind::Unneeded)
         .map(|n| (n.start, n.end))
         .collect();
-    let needed_bytes = |image: &vhdkit::vhd::DiskImage| -> Vec<u8> {
+    let needed_bytes = |image: &vhdkit::DiskImage| -> Vec<u8> {
         let mut out = Vec::new();
         for &(a, b) in &needed {
             let mut buf = vec![0u8; (b - a) as usize];
-            vhdkit::vhd::BlockDevice::read_at(image, a, &mut buf).unwrap();
+            vhdkit::BlockDevice::read_at(image, a, &mut buf).unwrap();
             out.extend(buf);
         }
         out
@@ -454,7 +454,7 @@ fn in_place_compaction_survives_a_power_cut_between_any_two_flushes() {
                 }
             }
             std::fs::write(&state, &data).unwrap();
-            let image = vhdkit::vhd::DiskImage::open(&state, &Default::default())
+            let image = vhdkit::DiskImage::open(&state, &Default::default())
                 .unwrap_or_else(|err| panic!("epoch {e} state {s}: the image does not open: {err}"));
             assert!(needed_bytes(&image) == want, "epoch {e} state {s}: needed content changed");
             let check = run(bin("vhdinspect").arg("check").arg(&state));
@@ -568,9 +568,9 @@ fn fifos_and_devices_in_every_input_slot_are_refused_at_once() {
     std::fs::copy(corpus("aligned-dynamic.vhd"), &parent).unwrap();
     let child = dir.path().join("child.vhd");
     {
-        let p = vhdkit::vhd::DiskImage::open(&parent, &Default::default()).unwrap();
-        let link = vhdkit::vhd::sparse::ParentLink { image: &p, path: &parent };
-        vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
+        let p = vhdkit::DiskImage::open(&parent, &Default::default()).unwrap();
+        let link = vhdkit::ParentLink { image: &p, path: &parent };
+        vhdkit::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
     }
     std::fs::remove_file(&parent).unwrap();
     assert!(Command::new("mkfifo").arg(&parent).status().unwrap().success());
@@ -608,7 +608,7 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
     figure(format!("vhdcompact --verify of a VHD with 256 MiB blocks: peak RSS {} MiB", kib >> 10));
     // An empty 2040 GiB dynamic VHD with 2^24-ish BAT entries (128 KiB blocks).
     let empty = dir.path().join("empty.vhd");
-    vhdkit::vhd::SparseVhd::create(&empty, 2040 << 30, 128 << 10, None).unwrap();
+    vhdkit::SparseVhd::create(&empty, 2040 << 30, 128 << 10, None).unwrap();
     let started = Instant::now();
     let (out, kib) =
         peak_kib(bin("vhdcompact").arg(&empty).arg(dir.path().join("o2.vhd")).arg("--input-format").arg("vhd"));
@@ -849,9 +849,9 @@ fn links_devices_and_loops_cannot_turn_a_write_against_its_target() {
     {
         let parent = dir.path().join("parent.vhd");
         std::fs::copy(&img, &parent).unwrap();
-        let p = vhdkit::vhd::DiskImage::open(&parent, &Default::default()).unwrap();
-        let link = vhdkit::vhd::sparse::ParentLink { image: &p, path: &parent };
-        vhdkit::vhd::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
+        let p = vhdkit::DiskImage::open(&parent, &Default::default()).unwrap();
+        let link = vhdkit::ParentLink { image: &p, path: &parent };
+        vhdkit::SparseVhd::create(&child, 0, 2 << 20, Some(link)).unwrap();
     }
     let o = bounded(bin("vhdcompact").arg(&child).args(["--in-place", "--wait", "--parent"]).arg(&child), 20);
     assert_one_line_error(&o, "child.vhd", &["this very chain"]);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vhdkit::vhd::BlockDevice;
+use vhdkit::BlockDevice;
 
 /// Longest any command may take on a 64 MiB mutant.
 const TIME_BOUND: Duration = Duration::from_secs(30);
@@ -51,7 +51,7 @@ struct Structures {
 }
 
 /// The file offset of a disk offset.
-fn file_offset(img: &vhdkit::vhd::DiskImage, disk: u64) -> Option<u64> {
+fn file_offset(img: &vhdkit::DiskImage, disk: u64) -> Option<u64> {
     match img.as_sparse() {
         None => Some(disk),
         Some(s) => {
@@ -69,7 +69,7 @@ fn structures(path: &Path) -> Structures {
         let table = s.header().table_offset;
         (s.header_offset(), table + s.header().max_table_entries as u64 * 4)
     });
-    let layout = vhdkit::disk::DiskLayout::read(&img).unwrap();
+    let layout = vhdkit::DiskLayout::read(&img).unwrap();
     let part = layout.partitions.first().cloned();
     let boot = part.as_ref().and_then(|p| file_offset(&img, p.start()));
     let mut mft = Vec::new();

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use vhdkit::disk::{DiskLayout, PartitionView};
-use vhdkit::map::ImageMap;
-use vhdkit::ntfs::NtfsIndex;
+use vhdkit::DeviceReader;
+use vhdkit::ImageMap;
+use vhdkit::NtfsIndex;
 use vhdkit::ntfs::record::attr_type;
 use vhdkit::ntfs::stream::read_runs;
-use vhdkit::vhd::DeviceReader;
-use vhdkit::vhd::{BlockDevice, DiskImage};
+use vhdkit::{BlockDevice, DiskImage};
+use vhdkit::{DiskLayout, PartitionView};
 
 /// The NTFS partitions of the corpus: (image, partition index).
 const VOLUMES: [(&str, u32); 6] = [
@@ -314,7 +314,7 @@ fn dirty_and_hibernated_volumes_are_reported() {
     body.resize(64 << 10, 0x11);
     std::fs::write(&hib, &body).unwrap();
     run_ok(Command::new("ntfscp").arg("-f").arg(&part).arg(&hib).arg("hiberfil.sys"));
-    let vol = vhdkit::vhd::OpenOptions::default();
+    let vol = vhdkit::OpenOptions::default();
     let pimg = DiskImage::open(&part, &vol).unwrap();
     let p = &DiskLayout::read(&pimg).unwrap().partitions[0];
     let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1).unwrap();

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use vhdkit::vhd::sparse::ParentLink;
-use vhdkit::vhd::{BlockDevice, DiskImage, SparseVhd, WritableDevice};
+use vhdkit::ParentLink;
+use vhdkit::{BlockDevice, DiskImage, SparseVhd, WritableDevice};
 
 fn json(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&run_ok(cmd)).unwrap()

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use vhdkit::Fill;
+use vhdkit::ParentLink;
 use vhdkit::vhd::bitmap::SectorBitmap;
-use vhdkit::vhd::fixed::Fill;
-use vhdkit::vhd::sparse::ParentLink;
-use vhdkit::vhd::{BlockDevice, DiskImage, FixedVhd, OpenOptions, SparseVhd, WritableDevice};
+use vhdkit::{BlockDevice, DiskImage, FixedVhd, OpenOptions, SparseVhd, WritableDevice};
 
 const CORPUS: [&str; 5] =
     ["xp-fixed.vhd", "aligned-dynamic.vhd", "logical-dynamic.vhd", "gpt-dynamic.vhd", "nofs-dynamic.vhd"];

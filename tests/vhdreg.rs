@@ -192,13 +192,8 @@ fn a_differencing_child_takes_the_write_and_its_parent_stays() {
     let parent = dynamic_windows_image(dir.path(), &h);
     let child = dir.path().join("child.vhd");
     let parent_img = open(&parent);
-    vhdkit::vhd::SparseVhd::create(
-        &child,
-        0,
-        2 << 20,
-        Some(vhdkit::vhd::sparse::ParentLink { image: &parent_img, path: &parent }),
-    )
-    .unwrap();
+    vhdkit::SparseVhd::create(&child, 0, 2 << 20, Some(vhdkit::ParentLink { image: &parent_img, path: &parent }))
+        .unwrap();
     drop(parent_img);
     let parent_sha = sha256(&std::fs::read(&parent).unwrap());
     let c = child.to_str().unwrap();
@@ -379,7 +374,7 @@ fn export_matches_hivex_and_import_round_trips() {
     // regedit does).
     let ops = vhdkit::hive::regfile::parse(&bytes).unwrap();
     assert!(ops.len() > 50);
-    let sorted = |mut ops: Vec<vhdkit::hive::regfile::RegOp>| {
+    let sorted = |mut ops: Vec<vhdkit::RegOp>| {
         ops.sort_by_key(|o| format!("{o:?}"));
         ops
     };

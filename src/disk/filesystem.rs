@@ -11,24 +11,37 @@ use crate::vhd::device::BlockDevice;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileSystem {
+    /// NTFS.
     Ntfs,
+    /// FAT12.
     Fat12,
+    /// FAT16.
     Fat16,
+    /// FAT32.
     Fat32,
+    /// exFAT.
     Exfat,
+    /// ReFS (kept whole: vhdkit does not read it).
     Refs,
     /// A BitLocker-encrypted volume (`-FVE-FS-`).
     Bitlocker,
+    /// Linux ext2.
     Ext2,
+    /// Linux ext3.
     Ext3,
+    /// Linux ext4.
     Ext4,
+    /// XFS.
     Xfs,
+    /// Btrfs.
     Btrfs,
+    /// Linux swap space.
     LinuxSwap,
     /// A LUKS-encrypted volume.
     Luks,
     /// An LVM2 physical volume.
     Lvm2,
+    /// Nothing vhdkit recognises.
     Unknown,
 }
 

@@ -9,32 +9,6 @@ use crate::disk::lba::{Lba, bytes_to_sectors, sectors_to_bytes};
 pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// Most entry-array bytes read (the usual array is 16 KiB; this bounds untrusted headers).
 pub const MAX_ENTRY_ARRAY: u64 = 1 << 20;
-/// The Windows basic data partition type.
-pub const BASIC_DATA: [u8; 16] = guid_bytes("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");
-
-/// Parses a textual GUID into its mixed-endian on-disk form at compile time.
-const fn guid_bytes(s: &str) -> [u8; 16] {
-    let b = s.as_bytes();
-    let mut hex = [0u8; 16];
-    let (mut i, mut n) = (0, 0);
-    while i < b.len() {
-        if b[i] != b'-' {
-            let v = match b[i] {
-                b'0'..=b'9' => b[i] - b'0',
-                b'a'..=b'f' => b[i] - b'a' + 10,
-                _ => b[i] - b'A' + 10,
-            };
-            hex[n / 2] |= if n % 2 == 0 { v << 4 } else { v };
-            n += 1;
-        }
-        i += 1;
-    }
-    [
-        hex[3], hex[2], hex[1], hex[0], hex[5], hex[4], hex[7], hex[6], hex[8], hex[9], hex[10], hex[11], hex[12],
-        hex[13], hex[14], hex[15],
-    ]
-}
-
 /// A GUID as text from its mixed-endian on-disk bytes.
 pub fn guid_text(g: &[u8; 16]) -> String {
     format!(
@@ -195,7 +169,6 @@ pub struct GptEntry {
     pub last_lba: Lba,
     pub attributes: u64,
     pub name: String,
-    pub raw: Vec<u8>,
 }
 
 /// Decodes the used entries of an entry array.
@@ -219,7 +192,6 @@ pub fn parse_entries(array: &[u8], entry_size: u32) -> Vec<GptEntry> {
                 last_lba: Lba(le64(e, 40)),
                 attributes: le64(e, 48),
                 name: String::from_utf16_lossy(&units),
-                raw: e[..128].to_vec(),
             }
         })
         .collect()
@@ -231,8 +203,8 @@ mod tests {
 
     #[test]
     fn guids_render_mixed_endian() {
-        assert_eq!(guid_text(&BASIC_DATA), "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");
-        assert_eq!(&BASIC_DATA[..4], &[0xA2, 0xA0, 0xD0, 0xEB]);
-        assert_eq!(type_name(&BASIC_DATA), "Microsoft basic data");
+        let basic_data = [0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7];
+        assert_eq!(guid_text(&basic_data), "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");
+                assert_eq!(type_name(&basic_data), "Microsoft basic data");
     }
 }

@@ -91,6 +91,7 @@ pub struct GptInfo {
 /// Everything the partition layer knows about a disk.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DiskLayout {
+    /// How the disk is partitioned.
     pub scheme: Scheme,
     /// The disk's first sector as read (the MBR, or a volume's boot sector).
     #[serde(skip)]
@@ -98,9 +99,13 @@ pub struct DiskLayout {
     /// The primary GPT with its entry array, when it is valid (for rewriting it).
     #[serde(skip)]
     pub gpt_table: Option<GptTable>,
+    /// The MBR and its EBR chain as found, when there is one.
     pub mbr: Option<MbrInfo>,
+    /// Both GPT headers as found, when there is a GPT.
     pub gpt: Option<GptInfo>,
+    /// The partitions, by index.
     pub partitions: Vec<Partition>,
+    /// Problems of the tables (bad CRCs, loops, overlaps, a misplaced backup GPT).
     pub findings: Vec<Finding>,
 }
 

@@ -16,5 +16,5 @@ pub mod volume;
 
 pub use filesystem::FileSystem;
 pub use layout::DiskLayout;
-pub use lba::{Lba, SECTOR_SIZE};
+pub use lba::Lba;
 pub use partition::{Partition, PartitionView, Scheme};

@@ -39,13 +39,18 @@ impl std::fmt::Display for Scheme {
 pub struct Partition {
     /// 1-based as Linux numbers them: primaries 1-4, logicals from 5, GPT entries from 1.
     pub index: u32,
+    /// The table the partition comes from.
     pub scheme: Scheme,
     /// `0x07`-style MBR type byte, or the GPT type GUID.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The type in words (`NTFS/exFAT`, `Microsoft basic data`).
     pub type_name: String,
+    /// The MBR active flag, or the GPT legacy-BIOS-bootable attribute.
     pub bootable: bool,
+    /// The first sector.
     pub start_lba: Lba,
+    /// Its length in sectors.
     pub sectors: u64,
     /// Whether this is a logical partition inside an extended one.
     pub logical: bool,

@@ -13,8 +13,6 @@ pub const NONE: u32 = u32::MAX;
 pub const BIG_DATA_SEGMENT: usize = 16344;
 /// Key node flag: the name is Latin-1.
 pub const KEY_COMP_NAME: u16 = 0x0020;
-/// Key node flag: the root key.
-pub const KEY_HIVE_ENTRY: u16 = 0x0004;
 /// Value flag: the name is Latin-1.
 pub const VALUE_COMP_NAME: u16 = 0x0001;
 /// Deepest key path followed (Windows allows 512 levels).
@@ -278,7 +276,7 @@ impl Hive {
     }
 
     /// Visits every key under `key` (itself first), depth first, with its path relative to
-    /// `key`; stops on loops and at [`MAX_DEPTH`].
+    /// `key`; stops on loops and at `MAX_DEPTH`.
     pub fn walk(&self, key: &KeyNode, visit: &mut dyn FnMut(&str, &KeyNode) -> Result<()>) -> Result<()> {
         let mut seen = HashSet::new();
         self.walk_inner(key, String::new(), 0, &mut seen, visit)

@@ -16,9 +16,23 @@ pub enum RegOp {
     /// `[-KEY]`: the key and everything under it go.
     DeleteKey(String),
     /// `"name"=...` under the last `[KEY]` ("" for `@`).
-    SetValue { key: String, name: String, ty: u32, data: Vec<u8> },
+    SetValue {
+        /// The key (created if missing).
+        key: String,
+        /// The value's name ("" for the default value).
+        name: String,
+        /// Its registry type (`REG_SZ` = 1, `REG_DWORD` = 4...).
+        ty: u32,
+        /// Its data, encoded as the type stores it.
+        data: Vec<u8>,
+    },
     /// `"name"=-`.
-    DeleteValue { key: String, name: String },
+    DeleteValue {
+        /// The key.
+        key: String,
+        /// The value's name ("" for the default value).
+        name: String,
+    },
 }
 
 fn quote(s: &str) -> String {

@@ -100,13 +100,8 @@ impl Overlay {
     }
 
     /// The file's length as the overlay shows it.
-    pub fn len(&self) -> u64 {
+    pub fn file_len(&self) -> u64 {
         self.len
-    }
-
-    /// Whether the overlay shows an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Records a write.
@@ -148,17 +143,27 @@ impl Overlay {
     }
 }
 
-/// What [`recover`] did.
+/// What `recover` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recovery {
     /// No journal.
     Clean,
     /// An interrupted run was rolled back: `ranges` ranges restored, the file cut back to
     /// `length` bytes.
-    RolledBack { journal: PathBuf, ranges: usize, length: u64 },
+    RolledBack {
+        /// The journal applied (then removed).
+        journal: PathBuf,
+        /// Byte ranges restored.
+        ranges: usize,
+        /// The file's restored length.
+        length: u64,
+    },
     /// The journal was cut short while being written: the file was never touched, and the
     /// journal was removed.
-    DiscardedIncomplete { journal: PathBuf },
+    DiscardedIncomplete {
+        /// The journal removed.
+        journal: PathBuf,
+    },
 }
 
 impl Recovery {

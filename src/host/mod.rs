@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use output::{NewFile, NewTree, OutputPolicy, Replace, STALE_TEMP_MARKER, sync_dir};
+pub use output::{NewFile, NewTree, OutputPolicy, Replace, sync_dir};
 
 /// Which file a path names, by device and inode (what survives renames, links and symlinks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

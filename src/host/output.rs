@@ -30,7 +30,7 @@ pub struct OutputPolicy {
     mode_limit: u32,
 }
 
-/// How a [`NewFile`] relates to what is at its target now.
+/// How a `NewFile` relates to what is at its target now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replace {
     /// The target must not exist when the file is committed.
@@ -165,11 +165,6 @@ impl NewFile {
     /// The temporary file's path.
     pub fn path(&self) -> &Path {
         &self.temp
-    }
-
-    /// The target's path.
-    pub fn target(&self) -> &Path {
-        &self.target
     }
 
     /// The open temporary file.

@@ -13,8 +13,11 @@ use super::ImageMap;
 /// A file found in an NTFS volume of the image.
 #[derive(Clone, Copy, Debug)]
 pub struct VolumeFile<'m> {
+    /// The partition holding the volume.
     pub partition: &'m Partition,
+    /// The volume's index.
     pub index: &'m NtfsIndex,
+    /// The file.
     pub file: &'m FileEntry,
     /// Which of the file's names matched.
     pub name: usize,

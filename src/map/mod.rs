@@ -77,8 +77,11 @@ impl PartitionMap {
 
 /// The image with its layout and per-partition indexes.
 pub struct ImageMap<'a> {
+    /// The image mapped.
     pub image: &'a DiskImage,
+    /// Its partition tables.
     pub layout: DiskLayout,
+    /// Each partition with what vhdkit knows of its contents.
     pub partitions: Vec<PartitionMap>,
 }
 

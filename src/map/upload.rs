@@ -44,7 +44,7 @@ impl ImageMap<'_> {
         }
     }
 
-    /// Every range of needed non-zero data, merged across blocks and cut at [`MAX_RANGE`].
+    /// Every range of needed non-zero data, merged across blocks and cut at `MAX_RANGE`.
     pub fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
         let per_block: Vec<Vec<(u64, u64)>> =
             self.data_blocks()?.into_par_iter().map(|b| self.data_ranges_in_block(b)).collect::<Result<_>>()?;

@@ -38,9 +38,13 @@ const MAX_UNIT: u64 = 4 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WofAlgorithm {
+    /// XPRESS (Huffman) in 4 KiB chunks.
     Xpress4k,
+    /// LZX in 32 KiB chunks (not decompressed).
     Lzx32k,
+    /// XPRESS (Huffman) in 8 KiB chunks.
     Xpress8k,
+    /// XPRESS (Huffman) in 16 KiB chunks.
     Xpress16k,
 }
 
@@ -70,8 +74,11 @@ impl WofAlgorithm {
 /// A file's times, as Windows FILETIMEs (100 ns units since 1601-01-01 UTC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct FileTimes {
+    /// When the file was created.
     pub created: u64,
+    /// When its data was last written.
     pub modified: u64,
+    /// When it was last read.
     pub accessed: u64,
 }
 
@@ -101,9 +108,15 @@ pub enum Storage {
     /// In clusters, maybe with sparse runs.
     Clusters,
     /// NTFS compression: LZNT1 units of `unit` bytes.
-    Lznt1 { unit: u64 },
+    Lznt1 {
+        /// Bytes per compression unit.
+        unit: u64,
+    },
     /// Windows Overlay Filter compression, chunks in the `WofCompressedData` stream.
-    Wof { algorithm: WofAlgorithm },
+    Wof {
+        /// How its chunks are compressed.
+        algorithm: WofAlgorithm,
+    },
 }
 
 /// Where a stream's bytes come from, and the unit or chunk decoded last.

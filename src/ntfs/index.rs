@@ -47,9 +47,13 @@ pub struct Consistency {
 /// Everything known about one NTFS volume.
 #[derive(Debug)]
 pub struct NtfsIndex {
+    /// The partition holding the volume.
     pub partition: u32,
+    /// Its boot sector.
     pub bpb: NtfsBootSector,
+    /// Where its MFT records are.
     pub layout: MftLayout,
+    /// Every file in use.
     pub files: Vec<FileEntry>,
     by_record: FxHashMap<u64, u32>,
     /// Extension record -> its base record.
@@ -58,9 +62,13 @@ pub struct NtfsIndex {
     /// [`ORPHANS`]).
     dir_paths: FxHashMap<u64, Box<str>>,
     owner_table: Vec<Owner>,
+    /// Which stream owns each cluster.
     pub owners: ClusterOwnerIndex,
+    /// `$Bitmap`: which clusters are allocated.
     pub bitmap: ClusterBitmap,
+    /// Records that could not be read, and why.
     pub problems: Vec<RecordProblem>,
+    /// Dirty and hibernation flags, version and label.
     pub state: VolumeState,
 }
 
@@ -128,7 +136,7 @@ impl NtfsIndex {
         self.file(*self.extension_of.get(&n).unwrap_or(&n))
     }
 
-    /// The owner behind an id of [`ClusterOwnerIndex`].
+    /// The owner behind an id of `ClusterOwnerIndex`.
     pub fn owner(&self, id: u32) -> Owner {
         self.owner_table[id as usize]
     }

@@ -20,4 +20,4 @@ pub mod stream;
 pub mod volume;
 
 pub use file::{FileEntry, Stream};
-pub use index::{NtfsIndex, Owner};
+pub use index::NtfsIndex;

@@ -24,9 +24,6 @@ use crate::pass::registry;
 use crate::vhd::device::{BlockDevice, check_range, merge_ranges};
 use crate::vhd::image::DiskImage;
 
-/// The boundary `--realign` moves partitions to by default.
-pub const DEFAULT_BOUNDARY: u64 = 1 << 20;
-
 /// Where Windows keeps the hives that name partitions by byte offset.
 const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";
 const BCD_STORES: [&str; 2] = ["Boot/BCD", "EFI/Microsoft/Boot/BCD"];

@@ -36,9 +36,11 @@ const FIRST_USER_RECORD: u64 = 16;
 /// Something the plan or the writer left out, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Skipped {
+    /// The partition.
     pub partition: u32,
     /// The path in the volume.
     pub path: String,
+    /// Why it was left out.
     pub why: String,
     /// Whether its data could not be read (rather than left out by design, like a symbolic
     /// link).
@@ -48,10 +50,13 @@ pub struct Skipped {
 /// What an extraction wrote.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExtractReport {
+    /// The folder created.
     pub output: String,
     /// The NTFS partitions read.
     pub partitions: Vec<u32>,
+    /// Folders created.
     pub directories: u64,
+    /// Files written (one per file, whatever its names).
     pub files: u64,
     /// Alternate data streams written beside their files.
     pub streams: u64,
@@ -59,7 +64,9 @@ pub struct ExtractReport {
     pub hard_links: u64,
     /// Bytes of file data (holes of sparse files included).
     pub bytes: u64,
+    /// What was left out, and why.
     pub skipped: Vec<Skipped>,
+    /// Wall time of the run.
     pub elapsed_seconds: f64,
 }
 

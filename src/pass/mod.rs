@@ -21,7 +21,12 @@ pub enum Event<'a> {
     RemovedStale(&'a [PathBuf]),
     /// Writing starts: into `temp` (a new file or folder, to remove if the run is
     /// interrupted), `units` blocks or files in all.
-    Writing { temp: Option<&'a Path>, units: u64 },
+    Writing {
+        /// The temporary output, for a new file or folder.
+        temp: Option<&'a Path>,
+        /// Blocks or files to write in all.
+        units: u64,
+    },
     /// Blocks or files written so far.
     Written(u64),
     /// The output is being read back and compared.

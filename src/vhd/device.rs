@@ -267,7 +267,7 @@ impl ImageFile {
     /// Current length of the file (of a block device: its size).
     pub fn file_len(&self) -> Result<u64> {
         if let Some(o) = self.overlay() {
-            return Ok(o.len());
+            return Ok(o.file_len());
         }
         let meta = self.file.metadata().map_err(|e| Error::io(&self.path, "stat", Space::File, 0, e))?;
         if meta.is_file() {

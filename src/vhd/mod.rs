@@ -18,8 +18,7 @@ pub mod parent;
 pub mod probe;
 pub mod sparse;
 
-pub use device::{BlockDevice, DeviceReader, ImageFile, RawImage, WritableDevice};
-pub use finding::Finding;
+pub use device::{BlockDevice, DeviceReader, WritableDevice};
 pub use fixed::FixedVhd;
 pub use image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
 pub use sparse::SparseVhd;

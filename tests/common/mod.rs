@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use vhdkit::vhd::{BlockDevice, DiskImage, OpenOptions};
+use vhdkit::{BlockDevice, DiskImage, OpenOptions};
 
 /// The crate's root.
 pub fn root() -> PathBuf {
@@ -221,9 +221,9 @@ fn hash_tree(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<Strin
 
 /// The bytes of partition `index` of an image, written to `dir/part<index>.img`.
 pub fn partition_image(image: &DiskImage, index: u32, dir: &Path) -> PathBuf {
-    let layout = vhdkit::disk::DiskLayout::read(image).unwrap();
+    let layout = vhdkit::DiskLayout::read(image).unwrap();
     let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}"));
-    let view = vhdkit::disk::PartitionView::new(image, p);
+    let view = vhdkit::PartitionView::new(image, p);
     let out = dir.join(format!("part{index}.img"));
     std::fs::write(&out, read_all(&view)).unwrap();
     out
@@ -233,7 +233,7 @@ pub fn partition_image(image: &DiskImage, index: u32, dir: &Path) -> PathBuf {
 pub fn image_file_hashes(image: &Path) -> std::collections::BTreeMap<u32, std::collections::BTreeMap<String, String>> {
     let dir = tempdir();
     let img = open(image);
-    let layout = vhdkit::disk::DiskLayout::read(&img).unwrap();
+    let layout = vhdkit::DiskLayout::read(&img).unwrap();
     let mut out = std::collections::BTreeMap::new();
     for p in &layout.partitions {
         let mut boot = [0u8; 512];
@@ -274,7 +274,7 @@ pub fn hives(dir: &Path) -> Option<Hives> {
 /// Byte offset and length of partition 1 of an image.
 pub fn partition_span(image: &Path) -> (u64, u64) {
     let img = open(image);
-    let layout = vhdkit::disk::DiskLayout::read(&img).unwrap();
+    let layout = vhdkit::DiskLayout::read(&img).unwrap();
     let p = layout.partition(1).unwrap();
     (p.start(), p.len())
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use in_place::in_place;
 pub use plan::{CompactionPlan, PartitionPlan, StoredBlock, plan};
 pub use report::{CompactReport, PartitionResult, RealignResult};
-pub use verify::{Mismatch, NeededDigests, VerifyReport};
+pub use verify::{Mismatch, VerifyReport};
 
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};

@@ -40,12 +40,14 @@ pub struct StoredBlock {
 /// A partition's share of the plan, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionPlan {
+    /// The partition.
     pub index: u32,
     /// "ntfs", "unreadable ntfs" (kept but for zero blocks), or the file system found
     /// ("fat32", "bitlocker", "ext4", "unknown"...).
     pub contents: &'static str,
     /// Every byte is kept, zero blocks included (encrypted volumes, ReFS).
     pub kept_whole: bool,
+    /// Why an NTFS volume could not be read (it is then kept but for zero blocks).
     pub problem: Option<String>,
     /// Blocks overlapping the partition that the input holds and the plan drops.
     pub dropped_blocks: u64,

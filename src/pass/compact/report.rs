@@ -13,6 +13,7 @@ use crate::vhd::image::{DiskImage, ImageKind};
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionResult {
     #[serde(flatten)]
+    /// What the plan said of the partition.
     pub plan: PartitionPlan,
     /// Container bytes of the dropped blocks.
     pub dropped_bytes: u64,
@@ -21,18 +22,25 @@ pub struct PartitionResult {
 /// What compaction did.
 #[derive(Clone, Debug, Serialize)]
 pub struct CompactReport {
+    /// The input image.
     pub input: String,
+    /// The output image (the input, in place).
     pub output: String,
+    /// Whether the input itself was rewritten.
     pub in_place: bool,
+    /// The input's kind.
     pub input_format: ImageKind,
+    /// The output's kind.
     pub output_format: OutputFormat,
     /// Size of the input file (the top of a chain).
     pub input_bytes: u64,
     /// Size of the output file.
     pub output_bytes: u64,
+    /// The input disk's size.
     pub disk_size: u64,
     /// The output's disk size (Azure output is rounded up to a whole MiB).
     pub output_disk_size: u64,
+    /// The output's block size.
     pub block_size: u64,
     /// Blocks the input container holds (every block of a fixed or raw image).
     pub blocks_before: u64,
@@ -47,13 +55,16 @@ pub struct CompactReport {
     pub dropped_zero_blocks: u64,
     /// Bytes of free clusters written as zeros (--zero-free).
     pub zeroed_bytes: u64,
+    /// Each partition's share.
     pub partitions: Vec<PartitionResult>,
     /// With --realign: where each partition went and every patch made.
     pub realign: Option<RealignResult>,
+    /// What verification found, when asked for.
     pub verify: Option<VerifyReport>,
     /// Structural problems of the input (blocks that overlap or lie outside the file...): a
     /// copy to a new file goes on, an in-place run refuses them.
     pub input_problems: Vec<Finding>,
+    /// Wall time of the run.
     pub elapsed_seconds: f64,
 }
 
@@ -62,6 +73,7 @@ pub struct CompactReport {
 pub struct RealignResult {
     /// The boundary asked for; null when the table was only adjusted to a grown disk.
     pub boundary: Option<u64>,
+    /// Each partition that moved, from and to.
     pub moves: Vec<Move>,
     /// Every patch in words: tables, boot sectors, MountedDevices, BCD.
     pub changes: Vec<String>,

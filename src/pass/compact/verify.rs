@@ -16,8 +16,11 @@ use crate::vhd::device::BlockDevice;
 pub struct Mismatch {
     /// Disk offset of the compared piece.
     pub offset: u64,
+    /// Its length.
     pub length: u64,
+    /// The digest of the input's needed bytes.
     pub input_blake3: String,
+    /// The digest of the output's.
     pub output_blake3: String,
 }
 
@@ -26,6 +29,7 @@ pub struct Mismatch {
 pub struct VerifyReport {
     /// Needed bytes compared.
     pub checked_bytes: u64,
+    /// Pieces whose needed bytes differ (none when the output is right).
     pub mismatches: Vec<Mismatch>,
 }
 

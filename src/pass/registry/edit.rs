@@ -24,10 +24,24 @@ use crate::vhd::image::{DiskImage, OpenOptions};
 #[derive(Clone, Debug)]
 pub enum HiveSource {
     /// A hive file on its own; its logs are found beside it.
-    File { path: PathBuf, wait: LockWait },
+    File {
+        /// The hive file.
+        path: PathBuf,
+        /// Whether to wait for another vhdkit process holding it.
+        wait: LockWait,
+    },
     /// The hives of a disk image: a key's hive is found by its root (`HKLM\SYSTEM`...), or
     /// `hive` names one by its path in the volume; `partition` limits the search.
-    Image { path: PathBuf, open: OpenOptions, hive: Option<String>, partition: Option<u32> },
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// How to open it.
+        open: OpenOptions,
+        /// The hive's path in the volume, for keys that do not name their hive.
+        hive: Option<String>,
+        /// Only this partition.
+        partition: Option<u32>,
+    },
 }
 
 impl HiveSource {
@@ -72,6 +86,7 @@ pub struct EditOptions {
 /// What an edit did (or, in a dry run, would do).
 #[derive(Clone, Debug, Serialize)]
 pub struct EditReport {
+    /// Whether nothing was written.
     pub dry_run: bool,
     /// One line per change asked for.
     pub changes: Vec<String>,

@@ -145,8 +145,11 @@ impl EditedHive {
 /// A loaded hive: the bytes as stored, the hive to work on (replayed if it was dirty), and the
 /// logs used.
 pub struct LoadedHive {
+    /// The hive file's bytes as stored.
     pub stored: Vec<u8>,
+    /// The hive to work on (replayed from its logs if it was dirty).
     pub hive: Hive,
+    /// The replay done, when the hive was dirty.
     pub replay: Option<ReplayReport>,
     /// The logs found beside it (path in the volume or file path, bytes).
     pub logs: Vec<(String, Vec<u8>)>,
@@ -288,7 +291,9 @@ pub struct WriteSummary {
     pub partition: Option<u32>,
     /// The hive's path in the volume.
     pub hive: String,
+    /// The hive file's length before.
     pub bytes_before: u64,
+    /// Its length after (never shorter).
     pub bytes_after: u64,
     /// 512-byte sectors of the hive file rewritten.
     pub sectors_changed: u64,

@@ -24,7 +24,7 @@ mod rewrite;
 mod write;
 
 pub use create::ParentLink;
-pub use rewrite::{BlockRewrite, RewriteOutcome};
+pub use rewrite::BlockRewrite;
 
 /// Largest block size accepted (Hyper-V's limit for VHDX; no VHD writer goes beyond).
 pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
