@@ -786,3 +786,50 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
 fn grown(old_size: u64, needed: u64) -> u64 {
     if needed <= old_size { old_size } else { needed.div_ceil(1 << 20) << 20 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(segments: Vec<Segment>) -> Realignment {
+        Realignment {
+            boundary: Some(1 << 20),
+            old_size: 0,
+            disk_size: segments.last().map_or(0, |s| s.end),
+            moves: Vec::new(),
+            patches: Vec::new(),
+            changes: Vec::new(),
+            impossible: Vec::new(),
+            segments,
+        }
+    }
+
+    #[test]
+    fn a_moved_partition_reads_its_old_bytes_at_its_new_place_and_leaves_zeros_behind() {
+        // A 10 MiB disk whose partition at 63 sectors (4 MiB long) moves to 1 MiB.
+        let mut segments = vec![Segment { start: 0, end: 10 << 20, source: Some(0) }];
+        let (old, new, len) = (63 * 512, 1 << 20, 4 << 20);
+        overlay(&mut segments, old, old + len, None);
+        overlay(&mut segments, new, new + len, Some(old));
+        let plan = plan_of(segments);
+        let pieces: Vec<_> = plan.pieces(0, 10 << 20).collect();
+        assert_eq!(pieces.first(), Some(&(0, old, Some(0))), "the table sectors stay");
+        assert!(pieces.contains(&(old, new, None)), "the vacated gap reads zeros: {pieces:?}");
+        assert!(pieces.contains(&(new, new + len, Some(old))), "{pieces:?}");
+        assert_eq!(pieces.last(), Some(&(new + len, 10 << 20, Some(new + len))), "the rest is where it was");
+        let covered: u64 = pieces.iter().map(|(a, b, _)| b - a).sum();
+        assert_eq!(covered, 10 << 20, "every byte has exactly one source");
+    }
+
+    #[test]
+    fn a_piece_starting_inside_a_segment_reads_from_the_matching_offset() {
+        let plan = plan_of(vec![Segment { start: 0, end: 4096, source: Some(1 << 20) }]);
+        assert_eq!(plan.pieces(1000, 3000).collect::<Vec<_>>(), vec![(1000, 3000, Some((1 << 20) + 1000))]);
+    }
+
+    #[test]
+    fn the_disk_grows_to_a_whole_mib_only_when_the_partitions_need_it() {
+        assert_eq!(grown(64 << 20, 60 << 20), 64 << 20);
+        assert_eq!(grown(64 << 20, (64 << 20) + 512), 65 << 20);
+    }
+}
