@@ -63,7 +63,7 @@
 //! let image = DiskImage::open(&path, &OpenOptions::default())?;
 //! let opts = CompactOptions { to: Some(OutputFormat::Dynamic), verify: true, ..CompactOptions::default() };
 //! let report = compact::to_new_file(&image, &output, Replace::Never, &opts, &|_event| {})?;
-//! assert!(report.verified_ok());
+//! assert!(report.committed && report.verified());
 //! println!("{} -> {} bytes, {} blocks dropped", report.input_bytes, report.output_bytes, report.dropped_blocks);
 //! # Ok(())
 //! # }
@@ -110,10 +110,11 @@ pub use crate::hive::Hive;
 pub use crate::hive::regfile::RegOp;
 pub use crate::host::journal::Recovery;
 pub use crate::host::{LockWait, Replace};
-pub use crate::map::ImageMap;
 pub use crate::map::files::VolumeFile;
+pub use crate::map::{Contents, ImageMap, PartitionMap};
 pub use crate::ntfs::content::{FileTimes, Storage, StreamReader, WofAlgorithm};
 pub use crate::ntfs::{FileEntry, NtfsIndex, Stream};
+pub use crate::vhd::Finding;
 pub use crate::vhd::fixed::Fill;
 pub use crate::vhd::sparse::ParentLink;
 pub use crate::vhd::{
@@ -124,6 +125,7 @@ pub use crate::vhd::{
 /// new file or in place; conversion between fixed and dynamic; realignment; verification.
 pub mod compact {
     pub use crate::pass::Event;
+    pub use crate::pass::align::Move;
     pub use crate::pass::compact::{
         CompactOptions, CompactReport, Mismatch, OutputFormat, PartitionPlan, PartitionResult, RealignResult,
         VerifyReport, in_place, to_new_file,
@@ -137,6 +139,7 @@ pub mod extract {
 
 /// Registry keys and values in the hives inside an image, or in a bare hive file.
 pub mod registry {
+    pub use crate::hive::log::{LogFormat, ReplayReport};
     pub use crate::pass::registry::edit::{CommitGuard, EditOptions, EditReport, HiveSource, edit, read};
     pub use crate::pass::registry::{KeyTarget, LoadedHive, WriteSummary};
 }

@@ -55,7 +55,7 @@ fn assert_extract_matches_ntfs3g(image: &Path) {
         );
         eprintln!("{} partition {p}: {} files and streams identical to ntfs-3g's", image.display(), files.len());
     }
-    assert!(report["skipped"].as_array().unwrap().iter().all(|s| s["unreadable"] == false), "{report}");
+    assert!(report["skipped"].as_array().unwrap().iter().all(|s| s["failed"] == false), "{report}");
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn wof_compressed_files_read_as_their_bytes_or_say_they_are_not_decompressed() {
     let r = run(bin("vhdinspect").args(["extract", "--json"]).arg(&volume).arg("--to").arg(&out));
     assert_eq!(r.status.code(), Some(1), "a file left out for its data is a failure");
     let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert!(report["skipped"].as_array().unwrap().iter().any(|s| s["path"] == "wof-1.bin" && s["unreadable"] == true));
+    assert!(report["skipped"].as_array().unwrap().iter().any(|s| s["path"] == "wof-1.bin" && s["failed"] == true));
     for algorithm in [0u8, 2, 3] {
         assert!(std::fs::read(out.join(format!("wof-{algorithm}.bin"))).unwrap() == content);
     }

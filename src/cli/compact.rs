@@ -192,8 +192,8 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     bar.finish_and_clear();
     emit(cli.json, &report, crate::report::compact::render)?;
-    if !report.verified_ok() && !report.in_place {
+    if !report.committed {
         eprintln!("vhdcompact: {}: verification failed; no output written", report.output);
     }
-    Ok(report.verified_ok())
+    Ok(report.no_mismatch())
 }

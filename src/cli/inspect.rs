@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<bool> {
             };
             let r = crate::pass::extract::extract(&img, &paths, partition, &to, &events)?;
             emit(cli.json, &r, report::extract::render)?;
-            Ok(!r.skipped.iter().any(|s| s.unreadable))
+            Ok(!r.skipped.iter().any(|s| s.failed))
         }
         Command::Check { image } => {
             let img = image.open(true)?;

@@ -93,14 +93,18 @@ pub struct GptInfo {
 pub struct DiskLayout {
     /// How the disk is partitioned.
     pub scheme: Scheme,
+    #[doc(hidden)]
     /// The disk's first sector as read (the MBR, or a volume's boot sector).
     #[serde(skip)]
     pub sector0: Vec<u8>,
+    #[doc(hidden)]
     /// The primary GPT with its entry array, when it is valid (for rewriting it).
     #[serde(skip)]
     pub gpt_table: Option<GptTable>,
+    #[doc(hidden)]
     /// The MBR and its EBR chain as found, when there is one.
     pub mbr: Option<MbrInfo>,
+    #[doc(hidden)]
     /// Both GPT headers as found, when there is a GPT.
     pub gpt: Option<GptInfo>,
     /// The partitions, by index.

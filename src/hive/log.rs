@@ -54,6 +54,7 @@ pub enum LogFormat {
 /// What a replay did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplayReport {
+    /// The format of the logs replayed.
     pub format: LogFormat,
     /// The logs that held applied entries.
     pub logs_used: Vec<String>,

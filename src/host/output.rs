@@ -21,6 +21,8 @@ use crate::host::{FileId, LockWait, folder_of, lock, platform};
 /// What every temporary output name contains, between the target's name and `.partial`.
 pub const STALE_TEMP_MARKER: &str = ".vhdkit-";
 const TEMP_SUFFIX: &str = ".partial";
+/// The file inside a temporary tree that marks it as vhdkit's while it is written.
+const TREE_MARKER: &str = ".vhdkit-tree";
 
 /// The inputs a new file must not be, and whether it may replace an existing file.
 #[derive(Clone, Debug)]
@@ -262,6 +264,8 @@ impl NewTree {
         if let Some(h) = &handle {
             lock(h, &fresh, true, LockWait::Fail)?;
         }
+        // Only a locked folder holding our marker is ever taken for one a killed run left.
+        std::fs::File::create(fresh.join(TREE_MARKER)).map_err(|e| Error::open(&fresh, "mark", e))?;
         let marked = marked_name(&fresh);
         std::fs::rename(&fresh, &marked).map_err(|e| Error::open(&fresh, "rename", e))?;
         Ok(NewTree {
@@ -298,10 +302,12 @@ impl NewTree {
     /// Flushes the tree and renames it to the target (failing if the target appeared
     /// meanwhile), then flushes the folder.
     pub fn commit(mut self) -> Result<()> {
+        let marker = self.temp.join(TREE_MARKER);
+        std::fs::remove_file(&marker).map_err(|e| Error::open(&marker, "remove", e))?;
         if let Some(h) = &self.handle {
             platform::sync_filesystem(h).map_err(|e| Error::io(&self.temp, "flush", Space::File, 0, e))?;
         }
-        platform::rename_noreplace(&self.temp, &self.target).map_err(|e| match e.kind() {
+        platform::rename_dir_noreplace(&self.temp, &self.target).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::OutputExists { file: self.target.clone() },
             _ => Error::open(&self.target, "create the finished output", e),
         })?;
@@ -347,8 +353,11 @@ fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
         }
         let path = entry.path();
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            // A tree: removable once nobody holds its lock.
-            let Some(dir) = platform::open_dir(&path) else { continue };
+            // A tree: ours only when it holds our marker and is the user's, and removable once
+            // nobody holds its lock.
+            let marked = std::fs::symlink_metadata(path.join(TREE_MARKER)).is_ok_and(|m| m.is_file());
+            let mine = std::fs::symlink_metadata(&path).is_ok_and(|m| platform::owned_by_me(&m));
+            let Some(dir) = platform::open_dir(&path).filter(|_| marked && mine) else { continue };
             if lock(&dir, &path, true, LockWait::Fail).is_ok() && std::fs::remove_dir_all(&path).is_ok() {
                 removed.push(path);
             }

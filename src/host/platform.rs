@@ -57,6 +57,24 @@ mod imp {
         }
     }
 
+    pub fn rename_dir_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            // File systems without the flag: an empty folder made first (failing if the target
+            // exists) is then replaced by the rename.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                std::fs::create_dir(to)?;
+                std::fs::rename(from, to)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn owned_by_me(meta: &Metadata) -> bool {
+        meta.uid() == rustix::process::geteuid().as_raw()
+    }
+
     pub fn kind_name(meta: &Metadata) -> &'static str {
         let t = meta.file_type();
         if t.is_file() {
@@ -195,6 +213,15 @@ mod imp {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
         std::fs::rename(from, to)
+    }
+
+    pub fn rename_dir_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        // Windows' rename never replaces a folder.
+        std::fs::rename(from, to)
+    }
+
+    pub fn owned_by_me(_meta: &Metadata) -> bool {
+        true
     }
 
     pub fn kind_name(meta: &Metadata) -> &'static str {
@@ -398,4 +425,14 @@ pub fn permissions_for_new_dir(mode_of_input: u32) -> Option<std::fs::Permission
         let _ = mode_of_input;
         None
     }
+}
+
+/// Renames the folder `from` to `to`, failing with `AlreadyExists` when `to` exists.
+pub fn rename_dir_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    imp::rename_dir_noreplace(from, to)
+}
+
+/// Whether the current user owns the file (always, where the host has no owners).
+pub fn owned_by_me(meta: &Metadata) -> bool {
+    imp::owned_by_me(meta)
 }

@@ -30,7 +30,9 @@ pub enum Contents {
 /// One partition and its contents.
 #[derive(Debug)]
 pub struct PartitionMap {
+    /// The partition.
     pub partition: Partition,
+    /// What it holds.
     pub contents: Contents,
 }
 

@@ -183,7 +183,7 @@ impl NtfsIndex {
         }
         Ok(match data_stream(file, name) {
             Some(s) if s.resident => Storage::Resident,
-            Some(s) if is_lznt1(s) => Storage::Lznt1 { unit: self.cluster_size() << s.compression_unit },
+            Some(s) if is_lznt1(s) => Storage::Lznt1 { unit: self.compression_unit_bytes(s).unwrap_or(0) },
             _ => Storage::Clusters,
         })
     }
@@ -200,12 +200,18 @@ impl NtfsIndex {
             return refuse("the stream is encrypted (EFS): its bytes are ciphertext, not decrypted".into());
         }
         let source = if stream.resident {
-            Source::Resident(self.resident_value(&volume, stream)?)
-        } else if is_lznt1(stream) {
-            let unit = self.cluster_size() << stream.compression_unit;
-            if unit > MAX_UNIT {
-                return refuse(format!("compression unit of {unit} bytes is beyond what NTFS writes"));
+            let value = self.resident_value(&volume, stream)?;
+            if value.len() as u64 != stream.data_size {
+                return refuse(format!("the resident value holds {} bytes, not {}", value.len(), stream.data_size));
             }
+            Source::Resident(value)
+        } else if is_lznt1(stream) {
+            let Some(unit) = self.compression_unit_bytes(stream) else {
+                return refuse(format!(
+                    "a compression unit of 2^{} clusters is beyond what NTFS writes",
+                    stream.compression_unit
+                ));
+            };
             Source::Lznt1 { runs: &stream.runs, initialized: stream.initialized_size, unit, cached: None }
         } else if stream.flags & record::ATTR_COMPRESSED != 0 {
             return refuse(format!("compression method {:#x} is not LZNT1: not decompressed", stream.flags & 0xFF));
@@ -262,11 +268,25 @@ impl NtfsIndex {
         })
     }
 
+    /// Bytes per LZNT1 compression unit of `s`, when sane: at least a cluster and at most
+    /// [`MAX_UNIT`].
+    fn compression_unit_bytes(&self, s: &Stream) -> Option<u64> {
+        self.cluster_size().checked_shl(s.compression_unit as u32).filter(|u| (self.cluster_size()..=MAX_UNIT).contains(u))
+    }
+
     /// The WOF algorithm of a file whose reparse point says it is WOF-compressed.
     fn wof_algorithm(&self, volume: &dyn BlockDevice, file: &FileEntry) -> Result<Option<WofAlgorithm>> {
         let Some(reparse) = file.streams.iter().find(|s| s.ty == attr_type::REPARSE_POINT) else { return Ok(None) };
         if !reparse.resident {
-            return Ok(None);
+            // WOF's reparse data is 24 bytes, always resident: a non-resident one is not WOF,
+            // unless its file also has WOF's stream, which then cannot be read.
+            return match data_stream(file, WOF_STREAM) {
+                Some(_) => Err(Error::unsupported(
+                    volume.source(),
+                    format!("MFT record {}: a WOF file whose reparse point is not resident", file.record),
+                )),
+                None => Ok(None),
+            };
         }
         let value = self.resident_value(volume, reparse)?;
         if value.len() < 8 || le32(&value, 0) != REPARSE_TAG_WOF {
@@ -452,6 +472,8 @@ impl<V: BlockDevice + Clone> StreamReader<'_, V> {
         for r in runs.iter().filter(|r| r.lcn.is_some() && r.vcn < last && r.vcn + r.length > first) {
             present += (r.vcn + r.length).min(last) - r.vcn.max(first);
         }
+        // Runs that overlap (a damaged attribute) cannot make a unit more than whole.
+        let present = present.min(clusters);
         let start = index * unit;
         let mut out = vec![0u8; unit as usize];
         if present == clusters {
@@ -561,12 +583,18 @@ fn chunk_bounds<V: BlockDevice + Clone>(
     };
     let start = if index == 0 { 0 } else { entry(index - 1)? };
     let end = if index + 1 == table.chunks { data.len - table.bytes() } else { entry(index)? };
-    Ok((table.bytes() + start, table.bytes() + end))
+    let bounds = table.bytes().checked_add(start).zip(table.bytes().checked_add(end));
+    bounds.filter(|&(_, e)| e <= data.len).ok_or_else(|| {
+        data.corrupt(0, format!("WOF chunk {index} lies at {start}..{end}, outside its stream of {} bytes", data.len))
+    })
 }
 
 impl<V: BlockDevice + Clone> Read for StreamReader<'_, V> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
         self.read_at(self.pos, &mut buf[..n]).map_err(io::Error::other)?;
         self.pos += n as u64;
         Ok(n)

@@ -49,8 +49,10 @@ pub struct Consistency {
 pub struct NtfsIndex {
     /// The partition holding the volume.
     pub partition: u32,
+    #[doc(hidden)]
     /// Its boot sector.
     pub bpb: NtfsBootSector,
+    #[doc(hidden)]
     /// Where its MFT records are.
     pub layout: MftLayout,
     /// Every file in use.
@@ -62,12 +64,16 @@ pub struct NtfsIndex {
     /// [`ORPHANS`]).
     dir_paths: FxHashMap<u64, Box<str>>,
     owner_table: Vec<Owner>,
+    #[doc(hidden)]
     /// Which stream owns each cluster.
     pub owners: ClusterOwnerIndex,
+    #[doc(hidden)]
     /// `$Bitmap`: which clusters are allocated.
     pub bitmap: ClusterBitmap,
+    #[doc(hidden)]
     /// Records that could not be read, and why.
     pub problems: Vec<RecordProblem>,
+    #[doc(hidden)]
     /// Dirty and hibernation flags, version and label.
     pub state: VolumeState,
 }
@@ -136,6 +142,7 @@ impl NtfsIndex {
         self.file(*self.extension_of.get(&n).unwrap_or(&n))
     }
 
+    #[doc(hidden)]
     /// The owner behind an id of `ClusterOwnerIndex`.
     pub fn owner(&self, id: u32) -> Owner {
         self.owner_table[id as usize]
@@ -289,6 +296,7 @@ impl NtfsIndex {
         out
     }
 
+    #[doc(hidden)]
     /// Compares `$Bitmap` with the owner index.
     pub fn consistency(&self) -> Consistency {
         let mut c = Consistency::default();

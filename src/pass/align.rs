@@ -31,9 +31,13 @@ const BCD_STORES: [&str; 2] = ["Boot/BCD", "EFI/Microsoft/Boot/BCD"];
 /// One partition's place before and after.
 #[derive(Clone, Debug, Serialize)]
 pub struct Move {
+    /// The partition.
     pub index: u32,
+    /// Its first sector before.
     pub old_start_lba: Lba,
+    /// Its first sector after.
     pub new_start_lba: Lba,
+    /// Its length in sectors (unchanged).
     pub sectors: u64,
 }
 
@@ -57,7 +61,6 @@ pub struct Realignment {
     /// The boundary partitions move to; `None` when only the disk grows (a GPT's backup copy
     /// moving to the new end).
     pub boundary: Option<u64>,
-    pub old_size: u64,
     /// The realigned disk's size (grown when the last partition needed room).
     pub disk_size: u64,
     pub moves: Vec<Move>,
@@ -772,7 +775,6 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     patches.sort_by_key(|w| w.offset);
     Ok(Realignment {
         boundary,
-        old_size,
         disk_size,
         moves: p.moves,
         patches,
@@ -794,7 +796,6 @@ mod tests {
     fn plan_of(segments: Vec<Segment>) -> Realignment {
         Realignment {
             boundary: Some(1 << 20),
-            old_size: 0,
             disk_size: segments.last().map_or(0, |s| s.end),
             moves: Vec::new(),
             patches: Vec::new(),

@@ -42,9 +42,10 @@ pub struct Skipped {
     pub path: String,
     /// Why it was left out.
     pub why: String,
-    /// Whether its data could not be read (rather than left out by design, like a symbolic
-    /// link).
-    pub unreadable: bool,
+    /// Whether it should have been written and was not (its data could not be read, or its
+    /// name clashes here), rather than left out by design (a symbolic link, a name that cannot
+    /// be a file name here).
+    pub failed: bool,
 }
 
 /// What an extraction wrote.
@@ -211,7 +212,7 @@ fn subtree<'m>(
         let rel = match safe_name(&n.name) {
             Ok(name) => parent.join(name),
             Err(why) => {
-                skipped.push(Skipped { partition, path: shown(), why: why.into(), unreadable: false });
+                skipped.push(Skipped { partition, path: shown(), why: why.into(), failed: false });
                 continue;
             }
         };
@@ -220,7 +221,7 @@ fn subtree<'m>(
                 partition,
                 path: shown(),
                 why: "a reparse point (symbolic link, junction or mount point): not recreated".into(),
-                unreadable: false,
+                failed: false,
             });
             continue;
         }
@@ -252,7 +253,27 @@ fn safe_name(name: &str) -> std::result::Result<&str, &'static str> {
     if name.contains(FORBIDDEN) {
         return Err("a name holding a path separator or a character this host forbids");
     }
+    if cfg!(windows) && (windows_device(name) || name.ends_with(['.', ' '])) {
+        return Err("a name Windows reserves (a device, or a trailing dot or space)");
+    }
     Ok(name)
+}
+
+/// Whether a name is one of the devices Windows opens whatever the folder (`CON`, `NUL`,
+/// `COM1`...), with or without an extension.
+fn windows_device(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+    let numbered = |prefix: &str| {
+        stem.len() == 4 && stem.starts_with(prefix) && matches!(stem.as_bytes()[3], b'1'..=b'9')
+    };
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL") || numbered("COM") || numbered("LPT")
+}
+
+/// Whether a failure to create an entry is a clash with another name of the tree (names that
+/// differ only where this host does not tell them apart), not a failure of the output.
+fn is_clash(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), AlreadyExists | NotADirectory | NotFound)
 }
 
 /// Writes one volume's plan into the tree: folders first (in order), files in parallel,
@@ -272,9 +293,19 @@ fn write_volume(
     for item in &plan.items {
         if let Item::Dir { rel, file } = item {
             let at = root.join(rel);
-            platform::create_dir_new(&at, tree.dir_mode()).map_err(|e| output_error(&at, e))?;
-            dirs.push((at, *file));
-            report.directories += 1;
+            match platform::create_dir_new(&at, tree.dir_mode()) {
+                Ok(()) => {
+                    dirs.push((at, *file));
+                    report.directories += 1;
+                }
+                Err(e) if is_clash(&e) => report.skipped.push(Skipped {
+                    partition: plan.partition.index,
+                    path: rel.display().to_string(),
+                    why: format!("clashes with another name here: {e}"),
+                    failed: true,
+                }),
+                Err(e) => return Err(output_error(&at, e)),
+            }
         }
     }
     let files: Vec<(&PathBuf, &FileEntry, &String)> = plan
@@ -301,14 +332,14 @@ fn write_volume(
                 report.streams += streams;
                 for (stream, why) in skipped {
                     let path = format!("{name}:{stream}");
-                    report.skipped.push(Skipped { partition: plan.partition.index, path, why, unreadable: true });
+                    report.skipped.push(Skipped { partition: plan.partition.index, path, why, failed: true });
                 }
             }
-            FileOutcome::Unreadable(why) => report.skipped.push(Skipped {
+            FileOutcome::NotWritten(why) => report.skipped.push(Skipped {
                 partition: plan.partition.index,
                 path: (*name).clone(),
                 why,
-                unreadable: true,
+                failed: true,
             }),
         }
     }
@@ -317,7 +348,9 @@ fn write_volume(
             let (at, target) = (root.join(rel), root.join(to));
             if target.exists() {
                 std::fs::hard_link(&target, &at).map_err(|e| output_error(&at, e))?;
-                for name in file.streams.iter().filter(|s| s.is_data() && !s.name.is_empty()).map(|s| &s.name) {
+                // Only the streams written beside the first name: their names passed `safe_name`.
+                let names = file.streams.iter().filter(|s| s.is_data() && !s.name.is_empty());
+                for name in names.filter_map(|s| safe_name(&s.name).ok()) {
                     let (stream_at, stream_target) = (stream_path(&at, name), stream_path(&target, name));
                     if stream_target.exists() {
                         std::fs::hard_link(&stream_target, &stream_at).map_err(|e| output_error(&stream_at, e))?;
@@ -329,7 +362,7 @@ fn write_volume(
                     partition: plan.partition.index,
                     path: rel.display().to_string(),
                     why: "another name of a file that could not be extracted".into(),
-                    unreadable: true,
+                    failed: true,
                 });
             }
         }
@@ -347,8 +380,8 @@ enum FileOutcome {
     /// Written: its bytes, its alternate streams, and the streams that could not be read.
     Written { bytes: u64, streams: u64, skipped: Vec<(String, String)> },
     /// Its data could not be read as the file holds it (encrypted, a compression vhdkit does
-    /// not decode, damaged): nothing written.
-    Unreadable(String),
+    /// not decode, damaged), or its name clashes with another here: nothing written.
+    NotWritten(String),
 }
 
 /// Writes `file`'s unnamed stream at `at` and each alternate stream beside it, with its
@@ -363,18 +396,22 @@ fn write_file<V: BlockDevice + Clone>(
     let mut reader = match file.default_stream().is_some() || is_wof(file) {
         true => match idx.open_stream(volume.clone(), file, "") {
             Ok(r) => Some(r),
-            Err(e) => return Ok(FileOutcome::Unreadable(e.to_string())),
+            Err(e) => return Ok(FileOutcome::NotWritten(e.to_string())),
         },
         false => None,
     };
-    let out = platform::create_new_private(at, mode).map_err(|e| Error::open(at, "create", e))?;
+    let out = match platform::create_new_private(at, mode) {
+        Ok(f) => f,
+        Err(e) if is_clash(&e) => return Ok(FileOutcome::NotWritten(format!("clashes with another name here: {e}"))),
+        Err(e) => return Err(Error::open(at, "create", e)),
+    };
     let bytes = match reader.as_mut() {
         Some(r) => match copy_sparse(r, &out, at)? {
             Ok(n) => n,
             Err(why) => {
                 drop(out);
                 let _ = std::fs::remove_file(at);
-                return Ok(FileOutcome::Unreadable(why));
+                return Ok(FileOutcome::NotWritten(why));
             }
         },
         None => 0,
@@ -392,7 +429,14 @@ fn write_file<V: BlockDevice + Clone>(
         let target = stream_path(at, name);
         match idx.open_stream(volume.clone(), file, &s.name) {
             Ok(mut r) => {
-                let f = platform::create_new_private(&target, mode).map_err(|e| Error::open(&target, "create", e))?;
+                let f = match platform::create_new_private(&target, mode) {
+                    Ok(f) => f,
+                    Err(e) if is_clash(&e) => {
+                        skipped.push((s.name.to_string(), format!("clashes with another name here: {e}")));
+                        continue;
+                    }
+                    Err(e) => return Err(Error::open(&target, "create", e)),
+                };
                 if let Err(why) = copy_sparse(&mut r, &f, &target)? {
                     drop(f);
                     let _ = std::fs::remove_file(&target);
@@ -474,5 +518,35 @@ fn set_file_times(f: &File, t: FileTimes) {
 fn set_times(at: &Path, t: FileTimes) {
     if let Some(d) = platform::open_dir(at) {
         set_file_times(&d, t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_the_folder_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "nul\0byte"] {
+            assert!(safe_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["report.txt", "...", ".hidden", "a b", "Ünïcode"] {
+            assert_eq!(safe_name(good), Ok(good));
+        }
+    }
+
+    #[test]
+    fn windows_devices_are_recognised_with_any_extension() {
+        for device in ["CON", "nul", "Aux.txt", "COM1", "lpt9.log", "prn ."] {
+            assert!(windows_device(device), "{device}");
+        }
+        for name in ["CONSOLE", "COM0", "COM10", "LPT", "nulls.txt", "con-fig"] {
+            assert!(!windows_device(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_lives_beside_its_file() {
+        assert_eq!(stream_path(Path::new("out/a.txt"), "Zone.Identifier"), PathBuf::from("out/a.txt:Zone.Identifier"));
     }
 }

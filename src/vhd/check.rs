@@ -63,9 +63,14 @@ pub fn check_image(image: &DiskImage) -> Result<Vec<Finding>> {
 /// blocks that overlap metadata or each other, or lie outside the file.
 pub fn write_hazards(image: &DiskImage) -> Vec<Finding> {
     match image {
-        DiskImage::Sparse(s) => s.findings().iter().cloned().chain(check_layout(s)).filter(|f| f.hazard).collect(),
+        DiskImage::Sparse(s) => sparse_hazards(s),
         _ => Vec::new(),
     }
+}
+
+/// The problems of a dynamic or differencing image that make writing into it in place unsafe.
+pub fn sparse_hazards(s: &SparseVhd) -> Vec<Finding> {
+    s.findings().iter().cloned().chain(check_layout(s)).filter(|f| f.hazard).collect()
 }
 
 fn footer_offset(image: &DiskImage) -> u64 {

@@ -76,6 +76,7 @@ impl FixedVhd {
         FixedVhd::create_in(ImageFile::create_new(path)?, size, fill)
     }
 
+    #[doc(hidden)]
     /// Writes a new fixed image of `size` bytes into the empty, writable `file`.
     pub fn create_in(file: ImageFile, size: u64, fill: Fill) -> Result<Self> {
         check_fixed_size(file.path(), size)?;
@@ -94,6 +95,7 @@ impl FixedVhd {
         Ok(FixedVhd { data: RawImage::new(file, size), footer, footer_offset: size, findings: Vec::new() })
     }
 
+    #[doc(hidden)]
     /// The footer.
     pub fn footer(&self) -> &Footer {
         &self.footer
@@ -109,11 +111,13 @@ impl FixedVhd {
         &self.findings
     }
 
+    #[doc(hidden)]
     /// The image file.
     pub fn file(&self) -> &ImageFile {
         self.data.file()
     }
 
+    #[doc(hidden)]
     /// The image file, to stage writes.
     pub fn file_mut(&mut self) -> &mut ImageFile {
         self.data.file_mut()

@@ -29,6 +29,7 @@ pub struct OpenOptions {
     pub allow_missing_parent: bool,
     /// What to do when another process holds the image locked.
     pub wait: LockWait,
+    #[doc(hidden)]
     /// How sure recovery must be that a pending journal belongs to the image.
     pub journal_identity: journal::Identity,
     /// The container format, when the caller knows it better than the file's magic numbers:
@@ -105,6 +106,7 @@ impl DiskImage {
         Ok((DiskImage::from_open_file(file, opts, &mut chain)?, recovery))
     }
 
+    #[doc(hidden)]
     /// Reads an image from a file its caller opened and locked (an output being written).
     pub fn from_file(file: ImageFile, opts: &OpenOptions) -> Result<Self> {
         DiskImage::from_open_file(file, opts, &mut Vec::new())
@@ -177,6 +179,7 @@ impl DiskImage {
         }
     }
 
+    #[doc(hidden)]
     /// The VHD footer, if this is a VHD.
     pub fn footer(&self) -> Option<&Footer> {
         match self {
@@ -202,6 +205,7 @@ impl DiskImage {
         }
     }
 
+    #[doc(hidden)]
     /// The image file.
     pub fn file(&self) -> &ImageFile {
         match self {
@@ -211,6 +215,7 @@ impl DiskImage {
         }
     }
 
+    #[doc(hidden)]
     /// The image file, to stage writes.
     pub fn file_mut(&mut self) -> &mut ImageFile {
         match self {
@@ -249,6 +254,7 @@ impl DiskImage {
         self.chain_files().iter().map(|f| f.path().to_path_buf()).collect()
     }
 
+    #[doc(hidden)]
     /// The open files of the chain from this image to its base.
     pub fn chain_files(&self) -> Vec<&ImageFile> {
         let mut out = vec![self.file()];
@@ -258,6 +264,7 @@ impl DiskImage {
         out
     }
 
+    #[doc(hidden)]
     /// Records every file of the chain as an input an output must not overwrite.
     pub fn add_inputs_to(&self, policy: &mut OutputPolicy) {
         for f in self.chain_files() {

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod sparse;
 
 pub use device::{BlockDevice, DeviceReader, WritableDevice};
+pub use finding::Finding;
 pub use fixed::FixedVhd;
 pub use image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
 pub use sparse::SparseVhd;

@@ -54,7 +54,7 @@ pub fn in_place(
         ));
     }
     let opts = &CompactOptions { to: Some(kept_format(image, opts)?), ..opts.clone() };
-    let (mut report, rewrite, before) = {
+    let (mut report, rewrite, before, uncovered) = {
         let map = ImageMap::build(image, None)?;
         let plan = plan(&map, opts)?;
         let rewrite = match image.as_sparse() {
@@ -62,7 +62,11 @@ pub fn in_place(
             None => Rewrite::Zero(free_ranges_to_zero(&map)?),
         };
         let before = if opts.verify { Some(NeededDigests::of_stored(&plan)?) } else { None };
-        (CompactReport::before(image, &plan)?, rewrite, before)
+        let uncovered = match &before {
+            Some(d) => verify::uncovered(&plan, d)?,
+            None => Vec::new(),
+        };
+        (CompactReport::before(image, &plan)?, rewrite, before, uncovered)
     };
     match rewrite {
         Rewrite::Blocks(decisions) => {
@@ -88,11 +92,14 @@ pub fn in_place(
     let after = reopen(image)?;
     if let Some(before) = &before {
         events(Event::Verifying);
-        report.verify = Some(verify::check(&after, before)?);
+        let mut checked = verify::check(&after, before)?;
+        checked.mismatches.extend(uncovered);
+        report.verify = Some(checked);
     }
     Ok(CompactReport {
         output: report.input.clone(),
         in_place: true,
+        committed: true,
         output_bytes: after.file().file_len()?,
         output_disk_size: after.len(),
         elapsed_seconds: started.elapsed().as_secs_f64(),

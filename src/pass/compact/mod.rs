@@ -76,7 +76,9 @@ pub struct CompactOptions {
 
 /// Compacts `image` into a new file at `output`, which appears only once written, flushed and
 /// (with [`CompactOptions::verify`]) verified. `replace` says whether an existing file there
-/// may be replaced; an input of the image's chain never is.
+/// may be replaced; an input of the image's chain never is. When verification finds a
+/// difference, nothing is committed: the report says so (`committed` false, the mismatches
+/// in `verify`).
 pub fn to_new_file(
     image: &DiskImage,
     output: &Path,
@@ -107,16 +109,21 @@ pub fn to_new_file(
                 ImageFile::from_file(dup, out.path(), false),
                 &OpenOptions { strict: true, parent: plan.parent.clone(), ..OpenOptions::default() },
             )?;
-            Some(verify::check(&reopened, digests)?)
+            let mut report = verify::check(&reopened, digests)?;
+            report.mismatches.extend(verify::uncovered(&plan, digests)?);
+            Some(report)
         }
         None => None,
     };
     let output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
-    if verified.as_ref().is_none_or(|v| v.mismatches.is_empty()) {
+    let before = CompactReport::before(image, &plan)?;
+    let committed = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());
+    if committed {
         out.commit()?;
     }
     let fixed = plan.format == OutputFormat::Fixed;
     Ok(CompactReport {
+        committed,
         output: output.display().to_string(),
         in_place: false,
         output_bytes,
@@ -129,7 +136,7 @@ pub fn to_new_file(
         verify: verified,
         input_problems: crate::vhd::check::write_hazards(image),
         elapsed_seconds: started.elapsed().as_secs_f64(),
-        ..CompactReport::before(image, &plan)?
+        ..before
     })
 }
 

@@ -28,6 +28,9 @@ pub struct CompactReport {
     pub output: String,
     /// Whether the input itself was rewritten.
     pub in_place: bool,
+    /// Whether the output is in place: false when verification found a difference (a new
+    /// file is then not created; an image rewritten in place is rewritten already).
+    pub committed: bool,
     /// The input's kind.
     pub input_format: ImageKind,
     /// The output's kind.
@@ -83,7 +86,7 @@ pub struct RealignResult {
 
 impl RealignResult {
     /// The report of a realignment plan.
-    pub fn new(r: &Realignment) -> Self {
+    pub(crate) fn new(r: &Realignment) -> Self {
         RealignResult {
             boundary: r.boundary,
             moves: r.moves.iter().filter(|m| m.old_start_lba != m.new_start_lba).cloned().collect(),
@@ -100,6 +103,7 @@ impl CompactReport {
             input: image.source().display().to_string(),
             output: String::new(),
             in_place: false,
+            committed: false,
             input_format: image.kind(),
             output_format: plan.format,
             input_bytes: image.file().file_len()?,
@@ -125,8 +129,13 @@ impl CompactReport {
         })
     }
 
-    /// Whether the output is trustworthy: not verified, or verified without a mismatch.
-    pub fn verified_ok(&self) -> bool {
+    /// Whether verification ran and found every needed byte in place.
+    pub fn verified(&self) -> bool {
+        self.verify.as_ref().is_some_and(|v| v.mismatches.is_empty())
+    }
+
+    /// Whether nothing is known to be wrong: not verified, or verified without a mismatch.
+    pub fn no_mismatch(&self) -> bool {
         self.verify.as_ref().is_none_or(|v| v.mismatches.is_empty())
     }
 }

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::CompactionPlan;
+use crate::map::blocks::NeedKind;
 use super::write::cut;
 use crate::error::Result;
 use crate::vhd::device::BlockDevice;
@@ -112,6 +113,55 @@ impl NeededDigests {
             .collect::<Result<_>>()?;
         Ok(NeededDigests { len: plan.source.len(), pieces: digests.into_iter().flatten().collect() })
     }
+}
+
+/// Bytes examined per task when checking that every needed byte was digested.
+const COVERAGE_WINDOW: u64 = 64 << 20;
+
+/// The needed bytes of a standalone output's source that no digest covers: what a plan that
+/// wrongly dropped a block would lose. Reads no data: the source's data ranges and needs,
+/// against the digested ranges. (A differencing output keeps only the child's own sectors;
+/// what the parent holds is the same on both sides.)
+pub(super) fn uncovered(plan: &CompactionPlan<'_>, digests: &NeededDigests) -> Result<Vec<Mismatch>> {
+    if plan.format == super::OutputFormat::Differencing {
+        return Ok(Vec::new());
+    }
+    let covered: Vec<(u64, u64)> = digests.pieces.iter().flat_map(|p| p.ranges.iter().copied()).collect();
+    let covered = crate::vhd::device::merge_ranges(covered);
+    let len = plan.source.len();
+    let per_window: Vec<Vec<Mismatch>> = (0..len.div_ceil(COVERAGE_WINDOW))
+        .into_par_iter()
+        .map(|w| {
+            let (a, b) = (w * COVERAGE_WINDOW, ((w + 1) * COVERAGE_WINDOW).min(len));
+            let mut out = Vec::new();
+            for (x, y) in plan.source.data_ranges(a, b)? {
+                for n in plan.source.needs(x, y).iter().filter(|n| n.kind != NeedKind::Unneeded) {
+                    let mut at = n.start.max(x);
+                    let end = n.end.min(y);
+                    let first = covered.partition_point(|c| c.1 <= at);
+                    for &(c0, c1) in &covered[first..] {
+                        if c0 >= end {
+                            break;
+                        }
+                        if c0 > at {
+                            out.push(not_stored(at, c0));
+                        }
+                        at = at.max(c1);
+                    }
+                    if at < end {
+                        out.push(not_stored(at, end));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    Ok(per_window.into_iter().flatten().collect())
+}
+
+/// A needed range the output does not hold.
+fn not_stored(a: u64, b: u64) -> Mismatch {
+    Mismatch { offset: a, length: b - a, input_blake3: String::new(), output_blake3: "(needed bytes not stored)".into() }
 }
 
 /// Reads the needed bytes back from `output` and compares them with `digests`.

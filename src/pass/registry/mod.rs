@@ -126,6 +126,7 @@ pub struct EditedHive {
     pub bytes: Vec<u8>,
     /// The new first sector of each log (after a replay).
     pub log_headers: Vec<(String, Vec<u8>)>,
+    #[doc(hidden)]
     /// The replay the edit started from, when the hive was dirty.
     pub replay: Option<ReplayReport>,
 }

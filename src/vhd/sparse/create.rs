@@ -32,6 +32,7 @@ impl SparseVhd {
         SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent)
     }
 
+    #[doc(hidden)]
     /// Writes a new dynamic or differencing image into the empty, writable `file`.
     pub fn create_in(file: ImageFile, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
         let path = file.path().to_path_buf();
@@ -108,6 +109,7 @@ impl SparseVhd {
         Ok(vhd)
     }
 
+    #[doc(hidden)]
     /// Starts block `block` of an image being written from scratch into a temporary file: its
     /// sector bitmap goes at the end of the file, its data follows through
     /// [`Self::append_data`], and [`Self::append_end`] keeps or discards it. The BAT and the
@@ -123,6 +125,7 @@ impl SparseVhd {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// Writes `data` at `within` bytes into the block being appended.
     pub fn append_data(&mut self, within: u64, data: &[u8]) -> Result<()> {
         let Some((block, start)) = self.appending else {
@@ -134,6 +137,7 @@ impl SparseVhd {
         self.file.write_all_at(start.offset() + self.header.bitmap_size() + within, data)
     }
 
+    #[doc(hidden)]
     /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
     /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
     pub fn append_end(&mut self, keep: bool) -> Result<()> {
@@ -145,6 +149,7 @@ impl SparseVhd {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// Writes the BAT and the trailing footer after the appends, and cuts the file there.
     pub fn finish_appends(&mut self) -> Result<()> {
         self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;

@@ -228,11 +228,13 @@ impl SparseVhd {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// The footer at the end of the file.
     pub fn footer(&self) -> &Footer {
         &self.footer
     }
 
+    #[doc(hidden)]
     /// The dynamic disk header.
     pub fn header(&self) -> &DynamicHeader {
         &self.header
@@ -243,6 +245,7 @@ impl SparseVhd {
         self.header_offset
     }
 
+    #[doc(hidden)]
     /// The block allocation table.
     pub fn bat(&self) -> &BlockAllocationTable {
         &self.bat
@@ -258,11 +261,13 @@ impl SparseVhd {
         self.missing_parent.as_deref()
     }
 
+    #[doc(hidden)]
     /// How the parent was found.
     pub fn parent_resolution(&self) -> Option<&ParentResolution> {
         self.parent_resolution.as_ref()
     }
 
+    #[doc(hidden)]
     /// The parent locators with their decoded paths (differencing images only).
     pub fn locators(&self) -> &[DecodedLocator] {
         &self.locators
@@ -273,11 +278,13 @@ impl SparseVhd {
         &self.findings
     }
 
+    #[doc(hidden)]
     /// The image file.
     pub fn file(&self) -> &ImageFile {
         &self.file
     }
 
+    #[doc(hidden)]
     /// The image file, to stage writes.
     pub fn file_mut(&mut self) -> &mut ImageFile {
         &mut self.file
@@ -303,6 +310,7 @@ impl SparseVhd {
         self.len().div_ceil(self.block_size())
     }
 
+    #[doc(hidden)]
     /// The sector bitmap of `block`, or `None` when the block is not allocated.
     pub fn block_bitmap(&self, block: u64) -> Result<Option<SectorBitmap>> {
         let Some(sector) = self.bat.sector(block) else {

@@ -48,6 +48,7 @@ pub struct RewriteOutcome {
 }
 
 impl SparseVhd {
+    #[doc(hidden)]
     /// The ranges of `[a, z)` (offsets inside allocated `block`) whose stored bytes are not all
     /// zero, in 4 KiB steps: what zeroing them must write.
     pub fn stored_nonzero(&self, block: u64, a: u64, z: u64) -> Result<Vec<(u64, u64)>> {
@@ -61,11 +62,19 @@ impl SparseVhd {
         Ok(found.into_iter().map(|(x, y)| (x - data_at, y - data_at)).collect())
     }
 
+    #[doc(hidden)]
     /// Rewrites the image in place: each allocated block named in `rewrites` is dropped or
     /// kept with its changes; blocks not named stay as they are. Kept blocks move down into
     /// the freed slots and the file is cut after the last one.
     pub fn rewrite_in_place(&mut self, rewrites: &[(u64, BlockRewrite)]) -> Result<RewriteOutcome> {
         self.require_writable()?;
+        // Blocks that overlap metadata or each other would be copied over live data.
+        if let Some(f) = crate::vhd::check::sparse_hazards(self).into_iter().next() {
+            return Err(Error::unsupported(
+                self.file.path(),
+                format!("refusing to rewrite a structurally broken image in place: {}: {}", f.structure, f.problem),
+            ));
+        }
         let mut outcome = RewriteOutcome::default();
         let mut bat = self.bat.clone();
         let old = self.bat.clone();

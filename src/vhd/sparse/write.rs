@@ -58,6 +58,7 @@ impl SparseVhd {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// Stores a whole block with the given presence bits in one go. An allocated block is
     /// overwritten in place.
     pub fn put_block(&mut self, block: u64, bitmap: &SectorBitmap, data: &[u8]) -> Result<()> {
