@@ -3,8 +3,9 @@
 #   make test   installs the test tools when missing (as root), then runs the whole suite
 
 CARGO ?= cargo
-TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools python3-pip python3-dev build-essential
 TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat
+TEST_PYPI := libvhdi-python
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 
 .PHONY: build test torture tools lint demo bench install corpus clean
@@ -26,6 +27,13 @@ tools:
 	    exit 1; \
 	  fi; \
 	fi
+	@python3 -c "import pyvhdi" 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing libvhdi-python (PyPI), an independent VHDX reader for the tests"; \
+	    python3 -m pip install --quiet --break-system-packages $(TEST_PYPI) >/dev/null; \
+	  else \
+	    echo "missing python module pyvhdi; run: python3 -m pip install --user $(TEST_PYPI)"; exit 1; \
+	  fi; }
 
 lint:
 	$(CARGO) fmt --check

@@ -96,7 +96,7 @@ macro_rules! layers {
     };
 }
 
-layers!(bytes, disk, error, hive, host, map, ntfs, pass, vhd);
+layers!(bytes, disk, error, hive, host, map, ntfs, pass, vhd, vhdx);
 
 #[cfg(feature = "cli")]
 #[doc(hidden)]

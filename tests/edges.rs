@@ -109,12 +109,10 @@ fn container_formats_are_recognised_never_taken_for_raw_disks() {
     let dir = tempdir();
     let img = corpus("aligned-dynamic.vhd");
     let mut made = Vec::new();
-    for (fmt, ext, what) in [
-        ("vhdx", "vhdx", "VHDX"),
-        ("qcow2", "qcow2", "qcow"),
-        ("vmdk", "vmdk", "VMDK sparse"),
-        ("vdi", "vdi", "VirtualBox VDI"),
-    ] {
+    // VHDX is read (tests/vhdx.rs); the other containers are named and refused.
+    for (fmt, ext, what) in
+        [("qcow2", "qcow2", "qcow"), ("vmdk", "vmdk", "VMDK sparse"), ("vdi", "vdi", "VirtualBox VDI")]
+    {
         let out = dir.path().join(format!("x.{ext}"));
         run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", fmt]).arg(&img).arg(&out));
         made.push((out, what));

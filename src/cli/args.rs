@@ -8,6 +8,7 @@ use crate::vhd::image::ImageFormat;
 pub enum FormatArg {
     Raw,
     Vhd,
+    Vhdx,
 }
 
 impl FormatArg {
@@ -16,6 +17,33 @@ impl FormatArg {
         match self {
             FormatArg::Raw => ImageFormat::Raw,
             FormatArg::Vhd => ImageFormat::Vhd,
+            FormatArg::Vhdx => ImageFormat::Vhdx,
+        }
+    }
+}
+
+/// Output containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContainerArg {
+    Vhd,
+    Vhdx,
+}
+
+impl ContainerArg {
+    /// The library's name for it.
+    pub fn format(self) -> ImageFormat {
+        match self {
+            ContainerArg::Vhd => ImageFormat::Vhd,
+            ContainerArg::Vhdx => ImageFormat::Vhdx,
+        }
+    }
+
+    /// The container an output file name asks for by its extension, if any.
+    pub fn of_name(path: &std::path::Path) -> Option<Self> {
+        match path.extension()?.to_string_lossy().to_ascii_lowercase().as_str() {
+            "vhd" => Some(ContainerArg::Vhd),
+            "vhdx" | "avhdx" => Some(ContainerArg::Vhdx),
+            _ => None,
         }
     }
 }

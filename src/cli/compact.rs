@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::args::{Boundary, FormatArg, lock_wait, parse_boundary, parse_size};
+use crate::cli::args::{Boundary, ContainerArg, FormatArg, lock_wait, parse_boundary, parse_size};
 use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
 use crate::host::Replace;
@@ -69,6 +69,9 @@ pub struct Cli {
     /// disk, `vhd` requires a VHD footer.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub input_format: Option<FormatArg>,
+    /// The output's container (default: OUT's extension, `.vhd` or `.vhdx`; else the input's).
+    #[arg(long, value_enum, value_name = "CONTAINER")]
+    pub format: Option<ContainerArg>,
     /// Wait for another vhdkit process using the image instead of failing at once.
     #[arg(long)]
     pub wait: bool,
@@ -146,6 +149,10 @@ impl Cli {
             force: self.force,
             realign,
             verify: self.verify,
+            container: self
+                .format
+                .or_else(|| self.output.as_deref().and_then(ContainerArg::of_name))
+                .map(ContainerArg::format),
         }
     }
 }

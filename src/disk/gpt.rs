@@ -11,10 +11,7 @@ pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 pub const MAX_ENTRY_ARRAY: u64 = 1 << 20;
 /// A GUID as text from its mixed-endian on-disk bytes.
 pub fn guid_text(g: &[u8; 16]) -> String {
-    format!(
-        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
-    )
+    crate::bytes::Guid(*g).to_string()
 }
 
 /// A name for well-known partition type GUIDs.

@@ -125,7 +125,7 @@ impl Presence {
 impl ImageMap<'_> {
     /// Block size used for classification.
     pub fn block_size(&self) -> u64 {
-        self.image.as_sparse().map_or(RAW_BLOCK_SIZE, |s| s.block_size())
+        self.image.block_size().unwrap_or(RAW_BLOCK_SIZE)
     }
 
     /// Number of blocks the disk spans.
@@ -135,7 +135,7 @@ impl ImageMap<'_> {
 
     /// Whether the image is a differencing one (absent sectors read the parent).
     pub fn differencing(&self) -> bool {
-        self.image.as_sparse().is_some_and(|s| s.parent().is_some() || s.missing_parent().is_some())
+        self.image.differencing()
     }
 
     /// The readable NTFS cluster spans inside `[start, end)`.
@@ -206,8 +206,8 @@ impl ImageMap<'_> {
     /// Which sectors of block `index` (of [`Self::block_size`]) the container holds.
     pub fn presence(&self, index: u64) -> Result<Presence> {
         let start = index * self.block_size();
-        Ok(match self.image.as_sparse() {
-            Some(s) => match s.block_bitmap(index)? {
+        Ok(match self.image.block_size() {
+            Some(_) => match self.image.block_sectors(index)? {
                 Some(b) => Presence { start, allocated: true, bitmap: Some(b) },
                 None => Presence { start, allocated: false, bitmap: None },
             },

@@ -211,7 +211,7 @@ pub struct DumpOptions {
 pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
     let sparse = image.as_sparse();
     let footer_offset = match image {
-        DiskImage::Raw(_) => 0,
+        DiskImage::Raw(_) | DiskImage::Vhdx(_) => 0,
         DiskImage::Fixed(f) => f.footer_offset(),
         DiskImage::Sparse(s) => s.data_end(),
     };

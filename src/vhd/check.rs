@@ -55,6 +55,13 @@ pub fn check_image(image: &DiskImage) -> Result<Vec<Finding>> {
                 out.extend(check_image(parent)?);
             }
         }
+        DiskImage::Vhdx(v) => {
+            out.extend(v.findings().iter().cloned());
+            out.extend(v.layout_findings());
+            if let Some(parent) = v.parent() {
+                out.extend(check_image(parent)?);
+            }
+        }
     }
     Ok(out)
 }
@@ -64,6 +71,7 @@ pub fn check_image(image: &DiskImage) -> Result<Vec<Finding>> {
 pub fn write_hazards(image: &DiskImage) -> Vec<Finding> {
     match image {
         DiskImage::Sparse(s) => sparse_hazards(s),
+        DiskImage::Vhdx(v) => v.findings().iter().cloned().chain(v.layout_findings()).filter(|f| f.hazard).collect(),
         _ => Vec::new(),
     }
 }
@@ -75,7 +83,7 @@ pub fn sparse_hazards(s: &SparseVhd) -> Vec<Finding> {
 
 fn footer_offset(image: &DiskImage) -> u64 {
     match image {
-        DiskImage::Raw(_) => 0,
+        DiskImage::Raw(_) | DiskImage::Vhdx(_) => 0,
         DiskImage::Fixed(f) => f.footer_offset(),
         DiskImage::Sparse(s) => s.data_end(),
     }

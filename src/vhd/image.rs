@@ -12,7 +12,9 @@ use crate::vhd::finding::Finding;
 use crate::vhd::fixed::FixedVhd;
 use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
 use crate::vhd::probe::{PROBE_BYTES, Recognised, recognise};
+use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::sparse::SparseVhd;
+use crate::vhdx::Vhdx;
 
 /// Deepest differencing chain followed (a guard against pathological chains).
 pub const MAX_CHAIN_DEPTH: usize = 64;
@@ -44,6 +46,19 @@ pub enum ImageFormat {
     Raw,
     /// A VHD (fixed, dynamic or differencing): the file must end with a VHD footer.
     Vhd,
+    /// A VHDX: the file must start with the VHDX identifier.
+    Vhdx,
+}
+
+impl ImageFormat {
+    /// The name people and JSON use: `raw`, `vhd`, `vhdx`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Vhd => "vhd",
+            ImageFormat::Vhdx => "vhdx",
+        }
+    }
 }
 
 /// The kind of container an image is.
@@ -87,6 +102,8 @@ pub enum DiskImage {
     Fixed(Box<FixedVhd>),
     /// A dynamic or differencing VHD.
     Sparse(Box<SparseVhd>),
+    /// A VHDX of any kind.
+    Vhdx(Box<Vhdx>),
 }
 
 impl DiskImage {
@@ -139,6 +156,12 @@ impl DiskImage {
         }
         chain.push(id);
         let len = file.file_len()?;
+        if opts.format != Some(ImageFormat::Raw) && is_vhdx(&file, len)? {
+            return Ok(DiskImage::Vhdx(Box::new(Vhdx::open(file, opts, chain)?)));
+        }
+        if opts.format == Some(ImageFormat::Vhdx) {
+            return Err(Error::corrupt(&path, "VHDX file type identifier", Space::File, 0, "missing: the file does not start with `vhdxfile`"));
+        }
         let footer = match opts.format {
             Some(ImageFormat::Raw) => None,
             _ => find_footer(&file, len)?,
@@ -147,7 +170,7 @@ impl DiskImage {
             None => {
                 match opts.format {
                     Some(ImageFormat::Raw) => {}
-                    Some(ImageFormat::Vhd) => {
+                    Some(ImageFormat::Vhd | ImageFormat::Vhdx) => {
                         return Err(Error::corrupt(
                             &path,
                             "VHD footer",
@@ -176,6 +199,84 @@ impl DiskImage {
             DiskImage::Fixed(_) => ImageKind::Fixed,
             DiskImage::Sparse(s) if s.footer().disk_type == DiskType::Differencing => ImageKind::Differencing,
             DiskImage::Sparse(_) => ImageKind::Dynamic,
+            DiskImage::Vhdx(v) if v.parameters().has_parent => ImageKind::Differencing,
+            DiskImage::Vhdx(v) if v.is_fixed() => ImageKind::Fixed,
+            DiskImage::Vhdx(_) => ImageKind::Dynamic,
+        }
+    }
+
+    /// The container format: raw, VHD or VHDX.
+    pub fn format(&self) -> ImageFormat {
+        match self {
+            DiskImage::Raw(_) => ImageFormat::Raw,
+            DiskImage::Fixed(_) | DiskImage::Sparse(_) => ImageFormat::Vhd,
+            DiskImage::Vhdx(_) => ImageFormat::Vhdx,
+        }
+    }
+
+    /// The container's block size, for formats that allocate by block (dynamic and
+    /// differencing VHDs, every VHDX).
+    pub fn block_size(&self) -> Option<u64> {
+        match self {
+            DiskImage::Sparse(s) => Some(s.block_size()),
+            DiskImage::Vhdx(v) => Some(v.block_size()),
+            _ => None,
+        }
+    }
+
+    /// Which 512-byte sectors of block `index` (of [`Self::block_size`]) this file holds:
+    /// `None` when the block is not stored, a full bitmap when it is whole.
+    pub fn block_sectors(&self, index: u64) -> Result<Option<SectorBitmap>> {
+        match self {
+            DiskImage::Sparse(s) => s.block_bitmap(index),
+            DiskImage::Vhdx(v) => v.block_sectors(index),
+            _ => Err(Error::internal("block sectors of an image without blocks")),
+        }
+    }
+
+    /// The blocks this file stores, in order (every block of a fixed or raw image is not
+    /// listed: they have none).
+    pub fn stored_blocks(&self) -> Vec<u64> {
+        match self {
+            DiskImage::Sparse(s) => s.bat().allocated().map(|(b, _)| b).collect(),
+            DiskImage::Vhdx(v) => v.bat().stored().map(|(k, _, _)| k).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether this is a differencing image (absent sectors read the parent), even when the
+    /// parent was not found.
+    pub fn differencing(&self) -> bool {
+        match self {
+            DiskImage::Sparse(s) => s.parent().is_some() || s.missing_parent().is_some(),
+            DiskImage::Vhdx(v) => v.parameters().has_parent,
+            _ => false,
+        }
+    }
+
+    /// The VHDX, if this is one.
+    pub fn as_vhdx(&self) -> Option<&Vhdx> {
+        match self {
+            DiskImage::Vhdx(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The parent of a differencing image.
+    pub fn parent(&self) -> Option<&DiskImage> {
+        match self {
+            DiskImage::Sparse(s) => s.parent(),
+            DiskImage::Vhdx(v) => v.parent(),
+            _ => None,
+        }
+    }
+
+    /// How the parent of a differencing image was found.
+    pub fn parent_resolution(&self) -> Option<&crate::vhd::parent::ParentResolution> {
+        match self {
+            DiskImage::Sparse(s) => s.parent_resolution(),
+            DiskImage::Vhdx(v) => v.parent_resolution(),
+            _ => None,
         }
     }
 
@@ -183,7 +284,7 @@ impl DiskImage {
     /// The VHD footer, if this is a VHD.
     pub fn footer(&self) -> Option<&Footer> {
         match self {
-            DiskImage::Raw(_) => None,
+            DiskImage::Raw(_) | DiskImage::Vhdx(_) => None,
             DiskImage::Fixed(f) => Some(f.footer()),
             DiskImage::Sparse(s) => Some(s.footer()),
         }
@@ -212,6 +313,7 @@ impl DiskImage {
             DiskImage::Raw(r) => r.file(),
             DiskImage::Fixed(f) => f.file(),
             DiskImage::Sparse(s) => s.file(),
+            DiskImage::Vhdx(v) => v.file(),
         }
     }
 
@@ -222,6 +324,7 @@ impl DiskImage {
             DiskImage::Raw(r) => r.file_mut(),
             DiskImage::Fixed(f) => f.file_mut(),
             DiskImage::Sparse(s) => s.file_mut(),
+            DiskImage::Vhdx(v) => v.file_mut(),
         }
     }
 
@@ -246,6 +349,22 @@ impl DiskImage {
                 }
                 all
             }
+            DiskImage::Vhdx(v) => {
+                let mut all = v.findings().to_vec();
+                if let Some(tried) = v.missing_parent() {
+                    all.push(Finding::new(
+                        v.source(),
+                        "VHDX parent locator",
+                        Space::File,
+                        0,
+                        format!("parent disk not found; tried {}", tried.join("; ")),
+                    ));
+                }
+                if let Some(p) = v.parent() {
+                    all.extend(p.findings());
+                }
+                all
+            }
         }
     }
 
@@ -258,7 +377,7 @@ impl DiskImage {
     /// The open files of the chain from this image to its base.
     pub fn chain_files(&self) -> Vec<&ImageFile> {
         let mut out = vec![self.file()];
-        if let Some(p) = self.as_sparse().and_then(SparseVhd::parent) {
+        if let Some(p) = self.parent() {
             out.extend(p.chain_files());
         }
         out
@@ -273,6 +392,16 @@ impl DiskImage {
             }
         }
     }
+}
+
+/// Whether the file starts with the VHDX identifier.
+fn is_vhdx(file: &ImageFile, len: u64) -> Result<bool> {
+    if len < 8 {
+        return Ok(false);
+    }
+    let mut sig = [0u8; 8];
+    file.read_exact_at(0, &mut sig, "file type identifier")?;
+    Ok(&sig == crate::vhdx::header::FILE_SIGNATURE)
 }
 
 /// Refuses a file without a footer that does not look like a raw disk, naming what it is.
@@ -323,6 +452,7 @@ impl BlockDevice for DiskImage {
             DiskImage::Raw(r) => r.len(),
             DiskImage::Fixed(f) => f.len(),
             DiskImage::Sparse(s) => s.len(),
+            DiskImage::Vhdx(v) => v.len(),
         }
     }
 
@@ -331,6 +461,7 @@ impl BlockDevice for DiskImage {
             DiskImage::Raw(r) => r.read_at(offset, buf),
             DiskImage::Fixed(f) => f.read_at(offset, buf),
             DiskImage::Sparse(s) => s.read_at(offset, buf),
+            DiskImage::Vhdx(v) => v.read_at(offset, buf),
         }
     }
 
@@ -339,6 +470,7 @@ impl BlockDevice for DiskImage {
             DiskImage::Raw(r) => r.source(),
             DiskImage::Fixed(f) => f.source(),
             DiskImage::Sparse(s) => s.source(),
+            DiskImage::Vhdx(v) => v.source(),
         }
     }
 
@@ -347,6 +479,7 @@ impl BlockDevice for DiskImage {
             DiskImage::Raw(r) => r.data_ranges(start, end),
             DiskImage::Fixed(f) => f.data_ranges(start, end),
             DiskImage::Sparse(s) => s.data_ranges(start, end),
+            DiskImage::Vhdx(v) => v.data_ranges(start, end),
         }
     }
 }
@@ -357,6 +490,7 @@ impl WritableDevice for DiskImage {
             DiskImage::Raw(r) => r.write_at(offset, buf),
             DiskImage::Fixed(f) => f.write_at(offset, buf),
             DiskImage::Sparse(s) => s.write_at(offset, buf),
+            DiskImage::Vhdx(v) => v.write_at(offset, buf),
         }
     }
 
@@ -365,6 +499,7 @@ impl WritableDevice for DiskImage {
             DiskImage::Raw(r) => r.flush(),
             DiskImage::Fixed(f) => f.flush(),
             DiskImage::Sparse(s) => s.flush(),
+            DiskImage::Vhdx(v) => v.flush(),
         }
     }
 }

@@ -84,7 +84,7 @@ fn read_locator(file: &ImageFile, slot: usize, loc: &ParentLocator) -> Result<Op
 
 /// Turns a path as Windows or a Mac wrote it into candidate local paths, relative to the
 /// child's folder `dir`.
-fn local_paths(raw: &str, encoding: LocatorEncoding, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn local_paths(raw: &str, encoding: LocatorEncoding, dir: &Path) -> Vec<PathBuf> {
     let unified = raw.replace('\\', "/");
     let base_name = unified.rsplit('/').next().filter(|n| !n.is_empty()).map(|n| dir.join(n));
     let has_drive = unified.len() >= 2 && unified.as_bytes()[1] == b':';
@@ -164,16 +164,32 @@ pub fn resolve(
     wait: LockWait,
     chain: &[FileId],
 ) -> Result<(PathBuf, String)> {
+    let identity = |p: &Path, wait, chain: &[FileId]| footer_uuid(p, wait, chain).map(|u| uuid_text(&u));
+    resolve_by(child, &[uuid_text(want)], candidates, wait, chain, &identity)
+}
+
+/// How a parent candidate is identified: its identity as text, or why it has none.
+pub type ParentIdentity<'a> = &'a dyn Fn(&Path, LockWait, &[FileId]) -> std::result::Result<String, String>;
+
+/// Picks the first candidate whose identity (as `identity` reads it) is one of `want`
+/// (compared ignoring case), or explains every failure.
+pub fn resolve_by(
+    child: &Path,
+    want: &[String],
+    candidates: &[Candidate],
+    wait: LockWait,
+    chain: &[FileId],
+    identity: ParentIdentity<'_>,
+) -> Result<(PathBuf, String)> {
     let mut tried = Vec::new();
     for c in candidates {
-        match footer_uuid(&c.path, wait, chain) {
-            Ok(u) if &u == want => return Ok((c.path.clone(), c.via.clone())),
-            Ok(u) => tried.push(format!(
-                "{} (from {}): UUID {} is not the expected {}",
+        match identity(&c.path, wait, chain) {
+            Ok(id) if want.iter().any(|w| w.eq_ignore_ascii_case(&id)) => return Ok((c.path.clone(), c.via.clone())),
+            Ok(id) => tried.push(format!(
+                "{} (from {}): identity {id} is not the expected {}",
                 c.path.display(),
                 c.via,
-                uuid_text(&u),
-                uuid_text(want)
+                want.join(" or ")
             )),
             Err(why) => tried.push(format!("{} (from {}): {why}", c.path.display(), c.via)),
         }

@@ -92,11 +92,14 @@ pub fn open(path: &Path) -> DiskImage {
     DiskImage::open(path, &OpenOptions::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `qemu-img convert -f vpc -O raw` of an image, read into memory (qemu probes a fixed VHD as
-/// raw, footer included, unless told the format).
+/// `qemu-img convert -O raw` of a VHD (told `-f vpc`: qemu probes a fixed VHD as raw, footer
+/// included) or a VHDX, read into memory.
 pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("{}.qemu.raw", image.file_name().unwrap().to_string_lossy()));
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "raw"]).arg(image).arg(&out));
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open(image).unwrap(), &mut head).unwrap();
+    let format = if &head == b"vhdxfile" { "vhdx" } else { "vpc" };
+    run_ok(Command::new("qemu-img").args(["convert", "-f", format, "-O", "raw"]).arg(image).arg(&out));
     let data = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     data

@@ -139,7 +139,7 @@ fn kept_format(image: &DiskImage, opts: &CompactOptions) -> Result<OutputFormat>
 /// The image as the file now holds it, read afresh (not from what the writer cached).
 fn reopen(image: &DiskImage) -> Result<DiskImage> {
     let file = image.file().raw().try_clone().map_err(|e| Error::open(image.source(), "reopen", e))?;
-    let parent = image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| r.path.clone().into());
+    let parent = image.parent_resolution().map(|r| r.path.clone().into());
     let format = if image.kind() == ImageKind::Raw { ImageFormat::Raw } else { ImageFormat::Vhd };
     DiskImage::from_file(
         ImageFile::from_file(file, image.source(), false),

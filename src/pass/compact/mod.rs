@@ -33,7 +33,7 @@ use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
 pub use crate::pass::Event;
 use crate::vhd::device::{BlockDevice, ImageFile};
-use crate::vhd::image::{DiskImage, OpenOptions};
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
 
 /// Smallest disk Azure accepts.
 pub const AZURE_MIN_SIZE: u64 = 20 << 20;
@@ -72,6 +72,8 @@ pub struct CompactOptions {
     pub realign: Option<u64>,
     /// Compare every needed byte of the output with the input before committing.
     pub verify: bool,
+    /// The output's container (`None`: the input's; a raw input makes a VHD).
+    pub container: Option<ImageFormat>,
 }
 
 /// Compacts `image` into a new file at `output`, which appears only once written, flushed and
@@ -107,7 +109,12 @@ pub fn to_new_file(
             let dup = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
             let reopened = DiskImage::from_file(
                 ImageFile::from_file(dup, out.path(), false),
-                &OpenOptions { strict: true, parent: plan.parent.clone(), ..OpenOptions::default() },
+                &OpenOptions {
+                    strict: true,
+                    parent: plan.parent.clone(),
+                    format: Some(plan.container),
+                    ..OpenOptions::default()
+                },
             )?;
             let mut report = verify::check(&reopened, digests)?;
             report.mismatches.extend(verify::uncovered(&plan, digests)?);
@@ -142,8 +149,9 @@ pub fn to_new_file(
 
 /// Blocks the container holds: allocated BAT entries, or every 2 MiB of a fixed or raw image.
 pub fn blocks_held(image: &DiskImage) -> u64 {
-    match image.as_sparse() {
-        Some(s) => s.bat().allocated_count(),
+    match image.block_size() {
+        Some(_) if image.kind() != ImageKind::Fixed => image.stored_blocks().len() as u64,
+        Some(bs) => image.len().div_ceil(bs),
         None => image.len().div_ceil(crate::map::blocks::RAW_BLOCK_SIZE),
     }
 }

@@ -21,7 +21,7 @@ use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::fixed::MAX_FIXED_SIZE;
-use crate::vhd::image::ImageKind;
+use crate::vhd::image::{ImageFormat, ImageKind};
 use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
 
 /// A block the output stores; every other block is dropped (reads as zeros, or in a
@@ -110,6 +110,11 @@ pub struct CompactionPlan<'a> {
     /// What the output copies.
     pub source: PlannedSource<'a>,
     pub format: OutputFormat,
+    /// The output's container: VHD or VHDX.
+    pub container: ImageFormat,
+    /// The output file's own block size (a VHDX's, or a dynamic VHD's); `block_size` is the
+    /// unit the writer copies in.
+    pub container_block_size: u64,
     /// Length of the output disk (Azure rounding may grow it past the input's).
     pub disk_size: u64,
     pub block_size: u64,
@@ -204,6 +209,45 @@ fn output_kind(
     Ok((format, block_size))
 }
 
+/// The output's container and its block size: VHD, or VHDX (blocks a power of two from 1 MiB
+/// to 256 MiB: the asked size, else the input's when it is one, else 2 MiB for a dynamic
+/// output, where small blocks let more go, and Hyper-V's 32 MiB for a fixed one).
+fn output_container(
+    image: &crate::vhd::image::DiskImage,
+    format: OutputFormat,
+    block_size: u64,
+    opts: &CompactOptions,
+) -> Result<(ImageFormat, u64)> {
+    let input = image.format();
+    let container = match opts.container.unwrap_or(input) {
+        ImageFormat::Raw => ImageFormat::Vhd,
+        c => c,
+    };
+    if container == ImageFormat::Vhdx && opts.azure {
+        return Err(Error::Usage("Azure takes a fixed VHD: the output cannot be a VHDX".into()));
+    }
+    if format == OutputFormat::Differencing && container != input {
+        return Err(Error::Usage(format!(
+            "a differencing output stays a {}, like its parent: merge the chain to change the format",
+            input.name()
+        )));
+    }
+    if container == ImageFormat::Vhd {
+        return Ok((container, block_size));
+    }
+    let valid = |b: u64| b.is_power_of_two() && (1 << 20..=256 << 20).contains(&b);
+    let chosen = match (opts.block_size, image.block_size().filter(|&b| valid(b)), format) {
+        (Some(b), ..) => b as u64,
+        (None, Some(b), _) => b,
+        (None, None, OutputFormat::Fixed) => 32 << 20,
+        (None, None, _) => DEFAULT_BLOCK_SIZE as u64,
+    };
+    if !valid(chosen) {
+        return Err(Error::Usage(format!("a VHDX block size must be a power of two from 1 MiB to 256 MiB, not {chosen}")));
+    }
+    Ok((container, chosen))
+}
+
 /// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors (a raw
 /// input's last partial sector is padded with zeros), or for Azure rounded up to a whole MiB
 /// within limits.
@@ -256,14 +300,16 @@ fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) ->
 /// Plans the compaction of `map`'s image.
 pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<CompactionPlan<'a>> {
     crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
-    if opts.merge && map.image.as_sparse().is_none_or(|s| s.parent().is_none()) {
+    if opts.merge && map.image.parent().is_none() {
         return Err(Error::unsupported(
             map.image.source(),
             format!("is a {} image, not a differencing one: there is no chain to merge", map.image.kind()),
         ));
     }
-    let input_block = map.image.as_sparse().map(|s| s.block_size());
+    let input_block = map.image.block_size();
     let (format, block_size) = output_kind(map.image.source(), map.image.kind(), input_block, opts)?;
+    let (container, container_block_size) = output_container(map.image, format, block_size, opts)?;
+    let block_size = if format == OutputFormat::Fixed { block_size } else { container_block_size };
     let mut realignment = plan_realignment(map, opts, 0)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
     let disk_size = output_size(map.image.source(), source_size, opts.azure, format)?;
@@ -273,8 +319,8 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     }
     let source = PlannedSource { map, realignment };
     // Candidates: the blocks that may hold data (a differencing child: its own blocks).
-    let candidates: Vec<u64> = match (format, map.image.as_sparse()) {
-        (OutputFormat::Differencing, Some(s)) => s.bat().allocated().map(|(b, _)| b).collect(),
+    let candidates: Vec<u64> = match format {
+        OutputFormat::Differencing => map.image.stored_blocks(),
         _ => blocks_touched(&source.data_ranges(0, source_size)?, block_size),
     };
     let planned: Vec<(u64, Option<StoredBlock>)> = candidates
@@ -303,11 +349,22 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     let partitions = partition_plans(map, &dropped, block_size);
     let parent = match format {
         OutputFormat::Differencing => {
-            map.image.as_sparse().and_then(|s| s.parent_resolution()).map(|r| PathBuf::from(&r.path))
+            map.image.parent_resolution().map(|r| PathBuf::from(&r.path))
         }
         _ => None,
     };
-    Ok(CompactionPlan { source, format, disk_size, block_size, parent, stored, dropped, partitions })
+    Ok(CompactionPlan {
+        source,
+        format,
+        container,
+        container_block_size,
+        disk_size,
+        block_size,
+        parent,
+        stored,
+        dropped,
+        partitions,
+    })
 }
 
 /// Each partition's share of the plan: its contents and the blocks dropped from it.
@@ -367,7 +424,7 @@ fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Optio
     let bs = map.block_size();
     let start = b * bs;
     let end = (start + bs).min(map.image.len());
-    let Some(mut bitmap) = map.image.as_sparse().and_then(|s| s.block_bitmap(b).transpose()).transpose()? else {
+    let Some(mut bitmap) = map.image.block_sectors(b)? else {
         return Ok(None);
     };
     let needs = map.needs(start, end);

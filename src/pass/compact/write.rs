@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
+use crate::vhd::image::ImageFormat;
 use crate::vhd::sparse::{ParentLink, SparseVhd};
+use crate::vhdx::Vhdx;
+use crate::vhdx::create::{NewKind, NewVhdx};
 
 /// Largest piece of a block read or written at once.
 const PIECE: u64 = 4 << 20;
@@ -129,36 +132,66 @@ impl Piece<'_> {
 
 /// The output container being written.
 enum Writer {
-    Fixed(Box<FixedVhd>),
-    /// A sparse output, and whether the block being appended reads as zeros so far.
+    /// Every byte written where it goes (a fixed VHD or VHDX).
+    Whole(Box<dyn WritableDevice>),
+    /// A sparse VHD output, and whether the block being appended reads as zeros so far.
     Sparse(Box<SparseVhd>, bool),
+    /// A dynamic or differencing VHDX output, and whether the block reads as zeros so far.
+    Vhdx(Box<Vhdx>, bool),
 }
 
 /// Creates the output container in the new `file`.
 fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
     let image = plan.source.map().image;
-    Ok(match plan.format {
-        OutputFormat::Fixed => Writer::Fixed(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
-        OutputFormat::Dynamic => {
+    let parent = || {
+        image.parent().ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))
+    };
+    let vhdx = |file: ImageFile, kind: NewKind<'_>| {
+        Vhdx::create_in(
+            file,
+            NewVhdx {
+                size: plan.disk_size,
+                block_size: plan.container_block_size as u32,
+                logical_sector_size: image.as_vhdx().map_or(512, |v| v.parameters().logical_sector_size),
+                kind,
+            },
+        )
+    };
+    Ok(match (plan.container, plan.format) {
+        (ImageFormat::Vhdx, OutputFormat::Fixed) => Writer::Whole(Box::new(vhdx(file, NewKind::Fixed)?)),
+        (ImageFormat::Vhdx, OutputFormat::Dynamic) => Writer::Vhdx(Box::new(vhdx(file, NewKind::Dynamic)?), true),
+        (ImageFormat::Vhdx, OutputFormat::Differencing) => {
+            let p = parent()?;
+            let path = plan.parent.as_deref().unwrap_or(p.source());
+            Writer::Vhdx(Box::new(vhdx(file, NewKind::Differencing { image: p, path })?), true)
+        }
+        (_, OutputFormat::Fixed) => Writer::Whole(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
+        (_, OutputFormat::Dynamic) => {
             Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?), true)
         }
-        OutputFormat::Differencing => {
-            let parent = image
-                .as_sparse()
-                .and_then(|s| s.parent())
-                .ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))?;
-            let path = plan.parent.as_deref().unwrap_or(parent.source());
+        (_, OutputFormat::Differencing) => {
+            let p = parent()?;
+            let path = plan.parent.as_deref().unwrap_or(p.source());
             Writer::Sparse(
-                Box::new(SparseVhd::create_in(
-                    file,
-                    0,
-                    plan.block_size as u32,
-                    Some(ParentLink { image: parent, path }),
-                )?),
+                Box::new(SparseVhd::create_in(file, 0, plan.block_size as u32, Some(ParentLink { image: p, path }))?),
                 true,
             )
         }
     })
+}
+
+/// A block's present 512-byte sectors as VHDX sector bits (LSB first, one per logical sector
+/// of `logical` bytes, set when any of its 512-byte sectors is).
+fn logical_bits(bitmap: &SectorBitmap, logical: u32) -> Vec<u8> {
+    let per = logical / 512;
+    let n = bitmap.sectors() / per;
+    let mut bits = vec![0u8; n.div_ceil(8) as usize];
+    for s in 0..n {
+        if (s * per..(s + 1) * per).any(|x| bitmap.is_set(x)) {
+            bits[(s / 8) as usize] |= 1 << (s % 8);
+        }
+    }
+    bits
 }
 
 impl Writer {
@@ -166,7 +199,7 @@ impl Writer {
     fn write(&mut self, bs: u64, p: &Piece<'_>, data: Option<&[u8]>, zeros: &[u8]) -> Result<Option<bool>> {
         let bytes = data.unwrap_or(&zeros[..p.len as usize]);
         match self {
-            Writer::Fixed(f) => {
+            Writer::Whole(f) => {
                 f.write_at(p.block * bs + p.within, bytes)?;
                 Ok(p.last.then_some(true))
             }
@@ -188,15 +221,35 @@ impl Writer {
                 s.append_end(keep)?;
                 Ok(Some(keep))
             }
+            Writer::Vhdx(v, all_zero) => {
+                let stored = p.stored.ok_or_else(|| Error::internal("a sparse output piece without a block plan"))?;
+                if p.within == 0 {
+                    let logical = v.parameters().logical_sector_size;
+                    v.append_begin(p.block, stored.bitmap.as_ref().map(|b| logical_bits(b, logical)))?;
+                    *all_zero = true;
+                }
+                *all_zero &= bytes.iter().all(|&x| x == 0);
+                v.append_data(p.within, bytes)?;
+                if !p.last {
+                    return Ok(None);
+                }
+                let keep = stored.bitmap.is_some() || !*all_zero;
+                v.append_end(keep)?;
+                Ok(Some(keep))
+            }
         }
     }
 
     fn finish(&mut self) -> Result<()> {
         match self {
-            Writer::Fixed(f) => f.flush(),
+            Writer::Whole(f) => f.flush(),
             Writer::Sparse(s, _) => {
                 s.finish_appends()?;
                 s.flush()
+            }
+            Writer::Vhdx(v, _) => {
+                v.finish_appends()?;
+                v.flush()
             }
         }
     }

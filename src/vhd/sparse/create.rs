@@ -194,7 +194,7 @@ fn file_mtime_vhd(path: &Path) -> u32 {
 
 /// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
 /// `..\base\p.vhd`), as the W2ru locator stores it.
-fn relative_windows_path(child: &Path, target: &Path) -> String {
+pub(crate) fn relative_windows_path(child: &Path, target: &Path) -> String {
     let child_dir = std::path::absolute(child).ok().and_then(|c| c.parent().map(Path::to_path_buf)).unwrap_or_default();
     let from: Vec<_> = child_dir.components().collect();
     let to: Vec<_> = target.components().collect();

@@ -1,0 +1,209 @@
+//! VHDX: reads equal qemu-img's byte for byte (every block size, fixed and dynamic, a log
+//! replayed), outputs qemu-img accepts and ntfs-3g reads file for file, conversions both ways,
+//! differencing children read through their parent (checked with libvhdi's vhdimount).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// `image` converted by qemu-img to VHDX with `options`.
+fn to_vhdx(image: &Path, dir: &Path, name: &str, options: &str) -> PathBuf {
+    let out = dir.join(name);
+    run_ok(Command::new("qemu-img").args(["convert", "-O", "vhdx", "-o", options]).arg(image).arg(&out));
+    out
+}
+
+#[test]
+fn every_vhdx_qemu_writes_reads_as_qemu_reads_it() {
+    let dir = tempdir();
+    let source = corpus("xp-fixed.vhd");
+    for (name, options) in [
+        ("d1.vhdx", "subformat=dynamic,block_size=1M"),
+        ("d8.vhdx", "subformat=dynamic"),
+        ("d32.vhdx", "subformat=dynamic,block_size=32M,log_size=4M"),
+        ("d256.vhdx", "subformat=dynamic,block_size=256M"),
+        ("f.vhdx", "subformat=fixed,block_size=16M"),
+        ("z.vhdx", "subformat=dynamic,block_state_zero=off"),
+    ] {
+        let vhdx = to_vhdx(&source, dir.path(), name, options);
+        let ours = read_all(&open(&vhdx));
+        assert!(ours == qemu_raw(&vhdx, dir.path()), "{name}: our read differs from qemu-img's");
+        let check = run(bin("vhdinspect").arg("check").arg(&vhdx));
+        assert!(check.status.success(), "{name}: {}", String::from_utf8_lossy(&check.stdout));
+    }
+}
+
+#[test]
+fn compaction_to_vhdx_and_back_keeps_every_file() {
+    let dir = tempdir();
+    let input = corpus("xp-fixed.vhd");
+    let want = image_file_hashes(&input);
+    let dynamic = dir.path().join("out.vhdx");
+    let r = run(bin("vhdcompact").arg(&input).arg(&dynamic).args(["--verify", "--json"]));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!((report["output_format"].as_str(), report["committed"].as_bool()), (Some("dynamic"), Some(true)));
+    assert!(report["output_bytes"].as_u64().unwrap() < std::fs::metadata(&input).unwrap().len() / 2);
+    for (out, extra) in [(dynamic.clone(), &[][..]), (dir.path().join("fixed.vhdx"), &["--to", "fixed"][..])] {
+        if !out.exists() {
+            run_ok(bin("vhdcompact").arg(&input).arg(&out).args(extra).arg("--verify"));
+        }
+        run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&out));
+        let raw = dir.path().join("check.raw");
+        run_ok(Command::new("qemu-img").args(["convert", "-f", "vhdx", "-O", "raw"]).arg(&out).arg(&raw));
+        assert_eq!(image_file_hashes(&raw), want, "{}: files read through qemu-img", out.display());
+        assert!(read_all(&open(&out)) == std::fs::read(&raw).unwrap(), "our read of our output equals qemu-img's");
+    }
+    // And back to a VHD, which qemu-img reads too.
+    let back = dir.path().join("back.vhd");
+    run_ok(bin("vhdcompact").arg(&dynamic).arg(&back).arg("--verify"));
+    assert!(read_all(&open(&back)) == qemu_raw(&back, dir.path()), "qemu-img reads the VHD as we do");
+    assert_eq!(image_file_hashes(&back), want);
+}
+
+#[test]
+fn the_output_container_follows_the_name_unless_told() {
+    let dir = tempdir();
+    let input = corpus("aligned-dynamic.vhd");
+    let named = dir.path().join("a.vhdx");
+    run_ok(bin("vhdcompact").arg(&input).arg(&named));
+    assert_eq!(&std::fs::read(&named).unwrap()[..8], b"vhdxfile");
+    let told = dir.path().join("b.img");
+    run_ok(bin("vhdcompact").arg(&input).arg(&told).args(["--format", "vhdx", "--block-size", "1M"]));
+    assert_eq!(&std::fs::read(&told).unwrap()[..8], b"vhdxfile");
+    let azure = run(bin("vhdcompact").arg(&input).arg(dir.path().join("c.vhdx")).arg("--azure"));
+    assert!(!azure.status.success() && String::from_utf8_lossy(&azure.stderr).contains("Azure"));
+    let odd = run(bin("vhdcompact").arg(&input).arg(dir.path().join("d.vhdx")).args(["--block-size", "3M"]));
+    assert!(!odd.status.success() && String::from_utf8_lossy(&odd.stderr).contains("power of two"));
+}
+
+/// A differencing VHDX child of `parent` (ours), with `block`'s sectors `sectors` replaced by
+/// `fill` bytes, written through the library's append API.
+fn child_with(parent: &Path, child: &Path, block: u64, sectors: std::ops::Range<u64>, fill: u8) {
+    let parent_img = open(parent);
+    let mut c = vhdkit::vhdx::Vhdx::create(
+        child,
+        vhdkit::vhdx::create::NewVhdx {
+            size: 0,
+            block_size: parent_img.block_size().unwrap() as u32,
+            logical_sector_size: 512,
+            kind: vhdkit::vhdx::create::NewKind::Differencing { image: &parent_img, path: parent },
+        },
+    )
+    .unwrap();
+    let bs = parent_img.block_size().unwrap();
+    let mut bits = vec![0u8; (bs / 512 / 8) as usize];
+    let mut data = vec![0u8; bs as usize];
+    for s in sectors {
+        bits[(s / 8) as usize] |= 1 << (s % 8);
+        data[(s * 512) as usize..((s + 1) * 512) as usize].fill(fill);
+    }
+    c.append_begin(block, Some(bits)).unwrap();
+    c.append_data(0, &data).unwrap();
+    c.append_end(true).unwrap();
+    c.finish_appends().unwrap();
+}
+
+#[test]
+fn a_differencing_child_reads_its_own_sectors_and_the_rest_from_its_parent() {
+    let dir = tempdir();
+    let parent = to_vhdx(&corpus("xp-fixed.vhd"), dir.path(), "parent.vhdx", "subformat=dynamic,block_size=1M");
+    let child = dir.path().join("child.avhdx");
+    child_with(&parent, &child, 3, 10..20, 0xAB);
+    let mut want = read_all(&open(&parent));
+    let at = (3 << 20) + 10 * 512;
+    want[at..at + 10 * 512].fill(0xAB);
+    let img = open(&child);
+    assert_eq!(img.kind(), vhdkit::ImageKind::Differencing);
+    assert_eq!(img.parent_resolution().unwrap().resolved_by, "relative_path");
+    assert!(read_all(&img) == want, "the child's sectors over the parent's");
+    // libvhdi (pyvhdi) reads the chain the same way.
+    let script = "import pyvhdi,sys\nc=pyvhdi.file(); c.open(sys.argv[1])\np=pyvhdi.file(); p.open(sys.argv[2])\nc.set_parent(p)\nsys.stdout.buffer.write(c.read_buffer_at_offset(c.media_size, 0))\n";
+    let theirs = run_ok(Command::new("python3").args(["-c", script]).arg(&child).arg(&parent));
+    assert!(theirs == want, "libvhdi reads the chain as we do");
+    // A parent whose data changed (another data write GUID) is not accepted.
+    let other = to_vhdx(&corpus("xp-fixed.vhd"), dir.path(), "other.vhdx", "subformat=dynamic,block_size=1M");
+    std::fs::rename(&other, &parent).unwrap();
+    let refused = run(bin("vhdinspect").arg("files").arg(&child));
+    assert_one_line_error(&refused, "child.avhdx", &["parent", "not the expected"]);
+}
+
+/// The file offset and bytes of `vhdx`'s current header and its BAT region.
+fn header_and_bat(vhdx: &Path) -> (u64, Vec<u8>, u64) {
+    let b = std::fs::read(vhdx).unwrap();
+    let le = |at: usize, n: usize| b[at..at + n].iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
+    let (s1, s2) = (le(0x10000 + 8, 8), le(0x20000 + 8, 8));
+    let header_at = if s2 > s1 { 0x20000 } else { 0x10000 };
+    let regions = 0x30000;
+    let bat_guid = [0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08];
+    let bat_at = (0..le(regions + 8, 4) as usize)
+        .map(|i| regions + 16 + 32 * i)
+        .find(|&e| b[e..e + 16] == bat_guid)
+        .map(|e| le(e + 16, 8))
+        .unwrap();
+    (header_at as u64, b[header_at..header_at + 4096].to_vec(), bat_at)
+}
+
+#[test]
+fn a_pending_log_is_replayed_in_memory_as_qemu_replays_it_on_disk() {
+    let dir = tempdir();
+    let vhdx = to_vhdx(&corpus("xp-fixed.vhd"), dir.path(), "dirty.vhdx", "subformat=dynamic,block_size=1M");
+    let before = read_all(&open(&vhdx));
+    let (header_at, header, bat_at) = header_and_bat(&vhdx);
+    // A log entry that turns the BAT's first sector into "block 0 is zero", as a crash after
+    // logging and before applying would leave it.
+    let mut bat_sector = std::fs::read(&vhdx).unwrap()[bat_at as usize..bat_at as usize + 4096].to_vec();
+    bat_sector[..8].copy_from_slice(&2u64.to_le_bytes());
+    let guid = vhdkit::bytes::Guid([0x5a; 16]);
+    let len = std::fs::metadata(&vhdx).unwrap().len();
+    let entry = vhdkit::vhdx::log::encode_entry(
+        guid,
+        1,
+        0,
+        (len, len),
+        &[vhdkit::vhdx::log::LogWrite::Data { offset: bat_at, bytes: bat_sector }],
+    );
+    let mut h = vhdkit::vhdx::header::VhdxHeader::parse(&header, 1).unwrap();
+    h.log_guid = guid;
+    h.sequence_number += 1;
+    let f = std::fs::OpenOptions::new().write(true).open(&vhdx).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&entry, h.log_offset).unwrap();
+    f.write_all_at(&h.encode(), header_at).unwrap();
+    drop(f);
+    let hash = image_hash(&vhdx);
+    let ours = read_all(&open(&vhdx));
+    assert_eq!(image_hash(&vhdx), hash, "a reader replays in memory, never on disk");
+    assert!(ours[..1 << 20].iter().all(|&x| x == 0) && ours[1 << 20..] == before[1 << 20..], "block 0 reads as zeros");
+    // qemu-img refuses to read it until it has replayed the log itself.
+    run_ok(Command::new("qemu-img").args(["check", "-r", "all", "-f", "vhdx"]).arg(&vhdx));
+    assert!(qemu_raw(&vhdx, dir.path()) == ours, "qemu's replay on disk reads as ours in memory");
+}
+
+#[test]
+fn broken_vhdx_structures_are_one_line_errors() {
+    let dir = tempdir();
+    let good = to_vhdx(&corpus("aligned-dynamic.vhd"), dir.path(), "good.vhdx", "subformat=dynamic,block_size=1M");
+    let bytes = std::fs::read(&good).unwrap();
+    for (name, at, needles) in [
+        ("both-headers.vhdx", vec![0x10000 + 100, 0x20000 + 100], &["VHDX headers", "CRC-32C"][..]),
+        ("regions.vhdx", vec![0x30000 + 40, 0x40000 + 40], &["region table"][..]),
+    ] {
+        let mut b = bytes.clone();
+        for x in at {
+            b[x] ^= 0xff;
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, b).unwrap();
+        assert_one_line_error(&run(bin("vhdinspect").arg("files").arg(&path)), name, needles);
+    }
+    // One damaged header: the other is used.
+    let mut b = bytes.clone();
+    b[0x10000 + 100] ^= 0xff;
+    let one = dir.path().join("one-header.vhdx");
+    std::fs::write(&one, b).unwrap();
+    assert!(read_all(&open(&one)) == read_all(&open(&good)));
+}
