@@ -207,3 +207,84 @@ fn broken_vhdx_structures_are_one_line_errors() {
     std::fs::write(&one, b).unwrap();
     assert!(read_all(&open(&one)) == read_all(&open(&good)));
 }
+
+#[test]
+fn registry_writes_into_a_vhdx_are_read_back_by_hivex_through_qemu() {
+    let dir = tempdir();
+    let Some(h) = hives(dir.path()) else { return };
+    let vhd = windows_image(dir.path(), &h);
+    let vhdx = to_vhdx(&vhd, dir.path(), "win.vhdx", "subformat=dynamic,block_size=1M");
+    // A value of 3 MiB: the hive grows into clusters whose blocks the VHDX does not store yet.
+    let data = dir.path().join("big.bin");
+    std::fs::write(&data, (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let key = r"HKLM\SYSTEM\ControlSet001\Control\ComputerName\ComputerName";
+    run_ok(bin("vhdreg").arg(&vhdx).args(["set", key, "ComputerName", "--type", "REG_SZ", "--data", "VHDX-HOST"]));
+    run_ok(bin("vhdreg").arg(&vhdx).args(["set", key, "Blob", "--type", "REG_BINARY", "--data-file"]).arg(&data));
+    run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&vhdx));
+    let raw = dir.path().join("win.raw");
+    run_ok(Command::new("qemu-img").args(["convert", "-f", "vhdx", "-O", "raw"]).arg(&vhdx).arg(&raw));
+    let system = copy_out(&raw, &[SYSTEM], dir.path()).remove(0);
+    assert_eq!(
+        hivexget(&system, r"\ControlSet001\Control\ComputerName\ComputerName", "ComputerName").trim(),
+        "VHDX-HOST"
+    );
+    let export = hivex_export(&system, r"\ControlSet001\Control\ComputerName\ComputerName");
+    assert!(reg_hex_value(&export, "Blob") == std::fs::read(&data).unwrap(), "hivex reads the 3 MiB value whole");
+    // The log is clear again: qemu opens it read-only, which it refuses for a dirty log.
+    run_ok(Command::new("qemu-img").args(["info", "-f", "vhdx"]).arg(&vhdx));
+}
+
+#[test]
+fn a_registry_write_into_a_vhdx_killed_at_any_write_is_rolled_back_whole() {
+    let dir = tempdir();
+    let Some(h) = hives(dir.path()) else { return };
+    let vhd = windows_image(dir.path(), &h);
+    let vhdx = to_vhdx(&vhd, dir.path(), "win.vhdx", "subformat=dynamic,block_size=1M");
+    let original = std::fs::read(&vhdx).unwrap();
+    let key = r"HKLM\SYSTEM\ControlSet001\Control\ComputerName\ComputerName";
+    let set = ["set", key, "ComputerName", "--type", "REG_SZ", "--data", "KILLED"];
+    let work = dir.path().join("work.vhdx");
+    let mut n = 1;
+    loop {
+        std::fs::write(&work, &original).unwrap();
+        let o = run(bin("vhdreg").arg(&work).args(set).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+        if o.status.success() {
+            break;
+        }
+        // The next writer rolls the interrupted write back; the image is then the original.
+        run_ok(bin("vhdreg").arg(&work).arg("recover"));
+        assert!(std::fs::read(&work).unwrap() == original, "killed before write {n}: not rolled back whole");
+        n += 1;
+        assert!(n < 500, "no run finished");
+    }
+    run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&work));
+    eprintln!(
+        "FIGURE: vhdreg set into a VHDX killed before each of its {} writes: rolled back whole every time",
+        n - 1
+    );
+}
+
+#[test]
+fn in_place_compaction_of_a_vhdx_shrinks_it_and_keeps_every_file() {
+    let dir = tempdir();
+    let input = corpus("xp-fixed.vhd");
+    let want = image_file_hashes(&input);
+    let vhdx = to_vhdx(&input, dir.path(), "xp.vhdx", "subformat=dynamic,block_size=1M");
+    let before = std::fs::metadata(&vhdx).unwrap().len();
+    let headers_before = header_and_bat(&vhdx).1;
+    let r = run(bin("vhdcompact").arg(&vhdx).args(["--in-place", "--zero-free", "--verify", "--json"]));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(report["verify"]["mismatches"].as_array().unwrap().is_empty());
+    assert!(report["dropped_blocks"].as_u64().unwrap() > 0, "{report}");
+    assert!(std::fs::metadata(&vhdx).unwrap().len() < before, "the file shrank");
+    run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&vhdx));
+    let raw = dir.path().join("after.raw");
+    run_ok(Command::new("qemu-img").args(["convert", "-f", "vhdx", "-O", "raw"]).arg(&vhdx).arg(&raw));
+    assert_eq!(image_file_hashes(&raw), want);
+    // The headers name a new data write GUID (children of the old data would be stale) and
+    // no log.
+    let after = header_and_bat(&vhdx).1;
+    assert_ne!(after[32..48], headers_before[32..48], "data write GUID");
+    assert!(after[48..64].iter().all(|&b| b == 0), "log GUID cleared");
+}

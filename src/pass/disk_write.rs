@@ -29,6 +29,8 @@ pub fn apply(image: &mut DiskImage, writes: &[DiskWrite]) -> Result<()> {
             other => Error::corrupt(&path, format!("write of {}", w.what), Space::Disk, w.offset, other.to_string()),
         })
     });
+    // A VHDX closes its write session (its log cleared) before the writes are collected.
+    let staged = staged.and_then(|()| image.flush());
     let collected = image.file_mut().take_staged();
     staged?;
     journal::commit(&path, image.file().raw(), &collected)

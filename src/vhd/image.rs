@@ -120,7 +120,11 @@ impl DiskImage {
         let file = ImageFile::open(path, true, opts.wait)?;
         let recovery = journal::recover(path, file.raw(), opts.journal_identity)?;
         let mut chain = Vec::new();
-        Ok((DiskImage::from_open_file(file, opts, &mut chain)?, recovery))
+        let mut image = DiskImage::from_open_file(file, opts, &mut chain)?;
+        if let DiskImage::Vhdx(v) = &mut image {
+            v.replay_on_disk()?;
+        }
+        Ok((image, recovery))
     }
 
     #[doc(hidden)]
@@ -241,6 +245,16 @@ impl DiskImage {
             DiskImage::Sparse(s) => s.bat().allocated().map(|(b, _)| b).collect(),
             DiskImage::Vhdx(v) => v.bat().stored().map(|(k, _, _)| k).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The ranges of `[a, z)` (offsets inside stored block `index`) whose stored bytes are not
+    /// all zero, in 4 KiB steps: what zeroing them must write.
+    pub fn stored_nonzero(&self, index: u64, a: u64, z: u64) -> Result<Vec<(u64, u64)>> {
+        match self {
+            DiskImage::Sparse(s) => s.stored_nonzero(index, a, z),
+            DiskImage::Vhdx(v) => v.stored_nonzero(index, a, z),
+            _ => Err(Error::internal("stored bytes of an image without blocks")),
         }
     }
 

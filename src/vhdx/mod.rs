@@ -14,6 +14,8 @@ pub mod header;
 pub mod log;
 pub mod metadata;
 pub mod region;
+mod rewrite;
+mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +69,8 @@ pub struct Vhdx {
     appending: Option<(u64, u64, Option<Vec<u8>>)>,
     /// Sector bitmaps of the chunks a fresh differencing file's appended blocks need.
     pending_bitmaps: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// The write session open, if any.
+    session: Option<write::Session>,
 }
 
 /// What `dump` shows of a VHDX beyond the disk.
@@ -80,8 +84,10 @@ pub struct VhdxSummary {
     pub regions: RegionTable,
     pub metadata: Vec<metadata::MetadataEntry>,
     pub parameters: DiskParameters,
-    /// Entries replayed from the log in memory (0 when the log was clean).
+    /// Entries replayed from the log in memory (0 when the log was clean), and the sequence
+    /// number of the last one.
     pub log_entries_replayed: usize,
+    pub log_sequence: u64,
     pub chunk_ratio: u64,
     pub payload_blocks: u64,
     /// Payload blocks per state.
@@ -142,6 +148,7 @@ impl Vhdx {
             findings: Vec::new(),
             appending: None,
             pending_bitmaps: std::collections::BTreeMap::new(),
+            session: None,
         };
         vhdx.read_regions()?;
         vhdx.read_metadata()?;
@@ -420,6 +427,7 @@ impl Vhdx {
             metadata: self.metadata.clone(),
             parameters: self.params.clone(),
             log_entries_replayed: self.replay.as_ref().map_or(0, |r| r.entries),
+            log_sequence: self.replay.as_ref().map_or(0, |r| r.sequence),
             chunk_ratio: self.bat.chunk_ratio(),
             payload_blocks: self.bat.payload_blocks(),
             block_states: states,
@@ -572,36 +580,6 @@ impl BlockDevice for Vhdx {
             out = merge_ranges(out);
         }
         Ok(out)
-    }
-}
-
-/// Writes into blocks the file holds whole (a fixed VHDX, or fully present blocks); a write
-/// that would allocate a block or change its state is refused.
-impl crate::vhd::device::WritableDevice for Vhdx {
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
-        check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (k, within) = (pos / bs, pos % bs);
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            match self.bat.payload(k) {
-                Ok((PayloadState::FullyPresent, at)) => self.file.write_all_at(at + within, &buf[done..done + n])?,
-                _ => {
-                    return Err(Error::unsupported(
-                        self.file.path(),
-                        format!("block {k} is not allocated: writing it would need the VHDX log, which vhdkit does not write yet"),
-                    ));
-                }
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.file.sync()
     }
 }
 

@@ -16,7 +16,7 @@ use crate::map::ImageMap;
 use crate::map::blocks::NeedKind;
 use crate::vhd::device::{self, BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
-use crate::vhd::sparse::{BlockRewrite, SparseVhd};
+use crate::vhd::sparse::BlockRewrite;
 
 /// Bytes read at once when checking whether a block reads as zeros.
 const READ_CHUNK: u64 = 4 << 20;
@@ -57,9 +57,9 @@ pub fn in_place(
     let (mut report, rewrite, before, uncovered) = {
         let map = ImageMap::build(image, None)?;
         let plan = plan(&map, opts)?;
-        let rewrite = match image.as_sparse() {
-            Some(s) => Rewrite::Blocks(decide_blocks(&plan, s, opts.zero_free)?),
-            None => Rewrite::Zero(free_ranges_to_zero(&map)?),
+        let rewrite = match image.block_size().is_some() && image.kind() != ImageKind::Fixed {
+            true => Rewrite::Blocks(decide_blocks(&plan, image, opts.zero_free)?),
+            false => Rewrite::Zero(free_ranges_to_zero(&map)?),
         };
         let before = if opts.verify { Some(NeededDigests::of_stored(&plan)?) } else { None };
         let uncovered = match &before {
@@ -74,8 +74,11 @@ pub fn in_place(
             report.dropped_blocks = decisions.iter().filter(|d| d.1 == BlockRewrite::Drop && !d.2).count() as u64;
             report.dropped_zero_blocks = decisions.iter().filter(|d| d.2).count() as u64;
             let changes: Vec<(u64, BlockRewrite)> = decisions.into_iter().map(|(b, r, _)| (b, r)).collect();
-            let sparse = image.as_sparse_mut().ok_or_else(|| Error::internal("a sparse image changed kind"))?;
-            let done = sparse.rewrite_in_place(&changes)?;
+            let done = match image {
+                DiskImage::Sparse(s) => s.rewrite_in_place(&changes)?,
+                DiskImage::Vhdx(v) => v.rewrite_in_place(&changes)?,
+                _ => return Err(Error::internal("an image without blocks to rewrite")),
+            };
             report.blocks_after = done.stored_blocks;
             report.zeroed_bytes = done.zeroed_bytes;
         }
@@ -172,12 +175,12 @@ fn free_ranges_to_zero(map: &ImageMap<'_>) -> Result<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
-/// What happens to each allocated block of `s`, and whether a dropped one reads as zeros.
-fn decide_blocks(plan: &CompactionPlan<'_>, s: &SparseVhd, zero_free: bool) -> Result<Vec<(u64, BlockRewrite, bool)>> {
-    let allocated: Vec<u64> = s.bat().allocated().map(|(b, _)| b).collect();
-    let decisions: Vec<(u64, BlockRewrite, bool)> = allocated
+/// What happens to each stored block of `image`, and whether a dropped one reads as zeros.
+fn decide_blocks(plan: &CompactionPlan<'_>, image: &DiskImage, zero_free: bool) -> Result<Vec<(u64, BlockRewrite, bool)>> {
+    let stored = image.stored_blocks();
+    let decisions: Vec<(u64, BlockRewrite, bool)> = stored
         .par_iter()
-        .map(|&b| decide(plan, s, b, zero_free).map(|(r, zero)| (b, r, zero)))
+        .map(|&b| decide(plan, image, b, zero_free).map(|(r, zero)| (b, r, zero)))
         .collect::<Result<_>>()?;
     let changes = decisions.iter().any(|(_, r, _)| match r {
         BlockRewrite::Drop => true,
@@ -185,7 +188,7 @@ fn decide_blocks(plan: &CompactionPlan<'_>, s: &SparseVhd, zero_free: bool) -> R
     });
     if !changes {
         return Err(Error::unsupported(
-            s.file().path(),
+            image.source(),
             "nothing to do: every allocated block holds needed data and no free space needs zeroing",
         ));
     }
@@ -193,19 +196,20 @@ fn decide_blocks(plan: &CompactionPlan<'_>, s: &SparseVhd, zero_free: bool) -> R
 }
 
 /// What happens to allocated block `b`, and whether it is dropped for reading as zeros.
-fn decide(plan: &CompactionPlan<'_>, s: &SparseVhd, b: u64, zero_free: bool) -> Result<(BlockRewrite, bool)> {
+fn decide(plan: &CompactionPlan<'_>, image: &DiskImage, b: u64, zero_free: bool) -> Result<(BlockRewrite, bool)> {
     let Some(stored) = plan.stored_block(b) else { return Ok((BlockRewrite::Drop, false)) };
-    if s.parent().is_none() && reads_as_zeros(plan, b)? {
+    if !image.differencing() && reads_as_zeros(plan, b)? {
         return Ok((BlockRewrite::Drop, true));
     }
     let mut zero = Vec::new();
     if zero_free {
         for &(a, z) in &stored.zero {
-            zero.extend(s.stored_nonzero(b, a, z)?);
+            zero.extend(image.stored_nonzero(b, a, z)?);
         }
     }
-    let current = s.block_bitmap(b)?;
-    let bitmap = stored.bitmap.clone().filter(|bm| Some(bm) != current.as_ref());
+    // A VHDX block keeps its sectors in place (its sector bitmap is not narrowed).
+    let current = image.block_sectors(b)?;
+    let bitmap = stored.bitmap.clone().filter(|bm| Some(bm) != current.as_ref() && image.format() == ImageFormat::Vhd);
     Ok((BlockRewrite::Keep { zero, bitmap }, false))
 }
 

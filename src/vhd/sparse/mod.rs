@@ -25,7 +25,7 @@ mod write;
 
 pub use create::ParentLink;
 pub(crate) use create::relative_windows_path;
-pub use rewrite::BlockRewrite;
+pub use rewrite::{BlockRewrite, RewriteOutcome};
 
 /// Largest block size accepted (Hyper-V's limit for VHDX; no VHD writer goes beyond).
 pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
