@@ -208,6 +208,79 @@ fn broken_vhdx_structures_are_one_line_errors() {
     assert!(read_all(&open(&one)) == read_all(&open(&good)));
 }
 
+/// `vhdinspect check --json` of `image`: its exit code and the problems' structures.
+fn check(image: &Path) -> (Option<i32>, Vec<String>) {
+    let out = run(bin("vhdinspect").args(["check", "--json"]).arg(image));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let structures =
+        report["problems"].as_array().unwrap().iter().map(|p| p["structure"].as_str().unwrap().to_string()).collect();
+    (out.status.code(), structures)
+}
+
+#[test]
+fn dump_decodes_every_vhdx_structure_and_check_finds_at_least_what_qemu_finds() {
+    let dir = tempdir();
+    let good = to_vhdx(&corpus("aligned-dynamic.vhd"), dir.path(), "good.vhdx", "subformat=dynamic,block_size=1M");
+    let dump: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json", "--blocks"]).arg(&good))).unwrap();
+    let v = &dump["vhdx"];
+    assert_eq!(dump["container"], "vhdx");
+    assert_eq!(v["headers"].as_array().unwrap().iter().filter(|h| h["current"] == true).count(), 1);
+    for hex in v["headers_hex"].as_array().unwrap() {
+        assert!(hex.as_str().unwrap().starts_with("68656164"), "each header's raw bytes start with `head`");
+    }
+    assert!(v["region_table_hex"].as_str().unwrap().starts_with("72656769"));
+    assert!(v["metadata_table_hex"].as_str().unwrap().starts_with("6d65746164617461"));
+    let names: Vec<&str> = v["regions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"BAT") && names.contains(&"metadata"));
+    assert_eq!(v["parameters"]["block_size"], 1 << 20);
+    assert_eq!(v["log"]["pending_entries"], 0);
+    let states = v["bat"]["states"].as_array().unwrap();
+    assert_eq!(
+        states.iter().map(|s| s["blocks"].as_u64().unwrap()).sum::<u64>(),
+        v["bat"]["payload_blocks"].as_u64().unwrap()
+    );
+    let (header_at, _, bat_at) = header_and_bat(&good);
+    let bat = std::fs::read(&good).unwrap()[bat_at as usize..bat_at as usize + 4096].to_vec();
+    let entries: Vec<u64> = bat.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    let stored: Vec<usize> = (0..entries.len()).filter(|&i| entries[i] & 7 == 6).collect();
+    assert_eq!(v["blocks"].as_array().unwrap().len(), stored.len(), "--blocks lists every stored block");
+    assert_eq!(v["blocks"][0]["file_offset"].as_u64().unwrap(), entries[stored[0]] & !0xFFFFF);
+    assert_eq!(check(&good), (Some(0), vec![]));
+    run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&good));
+
+    let broken = |name: &str, patch: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = std::fs::read(&good).unwrap();
+        patch(&mut b);
+        let path = dir.path().join(name);
+        std::fs::write(&path, b).unwrap();
+        path
+    };
+    let set_entry = |b: &mut Vec<u8>, i: usize, value: u64| {
+        let at = bat_at as usize + 8 * i;
+        b[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    };
+    // The header not in use damaged: a finding, the other header still reads the disk.
+    let other = if header_at == 0x10000 { 0x20000 } else { 0x10000 };
+    let one = broken("one-header.vhdx", &|b| b[other + 100] ^= 0xff);
+    assert_eq!(check(&one), (Some(1), vec![format!("VHDX header {}", if other == 0x10000 { 1 } else { 2 })]));
+    // A block past the end of the file: qemu-img check calls it corrupt, and so does vhdinspect
+    // check, naming the entry. Two blocks at one offset: qemu-img check misses it, we do not.
+    let len = std::fs::metadata(&good).unwrap().len();
+    let past = broken("past-end.vhdx", &|b| set_entry(b, stored[0], (len + (1 << 20)) | 6));
+    // (Block 0 holds the partition table, so the disk's contents are unreadable too.)
+    let (code, problems) = check(&past);
+    assert_eq!((code, problems[0].as_str()), (Some(1), "VHDX BAT entry"), "{problems:?}");
+    assert!(!run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&past)).status.success());
+    let dup = broken("overlap.vhdx", &|b| set_entry(b, stored[1], entries[stored[0]]));
+    let (code, problems) = check(&dup);
+    assert_eq!((code, problems[0].as_str()), (Some(1), "VHDX layout"), "{problems:?}");
+    // Reading the broken block (the partition table's) is a one-line error naming the entry.
+    assert_eq!(stored[0], 0);
+    let out = run(bin("vhdinspect").arg("files").arg(&past));
+    assert_one_line_error(&out, "past-end.vhdx", &["VHDX BAT entry", &format!("{:#x}", bat_at + 8 * stored[0] as u64)]);
+}
+
 #[test]
 fn registry_writes_into_a_vhdx_are_read_back_by_hivex_through_qemu() {
     let dir = tempdir();

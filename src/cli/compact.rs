@@ -62,11 +62,11 @@ pub struct Cli {
     /// Parent of a differencing input, instead of the one its locators name.
     #[arg(long, value_name = "PATH")]
     pub parent: Option<PathBuf>,
-    /// Treat checksum mismatches and disagreeing footer copies as errors.
+    /// Treat checksum mismatches, disagreeing footer copies and broken VHDX BAT entries as errors.
     #[arg(long)]
     pub strict: bool,
     /// The input's format when its content should not decide: `raw` reads any file as a raw
-    /// disk, `vhd` requires a VHD footer.
+    /// disk, `vhd` requires a VHD footer, `vhdx` the VHDX identifier.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub input_format: Option<FormatArg>,
     /// The output's container (default: OUT's extension, `.vhd` or `.vhdx`; else the input's).

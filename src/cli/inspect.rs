@@ -29,16 +29,16 @@ pub struct Cli {
 /// Options every command that opens an image shares.
 #[derive(clap::Args, Debug)]
 pub struct ImageArgs {
-    /// The image: raw, fixed, dynamic or differencing VHD.
+    /// The image: raw, or a fixed, dynamic or differencing VHD or VHDX.
     pub image: PathBuf,
     /// Parent of a differencing image, instead of the one its locators name.
     #[arg(long, value_name = "PATH")]
     pub parent: Option<PathBuf>,
-    /// Treat checksum mismatches and disagreeing footer copies as errors.
+    /// Treat checksum mismatches, disagreeing footer copies and broken VHDX BAT entries as errors.
     #[arg(long)]
     pub strict: bool,
     /// The image's format when its content should not decide: `raw` reads any file as a raw
-    /// disk, `vhd` requires a VHD footer.
+    /// disk, `vhd` requires a VHD footer, `vhdx` the VHDX identifier.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<FormatArg>,
     /// Wait for another vhdkit process using the image instead of failing at once.

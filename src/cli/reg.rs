@@ -43,7 +43,7 @@ pub struct Cli {
 /// Where the hives are.
 #[derive(clap::Args, Debug)]
 pub struct HiveSource {
-    /// The image: raw, fixed, dynamic or differencing VHD (writes to a differencing image go
+    /// The image: raw, or a fixed, dynamic or differencing VHD or VHDX (writes to a differencing image go
     /// into the child).
     #[arg(required_unless_present = "hive_file", conflicts_with = "hive_file")]
     pub image: Option<PathBuf>,
@@ -61,7 +61,7 @@ pub struct HiveSource {
     #[arg(long, value_name = "PATH")]
     pub parent: Option<PathBuf>,
     /// The image's format when its content should not decide: `raw` reads any file as a raw
-    /// disk, `vhd` requires a VHD footer.
+    /// disk, `vhd` requires a VHD footer, `vhdx` the VHDX identifier.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<FormatArg>,
     /// Wait for another vhdkit process using the image or hive instead of failing at once.

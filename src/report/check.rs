@@ -18,6 +18,8 @@ use crate::vhd::image::DiskImage;
 pub struct CheckReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,
+    /// `raw`, `vhd` or `vhdx`.
+    pub container: crate::vhd::image::ImageFormat,
     pub clean: bool,
     pub problems: Vec<Finding>,
 }
@@ -71,6 +73,7 @@ pub fn build(image: &DiskImage) -> Result<CheckReport> {
     Ok(CheckReport {
         file: image.source().display().to_string(),
         format: image.kind(),
+        container: image.format(),
         clean: problems.is_empty(),
         problems,
     })
@@ -110,10 +113,10 @@ fn volume_states(image: &DiskImage) -> Vec<Finding> {
 /// Renders the check as a table, or a one-line all-clear.
 pub fn render(r: &CheckReport) -> String {
     if r.clean {
-        return format!("{}: {} image, no problems found\n", r.file, r.format);
+        return format!("{}: {} {} image, no problems found\n", r.file, r.format, r.container.name());
     }
     let mut s = Section::table(
-        &format!("{}: {} problem(s) in this {} image", r.file, r.problems.len(), r.format),
+        &format!("{}: {} problem(s) in this {} {} image", r.file, r.problems.len(), r.format, r.container.name()),
         &["file", "structure", "offset", "problem"],
     );
     for p in &r.problems {

@@ -16,6 +16,9 @@ use crate::vhd::geometry::Geometry;
 use crate::vhd::image::DiskImage;
 use crate::vhd::parent::DecodedLocator;
 use crate::vhd::sparse::SparseVhd;
+use crate::vhdx::Vhdx;
+use crate::vhdx::bat::PayloadState;
+use crate::vhdx::summary::VhdxSummary;
 
 /// The decoded footer.
 #[derive(Serialize)]
@@ -180,11 +183,40 @@ pub struct BitmapReport {
     pub hex: String,
 }
 
+/// A VHDX's structures, with the raw bytes of their fixed parts in hex.
+#[derive(Serialize)]
+pub struct VhdxReport {
+    #[serde(flatten)]
+    pub summary: VhdxSummary,
+    /// The first 80 bytes of each header slot.
+    pub headers_hex: Vec<String>,
+    pub region_table_hex: String,
+    pub metadata_table_hex: String,
+    /// Every stored payload block (with `--blocks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<VhdxBlockEntry>>,
+    /// One block's sector bits (with `--bitmap N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<BitmapReport>,
+}
+
+/// One stored payload block of a VHDX.
+#[derive(Serialize)]
+pub struct VhdxBlockEntry {
+    pub index: u64,
+    pub state: PayloadState,
+    pub file_offset: u64,
+    /// Logical sectors this file holds.
+    pub sectors_present: u64,
+}
+
 /// The whole dump.
 #[derive(Serialize)]
 pub struct DumpReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,
+    /// `raw`, `vhd` or `vhdx`.
+    pub container: crate::vhd::image::ImageFormat,
     pub disk_size: u64,
     pub chain: Vec<String>,
     pub footer: Option<FooterReport>,
@@ -192,6 +224,8 @@ pub struct DumpReport {
     pub dynamic_header: Option<HeaderReport>,
     pub parent: ParentReport,
     pub bat: Option<BatReport>,
+    /// A VHDX's headers, region table, metadata, log and BAT.
+    pub vhdx: Option<VhdxReport>,
     pub partition_table: DiskLayout,
     pub partitions: Vec<Partition>,
     pub volumes: Vec<VolumeInfo>,
@@ -228,17 +262,19 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
     Ok(DumpReport {
         file: image.source().display().to_string(),
         format: image.kind(),
+        container: image.format(),
         disk_size: image.len(),
         chain: image.chain().iter().map(|p| p.display().to_string()).collect(),
         footer: image.footer().map(|f| FooterReport::new(f, footer_offset)),
         sizes: image.footer().map(|f| SizesReport::new(f, sparse)),
         dynamic_header: sparse.map(header_report),
         parent: ParentReport {
-            path: sparse.and_then(|s| s.parent_resolution()).map(|r| r.path.clone()),
-            resolved_by: sparse.and_then(|s| s.parent_resolution()).map(|r| r.resolved_by.clone()),
-            format: sparse.and_then(|s| s.parent()).map(DiskImage::kind),
+            path: image.parent_resolution().map(|r| r.path.clone()),
+            resolved_by: image.parent_resolution().map(|r| r.resolved_by.clone()),
+            format: image.parent().map(DiskImage::kind),
         },
         bat: sparse.map(|s| bat_report(s, opts)).transpose()?,
+        vhdx: image.as_vhdx().map(|v| vhdx_report(v, opts)).transpose()?,
         partitions: layout.partitions.clone(),
         partition_table: layout,
         volumes,
@@ -310,6 +346,50 @@ fn bat_report(s: &SparseVhd, opts: DumpOptions) -> Result<BatReport> {
     })
 }
 
+fn vhdx_report(v: &Vhdx, opts: DumpOptions) -> Result<VhdxReport> {
+    let summary = v.summary()?;
+    let logical = v.parameters().logical_sector_size as u64;
+    let bits_set = |bits: &[u8]| bits.iter().map(|b| b.count_ones() as u64).sum::<u64>();
+    let blocks = if opts.blocks {
+        let mut out = Vec::new();
+        for (index, state, file_offset) in v.bat().stored() {
+            let sectors_present = match v.raw_sector_bits(index)? {
+                Some(bits) => bits_set(&bits),
+                None => v.block_size() / logical,
+            };
+            out.push(VhdxBlockEntry { index, state, file_offset, sectors_present });
+        }
+        Some(out)
+    } else {
+        None
+    };
+    let bitmap = match opts.bitmap {
+        Some(block) => {
+            let stored = v.bat().payload(block).is_ok_and(|(s, _)| s.stored());
+            let bits = v.raw_sector_bits(block)?;
+            Some(BitmapReport {
+                block,
+                allocated: stored,
+                sectors_present: match &bits {
+                    Some(b) => bits_set(b) as u32,
+                    None if stored => (v.block_size() / logical) as u32,
+                    None => 0,
+                },
+                hex: bits.map(hex::encode).unwrap_or_default(),
+            })
+        }
+        None => None,
+    };
+    Ok(VhdxReport {
+        headers_hex: summary.headers.iter().map(|h| hex::encode(&h.raw)).collect(),
+        region_table_hex: hex::encode(&summary.region_table_raw),
+        metadata_table_hex: hex::encode(&summary.metadata_table_raw),
+        summary,
+        blocks,
+        bitmap,
+    })
+}
+
 fn slot_rows(section: &mut Section, label: &str, slots: &[TableSlot]) {
     for s in slots {
         section.row(vec![
@@ -338,7 +418,7 @@ pub fn render(r: &DumpReport) -> String {
     let mut out = Vec::new();
     let mut s = Section::key_value("Image");
     s.kv("file", &r.file);
-    s.kv("format", r.format.name());
+    s.kv("format", format!("{} {}", r.format.name(), r.container.name()));
     s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     if r.chain.len() > 1 {
         s.kv("chain", r.chain.join(" -> "));
@@ -362,6 +442,9 @@ pub fn render(r: &DumpReport) -> String {
     }
     if let Some(b) = &r.bat {
         render_bat(b, &mut out);
+    }
+    if let Some(v) = &r.vhdx {
+        render_vhdx(v, &mut out);
     }
     if let Some(e) = &r.disk_error {
         let mut s = Section::key_value("Disk contents");
@@ -486,6 +569,139 @@ fn render_bat(b: &BatReport, out: &mut Vec<String>) {
         }
         out.push(s.render());
     }
+}
+
+/// The VHDX structures, in file order.
+fn render_vhdx(v: &VhdxReport, out: &mut Vec<String>) {
+    let m = &v.summary;
+    let mut s = Section::key_value("VHDX file type identifier (file offset 0x0)");
+    s.kv("creator", &m.creator);
+    out.push(s.render());
+    for (slot, hex) in m.headers.iter().zip(&v.headers_hex) {
+        let n = if slot.offset == m.headers[0].offset { 1 } else { 2 };
+        let mut s = Section::key_value(&format!("VHDX header {n} (file offset {:#x})", slot.offset));
+        s.kv(
+            "state",
+            match &slot.problem {
+                Some(why) => format!("NOT VALID: {why}"),
+                None if slot.current => "valid, in use".into(),
+                None => "valid".into(),
+            },
+        );
+        if let Some(h) = &slot.header {
+            s.kv("sequence number", h.sequence_number.to_string());
+            s.kv("file write guid", h.file_write_guid.to_string());
+            s.kv("data write guid", h.data_write_guid.to_string());
+            s.kv("log guid", if h.log_guid.is_zero() { "none (log clean)".into() } else { h.log_guid.to_string() });
+            s.kv("log", format!("{} bytes at {:#x}, version {}", h.log_length, h.log_offset, h.log_version));
+            s.kv("version / checksum", format!("{} / {:#010x}", h.version, h.checksum));
+        }
+        s.kv("bytes 0x00-0x4f", spaced_hex(hex));
+        out.push(s.render());
+    }
+    let mut s = Section::table(
+        &format!("VHDX region table (copy {}, file offset {:#x})", m.region_table_copy, m.region_table_offset),
+        &["region", "guid", "file offset", "length", "required"],
+    );
+    for r in &m.regions {
+        s.row(vec![
+            r.name.unwrap_or("unknown").into(),
+            r.entry.guid.to_string(),
+            format!("{:#x}", r.entry.file_offset),
+            human_bytes(r.entry.length as u64),
+            r.entry.required.to_string(),
+        ]);
+    }
+    out.push(s.render() + &hex_block(&v.region_table_hex));
+    let mut s = Section::table(
+        &format!("VHDX metadata table (file offset {:#x})", m.metadata_offset),
+        &["item", "guid", "offset", "length", "flags"],
+    );
+    for i in &m.metadata {
+        let flags =
+            [(i.entry.is_user, "user"), (i.entry.is_virtual_disk, "virtual disk"), (i.entry.is_required, "required")];
+        s.row(vec![
+            i.name.unwrap_or("unknown").into(),
+            i.entry.item.to_string(),
+            format!("{:#x}", i.entry.offset),
+            i.entry.length.to_string(),
+            flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
+        ]);
+    }
+    out.push(s.render() + &hex_block(&v.metadata_table_hex));
+    let p = &m.parameters;
+    let mut s = Section::key_value("VHDX disk parameters");
+    s.kv("virtual disk size", format!("{} ({})", p.virtual_disk_size, human_bytes(p.virtual_disk_size)));
+    s.kv("block size", format!("{} ({})", p.block_size, human_bytes(p.block_size as u64)));
+    s.kv("logical / physical sector", format!("{} / {}", p.logical_sector_size, p.physical_sector_size));
+    s.kv("leave blocks allocated (fixed)", p.leave_blocks_allocated.to_string());
+    s.kv("has parent", p.has_parent.to_string());
+    s.kv("virtual disk id", p.virtual_disk_id.to_string());
+    for (k, val) in p.parent_locator.iter().flat_map(|l| &l.entries) {
+        s.kv(&format!("parent locator {k}"), val);
+    }
+    out.push(s.render());
+    let mut s = Section::key_value(&format!("VHDX log (file offset {:#x})", m.log.offset));
+    s.kv("length", human_bytes(m.log.length as u64));
+    s.kv(
+        "state",
+        match m.log.sequence {
+            Some(seq) => {
+                format!("{} entries to replay, up to sequence {seq} (replayed in memory)", m.log.pending_entries)
+            }
+            None => "clean".into(),
+        },
+    );
+    out.push(s.render());
+    let b = &m.bat;
+    let mut s = Section::key_value(&format!("VHDX BAT (file offset {:#x})", b.offset));
+    s.kv("entries", format!("{} ({} payload, chunk ratio {})", b.entries, b.payload_blocks, b.chunk_ratio));
+    s.kv("sector bitmap blocks", b.sector_bitmap_blocks.to_string());
+    for c in &b.states {
+        s.kv(&format!("blocks {}", state_name(c.state)), c.blocks.to_string());
+    }
+    if b.broken > 0 {
+        s.kv("broken entries", b.broken.to_string());
+    }
+    out.push(s.render());
+    if let Some(blocks) = &v.blocks {
+        let mut s = Section::table("Stored blocks", &["block", "state", "file offset", "sectors present"]);
+        for e in blocks {
+            s.row(vec![
+                e.index.to_string(),
+                state_name(e.state).into(),
+                format!("{:#x}", e.file_offset),
+                e.sectors_present.to_string(),
+            ]);
+        }
+        out.push(s.render());
+    }
+    if let Some(bm) = &v.bitmap {
+        let mut s = Section::key_value(&format!("Sector bits of block {} (least significant bit first)", bm.block));
+        s.kv("stored", bm.allocated.to_string());
+        s.kv("sectors present", bm.sectors_present.to_string());
+        for (i, chunk) in bm.hex.as_bytes().chunks(64).enumerate() {
+            s.kv(&format!("{:#06x}", i * 32), String::from_utf8_lossy(chunk));
+        }
+        out.push(s.render());
+    }
+}
+
+/// A payload state as a person reads it.
+fn state_name(s: PayloadState) -> &'static str {
+    match s {
+        PayloadState::NotPresent => "not present",
+        PayloadState::Undefined => "undefined",
+        PayloadState::Zero => "zero",
+        PayloadState::Unmapped => "unmapped",
+        PayloadState::FullyPresent => "fully present",
+        PayloadState::PartiallyPresent => "partially present",
+    }
+}
+
+/// Hex as lines of 16 bytes, each with its offset.
+fn hex_block(h: &str) -> String {
+    spaced_hex(h).lines().enumerate().map(|(i, l)| format!("  {:#06x}  {l}\n", i * 16)).collect()
 }
 
 /// The MBR (with its EBRs), the GPT headers and the partitions.

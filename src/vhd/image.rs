@@ -40,7 +40,8 @@ pub struct OpenOptions {
 }
 
 /// A container format the caller can insist on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// The file's bytes are the disk's bytes, whatever they look like.
     Raw,

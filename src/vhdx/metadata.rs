@@ -30,6 +30,19 @@ pub const VHDX_LOCATOR_TYPE: Guid = Guid::from_text("B04AEFB7-D19E-4A81-B789-25B
 /// Largest disk the format describes (64 TiB).
 pub const MAX_DISK_SIZE: u64 = 64 << 40;
 
+/// The name of a system metadata item.
+pub fn item_name(guid: Guid) -> Option<&'static str> {
+    Some(match guid {
+        FILE_PARAMETERS => "file parameters",
+        VIRTUAL_DISK_SIZE => "virtual disk size",
+        VIRTUAL_DISK_ID => "virtual disk id",
+        LOGICAL_SECTOR_SIZE => "logical sector size",
+        PHYSICAL_SECTOR_SIZE => "physical sector size",
+        PARENT_LOCATOR => "parent locator",
+        _ => return None,
+    })
+}
+
 /// One entry of the metadata table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct MetadataEntry {

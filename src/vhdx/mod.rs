@@ -15,13 +15,13 @@ pub mod log;
 pub mod metadata;
 pub mod region;
 mod rewrite;
+pub mod summary;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
 
 use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
@@ -71,27 +71,9 @@ pub struct Vhdx {
     pending_bitmaps: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The write session open, if any.
     session: Option<write::Session>,
-}
-
-/// What `dump` shows of a VHDX beyond the disk.
-#[derive(Clone, Debug, Serialize)]
-pub struct VhdxSummary {
-    pub creator: String,
-    pub header: VhdxHeader,
-    /// Why each header slot is or is not valid.
-    pub header_states: [String; 2],
-    pub region_table_copy: u8,
-    pub regions: RegionTable,
-    pub metadata: Vec<metadata::MetadataEntry>,
-    pub parameters: DiskParameters,
-    /// Entries replayed from the log in memory (0 when the log was clean), and the sequence
-    /// number of the last one.
-    pub log_entries_replayed: usize,
-    pub log_sequence: u64,
-    pub chunk_ratio: u64,
-    pub payload_blocks: u64,
-    /// Payload blocks per state.
-    pub block_states: Vec<(PayloadState, u64)>,
+    /// Payload blocks whose BAT entry is broken (kept open leniently): the entry's offset and
+    /// the problem, returned as the error of every read of the block.
+    broken_blocks: BTreeMap<u64, (u64, String)>,
 }
 
 impl Vhdx {
@@ -149,10 +131,12 @@ impl Vhdx {
             appending: None,
             pending_bitmaps: std::collections::BTreeMap::new(),
             session: None,
+            broken_blocks: BTreeMap::new(),
         };
+        vhdx.header_findings();
         vhdx.read_regions()?;
         vhdx.read_metadata()?;
-        vhdx.read_bat()?;
+        vhdx.read_bat(opts.strict)?;
         if vhdx.params.has_parent {
             vhdx.attach_parent(opts, chain)?;
         }
@@ -201,8 +185,21 @@ impl Vhdx {
         Ok(())
     }
 
-    /// Reads the BAT and checks every stored block lies inside the file, past the headers.
-    fn read_bat(&mut self) -> Result<()> {
+    /// Notes a header slot that is not valid. (A log not yet applied is no problem: it is how
+    /// an interrupted writer leaves a file, and `dump` shows it.)
+    fn header_findings(&mut self) {
+        for (i, h) in self.headers.iter().enumerate() {
+            if let Err(why) = h {
+                let problem = format!("not valid ({why}): header {} is used", self.header.slot);
+                self.findings.push(Finding::new(self.file.path(), format!("VHDX header {}", i + 1), Space::File, HEADER_OFFSETS[i], problem));
+            }
+        }
+    }
+
+    /// Reads the BAT and checks every stored block lies inside the file, past the headers. A
+    /// broken entry is an error when `strict`, else a hazardous finding and a block whose every
+    /// read fails.
+    fn read_bat(&mut self, strict: bool) -> Result<()> {
         let p = &self.params;
         let shape = BatShape::of(p.virtual_disk_size, p.block_size, p.logical_sector_size, p.has_parent);
         let region = *self.regions.find(BAT_REGION).ok_or_else(|| self.internal("no BAT region"))?;
@@ -217,30 +214,34 @@ impl Vhdx {
         let mut raw = vec![0u8; bytes as usize];
         self.read_meta(region.file_offset, &mut raw, "VHDX BAT")?;
         self.bat = VhdxBat::parse(&raw, shape);
-        let block = self.params.block_size as u64;
         for k in 0..shape.payload_blocks {
+            let Some(problem) = self.entry_problem(k) else { continue };
             let entry_at = region.file_offset + 8 * self.bat.payload_index(k) as u64;
-            match self.bat.payload(k) {
-                Err(raw) => {
-                    return Err(self.corrupt("VHDX BAT entry", entry_at, format!("block {k}: reserved state {}", raw & 7)));
-                }
-                Ok((s, at)) if s.stored() && (at < 1 << 20 || at + block > self.file_len) => {
-                    return Err(self.corrupt(
-                        "VHDX BAT entry",
-                        entry_at,
-                        format!("block {k} at {at:#x} lies outside the file's data ({:#x} bytes)", self.file_len),
-                    ));
-                }
-                Ok((PayloadState::PartiallyPresent, _)) if !self.params.has_parent => {
-                    return Err(self.corrupt("VHDX BAT entry", entry_at, format!("block {k} is partially present in a disk without a parent")));
-                }
-                Ok((PayloadState::PartiallyPresent, _)) if self.bat.bitmap(k / self.bat.chunk_ratio()).is_none() => {
-                    return Err(self.corrupt("VHDX BAT entry", entry_at, format!("block {k} is partially present, its chunk has no sector bitmap")));
-                }
-                _ => {}
+            if strict {
+                return Err(self.corrupt("VHDX BAT entry", entry_at, problem));
             }
+            self.findings.push(Finding::new(self.file.path(), "VHDX BAT entry", Space::File, entry_at, problem.clone()).hazardous());
+            self.broken_blocks.insert(k, (entry_at, problem));
         }
         Ok(())
+    }
+
+    /// What is wrong with block `k`'s BAT entry, if anything.
+    fn entry_problem(&self, k: u64) -> Option<String> {
+        let block = self.params.block_size as u64;
+        match self.bat.payload(k) {
+            Err(raw) => Some(format!("block {k}: reserved state {}", raw & 7)),
+            Ok((s, at)) if s.stored() && (at < 1 << 20 || at + block > self.file_len) => {
+                Some(format!("block {k} at {at:#x} lies outside the file's data ({:#x} bytes)", self.file_len))
+            }
+            Ok((PayloadState::PartiallyPresent, _)) if !self.params.has_parent => {
+                Some(format!("block {k} is partially present in a disk without a parent"))
+            }
+            Ok((PayloadState::PartiallyPresent, _)) if self.bat.bitmap(k / self.bat.chunk_ratio()).is_none() => {
+                Some(format!("block {k} is partially present, its chunk has no sector bitmap"))
+            }
+            _ => None,
+        }
     }
 
     /// Finds, checks and opens the parent of a differencing VHDX.
@@ -403,37 +404,6 @@ impl Vhdx {
         out
     }
 
-    /// What `dump` shows.
-    pub fn summary(&self) -> VhdxSummary {
-        let mut states: Vec<(PayloadState, u64)> = Vec::new();
-        for k in 0..self.bat.payload_blocks() {
-            if let Ok((s, _)) = self.bat.payload(k) {
-                match states.iter_mut().find(|(x, _)| *x == s) {
-                    Some(e) => e.1 += 1,
-                    None => states.push((s, 1)),
-                }
-            }
-        }
-        VhdxSummary {
-            creator: self.creator.clone(),
-            header: self.header.clone(),
-            header_states: [0, 1].map(|i| match &self.headers[i] {
-                Ok(h) if h.slot == self.header.slot => "valid, current".to_string(),
-                Ok(_) => "valid".to_string(),
-                Err(why) => format!("not valid: {why}"),
-            }),
-            region_table_copy: self.region_copy,
-            regions: self.regions.clone(),
-            metadata: self.metadata.clone(),
-            parameters: self.params.clone(),
-            log_entries_replayed: self.replay.as_ref().map_or(0, |r| r.entries),
-            log_sequence: self.replay.as_ref().map_or(0, |r| r.sequence),
-            chunk_ratio: self.bat.chunk_ratio(),
-            payload_blocks: self.bat.payload_blocks(),
-            block_states: states,
-        }
-    }
-
     /// The sector bits of partially present block `k` (one bit per logical sector, LSB first),
     /// cached.
     fn block_bits(&self, k: u64) -> Result<Arc<Vec<u8>>> {
@@ -450,8 +420,17 @@ impl Vhdx {
         Ok(bits)
     }
 
+    /// The error of block `k`'s broken BAT entry, if it is broken.
+    fn require_intact(&self, k: u64) -> Result<()> {
+        match self.broken_blocks.get(&k) {
+            Some((entry_at, problem)) => Err(self.corrupt("VHDX BAT entry", *entry_at, problem.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Which 512-byte sectors of block `k` this file holds: `None` when it stores none of them.
     pub fn block_sectors(&self, k: u64) -> Result<Option<SectorBitmap>> {
+        self.require_intact(k)?;
         let sectors = (self.block_size() / 512) as u32;
         match self.bat.payload(k) {
             Ok((PayloadState::FullyPresent, _)) => Ok(Some(SectorBitmap::full(sectors))),
@@ -491,8 +470,9 @@ impl Vhdx {
 
     /// Reads `buf` from block `k`, `within` bytes into it.
     fn read_in_block(&self, k: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        self.require_intact(k)?;
         let disk_at = k * self.block_size() + within;
-        let (state, at) = self.bat.payload(k).map_err(|raw| self.corrupt("VHDX BAT entry", 0, format!("block {k}: reserved state {}", raw & 7)))?;
+        let Ok((state, at)) = self.bat.payload(k) else { return Err(self.internal("a reserved BAT state passed the open")) };
         match state {
             PayloadState::FullyPresent => self.file.read_exact_at(at + within, buf, "VHDX payload block"),
             PayloadState::NotPresent => self.read_absent(disk_at, buf, true),

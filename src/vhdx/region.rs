@@ -19,6 +19,15 @@ const MAX_ENTRIES: u32 = 2047;
 /// Everything is placed at multiples of 1 MiB.
 pub const ALIGNMENT: u64 = 1 << 20;
 
+/// The name of a region the specification defines.
+pub fn region_name(guid: Guid) -> Option<&'static str> {
+    match guid {
+        BAT_REGION => Some("BAT"),
+        METADATA_REGION => Some("metadata"),
+        _ => None,
+    }
+}
+
 /// One region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RegionEntry {
