@@ -69,7 +69,7 @@ impl ImageArgs {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Decode every structure: footer, dynamic header, BAT, parent locators, MBR/GPT, boot sectors.
+    /// Decode every structure: VHD footer, dynamic header, BAT, parent locators; VHDX headers, region table, metadata, log, BAT; MBR/GPT, boot sectors.
     Dump {
         #[command(flatten)]
         image: ImageArgs,
@@ -106,7 +106,7 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
     },
-    /// Every VHD block: allocated, sectors present, used clusters, droppable, top owners.
+    /// Every container block: allocated, sectors present, used clusters, droppable, top owners.
     Map {
         #[command(flatten)]
         image: ImageArgs,
@@ -183,7 +183,7 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct OwnerQuery {
-    /// A 512-byte disk sector.
+    /// A disk sector (512 bytes, or 4096 on a 4Kn disk).
     #[arg(long)]
     sector: Option<u64>,
     /// A VHD block (2 MiB units for fixed and raw images).

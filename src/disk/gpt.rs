@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::bytes::{le32, le64};
-use crate::disk::lba::{Lba, bytes_to_sectors, sectors_to_bytes};
+use crate::disk::lba::{Lba, SectorSize};
 
 /// The header signature.
 pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -38,17 +38,19 @@ pub struct GptTable {
     pub header: GptHeader,
     sector: [u8; 512],
     array: Vec<u8>,
+    sector_size: SectorSize,
 }
 
 impl GptTable {
-    /// The table of a primary header `sector` (decoded as `header`) and its entry array.
-    pub fn new(sector: [u8; 512], header: GptHeader, array: Vec<u8>) -> Self {
-        GptTable { header, sector, array }
+    /// The table of a primary header `sector` (decoded as `header`) and its entry array, on a
+    /// disk of `sector_size` sectors.
+    pub fn new(sector: [u8; 512], header: GptHeader, array: Vec<u8>, sector_size: SectorSize) -> Self {
+        GptTable { header, sector, array, sector_size }
     }
 
     /// Sectors the entry array occupies.
     pub fn array_sectors(&self) -> u64 {
-        bytes_to_sectors(self.array.len() as u64)
+        self.sector_size.sectors_for(self.array.len() as u64)
     }
 
     /// Moves entry `index` (1-based) to start at `first_lba`, keeping its `sectors`.
@@ -67,7 +69,8 @@ impl GptTable {
     pub fn encode(&self, last_lba: Lba) -> Vec<(u64, Vec<u8>, &'static str)> {
         let mut array = self.array.clone();
         let crc = crc32fast::hash(&array);
-        array.resize(sectors_to_bytes(self.array_sectors()) as usize, 0);
+        let ss = self.sector_size;
+        array.resize(ss.bytes_of(self.array_sectors()) as usize, 0);
         let backup_array = last_lba - self.array_sectors();
         let header = |current: Lba, backup: Lba, entries: Lba| {
             let mut h = self.sector;
@@ -80,13 +83,15 @@ impl GptTable {
             let size = (self.header.header_size as usize).clamp(92, 512);
             let header_crc = crc32fast::hash(&h[..size]);
             h[16..20].copy_from_slice(&header_crc.to_le_bytes());
-            h.to_vec()
+            let mut sector = h.to_vec();
+            sector.resize(ss.bytes() as usize, 0);
+            sector
         };
         vec![
-            (Lba(1).offset(), header(Lba(1), last_lba, self.header.entries_lba), "primary GPT header"),
-            (self.header.entries_lba.offset(), array.clone(), "primary GPT entries"),
-            (backup_array.offset(), array, "backup GPT entries"),
-            (last_lba.offset(), header(last_lba, Lba(1), backup_array), "backup GPT header"),
+            (Lba(1).offset(ss), header(Lba(1), last_lba, self.header.entries_lba), "primary GPT header"),
+            (self.header.entries_lba.offset(ss), array.clone(), "primary GPT entries"),
+            (backup_array.offset(ss), array, "backup GPT entries"),
+            (last_lba.offset(ss), header(last_lba, Lba(1), backup_array), "backup GPT header"),
         ]
     }
 }

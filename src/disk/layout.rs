@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::disk::FileSystem;
 use crate::disk::boot_sector::identify;
 use crate::disk::gpt::{self, GptEntry, GptHeader, GptTable};
-use crate::disk::lba::{Lba, SECTOR_SIZE};
+use crate::disk::lba::{Lba, SectorSize};
 use crate::disk::mbr::{self, MbrEntry};
 use crate::disk::partition::{Partition, Scheme};
 use crate::error::{Result, Space};
@@ -43,10 +43,10 @@ pub struct TableSlot {
 }
 
 impl TableSlot {
-    fn new(entry: &MbrEntry, slot: usize, sector_lba: Lba) -> Self {
+    fn new(entry: &MbrEntry, slot: usize, sector_lba: Lba, ss: SectorSize) -> Self {
         TableSlot {
             slot,
-            offset: sector_lba.offset() + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
+            offset: sector_lba.offset(ss) + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
             hex: entry.hex(),
             boot_indicator: entry.boot_indicator(),
             kind: entry.kind(),
@@ -93,6 +93,9 @@ pub struct GptInfo {
 pub struct DiskLayout {
     /// How the disk is partitioned.
     pub scheme: Scheme,
+    /// Bytes per sector: the device's, or 4096 for a raw 4Kn disk whose GPT header is found
+    /// at byte 4096.
+    pub sector_size: SectorSize,
     #[doc(hidden)]
     /// The disk's first sector as read (the MBR, or a volume's boot sector).
     #[serde(skip)]
@@ -116,13 +119,15 @@ pub struct DiskLayout {
 impl DiskLayout {
     /// Reads the partition table of `disk`.
     pub fn read<D: BlockDevice + ?Sized>(disk: &D) -> Result<Self> {
-        let mut layout = DiskLayout { scheme: Scheme::None, ..DiskLayout::default() };
+        let mut layout = DiskLayout { scheme: Scheme::None, sector_size: disk.sector_size(), ..DiskLayout::default() };
         if disk.len() < 512 {
             return Ok(layout);
         }
         let mut sector0 = [0u8; 512];
         disk.read_at(0, &mut sector0)?;
         layout.sector0 = sector0.to_vec();
+        layout.sector_size = sector_size_of(disk, &sector0)?;
+        let ss = layout.sector_size;
         let bare = match identify(&sector0) {
             Some(_) => Some(FileSystem::detect(disk)?),
             // A volume without a boot sector signature (ext4, XFS, LUKS...) made into a disk.
@@ -140,12 +145,13 @@ impl DiskLayout {
                 type_name: format!("{} volume", fs.name()),
                 bootable: false,
                 start_lba: Lba(0),
-                sectors: disk.len() / SECTOR_SIZE,
+                sectors: disk.len() / ss.bytes(),
                 logical: false,
                 name: None,
                 unique_guid: None,
                 entry_offset: None,
                 ebr_lba: None,
+                sector_size: ss,
             });
             return Ok(layout);
         }
@@ -155,7 +161,7 @@ impl DiskLayout {
         if has_mbr {
             layout.mbr = Some(MbrInfo {
                 disk_signature: crate::bytes::le32(&sector0, mbr::DISK_SIGNATURE_OFFSET),
-                entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, Lba(0))).collect(),
+                entries: entries.iter().enumerate().map(|(i, e)| TableSlot::new(e, i, Lba(0), ss)).collect(),
                 ebrs: Vec::new(),
             });
         }
@@ -190,7 +196,7 @@ impl DiskLayout {
                 }
                 continue;
             }
-            self.partitions.push(mbr_partition(e, slot as u32 + 1, Lba(e.start_lba() as u64), Lba(0), None));
+            self.partitions.push(mbr_partition(e, slot as u32 + 1, Lba(e.start_lba() as u64), Lba(0), None, self.sector_size));
         }
         if let Some(ext_start) = extended {
             self.read_ebr_chain(disk, ext_start)?;
@@ -200,23 +206,24 @@ impl DiskLayout {
 
     /// Follows the EBR chain, guarding against loops and runaway chains.
     fn read_ebr_chain<D: BlockDevice + ?Sized>(&mut self, disk: &D, ext_start: Lba) -> Result<()> {
-        let disk_sectors = disk.len() / SECTOR_SIZE;
+        let ss = self.sector_size;
+        let disk_sectors = disk.len() / ss.bytes();
         let mut seen = HashSet::new();
         let mut ebr_lba = ext_start;
         let mut ebrs = Vec::new();
         for index in 5..5 + MAX_LOGICAL as u32 {
             if ebr_lba.0 >= disk_sectors {
-                self.finding(disk.source(), "EBR", ebr_lba.offset(), "lies past the end of the disk");
+                self.finding(disk.source(), "EBR", ebr_lba.offset(ss), "lies past the end of the disk");
                 break;
             }
             if !seen.insert(ebr_lba) {
-                self.finding(disk.source(), "EBR chain", ebr_lba.offset(), "loops back to an EBR already read");
+                self.finding(disk.source(), "EBR chain", ebr_lba.offset(ss), "loops back to an EBR already read");
                 break;
             }
             let mut sector = [0u8; 512];
-            disk.read_at(ebr_lba.offset(), &mut sector)?;
+            disk.read_at(ebr_lba.offset(ss), &mut sector)?;
             if sector[510..512] != [0x55, 0xAA] {
-                self.finding(disk.source(), "EBR", ebr_lba.offset(), "has no 55AA signature");
+                self.finding(disk.source(), "EBR", ebr_lba.offset(ss), "has no 55AA signature");
                 break;
             }
             let here = MbrEntry::from_sector(&sector, 0);
@@ -224,7 +231,7 @@ impl DiskLayout {
             ebrs.push(Ebr {
                 lba: ebr_lba,
                 entries: (0..4)
-                    .map(|i| TableSlot::new(&MbrEntry::from_sector(&sector, i), i, ebr_lba))
+                    .map(|i| TableSlot::new(&MbrEntry::from_sector(&sector, i), i, ebr_lba, ss))
                     .filter(|s| s.kind != 0 || s.sectors != 0)
                     .collect(),
             });
@@ -235,6 +242,7 @@ impl DiskLayout {
                     ebr_lba + here.start_lba() as u64,
                     ebr_lba,
                     Some(ebr_lba),
+                    ss,
                 ));
             }
             if next.is_empty() {
@@ -250,12 +258,13 @@ impl DiskLayout {
 
     /// Reads the GPT (primary, else backup). Returns false when neither copy is usable.
     fn read_gpt<D: BlockDevice + ?Sized>(&mut self, disk: &D) -> Result<bool> {
-        let disk_sectors = disk.len() / SECTOR_SIZE;
+        let ss = self.sector_size;
+        let disk_sectors = disk.len() / ss.bytes();
         if disk_sectors < 2 {
             return Ok(false);
         }
         let mut sector = [0u8; 512];
-        disk.read_at(Lba(1).offset(), &mut sector)?;
+        disk.read_at(Lba(1).offset(ss), &mut sector)?;
         let primary_sector = sector;
         let primary = GptHeader::parse(&sector);
         let primary_read = match &primary {
@@ -265,7 +274,7 @@ impl DiskLayout {
         let primary_entries = primary_read.as_ref().map(|(e, _)| e.clone());
         let backup_lba = primary.as_ref().map_or(Lba(disk_sectors.saturating_sub(1)), |h| h.backup_lba);
         let backup = if backup_lba > Lba(1) && backup_lba.0 < disk_sectors {
-            disk.read_at(backup_lba.offset(), &mut sector)?;
+            disk.read_at(backup_lba.offset(ss), &mut sector)?;
             GptHeader::parse(&sector)
         } else {
             None
@@ -282,7 +291,7 @@ impl DiskLayout {
             self.finding(
                 d,
                 "GPT header",
-                512 + 32,
+                Lba(1).offset(ss) + 32,
                 format!(
                     "names sector {} for the backup header, but the disk's last sector is {} (the disk was resized \
                      without moving the backup table)",
@@ -292,19 +301,19 @@ impl DiskLayout {
             );
         }
         match (&primary, &backup) {
-            (Some(_), None) => self.finding(d, "GPT backup header", backup_lba.offset(), "missing or unreadable"),
-            (None, Some(_)) => self.finding(d, "GPT header", 512, "missing; partitions taken from the backup"),
+            (Some(_), None) => self.finding(d, "GPT backup header", backup_lba.offset(ss), "missing or unreadable"),
+            (None, Some(_)) => self.finding(d, "GPT header", Lba(1).offset(ss), "missing; partitions taken from the backup"),
             (Some(p), Some(b)) if p.entries_crc != b.entries_crc => self.finding(
                 d,
                 "GPT backup header",
-                backup_lba.offset(),
+                backup_lba.offset(ss),
                 "its entry array CRC differs from the primary's",
             ),
             _ => {}
         }
         let primary_ok = primary.as_ref().is_some_and(GptHeader::header_crc_valid) && primary_entries.is_some();
         if let (true, Some(h), Some((_, array))) = (primary_ok, &primary, primary_read) {
-            self.gpt_table = Some(GptTable::new(primary_sector, h.clone(), array));
+            self.gpt_table = Some(GptTable::new(primary_sector, h.clone(), array, ss));
         }
         let (used, entries) = if primary_ok {
             ("primary", primary_entries.clone().unwrap_or_default())
@@ -323,7 +332,8 @@ impl DiskLayout {
         });
         let entry_base =
             self.gpt.as_ref().and_then(|g| if used == "primary" { g.primary.as_ref() } else { g.backup.as_ref() });
-        let (array_at, entry_size) = entry_base.map_or((1024, 128), |h| (h.entries_lba.offset(), h.entry_size as u64));
+        let (array_at, entry_size) =
+            entry_base.map_or((Lba(2).offset(ss), 128), |h| (h.entries_lba.offset(ss), h.entry_size as u64));
         for e in entries {
             let sectors = (e.last_lba.0 + 1).saturating_sub(e.first_lba.0);
             self.partitions.push(Partition {
@@ -339,6 +349,7 @@ impl DiskLayout {
                 unique_guid: Some(gpt::guid_text(&e.unique_guid)),
                 entry_offset: Some(array_at + (e.index as u64 - 1) * entry_size),
                 ebr_lba: None,
+                sector_size: ss,
             });
         }
         self.check_bounds(disk);
@@ -354,7 +365,8 @@ impl DiskLayout {
         which: &str,
     ) -> Result<Option<(Vec<GptEntry>, Vec<u8>)>> {
         let d = disk.source();
-        let at = h.current_lba.offset();
+        let ss = self.sector_size;
+        let at = h.current_lba.offset(ss);
         if !h.header_crc_valid() {
             self.finding(
                 d,
@@ -372,7 +384,7 @@ impl DiskLayout {
             );
             return Ok(None);
         };
-        let array_at = h.entries_lba.offset();
+        let array_at = h.entries_lba.offset(ss);
         if array_at.checked_add(bytes).is_none_or(|end| end > disk.len()) {
             self.finding(d, format!("GPT {which} header"), at + 72, "entry array lies past the end of the disk");
             return Ok(None);
@@ -427,8 +439,15 @@ impl DiskLayout {
 }
 
 /// A partition from an MBR or EBR entry whose start is `start_lba` (already made absolute).
-fn mbr_partition(e: &MbrEntry, index: u32, start_lba: Lba, table_lba: Lba, ebr_lba: Option<Lba>) -> Partition {
-    let slot_offset = table_lba.offset() + mbr::TABLE_OFFSET as u64;
+fn mbr_partition(
+    e: &MbrEntry,
+    index: u32,
+    start_lba: Lba,
+    table_lba: Lba,
+    ebr_lba: Option<Lba>,
+    ss: SectorSize,
+) -> Partition {
+    let slot_offset = table_lba.offset(ss) + mbr::TABLE_OFFSET as u64;
     Partition {
         index,
         scheme: Scheme::Mbr,
@@ -446,5 +465,48 @@ fn mbr_partition(e: &MbrEntry, index: u32, start_lba: Lba, table_lba: Lba, ebr_l
             slot_offset + (index as u64 - 1) * mbr::ENTRY_SIZE as u64
         }),
         ebr_lba,
+        sector_size: ss,
     }
+}
+
+/// The disk's sector size: the device's, except that a disk read as 512-byte sectors is a raw
+/// copy of a 4Kn disk when its GPT header sits at byte 4096 instead of 512, or when its first
+/// MBR partition holds no boot sector at 512-byte sector `start` but does at 4096-byte sector
+/// `start`, one that says its sectors have 4096 bytes.
+fn sector_size_of<D: BlockDevice + ?Sized>(disk: &D, sector0: &[u8; 512]) -> Result<SectorSize> {
+    let (legacy, native) = (SectorSize::LEGACY, SectorSize::NATIVE_4K);
+    if disk.sector_size() != legacy || disk.len() < 2 * native.bytes() {
+        return Ok(disk.sector_size());
+    }
+    let mut sig = [0u8; 8];
+    disk.read_at(Lba(1).offset(legacy), &mut sig)?;
+    if &sig == gpt::GPT_SIGNATURE {
+        return Ok(legacy);
+    }
+    disk.read_at(Lba(1).offset(native), &mut sig)?;
+    if &sig == gpt::GPT_SIGNATURE {
+        return Ok(native);
+    }
+    if sector0[510..512] != [0x55, 0xAA] {
+        return Ok(legacy);
+    }
+    let Some(first) = (0..4).map(|i| MbrEntry::from_sector(sector0, i)).find(|e| !e.is_empty() && !e.is_extended()) else {
+        return Ok(legacy);
+    };
+    let boot_at = |ss: SectorSize| -> Result<Option<[u8; 512]>> {
+        let at = Lba(first.start_lba() as u64).offset(ss);
+        if at.checked_add(512).is_none_or(|end| end > disk.len()) {
+            return Ok(None);
+        }
+        let mut b = [0u8; 512];
+        disk.read_at(at, &mut b)?;
+        Ok(identify(&b).map(|_| b))
+    };
+    if boot_at(legacy)?.is_some() {
+        return Ok(legacy);
+    }
+    Ok(match boot_at(native)? {
+        Some(b) if crate::bytes::le16(&b, 11) == 4096 => native,
+        _ => legacy,
+    })
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::disk::lba::{Lba, sectors_to_bytes};
+use crate::disk::lba::{Lba, SectorSize};
 use crate::error::{Result, Space};
 use crate::vhd::device::{BlockDevice, check_range};
 
@@ -62,17 +62,19 @@ pub struct Partition {
     pub entry_offset: Option<u64>,
     /// For a logical partition, the LBA of the EBR whose first entry describes it.
     pub ebr_lba: Option<Lba>,
+    /// Bytes per sector of the disk: what `start_lba` and `sectors` count in.
+    pub sector_size: SectorSize,
 }
 
 impl Partition {
     /// Byte offset of the first sector.
     pub fn start(&self) -> u64 {
-        self.start_lba.offset()
+        self.start_lba.offset(self.sector_size)
     }
 
     /// Length in bytes.
     pub fn len(&self) -> u64 {
-        sectors_to_bytes(self.sectors)
+        self.sector_size.bytes_of(self.sectors)
     }
 
     /// Whether the partition has no sectors.
@@ -122,6 +124,10 @@ impl<D: BlockDevice> PartitionView<D> {
 impl<D: BlockDevice> BlockDevice for PartitionView<D> {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn sector_size(&self) -> SectorSize {
+        self.device.sector_size()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -143,10 +143,10 @@ impl ImageMap<'_> {
             }
             return loc;
         }
-        if offset < 512 && self.layout.mbr.is_some() {
+        if offset < self.layout.sector_size.bytes() && self.layout.mbr.is_some() {
             return outside(Region::Mbr, true);
         }
-        let sector = Lba::containing(offset);
+        let sector = Lba::containing(offset, self.layout.sector_size);
         if let Some(mbr) = &self.layout.mbr
             && mbr.ebrs.iter().any(|e| e.lba == sector)
         {
@@ -226,7 +226,7 @@ impl ImageMap<'_> {
                 Region::PartitionGap | Region::OutsideAnyPartition => {
                     self.partitions.iter().map(|p| p.partition.start()).filter(|&s| s > at).min().unwrap_or(u64::MAX)
                 }
-                _ => (at / 512 + 1) * 512,
+                _ => Lba::containing(at, self.layout.sector_size).offset(self.layout.sector_size) + self.layout.sector_size.bytes(),
             };
             return Piece {
                 start: at,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::bytes::{le16, le32, le64};
 use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
 use crate::disk::gpt::GptTable;
-use crate::disk::lba::{Lba, SECTOR_SIZE, sectors_to_bytes};
+use crate::disk::lba::Lba;
 use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
 use crate::disk::{DiskLayout, Partition, Scheme};
 use crate::error::{Error, Result, Space};
@@ -21,7 +21,7 @@ use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind};
 use crate::pass::disk_write::DiskWrite;
 use crate::pass::registry;
-use crate::vhd::device::{BlockDevice, check_range, merge_ranges};
+use crate::vhd::device::{BlockDevice, SectorSize, check_range, merge_ranges};
 use crate::vhd::image::DiskImage;
 
 /// Where Windows keeps the hives that name partitions by byte offset.
@@ -136,6 +136,10 @@ impl BlockDevice for RealignedDisk<'_> {
         self.plan.disk_size
     }
 
+    fn sector_size(&self) -> SectorSize {
+        self.input.sector_size()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.source(), Space::Disk, offset, buf.len(), self.len())?;
         let end = offset + buf.len() as u64;
@@ -206,10 +210,11 @@ fn overlay(segments: &mut Vec<Segment>, start: u64, end: u64, source: Option<u64
     *segments = out;
 }
 
-/// Reads one 512-byte sector of the input.
-fn sector(image: &DiskImage, lba: Lba) -> Result<[u8; 512]> {
+/// Reads the first 512 bytes of sector `lba` of the input (all an MBR, EBR or boot sector
+/// holds, whatever the sector size).
+fn sector(image: &DiskImage, lba: Lba, ss: SectorSize) -> Result<[u8; 512]> {
     let mut s = [0u8; 512];
-    image.read_at(lba.offset(), &mut s)?;
+    image.read_at(lba.offset(ss), &mut s)?;
     Ok(s)
 }
 
@@ -255,6 +260,7 @@ struct MbrPlacement<'l> {
 /// Planning state shared by the table-specific steps.
 struct Planner<'m, 'i> {
     map: &'m ImageMap<'i>,
+    ss: SectorSize,
     boundary_sectors: u64,
     moves: Vec<Move>,
     vacated: Vec<(u64, u64)>,
@@ -293,7 +299,7 @@ impl<'m> Planner<'m, '_> {
             .partitions
             .iter()
             .filter_map(|p| p.ebr_lba)
-            .map(|lba| sector(image, lba).map(|s| (lba, MbrEntry::from_sector(&s, 0))))
+            .map(|lba| sector(image, lba, self.ss).map(|s| (lba, MbrEntry::from_sector(&s, 0))))
             .collect::<Result<_>>()?;
         let geometry = bios_geometry(image, &entries, &ebr_entries);
         let placement = self.place_mbr_partitions(&entries);
@@ -301,10 +307,10 @@ impl<'m> Planner<'m, '_> {
             return Ok(());
         }
         for m in self.moves.iter().filter(|m| m.moved()) {
-            self.vacated.push((m.old_start_lba.offset(), (m.old_start_lba + m.sectors).offset()));
+            self.vacated.push((m.old_start_lba.offset(self.ss), (m.old_start_lba + m.sectors).offset(self.ss)));
         }
         for ebr in layout.mbr.iter().flat_map(|m| &m.ebrs) {
-            self.vacated.push((ebr.lba.offset(), (ebr.lba + 1).offset()));
+            self.vacated.push((ebr.lba.offset(self.ss), (ebr.lba + 1).offset(self.ss)));
         }
         self.patch_mbr(&mbr0, &entries, &placement, geometry)?;
         self.patch_ebrs(&placement, geometry)
@@ -415,7 +421,7 @@ impl<'m> Planner<'m, '_> {
         let image = self.map.image;
         let ext_start = placement.new_extended.map_or(Lba(0), |(s, _)| s);
         for (i, &(ebr, l)) in placement.ebrs.iter().enumerate() {
-            let old = sector(image, l.ebr_lba.unwrap_or(ebr))?;
+            let old = sector(image, l.ebr_lba.unwrap_or(ebr), self.ss)?;
             let mut new = old;
             let m = self
                 .moves
@@ -457,7 +463,7 @@ impl<'m> Planner<'m, '_> {
                 m.new_start_lba
             ));
             self.patches.push(DiskWrite {
-                offset: ebr.offset(),
+                offset: ebr.offset(self.ss),
                 bytes: new.to_vec(),
                 what: format!("EBR of partition {}", l.index),
             });
@@ -474,7 +480,7 @@ impl<'m> Planner<'m, '_> {
                 image.source(),
                 "primary GPT header",
                 Space::Disk,
-                512,
+                Lba(1).offset(self.ss),
                 "missing, with a bad CRC or a bad entry array: realigning needs a valid primary GPT",
             )
         })?;
@@ -497,17 +503,17 @@ impl<'m> Planner<'m, '_> {
         if !self.moves.iter().any(Move::moved) && !grows {
             return Ok(());
         }
-        let old_last = Lba::last_of(self.map.image.len()).unwrap_or_default();
-        self.vacated.push(((old_last - table.array_sectors()).offset(), (old_last + 1).offset()));
+        let old_last = Lba::last_of(self.map.image.len(), self.ss).unwrap_or_default();
+        self.vacated.push(((old_last - table.array_sectors()).offset(self.ss), (old_last + 1).offset(self.ss)));
         for m in self.moves.iter().filter(|m| m.moved()) {
-            self.vacated.push((m.old_start_lba.offset(), (m.old_start_lba + m.sectors).offset()));
+            self.vacated.push((m.old_start_lba.offset(self.ss), (m.old_start_lba + m.sectors).offset(self.ss)));
             table.move_entry(m.index, m.new_start_lba, m.sectors);
             self.changes.push(format!(
                 "GPT entry of partition {}: first sector {} -> {}",
                 m.index, m.old_start_lba, m.new_start_lba
             ));
         }
-        let last = Lba::last_of(disk_size).unwrap_or_default();
+        let last = Lba::last_of(disk_size, self.ss).unwrap_or_default();
         self.changes.push(format!("GPT headers and entry arrays rewritten (backup header at sector {last}, CRCs)"));
         for (offset, bytes, what) in table.encode(last) {
             self.patches.push(DiskWrite { offset, bytes, what: what.into() });
@@ -534,7 +540,7 @@ impl<'m> Planner<'m, '_> {
     fn plan_boot_sectors(&mut self) -> Result<()> {
         let image = self.map.image;
         for m in self.moves.clone().iter().filter(|m| m.moved()) {
-            let boot = sector(image, m.old_start_lba)?;
+            let boot = sector(image, m.old_start_lba, self.ss)?;
             let Some(fs) = identify(&boot) else { continue };
             if !fs.has_hidden_sectors() {
                 self.impossible
@@ -555,7 +561,7 @@ impl<'m> Planner<'m, '_> {
                 sectors.push((b, "backup boot sector"));
             }
             for (rel, what) in sectors {
-                let mut s = sector(image, m.old_start_lba + rel)?;
+                let mut s = sector(image, m.old_start_lba + rel, self.ss)?;
                 if identify(&s) != Some(fs) {
                     continue;
                 }
@@ -567,7 +573,7 @@ impl<'m> Planner<'m, '_> {
                     m.old_start_lba
                 );
                 self.changes.push(what.clone());
-                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel).offset(), bytes: s.to_vec(), what });
+                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel).offset(self.ss), bytes: s.to_vec(), what });
             }
         }
         Ok(())
@@ -577,8 +583,8 @@ impl<'m> Planner<'m, '_> {
     fn new_offset(&self, old: u64) -> u64 {
         self.moves
             .iter()
-            .find(|m| (m.old_start_lba.offset()..(m.old_start_lba + m.sectors).offset()).contains(&old))
-            .map_or(old, |m| old - m.old_start_lba.offset() + m.new_start_lba.offset())
+            .find(|m| (m.old_start_lba.offset(self.ss)..(m.old_start_lba + m.sectors).offset(self.ss)).contains(&old))
+            .map_or(old, |m| old - m.old_start_lba.offset(self.ss) + m.new_start_lba.offset(self.ss))
     }
 
     /// MountedDevices and BCD device elements that name a moved MBR partition by (disk
@@ -590,7 +596,7 @@ impl<'m> Planner<'m, '_> {
             .moves
             .iter()
             .filter(|m| m.moved())
-            .map(|m| (m.old_start_lba.offset(), m.new_start_lba.offset()))
+            .map(|m| (m.old_start_lba.offset(self.ss), m.new_start_lba.offset(self.ss)))
             .collect();
         if moved.is_empty() {
             return Ok(());
@@ -718,12 +724,17 @@ fn bcd_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<Va
 /// (a GPT's backup copy goes to the end of a grown disk).
 pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<Realignment> {
     let image = map.image;
-    if boundary.is_some_and(|b| b < 512 || !b.is_multiple_of(512)) {
-        return Err(Error::internal(format!("realignment boundary {boundary:?} is not a multiple of 512 bytes")));
+    let ss = map.layout.sector_size;
+    if let Some(b) = boundary.filter(|&b| b < ss.bytes() || !b.is_multiple_of(ss.bytes())) {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("a boundary of {b} bytes is not a whole number of the disk's {ss}-byte sectors"),
+        ));
     }
     let mut p = Planner {
         map,
-        boundary_sectors: boundary.map_or(1, |b| b / SECTOR_SIZE),
+        ss,
+        boundary_sectors: boundary.map_or(1, |b| b / ss.bytes()),
         moves: Vec::new(),
         vacated: Vec::new(),
         patches: Vec::new(),
@@ -735,11 +746,11 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     let disk_size = match map.layout.scheme {
         Scheme::Mbr => {
             p.plan_mbr()?;
-            grown(old_size, sectors_to_bytes(p.needed_sectors)).max(min_size)
+            grown(old_size, ss.bytes_of(p.needed_sectors)).max(min_size)
         }
         Scheme::Gpt => {
             let table = p.plan_gpt_moves()?;
-            let size = grown(old_size, sectors_to_bytes(p.needed_sectors)).max(min_size);
+            let size = grown(old_size, ss.bytes_of(p.needed_sectors)).max(min_size);
             p.plan_gpt_patches(table, size)?;
             size
         }
@@ -766,9 +777,9 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
     for m in p.moves.iter().filter(|m| m.moved()) {
         overlay(
             &mut segments,
-            m.new_start_lba.offset(),
-            (m.new_start_lba + m.sectors).offset(),
-            Some(m.old_start_lba.offset()),
+            m.new_start_lba.offset(ss),
+            (m.new_start_lba + m.sectors).offset(ss),
+            Some(m.old_start_lba.offset(ss)),
         );
     }
     let mut patches = p.patches;

@@ -420,6 +420,7 @@ pub fn render(r: &DumpReport) -> String {
     s.kv("file", &r.file);
     s.kv("format", format!("{} {}", r.format.name(), r.container.name()));
     s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
+    s.kv("sector size", r.partition_table.sector_size.to_string());
     if r.chain.len() > 1 {
         s.kv("chain", r.chain.join(" -> "));
     }

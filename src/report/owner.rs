@@ -58,8 +58,9 @@ pub struct OwnerReport {
 pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Result<OwnerReport> {
     let len = map.image.len();
     let name = map.image.source().display();
+    let ss = map.layout.sector_size;
     let (start, length) = match query {
-        Query::Sector(s) => (s.saturating_mul(512), 512),
+        Query::Sector(s) => (ss.bytes_of(s), ss.bytes()),
         Query::Offset(o) => (o, 1),
         Query::Block(b) => (b.saturating_mul(map.block_size()), map.block_size()),
         Query::Cluster(c) => {
@@ -101,7 +102,7 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
         query,
         disk_offset: start,
         length,
-        first_sector: start / 512,
+        first_sector: start / ss.bytes(),
         block,
         block_allocated,
         sectors_present,
@@ -124,23 +125,24 @@ fn describe(q: Query) -> String {
     }
 }
 
-/// Whether the range's block is allocated, and how many of the range's sectors are present.
+/// Whether the range's block is stored, and how many of the range's (logical) sectors the
+/// container holds.
 fn present_sectors(map: &ImageMap<'_>, start: u64, length: u64) -> Result<(bool, u64)> {
-    let Some(s) = map.image.as_sparse() else {
-        return Ok((true, length.div_ceil(512)));
+    let per = map.layout.sector_size.bytes() / 512;
+    let Some(bs) = map.image.block_size() else {
+        return Ok((true, length.div_ceil(512) / per));
     };
-    let bs = s.block_size();
     let end = start + length;
     let (mut any_block, mut present) = (false, 0u64);
     for block in start / bs..end.div_ceil(bs) {
-        if let Some(bitmap) = s.block_bitmap(block)? {
+        if let Some(bitmap) = map.image.block_sectors(block)? {
             any_block = true;
             let first = (start.max(block * bs) - block * bs) / 512;
             let last = (end.min((block + 1) * bs) - block * bs).div_ceil(512);
             present += (first..last).filter(|&i| bitmap.is_set(i as u32)).count() as u64;
         }
     }
-    Ok((any_block, present))
+    Ok((any_block, present / per))
 }
 
 /// One run of a file's stream, on the disk and in the container.
@@ -187,6 +189,7 @@ pub fn place_file(map: &ImageMap<'_>, path: &str, partition: Option<u32>) -> Res
     for (p, idx) in map.ntfs().filter(|(p, _)| partition.is_none_or(|n| n == p.index)) {
         let Some((f, name)) = idx.find_path(path) else { continue };
         let cs = idx.cluster_size();
+        let ss = p.sector_size.bytes();
         let mut blocks = Vec::new();
         let mut sectors: Vec<(u64, u64)> = Vec::new();
         let streams = f
@@ -203,18 +206,18 @@ pub fn place_file(map: &ImageMap<'_>, path: &str, partition: Option<u32>) -> Res
                     .iter()
                     .map(|r| {
                         let disk = r.lcn.map(|l| p.start() + l * cs);
-                        let sectors_n = r.length * cs / 512;
+                        let sectors_n = r.length * cs / ss;
                         if let Some(d) = disk {
                             let (first, last) = (d / bs, (d + r.length * cs - 1) / bs);
                             blocks.extend(first..=last);
-                            sectors.push((d / 512, d / 512 + sectors_n));
+                            sectors.push((d / ss, d / ss + sectors_n));
                         }
                         RunPlace {
                             vcn: r.vcn,
                             lcn: r.lcn,
                             clusters: r.length,
                             disk_offset: disk,
-                            first_sector: disk.map(|d| d / 512),
+                            first_sector: disk.map(|d| d / ss),
                             sectors: sectors_n,
                             first_block: disk.map(|d| d / bs),
                             last_block: disk.map(|d| (d + r.length * cs - 1) / bs),

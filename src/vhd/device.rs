@@ -5,6 +5,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result, Space};
 use crate::host::fault::{self, Op};
 use crate::host::journal::{Overlay, StagedWrites};
@@ -16,6 +18,11 @@ use crate::host::{self, Access, Expect, LockWait};
 pub trait BlockDevice: Send + Sync {
     /// Length of the device in bytes.
     fn len(&self) -> u64;
+
+    /// Bytes per logical sector, the unit partition tables and file systems count in.
+    fn sector_size(&self) -> SectorSize {
+        SectorSize::LEGACY
+    }
 
     /// Whether the device has no bytes at all.
     fn is_empty(&self) -> bool {
@@ -33,6 +40,51 @@ pub trait BlockDevice: Send + Sync {
     /// of a sparse file) leave the rest out, so work grows with the data, not the disk's size.
     fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
         Ok(if start < end { vec![(start, end)] } else { Vec::new() })
+    }
+}
+
+/// Bytes per logical sector: 512 on every VHD and most VHDX, 4096 on a "4Kn" VHDX. Partition
+/// tables and file systems count in these sectors; container bitmaps always count in 512 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SectorSize(u32);
+
+impl SectorSize {
+    /// 512 bytes.
+    pub const LEGACY: SectorSize = SectorSize(512);
+    /// 4096 bytes.
+    pub const NATIVE_4K: SectorSize = SectorSize(4096);
+
+    /// The sector size of `bytes`, if disks have it.
+    pub fn new(bytes: u32) -> Option<Self> {
+        matches!(bytes, 512 | 4096).then_some(SectorSize(bytes))
+    }
+
+    /// Bytes per sector.
+    pub fn bytes(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// Bytes of `n` sectors (saturating).
+    pub fn bytes_of(self, n: u64) -> u64 {
+        n.saturating_mul(self.bytes())
+    }
+
+    /// Whole sectors needed to hold `bytes`.
+    pub fn sectors_for(self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.bytes())
+    }
+}
+
+impl Default for SectorSize {
+    fn default() -> Self {
+        SectorSize::LEGACY
+    }
+}
+
+impl std::fmt::Display for SectorSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -147,6 +199,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for &D {
     fn len(&self) -> u64 {
         (**self).len()
     }
+    fn sector_size(&self) -> SectorSize {
+        (**self).sector_size()
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_at(offset, buf)
     }
@@ -161,6 +216,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for &D {
 impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     fn len(&self) -> u64 {
         (**self).len()
+    }
+    fn sector_size(&self) -> SectorSize {
+        (**self).sector_size()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_at(offset, buf)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::{Error, Result, Space};
 use crate::host::journal::{self, Recovery};
 use crate::host::{FileId, LockWait, OutputPolicy};
-use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
+use crate::vhd::device::{BlockDevice, ImageFile, RawImage, SectorSize, WritableDevice};
 use crate::vhd::finding::Finding;
 use crate::vhd::fixed::FixedVhd;
 use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
@@ -468,6 +468,13 @@ impl BlockDevice for DiskImage {
             DiskImage::Fixed(f) => f.len(),
             DiskImage::Sparse(s) => s.len(),
             DiskImage::Vhdx(v) => v.len(),
+        }
+    }
+
+    fn sector_size(&self) -> SectorSize {
+        match self {
+            DiskImage::Vhdx(v) => v.sector_size(),
+            _ => SectorSize::LEGACY,
         }
     }
 

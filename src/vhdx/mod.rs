@@ -27,7 +27,7 @@ use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, ImageFile, check_range, merge_ranges};
+use crate::vhd::device::{BlockDevice, ImageFile, SectorSize, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
 use crate::vhd::header::LocatorEncoding;
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -514,6 +514,10 @@ impl Vhdx {
 impl BlockDevice for Vhdx {
     fn len(&self) -> u64 {
         self.params.virtual_disk_size
+    }
+
+    fn sector_size(&self) -> SectorSize {
+        SectorSize::new(self.params.logical_sector_size).unwrap_or_default()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

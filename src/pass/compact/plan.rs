@@ -19,7 +19,7 @@ use crate::map::ImageMap;
 use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
 use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::BlockDevice;
+use crate::vhd::device::{BlockDevice, SectorSize};
 use crate::vhd::fixed::MAX_FIXED_SIZE;
 use crate::vhd::image::{ImageFormat, ImageKind};
 use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
@@ -85,6 +85,10 @@ impl BlockDevice for PlannedSource<'_> {
         self.realignment.as_ref().map_or(self.map.image.len(), |r| r.disk_size)
     }
 
+    fn sector_size(&self) -> SectorSize {
+        self.map.image.sector_size()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match self.realigned() {
             Some(r) => r.read_at(offset, buf),
@@ -112,6 +116,8 @@ pub struct CompactionPlan<'a> {
     pub format: OutputFormat,
     /// The output's container: VHD or VHDX.
     pub container: ImageFormat,
+    /// The disk's sector size, kept by the output.
+    pub sector_size: SectorSize,
     /// The output file's own block size (a VHDX's, or a dynamic VHD's); `block_size` is the
     /// unit the writer copies in.
     pub container_block_size: u64,
@@ -214,15 +220,23 @@ fn output_kind(
 /// output, where small blocks let more go, and Hyper-V's 32 MiB for a fixed one).
 fn output_container(
     image: &crate::vhd::image::DiskImage,
+    ss: SectorSize,
     format: OutputFormat,
     block_size: u64,
     opts: &CompactOptions,
 ) -> Result<(ImageFormat, u64)> {
     let input = image.format();
     let container = match opts.container.unwrap_or(input) {
+        ImageFormat::Raw if ss != SectorSize::LEGACY => ImageFormat::Vhdx,
         ImageFormat::Raw => ImageFormat::Vhd,
         c => c,
     };
+    if container == ImageFormat::Vhd && ss != SectorSize::LEGACY {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("the disk has {ss}-byte sectors and a VHD holds only disks of 512-byte sectors: keep it a VHDX"),
+        ));
+    }
     if container == ImageFormat::Vhdx && opts.azure {
         return Err(Error::Usage("Azure takes a fixed VHD: the output cannot be a VHDX".into()));
     }
@@ -248,17 +262,21 @@ fn output_container(
     Ok((container, chosen))
 }
 
-/// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors (a raw
-/// input's last partial sector is padded with zeros), or for Azure rounded up to a whole MiB
-/// within limits.
-fn output_size(file: &Path, size: u64, azure: bool, format: OutputFormat) -> Result<u64> {
-    let size = size.div_ceil(512) * 512;
-    let limit = if format == OutputFormat::Fixed { MAX_FIXED_SIZE } else { MAX_DISK_SIZE };
+/// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors of
+/// `ss` bytes (a raw input's last partial sector is padded with zeros), or for Azure rounded
+/// up to a whole MiB within limits.
+fn output_size(file: &Path, size: u64, azure: bool, format: OutputFormat, container: ImageFormat, ss: SectorSize) -> Result<u64> {
+    let size = ss.bytes_of(ss.sectors_for(size));
+    let limit = match (container, format) {
+        (ImageFormat::Vhdx, _) => crate::vhdx::metadata::MAX_DISK_SIZE,
+        (_, OutputFormat::Fixed) => MAX_FIXED_SIZE,
+        _ => MAX_DISK_SIZE,
+    };
     if !azure {
         if size > limit {
             return Err(Error::unsupported(
                 file,
-                format!("a {format:?} VHD holds at most {limit} bytes; the disk has {size}").to_lowercase(),
+                format!("a {format:?} {} holds at most {limit} bytes; the disk has {size}", container.name()).to_lowercase(),
             ));
         }
         return Ok(size);
@@ -308,11 +326,11 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     }
     let input_block = map.image.block_size();
     let (format, block_size) = output_kind(map.image.source(), map.image.kind(), input_block, opts)?;
-    let (container, container_block_size) = output_container(map.image, format, block_size, opts)?;
+    let (container, container_block_size) = output_container(map.image, map.layout.sector_size, format, block_size, opts)?;
     let block_size = if format == OutputFormat::Fixed { block_size } else { container_block_size };
     let mut realignment = plan_realignment(map, opts, 0)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
-    let disk_size = output_size(map.image.source(), source_size, opts.azure, format)?;
+    let disk_size = output_size(map.image.source(), source_size, opts.azure, format, container, map.layout.sector_size)?;
     if disk_size > source_size && map.layout.scheme == Scheme::Gpt {
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
@@ -357,6 +375,7 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         source,
         format,
         container,
+        sector_size: map.layout.sector_size,
         container_block_size,
         disk_size,
         block_size,
@@ -505,10 +524,17 @@ mod tests {
     #[test]
     fn sizes_round_to_sectors_and_azure_to_whole_mib_within_limits() {
         let f = Path::new("in.vhd");
-        assert_eq!(output_size(f, 1000, false, OutputFormat::Dynamic).unwrap(), 1024);
-        assert_eq!(output_size(f, (30 << 20) + 1, true, OutputFormat::Fixed).unwrap(), 31 << 20);
-        assert!(output_size(f, 1 << 20, true, OutputFormat::Fixed).is_err(), "below Azure's minimum");
-        assert!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Dynamic).is_err());
-        assert_eq!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Fixed).unwrap(), MAX_DISK_SIZE + 512);
+        let (vhd, vhdx, legacy) = (ImageFormat::Vhd, ImageFormat::Vhdx, SectorSize::LEGACY);
+        assert_eq!(output_size(f, 1000, false, OutputFormat::Dynamic, vhd, legacy).unwrap(), 1024);
+        assert_eq!(output_size(f, 1000, false, OutputFormat::Dynamic, vhdx, SectorSize::NATIVE_4K).unwrap(), 4096);
+        assert_eq!(output_size(f, (30 << 20) + 1, true, OutputFormat::Fixed, vhd, legacy).unwrap(), 31 << 20);
+        assert!(output_size(f, 1 << 20, true, OutputFormat::Fixed, vhd, legacy).is_err(), "below Azure's minimum");
+        assert!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Dynamic, vhd, legacy).is_err());
+        assert_eq!(
+            output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Dynamic, vhdx, legacy).unwrap(),
+            MAX_DISK_SIZE + 512,
+            "a VHDX holds 64 TiB"
+        );
+        assert_eq!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Fixed, vhd, legacy).unwrap(), MAX_DISK_SIZE + 512);
     }
 }

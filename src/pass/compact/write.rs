@@ -152,7 +152,7 @@ fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
             NewVhdx {
                 size: plan.disk_size,
                 block_size: plan.container_block_size as u32,
-                logical_sector_size: image.as_vhdx().map_or(512, |v| v.parameters().logical_sector_size),
+                logical_sector_size: plan.sector_size.bytes() as u32,
                 kind,
             },
         )
