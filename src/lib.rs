@@ -122,13 +122,15 @@ pub use crate::vhd::{
 };
 
 /// Compaction: an image rewritten with only the blocks that hold needed NTFS bytes, into a
-/// new file or in place; conversion between fixed and dynamic; realignment; verification.
+/// new file or in place; conversion between fixed and dynamic, VHD and VHDX; realignment;
+/// verification; and what it would reclaim, without writing.
 pub mod compact {
+    pub use crate::map::blocks::KeptAtBlockSize;
     pub use crate::pass::Event;
     pub use crate::pass::align::Move;
     pub use crate::pass::compact::{
         CompactOptions, CompactReport, Mismatch, OutputFormat, PartitionPlan, PartitionResult, RealignResult,
-        VerifyReport, in_place, to_new_file,
+        VerifyReport, WhatIf, in_place, to_new_file, what_if, what_if_all,
     };
 }
 

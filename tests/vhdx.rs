@@ -497,3 +497,81 @@ fn a_4kn_disk_works_as_one_of_512_byte_sectors() {
         assert!(!d.join(format!("{name}.vhd")).exists());
     }
 }
+
+/// Payload blocks a VHDX stores (fully or partially present), as its dump counts them.
+fn stored_blocks(vhdx: &Path) -> u64 {
+    let dump: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(vhdx))).unwrap();
+    dump["vhdx"]["bat"]["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "fully_present" || s["state"] == "partially_present")
+        .map(|s| s["blocks"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn what_if_predicts_what_compaction_keeps_at_every_block_size() {
+    let dir = tempdir();
+    let d = dir.path();
+    let big = to_vhdx(&corpus("xp-fixed.vhd"), d, "big.vhdx", "subformat=dynamic,block_size=32M");
+    let lines = run_ok(bin("vhdcompact").arg("--what-if").arg(&big).arg("--json"));
+    let w: serde_json::Value = serde_json::from_slice(&lines).unwrap();
+    let sizes = w["block_sizes"].as_array().unwrap();
+    assert_eq!(
+        sizes.iter().map(|k| k["block_size"].as_u64().unwrap() >> 20).collect::<Vec<_>>(),
+        [32, 16, 8, 4, 2, 1],
+        "the image's block size, then each smaller one down to 1 MiB"
+    );
+    assert_eq!(w["reclaimable_with_smallest_blocks"], sizes[5]["freed_bytes"]);
+    // `map` says the same, block by block.
+    let map: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(["map", "--json"]).arg(&big))).unwrap();
+    assert_eq!(&map["summary"]["block_sizes"], &w["block_sizes"]);
+    for b in map["blocks"].as_array().unwrap() {
+        let f = b["used_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f) && (f > 0.0) == (b["droppable"] == false), "{b}");
+    }
+    // Compaction at each block size keeps exactly the blocks predicted, but for those whose
+    // needed bytes all read as zeros (it drops them too; --what-if reads no cluster data).
+    for k in sizes {
+        let bs = k["block_size"].as_u64().unwrap();
+        let out = d.join(format!("out-{}.vhdx", bs >> 20));
+        let report: serde_json::Value = serde_json::from_slice(&run_ok(bin("vhdcompact").arg(&big).arg(&out).args([
+            "--json",
+            "--block-size",
+            &bs.to_string(),
+        ])))
+        .unwrap();
+        let zero = report["dropped_zero_blocks"].as_u64().unwrap();
+        assert_eq!(stored_blocks(&out) + zero, k["kept_blocks"].as_u64().unwrap(), "{} MiB blocks", bs >> 20);
+        let on_disk = std::fs::metadata(&out).unwrap().len();
+        assert!(on_disk <= k["kept_bytes"].as_u64().unwrap() + (8 << 20), "{} MiB blocks: {on_disk} bytes", bs >> 20);
+    }
+    // A fleet: a directory of images read in parallel, a row each and a total; an unreadable
+    // file is a row with its error and exit 1, the others still reported; nothing written.
+    let fleet = d.join("fleet");
+    std::fs::create_dir(&fleet).unwrap();
+    for i in 0..12 {
+        std::fs::copy(&big, fleet.join(format!("profile-{i:02}.vhdx"))).unwrap();
+    }
+    std::fs::write(fleet.join("broken.vhdx"), b"not a disk").unwrap();
+    std::fs::write(fleet.join("notes.txt"), b"not an image either").unwrap();
+    let before: Vec<String> =
+        std::fs::read_dir(&fleet).unwrap().map(|e| sha256(&std::fs::read(e.unwrap().path()).unwrap())).collect();
+    let out = run(bin("vhdcompact").arg("--what-if").arg(&fleet).arg("--json"));
+    assert_eq!(out.status.code(), Some(1));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 13, "twelve images and the broken one; notes.txt is no image");
+    assert!(rows[0]["error"].as_str().unwrap().contains("broken.vhdx"));
+    for r in &rows[1..] {
+        assert_eq!(r["reclaimable_with_smallest_blocks"], w["reclaimable_with_smallest_blocks"]);
+    }
+    let table = String::from_utf8(run(bin("vhdcompact").arg("--what-if").arg(&fleet)).stdout).unwrap();
+    assert!(table.contains("total (13 images)") && table.contains("profile-11.vhdx"), "{table}");
+    let after: Vec<String> =
+        std::fs::read_dir(&fleet).unwrap().map(|e| sha256(&std::fs::read(e.unwrap().path()).unwrap())).collect();
+    assert_eq!(before, after, "--what-if writes nothing");
+}

@@ -22,10 +22,16 @@ use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 #[command(name = "vhdcompact", version, about)]
 pub struct Cli {
     /// The image to compact.
-    pub input: PathBuf,
+    #[arg(required_unless_present = "what_if")]
+    pub input: Option<PathBuf>,
     /// Where to write the result (not with --in-place).
-    #[arg(required_unless_present = "in_place")]
+    #[arg(required_unless_present_any = ["in_place", "what_if"])]
     pub output: Option<PathBuf>,
+    /// Write nothing: print, per image, the bytes compaction would reclaim now and with smaller
+    /// blocks (a directory stands for its .vhd, .vhdx and .avhdx files); images are read in
+    /// parallel; `--json` prints JSON Lines, one object per image.
+    #[arg(long, value_name = "IMAGE", num_args = 1.., conflicts_with_all = ["output", "in_place", "verify", "realign", "to", "azure", "merge", "zero_free", "block_size", "format", "force"])]
+    pub what_if: Vec<PathBuf>,
     /// Output kind (default: dynamic; a differencing input stays differencing unless --merge).
     #[arg(long, value_enum)]
     pub to: Option<ToArg>,
@@ -183,17 +189,21 @@ fn run(cli: &Cli) -> Result<bool> {
         Event::Written(done) => bar.set_position(done),
         Event::Verifying => bar.finish_and_clear(),
     };
+    if !cli.what_if.is_empty() {
+        return what_if(cli);
+    }
+    let input = cli.input.as_deref().ok_or_else(|| Error::Usage("give the image to compact".into()))?;
     let report = if cli.in_place {
-        let (mut image, recovery) = DiskImage::open_writable(&cli.input, &cli.open_options())?;
+        let (mut image, recovery) = DiskImage::open_writable(input, &cli.open_options())?;
         if let Some(text) = recovery.describe() {
-            eprintln!("vhdcompact: {}: {text}", cli.input.display());
+            eprintln!("vhdcompact: {}: {text}", input.display());
         }
         let opts = cli.compact_options(&image);
         compact::in_place(&mut image, &opts, &events)?
     } else {
         let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
         refuse_size_like_output(output)?;
-        let image = DiskImage::open(&cli.input, &cli.open_options())?;
+        let image = DiskImage::open(input, &cli.open_options())?;
         let replace = if cli.force { Replace::Existing } else { Replace::Never };
         compact::to_new_file(&image, output, replace, &cli.compact_options(&image), &events)?
     };
@@ -203,4 +213,53 @@ fn run(cli: &Cli) -> Result<bool> {
         eprintln!("vhdcompact: {}: verification failed; no output written", report.output);
     }
     Ok(report.no_mismatch())
+}
+
+/// The images `--what-if` names: each file, and each directory's VHD and VHDX files.
+fn what_if_images(cli: &Cli) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in cli.input.iter().chain(&cli.what_if) {
+        if !path.is_dir() {
+            out.push(path.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| Error::open(path, "list", e))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let p = entry.map_err(|e| Error::open(path, "list", e))?.path();
+            let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            if p.is_file() && matches!(ext.as_str(), "vhd" | "vhdx" | "avhdx") {
+                found.push(p);
+            }
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// `--what-if`: a row (or JSON line) per image; exit 1 when an image could not be read.
+fn what_if(cli: &Cli) -> Result<bool> {
+    let images = what_if_images(cli)?;
+    let opts = cli.open_options();
+    let results = compact::what_if_all(&images, &|p: &PathBuf| DiskImage::open(p, &opts));
+    let ok = results.iter().all(|r| r.is_ok());
+    crate::cli::write_output(|w| {
+        if cli.json {
+            for (path, r) in images.iter().zip(&results) {
+                match r {
+                    Ok(report) => serde_json::to_writer(&mut *w, report)?,
+                    Err(e) => serde_json::to_writer(
+                        &mut *w,
+                        &serde_json::json!({ "file": path.display().to_string(), "error": e.to_string() }),
+                    )?,
+                }
+                writeln!(w)?;
+            }
+            Ok(())
+        } else {
+            w.write_all(crate::report::compact::render_what_if(&images, &results).as_bytes())
+        }
+    })?;
+    Ok(ok)
 }

@@ -18,6 +18,9 @@ use crate::vhd::image::DiskImage;
 
 /// Blocks of fixed and raw images are counted in 2 MiB units, like dynamic ones.
 pub const RAW_BLOCK_SIZE: u64 = 2 << 20;
+/// The smallest block any output can have (a VHDX's 1 MiB): data outside NTFS is judged in
+/// pieces this size, so what a smaller block size would keep is exact.
+pub const SMALLEST_BLOCK: u64 = 1 << 20;
 
 /// What decides whether a byte range is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +93,55 @@ pub struct BlockInfo {
     pub backup_boot_sector: bool,
     pub droppable: bool,
     pub state: BlockState,
+    /// Bytes of the block compaction must keep, and their share of the block.
+    pub needed_bytes: u64,
+    pub used_fraction: f64,
     /// Up to three files owning the most clusters of the block.
     pub top_owners: Vec<BlockOwner>,
+    /// The kept byte ranges (disk offsets), for what smaller blocks would keep.
+    #[serde(skip)]
+    pub kept: Vec<(u64, u64)>,
+}
+
+/// What compaction would keep with blocks of one size: an upper bound, as compaction also
+/// drops the blocks whose needed bytes all read as zeros, and this reads no cluster data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KeptAtBlockSize {
+    /// The block size.
+    pub block_size: u64,
+    /// Blocks of that size holding a needed byte.
+    pub kept_blocks: u64,
+    /// Their bytes.
+    pub kept_bytes: u64,
+    /// Bytes the image stores now, less the kept bytes.
+    pub freed_bytes: u64,
+}
+
+/// The block sizes worth comparing with `block_size`: itself, then each smaller power of two
+/// down to [`SMALLEST_BLOCK`].
+pub fn smaller_block_sizes(block_size: u64) -> Vec<u64> {
+    std::iter::successors(Some(block_size), |&b| (b / 2 >= SMALLEST_BLOCK && b % 2 == 0).then_some(b / 2)).collect()
+}
+
+/// What blocks of each of `sizes` (each dividing the image's block size) would keep, given
+/// the kept ranges of every stored block, and the bytes stored now.
+pub fn kept_at_sizes<'a>(kept: impl Iterator<Item = &'a [(u64, u64)]>, sizes: &[u64], stored_bytes: u64) -> Vec<KeptAtBlockSize> {
+    let mut blocks = vec![0u64; sizes.len()];
+    for ranges in kept {
+        for (count, &size) in blocks.iter_mut().zip(sizes) {
+            *count += blocks_touched(ranges, size).len() as u64;
+        }
+    }
+    sizes
+        .iter()
+        .zip(blocks)
+        .map(|(&block_size, kept_blocks)| KeptAtBlockSize {
+            block_size,
+            kept_blocks,
+            kept_bytes: kept_blocks * block_size,
+            freed_bytes: stored_bytes.saturating_sub(kept_blocks * block_size),
+        })
+        .collect()
 }
 
 /// The clusters `[first, last)` of partition map entry `part` inside a disk range.
@@ -225,6 +275,48 @@ impl ImageMap<'_> {
         })
     }
 
+    /// The needs of block `index` that compaction keeps, in order. Data outside NTFS is judged
+    /// in pieces of [`SMALLEST_BLOCK`], so a zero piece next to a boot loader is not kept.
+    pub fn kept_needs(&self, index: u64, presence: &Presence) -> Result<Vec<Need>> {
+        let start = index * self.block_size();
+        let end = (start + self.block_size()).min(self.image.len());
+        let mut out = Vec::new();
+        for n in self.needs(start, end) {
+            if n.kind != NeedKind::Outside || self.differencing() {
+                if self.needed(&n, presence)? {
+                    out.push(n);
+                }
+                continue;
+            }
+            let mut a = n.start;
+            while a < n.end {
+                let b = ((a / SMALLEST_BLOCK + 1) * SMALLEST_BLOCK).min(n.end);
+                let piece = Need { start: a, end: b, kind: n.kind };
+                if self.needed(&piece, presence)? {
+                    out.push(piece);
+                }
+                a = b;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What compaction would keep with each block size from the image's down to
+    /// [`SMALLEST_BLOCK`], looking only at the blocks that hold data.
+    pub fn kept_by_block_size(&self) -> Result<Vec<KeptAtBlockSize>> {
+        let per_block: Vec<(bool, Vec<(u64, u64)>)> = self
+            .data_blocks()?
+            .into_par_iter()
+            .map(|b| {
+                let presence = self.presence(b)?;
+                let kept = self.kept_needs(b, &presence)?.iter().map(|n| (n.start, n.end)).collect();
+                Ok((presence.allocated, kept))
+            })
+            .collect::<Result<_>>()?;
+        let stored = per_block.iter().filter(|(allocated, _)| *allocated).count() as u64 * self.block_size();
+        Ok(kept_at_sizes(per_block.iter().map(|(_, k)| k.as_slice()), &smaller_block_sizes(self.block_size()), stored))
+    }
+
     /// Classifies block `index`.
     pub fn block_info(&self, index: u64) -> Result<BlockInfo> {
         let bs = self.block_size();
@@ -232,14 +324,12 @@ impl ImageMap<'_> {
         let end = (start + bs).min(self.image.len());
         let presence = self.presence(index)?;
         let needs = self.needs(start, end);
-        let (mut needed, mut outside_ntfs_needed, mut kept_whole) = (false, false, false);
-        for n in &needs {
-            if self.needed(n, &presence)? {
-                needed = true;
-                outside_ntfs_needed |= n.kind == NeedKind::Outside;
-                kept_whole |= n.kind == NeedKind::KeptWhole;
-            }
-        }
+        let kept_needs = self.kept_needs(index, &presence)?;
+        let needed = !kept_needs.is_empty();
+        let outside_ntfs_needed = kept_needs.iter().any(|n| n.kind == NeedKind::Outside);
+        let kept_whole = kept_needs.iter().any(|n| n.kind == NeedKind::KeptWhole);
+        let kept: Vec<(u64, u64)> = kept_needs.iter().map(|n| (n.start, n.end)).collect();
+        let needed_bytes: u64 = kept.iter().map(|(a, b)| b - a).sum();
         let mut info = BlockInfo {
             index,
             offset: start,
@@ -255,7 +345,10 @@ impl ImageMap<'_> {
             backup_boot_sector: needs.iter().any(|n| n.kind == NeedKind::BackupBootSector),
             droppable: !needed,
             state: BlockState::Unallocated,
+            needed_bytes,
+            used_fraction: if end > start { needed_bytes as f64 / (end - start) as f64 } else { 0.0 },
             top_owners: Vec::new(),
+            kept,
         };
         let mut owners: HashMap<(u32, u64), (String, u64)> = HashMap::new();
         let mut metadata_only = true;

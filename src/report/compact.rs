@@ -1,6 +1,9 @@
 //! The `vhdcompact` report as text.
 
-use crate::pass::compact::{CompactReport, OutputFormat};
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::pass::compact::{CompactReport, OutputFormat, WhatIf};
 use crate::report::table::{Section, human_bytes};
 
 /// Renders the report.
@@ -99,4 +102,57 @@ pub fn render(r: &CompactReport) -> String {
         }
     }
     out
+}
+
+/// The `--what-if` table: one row per image, then the total.
+pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String {
+    let mut t = Section::table(
+        "What compaction would reclaim (nothing written)",
+        &["image", "format", "block size", "stored", "reclaimable now", "with 1 MiB blocks", "note"],
+    );
+    let (mut stored, mut now, mut smallest) = (0u64, 0u64, 0u64);
+    for (path, r) in images.iter().zip(results) {
+        match r {
+            Ok(w) => {
+                stored += w.stored_bytes;
+                now += w.reclaimable_bytes;
+                smallest += w.reclaimable_with_smallest_blocks;
+                t.row(vec![
+                    w.file.clone(),
+                    format!("{} {}", w.format, w.container.name()),
+                    human_bytes(w.block_size),
+                    human_bytes(w.stored_bytes),
+                    share(w.reclaimable_bytes, w.stored_bytes),
+                    share(w.reclaimable_with_smallest_blocks, w.stored_bytes),
+                    w.refusal.clone().map(|why| format!("needs --force: {why}")).unwrap_or_default(),
+                ]);
+            }
+            Err(e) => t.row(vec![
+                path.display().to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                e.to_string(),
+            ]),
+        }
+    }
+    if images.len() > 1 {
+        t.row(vec![
+            format!("total ({} images)", images.len()),
+            String::new(),
+            String::new(),
+            human_bytes(stored),
+            share(now, stored),
+            share(smallest, stored),
+            String::new(),
+        ]);
+    }
+    t.render()
+}
+
+/// Bytes and their share of `of`.
+fn share(bytes: u64, of: u64) -> String {
+    format!("{} ({:.0}%)", human_bytes(bytes), 100.0 * bytes as f64 / of.max(1) as f64)
 }

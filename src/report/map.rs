@@ -1,4 +1,4 @@
-//! `vhdinspect map`: every VHD block with what it holds and whether it may be dropped, a
+//! `vhdinspect map`: every container block with what it holds and whether it may be dropped, a
 //! per-partition summary, and an SVG picture of the disk.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::map::ImageMap;
-use crate::map::blocks::{BlockInfo, BlockState};
+use crate::map::blocks::{BlockInfo, BlockState, KeptAtBlockSize, kept_at_sizes, smaller_block_sizes};
 use crate::report::table::{Section, human_bytes};
 use crate::vhd::device::BlockDevice;
 
@@ -39,6 +39,9 @@ pub struct MapSummary {
     /// Container bytes the droppable blocks occupy.
     pub droppable_bytes: u64,
     pub by_state: BTreeMap<String, u64>,
+    /// What compaction keeps and frees with this block size and each smaller one down to
+    /// 1 MiB (the first entry is this image's own): why a disk will not shrink further.
+    pub block_sizes: Vec<KeptAtBlockSize>,
     pub partitions: Vec<PartitionSummary>,
 }
 
@@ -47,6 +50,8 @@ pub struct MapSummary {
 pub struct MapReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,
+    /// `raw`, `vhd` or `vhdx`.
+    pub container: crate::vhd::image::ImageFormat,
     pub blocks: Vec<BlockInfo>,
     pub summary: MapSummary,
 }
@@ -83,20 +88,33 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
         *by_state.entry(state_name(b.state).to_string()).or_insert(0) += 1;
     }
     let droppable = all.iter().filter(|b| b.allocated && b.droppable).count() as u64;
+    let allocated = all.iter().filter(|b| b.allocated).count() as u64;
+    let block_sizes = kept_at_sizes(
+        all.iter().filter(|b| b.allocated).map(|b| b.kept.as_slice()),
+        &smaller_block_sizes(bs),
+        allocated * bs,
+    );
     let summary = MapSummary {
         block_size: bs,
         blocks: all.len() as u64,
-        allocated_blocks: all.iter().filter(|b| b.allocated).count() as u64,
+        allocated_blocks: allocated,
         droppable_blocks: droppable,
         droppable_bytes: droppable * bs,
         by_state,
+        block_sizes,
         partitions,
     };
     let blocks = match partition.and_then(|n| map.layout.partition(n)) {
         Some(p) => all.into_iter().filter(|b| overlaps(b, p.start(), p.end())).collect(),
         None => all,
     };
-    Ok(MapReport { file: map.image.source().display().to_string(), format: map.image.kind(), blocks, summary })
+    Ok(MapReport {
+        file: map.image.source().display().to_string(),
+        format: map.image.kind(),
+        container: map.image.format(),
+        blocks,
+        summary,
+    })
 }
 
 /// Snake-case name of a state.
@@ -116,7 +134,7 @@ pub fn state_name(s: BlockState) -> &'static str {
 pub fn render(r: &MapReport) -> String {
     let s = &r.summary;
     let mut out = Vec::new();
-    let mut t = Section::key_value(&format!("{} ({} image)", r.file, r.format));
+    let mut t = Section::key_value(&format!("{} ({} {} image)", r.file, r.format, r.container.name()));
     t.kv("block size", human_bytes(s.block_size));
     t.kv("blocks", format!("{} ({} allocated)", s.blocks, s.allocated_blocks));
     t.kv("droppable", format!("{} blocks, {}", s.droppable_blocks, human_bytes(s.droppable_bytes)));
@@ -124,6 +142,21 @@ pub fn render(r: &MapReport) -> String {
         t.kv(&format!("  {state}"), n.to_string());
     }
     out.push(t.render());
+    if s.block_sizes.len() > 1 {
+        let mut t = Section::table(
+            "With smaller blocks (one needed byte keeps a whole block)",
+            &["block size", "kept blocks", "kept", "freed"],
+        );
+        for k in &s.block_sizes {
+            t.row(vec![
+                human_bytes(k.block_size),
+                k.kept_blocks.to_string(),
+                human_bytes(k.kept_bytes),
+                human_bytes(k.freed_bytes),
+            ]);
+        }
+        out.push(t.render());
+    }
     let mut t = Section::table(
         "Partitions",
         &["#", "contents", "cluster", "needed clusters", "free clusters", "droppable blocks", "droppable bytes"],
@@ -145,7 +178,8 @@ pub fn render(r: &MapReport) -> String {
     }
     out.push(t.render());
     let mut lines = String::new();
-    let _ = writeln!(lines, "{:>8} {:>8} {:>9} {:<12} top owners", "block", "present", "clusters", "state");
+    let _ =
+        writeln!(lines, "{:>8} {:>8} {:>9} {:>6} {:<12} top owners", "block", "present", "clusters", "used", "state");
     let mut skipped: Option<(u64, u64)> = None;
     let flush = |lines: &mut String, skipped: &mut Option<(u64, u64)>| {
         if let Some((a, b)) = skipped.take() {
@@ -161,11 +195,12 @@ pub fn render(r: &MapReport) -> String {
         let owners: Vec<String> = b.top_owners.iter().map(|o| format!("{} ({})", o.path, o.clusters)).collect();
         let _ = writeln!(
             lines,
-            "{:>8} {:>8} {:>4}/{:<4} {:<12} {}",
+            "{:>8} {:>8} {:>4}/{:<4} {:>5.1}% {:<12} {}",
             b.index,
             b.sectors_present,
             b.used_clusters,
             b.ntfs_clusters,
+            b.used_fraction * 100.0,
             state_name(b.state),
             owners.join(", ")
         );

@@ -16,6 +16,7 @@ mod in_place;
 mod plan;
 mod report;
 mod verify;
+mod what_if;
 mod write;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use in_place::in_place;
 pub use plan::{CompactionPlan, PartitionPlan, StoredBlock, plan};
 pub use report::{CompactReport, PartitionResult, RealignResult};
 pub use verify::{Mismatch, VerifyReport};
+pub use what_if::{WhatIf, what_if, what_if_all};
 
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};
