@@ -143,7 +143,7 @@ impl Cli {
         let block = self
             .block_size
             .map(u64::from)
-            .or(image.as_sparse().map(|s| s.block_size()))
+            .or(image.block_size())
             .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
         let realign = self.realign.map(|b| b.bytes(block));
         CompactOptions {

@@ -41,15 +41,15 @@ pub struct DiffReport {
 
 /// Attributes every sector present in the child to files of the merged view.
 pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
-    let s = map.image.as_sparse().filter(|s| s.parent().is_some()).ok_or_else(|| {
-        Error::Usage(format!("{}: not a differencing image ({})", map.image.source().display(), map.image.kind()))
-    })?;
-    let bs = s.block_size();
+    let image = map.image;
+    let (Some(bs), Some(_)) = (image.block_size(), image.parent()) else {
+        return Err(Error::Usage(format!("{}: not a differencing image ({})", image.source().display(), image.kind())));
+    };
     let mut files: BTreeMap<(u32, u64), ChangedFile> = BTreeMap::new();
     let mut unowned: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut total = 0u64;
-    for (block, _) in s.bat().allocated() {
-        let Some(bitmap) = s.block_bitmap(block)? else { continue };
+    for block in image.stored_blocks() {
+        let Some(bitmap) = image.block_sectors(block)? else { continue };
         for (first, last, present) in bitmap.runs(0, bitmap.sectors()) {
             let start = block * bs + first as u64 * 512;
             let end = (block * bs + last as u64 * 512).min(map.image.len());
@@ -101,7 +101,7 @@ pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
     files.sort_by(|a, b| b.sectors.cmp(&a.sectors).then(a.path.cmp(&b.path)));
     Ok(DiffReport {
         child: map.image.source().display().to_string(),
-        parent: s.parent_resolution().map(|r| r.path.clone()),
+        parent: image.parent_resolution().map(|r| r.path.clone()),
         sectors_present: total,
         files,
         unowned: unowned.into_iter().map(|(region, sectors)| UnownedSectors { region, sectors }).collect(),
