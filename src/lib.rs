@@ -1,4 +1,4 @@
-//! Offline tools for Microsoft virtual disk images (VHD): read any fixed, dynamic or
+//! Offline tools for Microsoft virtual disk images (VHD and VHDX): read any fixed, dynamic or
 //! differencing image, its partitions and its NTFS volumes without mounting anything; read
 //! files and streams out of it; compact it into a smaller image or in place; edit the
 //! registry hives inside it. Plain file I/O: no root, no VM, no Windows.
@@ -118,14 +118,15 @@ pub use crate::vhd::Finding;
 pub use crate::vhd::fixed::Fill;
 pub use crate::vhd::sparse::ParentLink;
 pub use crate::vhd::{
-    BlockDevice, DeviceReader, DiskImage, FixedVhd, ImageFormat, ImageKind, OpenOptions, SparseVhd, WritableDevice,
+    BlockDevice, DeviceReader, DiskImage, FixedVhd, ImageFormat, ImageKind, OpenOptions, SectorSize, SparseVhd,
+    WritableDevice,
 };
 
 /// Compaction: an image rewritten with only the blocks that hold needed NTFS bytes, into a
 /// new file or in place; conversion between fixed and dynamic, VHD and VHDX; realignment;
 /// verification; and what it would reclaim, without writing.
 pub mod compact {
-    pub use crate::map::blocks::KeptAtBlockSize;
+    pub use crate::map::blocks::{KeptAtBlockSize, SMALLEST_BLOCK};
     pub use crate::pass::Event;
     pub use crate::pass::align::Move;
     pub use crate::pass::compact::{

@@ -73,3 +73,8 @@ fn hive_bytes() {
 fn hive_edits() {
     replay("hive_edits", harness::hive_edits, 6, 600);
 }
+
+#[test]
+fn vhdx_mutated() {
+    replay("vhdx_mutated", harness::vhdx_mutated, 7, 400);
+}

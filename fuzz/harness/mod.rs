@@ -178,6 +178,115 @@ pub fn differencing_mutated(data: &[u8]) {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A small dynamic VHDX (1 MiB blocks, an MBR, a few blocks written) made by vhdkit's writer,
+/// in two states: clean, and with a pending log entry (a crash between logging and applying);
+/// and the file ranges worth editing: identifier, headers, region tables, log, BAT, metadata.
+struct VhdxBases {
+    clean: Vec<u8>,
+    logged: Vec<u8>,
+    regions: Vec<(u64, u64)>,
+}
+
+fn vhdx_bases() -> &'static VhdxBases {
+    static BASES: OnceLock<VhdxBases> = OnceLock::new();
+    BASES.get_or_init(|| {
+        remove_stale_scratch();
+        let path = scratch("base.vhdx");
+        let _ = std::fs::remove_file(&path);
+        let spec = vhdkit::vhdx::create::NewVhdx {
+            size: 8 << 20,
+            block_size: 1 << 20,
+            logical_sector_size: 512,
+            kind: vhdkit::vhdx::create::NewKind::Dynamic,
+        };
+        drop(vhdkit::vhdx::Vhdx::create(&path, spec).expect("create the base VHDX"));
+        let (mut img, _) = DiskImage::open_writable(&path, &OpenOptions::default()).expect("open the base");
+        img.write_at(0, &mbr_sector(&[(0x07, 2048, 8192)])).expect("write");
+        for (i, at) in [3u64 << 20, (5 << 20) + 4096, 7 << 20].into_iter().enumerate() {
+            img.write_at(at, &[i as u8 + 1; 8192]).expect("write");
+        }
+        img.flush().expect("flush");
+        drop(img);
+        let clean = std::fs::read(&path).expect("read back");
+        let _ = std::fs::remove_file(&path);
+        use vhdkit::vhdx::header::{HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
+        use vhdkit::vhdx::region::{BAT_REGION, METADATA_REGION, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, RegionTable};
+        let slot = |i: usize| {
+            let at = HEADER_OFFSETS[i] as usize;
+            VhdxHeader::parse(&clean[at..at + HEADER_SIZE], i as u8 + 1).expect("a valid header")
+        };
+        let (header_at, header) = if slot(1).sequence_number > slot(0).sequence_number {
+            (HEADER_OFFSETS[1], slot(1))
+        } else {
+            (HEADER_OFFSETS[0], slot(0))
+        };
+        let table_at = REGION_TABLE_OFFSETS[0] as usize;
+        let table = RegionTable::parse(&clean[table_at..table_at + REGION_TABLE_SIZE]).expect("a valid region table");
+        let region = |g| table.find(g).expect("a region").file_offset;
+        let (log_at, bat_at, meta_at) = (header.log_offset, region(BAT_REGION), region(METADATA_REGION));
+        // A pending entry that rewrites the BAT's first sector (block 0 becomes "zero").
+        let mut logged = clean.clone();
+        let mut sector = clean[bat_at as usize..bat_at as usize + 4096].to_vec();
+        sector[..8].copy_from_slice(&2u64.to_le_bytes());
+        let guid = vhdkit::bytes::Guid([0x5a; 16]);
+        let len = clean.len() as u64;
+        let entry = vhdkit::vhdx::log::encode_entry(
+            guid,
+            1,
+            0,
+            (len, len),
+            &[vhdkit::vhdx::log::LogWrite::Data { offset: bat_at, bytes: sector }],
+        );
+        logged[log_at as usize..log_at as usize + entry.len()].copy_from_slice(&entry);
+        let mut h = header;
+        h.log_guid = guid;
+        h.sequence_number += 1;
+        logged[header_at as usize..header_at as usize + 4096].copy_from_slice(&h.encode());
+        let regions =
+            vec![(0, 0x50000), (log_at, log_at + 0x3000), (bat_at, bat_at + 4096), (meta_at, meta_at + 0x10100)];
+        VhdxBases { clean, logged, regions }
+    })
+}
+
+/// Edits to the structures of a valid dynamic VHDX (the first input byte picks the clean
+/// file or the one with a pending log), read, checked and dumped.
+pub fn vhdx_mutated(data: &[u8]) {
+    let bases = vhdx_bases();
+    let Some((&pick, data)) = data.split_first() else { return };
+    let mut bytes = if pick & 1 == 0 { bases.clean.clone() } else { bases.logged.clone() };
+    let span: u64 = bases.regions.iter().map(|(a, b)| b - a).sum();
+    let mut chunks = data.chunks_exact(5);
+    for c in &mut chunks {
+        let mut at = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64 % span;
+        for &(a, b) in &bases.regions {
+            if at < b - a {
+                bytes[(a + at) as usize] = c[4];
+                break;
+            }
+            at -= b - a;
+        }
+    }
+    if let [a, b, ..] = chunks.remainder() {
+        let keep = bytes.len() * u16::from_le_bytes([*a, *b]) as usize / 65536;
+        bytes.truncate(keep);
+    }
+    let path = scratch("mutated.vhdx");
+    if std::fs::write(&path, &bytes).is_ok() {
+        open_and_walk(&path, &OpenOptions::default());
+        open_and_walk(&path, &OpenOptions { strict: true, ..OpenOptions::default() });
+        if let Ok(img) = DiskImage::open(&path, &OpenOptions::default())
+            && let Some(v) = img.as_vhdx()
+        {
+            let _ = v.summary();
+            for k in 0..v.bat().payload_blocks().min(64) {
+                let _ = v.raw_sector_bits(k);
+                let _ = v.block_sectors(k);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// A device reading a shared base with a sparse overlay of edited bytes.
 struct OverlayDevice<'a> {
     base: &'a [u8],

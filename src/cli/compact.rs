@@ -140,11 +140,7 @@ impl Cli {
     }
 
     fn compact_options(&self, image: &DiskImage) -> CompactOptions {
-        let block = self
-            .block_size
-            .map(u64::from)
-            .or(image.block_size())
-            .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
+        let block = self.block_size.map(u64::from).or(image.block_size()).unwrap_or(DEFAULT_BLOCK_SIZE as u64);
         let realign = self.realign.map(|b| b.bytes(block));
         CompactOptions {
             to: self.to.map(ToArg::format),

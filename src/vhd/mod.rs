@@ -18,7 +18,7 @@ pub mod parent;
 pub mod probe;
 pub mod sparse;
 
-pub use device::{BlockDevice, DeviceReader, WritableDevice};
+pub use device::{BlockDevice, DeviceReader, SectorSize, WritableDevice};
 pub use finding::Finding;
 pub use fixed::FixedVhd;
 pub use image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
