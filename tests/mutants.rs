@@ -1,6 +1,6 @@
 //! The mutated-image suite: deterministic truncations and byte flips in the footer, dynamic
-//! header, BAT, MBR, boot sector and MFT records of corpus images (and in the cells of a real
-//! hive), each run through every command. Every run must end with exit 0 or 1 within a time
+//! header, BAT, MBR, boot sector and MFT records of corpus images, in the headers, region
+//! tables, log, metadata and BAT of VHDX images (and in the cells of a real hive), each run through every command. Every run must end with exit 0 or 1 within a time
 //! bound, a failure must be one line naming the file, a failed `vhdcompact` must leave no
 //! output, and no input may change.
 
@@ -42,9 +42,12 @@ struct Mutant {
 /// Where the structures of an image lie in its file.
 struct Structures {
     len: u64,
-    footer: u64,
+    /// The VHD footer (VHD images).
+    footer: Option<u64>,
     /// Dynamic header and BAT (dynamic images).
     header: Option<(u64, u64)>,
+    /// Named (offset, length) spans of a VHDX's own structures.
+    vhdx: Vec<(&'static str, u64, u64)>,
     mbr: Option<u64>,
     boot: Option<u64>,
     mft: Vec<u64>,
@@ -52,6 +55,11 @@ struct Structures {
 
 /// The file offset of a disk offset.
 fn file_offset(img: &vhdkit::DiskImage, disk: u64) -> Option<u64> {
+    if let Some(x) = img.as_vhdx() {
+        let bs = x.block_size();
+        let (_, offset) = x.bat().payload(disk / bs).ok()?;
+        return (offset != 0).then_some(offset + disk % bs);
+    }
     match img.as_sparse() {
         None => Some(disk),
         Some(s) => {
@@ -81,7 +89,22 @@ fn structures(path: &Path) -> Structures {
             mft = (0..40).filter_map(|k| file_offset(&img, start + k * bpb.file_record_size as u64)).collect();
         }
     }
-    Structures { len, footer: len - 512, header, mbr: file_offset(&img, 0), boot, mft }
+    let vhdx = img.as_vhdx().map(vhdx_structures).unwrap_or_default();
+    let footer = img.footer().map(|_| len - 512);
+    Structures { len, footer, header, vhdx, mbr: file_offset(&img, 0), boot, mft }
+}
+
+/// The headers, region tables, log, metadata table and BAT of a VHDX.
+fn vhdx_structures(x: &vhdkit::vhdx::Vhdx) -> Vec<(&'static str, u64, u64)> {
+    let s = x.summary().unwrap();
+    let mut out = vec![("identifier", 0, 512), ("region-table", 0x30000, 0x10000), ("region-table2", 0x40000, 0x10000)];
+    for h in &s.headers {
+        out.push(if h.offset == 0x10000 { ("header", h.offset, 4096) } else { ("header2", h.offset, 4096) });
+    }
+    out.push(("metadata-table", s.metadata_offset, 0x10000));
+    out.push(("log", s.log.offset, u64::from(s.log.length).min(0x20000)));
+    out.push(("vhdx-bat", s.bat.offset, (s.bat.entries * 8).max(8)));
+    out
 }
 
 /// The mutants of one image: `per_class` of each kind.
@@ -95,7 +118,12 @@ fn mutants(s: &Structures, seed: u64, per_class: usize) -> Vec<Mutant> {
             out.push(Mutant { name: format!("{name}-{i}"), edits, truncate: None });
         }
     };
-    flips("footer", s.footer, 512, &mut out, &mut rng);
+    if let Some(f) = s.footer {
+        flips("footer", f, 512, &mut out, &mut rng);
+    }
+    for &(name, at, span) in &s.vhdx {
+        flips(name, at, span, &mut out, &mut rng);
+    }
     if let Some((h, bat_end)) = s.header {
         flips("footer-copy", 0, 512, &mut out, &mut rng);
         flips("header", h, 1024, &mut out, &mut rng);
@@ -110,8 +138,8 @@ fn mutants(s: &Structures, seed: u64, per_class: usize) -> Vec<Mutant> {
     for (k, &m) in s.mft.iter().enumerate().filter(|(k, _)| k % (40 / per_class.max(1)).max(1) == 0) {
         flips(&format!("mft{k}"), m, 1024, &mut out, &mut rng);
     }
-    for (i, at) in [s.len / 2, s.len - 300, s.header.map_or(512, |(h, _)| h + 700), s.len - 512].into_iter().enumerate()
-    {
+    let inside = s.header.map(|(h, _)| h + 700).or(s.vhdx.get(1).map(|v| v.1 + 300)).unwrap_or(512);
+    for (i, at) in [s.len / 2, s.len - 300, inside, s.len - 512].into_iter().enumerate() {
         out.push(Mutant { name: format!("truncated-{i}"), edits: Vec::new(), truncate: Some(at) });
     }
     out
@@ -203,8 +231,13 @@ fn run_all(mutant: &Path, dir: &Path) {
 
 /// Runs the mutants of `image` on `threads` threads.
 fn run_mutants(image: &str, seed: u64, per_class: usize) -> usize {
-    let src = corpus(image);
-    let s = structures(&src);
+    run_mutants_of(&corpus(image), seed, per_class)
+}
+
+/// Runs the mutants of the image at `src` on two threads.
+fn run_mutants_of(src: &Path, seed: u64, per_class: usize) -> usize {
+    let s = structures(src);
+    let (stem, ext) = (src.file_stem().unwrap().to_string_lossy(), src.extension().unwrap().to_string_lossy());
     let all = mutants(&s, seed, per_class);
     let count = all.len();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -215,8 +248,8 @@ fn run_mutants(image: &str, seed: u64, per_class: usize) -> usize {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(m) = all.get(i) else { break };
-                    let path: PathBuf = dir.path().join(format!("{}-{}.vhd", image.trim_end_matches(".vhd"), m.name));
-                    apply(&src, &path, m);
+                    let path: PathBuf = dir.path().join(format!("{stem}-{}.{ext}", m.name));
+                    apply(src, &path, m);
                     run_all(&path, dir.path());
                     std::fs::remove_file(&path).unwrap();
                 }
@@ -240,6 +273,19 @@ fn mutated_fixed_images_fail_cleanly() {
     let n = run_mutants("xp-fixed.vhd", 0x5EED_0004, 4);
     eprintln!("{n} fixed mutants");
     assert!(n >= 20, "{n} mutants");
+}
+
+#[test]
+fn mutated_vhdx_images_fail_cleanly() {
+    let dir = tempdir();
+    // One written by qemu-img, one by our own writer (a different layout).
+    let foreign = dir.path().join("qemu-dynamic.vhdx");
+    run_ok(Command::new("qemu-img").args(["convert", "-O", "vhdx"]).arg(corpus("aligned-dynamic.vhd")).arg(&foreign));
+    let ours = dir.path().join("vhdkit-dynamic.vhdx");
+    run_ok(bin("vhdcompact").arg(corpus("gpt-dynamic.vhd")).arg(&ours).args(["--to", "dynamic"]));
+    let n = run_mutants_of(&foreign, 0x5EED_0006, 6) + run_mutants_of(&ours, 0x5EED_0007, 4);
+    eprintln!("{n} VHDX mutants");
+    assert!(n >= 80, "{n} mutants");
 }
 
 #[test]

@@ -15,8 +15,8 @@ use crate::pass::compact::{self, CompactOptions, Event, OutputFormat};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 
-/// Drop the VHD blocks that hold no allocated NTFS cluster; convert fixed <-> dynamic; merge a
-/// differencing chain; make Azure-ready fixed images. The input is never modified (unless
+/// Drop the VHD or VHDX blocks that hold no needed NTFS byte; convert fixed <-> dynamic and
+/// VHD <-> VHDX; merge a differencing chain; make Azure-ready fixed VHDs. The input is never modified (unless
 /// --in-place); the output appears only once complete.
 #[derive(Parser, Debug)]
 #[command(name = "vhdcompact", version, about)]

@@ -15,7 +15,7 @@ use crate::report::owner::Query;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
-/// Inspect Microsoft VHD disk images offline: container, partitions, NTFS volumes.
+/// Inspect Microsoft VHD and VHDX disk images offline: container, partitions, NTFS volumes.
 #[derive(Parser, Debug)]
 #[command(name = "vhdinspect", version, about)]
 pub struct Cli {
@@ -186,7 +186,7 @@ pub struct OwnerQuery {
     /// A disk sector (512 bytes, or 4096 on a 4Kn disk).
     #[arg(long)]
     sector: Option<u64>,
-    /// A VHD block (2 MiB units for fixed and raw images).
+    /// A container block (2 MiB units for fixed and raw images).
     #[arg(long)]
     block: Option<u64>,
     /// An NTFS cluster of --partition.

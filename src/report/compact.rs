@@ -9,7 +9,16 @@ use crate::report::table::{Section, human_bytes};
 /// Renders the report.
 pub fn render(r: &CompactReport) -> String {
     let mut s = Section::key_value(&format!("{} -> {}", r.input, r.output));
-    s.kv("formats", format!("{} -> {:?}", r.input_format, r.output_format).to_lowercase());
+    s.kv(
+        "formats",
+        format!(
+            "{} {} -> {} {}",
+            r.input_format,
+            r.input_container.name(),
+            format!("{:?}", r.output_format).to_lowercase(),
+            r.output_container.name()
+        ),
+    );
     s.kv(
         "file size",
         format!(
@@ -29,8 +38,22 @@ pub fn render(r: &CompactReport) -> String {
     } else {
         s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     }
-    s.kv("block size", human_bytes(r.block_size));
-    s.kv("blocks", format!("{} before, {} after", r.blocks_before, r.blocks_after));
+    if r.input_block_size == r.block_size {
+        s.kv("block size", human_bytes(r.block_size));
+        s.kv("blocks", format!("{} before, {} after", r.blocks_before, r.blocks_after));
+    } else {
+        s.kv("block size", format!("{} -> {}", human_bytes(r.input_block_size), human_bytes(r.block_size)));
+        s.kv(
+            "blocks",
+            format!(
+                "{} of {} before, {} of {} after",
+                r.blocks_before,
+                human_bytes(r.input_block_size),
+                r.blocks_after,
+                human_bytes(r.block_size)
+            ),
+        );
+    }
     if r.output_format == OutputFormat::Fixed {
         s.kv(
             "dropped",
@@ -42,7 +65,12 @@ pub fn render(r: &CompactReport) -> String {
     } else {
         s.kv(
             "dropped",
-            format!("{} blocks with no needed byte, {} all-zero blocks", r.dropped_blocks, r.dropped_zero_blocks),
+            format!(
+                "{} {} with no needed byte, {} all-zero",
+                r.dropped_blocks,
+                if r.dropped_blocks == 1 { "block" } else { "blocks" },
+                r.dropped_zero_blocks
+            ),
         );
     }
     if r.zeroed_bytes > 0 {

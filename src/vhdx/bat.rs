@@ -96,6 +96,49 @@ impl VhdxBat {
         VhdxBat { entries, chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks }
     }
 
+    /// Reads a BAT of `shape` through `read(buffer)` straight into the decoded table, so a
+    /// large table is held once and never also as bytes.
+    pub fn read<E>(shape: BatShape, read: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Result<Self, E> {
+        let mut entries = vec![0u64; shape.entries as usize];
+        read(bytemuck::cast_slice_mut(&mut entries))?;
+        for e in &mut entries {
+            *e = u64::from_le(*e);
+        }
+        Ok(VhdxBat { entries, chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks })
+    }
+
+    /// Calls `f` with every payload block's index and raw entry, in order, walking the table
+    /// once (the sector bitmap entries between chunks skipped).
+    pub fn for_each_payload(&self, mut f: impl FnMut(u64, u64)) {
+        let per_chunk = self.chunk_ratio as usize + 1;
+        let mut k = 0u64;
+        for chunk in self.entries.chunks(per_chunk) {
+            for &e in &chunk[..chunk.len().min(per_chunk - 1)] {
+                if k == self.payload_blocks {
+                    return;
+                }
+                f(k, e);
+                k += 1;
+            }
+        }
+    }
+
+    /// How many payload blocks are in each state; entries of a reserved state are left out.
+    pub fn state_counts(&self) -> Vec<(PayloadState, u64)> {
+        let mut by_bits = [0u64; 8];
+        self.for_each_payload(|_, e| by_bits[(e & 7) as usize] += 1);
+        let mut counts: Vec<(PayloadState, u64)> = Vec::new();
+        for (bits, &n) in by_bits.iter().enumerate() {
+            let Some(state) = PayloadState::from_bits(bits as u64) else { continue };
+            match counts.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, c)) => *c += n,
+                None if n > 0 => counts.push((state, n)),
+                None => {}
+            }
+        }
+        counts
+    }
+
     /// A BAT of `shape` with every block not present.
     pub fn new(shape: BatShape) -> Self {
         VhdxBat { entries: vec![0; shape.entries as usize], chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks }
@@ -124,7 +167,19 @@ impl VhdxBat {
     /// Payload block `k`'s state and file offset (0 when not stored), or the raw entry when
     /// its state is reserved.
     pub fn payload(&self, k: u64) -> Result<(PayloadState, u64), u64> {
-        let e = self.entries.get(self.payload_index(k)).copied().unwrap_or(0);
+        Self::decode_payload(self.entries.get(self.payload_index(k)).copied().unwrap_or(0))
+    }
+
+    /// Whether a payload entry points into the file or has a reserved state: the only
+    /// entries that can be wrong.
+    #[inline]
+    pub fn points_or_reserved(e: u64) -> bool {
+        !matches!(e & 7, 0..=3 | 5)
+    }
+
+    /// A payload entry's state and file offset (0 when not stored), or the entry itself when
+    /// its state is reserved.
+    pub fn decode_payload(e: u64) -> Result<(PayloadState, u64), u64> {
         match PayloadState::from_bits(e & 7) {
             Some(s) if s.stored() => Ok((s, e & OFFSET_MASK)),
             Some(s) => Ok((s, 0)),

@@ -211,11 +211,20 @@ impl Vhdx {
                 format!("{} entries need {bytes} bytes; the region holds {}", shape.entries, region.length),
             ));
         }
-        let mut raw = vec![0u8; bytes as usize];
-        self.read_meta(region.file_offset, &mut raw, "VHDX BAT")?;
-        self.bat = VhdxBat::parse(&raw, shape);
-        for k in 0..shape.payload_blocks {
-            let Some(problem) = self.entry_problem(k) else { continue };
+        if region.file_offset.saturating_add(bytes) > self.file_len {
+            return Err(self.corrupt("VHDX BAT", region.file_offset, format!("reaches past the file's end ({:#x})", self.file_len)));
+        }
+        self.bat = VhdxBat::read(shape, |table| self.read_meta(region.file_offset, table, "VHDX BAT"))?;
+        let mut broken: Vec<(u64, String)> = Vec::new();
+        self.bat.for_each_payload(|k, e| {
+            if !VhdxBat::points_or_reserved(e) {
+                return;
+            }
+            if let Some(problem) = self.entry_problem(k, e) {
+                broken.push((k, problem));
+            }
+        });
+        for (k, problem) in broken {
             let entry_at = region.file_offset + 8 * self.bat.payload_index(k) as u64;
             if strict {
                 return Err(self.corrupt("VHDX BAT entry", entry_at, problem));
@@ -226,10 +235,10 @@ impl Vhdx {
         Ok(())
     }
 
-    /// What is wrong with block `k`'s BAT entry, if anything.
-    fn entry_problem(&self, k: u64) -> Option<String> {
+    /// What is wrong with block `k`'s BAT entry `e`, if anything.
+    fn entry_problem(&self, k: u64, e: u64) -> Option<String> {
         let block = self.params.block_size as u64;
-        match self.bat.payload(k) {
+        match VhdxBat::decode_payload(e) {
             Err(raw) => Some(format!("block {k}: reserved state {}", raw & 7)),
             Ok((s, at)) if s.stored() && (at < 1 << 20 || at + block > self.file_len) => {
                 Some(format!("block {k} at {at:#x} lies outside the file's data ({:#x} bytes)", self.file_len))

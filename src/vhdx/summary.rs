@@ -143,14 +143,7 @@ impl Vhdx {
 
     /// Counts of the BAT's payload states.
     fn bat_summary(&self) -> BatSummary {
-        let mut states: Vec<StateCount> = Vec::new();
-        for k in 0..self.bat.payload_blocks() {
-            let Ok((state, _)) = self.bat.payload(k) else { continue };
-            match states.iter_mut().find(|c| c.state == state) {
-                Some(c) => c.blocks += 1,
-                None => states.push(StateCount { state, blocks: 1 }),
-            }
-        }
+        let states = self.bat.state_counts().into_iter().map(|(state, blocks)| StateCount { state, blocks }).collect();
         let chunks = self.bat.payload_blocks().div_ceil(self.bat.chunk_ratio());
         BatSummary {
             offset: self.regions.find(BAT_REGION).map_or(0, |r| r.file_offset),

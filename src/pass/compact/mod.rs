@@ -149,11 +149,15 @@ pub fn to_new_file(
     })
 }
 
-/// Blocks the container holds: allocated BAT entries, or every 2 MiB of a fixed or raw image.
+/// Blocks the container holds: allocated BAT entries, or every block of a fixed image.
 pub fn blocks_held(image: &DiskImage) -> u64 {
     match image.block_size() {
         Some(_) if image.kind() != ImageKind::Fixed => image.stored_blocks().len() as u64,
-        Some(bs) => image.len().div_ceil(bs),
-        None => image.len().div_ceil(crate::map::blocks::RAW_BLOCK_SIZE),
+        _ => image.len().div_ceil(held_block_size(image)),
     }
+}
+
+/// The unit of [`blocks_held`]: the container's block size, 2 MiB for a fixed VHD or raw image.
+pub fn held_block_size(image: &DiskImage) -> u64 {
+    image.block_size().unwrap_or(crate::map::blocks::RAW_BLOCK_SIZE)
 }

@@ -2,12 +2,12 @@
 
 use serde::Serialize;
 
-use super::{CompactionPlan, OutputFormat, PartitionPlan, VerifyReport, blocks_held};
+use super::{CompactionPlan, OutputFormat, PartitionPlan, VerifyReport, blocks_held, held_block_size};
 use crate::error::Result;
 use crate::pass::align::{Move, Realignment};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::finding::Finding;
-use crate::vhd::image::{DiskImage, ImageKind};
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 
 /// One partition's result.
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +35,10 @@ pub struct CompactReport {
     pub input_format: ImageKind,
     /// The output's kind.
     pub output_format: OutputFormat,
+    /// The input's container: raw, VHD or VHDX.
+    pub input_container: ImageFormat,
+    /// The output's container: VHD or VHDX.
+    pub output_container: ImageFormat,
     /// Size of the input file (the top of a chain).
     pub input_bytes: u64,
     /// Size of the output file.
@@ -43,6 +47,8 @@ pub struct CompactReport {
     pub disk_size: u64,
     /// The output's disk size (Azure output is rounded up to a whole MiB).
     pub output_disk_size: u64,
+    /// The input's block size (2 MiB units for a fixed VHD or raw image).
+    pub input_block_size: u64,
     /// The output's block size.
     pub block_size: u64,
     /// Blocks the input container holds (every block of a fixed or raw image).
@@ -106,10 +112,13 @@ impl CompactReport {
             committed: false,
             input_format: image.kind(),
             output_format: plan.format,
+            input_container: image.format(),
+            output_container: plan.container,
             input_bytes: image.file().file_len()?,
             output_bytes: 0,
             disk_size: image.len(),
             output_disk_size: plan.disk_size,
+            input_block_size: held_block_size(image),
             block_size: plan.block_size,
             blocks_before: blocks_held(image),
             blocks_after: 0,
