@@ -85,19 +85,6 @@ impl Guid {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 16]
     }
-
-    /// A new random (version 4) GUID.
-    pub fn random() -> Guid {
-        let mut u = [0u8; 16];
-        if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u)).is_err() {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            u = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
-        }
-        u[7] = (u[7] & 0x0F) | 0x40;
-        u[8] = (u[8] & 0x3F) | 0x80;
-        Guid(u)
-    }
 }
 
 impl std::fmt::Display for Guid {
@@ -134,6 +121,5 @@ mod tests {
         assert_eq!(bat.to_string(), "2DC27766-F623-4200-9D64-115E9BFD4A08");
         assert_eq!(Guid::parse("{2dc27766-f623-4200-9d64-115e9bfd4a08}"), Some(bat));
         assert_eq!(Guid::parse("2dc27766f62342009d64115e9bfd4a08"), None);
-        assert!(!Guid::random().is_zero());
     }
 }

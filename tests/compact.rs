@@ -426,3 +426,71 @@ fn the_upload_plan_holds_every_needed_byte() {
     let data = j["data_bytes"].as_u64().unwrap();
     assert!(data < disk.len() as u64 / 4, "stale data and zeros are skipped: {data}");
 }
+
+/// Runs `vhdcompact INPUT OUT ARGS` with SOURCE_DATE_EPOCH set (or unset) and returns OUT's bytes.
+fn compact_bytes(input: &Path, out: &Path, args: &[&str], epoch: Option<&str>) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    let mut cmd = bin("vhdcompact");
+    cmd.arg(input).arg(out).args(args);
+    match epoch {
+        Some(e) => cmd.env("SOURCE_DATE_EPOCH", e),
+        None => cmd.env_remove("SOURCE_DATE_EPOCH"),
+    };
+    run_ok(&mut cmd);
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn same_input_and_options_give_the_same_bytes() {
+    let dir = tempdir();
+    let d = dir.path();
+    let (_parent, child) = changed_child(d);
+    let vhdx = d.join("in.vhdx");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vhdx"])
+            .arg(corpus("aligned-dynamic.vhd"))
+            .arg(&vhdx),
+    );
+    let xp = corpus("xp-fixed.vhd");
+    let dynamic = corpus("aligned-dynamic.vhd");
+    // Every direction of every conversion, realignment (whose registry edits carry
+    // timestamps) and a differencing output included.
+    let runs: Vec<(&Path, &str, Vec<&str>)> = vec![
+        (&xp, "vhd", vec!["--to", "dynamic"]),
+        (&dynamic, "vhd", vec!["--to", "fixed"]),
+        (&xp, "vhd", vec!["--azure"]),
+        (&xp, "vhdx", vec!["--to", "dynamic", "--realign"]),
+        (&dynamic, "vhdx", vec!["--to", "fixed"]),
+        (&vhdx, "vhd", vec!["--to", "dynamic"]),
+        (&vhdx, "vhdx", vec!["--block-size", "1M"]),
+        (&vhdx, "vhd", vec!["--azure"]),
+        (&child, "vhd", vec!["--to", "differencing"]),
+        (&child, "vhdx", vec!["--merge"]),
+    ];
+    for (i, (input, ext, args)) in runs.iter().enumerate() {
+        let out = d.join(format!("out{i}.{ext}"));
+        let first = compact_bytes(input, &out, args, Some("1700000000"));
+        let again = compact_bytes(input, &out, args, Some("1700000000"));
+        assert!(first == again, "{args:?} to .{ext}: two runs differ");
+        let mut flagged = args.clone();
+        flagged.push("--deterministic");
+        let fresh = compact_bytes(input, &out, args, None);
+        assert!(fresh != first, "{args:?} to .{ext}: a fresh output has the same identifiers");
+        let flag_only = compact_bytes(input, &out, &flagged, None);
+        assert!(flag_only == compact_bytes(input, &out, &flagged, None), "{args:?} --deterministic: two runs differ");
+        if *ext == "vhd" {
+            // The footer's timestamp is SOURCE_DATE_EPOCH in VHD seconds (since 2000).
+            let ts = u32::from_be_bytes(first[first.len() - 512 + 24..first.len() - 512 + 28].try_into().unwrap());
+            assert_eq!(ts as u64, 1_700_000_000 - 946_684_800, "{args:?}");
+        } else {
+            run_ok(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&out));
+        }
+    }
+    // A different time changes the VHD's timestamp, and nothing else needs to change.
+    let a = compact_bytes(&xp, &d.join("t.vhd"), &["--to", "dynamic"], Some("1700000000"));
+    let b = compact_bytes(&xp, &d.join("t.vhd"), &["--to", "dynamic"], Some("1700000001"));
+    assert_ne!(a, b);
+    let out = run(bin("vhdcompact").arg(&xp).arg(d.join("u.vhd")).env("SOURCE_DATE_EPOCH", "yesterday"));
+    assert_eq!(out.status.code(), Some(2), "a bad SOURCE_DATE_EPOCH is a usage error");
+}

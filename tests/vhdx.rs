@@ -92,6 +92,7 @@ fn child_with(parent: &Path, child: &Path, block: u64, sectors: std::ops::Range<
             block_size: parent_img.block_size().unwrap() as u32,
             logical_sector_size: 512,
             kind: vhdkit::vhdx::create::NewKind::Differencing { image: &parent_img, path: parent },
+            identity: Default::default(),
         },
     )
     .unwrap();
@@ -594,6 +595,7 @@ fn every_command_works_on_a_differencing_vhdx_chain() {
             block_size: 2 << 20,
             logical_sector_size: 512,
             kind: vhdkit::vhdx::create::NewKind::Differencing { image: &parent_img, path: &parent },
+            identity: Default::default(),
         },
     )
     .unwrap();

@@ -198,6 +198,7 @@ fn vhdx_bases() -> &'static VhdxBases {
             block_size: 1 << 20,
             logical_sector_size: 512,
             kind: vhdkit::vhdx::create::NewKind::Dynamic,
+            identity: Default::default(),
         };
         drop(vhdkit::vhdx::Vhdx::create(&path, spec).expect("create the base VHDX"));
         let (mut img, _) = DiskImage::open_writable(&path, &OpenOptions::default()).expect("open the base");

@@ -78,6 +78,15 @@ pub struct Cli {
     /// The output's container (default: OUT's extension, `.vhd` or `.vhdx`; else the input's).
     #[arg(long, value_enum, value_name = "CONTAINER")]
     pub format: Option<ContainerArg>,
+    /// Same input and options, same output bytes: every timestamp says --source-date-epoch
+    /// (2000-01-01 when it is not given) and every UUID and GUID is derived from the input
+    /// and the options.
+    #[arg(long, conflicts_with = "in_place")]
+    pub deterministic: bool,
+    /// The time (seconds since 1970) a reproducible output's timestamps say; giving it turns
+    /// --deterministic on.
+    #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<u64>,
     /// Wait for another vhdkit process using the image instead of failing at once.
     #[arg(long)]
     pub wait: bool,
@@ -155,7 +164,14 @@ impl Cli {
                 .format
                 .or_else(|| self.output.as_deref().and_then(ContainerArg::of_name))
                 .map(ContainerArg::format),
+            deterministic: if self.in_place { None } else { self.output_time() },
         }
+    }
+
+    /// The time of a reproducible output (the VHD epoch with `--deterministic` alone), or
+    /// `None` for a fresh one.
+    fn output_time(&self) -> Option<u64> {
+        self.source_date_epoch.or(self.deterministic.then_some(crate::vhd::footer::VHD_EPOCH_UNIX))
     }
 }
 

@@ -109,13 +109,18 @@ pub fn filetime_now() -> u64 {
     unix + 116_444_736_000_000_000
 }
 
-/// Marks an edited hive clean: both sequence numbers one past the larger, a new timestamp, the
-/// hive bins size, and the checksum.
-pub fn seal(b: &mut [u8], hive_bins_size: u32) {
+/// Seconds since 1970 as a FILETIME.
+pub fn unix_to_filetime(unix_seconds: u64) -> u64 {
+    unix_seconds.saturating_mul(10_000_000).saturating_add(116_444_736_000_000_000)
+}
+
+/// Marks an edited hive clean: both sequence numbers one past the larger, the timestamp `now`
+/// (a FILETIME), the hive bins size, and the checksum.
+pub fn seal(b: &mut [u8], hive_bins_size: u32, now: u64) {
     let seq = le32(b, 4).max(le32(b, 8)).wrapping_add(1);
     b[4..8].copy_from_slice(&seq.to_le_bytes());
     b[8..12].copy_from_slice(&seq.to_le_bytes());
-    b[12..20].copy_from_slice(&filetime_now().to_le_bytes());
+    b[12..20].copy_from_slice(&now.to_le_bytes());
     b[40..44].copy_from_slice(&hive_bins_size.to_le_bytes());
     let sum = checksum(b);
     b[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&sum.to_le_bytes());

@@ -4,7 +4,7 @@
 
 use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
-use crate::hive::base::{filetime_now, seal};
+use crate::hive::base::{filetime_now, seal, unix_to_filetime};
 use crate::hive::keys::{BIG_DATA_SEGMENT, KEY_COMP_NAME, KeyNode, NONE, VALUE_COMP_NAME, split_path};
 use crate::hive::{BINS_START, Hive, names};
 
@@ -35,7 +35,8 @@ impl Hive {
 
     fn touch(&mut self, key: u32) {
         let abs = Self::field(key, nk::TIMESTAMP);
-        self.data[abs..abs + 8].copy_from_slice(&filetime_now().to_le_bytes());
+        let now = self.now();
+        self.data[abs..abs + 8].copy_from_slice(&now.to_le_bytes());
     }
 
     /// Raises a "largest ..." field of a key node to at least `v` (keeping the flag bits some
@@ -186,7 +187,7 @@ impl Hive {
         let mut nk = vec![0u8; 76 + encoded.len()];
         nk[..2].copy_from_slice(b"nk");
         nk[2..4].copy_from_slice(&(if compressed { KEY_COMP_NAME } else { 0 }).to_le_bytes());
-        nk[4..12].copy_from_slice(&filetime_now().to_le_bytes());
+        nk[4..12].copy_from_slice(&self.now().to_le_bytes());
         nk[16..20].copy_from_slice(&parent.off.to_le_bytes());
         for at in [28, 32, 40, 48] {
             nk[at..at + 4].copy_from_slice(&NONE.to_le_bytes());
@@ -352,8 +353,19 @@ impl Hive {
 
     /// Makes the edits durable in the bytes: sequence numbers, timestamp, size, checksum.
     pub fn seal(&mut self) {
-        let size = self.bins_size();
-        seal(&mut self.data, size);
+        let (size, now) = (self.bins_size(), self.now());
+        seal(&mut self.data, size, now);
+    }
+
+    /// Stamps every later edit with `unix_seconds` (seconds since 1970) instead of the
+    /// current time, so a reproducible output gets reproducible key timestamps.
+    pub fn set_clock(&mut self, unix_seconds: u64) {
+        self.clock = Some(unix_to_filetime(unix_seconds));
+    }
+
+    /// The time edits stamp, as a FILETIME.
+    fn now(&self) -> u64 {
+        self.clock.unwrap_or_else(filetime_now)
     }
 
     /// The reference count of the security cell at `sk`.

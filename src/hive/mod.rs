@@ -41,6 +41,8 @@ pub struct Hive {
     free: BTreeMap<u32, u32>,
     /// Why the hive cannot be edited (a cell walk failed), if so.
     read_only: Option<String>,
+    /// The time edits stamp (a FILETIME); `None`: the current time.
+    clock: Option<u64>,
 }
 
 impl Hive {
@@ -62,7 +64,7 @@ impl Hive {
             ));
         }
         let mut hive =
-            Hive { name: name.to_path_buf(), data, bins: Vec::new(), free: BTreeMap::new(), read_only: None };
+            Hive { name: name.to_path_buf(), data, bins: Vec::new(), free: BTreeMap::new(), read_only: None, clock: None };
         hive.data.truncate(BINS_START + bins_size);
         hive.scan_bins()?;
         Ok(hive)

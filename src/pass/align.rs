@@ -269,6 +269,8 @@ struct Planner<'m, 'i> {
     impossible: Vec<String>,
     /// Sectors the realigned disk needs.
     needed_sectors: u64,
+    /// The time registry edits say (seconds since 1970), when not now.
+    clock: Option<u64>,
 }
 
 impl<'m> Planner<'m, '_> {
@@ -622,6 +624,9 @@ impl<'m> Planner<'m, '_> {
                 if edits.is_empty() {
                     continue;
                 }
+                if let Some(t) = self.clock {
+                    loaded.hive.set_clock(t);
+                }
                 for e in &edits {
                     loaded.hive.set_value(&e.key, &e.name, e.ty, &e.data)?;
                 }
@@ -721,8 +726,9 @@ fn bcd_edits(hive: &Hive, signature: u32, moved: &[(u64, u64)]) -> Result<Vec<Va
 
 /// Plans moving every misaligned partition of `map`'s disk to the next multiple of
 /// `boundary` bytes (none moves without a boundary), on a disk of at least `min_size` bytes
-/// (a GPT's backup copy goes to the end of a grown disk).
-pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<Realignment> {
+/// (a GPT's backup copy goes to the end of a grown disk). Registry edits are stamped with
+/// `clock` (seconds since 1970) when given, else the current time.
+pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64, clock: Option<u64>) -> Result<Realignment> {
     let image = map.image;
     let ss = map.layout.sector_size;
     if let Some(b) = boundary.filter(|&b| b < ss.bytes() || !b.is_multiple_of(ss.bytes())) {
@@ -741,6 +747,7 @@ pub fn plan(map: &ImageMap<'_>, boundary: Option<u64>, min_size: u64) -> Result<
         changes: Vec::new(),
         impossible: Vec::new(),
         needed_sectors: 0,
+        clock,
     };
     let old_size = image.len();
     let disk_size = match map.layout.scheme {

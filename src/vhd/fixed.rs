@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::{Error, Result, Space};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
-use crate::vhd::footer::new_uuid;
+use crate::vhd::identity::Identity;
 use crate::vhd::footer::{DiskType, Footer};
 
 /// A fixed VHD.
@@ -73,12 +73,13 @@ impl FixedVhd {
     /// Creates a fixed image of `size` bytes at `path`, which must not exist.
     pub fn create(path: &Path, size: u64, fill: Fill) -> Result<Self> {
         check_fixed_size(path, size)?;
-        FixedVhd::create_in(ImageFile::create_new(path)?, size, fill)
+        FixedVhd::create_in(ImageFile::create_new(path)?, size, fill, &Identity::Fresh)
     }
 
     #[doc(hidden)]
-    /// Writes a new fixed image of `size` bytes into the empty, writable `file`.
-    pub fn create_in(file: ImageFile, size: u64, fill: Fill) -> Result<Self> {
+    /// Writes a new fixed image of `size` bytes into the empty, writable `file`, its UUID and
+    /// time from `identity`.
+    pub fn create_in(file: ImageFile, size: u64, fill: Fill, identity: &Identity) -> Result<Self> {
         check_fixed_size(file.path(), size)?;
         if fill == Fill::Zeros {
             const CHUNK: u64 = 4 << 20;
@@ -90,7 +91,7 @@ impl FixedVhd {
                 at += n as u64;
             }
         }
-        let footer = Footer::new(DiskType::Fixed, size, new_uuid());
+        let footer = Footer::new(DiskType::Fixed, size, identity);
         file.write_all_at(size, &footer.encode())?;
         Ok(FixedVhd { data: RawImage::new(file, size), footer, footer_offset: size, findings: Vec::new() })
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::bytes::{be32, be64};
 use crate::error::{Error, Result, Space};
 use crate::vhd::geometry::Geometry;
+use crate::vhd::identity::Identity;
 
 /// Size of a footer as written since 2004.
 pub const FOOTER_SIZE: usize = 512;
@@ -128,8 +129,10 @@ impl Footer {
         })
     }
 
-    /// A new footer for a disk of `size` bytes made by vhdkit now.
-    pub fn new(disk_type: DiskType, size: u64, uuid: [u8; 16]) -> Self {
+    /// A new footer for a disk of `size` bytes made by vhdkit, its UUID and time from
+    /// `identity`.
+    pub fn new(disk_type: DiskType, size: u64, identity: &Identity) -> Self {
+        let uuid = identity.uuid("vhd uuid");
         let mut f = Footer {
             features: 2,
             format_version: 0x0001_0000,
@@ -137,7 +140,7 @@ impl Footer {
                 DiskType::Fixed => NO_DATA_OFFSET,
                 _ => FOOTER_SIZE as u64,
             },
-            timestamp: vhd_timestamp_now(),
+            timestamp: vhd_timestamp(identity.unix_seconds()),
             creator_app: *b"vhdk",
             creator_version: 0x0001_0000,
             creator_host_os: *b"Wi2k",
@@ -213,9 +216,8 @@ pub fn fourcc_text(code: &[u8; 4]) -> String {
     code.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect()
 }
 
-/// Seconds since the VHD epoch for the current time (0 if the clock is before 2000).
-pub fn vhd_timestamp_now() -> u32 {
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+/// Seconds since the VHD epoch for `unix` seconds since 1970 (0 before 2000).
+pub fn vhd_timestamp(unix: u64) -> u32 {
     unix.saturating_sub(VHD_EPOCH_UNIX).min(u32::MAX as u64) as u32
 }
 
@@ -252,26 +254,13 @@ pub fn uuid_text(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// 16 random bytes for a new image's UUID (a version 4 UUID).
-pub fn new_uuid() -> [u8; 16] {
-    let mut u = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut u)).is_err() {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        u = (nanos ^ (std::process::id() as u128) << 64).to_le_bytes();
-    }
-    u[6] = (u[6] & 0x0F) | 0x40;
-    u[8] = (u[8] & 0x3F) | 0x80;
-    u
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn new_footer_parses_back_with_valid_checksum() {
-        let f = Footer::new(DiskType::Dynamic, 64 << 20, [7; 16]);
+        let f = Footer::new(DiskType::Dynamic, 64 << 20, &Identity::Fresh);
         let g = Footer::parse(&f.encode(), Path::new("t"), 0).unwrap();
         assert!(g.checksum_valid());
         assert_eq!(g.current_size, 64 << 20);
@@ -282,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_breaks_the_checksum_and_a_bad_cookie_is_named() {
-        let mut b = Footer::new(DiskType::Fixed, 1 << 20, [1; 16]).encode();
+        let mut b = Footer::new(DiskType::Fixed, 1 << 20, &Identity::Fresh).encode();
         b[100] ^= 1;
         assert!(!Footer::parse(&b, Path::new("t"), 0).unwrap().checksum_valid());
         b[0] = b'X';

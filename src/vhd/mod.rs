@@ -13,6 +13,7 @@ pub mod fixed;
 pub mod footer;
 pub mod geometry;
 pub mod header;
+pub mod identity;
 pub mod image;
 pub mod parent;
 pub mod probe;

@@ -11,6 +11,7 @@ use std::path::Path;
 use crate::bytes::Guid;
 use crate::error::{Error, Result};
 use crate::host::FileId;
+use crate::vhd::identity::Identity;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
 use crate::vhdx::bat::{BatShape, PayloadState, VhdxBat};
@@ -50,6 +51,8 @@ pub struct NewVhdx<'a> {
     pub logical_sector_size: u32,
     /// Fixed, dynamic or differencing.
     pub kind: NewKind<'a>,
+    /// Where its GUIDs come from.
+    pub identity: Identity,
 }
 
 /// The parts of a new file computed before anything is written.
@@ -84,17 +87,19 @@ impl Vhdx {
             }
         }
         let end = if plan.fixed { plan.data_start + plan.shape.payload_blocks * plan.block_size as u64 } else { plan.data_start };
-        write_metadata(&file, &plan)?;
+        write_metadata(&file, &plan, &spec.identity)?;
         file.write_all_at(BAT_OFFSET, &bat.encode())?;
         file.set_len(end)?;
-        write_headers(&file, Guid::random())?;
+        write_headers(&file, &spec.identity)?;
         let own = FileId::of(&file.raw().metadata().map_err(|e| Error::open(&path, "stat", e))?);
         let parent = match &spec.kind {
             NewKind::Differencing { path, .. } => Some(path.to_path_buf()),
             _ => None,
         };
         let opts = OpenOptions { parent, format: Some(ImageFormat::Vhdx), ..OpenOptions::default() };
-        Vhdx::open(file, &opts, &mut vec![own])
+        let mut vhdx = Vhdx::open(file, &opts, &mut vec![own])?;
+        vhdx.new_identity = spec.identity;
+        Ok(vhdx)
     }
 
     /// Starts block `k` of a VHDX being written from scratch into a temporary file: its data
@@ -157,7 +162,7 @@ impl Vhdx {
         let region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
         self.file.write_all_at(region.file_offset, &self.bat.encode())?;
         self.file.set_len(self.file_len)?;
-        write_headers(&self.file, Guid::random())?;
+        write_headers(&self.file, &self.new_identity)?;
         self.bitmaps.write().map_err(|_| Error::internal("bitmap cache poisoned"))?.clear();
         Ok(())
     }
@@ -222,7 +227,7 @@ fn plan(path: &Path, spec: &NewVhdx<'_>) -> Result<Plan> {
 }
 
 /// The identifier, the region tables and the metadata region.
-fn write_metadata(file: &ImageFile, p: &Plan) -> Result<()> {
+fn write_metadata(file: &ImageFile, p: &Plan, identity: &Identity) -> Result<()> {
     let mut ident = vec![0u8; 520];
     ident[..8].copy_from_slice(FILE_SIGNATURE);
     let creator: Vec<u8> = format!("vhdkit {}", env!("CARGO_PKG_VERSION")).encode_utf16().flat_map(u16::to_le_bytes).collect();
@@ -242,7 +247,7 @@ fn write_metadata(file: &ImageFile, p: &Plan) -> Result<()> {
     let mut items: Vec<(MetadataEntry, Vec<u8>)> = vec![
         (entry(metadata::FILE_PARAMETERS, false), [p.block_size.to_le_bytes(), flags.to_le_bytes()].concat()),
         (entry(metadata::VIRTUAL_DISK_SIZE, true), p.size.to_le_bytes().to_vec()),
-        (entry(metadata::VIRTUAL_DISK_ID, true), Guid::random().0.to_vec()),
+        (entry(metadata::VIRTUAL_DISK_ID, true), identity.guid("vhdx virtual disk id").0.to_vec()),
         (entry(metadata::LOGICAL_SECTOR_SIZE, true), p.sector.to_le_bytes().to_vec()),
         (entry(metadata::PHYSICAL_SECTOR_SIZE, true), p.sector.to_le_bytes().to_vec()),
     ];
@@ -268,9 +273,10 @@ fn entry(item: Guid, is_virtual_disk: bool) -> MetadataEntry {
     MetadataEntry { item, offset: 0, length: 0, is_user: false, is_virtual_disk, is_required: true }
 }
 
-/// Both headers, the second current, naming `data_write_guid` and no log.
-fn write_headers(file: &ImageFile, data_write_guid: Guid) -> Result<()> {
-    let file_write_guid = Guid::random();
+/// Both headers, the second current, with no log and write GUIDs from `identity`.
+fn write_headers(file: &ImageFile, identity: &Identity) -> Result<()> {
+    let file_write_guid = identity.guid("vhdx file write guid");
+    let data_write_guid = identity.guid("vhdx data write guid");
     for (i, at) in HEADER_OFFSETS.iter().enumerate() {
         let h = VhdxHeader {
             slot: i as u8 + 1,

@@ -69,6 +69,8 @@ pub struct Vhdx {
     appending: Option<(u64, u64, Option<Vec<u8>>)>,
     /// Sector bitmaps of the chunks a fresh differencing file's appended blocks need.
     pending_bitmaps: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Where the GUIDs of a file being created come from (its headers are written last).
+    new_identity: crate::vhd::identity::Identity,
     /// The write session open, if any.
     session: Option<write::Session>,
     /// Payload blocks whose BAT entry is broken (kept open leniently): the entry's offset and
@@ -130,6 +132,7 @@ impl Vhdx {
             findings: Vec::new(),
             appending: None,
             pending_bitmaps: std::collections::BTreeMap::new(),
+            new_identity: crate::vhd::identity::Identity::Fresh,
             session: None,
             broken_blocks: BTreeMap::new(),
         };

@@ -35,7 +35,7 @@ impl Vhdx {
         let Some(replay) = self.replay.take() else { return Ok(()) };
         self.require_writable()?;
         let mut h = self.header.clone();
-        h.file_write_guid = Guid::random();
+        h.file_write_guid = self.new_identity.guid(&format!("vhdx replay {}", self.header.sequence_number));
         self.write_header(h)?;
         for w in &replay.writes {
             self.apply(w)?;
@@ -80,9 +80,12 @@ impl Vhdx {
         }
         let mut h = self.header.clone();
         let mut first_entry = None;
+        // Fresh GUIDs, or for a file this run creates reproducibly, ones derived per header
+        // sequence number (so no two sessions share a log GUID).
+        let guid = |what: &str| self.new_identity.guid(&format!("vhdx session {what} {}", self.header.sequence_number));
         if self.session.is_none() {
-            h.file_write_guid = Guid::random();
-            h.log_guid = Guid::random();
+            h.file_write_guid = guid("file write");
+            h.log_guid = guid("log");
             // An empty entry of the new log first, flushed, as Microsoft's own implementation
             // does: once the header names the log, a crash must leave a log that replays.
             let empty = log::encode_entry(h.log_guid, 1, 0, (self.file.file_len()? / ALIGNMENT * ALIGNMENT, self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT), &[]);
@@ -91,7 +94,7 @@ impl Vhdx {
             first_entry = Some((2, empty.len() as u64));
         }
         if visible {
-            h.data_write_guid = Guid::random();
+            h.data_write_guid = guid("data write");
         }
         self.write_header(h)?;
         let (sequence, next_entry) = first_entry.or(self.session.map(|s| (s.sequence, s.next_entry))).unwrap_or((1, 0));

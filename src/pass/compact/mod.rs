@@ -76,6 +76,9 @@ pub struct CompactOptions {
     pub verify: bool,
     /// The output's container (`None`: the input's; a raw input makes a VHD).
     pub container: Option<ImageFormat>,
+    /// Same input and options, same output bytes: every timestamp says this time (seconds
+    /// since 1970) and every UUID and GUID is derived from the input and the options.
+    pub deterministic: Option<u64>,
 }
 
 /// Compacts `image` into a new file at `output`, which appears only once written, flushed and

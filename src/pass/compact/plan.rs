@@ -16,6 +16,7 @@ use super::{AZURE_MAX_SIZE, AZURE_MIN_SIZE, CompactOptions, OutputFormat};
 use crate::disk::Scheme;
 use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
+use crate::vhd::identity::Identity;
 use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
 use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::vhd::bitmap::SectorBitmap;
@@ -131,6 +132,8 @@ pub struct CompactionPlan<'a> {
     /// Blocks that held data in the input and are dropped, in order.
     pub dropped: Vec<u64>,
     pub partitions: Vec<PartitionPlan>,
+    /// Where the output's UUIDs and timestamps come from.
+    pub identity: Identity,
 }
 
 impl CompactionPlan<'_> {
@@ -301,7 +304,7 @@ fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) ->
     if opts.realign.is_none() && !grows_gpt {
         return Ok(None);
     }
-    let r = align::plan(map, opts.realign, min_size)?;
+    let r = align::plan(map, opts.realign, min_size, opts.deterministic)?;
     if let (Some(first), false) = (r.impossible.first(), opts.force) {
         return Err(Error::Refused {
             file: map.image.source().to_path_buf(),
@@ -371,6 +374,10 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         }
         _ => None,
     };
+    let identity = match opts.deterministic {
+        Some(unix_seconds) => Identity::derived(&identity_material(map.image, opts, &stored), unix_seconds),
+        None => Identity::Fresh,
+    };
     Ok(CompactionPlan {
         source,
         format,
@@ -383,7 +390,39 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         stored,
         dropped,
         partitions,
+        identity,
     })
+}
+
+/// What a deterministic output's identifiers are derived from: the identity of every image
+/// of the input's chain (a VHD's footer, a VHDX's data write GUID and disk id: each changes
+/// when the image does, or names another image), the options, and the plan's blocks.
+fn identity_material(image: &crate::vhd::image::DiskImage, opts: &CompactOptions, stored: &[StoredBlock]) -> Vec<u8> {
+    let mut m = Vec::new();
+    let mut link = Some(image);
+    while let Some(i) = link {
+        if let Some(f) = i.footer() {
+            m.extend_from_slice(&f.encode());
+        }
+        if let Some(x) = i.as_vhdx() {
+            m.extend_from_slice(&x.header().data_write_guid.0);
+            m.extend_from_slice(&x.parameters().virtual_disk_id.0);
+        }
+        m.extend_from_slice(&i.len().to_le_bytes());
+        link = i.parent();
+    }
+    m.extend_from_slice(format!("{opts:?}").as_bytes());
+    for s in stored {
+        m.extend_from_slice(&s.index.to_le_bytes());
+        for &(a, z) in s.needed.iter().chain(&s.zero) {
+            m.extend_from_slice(&a.to_le_bytes());
+            m.extend_from_slice(&z.to_le_bytes());
+        }
+        if let Some(b) = &s.bitmap {
+            m.extend_from_slice(&b.encode(b.sectors().div_ceil(8) as usize));
+        }
+    }
+    m
 }
 
 /// Each partition's share of the plan: its contents and the blocks dropped from it.

@@ -154,6 +154,7 @@ fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
                 block_size: plan.container_block_size as u32,
                 logical_sector_size: plan.sector_size.bytes() as u32,
                 kind,
+                identity: plan.identity,
             },
         )
     };
@@ -165,15 +166,24 @@ fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
             let path = plan.parent.as_deref().unwrap_or(p.source());
             Writer::Vhdx(Box::new(vhdx(file, NewKind::Differencing { image: p, path })?), true)
         }
-        (_, OutputFormat::Fixed) => Writer::Whole(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller)?)),
+        (_, OutputFormat::Fixed) => Writer::Whole(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller, &plan.identity)?)),
         (_, OutputFormat::Dynamic) => {
-            Writer::Sparse(Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None)?), true)
+            Writer::Sparse(
+                Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None, &plan.identity)?),
+                true,
+            )
         }
         (_, OutputFormat::Differencing) => {
             let p = parent()?;
             let path = plan.parent.as_deref().unwrap_or(p.source());
             Writer::Sparse(
-                Box::new(SparseVhd::create_in(file, 0, plan.block_size as u32, Some(ParentLink { image: p, path }))?),
+                Box::new(SparseVhd::create_in(
+                    file,
+                    0,
+                    plan.block_size as u32,
+                    Some(ParentLink { image: p, path }),
+                    &plan.identity,
+                )?),
                 true,
             )
         }

@@ -11,7 +11,8 @@ use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile};
-use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX, new_uuid};
+use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
+use crate::vhd::identity::Identity;
 use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
@@ -29,12 +30,19 @@ impl SparseVhd {
     pub fn create(path: &Path, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
         let size = parent.as_ref().map_or(size, |p| p.image.len());
         validate_new(path, size, block_size)?;
-        SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent)
+        SparseVhd::create_in(ImageFile::create_new(path)?, size, block_size, parent, &Identity::Fresh)
     }
 
     #[doc(hidden)]
-    /// Writes a new dynamic or differencing image into the empty, writable `file`.
-    pub fn create_in(file: ImageFile, size: u64, block_size: u32, parent: Option<ParentLink<'_>>) -> Result<Self> {
+    /// Writes a new dynamic or differencing image into the empty, writable `file`, its UUID
+    /// and time from `identity`.
+    pub fn create_in(
+        file: ImageFile,
+        size: u64,
+        block_size: u32,
+        parent: Option<ParentLink<'_>>,
+        identity: &Identity,
+    ) -> Result<Self> {
         let path = file.path().to_path_buf();
         let path = path.as_path();
         let size = parent.as_ref().map_or(size, |p| p.image.len());
@@ -43,7 +51,7 @@ impl SparseVhd {
         let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
         let mut header = DynamicHeader::new(table_offset, entries, block_size);
         let disk_type = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
-        let footer = Footer::new(disk_type, size, new_uuid());
+        let footer = Footer::new(disk_type, size, identity);
         let mut data_end = table_offset + table_bytes(entries);
         let mut locator_data = Vec::new();
         if let Some(link) = &parent {
@@ -211,18 +219,10 @@ pub(crate) fn relative_windows_path(child: &Path, target: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vhd::footer::new_uuid;
 
     #[test]
     fn relative_paths_are_windows_style() {
         assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/b/p.vhd")), ".\\p.vhd");
         assert_eq!(relative_windows_path(Path::new("/a/b/child.vhd"), Path::new("/a/c/p.vhd")), "..\\c\\p.vhd");
-    }
-
-    #[test]
-    fn new_uuids_are_version_4_and_differ() {
-        let (a, b) = (new_uuid(), new_uuid());
-        assert_ne!(a, b);
-        assert_eq!(a[6] >> 4, 4);
     }
 }
