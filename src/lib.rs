@@ -133,6 +133,7 @@ pub mod compact {
         CompactOptions, CompactReport, Mismatch, OutputFormat, PartitionPlan, PartitionResult, RealignResult,
         VerifyReport, WhatIf, in_place, to_new_file, what_if, what_if_all,
     };
+    pub use crate::pass::sanitize::SanitizeSummary;
 }
 
 /// Files and folders copied out of the image's NTFS volumes into a new folder.

@@ -30,7 +30,7 @@ pub struct Cli {
     /// Write nothing: print, per image, the bytes compaction would reclaim now and with smaller
     /// blocks (a directory stands for its .vhd, .vhdx and .avhdx files); images are read in
     /// parallel; `--json` prints JSON Lines, one object per image.
-    #[arg(long, value_name = "IMAGE", num_args = 1.., conflicts_with_all = ["output", "in_place", "verify", "realign", "to", "azure", "merge", "zero_free", "block_size", "format", "force"])]
+    #[arg(long, value_name = "IMAGE", num_args = 1.., conflicts_with_all = ["output", "in_place", "verify", "realign", "to", "azure", "merge", "zero_free", "sanitize", "block_size", "format", "force"])]
     pub what_if: Vec<PathBuf>,
     /// Output kind (default: dynamic; a differencing input stays differencing unless --merge).
     #[arg(long, value_enum)]
@@ -47,6 +47,12 @@ pub struct Cli {
     /// directory indexes), and the slack after a file's end in its last cluster.
     #[arg(long)]
     pub zero_free: bool,
+    /// Remove what --zero-free leaves too: the slack after each file's data, free FILE
+    /// records (emptied) and the unused tails of records in use, free space in directory
+    /// indexes, $LogFile of a clean volume, and the data of pagefile.sys, swapfile.sys and
+    /// hiberfil.sys (kept as files; Windows recreates them). Implies --zero-free.
+    #[arg(long, conflicts_with_all = ["in_place", "realign"])]
+    pub sanitize: bool,
     /// Write a standalone image of a differencing chain.
     #[arg(long)]
     pub merge: bool,
@@ -156,6 +162,7 @@ impl Cli {
             azure: self.azure,
             block_size: self.block_size,
             zero_free: self.zero_free,
+            sanitize: self.sanitize,
             merge: self.merge,
             force: self.force,
             realign,

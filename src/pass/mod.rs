@@ -5,6 +5,7 @@ pub mod align;
 pub mod compact;
 pub mod disk_write;
 pub mod extract;
+pub mod sanitize;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

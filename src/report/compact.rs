@@ -76,6 +76,20 @@ pub fn render(r: &CompactReport) -> String {
     if r.zeroed_bytes > 0 {
         s.kv("zeroed free space", human_bytes(r.zeroed_bytes));
     }
+    if let Some(z) = &r.sanitized {
+        s.kv(
+            "sanitized",
+            format!(
+                "{} slack, {} free + {} used FILE and {} INDX records, {} $LogFile, {} page/swap/hiberfil",
+                human_bytes(z.slack_bytes),
+                z.free_records,
+                z.record_tails,
+                z.index_records,
+                human_bytes(z.logfile_bytes),
+                human_bytes(z.recreated_file_bytes)
+            ),
+        );
+    }
     if let Some(v) = &r.verify {
         s.kv(
             "verify",

@@ -127,6 +127,12 @@ fn kept_format(image: &DiskImage, opts: &CompactOptions) -> Result<OutputFormat>
             "in place, an image keeps its kind, block size and layout: no output format, Azure rounding, merge, block size or realignment can be asked for".into(),
         ));
     }
+    if opts.sanitize {
+        return Err(Error::unsupported(
+            image.source(),
+            "sanitizing rewrites records inside kept clusters: it writes a new image (name OUT), not in place yet",
+        ));
+    }
     if kind == OutputFormat::Fixed && !opts.zero_free {
         return Err(Error::unsupported(
             image.source(),

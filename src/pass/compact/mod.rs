@@ -65,6 +65,10 @@ pub struct CompactOptions {
     pub block_size: Option<u32>,
     /// Write zeros over free clusters of kept blocks.
     pub zero_free: bool,
+    /// Also remove what zeroing free clusters leaves of deleted and stale data: stream slack,
+    /// free and unused parts of FILE and INDX records, `$LogFile` of a clean volume, and the
+    /// data of `pagefile.sys`, `swapfile.sys` and `hiberfil.sys`.
+    pub sanitize: bool,
     /// Make a standalone image of a differencing chain.
     pub merge: bool,
     /// Compact dirty or hibernated volumes anyway (and realign when a Windows record of a

@@ -16,6 +16,7 @@ use super::{AZURE_MAX_SIZE, AZURE_MIN_SIZE, CompactOptions, OutputFormat};
 use crate::disk::Scheme;
 use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
+use crate::pass::sanitize::Sanitization;
 use crate::vhd::identity::Identity;
 use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
 use crate::pass::align::{self, RealignedDisk, Realignment};
@@ -59,6 +60,8 @@ pub struct PartitionPlan {
 pub struct PlannedSource<'a> {
     map: &'a ImageMap<'a>,
     realignment: Option<Realignment>,
+    /// Patches over the input's bytes (`--sanitize`), in input coordinates.
+    sanitization: Option<Sanitization>,
 }
 
 impl PlannedSource<'_> {
@@ -73,6 +76,11 @@ impl PlannedSource<'_> {
             Some(r) => r.needs(self.map, start, end),
             None => self.map.needs(start, end),
         }
+    }
+
+    /// The patches `--sanitize` applies, when asked for.
+    pub fn sanitization(&self) -> Option<&Sanitization> {
+        self.sanitization.as_ref()
     }
 
     /// The realigned disk, when partitions move.
@@ -92,9 +100,13 @@ impl BlockDevice for PlannedSource<'_> {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match self.realigned() {
-            Some(r) => r.read_at(offset, buf),
-            None => self.map.image.read_at(offset, buf),
+            Some(r) => r.read_at(offset, buf)?,
+            None => self.map.image.read_at(offset, buf)?,
         }
+        if let Some(s) = &self.sanitization {
+            s.apply(offset, buf);
+        }
+        Ok(())
     }
 
     fn source(&self) -> &Path {
@@ -338,7 +350,22 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
     }
-    let source = PlannedSource { map, realignment };
+    let sanitization = match (opts.sanitize, &realignment, format) {
+        (false, ..) => None,
+        (true, Some(_), _) => {
+            return Err(Error::Usage("--sanitize and --realign cannot be combined yet: run them one after the other".into()));
+        }
+        (true, None, OutputFormat::Differencing) => {
+            return Err(Error::Refused {
+                file: map.image.source().to_path_buf(),
+                problem: "is a differencing image: sanitizing changes sectors its parent holds, so the output holds the whole chain merged".into(),
+                remedy: Remedy::Merge,
+            });
+        }
+        (true, None, _) => Some(Sanitization::plan(map)?),
+    };
+    let source = PlannedSource { map, realignment, sanitization };
+    let zero_free = opts.zero_free || opts.sanitize;
     // Candidates: the blocks that may hold data (a differencing child: its own blocks).
     let candidates: Vec<u64> = match format {
         OutputFormat::Differencing => map.image.stored_blocks(),
@@ -348,12 +375,12 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         .into_par_iter()
         .map(|b| {
             let stored = match format {
-                OutputFormat::Differencing => plan_child_block(map, b, opts.zero_free)?,
+                OutputFormat::Differencing => plan_child_block(map, b, zero_free)?,
                 _ => plan_standalone_block(
                     &source,
                     b * block_size,
                     ((b + 1) * block_size).min(source_size),
-                    opts.zero_free,
+                    zero_free,
                 ),
             };
             Ok((b, stored.map(|c| StoredBlock { index: b, bitmap: c.bitmap, needed: c.needed, zero: c.zero })))

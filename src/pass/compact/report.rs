@@ -5,6 +5,7 @@ use serde::Serialize;
 use super::{CompactionPlan, OutputFormat, PartitionPlan, VerifyReport, blocks_held, held_block_size};
 use crate::error::Result;
 use crate::pass::align::{Move, Realignment};
+use crate::pass::sanitize::SanitizeSummary;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::finding::Finding;
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
@@ -64,6 +65,8 @@ pub struct CompactReport {
     pub dropped_zero_blocks: u64,
     /// Bytes of free clusters written as zeros (--zero-free).
     pub zeroed_bytes: u64,
+    /// What `--sanitize` removed besides free clusters.
+    pub sanitized: Option<SanitizeSummary>,
     /// Each partition's share.
     pub partitions: Vec<PartitionResult>,
     /// With --realign: where each partition went and every patch made.
@@ -126,6 +129,7 @@ impl CompactReport {
             zero_filled_blocks: 0,
             dropped_zero_blocks: 0,
             zeroed_bytes: 0,
+            sanitized: plan.source.sanitization().map(|s| s.summary.clone()),
             partitions: plan
                 .partitions
                 .iter()
