@@ -131,7 +131,7 @@ pub mod compact {
     pub use crate::pass::align::Move;
     pub use crate::pass::compact::{
         CompactOptions, CompactReport, Mismatch, OutputFormat, PartitionPlan, PartitionResult, RealignResult,
-        VerifyReport, WhatIf, in_place, to_new_file, what_if, what_if_all,
+        VerifyReport, WhatIf, in_place, to_new_file, to_stream, what_if, what_if_all,
     };
     pub use crate::pass::sanitize::SanitizeSummary;
 }

@@ -494,3 +494,62 @@ fn same_input_and_options_give_the_same_bytes() {
     let out = run(bin("vhdcompact").arg(&xp).arg(d.join("u.vhd")).env("SOURCE_DATE_EPOCH", "yesterday"));
     assert_eq!(out.status.code(), Some(2), "a bad SOURCE_DATE_EPOCH is a usage error");
 }
+
+#[test]
+fn a_stream_to_a_pipe_equals_the_file_output() {
+    let dir = tempdir();
+    let d = dir.path();
+    let (_parent, child) = changed_child(d);
+    let vhdx = d.join("in.vhdx");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vhdx"])
+            .arg(corpus("aligned-dynamic.vhd"))
+            .arg(&vhdx),
+    );
+    let xp = corpus("xp-fixed.vhd");
+    let runs: Vec<(&Path, &str, Vec<&str>)> = vec![
+        (&xp, "vhd", vec!["--to", "dynamic", "--zero-free"]),
+        (&xp, "vhd", vec!["--to", "fixed"]),
+        (&xp, "vhd", vec!["--azure"]),
+        (&xp, "vhdx", vec!["--to", "dynamic", "--block-size", "1M"]),
+        (&xp, "vhdx", vec!["--to", "fixed"]),
+        (&vhdx, "vhd", vec!["--to", "dynamic"]),
+        (&child, "vhdx", vec!["--merge"]),
+        (&child, "vhd", vec!["--to", "differencing"]),
+    ];
+    for (i, (input, ext, args)) in runs.iter().enumerate() {
+        let file = d.join(format!("file{i}.{ext}"));
+        let want = compact_bytes(input, &file, args, Some("1700000000"));
+        // Standard output is a pipe the test reads: no seek is possible. (A differencing
+        // child's relative parent locator is relative to the current folder.)
+        let format = if *ext == "vhdx" { "vhdx" } else { "vhd" };
+        let out = bin("vhdcompact")
+            .current_dir(d)
+            .arg(input)
+            .arg("-")
+            .args(args)
+            .args(["--format", format])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stdout == want,
+            "{args:?} to .{ext}: the stream differs from the file ({} vs {} bytes)",
+            out.stdout.len(),
+            want.len()
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("<stdout>"), "the report goes to standard error");
+    }
+    // What a stream cannot do is refused before anything is sent.
+    for args in [vec!["--verify"], vec!["--to", "differencing", "--format", "vhdx"]] {
+        let input: &Path = if args.contains(&"--verify") { &xp } else { &vhdx };
+        let out =
+            bin("vhdcompact").arg(input).arg("-").args(&args).stdout(std::process::Stdio::piped()).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {} bytes sent", out.stdout.len());
+    }
+}

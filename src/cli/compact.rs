@@ -219,6 +219,10 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         let opts = cli.compact_options(&image);
         compact::in_place(&mut image, &opts, &events)?
+    } else if cli.output.as_deref() == Some(Path::new("-")) {
+        let streamed = stream(cli, input, &events);
+        bar.finish_and_clear();
+        return streamed;
     } else {
         let output = cli.output.as_deref().ok_or_else(|| Error::Usage("give OUT, or --in-place".into()))?;
         refuse_size_like_output(output)?;
@@ -232,6 +236,25 @@ fn run(cli: &Cli) -> Result<bool> {
         eprintln!("vhdcompact: {}: verification failed; no output written", report.output);
     }
     Ok(report.no_mismatch())
+}
+
+/// `vhdcompact IN -`: the output to standard output (a pipe or a file, never a terminal),
+/// the report to standard error.
+fn stream(cli: &Cli, input: &Path, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<bool> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return Err(Error::Usage("standard output is a terminal: pipe or redirect it to receive the image".into()));
+    }
+    let image = DiskImage::open(input, &cli.open_options())?;
+    let out = crate::host::platform::stdout_file().map_err(|e| Error::open(Path::new("<stdout>"), "duplicate", e))?;
+    let report = compact::to_stream(&image, out, Path::new("<stdout>"), &cli.compact_options(&image), events)?;
+    let text = if cli.json {
+        serde_json::to_string_pretty(&report).map_err(|e| Error::internal(e.to_string()))? + "\n"
+    } else {
+        crate::report::compact::render(&report)
+    };
+    eprint!("{text}");
+    Ok(true)
 }
 
 /// The images `--what-if` names: each file, and each directory's VHD and VHDX files.

@@ -13,6 +13,7 @@
 
 pub mod fault;
 pub mod journal;
+pub mod stream;
 mod output;
 pub(crate) mod platform;
 

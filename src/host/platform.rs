@@ -168,6 +168,11 @@ mod imp {
             .ok()
     }
 
+    pub fn stdout_file() -> io::Result<File> {
+        use std::os::fd::AsFd;
+        Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+    }
+
     pub fn sync_filesystem(dir: &File) -> io::Result<()> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         return rustix::fs::syncfs(dir).map_err(io::Error::from);
@@ -303,6 +308,16 @@ mod imp {
     pub fn sync_filesystem(_dir: &File) -> io::Result<()> {
         Ok(())
     }
+
+    pub fn stdout_file() -> io::Result<File> {
+        use std::os::windows::io::AsHandle;
+        Ok(File::from(io::stdout().as_handle().try_clone_to_owned()?))
+    }
+}
+
+/// Standard output as a file of its own (a duplicate), to stream an output into.
+pub fn stdout_file() -> io::Result<File> {
+    imp::stdout_file()
 }
 
 /// Opens `path` for reading (and writing), without blocking on FIFOs; with `no_follow`, a

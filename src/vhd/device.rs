@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{Error, Result, Space};
 use crate::host::fault::{self, Op};
 use crate::host::journal::{Overlay, StagedWrites};
+use crate::host::stream::StreamSink;
 use crate::host::{self, Access, Expect, LockWait};
 
 /// A fixed-length array of bytes readable at any offset.
@@ -256,6 +257,8 @@ pub struct ImageFile {
     path: PathBuf,
     writable: bool,
     overlay: Option<Mutex<Overlay>>,
+    /// A pipe written front to back instead of the file (see [`StreamSink`]).
+    stream: Option<Mutex<StreamSink>>,
 }
 
 impl ImageFile {
@@ -268,7 +271,7 @@ impl ImageFile {
             host::require_write_permission(path, &meta)?;
         }
         let file = host::open_locked(path, access, Expect::Image, wait)?;
-        Ok(ImageFile { file, path: path.to_path_buf(), writable, overlay: None })
+        Ok(ImageFile { file, path: path.to_path_buf(), writable, overlay: None, stream: None })
     }
 
     /// Creates `path`, failing if it exists, locked exclusively.
@@ -280,12 +283,46 @@ impl ImageFile {
             .open(path)
             .map_err(|e| Error::open(path, "create", e))?;
         host::lock(&file, path, true, LockWait::Fail)?;
-        Ok(ImageFile { file, path: path.to_path_buf(), writable: true, overlay: None })
+        Ok(ImageFile { file, path: path.to_path_buf(), writable: true, overlay: None, stream: None })
     }
 
     /// Wraps a file its caller opened and locked (a temporary output file).
     pub fn from_file(file: File, path: &Path, writable: bool) -> Self {
-        ImageFile { file, path: path.to_path_buf(), writable, overlay: None }
+        ImageFile { file, path: path.to_path_buf(), writable, overlay: None, stream: None }
+    }
+
+    /// A new output written front to back into `out` (a pipe: standard output), named
+    /// `label` in errors.
+    pub fn stream(out: File, label: &Path) -> Result<Self> {
+        let writer = out.try_clone().map_err(|e| Error::open(label, "duplicate", e))?;
+        let sink = StreamSink::new(Box::new(std::io::BufWriter::with_capacity(4 << 20, writer)));
+        Ok(ImageFile { file: out, path: label.to_path_buf(), writable: true, overlay: None, stream: Some(Mutex::new(sink)) })
+    }
+
+    fn sink(&self) -> Option<std::sync::MutexGuard<'_, StreamSink>> {
+        self.stream.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether this is a stream (see [`Self::stream`]).
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// A stream's metadata is final: from now on its bytes flow out in order. Nothing for a
+    /// file.
+    pub fn start_stream(&self, metadata_end: u64) -> Result<()> {
+        match self.sink() {
+            Some(mut s) => s.start(metadata_end).map_err(|e| Error::io(&self.path, "write", Space::File, 0, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the rest of a stream and flushes it. Nothing for a file.
+    pub fn finish_stream(&self) -> Result<()> {
+        match self.sink() {
+            Some(mut s) => s.finish().map_err(|e| Error::io(&self.path, "write", Space::File, 0, e)),
+            None => Ok(()),
+        }
     }
 
     /// The file's name.
@@ -327,6 +364,9 @@ impl ImageFile {
         if let Some(o) = self.overlay() {
             return Ok(o.file_len());
         }
+        if let Some(s) = self.sink() {
+            return Ok(s.length());
+        }
         let meta = self.file.metadata().map_err(|e| Error::io(&self.path, "stat", Space::File, 0, e))?;
         if meta.is_file() {
             return Ok(meta.len());
@@ -336,9 +376,10 @@ impl ImageFile {
 
     /// Reads exactly `buf.len()` bytes at `offset` of the file.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
-        let result = match self.overlay() {
-            Some(o) => o.read(offset, buf, |at, b| host::platform::read_at(&self.file, b, at)),
-            None => host::platform::read_at(&self.file, buf, offset),
+        let result = match (self.overlay(), self.sink()) {
+            (Some(o), _) => o.read(offset, buf, |at, b| host::platform::read_at(&self.file, b, at)),
+            (None, Some(s)) => s.read(offset, buf),
+            (None, None) => host::platform::read_at(&self.file, buf, offset),
         };
         result.map_err(|e| {
             let e = if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -356,6 +397,9 @@ impl ImageFile {
             o.write(offset, buf);
             return Ok(());
         }
+        if let Some(mut s) = self.sink() {
+            return s.write(offset, buf).map_err(|e| Error::io(&self.path, "write", Space::File, offset, e));
+        }
         fault::before(&self.path, Op::Write { offset, bytes: buf });
         host::platform::write_at(&self.file, buf, offset)
             .map_err(|e| Error::io(&self.path, "write", Space::File, offset, e))
@@ -367,13 +411,16 @@ impl ImageFile {
             o.set_len(len);
             return Ok(());
         }
+        if let Some(mut s) = self.sink() {
+            return s.set_len(len).map_err(|e| Error::io(&self.path, "truncate", Space::File, len, e));
+        }
         fault::before(&self.path, Op::SetLen(len));
         self.file.set_len(len).map_err(|e| Error::io(&self.path, "truncate", Space::File, len, e))
     }
 
     /// Flushes data and metadata to stable storage.
     pub fn sync(&self) -> Result<()> {
-        if self.overlay.is_some() {
+        if self.overlay.is_some() || self.stream.is_some() {
             return Ok(());
         }
         fault::before(&self.path, Op::Sync);
@@ -383,9 +430,9 @@ impl ImageFile {
     /// Ranges of `[start, end)` of the file that may hold data (holes of a sparse file left
     /// out, without reading them).
     pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        match self.overlay {
-            Some(_) => vec![(start, end)],
-            None => host::data_ranges(&self.file, start, end),
+        match (&self.overlay, &self.stream) {
+            (None, None) => host::data_ranges(&self.file, start, end),
+            _ => vec![(start, end)],
         }
     }
 }

@@ -26,6 +26,20 @@ impl Identity {
         Identity::Derived { seed: *blake3::hash(material).as_bytes(), unix_seconds }
     }
 
+    /// The same identity, or for a fresh one a derived one with a random seed and the
+    /// current time: every identifier it gives is still new, and asking twice for one
+    /// purpose gives the same answer.
+    pub fn settled(&self) -> Identity {
+        match self {
+            Identity::Fresh => {
+                let mut seed = [0u8; 32];
+                fill_random(&mut seed);
+                Identity::Derived { seed, unix_seconds: self.unix_seconds() }
+            }
+            derived => *derived,
+        }
+    }
+
     /// 16 bytes for the identifier named `purpose` (each purpose gets its own).
     fn bytes16(&self, purpose: &str) -> [u8; 16] {
         let mut u = [0u8; 16];
@@ -65,11 +79,14 @@ impl Identity {
 
 /// Random bytes from the operating system (its clock and process id if that fails, so an
 /// identifier is still unlikely to repeat).
-fn fill_random(u: &mut [u8; 16]) {
+fn fill_random(u: &mut [u8]) {
     if getrandom::fill(u).is_err() {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        *u = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
+        let x = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
+        for (i, b) in u.iter_mut().enumerate() {
+            *b = x[i % 16] ^ (i / 16) as u8;
+        }
     }
 }
 

@@ -77,7 +77,10 @@ impl Vhdx {
     /// Writes a new VHDX into the empty, writable `file`. A fixed disk's blocks are allocated
     /// but not written: the caller writes every byte (the file is extended, so unwritten ranges
     /// read as zeros).
-    pub fn create_in(file: ImageFile, spec: NewVhdx<'_>) -> Result<Self> {
+    pub fn create_in(file: ImageFile, mut spec: NewVhdx<'_>) -> Result<Self> {
+        // Every GUID of the new file comes from one settled identity, so headers written
+        // again at the end repeat the first ones.
+        spec.identity = spec.identity.settled();
         let path = file.path().to_path_buf();
         let plan = plan(&path, &spec)?;
         let mut bat = VhdxBat::new(plan.shape);
@@ -106,10 +109,14 @@ impl Vhdx {
     /// goes at the end of the file through [`Self::append_data`]; `present` (one bit per
     /// logical sector, LSB first) marks a differencing block's own sectors, `None` all of them.
     pub fn append_begin(&mut self, k: u64, present: Option<Vec<u8>>) -> Result<()> {
-        if self.appending.is_some() || self.bat.payload(k).is_ok_and(|(s, _)| s.stored()) {
+        let stored = match self.bat.payload(k) {
+            Ok((s, at)) if s.stored() => Some(at),
+            _ => None,
+        };
+        if self.appending.is_some() || stored.is_some() != self.reserved {
             return Err(Error::internal(format!("VHDX block {k}: not a fresh block of this image")));
         }
-        let at = self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT;
+        let at = stored.unwrap_or(self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT);
         self.appending = Some((k, at, present));
         Ok(())
     }
@@ -129,6 +136,13 @@ impl Vhdx {
     /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
     pub fn append_end(&mut self, keep: bool) -> Result<()> {
         let (k, at, present) = self.appending.take().ok_or_else(|| Error::internal("VHDX block ended with none begun"))?;
+        if self.reserved {
+            if !keep || present.is_some() {
+                return Err(Error::internal(format!("VHDX block {k}: reserved, so it must be kept whole")));
+            }
+            self.file_len = self.file_len.max(at + self.block_size());
+            return Ok(());
+        }
         if !keep {
             return Ok(());
         }
@@ -146,6 +160,50 @@ impl Vhdx {
             }
         }
         self.file_len = at + self.block_size();
+        Ok(())
+    }
+
+    /// Names in the BAT, before any block is appended, where each of `blocks` (in the order
+    /// they will be appended, every block of a fixed disk) goes, writes the BAT, and so makes
+    /// the file's metadata final: a stream can start to flow. Each block must then be appended
+    /// whole and kept. Not for a differencing disk, whose sector bitmaps follow its blocks.
+    pub fn reserve_appends(&mut self, blocks: &[u64]) -> Result<()> {
+        if self.params.has_parent {
+            return Err(Error::internal("a differencing VHDX cannot reserve its blocks"));
+        }
+        let bs = self.block_size();
+        let fixed = self.params.leave_blocks_allocated;
+        let mut at = self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT;
+        let data_start = if fixed { self.bat.payload(0).map_or(at, |(_, o)| o) } else { at };
+        for &k in blocks {
+            if !fixed {
+                self.bat.set_payload(k, PayloadState::FullyPresent, at);
+                at += bs;
+            }
+        }
+        let region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
+        self.file.write_all_at(region.file_offset, &self.bat.encode())?;
+        self.reserved = true;
+        self.file.start_stream(data_start)
+    }
+
+    /// Writes `data` at disk offset `offset` of a fixed VHDX being written from scratch, after
+    /// [`Self::reserve_appends`]: straight to the blocks the BAT names, no log session (nobody
+    /// sees the file before it is committed).
+    pub fn write_fresh(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
+        let bs = self.block_size();
+        while !data.is_empty() {
+            let k = offset / bs;
+            let at = match (self.reserved, self.bat.payload(k)) {
+                (true, Ok((PayloadState::FullyPresent, at))) => at,
+                _ => return Err(Error::internal(format!("VHDX block {k}: not a reserved block of a fixed disk"))),
+            };
+            let n = (bs - offset % bs).min(data.len() as u64) as usize;
+            self.file.write_all_at(at + offset % bs, &data[..n])?;
+            self.file_len = self.file_len.max(at + bs);
+            offset += n as u64;
+            data = &data[n..];
+        }
         Ok(())
     }
 

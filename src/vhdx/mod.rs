@@ -71,6 +71,8 @@ pub struct Vhdx {
     pending_bitmaps: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Where the GUIDs of a file being created come from (its headers are written last).
     new_identity: crate::vhd::identity::Identity,
+    /// Whether the BAT already names where every appended block goes.
+    reserved: bool,
     /// The write session open, if any.
     session: Option<write::Session>,
     /// Payload blocks whose BAT entry is broken (kept open leniently): the entry's offset and
@@ -133,6 +135,7 @@ impl Vhdx {
             appending: None,
             pending_bitmaps: std::collections::BTreeMap::new(),
             new_identity: crate::vhd::identity::Identity::Fresh,
+            reserved: false,
             session: None,
             broken_blocks: BTreeMap::new(),
         };

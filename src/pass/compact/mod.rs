@@ -156,6 +156,45 @@ pub fn to_new_file(
     })
 }
 
+/// Compacts `image` into `out`, written front to back with no seek (a pipe: standard output):
+/// the same bytes [`to_new_file`] writes, for a fixed or dynamic VHD or VHDX. `label` names the
+/// stream in errors and the report. Verification is refused (it reads the output back), and
+/// so is a differencing VHDX output (its sector bitmaps follow its blocks).
+pub fn to_stream(
+    image: &DiskImage,
+    out: std::fs::File,
+    label: &Path,
+    opts: &CompactOptions,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<CompactReport> {
+    if opts.verify {
+        return Err(Error::Usage("verification reads the output back, which a stream cannot: write to a file".into()));
+    }
+    let started = Instant::now();
+    let map = ImageMap::build(image, None)?;
+    let plan = plan(&map, opts)?;
+    events(Event::Writing { temp: None, units: plan.blocks_written() });
+    let written = write::write(&plan, ImageFile::stream(out, label)?, false, &|done| events(Event::Written(done)))?;
+    let before = CompactReport::before(image, &plan)?;
+    let fixed = plan.format == OutputFormat::Fixed;
+    Ok(CompactReport {
+        committed: true,
+        output: label.display().to_string(),
+        in_place: false,
+        output_bytes: written.output_bytes,
+        blocks_after: written.stored_blocks,
+        dropped_blocks: if fixed { 0 } else { plan.dropped() },
+        zero_filled_blocks: if fixed { plan.dropped() } else { 0 },
+        dropped_zero_blocks: written.zero_blocks_dropped,
+        zeroed_bytes: plan.zeroed_bytes(),
+        realign: plan.realignment().map(RealignResult::new),
+        verify: None,
+        input_problems: crate::vhd::check::write_hazards(image),
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        ..before
+    })
+}
+
 /// Blocks the container holds: allocated BAT entries, or every block of a fixed image.
 pub fn blocks_held(image: &DiskImage) -> u64 {
     match image.block_size() {

@@ -402,7 +402,14 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         _ => None,
     };
     let identity = match opts.deterministic {
-        Some(unix_seconds) => Identity::derived(&identity_material(map.image, opts, &stored), unix_seconds),
+        Some(unix_seconds) => {
+            // What decides the output's bytes, as resolved (OUT's name or `-` aside).
+            let decided = format!(
+                "{format:?} {container:?} {container_block_size} {block_size} {disk_size} {:?} {} {} {} {:?}",
+                opts.realign, opts.zero_free, opts.sanitize, opts.merge, parent
+            );
+            Identity::derived(&identity_material(map.image, &decided, &stored), unix_seconds)
+        }
         None => Identity::Fresh,
     };
     Ok(CompactionPlan {
@@ -423,8 +430,8 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
 
 /// What a deterministic output's identifiers are derived from: the identity of every image
 /// of the input's chain (a VHD's footer, a VHDX's data write GUID and disk id: each changes
-/// when the image does, or names another image), the options, and the plan's blocks.
-fn identity_material(image: &crate::vhd::image::DiskImage, opts: &CompactOptions, stored: &[StoredBlock]) -> Vec<u8> {
+/// when the image does, or names another image), the options as decided, and the plan's blocks.
+fn identity_material(image: &crate::vhd::image::DiskImage, decided: &str, stored: &[StoredBlock]) -> Vec<u8> {
     let mut m = Vec::new();
     let mut link = Some(image);
     while let Some(i) = link {
@@ -438,7 +445,7 @@ fn identity_material(image: &crate::vhd::image::DiskImage, opts: &CompactOptions
         m.extend_from_slice(&i.len().to_le_bytes());
         link = i.parent();
     }
-    m.extend_from_slice(format!("{opts:?}").as_bytes());
+    m.extend_from_slice(decided.as_bytes());
     for s in stored {
         m.extend_from_slice(&s.index.to_le_bytes());
         for &(a, z) in s.needed.iter().chain(&s.zero) {

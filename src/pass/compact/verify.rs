@@ -126,7 +126,8 @@ pub(super) fn uncovered(plan: &CompactionPlan<'_>, digests: &NeededDigests) -> R
     if plan.format == super::OutputFormat::Differencing {
         return Ok(Vec::new());
     }
-    let covered: Vec<(u64, u64)> = digests.pieces.iter().flat_map(|p| p.ranges.iter().copied()).collect();
+    let mut covered: Vec<(u64, u64)> = digests.pieces.iter().flat_map(|p| p.ranges.iter().copied()).collect();
+    covered.sort_unstable();
     let covered = crate::vhd::device::merge_ranges(covered);
     let len = plan.source.len();
     let per_window: Vec<Vec<Mismatch>> = (0..len.div_ceil(COVERAGE_WINDOW))

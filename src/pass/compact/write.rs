@@ -2,10 +2,15 @@
 //! [`PIECE`] bytes; a window of pieces is read and prepared in parallel (positional reads),
 //! then handed in order to a single writer thread, which writes into the new file. Memory for
 //! block copies is a fixed number of bytes, whatever the block size: at most three windows of
-//! [`READ_AHEAD`] bytes (one being read, one waiting in the channel, one being written). Since nobody can see the new file until it is committed, a sparse
-//! output appends each block as its pieces come and writes its BAT and footer once at the end;
-//! a block that turns out to read as zeros is given back. When asked, the needed bytes of
-//! every piece are hashed as they are read, for verification to compare with the output.
+//! [`READ_AHEAD`] bytes (one being read, one waiting in the channel, one being written).
+//!
+//! The layout is decided before a byte of data is written: the kept blocks of a dynamic
+//! output that read as zeros are found first (reading each only up to its first non-zero
+//! byte), then the container names in its BAT where every stored block goes. So the output
+//! is written front to back after its metadata, and the same code writes a file or a pipe
+//! (a differencing VHDX, whose sector bitmaps follow its blocks, only a file). When asked,
+//! the needed bytes of every piece are hashed as they are read, for verification to compare
+//! with the output.
 
 use std::sync::mpsc;
 
@@ -36,6 +41,8 @@ pub struct Written {
     pub zero_blocks_dropped: u64,
     /// Digests of the needed bytes read, when asked for.
     pub digests: Option<NeededDigests>,
+    /// Length of the output.
+    pub output_bytes: u64,
 }
 
 /// One piece of the output: `len` bytes at `within` of block `block`.
@@ -59,9 +66,9 @@ pub(super) fn cut(block: u64, len: u64, stored: Option<&StoredBlock>) -> impl It
     })
 }
 
-/// The pieces of the output, in order, made as they are needed: the stored blocks of a sparse
+/// The pieces of the output, in order, made as they are needed: the `kept` blocks of a sparse
 /// output; every block of a fixed one (dropped blocks as zeros, so the file has no holes).
-fn pieces<'p>(plan: &'p CompactionPlan<'_>) -> Box<dyn Iterator<Item = Piece<'p>> + 'p> {
+fn pieces<'p>(plan: &'p CompactionPlan<'_>, kept: &'p [&'p StoredBlock]) -> Box<dyn Iterator<Item = Piece<'p>> + 'p> {
     let bs = plan.block_size;
     match plan.format {
         OutputFormat::Fixed => {
@@ -71,8 +78,62 @@ fn pieces<'p>(plan: &'p CompactionPlan<'_>) -> Box<dyn Iterator<Item = Piece<'p>
                 cut(b, bs.min(plan.disk_size - b * bs), s)
             }))
         }
-        _ => Box::new(plan.stored.iter().flat_map(move |s| cut(s.index, bs, Some(s)))),
+        _ => Box::new(kept.iter().flat_map(move |s| cut(s.index, bs, Some(*s)))),
     }
+}
+
+/// Digests of the needed bytes of the blocks dropped because they read as zeros: the output
+/// must read zeros there too.
+fn zero_digests(plan: &CompactionPlan<'_>, dropped: &[&StoredBlock], zeros: &[u8]) -> NeededDigests {
+    let bs = plan.block_size;
+    let mut digests = NeededDigests::new(plan.source.len());
+    for p in dropped.iter().flat_map(|s| cut(s.index, bs.min(plan.disk_size - s.index * bs), Some(*s))) {
+        if let Some(d) = PieceDigest::of(p.block * bs + p.within, &zeros[..p.len as usize], p.needed(bs)) {
+            digests.push(d);
+        }
+    }
+    digests
+}
+
+/// Bytes read at once while looking for a non-zero byte.
+const PROBE: u64 = 64 << 10;
+
+/// The stored blocks the output keeps, and those it drops: for a dynamic output, the blocks
+/// that read as zeros once the plan's zero ranges are applied are dropped (a differencing
+/// output keeps every one: dropping a sector would show the parent's).
+fn kept_blocks<'p>(plan: &'p CompactionPlan<'_>) -> Result<(Vec<&'p StoredBlock>, Vec<&'p StoredBlock>)> {
+    if plan.format != OutputFormat::Dynamic {
+        return Ok((plan.stored.iter().collect(), Vec::new()));
+    }
+    let flags: Vec<bool> =
+        plan.stored.par_iter().map(|s| holds_non_zero(&plan.source, plan.block_size, s)).collect::<Result<_>>()?;
+    Ok(plan.stored.iter().zip(flags).partition::<Vec<_>, _>(|(_, keep)| *keep)).map(|(kept, dropped)| {
+        (kept.into_iter().map(|(s, _)| s).collect(), dropped.into_iter().map(|(s, _)| s).collect())
+    })
+}
+
+/// Whether block `s` reads as anything but zeros, reading only up to its first non-zero byte.
+fn holds_non_zero(source: &dyn BlockDevice, bs: u64, s: &StoredBlock) -> Result<bool> {
+    let start = s.index * bs;
+    let end = (start + bs).min(source.len());
+    let mut buf = vec![0u8; PROBE as usize];
+    let mut at = start;
+    while at < end {
+        let n = PROBE.min(end - at);
+        let chunk = &mut buf[..n as usize];
+        source.read_at(at, chunk)?;
+        for &(a, z) in &s.zero {
+            let (a, z) = ((start + a).max(at), (start + z).min(at + n));
+            if a < z {
+                chunk[(a - at) as usize..(z - at) as usize].fill(0);
+            }
+        }
+        if chunk.iter().any(|&x| x != 0) {
+            return Ok(true);
+        }
+        at += n;
+    }
+    Ok(false)
 }
 
 /// Block buffers handed back by the writer for reuse: a fresh zero-filled buffer per piece
@@ -132,20 +193,23 @@ impl Piece<'_> {
 
 /// The output container being written.
 enum Writer {
-    /// Every byte written where it goes (a fixed VHD or VHDX).
-    Whole(Box<dyn WritableDevice>),
-    /// A sparse VHD output, and whether the block being appended reads as zeros so far.
-    Sparse(Box<SparseVhd>, bool),
-    /// A dynamic or differencing VHDX output, and whether the block reads as zeros so far.
-    Vhdx(Box<Vhdx>, bool),
+    /// A fixed VHD: every byte written where it goes.
+    Whole(Box<FixedVhd>),
+    /// A dynamic or differencing VHD, its blocks appended.
+    Sparse(Box<SparseVhd>),
+    /// A dynamic or differencing VHDX, its blocks appended.
+    Vhdx(Box<Vhdx>),
+    /// A fixed VHDX: every byte written to the block the BAT names.
+    FixedVhdx(Box<Vhdx>),
 }
 
-/// Creates the output container in the new `file`.
-fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
+/// Creates the output container in the new `file` and names where the `kept` blocks go.
+fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile, kept: &[&StoredBlock]) -> Result<Writer> {
     let image = plan.source.map().image;
     let parent = || {
         image.parent().ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))
     };
+    let indexes: Vec<u64> = kept.iter().map(|s| s.index).collect();
     let vhdx = |file: ImageFile, kind: NewKind<'_>| {
         Vhdx::create_in(
             file,
@@ -159,33 +223,42 @@ fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile) -> Result<Writer> {
         )
     };
     Ok(match (plan.container, plan.format) {
-        (ImageFormat::Vhdx, OutputFormat::Fixed) => Writer::Whole(Box::new(vhdx(file, NewKind::Fixed)?)),
-        (ImageFormat::Vhdx, OutputFormat::Dynamic) => Writer::Vhdx(Box::new(vhdx(file, NewKind::Dynamic)?), true),
         (ImageFormat::Vhdx, OutputFormat::Differencing) => {
             let p = parent()?;
             let path = plan.parent.as_deref().unwrap_or(p.source());
-            Writer::Vhdx(Box::new(vhdx(file, NewKind::Differencing { image: p, path })?), true)
+            let v = vhdx(file, NewKind::Differencing { image: p, path })?;
+            if v.file().is_stream() {
+                return Err(Error::unsupported(v.file().path(), "a differencing VHDX cannot be streamed: its sector bitmaps follow its blocks; write it to a file"));
+            }
+            Writer::Vhdx(Box::new(v))
         }
-        (_, OutputFormat::Fixed) => Writer::Whole(Box::new(FixedVhd::create_in(file, plan.disk_size, Fill::Caller, &plan.identity)?)),
-        (_, OutputFormat::Dynamic) => {
-            Writer::Sparse(
-                Box::new(SparseVhd::create_in(file, plan.disk_size, plan.block_size as u32, None, &plan.identity)?),
-                true,
-            )
+        (ImageFormat::Vhdx, OutputFormat::Fixed) => {
+            let mut v = vhdx(file, NewKind::Fixed)?;
+            v.reserve_appends(&[])?;
+            Writer::FixedVhdx(Box::new(v))
         }
-        (_, OutputFormat::Differencing) => {
-            let p = parent()?;
-            let path = plan.parent.as_deref().unwrap_or(p.source());
-            Writer::Sparse(
-                Box::new(SparseVhd::create_in(
-                    file,
-                    0,
-                    plan.block_size as u32,
-                    Some(ParentLink { image: p, path }),
-                    &plan.identity,
-                )?),
-                true,
-            )
+        (ImageFormat::Vhdx, _) => {
+            let mut v = vhdx(file, NewKind::Dynamic)?;
+            v.reserve_appends(&indexes)?;
+            Writer::Vhdx(Box::new(v))
+        }
+        (_, OutputFormat::Fixed) => {
+            let f = FixedVhd::create_in(file, plan.disk_size, Fill::Caller, &plan.identity)?;
+            f.file().start_stream(0)?;
+            Writer::Whole(Box::new(f))
+        }
+        (_, format) => {
+            let link = match format {
+                OutputFormat::Differencing => {
+                    let p = parent()?;
+                    Some(ParentLink { image: p, path: plan.parent.as_deref().unwrap_or(p.source()) })
+                }
+                _ => None,
+            };
+            let size = if link.is_some() { 0 } else { plan.disk_size };
+            let mut s = SparseVhd::create_in(file, size, plan.block_size as u32, link, &plan.identity)?;
+            s.reserve_appends(&indexes)?;
+            Writer::Sparse(Box::new(s))
         }
     })
 }
@@ -205,63 +278,59 @@ fn logical_bits(bitmap: &SectorBitmap, logical: u32) -> Vec<u8> {
 }
 
 impl Writer {
-    /// Writes piece `p` (`data`, or zeros); at a block's last piece, says whether it was stored.
-    fn write(&mut self, bs: u64, p: &Piece<'_>, data: Option<&[u8]>, zeros: &[u8]) -> Result<Option<bool>> {
+    /// Writes piece `p` (`data`, or zeros); says whether it ended a block.
+    fn write(&mut self, bs: u64, p: &Piece<'_>, data: Option<&[u8]>, zeros: &[u8]) -> Result<bool> {
         let bytes = data.unwrap_or(&zeros[..p.len as usize]);
         match self {
-            Writer::Whole(f) => {
-                f.write_at(p.block * bs + p.within, bytes)?;
-                Ok(p.last.then_some(true))
-            }
-            Writer::Sparse(s, all_zero) => {
+            Writer::Whole(f) => f.write_at(p.block * bs + p.within, bytes)?,
+            Writer::FixedVhdx(v) => v.write_fresh(p.block * bs + p.within, bytes)?,
+            Writer::Sparse(s) => {
                 let stored = p.stored.ok_or_else(|| Error::internal("a sparse output piece without a block plan"))?;
                 if p.within == 0 {
                     let full = SectorBitmap::full((bs / 512) as u32);
                     s.append_begin(p.block, stored.bitmap.as_ref().unwrap_or(&full))?;
-                    *all_zero = true;
                 }
-                *all_zero &= bytes.iter().all(|&x| x == 0);
                 s.append_data(p.within, bytes)?;
-                if !p.last {
-                    return Ok(None);
+                if p.last {
+                    s.append_end(true)?;
                 }
-                // A differencing output keeps its sectors even when zero: dropping them would
-                // show the parent.
-                let keep = stored.bitmap.is_some() || !*all_zero;
-                s.append_end(keep)?;
-                Ok(Some(keep))
             }
-            Writer::Vhdx(v, all_zero) => {
-                let stored = p.stored.ok_or_else(|| Error::internal("a sparse output piece without a block plan"))?;
+            Writer::Vhdx(v) => {
                 if p.within == 0 {
                     let logical = v.parameters().logical_sector_size;
-                    v.append_begin(p.block, stored.bitmap.as_ref().map(|b| logical_bits(b, logical)))?;
-                    *all_zero = true;
+                    let bitmap = p.stored.and_then(|s| s.bitmap.as_ref()).map(|b| logical_bits(b, logical));
+                    v.append_begin(p.block, bitmap)?;
                 }
-                *all_zero &= bytes.iter().all(|&x| x == 0);
                 v.append_data(p.within, bytes)?;
-                if !p.last {
-                    return Ok(None);
+                if p.last {
+                    v.append_end(true)?;
                 }
-                let keep = stored.bitmap.is_some() || !*all_zero;
-                v.append_end(keep)?;
-                Ok(Some(keep))
             }
         }
+        Ok(p.last)
     }
 
-    fn finish(&mut self) -> Result<()> {
-        match self {
-            Writer::Whole(f) => f.flush(),
-            Writer::Sparse(s, _) => {
+    /// Writes what follows the blocks, flushes a file, sends the rest of a stream; returns
+    /// the output's length.
+    fn finish(&mut self) -> Result<u64> {
+        let file = match self {
+            Writer::Whole(f) => {
+                f.flush()?;
+                f.file()
+            }
+            Writer::Sparse(s) => {
                 s.finish_appends()?;
-                s.flush()
+                s.flush()?;
+                s.file()
             }
-            Writer::Vhdx(v, _) => {
+            Writer::Vhdx(v) | Writer::FixedVhdx(v) => {
                 v.finish_appends()?;
-                v.flush()
+                v.flush()?;
+                v.file()
             }
-        }
+        };
+        file.finish_stream()?;
+        file.file_len()
     }
 }
 
@@ -273,10 +342,12 @@ pub fn write(
     digest: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Written> {
-    let mut writer = create_writer(plan, file)?;
+    let (kept, zero_blocks) = kept_blocks(plan)?;
+    let zero_blocks_dropped = zero_blocks.len() as u64;
+    let mut writer = create_writer(plan, file, &kept)?;
     let source: &dyn BlockDevice = &plan.source;
     let bs = plan.block_size;
-    let mut all = pieces(plan).peekable();
+    let mut all = pieces(plan, &kept).peekable();
     let pool = BufferPool::default();
     type Prepared<'p> = Vec<(Piece<'p>, Option<Vec<u8>>, Option<PieceDigest>)>;
     std::thread::scope(|scope| -> Result<Written> {
@@ -284,13 +355,15 @@ pub fn write(
         let pool = &pool;
         let handle = scope.spawn(move || -> Result<Written> {
             let zeros = vec![0u8; PIECE as usize];
-            let mut done =
-                Written { digests: digest.then(|| NeededDigests::new(plan.source.len())), ..Written::default() };
+            let mut done = Written {
+                digests: digest.then(|| zero_digests(plan, &zero_blocks, &zeros)),
+                zero_blocks_dropped,
+                ..Written::default()
+            };
             for window in rx {
                 for (p, data, piece_digest) in window {
-                    if let Some(kept) = writer.write(bs, &p, data.as_deref(), &zeros)? {
-                        done.stored_blocks += u64::from(kept);
-                        done.zero_blocks_dropped += u64::from(!kept);
+                    if writer.write(bs, &p, data.as_deref(), &zeros)? {
+                        done.stored_blocks += 1;
                         progress(done.stored_blocks + done.zero_blocks_dropped);
                     }
                     if let (Some(d), Some(all)) = (piece_digest, done.digests.as_mut()) {
@@ -301,7 +374,7 @@ pub fn write(
                     }
                 }
             }
-            writer.finish()?;
+            done.output_bytes = writer.finish()?;
             Ok(done)
         });
         while all.peek().is_some() {

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use super::{MAX_BLOCK_SIZE, MAX_DISK_SIZE, SparseVhd};
 use crate::error::{Error, Result};
 use crate::host::FileId;
-use crate::vhd::bat::{BlockAllocationTable, MAX_ENTRIES, table_bytes};
+use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
@@ -108,6 +108,7 @@ impl SparseVhd {
             data_end,
             footers_current: true,
             appending: None,
+            reserved: false,
         };
         if let Some(link) = parent {
             let opts = OpenOptions { parent: Some(link.path.to_path_buf()), ..OpenOptions::default() };
@@ -124,13 +125,32 @@ impl SparseVhd {
     /// trailing footer are written only by [`Self::finish_appends`]; until then the file is not
     /// a valid image.
     pub fn append_begin(&mut self, block: u64, bitmap: &SectorBitmap) -> Result<()> {
-        if self.bat.sector(block).is_some() || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
+        let start = self.next_block_sector()?;
+        let expected = if self.reserved { Some(start) } else { None };
+        if self.bat.sector(block) != expected || self.appending.is_some() || bitmap.sectors() != self.block_sectors() {
             return Err(Error::internal(format!("block {block}: not a fresh block of this image")));
         }
-        let start = self.next_block_sector()?;
         self.file.write_all_at(start.offset(), &bitmap.encode(self.header.bitmap_size() as usize))?;
         self.appending = Some((block, start));
         Ok(())
+    }
+
+    #[doc(hidden)]
+    /// Names in the BAT, before any block is appended, where each of `blocks` (in the order
+    /// they will be appended) goes, writes the BAT, and so makes the file's metadata final: a
+    /// stream can start to flow. Each block must then be appended and kept.
+    pub fn reserve_appends(&mut self, blocks: &[u64]) -> Result<()> {
+        let span = self.header.bitmap_size() + self.block_size();
+        let mut at = self.data_end;
+        for &b in blocks {
+            let sector = FileSector::at_or_after(at)
+                .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+            self.bat.set(b, Some(sector));
+            at = sector.offset() + span;
+        }
+        self.file.write_all_at(self.header.table_offset, &self.bat.encode())?;
+        self.reserved = true;
+        self.file.start_stream(self.data_end)
     }
 
     #[doc(hidden)]
@@ -150,6 +170,9 @@ impl SparseVhd {
     /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
     pub fn append_end(&mut self, keep: bool) -> Result<()> {
         let (block, start) = self.appending.take().ok_or_else(|| Error::internal("block ended with no block begun"))?;
+        if self.reserved && !keep {
+            return Err(Error::internal(format!("block {block}: reserved, so it must be kept")));
+        }
         if keep {
             self.bat.set(block, Some(start));
             self.data_end = start.offset() + self.header.bitmap_size() + self.block_size();

@@ -62,6 +62,8 @@ pub struct SparseVhd {
     footers_current: bool,
     /// The block being appended to a fresh image, and the file offset of its bitmap.
     appending: Option<(u64, FileSector)>,
+    /// Whether the BAT already names where every appended block goes.
+    reserved: bool,
 }
 
 impl SparseVhd {
@@ -164,6 +166,7 @@ impl SparseVhd {
             data_end,
             footers_current: false,
             appending: None,
+            reserved: false,
         };
         if vhd.footer.disk_type == DiskType::Differencing {
             vhd.attach_parent(opts, chain)?;
