@@ -3,9 +3,9 @@
 #   make test   installs the test tools when missing (as root), then runs the whole suite
 
 CARGO ?= cargo
-TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools python3-pip python3-dev build-essential
-TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat
-TEST_PYPI := libvhdi-python
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools python3-pip python3-dev build-essential nodejs npm
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat ntfsfix npm
+TEST_PYPI := libvhdi-python azure-storage-blob
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 
 .PHONY: build test torture tools lint demo bench install corpus clean
@@ -27,12 +27,19 @@ tools:
 	    exit 1; \
 	  fi; \
 	fi
-	@python3 -c "import pyvhdi" 2>/dev/null || { \
+	@python3 -c "import pyvhdi, azure.storage.blob" 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing libvhdi-python (PyPI), an independent VHDX reader for the tests"; \
+	    echo "installing $(TEST_PYPI) (PyPI): an independent VHDX reader and Azure client for the tests"; \
 	    python3 -m pip install --quiet --break-system-packages $(TEST_PYPI) >/dev/null; \
 	  else \
-	    echo "missing python module pyvhdi; run: python3 -m pip install --user $(TEST_PYPI)"; exit 1; \
+	    echo "missing python modules; run: python3 -m pip install --user $(TEST_PYPI)"; exit 1; \
+	  fi; }
+	@command -v azurite-blob >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing azurite (npm), the Azure Storage emulator the upload tests use"; \
+	    npm install -g --silent azurite >/dev/null; \
+	  else \
+	    echo "missing azurite; run: npm install -g azurite"; exit 1; \
 	  fi; }
 
 lint:

@@ -136,6 +136,13 @@ pub mod compact {
     pub use crate::pass::sanitize::SanitizeSummary;
 }
 
+/// An image uploaded to an Azure page blob as a fixed VHD, only its needed, non-zero pages
+/// sent, resumable (behind the default `azure` feature).
+#[cfg(feature = "azure")]
+pub mod upload {
+    pub use crate::pass::upload::{UploadOptions, UploadReport, UploadVerify, upload};
+}
+
 /// Files and folders copied out of the image's NTFS volumes into a new folder.
 pub mod extract {
     pub use crate::pass::extract::{ExtractReport, Skipped, extract};

@@ -93,6 +93,9 @@ pub struct Cli {
     /// --deterministic on.
     #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
     pub source_date_epoch: Option<u64>,
+    /// Parallel connections of an upload (OUT an https:// page blob URL with its SAS token).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
     /// Wait for another vhdkit process using the image instead of failing at once.
     #[arg(long)]
     pub wait: bool,
@@ -219,6 +222,12 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         let opts = cli.compact_options(&image);
         compact::in_place(&mut image, &opts, &events)?
+    } else if let Some(url) =
+        cli.output.as_deref().and_then(|o| o.to_str()).filter(|o| o.starts_with("https://") || o.starts_with("http://"))
+    {
+        let result = upload(cli, input, url, &events);
+        bar.finish_and_clear();
+        return result;
     } else if cli.output.as_deref() == Some(Path::new("-")) {
         let streamed = stream(cli, input, &events);
         bar.finish_and_clear();
@@ -255,6 +264,15 @@ fn stream(cli: &Cli, input: &Path, events: &(dyn Fn(Event<'_>) + Sync)) -> Resul
     };
     eprint!("{text}");
     Ok(true)
+}
+
+/// `vhdcompact IN URL`: the image uploaded to a page blob as an Azure fixed VHD.
+fn upload(cli: &Cli, input: &Path, url: &str, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<bool> {
+    let image = DiskImage::open(input, &cli.open_options())?;
+    let opts = crate::pass::upload::UploadOptions { jobs: cli.jobs.into(), verify: cli.verify, replace: cli.force };
+    let report = crate::pass::upload::upload(&image, url, &cli.compact_options(&image), &opts, events)?;
+    emit(cli.json, &report, crate::report::compact::render_upload)?;
+    Ok(report.verify.as_ref().is_none_or(|v| v.mismatches.is_empty()))
 }
 
 /// The images `--what-if` names: each file, and each directory's VHD and VHDX files.

@@ -6,6 +6,8 @@ pub mod compact;
 pub mod disk_write;
 pub mod extract;
 pub mod sanitize;
+#[cfg(feature = "azure")]
+pub mod upload;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

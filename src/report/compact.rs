@@ -198,3 +198,28 @@ pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String 
 fn share(bytes: u64, of: u64) -> String {
     format!("{} ({:.0}%)", human_bytes(bytes), 100.0 * bytes as f64 / of.max(1) as f64)
 }
+
+/// Renders an upload's report.
+pub fn render_upload(r: &crate::pass::upload::UploadReport) -> String {
+    let mut s = Section::key_value(&format!("{} -> {}", r.input, r.blob));
+    s.kv("blob", format!("page blob of {} ({} disk + footer)", r.blob_size, human_bytes(r.disk_size)));
+    s.kv("sent", format!("{} in {} Put Page requests", human_bytes(r.bytes_sent), r.page_writes));
+    s.kv("not sent: free", human_bytes(r.skipped_free_bytes));
+    s.kv("not sent: zeros", human_bytes(r.skipped_zero_bytes));
+    if r.resumed_bytes > 0 {
+        s.kv("already there", format!("{} (an interrupted upload resumed)", human_bytes(r.resumed_bytes)));
+    }
+    if r.retries > 0 {
+        s.kv("retries", r.retries.to_string());
+    }
+    if let Some(v) = &r.verify {
+        let verdict = if v.mismatches.is_empty() {
+            format!("OK: {} read back identical", human_bytes(v.checked_bytes))
+        } else {
+            format!("{} writes differ", v.mismatches.len())
+        };
+        s.kv("verify", verdict);
+    }
+    s.kv("elapsed", format!("{:.2} s", r.elapsed_seconds));
+    s.render()
+}

@@ -146,6 +146,9 @@ pub struct CompactionPlan<'a> {
     pub partitions: Vec<PartitionPlan>,
     /// Where the output's UUIDs and timestamps come from.
     pub identity: Identity,
+    /// A hash of what decides the output's bytes: the input chain's identity, the options as
+    /// decided and the blocks (an interrupted upload resumes only into the same plan).
+    pub fingerprint: [u8; 32],
 }
 
 impl CompactionPlan<'_> {
@@ -401,17 +404,17 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         }
         _ => None,
     };
+    // What decides the output's bytes, as resolved (OUT's name or `-` aside).
+    let decided = format!(
+        "{format:?} {container:?} {container_block_size} {block_size} {disk_size} {:?} {} {} {} {:?}",
+        opts.realign, opts.zero_free, opts.sanitize, opts.merge, parent
+    );
+    let material = identity_material(map.image, &decided, &stored);
     let identity = match opts.deterministic {
-        Some(unix_seconds) => {
-            // What decides the output's bytes, as resolved (OUT's name or `-` aside).
-            let decided = format!(
-                "{format:?} {container:?} {container_block_size} {block_size} {disk_size} {:?} {} {} {} {:?}",
-                opts.realign, opts.zero_free, opts.sanitize, opts.merge, parent
-            );
-            Identity::derived(&identity_material(map.image, &decided, &stored), unix_seconds)
-        }
+        Some(unix_seconds) => Identity::derived(&material, unix_seconds),
         None => Identity::Fresh,
     };
+    let fingerprint = *blake3::hash(&material).as_bytes();
     Ok(CompactionPlan {
         source,
         format,
@@ -425,6 +428,7 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         dropped,
         partitions,
         identity,
+        fingerprint,
     })
 }
 
