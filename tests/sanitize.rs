@@ -147,11 +147,35 @@ fn sanitize_leaves_no_marker_and_every_file_intact() {
     std::fs::write(&vol, &bytes[PART.0..PART.0 + PART.1]).unwrap();
     let fix = run(Command::new("ntfsfix").arg("-n").arg(&vol));
     assert!(fix.status.success(), "ntfsfix -n: {}", String::from_utf8_lossy(&fix.stdout));
-    // In place and with realignment it is refused, leaving the input untouched.
-    let before_bytes = std::fs::read(&input).unwrap();
-    let refused = run(bin("vhdcompact").arg(&input).args(["--in-place", "--sanitize"]));
-    assert!(!refused.status.success());
-    assert_eq!(std::fs::read(&input).unwrap(), before_bytes);
+    // In place, on a dynamic VHD and on a VHDX: the same result.
+    let vhdx = d.join("in-place.vhdx");
+    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vhdx"]).arg(&input).arg(&vhdx));
+    for work in [input.clone(), vhdx] {
+        let r: serde_json::Value = serde_json::from_slice(&run_ok(bin("vhdcompact").arg(&work).args([
+            "--in-place",
+            "--sanitize",
+            "--verify",
+            "--json",
+        ])))
+        .unwrap();
+        assert!(r["verify"]["mismatches"].as_array().unwrap().is_empty(), "{r}");
+        assert!(r["sanitized"]["free_records"].as_u64().unwrap() > 0, "{r}");
+        let bytes = qemu_raw(&work, d);
+        for m in MARKERS {
+            assert_eq!(count(&bytes, m.as_bytes()), 0, "{m} survived --sanitize --in-place on {}", work.display());
+        }
+        let raw = d.join("in-place.raw");
+        std::fs::write(&raw, &bytes).unwrap();
+        let mut a = image_file_hashes(&raw_vhd(&raw, d, "in-place-check.vhd"))[&1].clone();
+        a.remove("pagefile.sys");
+        assert_eq!(a, b, "{}", work.display());
+        std::fs::write(&vol, &bytes[PART.0..PART.0 + PART.1]).unwrap();
+        let fix = run(Command::new("ntfsfix").arg("-n").arg(&vol));
+        assert!(fix.status.success(), "ntfsfix -n: {}", String::from_utf8_lossy(&fix.stdout));
+        // Once clean, there is nothing left to do.
+        let again = run(bin("vhdcompact").arg(&work).args(["--in-place", "--zero-free"]));
+        assert_eq!(again.status.code(), Some(1), "{}", String::from_utf8_lossy(&again.stderr));
+    }
 }
 
 /// A dynamic VHD of the raw disk `raw`, for the hash helpers.

@@ -51,7 +51,7 @@ pub struct Cli {
     /// records (emptied) and the unused tails of records in use, free space in directory
     /// indexes, $LogFile of a clean volume, and the data of pagefile.sys, swapfile.sys and
     /// hiberfil.sys (kept as files; Windows recreates them). Implies --zero-free.
-    #[arg(long, conflicts_with_all = ["in_place", "realign"])]
+    #[arg(long, conflicts_with = "realign")]
     pub sanitize: bool,
     /// Write a standalone image of a differencing chain.
     #[arg(long)]

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::bytes::{le16, le32};
 use crate::error::Result;
 use crate::map::ImageMap;
+use crate::pass::disk_write::DiskWrite;
 use crate::ntfs::record::{self, ROOT, attr_type};
 use crate::ntfs::runs::Run;
 use crate::ntfs::{FileEntry, NtfsIndex, Stream};
@@ -107,6 +108,26 @@ impl Sanitization {
                 Patch::Bytes(b) => out.copy_from_slice(&b[(a - at) as usize..(z - at) as usize]),
             }
         }
+    }
+}
+
+impl Sanitization {
+    /// The patches as writes to make in place: record rewrites and fills other than zeros,
+    /// which must land whole (a torn record is damage), as journaled writes; fills of zeros,
+    /// harmless if cut short, as ranges.
+    pub fn into_writes(self) -> (Vec<DiskWrite>, Vec<(u64, u64)>) {
+        let mut journaled = Vec::new();
+        let mut zeros = Vec::new();
+        for (at, patch) in self.patches {
+            match patch {
+                Patch::Fill { len, byte: 0 } => zeros.push((at, len)),
+                Patch::Fill { len, byte } => {
+                    journaled.push(DiskWrite { offset: at, bytes: vec![byte; len as usize], what: "sanitized $LogFile".into() })
+                }
+                Patch::Bytes(bytes) => journaled.push(DiskWrite { offset: at, bytes, what: "sanitized record".into() }),
+            }
+        }
+        (journaled, zeros)
     }
 }
 

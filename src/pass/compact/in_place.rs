@@ -32,6 +32,37 @@ enum Rewrite {
     Zero(Vec<(u64, u64)>),
 }
 
+/// Sanitizes `image` in place before it is compacted: record rewrites and the emptied
+/// `$LogFile` through the journal (each lands whole or not at all), then the zero fills
+/// (slack, pagefile data) straight, where the disk does not read zeros already: a cut-short
+/// fill leaves some of those bytes zeroed and the rest as they were, which is no damage.
+fn sanitize(image: &mut DiskImage) -> Result<crate::pass::sanitize::SanitizeSummary> {
+    let (summary, journaled, zeros) = {
+        let map = ImageMap::build(image, None)?;
+        let s = crate::pass::sanitize::Sanitization::plan(&map)?;
+        let summary = s.summary.clone();
+        let (journaled, zeros) = s.into_writes();
+        (summary, journaled, zeros)
+    };
+    crate::pass::disk_write::apply(image, &journaled)?;
+    const CHUNK: u64 = 4 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let zero = vec![0u8; CHUNK as usize];
+    for (at, len) in zeros {
+        let mut x = at;
+        while x < at + len {
+            let n = CHUNK.min(at + len - x) as usize;
+            image.read_at(x, &mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                image.write_at(x, &zero[..n])?;
+            }
+            x += n as u64;
+        }
+    }
+    image.flush()?;
+    Ok(summary)
+}
+
 /// Compacts `image` (opened for writing, so its exclusive lock is held) in place: a dynamic
 /// or differencing image loses the blocks that hold no needed byte and its file shrinks; a
 /// fixed or raw image can only have its free space zeroed.
@@ -53,20 +84,33 @@ pub fn in_place(
             ),
         ));
     }
-    let opts = &CompactOptions { to: Some(kept_format(image, opts)?), ..opts.clone() };
+    let sanitized = if opts.sanitize { Some(sanitize(image)?) } else { None };
+    let opts = &CompactOptions {
+        to: Some(kept_format(image, opts)?),
+        zero_free: opts.zero_free || opts.sanitize,
+        sanitize: false,
+        ..opts.clone()
+    };
     let (mut report, rewrite, before, uncovered) = {
         let map = ImageMap::build(image, None)?;
         let plan = plan(&map, opts)?;
-        let rewrite = match image.block_size().is_some() && image.kind() != ImageKind::Fixed {
-            true => Rewrite::Blocks(decide_blocks(&plan, image, opts.zero_free)?),
-            false => Rewrite::Zero(free_ranges_to_zero(&map)?),
+        let blocks = image.block_size().is_some() && image.kind() != ImageKind::Fixed;
+        let rewrite = match blocks {
+            true => decide_blocks(&plan, image, opts.zero_free)?.map(Rewrite::Blocks),
+            false => free_ranges_to_zero(&map)?.map(Rewrite::Zero),
+        };
+        let rewrite = match rewrite {
+            Some(r) => r,
+            // Sanitizing changed the image already: nothing more to do is fine.
+            None if sanitized.is_some() => Rewrite::Zero(Vec::new()),
+            None => return Err(nothing_to_do(image, blocks)),
         };
         let before = if opts.verify { Some(NeededDigests::of_stored(&plan)?) } else { None };
         let uncovered = match &before {
             Some(d) => verify::uncovered(&plan, d)?,
             None => Vec::new(),
         };
-        (CompactReport::before(image, &plan)?, rewrite, before, uncovered)
+        (CompactReport { sanitized, ..CompactReport::before(image, &plan)? }, rewrite, before, uncovered)
     };
     match rewrite {
         Rewrite::Blocks(decisions) => {
@@ -127,12 +171,7 @@ fn kept_format(image: &DiskImage, opts: &CompactOptions) -> Result<OutputFormat>
             "in place, an image keeps its kind, block size and layout: no output format, Azure rounding, merge, block size or realignment can be asked for".into(),
         ));
     }
-    if opts.sanitize {
-        return Err(Error::unsupported(
-            image.source(),
-            "sanitizing rewrites records inside kept clusters: it writes a new image (name OUT), not in place yet",
-        ));
-    }
+
     if kind == OutputFormat::Fixed && !opts.zero_free {
         return Err(Error::unsupported(
             image.source(),
@@ -156,9 +195,10 @@ fn reopen(image: &DiskImage) -> Result<DiskImage> {
     )
 }
 
-/// Every range of free NTFS clusters of the disk that holds a non-zero byte. Ranges where the
-/// device holds no data (holes of a sparse host file) are skipped without reading them.
-fn free_ranges_to_zero(map: &ImageMap<'_>) -> Result<Vec<(u64, u64)>> {
+/// Every range of free NTFS clusters of the disk that holds a non-zero byte (`None`: there is
+/// none). Ranges where the device holds no data (holes of a sparse host file) are skipped
+/// without reading them.
+fn free_ranges_to_zero(map: &ImageMap<'_>) -> Result<Option<Vec<(u64, u64)>>> {
     let image = map.image;
     let len = image.len();
     let per_window: Vec<Vec<(u64, u64)>> = (0..len.div_ceil(ZERO_WINDOW))
@@ -175,14 +215,28 @@ fn free_ranges_to_zero(map: &ImageMap<'_>) -> Result<Vec<(u64, u64)>> {
         })
         .collect::<Result<_>>()?;
     let ranges: Vec<(u64, u64)> = per_window.into_iter().flatten().collect();
-    if ranges.is_empty() {
-        return Err(Error::unsupported(image.source(), "nothing to do: its free space is already zero"));
-    }
-    Ok(ranges)
+    Ok((!ranges.is_empty()).then_some(ranges))
 }
 
-/// What happens to each stored block of `image`, and whether a dropped one reads as zeros.
-fn decide_blocks(plan: &CompactionPlan<'_>, image: &DiskImage, zero_free: bool) -> Result<Vec<(u64, BlockRewrite, bool)>> {
+/// The refusal of a run that would write nothing.
+fn nothing_to_do(image: &DiskImage, blocks: bool) -> Error {
+    Error::unsupported(
+        image.source(),
+        if blocks {
+            "nothing to do: every allocated block holds needed data and no free space needs zeroing"
+        } else {
+            "nothing to do: its free space is already zero"
+        },
+    )
+}
+
+/// What happens to each stored block of `image`, and whether a dropped one reads as zeros
+/// (`None`: nothing would change).
+fn decide_blocks(
+    plan: &CompactionPlan<'_>,
+    image: &DiskImage,
+    zero_free: bool,
+) -> Result<Option<Vec<(u64, BlockRewrite, bool)>>> {
     let stored = image.stored_blocks();
     let decisions: Vec<(u64, BlockRewrite, bool)> = stored
         .par_iter()
@@ -192,13 +246,7 @@ fn decide_blocks(plan: &CompactionPlan<'_>, image: &DiskImage, zero_free: bool) 
         BlockRewrite::Drop => true,
         BlockRewrite::Keep { zero, bitmap } => !zero.is_empty() || bitmap.is_some(),
     });
-    if !changes {
-        return Err(Error::unsupported(
-            image.source(),
-            "nothing to do: every allocated block holds needed data and no free space needs zeroing",
-        ));
-    }
-    Ok(decisions)
+    Ok(changes.then_some(decisions))
 }
 
 /// What happens to allocated block `b`, and whether it is dropped for reading as zeros.
