@@ -225,6 +225,10 @@ fn run(cli: &Cli) -> Result<bool> {
     } else if let Some(url) =
         cli.output.as_deref().and_then(|o| o.to_str()).filter(|o| o.starts_with("https://") || o.starts_with("http://"))
     {
+        // An upload counts bytes.
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            bar.set_style(style);
+        }
         let result = upload(cli, input, url, &events);
         bar.finish_and_clear();
         return result;
