@@ -7,6 +7,10 @@ TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdi
 TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat ntfsfix npm
 TEST_PYPI := libvhdi-python azure-storage-blob
 DEMO_IMAGE := target/demo/xp-fixed.vhd
+WINDOWS_TARGET := x86_64-pc-windows-gnu
+# Where `make install` puts the tools, their man pages and shell completions.
+PREFIX ?= $(HOME)/.local
+TOOLS := vhdinspect vhdcompact vhdreg
 
 .PHONY: build test torture tools lint demo bench install corpus clean
 
@@ -47,6 +51,17 @@ lint:
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 	RUSTFLAGS="-D warnings" $(CARGO) build --quiet --lib --no-default-features --target-dir target/lib-only
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps --lib
+	@# Windows: the whole crate when the target and a MinGW C compiler (for rustls' ring) are
+	@# here, the library alone with only the target, a notice otherwise.
+	@if ! rustup target list --installed 2>/dev/null | grep -qx $(WINDOWS_TARGET); then \
+	  echo "notice: not checking the Windows build (run: rustup target add $(WINDOWS_TARGET))"; \
+	elif command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1; then \
+	  echo "cargo check --target $(WINDOWS_TARGET) --all-targets"; \
+	  RUSTFLAGS="-D warnings" $(CARGO) check --quiet --target $(WINDOWS_TARGET) --lib --bins --target-dir target/windows; \
+	else \
+	  echo "notice: checking the Windows library only (the tools need apt-get install gcc-mingw-w64-x86-64)"; \
+	  RUSTFLAGS="-D warnings" $(CARGO) check --quiet --target $(WINDOWS_TARGET) --lib --no-default-features --target-dir target/windows; \
+	fi
 
 test: tools lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
@@ -78,7 +93,15 @@ bench: build tools
 	python3 bench/run.py
 
 install:
-	$(CARGO) install --path .
+	$(CARGO) install --locked --path . --root $(PREFIX)
+	mkdir -p $(PREFIX)/share/man/man1 $(PREFIX)/share/bash-completion/completions \
+	  $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d
+	for t in $(TOOLS); do \
+	  $(PREFIX)/bin/$$t --generate man > $(PREFIX)/share/man/man1/$$t.1 && \
+	  $(PREFIX)/bin/$$t --generate complete-bash > $(PREFIX)/share/bash-completion/completions/$$t && \
+	  $(PREFIX)/bin/$$t --generate complete-zsh > $(PREFIX)/share/zsh/site-functions/_$$t && \
+	  $(PREFIX)/bin/$$t --generate complete-fish > $(PREFIX)/share/fish/vendor_completions.d/$$t.fish || exit 1; \
+	done
 
 corpus:
 	corpus/build.sh

@@ -15,11 +15,12 @@ use crate::pass::compact::{self, CompactOptions, Event, OutputFormat};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::sparse::DEFAULT_BLOCK_SIZE;
 
-/// Drop the VHD or VHDX blocks that hold no needed NTFS byte; convert fixed <-> dynamic and
-/// VHD <-> VHDX; merge a differencing chain; make Azure-ready fixed VHDs. The input is never modified (unless
-/// --in-place); the output appears only once complete.
+/// Compact VHD and VHDX images offline, NTFS-aware: drop the blocks that hold no needed byte,
+/// convert fixed <-> dynamic and VHD <-> VHDX, merge a differencing chain, realign partitions,
+/// sanitize, stream to a pipe, upload to an Azure page blob. The input is never modified
+/// (unless --in-place); a file output appears only once complete.
 #[derive(Parser, Debug)]
-#[command(name = "vhdcompact", version, about)]
+#[command(name = "vhdcompact", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The image to compact.
     #[arg(required_unless_present = "what_if")]
@@ -102,6 +103,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Write the man page or a shell completion script to standard output, and nothing else.
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<crate::cli::Generate>,
 }
 
 /// Output kinds on the command line.
@@ -127,7 +131,18 @@ impl ToArg {
 }
 
 /// Runs `vhdcompact` with the process arguments.
+/// Examples and exit codes, at the end of `--help`.
+const AFTER_HELP: &str = crate::cli::after_help!(
+    "  vhdcompact disk.vhdx small.vhdx --verify            compact into a new image, checked
+  vhdcompact --what-if /srv/profiles                  what each image there would free
+  vhdcompact xp.vhd - --to dynamic --sanitize | zstd > xp.vhd.zst
+  vhdcompact disk.vhdx 'https://ACCOUNT.blob.core.windows.net/disks/os.vhd?SAS' --verify"
+);
+
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::cli::generate_if_asked(<Cli as clap::CommandFactory>::command()) {
+        return code;
+    }
     crate::cli::handle_signals("vhdcompact");
     let cli = Cli::parse();
     finish("vhdcompact", run(&cli))

@@ -15,16 +15,29 @@ use crate::report::owner::Query;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
-/// Inspect Microsoft VHD and VHDX disk images offline: container, partitions, NTFS volumes.
+/// Inspect VHD and VHDX disk images offline, never writing them: every structure of the
+/// container, its partitions and NTFS volumes, which file owns any sector or block, what a
+/// differencing disk changes, alignment, registry values, and files read out of the image.
 #[derive(Parser, Debug)]
-#[command(name = "vhdinspect", version, about)]
+#[command(name = "vhdinspect", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Write the man page or a shell completion script to standard output, and nothing else.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub generate: Option<crate::cli::Generate>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Examples and exit codes, at the end of `--help`.
+const AFTER_HELP: &str = crate::cli::after_help!(
+    "  vhdinspect dump disk.vhdx                       headers, BAT, partition table, boot sectors
+  vhdinspect check disk.vhd                       structural problems (exit 1 when any)
+  vhdinspect owner disk.vhd --sector 2048         which file owns a sector
+  vhdinspect cat disk.vhd Windows/System32/drivers/etc/hosts"
+);
 
 /// Options every command that opens an image shares.
 #[derive(clap::Args, Debug)]
@@ -202,6 +215,9 @@ pub struct OwnerQuery {
 
 /// Runs `vhdinspect` with the process arguments.
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::cli::generate_if_asked(<Cli as clap::CommandFactory>::command()) {
+        return code;
+    }
     crate::cli::handle_signals("vhdinspect");
     let cli = Cli::parse();
     finish("vhdinspect", run(cli))

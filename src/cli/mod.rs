@@ -55,6 +55,76 @@ fn hint(tool: &str, e: &Error) -> Option<&'static str> {
     }
 }
 
+/// What `--generate` writes to standard output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    /// The man page (roff).
+    Man,
+    /// A bash completion script.
+    CompleteBash,
+    /// A zsh completion script.
+    CompleteZsh,
+    /// A fish completion script.
+    CompleteFish,
+    /// A PowerShell completion script.
+    CompletePowershell,
+}
+
+/// The end of a tool's `--help`: its examples, then the exit codes every tool shares.
+macro_rules! after_help {
+    ($examples:literal) => {
+        concat!(
+            "Examples:\n",
+            $examples,
+            "\n\nExit codes: 0 success; 1 a problem found, a request refused or an error (one line on\n",
+            "stderr naming the file, the structure and the offset); 2 a usage error."
+        )
+    };
+}
+pub(crate) use after_help;
+
+/// Writes what `--generate WHAT` asks for, when it is asked (before any other argument is
+/// checked, so it works without an image); `None` otherwise.
+pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
+    // Arguments need not be UTF-8 (paths): only this option's are read as text.
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let what = args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--generate") {
+        Some("") => args.get(i + 1).cloned(),
+        Some(v) => v.strip_prefix('=').map(str::to_string),
+        None => None,
+    })?;
+    let Ok(what) = <Generate as clap::ValueEnum>::from_str(&what, false) else {
+        let name = cmd.get_name().to_string();
+        eprintln!(
+            "{name}: --generate takes man, complete-bash, complete-zsh, complete-fish or complete-powershell, not {what:?}"
+        );
+        return Some(ExitCode::from(2));
+    };
+    let name = cmd.get_name().to_string();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generate::Man => None,
+        Generate::CompleteBash => Some(clap_complete::Shell::Bash),
+        Generate::CompleteZsh => Some(clap_complete::Shell::Zsh),
+        Generate::CompleteFish => Some(clap_complete::Shell::Fish),
+        Generate::CompletePowershell => Some(clap_complete::Shell::PowerShell),
+    };
+    let written = match shell {
+        None => clap_mangen::Man::new(cmd).render(&mut out),
+        Some(shell) => {
+            clap_complete::generate(shell, &mut cmd, &name, &mut out);
+            Ok(())
+        }
+    };
+    Some(match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: standard output: {e}");
+            ExitCode::from(1)
+        }
+    })
+}
+
 /// Turns a command's outcome into the process exit code: 0 success, 1 for an error (printed
 /// as one line on stderr, prefixed with the tool's name) or for problems the command found.
 pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
@@ -125,5 +195,37 @@ pub fn deferring_signals<T>(tool: &'static str, f: impl FnOnce() -> T) -> T {
 pub fn report_stale(tool: &str, removed: &[PathBuf]) {
     for r in removed {
         eprintln!("{tool}: removed {}, left by an interrupted run", r.display());
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Names of the arguments of `cmd` and its subcommands that have no help text.
+    fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_is_described() {
+        let mut missing = Vec::new();
+        for cmd in [super::compact::Cli::command(), super::inspect::Cli::command(), super::reg::Cli::command()] {
+            cmd.clone().debug_assert();
+            assert!(cmd.get_about().is_some(), "{} has no about text", cmd.get_name());
+            undescribed(&cmd, cmd.get_name(), &mut missing);
+        }
+        assert!(missing.is_empty(), "without help text: {missing:?}");
     }
 }

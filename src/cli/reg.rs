@@ -19,11 +19,15 @@ use crate::pass::registry::{self, LoadedHive};
 use crate::report::reg::{self as report, KeyOut, ValueOut};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
-/// Get, set, delete, import and export registry keys and values in the hives inside a VHD
-/// image (or a bare hive file), offline. Writes are journaled and rolled back if interrupted.
+/// Get, set, delete, import and export registry keys and values in the hives inside a VHD or
+/// VHDX image (or a bare hive file), offline. Writes are journaled and rolled back if
+/// interrupted.
 #[derive(Parser, Debug)]
-#[command(name = "vhdreg", version, about)]
+#[command(name = "vhdreg", version, after_help = AFTER_HELP)]
 pub struct Cli {
+    /// Write the man page or a shell completion script to standard output, and nothing else.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub generate: Option<crate::cli::Generate>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -39,6 +43,14 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: RegCommand,
 }
+
+/// Examples and exit codes, at the end of `--help`.
+const AFTER_HELP: &str = crate::cli::after_help!(
+    "  vhdreg win.vhdx get 'HKLM\\SYSTEM\\Select' Current
+  vhdreg win.vhdx set 'HKLM\\SOFTWARE\\Example' Enabled --type REG_DWORD --data 1
+  vhdreg win.vhdx export 'HKLM\\SYSTEM\\ControlSet001\\Services\\Tcpip' tcpip.reg
+  vhdreg --hive-file NTUSER.DAT list 'Software\\Microsoft'"
+);
 
 /// Where the hives are.
 #[derive(clap::Args, Debug)]
@@ -73,13 +85,26 @@ pub struct HiveSource {
 #[derive(Subcommand, Debug)]
 pub enum ReadCommand {
     /// A value (`@` or "" for the default value); without a value name, the key's listing.
-    Get { key: String, value: Option<String> },
+    Get {
+        /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
+        /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
+        key: String,
+        /// The value's name (`@` or "" for the default value); none lists the key.
+        value: Option<String>,
+    },
     /// A key's subkeys and values.
-    List { key: String },
+    List {
+        /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
+        /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
+        key: String,
+    },
     /// A key and everything under it as a .reg file (UTF-16LE, regedit's format); to standard
     /// output as text when no file is given.
     Export {
+        /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
+        /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
         key: String,
+        /// The .reg file to write (never an input; an existing one only with --force).
         file: Option<PathBuf>,
         /// Replace FILE if it exists.
         #[arg(long)]
@@ -94,6 +119,8 @@ pub enum RegCommand {
     Read(ReadCommand),
     /// Set a value, creating the key and its missing parents.
     Set {
+        /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
+        /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
         key: String,
         /// The value's name (`@` or "" for the default value).
         value: String,
@@ -111,9 +138,18 @@ pub enum RegCommand {
         data_file: Option<PathBuf>,
     },
     /// Delete a value, or with no value name the key and everything under it.
-    Delete { key: String, value: Option<String> },
+    Delete {
+        /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
+        /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
+        key: String,
+        /// The value to delete; none deletes the key.
+        value: Option<String>,
+    },
     /// Apply a .reg file (regedit 5.00 UTF-16 or REGEDIT4): keys, values, `-` deletions.
-    Import { file: PathBuf },
+    Import {
+        /// The .reg file.
+        file: PathBuf,
+    },
     /// Roll back a write that was interrupted (every write does this first, too). With
     /// --force, also when the image and its journal were restored from a copy (every journaled
     /// byte is still checked).
@@ -122,6 +158,9 @@ pub enum RegCommand {
 
 /// Runs `vhdreg` with the process arguments.
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::cli::generate_if_asked(<Cli as clap::CommandFactory>::command()) {
+        return code;
+    }
     crate::cli::handle_signals("vhdreg");
     let cli = Cli::parse();
     finish("vhdreg", run(cli))

@@ -1,0 +1,66 @@
+//! The tools speak like the ones their users know: each `--help` has its own description, every
+//! argument described, examples and the exit codes, in lines of at most 100 columns; man pages
+//! and shell completions are generated from the same definitions, the man page renders with
+//! `man -l` and the bash completion completes a subcommand.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const TOOLS: [(&str, &str); 3] = [
+    ("vhdinspect", "Inspect VHD and VHDX disk images offline"),
+    ("vhdcompact", "Compact VHD and VHDX images offline"),
+    ("vhdreg", "Get, set, delete, import and export registry keys"),
+];
+
+#[test]
+fn help_describes_the_tool_with_examples_and_exit_codes() {
+    for (tool, about) in TOOLS {
+        let help = String::from_utf8(run_ok(bin(tool).arg("--help"))).unwrap();
+        assert!(help.starts_with(about), "{tool} --help starts with {:?}", help.lines().next());
+        for needle in ["Examples:", "Exit codes: 0 success", "2 a usage error", "--generate <WHAT>"] {
+            assert!(help.contains(needle), "{tool} --help lacks {needle:?}");
+        }
+        let widest = help.lines().map(|l| l.chars().count()).max().unwrap();
+        assert!(widest <= 100, "{tool} --help has a line of {widest} columns");
+    }
+}
+
+#[test]
+fn man_pages_render_and_completions_complete() {
+    let dir = tempdir();
+    for (tool, _) in TOOLS {
+        let man = dir.path().join(format!("{tool}.1"));
+        std::fs::write(&man, run_ok(bin(tool).args(["--generate", "man"]))).unwrap();
+        let shown = run(Command::new("man").arg("-l").arg(&man).env("MANPAGER", "cat").env("MANWIDTH", "80"));
+        assert!(shown.status.success(), "man -l {tool}.1: {}", String::from_utf8_lossy(&shown.stderr));
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(text.contains("NAME") && text.contains(tool) && text.contains("--json"), "{tool}.1: {text}");
+        for shell in ["zsh", "fish", "powershell"] {
+            let script = run_ok(bin(tool).args(["--generate", &format!("complete-{shell}")]));
+            assert!(String::from_utf8_lossy(&script).contains(tool), "{tool} complete-{shell}");
+        }
+    }
+    // The bash completion completes a subcommand and an option.
+    let script = dir.path().join("vhdinspect.bash");
+    std::fs::write(&script, run_ok(bin("vhdinspect").args(["--generate", "complete-bash"]))).unwrap();
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; \
+             _vhdinspect vhdinspect '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        String::from_utf8(run_ok(Command::new("bash").arg("-c").arg(program))).unwrap()
+    };
+    assert!(complete("vhdinspect du").lines().any(|l| l == "dump"), "{}", complete("vhdinspect du"));
+    assert!(complete("vhdinspect dump --bl").lines().any(|l| l == "--blocks"), "{}", complete("vhdinspect dump --bl"));
+    let out = run(bin("vhdreg").args(["--generate", "pdf"]));
+    assert_eq!(out.status.code(), Some(2));
+}
