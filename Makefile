@@ -56,7 +56,7 @@ lint:
 	@if ! rustup target list --installed 2>/dev/null | grep -qx $(WINDOWS_TARGET); then \
 	  echo "notice: not checking the Windows build (run: rustup target add $(WINDOWS_TARGET))"; \
 	elif command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1; then \
-	  echo "cargo check --target $(WINDOWS_TARGET) --all-targets"; \
+	  echo "cargo check --target $(WINDOWS_TARGET) --lib --bins"; \
 	  RUSTFLAGS="-D warnings" $(CARGO) check --quiet --target $(WINDOWS_TARGET) --lib --bins --target-dir target/windows; \
 	else \
 	  echo "notice: checking the Windows library only (the tools need apt-get install gcc-mingw-w64-x86-64)"; \
@@ -80,7 +80,7 @@ $(DEMO_IMAGE): corpus/xp-fixed.vhd.gz
 	gzip -dc $< > $@
 
 demo: $(DEMO_IMAGE)
-	$(CARGO) build --release --quiet
+	$(CARGO) build --release
 	target/release/vhdinspect dump $(DEMO_IMAGE)
 	target/release/vhdinspect map $(DEMO_IMAGE) --svg target/demo/map.svg | head -24
 	target/release/vhdinspect align $(DEMO_IMAGE)

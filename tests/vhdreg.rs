@@ -504,3 +504,22 @@ fn every_writer_refuses_a_dirty_or_hibernated_volume() {
     }
     assert!(run(bin("vhdinspect").arg("check").arg(&clean)).status.success());
 }
+
+#[test]
+fn the_image_may_follow_the_command_and_options_go_anywhere() {
+    let dir = tempdir();
+    let Some(h) = hives(dir.path()) else { return };
+    let image = windows_image(dir.path(), &h);
+    let img = image.to_str().unwrap();
+    let old = vhdreg_ok(&[img, "get", COMPUTER_NAME, "ComputerName"]);
+    assert_eq!(vhdreg_ok(&["get", img, COMPUTER_NAME, "ComputerName"]), old);
+    assert_eq!(vhdreg_ok(&["get", "--partition", "1", img, COMPUTER_NAME, "ComputerName"]), old);
+    let json: serde_json::Value =
+        serde_json::from_str(&vhdreg_ok(&["get", img, COMPUTER_NAME, "ComputerName", "--json"])).unwrap();
+    assert!(json.to_string().contains(old.split_whitespace().last().unwrap()), "{json}");
+    // A bare hive: options after the command, the key first.
+    let hive = dir.path().join("SYSTEM");
+    std::fs::copy(&h.system, &hive).unwrap();
+    let bare = vhdreg_ok(&["get", r"Select", "Current", "--hive-file", hive.to_str().unwrap()]);
+    assert!(bare.contains("REG_DWORD"), "{bare}");
+}

@@ -61,20 +61,20 @@ pub struct HiveSource {
     pub image: Option<PathBuf>,
     /// Work on this bare hive file instead of an image; keys are paths inside it (a leading
     /// root such as HKLM\SOFTWARE is ignored).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub hive_file: Option<PathBuf>,
     /// The Windows volume to use when several hold the hive.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     pub partition: Option<u32>,
     /// A hive at this path in the volume (`/` or `\` separated); keys are paths inside it.
-    #[arg(long, value_name = "PATH-IN-VOLUME", conflicts_with = "hive_file")]
+    #[arg(long, value_name = "PATH-IN-VOLUME", conflicts_with = "hive_file", global = true)]
     pub hive: Option<String>,
     /// Parent of a differencing image, instead of the one its locators name.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub parent: Option<PathBuf>,
     /// The image's format when its content should not decide: `raw` reads any file as a raw
     /// disk, `vhd` requires a VHD footer, `vhdx` the VHDX identifier.
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
     pub format: Option<FormatArg>,
     /// Wait for another vhdkit process using the image or hive instead of failing at once.
     #[arg(long, global = true)]
@@ -162,8 +162,56 @@ pub fn main() -> ExitCode {
         return code;
     }
     crate::cli::handle_signals("vhdreg");
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(image_before_command(std::env::args_os().collect()));
     finish("vhdreg", run(cli))
+}
+
+/// `vhdreg get IMAGE KEY` as `vhdreg IMAGE get KEY`, as vhdinspect takes it: when the first
+/// word that is not an option is a command and no `--hive-file` is given, the command's first
+/// word that is not an option is the image, moved before the command. The old order works as
+/// before.
+fn image_before_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let takes_value = |c: &clap::Command, word: &str| {
+        let name = word.trim_start_matches('-');
+        !word.contains('=')
+            && c.get_arguments().any(|a| {
+                (a.get_long() == Some(name) || a.get_short().is_some_and(|s| word == format!("-{s}")))
+                    && a.get_action().takes_values()
+            })
+    };
+    // A bare hive instead of an image: --hive-file goes first wherever it was given (the image
+    // it replaces is checked before options after the command are seen).
+    if let Some(i) =
+        args.iter().position(|a| a.to_str().is_some_and(|a| a == "--hive-file" || a.starts_with("--hive-file=")))
+    {
+        let n = if args[i] == "--hive-file" { 2 } else { 1 }.min(args.len() - i);
+        let option: Vec<std::ffi::OsString> = args.drain(i..i + n).collect();
+        args.splice(1..1, option);
+        return args;
+    }
+    // The first word that is not an option (or an option's value).
+    let first_word = |from: usize, c: &clap::Command, args: &[std::ffi::OsString]| {
+        let mut i = from;
+        while i < args.len() {
+            match args[i].to_str() {
+                Some("--") => return Some(i + 1).filter(|&j| j < args.len()),
+                Some(w) if w.starts_with('-') && w.len() > 1 => {
+                    i += if takes_value(c, w) || takes_value(&cmd, w) { 2 } else { 1 }
+                }
+                _ => return Some(i),
+            }
+        }
+        None
+    };
+    let Some(at) = first_word(1, &cmd, &args) else { return args };
+    let Some(sub) = args[at].to_str().and_then(|w| cmd.find_subcommand(w)).cloned() else { return args };
+    if let Some(image) = first_word(at + 1, &sub, &args) {
+        let image = args.remove(image);
+        args.insert(at, image);
+    }
+    args
 }
 
 /// The largest .reg file or value data file read (a .reg file of every key of a large hive
