@@ -50,6 +50,8 @@ pub enum ErrorKind {
     Conflict,
     /// The caller asked for something inconsistent.
     Usage,
+    /// What the caller named is not in the image: a partition, a file, a hive, a key.
+    NotFound,
     /// vhdkit broke one of its own rules: a bug.
     Internal,
 }
@@ -142,6 +144,9 @@ pub enum Error {
     /// The caller asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// What the caller named is not in the image (the text names the image and the thing).
+    #[error("{0}")]
+    NotFound(String),
     /// The file is another format, named by its magic numbers (VHDX, qcow, a compressed
     /// file...).
     #[error("{}: is {what}, not a VHD or a raw disk", file.display())]
@@ -230,6 +235,7 @@ impl Error {
             Error::Io { .. } | Error::Open { .. } | Error::ParentNotFound { .. } => ErrorKind::Io,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Usage(_) => ErrorKind::Usage,
+            Error::NotFound(_) => ErrorKind::NotFound,
             Error::Format { .. } | Error::NotADisk { .. } => ErrorKind::InvalidFormat,
             Error::UntrustedVolume { .. }
             | Error::InUse { .. }
@@ -260,7 +266,7 @@ impl Error {
             | Error::JournalPending { file, .. }
             | Error::Refused { file, .. } => Some(file),
             Error::JournalRefused { journal, .. } => Some(journal),
-            Error::Usage(_) | Error::Internal(_) => None,
+            Error::Usage(_) | Error::NotFound(_) | Error::Internal(_) => None,
         }
     }
 

@@ -362,7 +362,7 @@ fn in_place_verify_and_refusals() {
     assert!(r["verify"]["checked_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(r["output_bytes"].as_u64().unwrap() < r["input_bytes"].as_u64().unwrap());
     let out = run(bin("vhdcompact").arg(&work).args(["--in-place", "--to", "fixed"]));
-    assert_one_line_error(&out, "vhdcompact", &["in place, an image keeps its kind"]);
+    assert_usage_error(&out, "vhdcompact", &["in place, an image keeps its kind"]);
     // A fixed image in place: only free clusters are zeroed, the size stays.
     let fixed = dir.path().join("f.vhd");
     std::fs::copy(corpus("xp-fixed.vhd"), &fixed).unwrap();

@@ -265,7 +265,7 @@ fn compaction_says_what_it_does_and_refuses_what_cannot_change_anything() {
     assert_one_line_error(&o, "dyn.vhd", &["nothing to do"]);
     // `--realign 1M` would name the output "1M".
     let o = run(bin("vhdcompact").current_dir(dir.path()).arg(&fixed).args(["--realign", "1M"]));
-    assert_one_line_error(&o, "1M", &["looks like a size", "--realign=1M"]);
+    assert_usage_error(&o, "1M", &["looks like a size", "--realign=1M"]);
     assert!(!dir.path().join("1M").exists());
     for bad in ["3000", "2K", "1M1", "0"] {
         let o = run(bin("vhdinspect").args(["align", "--boundary", bad]).arg(&fixed));

@@ -141,7 +141,7 @@ fn cat_reads_every_file_and_stream_as_ntfs3g_and_icat_do() {
     }
     eprintln!("{checked} files and streams identical to ntfs-3g's and icat's");
     let folder = run(bin("vhdinspect").arg("cat").arg(&image).arg("docs"));
-    assert_one_line_error(&folder, "docs", &["folder"]);
+    assert_usage_error(&folder, "docs", &["folder"]);
     let missing = run(bin("vhdinspect").arg("cat").arg(&image).arg("no/such/file"));
     assert_one_line_error(&missing, "xp-fixed.vhd", &["no/such/file"]);
 }

@@ -904,7 +904,7 @@ fn outputs_land_in_folders_whatever_their_names() {
     }
     // `--realign block` without '=' would name the output "block".
     let o = run(bin("vhdcompact").current_dir(dir.path()).arg(&img).args(["--realign", "block"]));
-    assert_one_line_error(&o, "block", &["--realign=block"]);
+    assert_usage_error(&o, "block", &["--realign=block"]);
 }
 
 #[test]

@@ -411,12 +411,12 @@ fn bad_requests_are_one_line_errors() {
     let out = vhdreg(&[corpus("xp-fixed.vhd").to_str().unwrap(), "get", COMPUTER_NAME]);
     assert_one_line_error(&out, "xp-fixed.vhd", &["no hive at Windows/System32/config/SYSTEM"]);
     let out = vhdreg(&[corpus("xp-fixed.vhd").to_str().unwrap(), "get", r"Software\x"]);
-    assert_one_line_error(&out, "Software", &["--hive"]);
+    assert_usage_error(&out, "Software", &["--hive"]);
     let Some(h) = hives(dir.path()) else { return };
     let f = h.system.to_str().unwrap();
     assert_one_line_error(&vhdreg(&["--hive-file", f, "get", "NoSuchKey"]), "NoSuchKey", &["no such key"]);
     assert_one_line_error(&vhdreg(&["--hive-file", f, "get", "Select", "Nope"]), "Select", &["no value"]);
-    assert_one_line_error(
+    assert_usage_error(
         &vhdreg(&["--hive-file", f, "set", "Select", "X", "--type", "REG_DWORD", "--data", "x"]),
         "REG_DWORD",
         &["not a"],

@@ -126,14 +126,15 @@ pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
 }
 
 /// Turns a command's outcome into the process exit code: 0 success, 1 for an error (printed
-/// as one line on stderr, prefixed with the tool's name) or for problems the command found.
+/// as one line on stderr, prefixed with the tool's name) or for problems the command found, 2
+/// for a usage error (as clap's own).
 pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("{tool}: {e}{}", hint(tool, &e).unwrap_or(""));
-            ExitCode::from(1)
+            ExitCode::from(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
         }
     }
 }

@@ -240,7 +240,7 @@ fn run(cli: Cli) -> Result<bool> {
         RegCommand::Delete { key, value: None } => write(src, vec![RegOp::DeleteKey(key)], true, w),
         RegCommand::Import { file } => {
             let bytes = host::read_limited(&file, MAX_INPUT_FILE, "a .reg file", lock_wait(src.wait))?;
-            let ops = regfile::parse(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+            let ops = regfile::parse(&bytes).map_err(|e| Error::unsupported(&file, e.to_string()))?;
             write(src, ops, false, w)
         }
         RegCommand::Recover => recover(src, cli.force, cli.json),
@@ -275,8 +275,7 @@ fn value_name(v: &str) -> String {
 /// Value data from a file: text for strings and numbers, the bytes for the rest.
 fn data_from_file(path: &Path, ty: u32, wait: LockWait) -> Result<Vec<u8>> {
     let bytes = host::read_limited(path, MAX_INPUT_FILE, "value data", wait)?;
-    let text =
-        || String::from_utf8(bytes.clone()).map_err(|_| Error::Usage(format!("{}: not UTF-8 text", path.display())));
+    let text = || String::from_utf8(bytes.clone()).map_err(|_| Error::unsupported(path, "not UTF-8 text"));
     match ty {
         reg_type::SZ | reg_type::EXPAND_SZ | reg_type::LINK => {
             Ok(value::utf16z(text()?.trim_end_matches(['\r', '\n'])))
@@ -337,8 +336,9 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
     }
     let hive = &loaded.hive;
     let inner = registry::resolve_current_control_set(hive, &t.inner)?;
-    let node =
-        hive.find(&inner)?.ok_or_else(|| Error::Usage(format!("{key}: no such key in {}", hive.name().display())))?;
+    let node = hive
+        .find(&inner)?
+        .ok_or_else(|| Error::NotFound(format!("{key}: no such key in {}", hive.name().display())))?;
     let shown = match key.trim_matches('\\') {
         "" => "\\".to_string(),
         k => k.to_string(),
@@ -346,7 +346,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
     match cmd {
         ReadCommand::Get { value: Some(v), .. } => {
             let name = value_name(&v);
-            let vk = hive.find_value(&node, &name)?.ok_or_else(|| Error::Usage(format!("{key}: no value {v:?}")))?;
+            let vk = hive.find_value(&node, &name)?.ok_or_else(|| Error::NotFound(format!("{key}: no value {v:?}")))?;
             let out = ValueOut::new(hive, &shown, &vk)?;
             stale_warning(&loaded);
             emit(json, &out, report::render_value)?;

@@ -71,7 +71,7 @@ impl ImageMap<'_> {
         let mut found = self.find_files(&[path.to_string()], partition);
         match found.len() {
             1 => Ok(found.remove(0)),
-            0 => Err(Error::Usage(format!(
+            0 => Err(Error::NotFound(format!(
                 "{}: no {path} in {}",
                 self.image.source().display(),
                 partition.map_or("any NTFS volume".into(), |n| format!("partition {n}"))

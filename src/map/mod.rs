@@ -95,7 +95,7 @@ impl<'a> ImageMap<'a> {
             && layout.partition(n).is_none()
         {
             let known: Vec<String> = layout.partitions.iter().map(|p| p.index.to_string()).collect();
-            return Err(Error::Usage(format!(
+            return Err(Error::NotFound(format!(
                 "{}: no partition {n} (partitions: {})",
                 image.source().display(),
                 if known.is_empty() { "none".into() } else { known.join(", ") }

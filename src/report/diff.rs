@@ -43,7 +43,7 @@ pub struct DiffReport {
 pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
     let image = map.image;
     let (Some(bs), Some(_)) = (image.block_size(), image.parent()) else {
-        return Err(Error::Usage(format!("{}: not a differencing image ({})", image.source().display(), image.kind())));
+        return Err(Error::unsupported(image.source(), format!("not a differencing image ({})", image.kind())));
     };
     let mut files: BTreeMap<(u32, u64), ChangedFile> = BTreeMap::new();
     let mut unowned: BTreeMap<&'static str, u64> = BTreeMap::new();

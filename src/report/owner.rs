@@ -69,15 +69,15 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
                 .partitions
                 .iter()
                 .find(|p| p.partition.index == n)
-                .ok_or_else(|| Error::Usage(format!("{name}: no partition {n}")))?;
+                .ok_or_else(|| Error::NotFound(format!("{name}: no partition {n}")))?;
             let idx = pm
                 .ntfs()
-                .ok_or_else(|| Error::Usage(format!("{name}: partition {n} is not a readable NTFS volume")))?;
+                .ok_or_else(|| Error::NotFound(format!("{name}: partition {n} is not a readable NTFS volume")))?;
             (pm.partition.start() + c.saturating_mul(idx.cluster_size()), idx.cluster_size())
         }
     };
     if start >= len {
-        return Err(Error::Usage(format!("{name}: {} is past the end of the disk ({len} bytes)", describe(query))));
+        return Err(Error::NotFound(format!("{name}: {} is past the end of the disk ({len} bytes)", describe(query))));
     }
     let length = length.min(len - start);
     let first: Location = map.locate(start);
@@ -246,7 +246,7 @@ pub fn place_file(map: &ImageMap<'_>, path: &str, partition: Option<u32>) -> Res
             sector_ranges: merged,
         });
     }
-    Err(Error::Usage(format!("{}: no file {path:?} in any NTFS volume", map.image.source().display())))
+    Err(Error::NotFound(format!("{}: no file {path:?} in any NTFS volume", map.image.source().display())))
 }
 
 /// Renders a position answer.

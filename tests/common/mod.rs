@@ -124,6 +124,18 @@ pub fn assert_one_line_error(out: &Output, file: &str, needles: &[&str]) {
     }
 }
 
+/// Asserts that a command refused its arguments: one line naming `file` with every `needle`,
+/// exit code 2.
+pub fn assert_usage_error(out: &Output, file: &str, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(file), "{err:?} does not name {file}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} lacks {n:?}");
+    }
+}
+
 /// Whether `dir` is a mount point now (the kernel's own table, not a guess).
 fn is_mounted(dir: &Path) -> bool {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());

@@ -232,7 +232,7 @@ fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(
                     lines.push(format!("delete {key} {shown}"));
                     changed = true;
                 } else if strict {
-                    return Err(Error::Usage(format!("{key}: no value {shown:?} to delete")));
+                    return Err(Error::NotFound(format!("{key}: no value {shown:?} to delete")));
                 } else {
                     lines.push(format!("(absent) {key} {shown}"));
                 }
@@ -242,7 +242,7 @@ fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(
                     lines.push(format!("delete {k} and everything under it"));
                     changed = true;
                 } else if strict {
-                    return Err(Error::Usage(format!("{k}: no such key to delete")));
+                    return Err(Error::NotFound(format!("{k}: no such key to delete")));
                 } else {
                     lines.push(format!("(absent) {k}"));
                 }

@@ -241,7 +241,7 @@ fn read_file(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry) -> Resul
 pub fn find_hive<'m>(map: &'m ImageMap<'_>, paths: &[String], partition: Option<u32>) -> Result<ImageHive<'m>> {
     let mut found = map.find_files(paths, partition);
     match found.len() {
-        0 => Err(Error::Usage(format!(
+        0 => Err(Error::NotFound(format!(
             "{}: no hive at {} in {}",
             map.image.source().display(),
             paths.join(" or "),
