@@ -544,6 +544,14 @@ fn a_stream_to_a_pipe_equals_the_file_output() {
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("<stdout>"), "the report goes to standard error");
     }
+    // Standard output appended to the input itself (`>> IN`) is refused, the input untouched.
+    let own = d.join("own.vhd");
+    std::fs::copy(&xp, &own).unwrap();
+    let before = sha256(&std::fs::read(&own).unwrap());
+    let append = std::fs::OpenOptions::new().append(true).open(&own).unwrap();
+    let out = bin("vhdcompact").arg(&own).arg("-").stdout(append).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sha256(&std::fs::read(&own).unwrap()), before);
     // What a stream cannot do is refused before anything is sent.
     for args in [vec!["--verify"], vec!["--to", "differencing", "--format", "vhdx"]] {
         let input: &Path = if args.contains(&"--verify") { &xp } else { &vhdx };

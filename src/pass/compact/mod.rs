@@ -170,6 +170,18 @@ pub fn to_stream(
     if opts.verify {
         return Err(Error::Usage("verification reads the output back, which a stream cannot: write to a file".into()));
     }
+    // Standard output redirected into (or appended to) an image of the input's chain.
+    if let Ok(meta) = out.metadata() {
+        let target = crate::host::FileId::of(&meta);
+        for f in image.chain_files() {
+            if f.raw().metadata().is_ok_and(|m| crate::host::FileId::of(&m) == target) {
+                return Err(Error::Conflict {
+                    file: f.path().to_path_buf(),
+                    problem: "standard output is this input: the stream would overwrite what it reads".into(),
+                });
+            }
+        }
+    }
     let started = Instant::now();
     let map = ImageMap::build(image, None)?;
     let plan = plan(&map, opts)?;
