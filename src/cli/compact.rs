@@ -103,6 +103,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// No progress on standard error (it shows only when standard error is a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Write the man page or a shell completion script to standard output, and nothing else.
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
     pub generate: Option<crate::cli::Generate>,
@@ -148,16 +151,44 @@ pub fn main() -> ExitCode {
     finish("vhdcompact", run(&cli))
 }
 
-/// A progress bar on stderr when it is a terminal.
-fn progress() -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// Progress on stderr when it is a terminal (and not `--quiet`): a spinner while the image is
+/// indexed and planned, then a bar of the work (`unit`: blocks, or bytes for an upload) with
+/// its phase, rate and time left.
+struct Progress {
+    bar: ProgressBar,
+    bytes: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool, bytes: bool) -> Self {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress { bar: ProgressBar::hidden(), bytes };
+        }
+        let bar = ProgressBar::new_spinner().with_message("indexing the image");
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress { bar, bytes }
     }
-    let bar = ProgressBar::new(0);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {per_sec} eta {eta}") {
-        bar.set_style(style);
+
+    /// The phase `label` over `units` of work.
+    fn phase(&self, label: &'static str, units: u64) {
+        let template = if self.bytes {
+            "{msg:>14} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{msg:>14} {bar:40} {pos}/{len} blocks {per_sec} eta {eta}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            self.bar.set_style(style);
+        }
+        self.bar.set_message(label);
+        self.bar.set_length(units);
+        self.bar.set_position(0);
     }
-    bar
+
+    /// A phase of unknown length.
+    fn spin(&self, label: &'static str) {
+        self.bar.set_style(ProgressStyle::default_spinner());
+        self.bar.set_message(label);
+    }
 }
 
 impl Cli {
@@ -214,21 +245,23 @@ fn refuse_size_like_output(out: &Path) -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<bool> {
-    let bar = progress();
+    if !cli.what_if.is_empty() {
+        return what_if(cli);
+    }
+    let uploading = upload_url(cli).is_some();
+    let progress = Progress::new(cli.quiet, uploading);
+    let bar = &progress.bar;
     let events = |e: Event<'_>| match e {
         Event::RemovedStale(removed) => crate::cli::report_stale("vhdcompact", removed),
         Event::Writing { temp, units } => {
             if let Some(temp) = temp {
                 crate::cli::track_temp(temp);
             }
-            bar.set_length(units);
+            progress.phase(if uploading { "uploading" } else { "writing blocks" }, units);
         }
         Event::Written(done) => bar.set_position(done),
-        Event::Verifying => bar.finish_and_clear(),
+        Event::Verifying => progress.spin("verifying"),
     };
-    if !cli.what_if.is_empty() {
-        return what_if(cli);
-    }
     let input = cli.input.as_deref().ok_or_else(|| Error::Usage("give the image to compact".into()))?;
     let report = if cli.in_place {
         let (mut image, recovery) = DiskImage::open_writable(input, &cli.open_options())?;
@@ -237,13 +270,7 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         let opts = cli.compact_options(&image);
         compact::in_place(&mut image, &opts, &events)?
-    } else if let Some(url) =
-        cli.output.as_deref().and_then(|o| o.to_str()).filter(|o| o.starts_with("https://") || o.starts_with("http://"))
-    {
-        // An upload counts bytes.
-        if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
-            bar.set_style(style);
-        }
+    } else if let Some(url) = upload_url(cli) {
         let result = upload(cli, input, url, &events);
         bar.finish_and_clear();
         return result;
@@ -283,6 +310,11 @@ fn stream(cli: &Cli, input: &Path, events: &(dyn Fn(Event<'_>) + Sync)) -> Resul
     };
     eprint!("{text}");
     Ok(true)
+}
+
+/// OUT, when it is a page blob's URL.
+fn upload_url(cli: &Cli) -> Option<&str> {
+    cli.output.as_deref().and_then(|o| o.to_str()).filter(|o| o.starts_with("https://") || o.starts_with("http://"))
 }
 
 /// `vhdcompact IN URL`: the image uploaded to a page blob as an Azure fixed VHD.

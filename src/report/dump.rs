@@ -390,25 +390,32 @@ fn vhdx_report(v: &Vhdx, opts: DumpOptions) -> Result<VhdxReport> {
     })
 }
 
-fn slot_rows(section: &mut Section, label: &str, slots: &[TableSlot]) {
+/// One row per slot of a partition table sector, numbered 1-4 as `fdisk` does (`prefix`
+/// names an EBR); an empty slot says so.
+fn slot_rows(section: &mut Section, prefix: &str, slots: &[TableSlot]) {
     for s in slots {
+        let empty = s.kind == 0 && s.start_lba == 0 && s.sectors == 0;
         section.row(vec![
-            format!("{label}({})", s.slot),
+            format!("{prefix}{}", s.slot + 1),
             s.hex.clone(),
-            format!(
-                "{}type {:#04x} {} start {} sectors {} CHS {}/{}/{}-{}/{}/{}",
-                if s.boot_indicator == 0x80 { "active " } else { "" },
-                s.kind,
-                s.type_name,
-                s.start_lba,
-                s.sectors,
-                s.first_chs.cylinder,
-                s.first_chs.head,
-                s.first_chs.sector,
-                s.last_chs.cylinder,
-                s.last_chs.head,
-                s.last_chs.sector
-            ),
+            if empty {
+                "empty".to_string()
+            } else {
+                format!(
+                    "{}type {:#04x} {} start {} sectors {} CHS {}/{}/{}-{}/{}/{}",
+                    if s.boot_indicator == 0x80 { "active " } else { "" },
+                    s.kind,
+                    s.type_name,
+                    s.start_lba,
+                    s.sectors,
+                    s.first_chs.cylinder,
+                    s.first_chs.head,
+                    s.first_chs.sector,
+                    s.last_chs.cylinder,
+                    s.last_chs.head,
+                    s.last_chs.sector
+                )
+            },
         ]);
     }
 }
@@ -710,9 +717,9 @@ fn render_partitions(t: &DiskLayout, partitions: &[Partition], out: &mut Vec<Str
     if let Some(m) = &t.mbr {
         let mut s =
             Section::table(&format!("MBR (disk signature {:08X})", m.disk_signature), &["entry", "raw", "decoded"]);
-        slot_rows(&mut s, "Index", &m.entries);
+        slot_rows(&mut s, "", &m.entries);
         for e in &m.ebrs {
-            slot_rows(&mut s, &format!("EBR@{}", e.lba), &e.entries);
+            slot_rows(&mut s, &format!("EBR@{} ", e.lba), &e.entries);
         }
         out.push(s.render());
     }
