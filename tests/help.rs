@@ -64,3 +64,27 @@ fn man_pages_render_and_completions_complete() {
     let out = run(bin("vhdreg").args(["--generate", "pdf"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn every_json_report_starts_with_its_schema_version() {
+    let image = corpus("aligned-dynamic.vhd");
+    let img = image.to_str().unwrap();
+    let dir = tempdir();
+    let out = dir.path().join("out.vhd");
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("vhdinspect", vec!["dump", img, "--json"]),
+        ("vhdinspect", vec!["check", img, "--json"]),
+        ("vhdinspect", vec!["files", img, "--json"]),
+        ("vhdinspect", vec!["map", img, "--json"]),
+        ("vhdinspect", vec!["owner", img, "--sector", "2048", "--json"]),
+        ("vhdinspect", vec!["ranges", img, "--json"]),
+        ("vhdinspect", vec!["align", img, "--json"]),
+        ("vhdcompact", vec![img, out.to_str().unwrap(), "--json"]),
+        ("vhdcompact", vec!["--what-if", img, "--json"]),
+    ];
+    for (tool, args) in runs {
+        let text = String::from_utf8(run_ok(bin(tool).args(&args))).unwrap();
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        assert!(compact.starts_with("{\"schema_version\":1,"), "{tool} {args:?}: {}", &text[..text.len().min(80)]);
+    }
+}

@@ -57,7 +57,10 @@ fn bare_hive_values_of_every_type_read_back_with_hivex() {
     // Our own reader agrees, in JSON.
     let got: serde_json::Value =
         serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "M", "--json"])).unwrap();
-    assert_eq!(got, serde_json::json!({"key": key, "name": "M", "type": "REG_MULTI_SZ", "data": ["one", "two"]}));
+    assert_eq!(
+        got,
+        serde_json::json!({"schema_version": 1, "key": key, "name": "M", "type": "REG_MULTI_SZ", "data": ["one", "two"]})
+    );
     let got: serde_json::Value =
         serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "D", "--json"])).unwrap();
     assert_eq!(got["data"], 42);

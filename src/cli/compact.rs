@@ -304,7 +304,8 @@ fn stream(cli: &Cli, input: &Path, events: &(dyn Fn(Event<'_>) + Sync)) -> Resul
     let out = crate::host::platform::stdout_file().map_err(|e| Error::open(Path::new("<stdout>"), "duplicate", e))?;
     let report = compact::to_stream(&image, out, Path::new("<stdout>"), &cli.compact_options(&image), events)?;
     let text = if cli.json {
-        serde_json::to_string_pretty(&report).map_err(|e| Error::internal(e.to_string()))? + "\n"
+        serde_json::to_string_pretty(&crate::report::versioned(&report)).map_err(|e| Error::internal(e.to_string()))?
+            + "\n"
     } else {
         crate::report::compact::render(&report)
     };
@@ -359,10 +360,14 @@ fn what_if(cli: &Cli) -> Result<bool> {
         if cli.json {
             for (path, r) in images.iter().zip(&results) {
                 match r {
-                    Ok(report) => serde_json::to_writer(&mut *w, report)?,
+                    Ok(report) => serde_json::to_writer(&mut *w, &crate::report::versioned(report))?,
                     Err(e) => serde_json::to_writer(
                         &mut *w,
-                        &serde_json::json!({ "file": path.display().to_string(), "error": e.to_string() }),
+                        &serde_json::json!({
+                            "schema_version": crate::report::SCHEMA_VERSION,
+                            "file": path.display().to_string(),
+                            "error": e.to_string()
+                        }),
                     )?,
                 }
                 writeln!(w)?;

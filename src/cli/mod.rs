@@ -20,7 +20,7 @@ use crate::error::{Error, Remedy, Result};
 pub fn emit<T: Serialize>(json: bool, report: &T, render: impl Fn(&T) -> String) -> Result<()> {
     write_output(|w| {
         if json {
-            serde_json::to_writer_pretty(&mut *w, report)?;
+            serde_json::to_writer_pretty(&mut *w, &crate::report::versioned(report))?;
             writeln!(w)
         } else {
             w.write_all(render(report).as_bytes())

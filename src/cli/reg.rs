@@ -360,7 +360,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
             let prefix = if inner.is_empty() { t.prefix.clone() } else { format!("{}\\{inner}", t.prefix) };
             if json {
                 let keys = export_tree(hive, &node, &prefix)?;
-                emit(true, &keys, |_| String::new())?;
+                emit(true, &serde_json::json!({ "keys": keys }), |_| String::new())?;
             }
             let text = regfile::export(hive, &node, &prefix)?;
             match file {

@@ -136,7 +136,7 @@ pub struct PartitionFileSystem {
 }
 
 /// The listing of every NTFS volume of an image, written as
-/// `{"filesystems": [PartitionFileSystem], "volumes": [VolumeReport], "files": [FileReport]}`
+/// `{"schema_version", "filesystems": [PartitionFileSystem], "volumes": [VolumeReport], "files": [FileReport]}`
 /// or as a table.
 pub struct FilesReport<'m> {
     map: &'m ImageMap<'m>,
@@ -194,7 +194,7 @@ impl<'m> FilesReport<'m> {
             .into_iter()
             .map(|(partition, filesystem)| PartitionFileSystem { partition, filesystem })
             .collect();
-        w.write_all(b"{\"filesystems\":")?;
+        write!(w, "{{\"schema_version\":{},\"filesystems\":", crate::report::SCHEMA_VERSION)?;
         serde_json::to_writer(&mut *w, &filesystems)?;
         w.write_all(b",\"volumes\":")?;
         serde_json::to_writer(&mut *w, &self.volumes)?;

@@ -1,6 +1,24 @@
 //! Layer 6 (output half): each command's report as a serde structure (the `--json` output,
 //! documented in docs/json.md) and its rendering as readable tables.
 
+/// The version of the JSON vocabulary, the first key of every JSON report (and of every line
+/// of JSON Lines): raised when a listed key changes name or meaning.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A report (a struct or a map) serialized with `schema_version` first, streamed as it is
+/// written.
+#[derive(serde::Serialize)]
+pub struct Versioned<'a, T: serde::Serialize> {
+    schema_version: u32,
+    #[serde(flatten)]
+    report: &'a T,
+}
+
+/// `report` with `schema_version` first.
+pub fn versioned<T: serde::Serialize>(report: &T) -> Versioned<'_, T> {
+    Versioned { schema_version: SCHEMA_VERSION, report }
+}
+
 pub mod align;
 pub mod check;
 pub mod compact;
