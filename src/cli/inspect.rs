@@ -99,6 +99,9 @@ pub enum Command {
         image: ImageArgs,
     },
     /// List every file and directory of the NTFS volumes (one entry per hard link).
+    #[command(after_help = "Flags, one letter each or '-': d directory, s system (NTFS metadata or the \
+SYSTEM attribute), h hidden, S sparse, C compressed, E encrypted, R reparse point. Below a file, \
+its alternate data streams as FILE:STREAM with their sizes.")]
     Files {
         #[command(flatten)]
         image: ImageArgs,

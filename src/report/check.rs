@@ -116,7 +116,13 @@ pub fn render(r: &CheckReport) -> String {
         return format!("{}: {} {} image, no problems found\n", r.file, r.format, r.container.name());
     }
     let mut s = Section::table(
-        &format!("{}: {} problem(s) in this {} {} image", r.file, r.problems.len(), r.format, r.container.name()),
+        &format!(
+            "{}: {} in this {} {} image",
+            r.file,
+            crate::report::table::count(r.problems.len() as u64, "problem"),
+            r.format,
+            r.container.name()
+        ),
         &["file", "structure", "offset", "problem"],
     );
     for p in &r.problems {

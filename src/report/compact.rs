@@ -58,8 +58,8 @@ pub fn render(r: &CompactReport) -> String {
         s.kv(
             "dropped",
             format!(
-                "none: a fixed image stores every block ({} blocks of free space written as zeros)",
-                r.zero_filled_blocks
+                "none: a fixed image stores every block ({} of free space written as zeros)",
+                crate::report::table::count(r.zero_filled_blocks, "block")
             ),
         );
     } else {

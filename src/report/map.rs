@@ -137,7 +137,10 @@ pub fn render(r: &MapReport) -> String {
     let mut t = Section::key_value(&format!("{} ({} {} image)", r.file, r.format, r.container.name()));
     t.kv("block size", human_bytes(s.block_size));
     t.kv("blocks", format!("{} ({} allocated)", s.blocks, s.allocated_blocks));
-    t.kv("droppable", format!("{} blocks, {}", s.droppable_blocks, human_bytes(s.droppable_bytes)));
+    t.kv(
+        "droppable",
+        format!("{}, {}", crate::report::table::count(s.droppable_blocks, "block"), human_bytes(s.droppable_bytes)),
+    );
     for (state, n) in &s.by_state {
         t.kv(&format!("  {state}"), n.to_string());
     }

@@ -48,7 +48,16 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    match u {
+        0 if n == 1 => "1 byte".to_string(),
+        0 => format!("{n} bytes"),
+        _ => format!("{v:.1} {}", UNITS[u]),
+    }
+}
+
+/// `n` and the noun, singular for one: "1 block", "2 blocks".
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 #[cfg(test)]
@@ -57,7 +66,8 @@ mod tests {
 
     #[test]
     fn human_bytes_uses_binary_units() {
-        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(1), "1 byte");
         assert_eq!(human_bytes(2 << 20), "2.0 MiB");
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
