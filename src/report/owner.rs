@@ -1,7 +1,6 @@
 //! `vhdinspect owner`: what lives at a sector, block, cluster or byte offset; or, for a file,
 //! where its streams lie on the disk and in the container.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -81,12 +80,16 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
     }
     let length = length.min(len - start);
     let first: Location = map.locate(start);
-    let mut regions: BTreeMap<&'static str, (Region, u64)> = BTreeMap::new();
+    // Regions and owners in the order the range meets them.
+    let mut regions: Vec<RegionBytes> = Vec::new();
     let mut owners: Vec<OwnerRef> = Vec::new();
     let mut allocated = false;
     for piece in map.pieces(start, start + length) {
         allocated |= piece.allocated;
-        regions.entry(piece.region.name()).or_insert((piece.region, 0)).1 += piece.end - piece.start;
+        match regions.iter_mut().find(|r| r.region.name() == piece.region.name()) {
+            Some(r) => r.bytes += piece.end - piece.start,
+            None => regions.push(RegionBytes { region: piece.region, bytes: piece.end - piece.start }),
+        }
         if let (Some((idx, ids)), Some(partition)) = (piece.owners, piece.partition) {
             for &id in ids {
                 let o = OwnerRef::new(partition, idx, id);
@@ -112,7 +115,7 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
         filesystem: first.filesystem,
         cluster: first.cluster,
         owners,
-        regions: regions.into_values().map(|(region, bytes)| RegionBytes { region, bytes }).collect(),
+        regions,
     })
 }
 
