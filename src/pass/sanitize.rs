@@ -45,12 +45,32 @@ enum Patch {
     Fill { len: u64, byte: u8 },
     /// These bytes.
     Bytes(Vec<u8>),
+    /// `len` bytes of whole records of `size` bytes, each sanitized as it is read (so no
+    /// copy of a large MFT is held).
+    Records { len: u64, size: u64, kind: RecordKind },
+}
+
+/// Which records a [`Patch::Records`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordKind {
+    File,
+    Index,
+}
+
+impl RecordKind {
+    /// The sanitized bytes of one record, when they differ.
+    fn sanitize(self, disk: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            RecordKind::File => sanitized_record(disk).map(|(b, _)| b),
+            RecordKind::Index => sanitized_index_record(disk),
+        }
+    }
 }
 
 impl Patch {
     fn len(&self) -> u64 {
         match self {
-            Patch::Fill { len, .. } => *len,
+            Patch::Fill { len, .. } | Patch::Records { len, .. } => *len,
             Patch::Bytes(b) => b.len() as u64,
         }
     }
@@ -96,30 +116,52 @@ impl Sanitization {
         Ok(all)
     }
 
-    /// Applies the patches to `buf`, read at disk offset `offset`.
-    pub fn apply(&self, offset: u64, buf: &mut [u8]) {
+    /// Applies the patches to `buf`, read at disk offset `offset` of `disk` (the unpatched
+    /// disk, read again for a record the buffer holds only part of).
+    pub fn apply(&self, disk: &dyn BlockDevice, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset + buf.len() as u64;
         let first = self.patches.partition_point(|(at, p)| at + p.len() <= offset);
         for (at, patch) in self.patches[first..].iter().take_while(|(at, _)| *at < end) {
             let (a, z) = ((*at).max(offset), (at + patch.len()).min(end));
-            let out = &mut buf[(a - offset) as usize..(z - offset) as usize];
             match patch {
-                Patch::Fill { byte, .. } => out.fill(*byte),
-                Patch::Bytes(b) => out.copy_from_slice(&b[(a - at) as usize..(z - at) as usize]),
+                Patch::Fill { byte, .. } => buf[(a - offset) as usize..(z - offset) as usize].fill(*byte),
+                Patch::Bytes(b) => {
+                    buf[(a - offset) as usize..(z - offset) as usize].copy_from_slice(&b[(a - at) as usize..(z - at) as usize])
+                }
+                Patch::Records { size, kind, .. } => {
+                    let mut r = at + (a - at) / size * size;
+                    while r < z {
+                        apply_record(disk, *kind, r, *size, offset, buf)?;
+                        r += size;
+                    }
+                }
             }
         }
+        Ok(())
     }
 }
+
+/// Sanitization as writes to make in place: journaled writes, and zero ranges.
+pub type InPlaceWrites = (Vec<DiskWrite>, Vec<(u64, u64)>);
 
 impl Sanitization {
     /// The patches as writes to make in place: record rewrites and fills other than zeros,
     /// which must land whole (a torn record is damage), as journaled writes; fills of zeros,
     /// harmless if cut short, as ranges.
-    pub fn into_writes(self) -> (Vec<DiskWrite>, Vec<(u64, u64)>) {
+    pub fn into_writes(self, disk: &dyn BlockDevice) -> Result<InPlaceWrites> {
         let mut journaled = Vec::new();
         let mut zeros = Vec::new();
         for (at, patch) in self.patches {
             match patch {
+                Patch::Records { len, size, kind } => {
+                    let mut record = vec![0u8; size as usize];
+                    for r in (at..at + len).step_by(size as usize) {
+                        disk.read_at(r, &mut record)?;
+                        if let Some(bytes) = kind.sanitize(&record) {
+                            journaled.push(DiskWrite { offset: r, bytes, what: "sanitized record".into() });
+                        }
+                    }
+                }
                 Patch::Fill { len, byte: 0 } => zeros.push((at, len)),
                 Patch::Fill { len, byte } => {
                     journaled.push(DiskWrite { offset: at, bytes: vec![byte; len as usize], what: "sanitized $LogFile".into() })
@@ -127,8 +169,27 @@ impl Sanitization {
                 Patch::Bytes(bytes) => journaled.push(DiskWrite { offset: at, bytes, what: "sanitized record".into() }),
             }
         }
-        (journaled, zeros)
+        Ok((journaled, zeros))
     }
+}
+
+/// Sanitizes the record of `size` bytes at disk offset `r` in `buf` (read at `offset`),
+/// reading it whole from `disk` when `buf` holds only part of it.
+fn apply_record(disk: &dyn BlockDevice, kind: RecordKind, r: u64, size: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let end = offset + buf.len() as u64;
+    let whole = r >= offset && r + size <= end;
+    let new = if whole {
+        kind.sanitize(&buf[(r - offset) as usize..(r - offset + size) as usize])
+    } else {
+        let mut record = vec![0u8; size as usize];
+        disk.read_at(r, &mut record)?;
+        kind.sanitize(&record)
+    };
+    if let Some(new) = new {
+        let (a, z) = (r.max(offset), (r + size).min(end));
+        buf[(a - offset) as usize..(z - offset) as usize].copy_from_slice(&new[(a - r) as usize..(z - r) as usize]);
+    }
+    Ok(())
 }
 
 fn add(total: &mut SanitizeSummary, s: &SanitizeSummary) {
@@ -154,6 +215,9 @@ fn disjoint(sorted: Vec<(u64, Patch)>) -> Vec<(u64, Patch)> {
         let trimmed = match patch {
             Patch::Fill { byte, .. } => Patch::Fill { len: end - at - skip, byte },
             Patch::Bytes(b) => Patch::Bytes(b[skip as usize..].to_vec()),
+            // Whole records only: never planned over another patch, so never trimmed.
+            records @ Patch::Records { .. } if skip == 0 => records,
+            Patch::Records { .. } => continue,
         };
         out.push((at + skip, trimmed));
     }
@@ -227,57 +291,81 @@ impl Volume<'_> {
         n
     }
 
-    /// Every FILE record of the MFT, read in batches in parallel.
+    /// Every FILE record of the MFT from the first user record: counted now (read in batches
+    /// in parallel), sanitized as they are copied (one [`Patch::Records`] per contiguous
+    /// stretch); a record split between two runs is patched now.
     fn plan_records(&mut self) -> Result<()> {
         let layout = &self.index.layout;
         let size = layout.record_size;
         let batches: Vec<u64> = (0..layout.record_count.div_ceil(RECORDS_PER_READ)).collect();
-        let results: Vec<Vec<(u64, Vec<u8>, RecordChange)>> = batches
+        let counts: Vec<(u64, u64)> = batches
             .par_iter()
             .map(|&b| {
-                let mut out = Vec::new();
+                let (mut emptied, mut tails) = (0, 0);
                 // The first records are NTFS's own, and `$MFTMirr` mirrors some of them.
                 let first = (b * RECORDS_PER_READ).max(FIRST_USER_RECORD);
+                let mut bytes = vec![0u8; size as usize];
                 for r in first..((b + 1) * RECORDS_PER_READ).min(layout.record_count) {
                     let Some(pieces) = layout.pieces(r * size, size) else { continue };
-                    let mut bytes = vec![0u8; size as usize];
                     self.read_pieces(&pieces, &mut bytes)?;
-                    if let Some((new, change)) = sanitized_record(&bytes) {
-                        out.push((r, new, change));
+                    match sanitized_record(&bytes) {
+                        Some((_, RecordChange::Emptied)) => emptied += 1,
+                        Some((_, RecordChange::TailZeroed)) => tails += 1,
+                        None => {}
                     }
                 }
-                Ok(out)
+                Ok((emptied, tails))
             })
             .collect::<Result<_>>()?;
-        for (r, new, change) in results.into_iter().flatten() {
-            match change {
-                RecordChange::Emptied => self.summary.free_records += 1,
-                RecordChange::TailZeroed => self.summary.record_tails += 1,
-            }
-            let pieces = layout.pieces(r * size, size).unwrap_or_default();
-            self.push_bytes(&pieces, new);
+        for (emptied, tails) in counts {
+            self.summary.free_records += emptied;
+            self.summary.record_tails += tails;
         }
+        let mut stretch = Stretch::new(RecordKind::File, size);
+        for r in FIRST_USER_RECORD..layout.record_count {
+            match layout.pieces(r * size, size) {
+                Some(pieces) if pieces.len() == 1 => stretch.add(self.base + pieces[0].0, &mut self.patches),
+                Some(pieces) => {
+                    stretch.close(&mut self.patches);
+                    let mut bytes = vec![0u8; size as usize];
+                    self.read_pieces(&pieces, &mut bytes)?;
+                    if let Some((new, _)) = sanitized_record(&bytes) {
+                        self.push_bytes(&pieces, new);
+                    }
+                }
+                None => stretch.close(&mut self.patches),
+            }
+        }
+        stretch.close(&mut self.patches);
         Ok(())
     }
 
-    /// The INDX records of a directory index stream.
+    /// The INDX records of a directory index stream: counted now, sanitized as they are copied
+    /// (a record split between two runs is patched now).
     fn plan_index(&mut self, stream: &Stream) -> Result<()> {
         let size = self.index.bpb.index_record_size as u64;
         if size < 512 {
             return Ok(());
         }
+        let mut stretch = Stretch::new(RecordKind::Index, size);
+        let mut bytes = vec![0u8; size as usize];
         for k in 0..stream.data_size.min(stream.allocated_size) / size {
             let pieces = disk_ranges(&stream.runs, self.cluster(), k * size, (k + 1) * size);
             if pieces.iter().map(|p| p.1).sum::<u64>() != size {
+                stretch.close(&mut self.patches);
                 continue;
             }
-            let mut bytes = vec![0u8; size as usize];
             self.read_pieces(&pieces, &mut bytes)?;
-            if let Some(new) = sanitized_index_record(&bytes) {
-                self.summary.index_records += 1;
+            let Some(new) = sanitized_index_record(&bytes) else { continue };
+            self.summary.index_records += 1;
+            if pieces.len() == 1 {
+                stretch.add(self.base + pieces[0].0, &mut self.patches);
+            } else {
+                stretch.close(&mut self.patches);
                 self.push_bytes(&pieces, new);
             }
         }
+        stretch.close(&mut self.patches);
         Ok(())
     }
 
@@ -298,6 +386,38 @@ impl Volume<'_> {
             self.patches.push((self.base + offset, Patch::Bytes(bytes[at..at + len as usize].to_vec())));
             at += len as usize;
         }
+    }
+}
+
+/// Consecutive whole records on the disk, gathered into one [`Patch::Records`].
+struct Stretch {
+    kind: RecordKind,
+    size: u64,
+    at: u64,
+    len: u64,
+}
+
+impl Stretch {
+    fn new(kind: RecordKind, size: u64) -> Self {
+        Stretch { kind, size, at: 0, len: 0 }
+    }
+
+    /// Adds the record at disk offset `at`, starting a new stretch when it does not follow.
+    fn add(&mut self, at: u64, patches: &mut Vec<(u64, Patch)>) {
+        if self.len > 0 && self.at + self.len != at {
+            self.close(patches);
+        }
+        if self.len == 0 {
+            self.at = at;
+        }
+        self.len += self.size;
+    }
+
+    fn close(&mut self, patches: &mut Vec<(u64, Patch)>) {
+        if self.len > 0 {
+            patches.push((self.at, Patch::Records { len: self.len, size: self.size, kind: self.kind }));
+        }
+        self.len = 0;
     }
 }
 
@@ -398,6 +518,22 @@ fn sanitized_index_record(disk: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A disk of zeros, for patches that need no read.
+    struct Zeros;
+
+    impl BlockDevice for Zeros {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, _offset: u64, buf: &mut [u8]) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn source(&self) -> &std::path::Path {
+            std::path::Path::new("zeros")
+        }
+    }
+
     #[test]
     fn overlapping_patches_become_disjoint_first_one_winning() {
         let p = disjoint(vec![
@@ -408,7 +544,7 @@ mod tests {
         assert_eq!(p, vec![(0, Patch::Fill { len: 10, byte: 0 }), (10, Patch::Bytes(vec![1; 5]))]);
         let s = Sanitization { patches: p, summary: SanitizeSummary::default() };
         let mut buf = [7u8; 20];
-        s.apply(2, &mut buf);
+        s.apply(&Zeros, 2, &mut buf).unwrap();
         assert_eq!(&buf[..10], &[0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
         assert_eq!(&buf[10..], &[1, 1, 1, 7, 7, 7, 7, 7, 7, 7]);
     }

@@ -87,9 +87,11 @@ pub fn read_all(dev: &dyn BlockDevice) -> Vec<u8> {
     buf
 }
 
-/// Opens an image leniently.
+/// Opens an image leniently. It waits for a lock: a process another test thread is spawning
+/// holds copies of this process's files (and their locks) between its fork and its exec.
 pub fn open(path: &Path) -> DiskImage {
-    DiskImage::open(path, &OpenOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    let opts = OpenOptions { wait: vhdkit::LockWait::Wait, ..OpenOptions::default() };
+    DiskImage::open(path, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `qemu-img convert -O raw` of a VHD (told `-f vpc`: qemu probes a fixed VHD as raw, footer

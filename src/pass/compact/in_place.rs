@@ -41,7 +41,7 @@ fn sanitize(image: &mut DiskImage) -> Result<crate::pass::sanitize::SanitizeSumm
         let map = ImageMap::build(image, None)?;
         let s = crate::pass::sanitize::Sanitization::plan(&map)?;
         let summary = s.summary.clone();
-        let (journaled, zeros) = s.into_writes();
+        let (journaled, zeros) = s.into_writes(image)?;
         (summary, journaled, zeros)
     };
     crate::pass::disk_write::apply(image, &journaled)?;

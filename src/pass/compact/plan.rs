@@ -104,7 +104,7 @@ impl BlockDevice for PlannedSource<'_> {
             None => self.map.image.read_at(offset, buf)?,
         }
         if let Some(s) = &self.sanitization {
-            s.apply(offset, buf);
+            s.apply(self.map.image, offset, buf)?;
         }
         Ok(())
     }
