@@ -88,3 +88,25 @@ fn every_json_report_starts_with_its_schema_version() {
         assert!(compact.starts_with("{\"schema_version\":1,"), "{tool} {args:?}: {}", &text[..text.len().min(80)]);
     }
 }
+
+#[test]
+fn files_as_json_lines_equal_the_json_listing() {
+    let image = corpus("aligned-dynamic.vhd");
+    let json: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").arg("files").arg(&image).arg("--json"))).unwrap();
+    let text = String::from_utf8(run_ok(bin("vhdinspect").arg("files").arg(&image).arg("--jsonl"))).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().all(|l| l["schema_version"] == 1));
+    let of = |kind: &str| lines.iter().filter(|l| l["type"] == kind).cloned().collect::<Vec<_>>();
+    let strip = |mut v: serde_json::Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("schema_version");
+        o.remove("type");
+        v
+    };
+    let files: Vec<serde_json::Value> = of("file").into_iter().map(strip).collect();
+    assert_eq!(serde_json::Value::Array(files), json["files"]);
+    let volumes: Vec<serde_json::Value> = of("volume").into_iter().map(strip).collect();
+    assert_eq!(serde_json::Value::Array(volumes), json["volumes"]);
+    assert_eq!(of("filesystem").len(), json["filesystems"].as_array().unwrap().len());
+}

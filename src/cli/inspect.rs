@@ -111,6 +111,10 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         /// Add every stream's and attribute's data runs.
         #[arg(long)]
         runs: bool,
+        /// JSON Lines: a line per file system, per volume, then per file (each with
+        /// `schema_version` and `type`), written as the listing goes.
+        #[arg(long, conflicts_with = "json")]
+        jsonl: bool,
     },
     /// What lives at a sector, block, cluster or offset; or where a file's clusters are.
     Owner {
@@ -250,13 +254,17 @@ fn run(cli: Cli) -> Result<bool> {
             }
             Ok(r.disk_error.is_none())
         }
-        Command::Files { image, partition, runs } => {
+        Command::Files { image, partition, runs, jsonl } => {
             let img = image.open(false)?;
             let map = ImageMap::build(&img, partition)?;
             map.require_readable()?;
             note_without_ntfs(&map);
             let r = report::files::FilesReport::new(&map, runs);
-            write_output(|w| if cli.json { r.write_json(w) } else { r.write_table(w) })?;
+            write_output(|w| match (jsonl, cli.json) {
+                (true, _) => r.write_jsonl(w),
+                (false, true) => r.write_json(w),
+                (false, false) => r.write_table(w),
+            })?;
             Ok(true)
         }
         Command::Owner { image, at, partition } => {
