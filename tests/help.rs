@@ -110,3 +110,29 @@ fn files_as_json_lines_equal_the_json_listing() {
     assert_eq!(serde_json::Value::Array(volumes), json["volumes"]);
     assert_eq!(of("filesystem").len(), json["filesystems"].as_array().unwrap().len());
 }
+
+#[test]
+fn map_as_json_lines_equals_the_json_map() {
+    let image = corpus("aligned-dynamic.vhd");
+    let json: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").arg("map").arg(&image).arg("--json"))).unwrap();
+    let text = String::from_utf8(run_ok(bin("vhdinspect").arg("map").arg(&image).arg("--jsonl"))).unwrap();
+    let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for l in &mut lines {
+        assert_eq!(l["schema_version"], 1);
+        l.as_object_mut().unwrap().remove("schema_version");
+    }
+    let summary = lines.pop().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let blocks: Vec<serde_json::Value> = lines
+        .into_iter()
+        .map(|mut l| {
+            assert_eq!(l.as_object_mut().unwrap().remove("type").unwrap(), "block");
+            l
+        })
+        .collect();
+    assert_eq!(serde_json::Value::Array(blocks), json["blocks"]);
+    let mut summary = summary;
+    summary.as_object_mut().unwrap().remove("type");
+    assert_eq!(summary, json["summary"]);
+}

@@ -139,6 +139,10 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         /// Replace OUT.svg if it exists.
         #[arg(long)]
         force: bool,
+        /// JSON Lines: a line per block, then the summary (each with `schema_version` and
+        /// `type`).
+        #[arg(long, conflicts_with = "json")]
+        jsonl: bool,
     },
     /// For a differencing image: the files whose sectors the child holds.
     Diff {
@@ -290,7 +294,7 @@ fn run(cli: Cli) -> Result<bool> {
             emit(cli.json, &r, report::owner::render)?;
             Ok(true)
         }
-        Command::Map { image, partition, svg, force } => {
+        Command::Map { image, partition, svg, force, jsonl } => {
             let img = image.open(false)?;
             let mut policy = OutputPolicy::new(if force { Replace::Existing } else { Replace::Never });
             img.add_inputs_to(&mut policy);
@@ -306,7 +310,16 @@ fn run(cli: Cli) -> Result<bool> {
                 crate::cli::track_temp(out.path());
                 out.write_all_and_commit(report::map::svg(&r).as_bytes())?;
             }
-            emit(cli.json, &r, report::map::render)?;
+            if jsonl {
+                write_output(|w| {
+                    for b in &r.blocks {
+                        report::write_line(w, "block", b)?;
+                    }
+                    report::write_line(w, "summary", &r.summary)
+                })?;
+            } else {
+                emit(cli.json, &r, report::map::render)?;
+            }
             Ok(true)
         }
         Command::Diff { image } => {

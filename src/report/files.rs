@@ -211,29 +211,15 @@ impl<'m> FilesReport<'m> {
     /// per file, each with `schema_version` and `"type"` (`filesystem`, `volume`, `file`), so a
     /// pipeline can start on the first files while the rest are written.
     pub fn write_jsonl(&self, w: &mut dyn Write) -> io::Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a, T: Serialize> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            #[serde(flatten)]
-            fields: &'a T,
-        }
         for (partition, filesystem) in self.map.filesystems() {
-            let f = PartitionFileSystem { partition, filesystem };
-            serde_json::to_writer(&mut *w, &crate::report::versioned(&Line { kind: "filesystem", fields: &f }))?;
-            w.write_all(b"\n")?;
+            crate::report::write_line(w, "filesystem", &PartitionFileSystem { partition, filesystem })?;
         }
         for v in &self.volumes {
-            serde_json::to_writer(&mut *w, &crate::report::versioned(&Line { kind: "volume", fields: v }))?;
-            w.write_all(b"\n")?;
+            crate::report::write_line(w, "volume", v)?;
         }
         let runs = self.runs;
         self.write_entries(w, |buf, part, idx, f, name| {
-            let file = FileReport::new(part, idx, f, name, runs);
-            serde_json::to_writer(&mut *buf, &crate::report::versioned(&Line { kind: "file", fields: &file }))
-                .map_err(io::Error::from)?;
-            buf.push(b'\n');
-            Ok(())
+            crate::report::write_line(buf, "file", &FileReport::new(part, idx, f, name, runs))
         })
     }
 

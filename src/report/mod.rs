@@ -14,6 +14,23 @@ pub struct Versioned<'a, T: serde::Serialize> {
     report: &'a T,
 }
 
+/// One line of JSON Lines: `schema_version`, then `"type": kind`, then the fields.
+pub fn write_line<T: serde::Serialize>(
+    w: &mut dyn std::io::Write,
+    kind: &'static str,
+    fields: &T,
+) -> std::io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Line<'a, T: serde::Serialize> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        fields: &'a T,
+    }
+    serde_json::to_writer(&mut *w, &versioned(&Line { kind, fields }))?;
+    w.write_all(b"\n")
+}
+
 /// `report` with `schema_version` first.
 pub fn versioned<T: serde::Serialize>(report: &T) -> Versioned<'_, T> {
     Versioned { schema_version: SCHEMA_VERSION, report }
