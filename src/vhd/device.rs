@@ -232,6 +232,23 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     }
 }
 
+/// The pieces of `len` bytes at disk offset `offset` cut at block boundaries of `block_size`:
+/// each piece's block, its offset inside the block, and its range in the caller's buffer.
+pub fn block_pieces(offset: u64, len: usize, block_size: u64) -> impl Iterator<Item = (u64, u64, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let pos = offset + done as u64;
+        let within = pos % block_size;
+        let n = ((block_size - within) as usize).min(len - done);
+        let piece = (pos / block_size, within, done..done + n);
+        done += n;
+        Some(piece)
+    })
+}
+
 /// Checks that `[offset, offset + len)` lies inside a device of `size` bytes.
 pub fn check_range(file: &Path, space: Space, offset: u64, len: usize, size: u64) -> Result<()> {
     match offset.checked_add(len as u64) {

@@ -12,7 +12,7 @@ use crate::bytes::Guid;
 use crate::error::{Error, Result};
 use crate::host::FileId;
 use crate::vhd::identity::Identity;
-use crate::vhd::device::{BlockDevice, ImageFile};
+use crate::vhd::device::{BlockDevice, ImageFile, block_pieces};
 use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
 use crate::vhdx::bat::{BatShape, PayloadState, VhdxBat};
 use crate::vhdx::header::{FILE_SIGNATURE, HEADER_OFFSETS, VhdxHeader};
@@ -190,19 +190,15 @@ impl Vhdx {
     /// Writes `data` at disk offset `offset` of a fixed VHDX being written from scratch, after
     /// [`Self::reserve_appends`]: straight to the blocks the BAT names, no log session (nobody
     /// sees the file before it is committed).
-    pub fn write_fresh(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
+    pub fn write_fresh(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let bs = self.block_size();
-        while !data.is_empty() {
-            let k = offset / bs;
+        for (k, within, range) in block_pieces(offset, data.len(), bs) {
             let at = match (self.reserved, self.bat.payload(k)) {
                 (true, Ok((PayloadState::FullyPresent, at))) => at,
                 _ => return Err(Error::internal(format!("VHDX block {k}: not a reserved block of a fixed disk"))),
             };
-            let n = (bs - offset % bs).min(data.len() as u64) as usize;
-            self.file.write_all_at(at + offset % bs, &data[..n])?;
+            self.file.write_all_at(at + within, &data[range])?;
             self.file_len = self.file_len.max(at + bs);
-            offset += n as u64;
-            data = &data[n..];
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, ImageFile, SectorSize, check_range, merge_ranges};
+use crate::vhd::device::{BlockDevice, ImageFile, SectorSize, block_pieces, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
 use crate::vhd::header::LocatorEncoding;
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -537,14 +537,8 @@ impl BlockDevice for Vhdx {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % bs;
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            self.read_in_block(pos / bs, within, &mut buf[done..done + n])?;
-            done += n;
+        for (block, within, range) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.read_in_block(block, within, &mut buf[range])?;
         }
         Ok(())
     }

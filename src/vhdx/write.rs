@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
-use crate::vhd::device::{self, BlockDevice, WritableDevice, check_range};
+use crate::vhd::device::{self, BlockDevice, WritableDevice, block_pieces, check_range};
 use crate::vhdx::bat::PayloadState;
 use crate::vhdx::header::{HEADER_OFFSETS, VhdxHeader};
 use crate::vhdx::log::{self, LogWrite, SECTOR};
@@ -283,14 +283,8 @@ impl Vhdx {
 impl WritableDevice for Vhdx {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (k, within) = (pos / bs, pos % bs);
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            self.write_in_block(k, within, &buf[done..done + n])?;
-            done += n;
+        for (k, within, range) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.write_in_block(k, within, &buf[range])?;
         }
         Ok(())
     }

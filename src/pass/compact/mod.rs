@@ -131,29 +131,11 @@ pub fn to_new_file(
         }
         None => None,
     };
-    let output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
-    let before = CompactReport::before(image, &plan)?;
-    let committed = verified.as_ref().is_none_or(|v| v.mismatches.is_empty());
-    if committed {
+    let report = CompactReport::written(image, &plan, &written, output.display().to_string(), verified, started)?;
+    if report.committed {
         out.commit()?;
     }
-    let fixed = plan.format == OutputFormat::Fixed;
-    Ok(CompactReport {
-        committed,
-        output: output.display().to_string(),
-        in_place: false,
-        output_bytes,
-        blocks_after: written.stored_blocks,
-        dropped_blocks: if fixed { 0 } else { plan.dropped() },
-        zero_filled_blocks: if fixed { plan.dropped() } else { 0 },
-        dropped_zero_blocks: written.zero_blocks_dropped,
-        zeroed_bytes: plan.zeroed_bytes(),
-        realign: plan.realignment().map(RealignResult::new),
-        verify: verified,
-        input_problems: crate::vhd::check::write_hazards(image),
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        ..before
-    })
+    Ok(report)
 }
 
 /// Compacts `image` into `out`, written front to back with no seek (a pipe: standard output):
@@ -187,24 +169,7 @@ pub fn to_stream(
     let plan = plan(&map, opts)?;
     events(Event::Writing { temp: None, units: plan.blocks_written() });
     let written = write::write(&plan, ImageFile::stream(out, label)?, false, &|done| events(Event::Written(done)))?;
-    let before = CompactReport::before(image, &plan)?;
-    let fixed = plan.format == OutputFormat::Fixed;
-    Ok(CompactReport {
-        committed: true,
-        output: label.display().to_string(),
-        in_place: false,
-        output_bytes: written.output_bytes,
-        blocks_after: written.stored_blocks,
-        dropped_blocks: if fixed { 0 } else { plan.dropped() },
-        zero_filled_blocks: if fixed { plan.dropped() } else { 0 },
-        dropped_zero_blocks: written.zero_blocks_dropped,
-        zeroed_bytes: plan.zeroed_bytes(),
-        realign: plan.realignment().map(RealignResult::new),
-        verify: None,
-        input_problems: crate::vhd::check::write_hazards(image),
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        ..before
-    })
+    CompactReport::written(image, &plan, &written, label.display().to_string(), None, started)
 }
 
 /// Blocks the container holds: allocated BAT entries, or every block of a fixed image.

@@ -142,6 +142,35 @@ impl CompactReport {
         })
     }
 
+    /// The report of a compaction into a new output named `output`: the plan's figures, what
+    /// the writer did, and what verification found.
+    pub(super) fn written(
+        image: &DiskImage,
+        plan: &CompactionPlan<'_>,
+        written: &super::write::Written,
+        output: String,
+        verify: Option<VerifyReport>,
+        started: std::time::Instant,
+    ) -> Result<Self> {
+        let fixed = plan.format == OutputFormat::Fixed;
+        Ok(CompactReport {
+            committed: verify.as_ref().is_none_or(|v| v.mismatches.is_empty()),
+            output,
+            in_place: false,
+            output_bytes: written.output_bytes,
+            blocks_after: written.stored_blocks,
+            dropped_blocks: if fixed { 0 } else { plan.dropped() },
+            zero_filled_blocks: if fixed { plan.dropped() } else { 0 },
+            dropped_zero_blocks: written.zero_blocks_dropped,
+            zeroed_bytes: plan.zeroed_bytes(),
+            realign: plan.realignment().map(RealignResult::new),
+            verify,
+            input_problems: crate::vhd::check::write_hazards(image),
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            ..CompactReport::before(image, plan)?
+        })
+    }
+
     /// Whether verification ran and found every needed byte in place.
     pub fn verified(&self) -> bool {
         self.verify.as_ref().is_some_and(|v| v.mismatches.is_empty())

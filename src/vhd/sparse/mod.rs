@@ -12,7 +12,7 @@ use crate::error::{Error, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, ImageFile, check_range, merge_ranges};
+use crate::vhd::device::{BlockDevice, ImageFile, block_pieces, check_range, merge_ranges};
 use crate::vhd::finding::Finding;
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
 use crate::vhd::header::{DynamicHeader, HEADER_SIZE};
@@ -432,14 +432,8 @@ impl BlockDevice for SparseVhd {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % bs;
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            self.read_in_block(pos / bs, within, &mut buf[done..done + n])?;
-            done += n;
+        for (block, within, range) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.read_in_block(block, within, &mut buf[range])?;
         }
         Ok(())
     }

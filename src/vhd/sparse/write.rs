@@ -8,7 +8,7 @@ use super::{SparseVhd, StoredSectors};
 use crate::error::{Error, Result, Space};
 use crate::vhd::bat::FileSector;
 use crate::vhd::bitmap::SectorBitmap;
-use crate::vhd::device::{BlockDevice, WritableDevice, check_range};
+use crate::vhd::device::{BlockDevice, WritableDevice, block_pieces, check_range};
 
 impl SparseVhd {
     /// Appends a new block for `block` at the end of the file and points the BAT at it.
@@ -130,14 +130,8 @@ impl WritableDevice for SparseVhd {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
         self.require_writable()?;
         check_range(self.file.path(), Space::Disk, offset, buf.len(), self.len())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % bs;
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            self.write_in_block(pos / bs, within, &buf[done..done + n])?;
-            done += n;
+        for (block, within, range) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.write_in_block(block, within, &buf[range])?;
         }
         Ok(())
     }
