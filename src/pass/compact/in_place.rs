@@ -45,18 +45,9 @@ fn sanitize(image: &mut DiskImage) -> Result<crate::pass::sanitize::SanitizeSumm
         (summary, journaled, zeros)
     };
     crate::pass::disk_write::apply(image, &journaled)?;
-    const CHUNK: u64 = 4 << 20;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let zero = vec![0u8; CHUNK as usize];
     for (at, len) in zeros {
-        let mut x = at;
-        while x < at + len {
-            let n = CHUNK.min(at + len - x) as usize;
-            image.read_at(x, &mut buf[..n])?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                image.write_at(x, &zero[..n])?;
-            }
-            x += n as u64;
+        for (a, z) in device::nonzero_ranges(at, at + len, &|x, buf| image.read_at(x, buf))? {
+            image.write_zeros(a, z - a)?;
         }
     }
     image.flush()?;
