@@ -65,7 +65,7 @@ lint:
 
 test: tools lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
-	$(CARGO) test --features fault-injection,internals
+	$(CARGO) test --features fault-injection,internals,schema
 
 # The long runs of the integrity harness: more concurrent trials, power-cut states and crash
 # points (figures in docs/integrity.md).

@@ -104,6 +104,12 @@ pub mod cli;
 #[cfg(feature = "cli")]
 mod report;
 
+/// The JSON Schemas of every command's `--json` output, as published under docs/schema/.
+#[cfg(feature = "schema")]
+pub mod schema {
+    pub use crate::report::schema::{Published, all};
+}
+
 pub use crate::disk::{DiskLayout, FileSystem, Lba, Partition, PartitionView, Scheme};
 pub use crate::error::{Error, ErrorKind, Location, Remedy, Result, Space};
 pub use crate::hive::Hive;

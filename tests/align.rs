@@ -141,7 +141,7 @@ fn logical_partitions_and_their_ebrs_move_together() {
     let moves = r["realign"]["moves"].as_array().unwrap();
     assert!(moves.iter().all(|m| m["new_start_lba"].as_u64().unwrap() % 2048 == 0), "{moves:?}");
     assert!(
-        moves.iter().filter(|m| m["index"].as_u64() >= Some(5)).all(|m| m["old_start_lba"] != m["new_start_lba"]),
+        moves.iter().filter(|m| m["partition"].as_u64() >= Some(5)).all(|m| m["old_start_lba"] != m["new_start_lba"]),
         "both logicals were misaligned"
     );
     let after = align_json(&out);

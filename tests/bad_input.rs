@@ -96,7 +96,7 @@ fn a_bat_entry_past_the_end_is_a_finding_then_a_read_error() {
     let out = run(bin("vhdinspect").args(["check", "--json"]).arg(&p));
     assert_eq!(out.status.code(), Some(1));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let problems = j["problems"].as_array().unwrap();
+    let problems = j["findings"].as_array().unwrap();
     assert!(problems.iter().any(|f| f["structure"] == "BAT entry 0" && f["offset"] == 1536), "{problems:?}");
     // dump is lenient: it shows the finding and says the disk cannot be read.
     let out = dump(&p, &[]);

@@ -386,7 +386,7 @@ fn an_unreadable_ntfs_partition_is_kept_whole() {
     std::fs::write(&raw, &disk).unwrap();
     let output = dir.path().join("out.vhd");
     let r = compact(&raw, &output, &["--to", "dynamic"]);
-    let p = r["partitions"].as_array().unwrap().iter().find(|p| p["index"] == 5).unwrap();
+    let p = r["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == 5).unwrap();
     assert_eq!(p["contents"], "unreadable ntfs");
     let out = read_all(&open(&output));
     let end = p5 + 24513 * 512;

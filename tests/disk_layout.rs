@@ -95,7 +95,7 @@ fn linux_mbr_samples() {
         let img = open(&raw);
         let layout = DiskLayout::read(&img).unwrap();
         assert_eq!(layout.partitions.len(), 4);
-        assert_eq!(layout.partitions[3].kind, "0x8e");
+        assert_eq!(layout.partitions[3].mbr_type, Some(0x8e));
         // The disk is 2 sectors long: every partition but the first reaches past it.
         assert!(!layout.findings.is_empty());
     }
@@ -155,7 +155,7 @@ fn windows_ntfs_samples_wrapped_into_vhds() {
     assert_eq!(j["footer"]["disk_type"], "dynamic");
     assert_eq!(j["partitions"][0]["start_lba"], 128);
     assert_eq!(j["partitions"][0]["sectors"], 518144);
-    assert_eq!(j["partition_table"]["mbr"]["disk_signature"], "708C8397");
+    assert_eq!(j["partition_table"]["mbr"]["disk_signature"], 0x708C8397);
     assert_eq!(j["volumes"][0]["filesystem"], "ntfs");
     assert_eq!(j["volumes"][0]["cluster_size"], 4096);
     assert_eq!(j["volumes"][0]["hidden_sectors"], 128);
@@ -199,11 +199,12 @@ fn dump_json_carries_the_documented_keys() {
     assert_eq!(j["bat"]["blocks"][0]["sectors_present"], 4096, "qemu sets every bit");
     let parts = j["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), 3);
-    for key in ["index", "scheme", "type", "bootable", "start_lba", "sectors"] {
+    for key in ["partition", "scheme", "type", "type_name", "bootable", "start_lba", "sectors"] {
         assert!(!parts[0][key].is_null(), "partitions[].{key}");
     }
-    assert_eq!(parts[1]["index"], 5);
-    assert_eq!(parts[0]["type"], "0x07");
+    assert_eq!(parts[1]["partition"], 5);
+    assert_eq!(parts[0]["type"], 7);
+    assert!(parts[0]["type_guid"].is_null());
     let vols = j["volumes"].as_array().unwrap();
     for key in ["partition", "filesystem", "cluster_size", "hidden_sectors"] {
         assert!(!vols[0][key].is_null(), "volumes[].{key}");

@@ -136,3 +136,30 @@ fn map_as_json_lines_equals_the_json_map() {
     summary.as_object_mut().unwrap().remove("type");
     assert_eq!(summary, json["summary"]);
 }
+
+#[test]
+fn owners_of_a_block_as_json_lines_equal_the_json_answer() {
+    let image = corpus("xp-fixed.vhd");
+    let args = ["owner", "--block", "4"];
+    let json: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(args).arg(&image).arg("--json"))).unwrap();
+    let owners = json["owners"].as_array().unwrap();
+    assert!(owners.len() > 1, "block 4 of the corpus image holds many files: {json}");
+    let text = String::from_utf8(run_ok(bin("vhdinspect").args(args).arg(&image).arg("--jsonl"))).unwrap();
+    let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut summary = lines.pop().unwrap();
+    let kind = |v: &mut serde_json::Value| {
+        let o = v.as_object_mut().unwrap();
+        assert_eq!(o.remove("schema_version").unwrap(), 1);
+        o.remove("type").unwrap()
+    };
+    assert_eq!(kind(&mut summary), "summary");
+    for l in &mut lines {
+        assert_eq!(kind(l), "owner");
+    }
+    assert_eq!(&lines, owners, "one line per owner, in the order of the JSON answer");
+    summary["owners"] = json["owners"].clone();
+    let mut json = json;
+    json.as_object_mut().unwrap().remove("schema_version");
+    assert_eq!(summary, json);
+}

@@ -238,7 +238,7 @@ fn map_of_a_differencing_child_drops_blocks_whose_present_sectors_are_free() {
     let files = json(bin("vhdinspect").args(["map", "--json"]).arg(&parent));
     // A droppable block of the parent holds only free clusters: write there in a child.
     let free_block =
-        files["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["index"].as_u64().unwrap();
+        files["blocks"].as_array().unwrap().iter().find(|b| b["droppable"] == true).unwrap()["block"].as_u64().unwrap();
     let child = dir.path().join("child.vhd");
     let mut want = read_all(&img);
     let at = (free_block * (2 << 20)) as usize + 4096;

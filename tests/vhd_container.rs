@@ -301,5 +301,5 @@ fn libvhdi_virtual_pc_footer_and_header_fragments_decode() {
     assert!(header.checksum_valid());
     assert_eq!(header.parent_unicode_name, "dynamic.vhd");
     assert_eq!(header.max_table_entries, 256);
-    assert_eq!(vhdkit::vhd::footer::uuid_text(&header.parent_uuid), "d49c5c80-350a-4a89-898a-5ad6d10f6578");
+    assert_eq!(vhdkit::vhd::footer::uuid_text(&header.parent_uuid), "D49C5C80-350A-4A89-898A-5AD6D10F6578");
 }

@@ -59,7 +59,9 @@ fn bare_hive_values_of_every_type_read_back_with_hivex() {
         serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "M", "--json"])).unwrap();
     assert_eq!(
         got,
-        serde_json::json!({"schema_version": 1, "key": key, "name": "M", "type": "REG_MULTI_SZ", "data": ["one", "two"]})
+        serde_json::json!({
+            "schema_version": 1, "key": key, "name": "M", "type": 7, "type_name": "REG_MULTI_SZ", "data": ["one", "two"]
+        })
     );
     let got: serde_json::Value =
         serde_json::from_str(&vhdreg_ok(&["--hive-file", f, "get", key, "D", "--json"])).unwrap();

@@ -215,7 +215,7 @@ fn check(image: &Path) -> (Option<i32>, Vec<String>) {
     let out = run(bin("vhdinspect").args(["check", "--json"]).arg(image));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let structures =
-        report["problems"].as_array().unwrap().iter().map(|p| p["structure"].as_str().unwrap().to_string()).collect();
+        report["findings"].as_array().unwrap().iter().map(|p| p["structure"].as_str().unwrap().to_string()).collect();
     (out.status.code(), structures)
 }
 
@@ -623,7 +623,7 @@ fn every_command_works_on_a_differencing_vhdx_chain() {
         serde_json::from_slice(&run_ok(bin("vhdinspect").args(args).arg("--json").arg(&child))).unwrap()
     };
     assert!(json(&["diff"]).to_string().contains(SYSTEM), "diff names the hive the child holds");
-    assert_eq!(json(&["check"])["problems"], serde_json::json!([]));
+    assert_eq!(json(&["check"])["findings"], serde_json::json!([]));
     assert_eq!(json(&["dump"])["parent"]["resolved_by"], "relative_path");
     assert!(json(&["files"]).to_string().contains("Users/alice/NTUSER.DAT"));
     assert!(json(&["map"])["summary"]["allocated_blocks"].as_u64().unwrap() > 0);

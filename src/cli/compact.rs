@@ -363,10 +363,9 @@ fn what_if(cli: &Cli) -> Result<bool> {
                     Ok(report) => serde_json::to_writer(&mut *w, &crate::report::versioned(report))?,
                     Err(e) => serde_json::to_writer(
                         &mut *w,
-                        &serde_json::json!({
-                            "schema_version": crate::report::SCHEMA_VERSION,
-                            "file": path.display().to_string(),
-                            "error": e.to_string()
+                        &crate::report::versioned(&crate::report::compact::WhatIfFailure {
+                            file: path.display().to_string(),
+                            error: e.to_string(),
                         }),
                     )?,
                 }

@@ -125,6 +125,10 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         /// The partition of --cluster (and the volume to search for --file).
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
+        /// JSON Lines: a line per owner in the order the range meets them (`"type": "owner"`),
+        /// then the answer without them (`"type": "summary"`).
+        #[arg(long, conflicts_with_all = ["json", "file"])]
+        jsonl: bool,
     },
     /// Every container block: allocated, sectors present, used clusters, droppable, top owners.
     Map {
@@ -271,7 +275,7 @@ fn run(cli: Cli) -> Result<bool> {
             })?;
             Ok(true)
         }
-        Command::Owner { image, at, partition } => {
+        Command::Owner { image, at, partition, jsonl } => {
             let img = image.open(false)?;
             let map = ImageMap::build(&img, None)?;
             if let Some(path) = at.file {
@@ -290,8 +294,18 @@ fn run(cli: Cli) -> Result<bool> {
                     ));
                 }
             };
-            let r = report::owner::locate(&map, query, partition)?;
-            emit(cli.json, &r, report::owner::render)?;
+            let mut r = report::owner::locate(&map, query, partition)?;
+            if jsonl {
+                let owners = std::mem::take(&mut r.owners);
+                write_output(|w| {
+                    for o in &owners {
+                        report::write_line(w, "owner", o)?;
+                    }
+                    report::write_line(w, "summary", &r)
+                })?;
+            } else {
+                emit(cli.json, &r, report::owner::render)?;
+            }
             Ok(true)
         }
         Command::Map { image, partition, svg, force, jsonl } => {

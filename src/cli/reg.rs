@@ -339,10 +339,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
     let node = hive
         .find(&inner)?
         .ok_or_else(|| Error::NotFound(format!("{key}: no such key in {}", hive.name().display())))?;
-    let shown = match key.trim_matches('\\') {
-        "" => "\\".to_string(),
-        k => k.to_string(),
-    };
+    let shown = t.report_path(&inner);
     match cmd {
         ReadCommand::Get { value: Some(v), .. } => {
             let name = value_name(&v);
@@ -359,8 +356,8 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
             stale_warning(&loaded);
             let prefix = if inner.is_empty() { t.prefix.clone() } else { format!("{}\\{inner}", t.prefix) };
             if json {
-                let keys = export_tree(hive, &node, &prefix)?;
-                emit(true, &serde_json::json!({ "keys": keys }), |_| String::new())?;
+                let keys = export_tree(hive, &node, &shown, &loaded.stale)?;
+                emit(true, &report::ExportOut { keys }, |_| String::new())?;
             }
             let text = regfile::export(hive, &node, &prefix)?;
             match file {
@@ -385,13 +382,11 @@ fn stale_warning(loaded: &LoadedHive) {
 }
 
 /// Every key under `node` (itself first) with its values, for `export --json`.
-fn export_tree(hive: &Hive, node: &crate::hive::KeyNode, prefix: &str) -> Result<Vec<KeyOut>> {
+fn export_tree(hive: &Hive, node: &crate::hive::KeyNode, path: &str, stale: &Option<String>) -> Result<Vec<KeyOut>> {
     let mut out = Vec::new();
     hive.walk(node, &mut |rel, k| {
-        let name = if rel.is_empty() { prefix.to_string() } else { format!("{prefix}\\{rel}") };
-        let mut key = KeyOut::new(hive, &name, k, None)?;
-        key.subkeys.clear();
-        out.push(key);
+        let name = if rel.is_empty() { path.to_string() } else { format!("{path}\\{rel}") };
+        out.push(KeyOut::exported(hive, &name, k, stale.clone())?);
         Ok(())
     })?;
     Ok(out)

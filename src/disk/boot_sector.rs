@@ -10,6 +10,7 @@ pub const HIDDEN_SECTORS_OFFSET: usize = 0x1C;
 
 /// The file system a boot sector announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FsKind {
     Ntfs,
@@ -63,6 +64,7 @@ pub fn identify(sector: &[u8]) -> Option<FsKind> {
 
 /// The NTFS BIOS parameter block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NtfsBootSector {
     pub oem_id: String,
     pub bytes_per_sector: u32,

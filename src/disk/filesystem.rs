@@ -9,6 +9,7 @@ use crate::vhd::device::BlockDevice;
 
 /// A file system or volume format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FileSystem {
     /// NTFS.

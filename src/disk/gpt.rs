@@ -98,6 +98,7 @@ impl GptTable {
 
 /// A decoded GPT header.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GptHeader {
     pub revision: u32,
     pub header_size: u32,
@@ -108,7 +109,7 @@ pub struct GptHeader {
     pub backup_lba: Lba,
     pub first_usable_lba: Lba,
     pub last_usable_lba: Lba,
-    pub disk_guid: String,
+    pub disk_guid: crate::bytes::Guid,
     pub entries_lba: Lba,
     pub entry_count: u32,
     pub entry_size: u32,
@@ -140,7 +141,7 @@ impl GptHeader {
             backup_lba: Lba(le64(sector, 32)),
             first_usable_lba: Lba(le64(sector, 40)),
             last_usable_lba: Lba(le64(sector, 48)),
-            disk_guid: guid_text(&guid),
+            disk_guid: crate::bytes::Guid(guid),
             entries_lba: Lba(le64(sector, 72)),
             entry_count: le32(sector, 80),
             entry_size: le32(sector, 84),

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::Guid;
 use crate::disk::FileSystem;
 use crate::disk::boot_sector::identify;
 use crate::disk::gpt::{self, GptEntry, GptHeader, GptTable};
@@ -15,16 +16,12 @@ use crate::error::{Result, Space};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::finding::Finding;
 
-/// Serializes a 32-bit value as 8 upper-case hex digits.
-fn hex_u32<S: serde::Serializer>(v: &u32, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:08X}"))
-}
-
 /// Most logical partitions followed in an EBR chain.
 pub const MAX_LOGICAL: usize = 256;
 
 /// One MBR or EBR table slot, raw and decoded.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TableSlot {
     /// Slot 0-3 of its sector.
     pub slot: usize,
@@ -61,6 +58,7 @@ impl TableSlot {
 
 /// An extended boot record in the chain.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Ebr {
     pub lba: Lba,
     pub entries: Vec<TableSlot>,
@@ -68,10 +66,10 @@ pub struct Ebr {
 
 /// The MBR as found on disk.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MbrInfo {
-    /// The 32-bit disk signature at offset 440 (shown as 8 hex digits), by which Windows names
-    /// the disk in `MountedDevices` and BCD.
-    #[serde(serialize_with = "hex_u32")]
+    /// The 32-bit disk signature at offset 440, by which Windows names the disk in
+    /// `MountedDevices` and BCD.
     pub disk_signature: u32,
     pub entries: Vec<TableSlot>,
     pub ebrs: Vec<Ebr>,
@@ -79,6 +77,7 @@ pub struct MbrInfo {
 
 /// The GPT as found on disk.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GptInfo {
     pub primary: Option<GptHeader>,
     pub primary_entries_crc_valid: bool,
@@ -90,6 +89,7 @@ pub struct GptInfo {
 
 /// Everything the partition layer knows about a disk.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DiskLayout {
     /// How the disk is partitioned.
     pub scheme: Scheme,
@@ -141,7 +141,8 @@ impl DiskLayout {
             layout.partitions.push(Partition {
                 index: 1,
                 scheme: Scheme::Volume,
-                kind: fs.id().to_string(),
+                mbr_type: None,
+                type_guid: None,
                 type_name: format!("{} volume", fs.name()),
                 bootable: false,
                 start_lba: Lba(0),
@@ -339,14 +340,15 @@ impl DiskLayout {
             self.partitions.push(Partition {
                 index: e.index,
                 scheme: Scheme::Gpt,
-                kind: gpt::guid_text(&e.type_guid),
+                mbr_type: None,
+                type_guid: Some(Guid(e.type_guid)),
                 type_name: gpt::type_name(&e.type_guid).to_string(),
                 bootable: e.attributes & 0x4 != 0,
                 start_lba: e.first_lba,
                 sectors,
                 logical: false,
                 name: Some(e.name.clone()),
-                unique_guid: Some(gpt::guid_text(&e.unique_guid)),
+                unique_guid: Some(Guid(e.unique_guid)),
                 entry_offset: Some(array_at + (e.index as u64 - 1) * entry_size),
                 ebr_lba: None,
                 sector_size: ss,
@@ -451,7 +453,8 @@ fn mbr_partition(
     Partition {
         index,
         scheme: Scheme::Mbr,
-        kind: format!("{:#04x}", e.kind()),
+        mbr_type: Some(e.kind()),
+        type_guid: None,
         type_name: mbr::type_name(e.kind()).to_string(),
         bootable: e.bootable(),
         start_lba,

@@ -12,6 +12,7 @@ pub use crate::vhd::device::SectorSize;
 /// A logical block address: a sector number on the disk. Its byte offset depends on the
 /// disk's [`SectorSize`], so every conversion names one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Lba(pub u64);
 

@@ -13,6 +13,7 @@ pub const CHS_MAX: Chs = Chs { cylinder: 1023, head: 254, sector: 63 };
 
 /// A cylinder/head/sector address as the 3-byte MBR encoding holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Chs {
     pub cylinder: u16,
     pub head: u8,
@@ -165,9 +166,9 @@ impl MbrEntry {
         MbrEntry { raw }
     }
 
-    /// The 16 bytes as spaced hex, `80 01 01 00 07 ...`.
+    /// The 16 bytes in hex, `8001010007...`.
     pub fn hex(&self) -> String {
-        self.raw.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
+        hex::encode(self.raw)
     }
 }
 
@@ -221,7 +222,7 @@ mod tests {
         assert_eq!(e.sectors(), 0x027098B5);
         assert_eq!(e.first_chs(), Chs { cylinder: 0, head: 1, sector: 1 });
         assert_eq!(e.last_chs(), Chs { cylinder: 1023, head: 254, sector: 63 });
-        assert_eq!(e.hex(), "80 01 01 00 07 FE FF FF 3F 00 00 00 B5 98 70 02");
+        assert_eq!(e.hex(), "8001010007feffff3f000000b5987002");
     }
 
     #[test]

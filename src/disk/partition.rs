@@ -4,12 +4,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bytes::Guid;
 use crate::disk::lba::{Lba, SectorSize};
 use crate::error::{Result, Space};
 use crate::vhd::device::{BlockDevice, check_range};
 
 /// How a disk is laid out, and which table a partition comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// An MBR, with the EBR chain of an extended partition.
@@ -36,15 +38,20 @@ impl std::fmt::Display for Scheme {
 
 /// One partition of the disk.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Partition {
-    /// 1-based as Linux numbers them: primaries 1-4, logicals from 5, GPT entries from 1.
+    /// 1-based as Linux numbers them: primaries 1-4, logicals from 5, GPT entries from 1
+    /// (`partition` in JSON, as every report names a partition).
+    #[serde(rename = "partition")]
     pub index: u32,
     /// The table the partition comes from.
     pub scheme: Scheme,
-    /// `0x07`-style MBR type byte, or the GPT type GUID.
+    /// The MBR type byte (null for a GPT entry and a bare volume).
     #[serde(rename = "type")]
-    pub kind: String,
-    /// The type in words (`NTFS/exFAT`, `Microsoft basic data`).
+    pub mbr_type: Option<u8>,
+    /// The GPT partition type (null for an MBR entry and a bare volume).
+    pub type_guid: Option<Guid>,
+    /// The type in words (`NTFS/exFAT`, `Microsoft basic data`, `NTFS volume`).
     pub type_name: String,
     /// The MBR active flag, or the GPT legacy-BIOS-bootable attribute.
     pub bootable: bool,
@@ -57,7 +64,7 @@ pub struct Partition {
     /// GPT partition name.
     pub name: Option<String>,
     /// GPT unique partition GUID.
-    pub unique_guid: Option<String>,
+    pub unique_guid: Option<Guid>,
     /// Disk offset of the table entry that describes the partition (None for a bare volume).
     pub entry_offset: Option<u64>,
     /// For a logical partition, the LBA of the EBR whose first entry describes it.

@@ -11,6 +11,7 @@ use crate::vhd::device::BlockDevice;
 
 /// State of the NTFS backup boot sector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BackupState {
     /// Identical to the boot sector.
@@ -23,6 +24,7 @@ pub enum BackupState {
 
 /// The boot sector summary of one partition.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VolumeInfo {
     pub partition: u32,
     /// "ntfs" for NTFS volumes, null otherwise (see `detected`).

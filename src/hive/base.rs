@@ -23,6 +23,7 @@ pub fn checksum(b: &[u8]) -> u32 {
 
 /// The fields of a base block vhdkit uses.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BaseBlock {
     pub primary_sequence: u32,
     pub secondary_sequence: u32,

@@ -42,6 +42,7 @@ struct Entry<'a> {
 
 /// Which transaction log format a replay used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// `HvLE` entries (Windows 8.1 and later).
@@ -53,6 +54,7 @@ pub enum LogFormat {
 
 /// What a replay did.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReplayReport {
     /// The format of the logs replayed.
     pub format: LogFormat,

@@ -39,7 +39,12 @@ const NAMES: [(u32, &str); 12] = [
 
 /// `REG_SZ`, ..., or `0x...` for a type Windows does not name.
 pub fn type_name(ty: u32) -> String {
-    NAMES.iter().find(|(n, _)| *n == ty).map_or_else(|| format!("{ty:#x}"), |(_, s)| s.to_string())
+    known_type_name(ty).map_or_else(|| format!("{ty:#x}"), str::to_string)
+}
+
+/// `REG_SZ`, ..., or `None` for a type Windows does not name.
+pub fn known_type_name(ty: u32) -> Option<&'static str> {
+    NAMES.iter().find(|(n, _)| *n == ty).map(|(_, s)| *s)
 }
 
 /// Parses a type name (`REG_SZ`, `sz`, `4`, `0xffff0011`).
@@ -89,6 +94,7 @@ pub fn encode_multi(items: &[String]) -> Vec<u8> {
 /// A value's data decoded by its type: strings as text, DWORD/QWORD as numbers, lists as
 /// lists, everything else (and anything malformed for its type) as hex.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum ValueData {
     Text(String),

@@ -47,6 +47,7 @@ pub struct Need {
 
 /// How a block looks at a glance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BlockState {
     /// Not present in the container (reads as zeros or from the parent).
@@ -67,6 +68,7 @@ pub enum BlockState {
 
 /// A file owning clusters of a block.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BlockOwner {
     pub partition: u32,
     pub mft_record: u64,
@@ -76,7 +78,9 @@ pub struct BlockOwner {
 
 /// One block's classification.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BlockInfo {
+    #[serde(rename = "block")]
     pub index: u64,
     /// Disk offset of the block.
     pub offset: u64,
@@ -106,6 +110,7 @@ pub struct BlockInfo {
 /// What compaction would keep with blocks of one size: an upper bound, as compaction also
 /// drops the blocks whose needed bytes all read as zeros, and this reads no cluster data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeptAtBlockSize {
     /// The block size.
     pub block_size: u64,

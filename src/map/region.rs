@@ -9,6 +9,7 @@ use crate::ntfs::record;
 
 /// The kinds of places a disk byte can be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Region {
     #[serde(rename = "mbr")]
     Mbr,
@@ -70,6 +71,7 @@ impl Region {
 
 /// A stream that owns a cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OwnerRef {
     pub partition: u32,
     pub mft_record: u64,
@@ -96,6 +98,7 @@ impl OwnerRef {
 
 /// Where a disk offset falls.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Location {
     pub region: Region,
     /// The partition containing the offset.

@@ -36,6 +36,7 @@ const MAX_UNIT: u64 = 4 << 20;
 
 /// How a WOF-compressed file's chunks are compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WofAlgorithm {
     /// XPRESS (Huffman) in 4 KiB chunks.
@@ -73,6 +74,7 @@ impl WofAlgorithm {
 
 /// A file's times, as Windows FILETIMEs (100 ns units since 1601-01-01 UTC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FileTimes {
     /// When the file was created.
     pub created: u64,
@@ -101,6 +103,7 @@ impl FileTimes {
 
 /// How a stream's bytes are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Storage {
     /// In the FILE record.

@@ -31,6 +31,7 @@ pub struct Owner {
 
 /// Disagreement between `$Bitmap` and the files' runs.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Consistency {
     /// Clusters some file owns although `$Bitmap` marks them free.
     pub owned_but_free: u64,

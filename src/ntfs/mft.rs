@@ -26,6 +26,7 @@ pub const MAX_ATTRIBUTE_LIST: u64 = 16 << 20;
 
 /// A record that could not be used, with where it is.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RecordProblem {
     pub record: u64,
     /// Partition offset of the bad structure.

@@ -7,9 +7,12 @@ use serde::Serialize;
 
 /// One run of clusters: `length` clusters from `vcn`, stored at `lcn` (None = sparse).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Run {
     pub vcn: u64,
     pub lcn: Option<u64>,
+    /// In JSON `clusters`: every report's `length` counts bytes.
+    #[serde(rename = "clusters")]
     pub length: u64,
 }
 

@@ -8,6 +8,7 @@ pub const VOLUME_DIRTY: u16 = 0x0001;
 
 /// What the volume says about its own state.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VolumeState {
     pub label: Option<String>,
     /// NTFS version, `3.1` on every Windows since XP.

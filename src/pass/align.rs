@@ -30,8 +30,10 @@ const BCD_STORES: [&str; 2] = ["Boot/BCD", "EFI/Microsoft/Boot/BCD"];
 
 /// One partition's place before and after.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Move {
     /// The partition.
+    #[serde(rename = "partition")]
     pub index: u32,
     /// Its first sector before.
     pub old_start_lba: Lba,

@@ -35,6 +35,7 @@ const FIRST_USER_RECORD: u64 = 16;
 
 /// Something the plan or the writer left out, and why.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Skipped {
     /// The partition.
     pub partition: u32,
@@ -50,6 +51,7 @@ pub struct Skipped {
 
 /// What an extraction wrote.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExtractReport {
     /// The folder created.
     pub output: String,

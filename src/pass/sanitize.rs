@@ -78,6 +78,7 @@ impl Patch {
 
 /// What sanitization changes, for the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SanitizeSummary {
     /// Bytes of stream slack zeroed (clusters past a stream's valid data).
     pub slack_bytes: u64,

@@ -60,6 +60,7 @@ impl Default for UploadOptions {
 
 /// What an upload did.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UploadReport {
     /// The input image.
     pub input: String,
@@ -89,6 +90,7 @@ pub struct UploadReport {
 
 /// What reading the blob back found.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UploadVerify {
     /// Bytes read back and compared.
     pub checked_bytes: u64,
@@ -98,6 +100,7 @@ pub struct UploadVerify {
 
 /// The state file of an upload in progress.
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct UploadState {
     blob: String,
     blob_size: u64,

@@ -12,7 +12,9 @@ use crate::vhd::device::BlockDevice;
 
 /// One partition's alignment.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PartitionAlignment {
+    #[serde(rename = "partition")]
     pub index: u32,
     pub logical: bool,
     pub start_lba: Lba,
@@ -42,6 +44,7 @@ pub struct PartitionAlignment {
 
 /// The whole report.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AlignReport {
     pub boundary: u64,
     pub block_size: u64,

@@ -15,12 +15,15 @@ use crate::vhd::image::DiskImage;
 
 /// The check result.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,
     /// `raw`, `vhd` or `vhdx`.
     pub container: crate::vhd::image::ImageFormat,
     pub clean: bool,
+    /// `findings`, as in `dump`.
+    #[serde(rename = "findings")]
     pub problems: Vec<Finding>,
 }
 

@@ -146,6 +146,15 @@ pub fn render(r: &CompactReport) -> String {
     out
 }
 
+/// A `--what-if --json` line for an image that could not be read.
+#[derive(serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct WhatIfFailure {
+    pub file: String,
+    /// Why it could not be read: the one-line error.
+    pub error: String,
+}
+
 /// The `--what-if` table: one row per image, then the total.
 pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String {
     let mut t = Section::table(

@@ -11,6 +11,7 @@ use crate::vhd::device::BlockDevice;
 
 /// A file with sectors in the child.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ChangedFile {
     pub partition: u32,
     pub mft_record: u64,
@@ -24,6 +25,7 @@ pub struct ChangedFile {
 
 /// Changed sectors that belong to no file, by region.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UnownedSectors {
     pub region: &'static str,
     pub sectors: u64,
@@ -31,8 +33,12 @@ pub struct UnownedSectors {
 
 /// The diff.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DiffReport {
+    /// The child image (`file`, as every report names the image read).
+    #[serde(rename = "file")]
     pub child: String,
+    /// The parent's path.
     pub parent: Option<String>,
     pub sectors_present: u64,
     pub files: Vec<ChangedFile>,

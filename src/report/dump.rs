@@ -22,11 +22,14 @@ use crate::vhdx::summary::VhdxSummary;
 
 /// The decoded footer.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FooterReport {
     pub offset: u64,
     pub features: u32,
     pub format_version: String,
-    pub data_offset: String,
+    /// File offset of the next structure (the dynamic header; the BAT in a dynamic header);
+    /// null where the format writes all ones for "none".
+    pub data_offset: Option<u64>,
     pub timestamp: u32,
     pub timestamp_utc: String,
     pub creator_app: String,
@@ -36,8 +39,8 @@ pub struct FooterReport {
     pub current_size: u64,
     pub geometry: Geometry,
     pub disk_type: &'static str,
-    pub checksum: String,
-    pub checksum_computed: String,
+    pub checksum: u32,
+    pub checksum_computed: u32,
     pub checksum_valid: bool,
     pub uuid: String,
     pub saved_state: bool,
@@ -50,7 +53,7 @@ impl FooterReport {
             offset,
             features: f.features,
             format_version: format!("{}.{}", f.format_version >> 16, f.format_version & 0xFFFF),
-            data_offset: format!("{:#x}", f.data_offset),
+            data_offset: Some(f.data_offset).filter(|&o| o != u64::MAX),
             timestamp: f.timestamp,
             timestamp_utc: vhd_timestamp_text(f.timestamp),
             creator_app: f.creator_app_text(),
@@ -60,8 +63,8 @@ impl FooterReport {
             current_size: f.current_size,
             geometry: f.geometry,
             disk_type: f.disk_type.name(),
-            checksum: format!("{:#010x}", f.checksum),
-            checksum_computed: format!("{:#010x}", f.computed_checksum()),
+            checksum: f.checksum,
+            checksum_computed: f.computed_checksum(),
             checksum_valid: f.checksum_valid(),
             uuid: uuid_text(&f.uuid),
             saved_state: f.saved_state != 0,
@@ -72,6 +75,7 @@ impl FooterReport {
 
 /// The three sizes a VHD states, and whether they agree.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SizesReport {
     /// Footer current_size: the disk length vhdkit (and Windows, Azure) use.
     pub current_size: u64,
@@ -124,16 +128,19 @@ impl SizesReport {
 
 /// The decoded dynamic disk header.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeaderReport {
     pub offset: u64,
-    pub data_offset: String,
+    /// File offset of the next structure (the dynamic header; the BAT in a dynamic header);
+    /// null where the format writes all ones for "none".
+    pub data_offset: Option<u64>,
     pub table_offset: u64,
     pub header_version: String,
     pub max_table_entries: u32,
     pub block_size: u32,
     pub bitmap_size: u64,
-    pub checksum: String,
-    pub checksum_computed: String,
+    pub checksum: u32,
+    pub checksum_computed: u32,
     pub checksum_valid: bool,
     pub parent_uuid: Option<String>,
     pub parent_timestamp: Option<String>,
@@ -143,6 +150,7 @@ pub struct HeaderReport {
 
 /// How the parent was resolved (`path` null for images without one).
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ParentReport {
     pub path: Option<String>,
     pub resolved_by: Option<String>,
@@ -151,7 +159,9 @@ pub struct ParentReport {
 
 /// One BAT entry with its block's presence count.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BlockEntry {
+    #[serde(rename = "block")]
     pub index: u64,
     pub sector: u64,
     pub file_offset: u64,
@@ -160,6 +170,7 @@ pub struct BlockEntry {
 
 /// The block allocation table.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BatReport {
     pub offset: u64,
     pub entries: u32,
@@ -176,6 +187,7 @@ pub struct BatReport {
 
 /// One block's sector bitmap in hex.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BitmapReport {
     pub block: u64,
     pub allocated: bool,
@@ -185,6 +197,7 @@ pub struct BitmapReport {
 
 /// A VHDX's structures, with the raw bytes of their fixed parts in hex.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VhdxReport {
     #[serde(flatten)]
     pub summary: VhdxSummary,
@@ -202,7 +215,9 @@ pub struct VhdxReport {
 
 /// One stored payload block of a VHDX.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VhdxBlockEntry {
+    #[serde(rename = "block")]
     pub index: u64,
     pub state: PayloadState,
     pub file_offset: u64,
@@ -212,6 +227,7 @@ pub struct VhdxBlockEntry {
 
 /// The whole dump.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DumpReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,
@@ -288,14 +304,14 @@ fn header_report(s: &SparseVhd) -> HeaderReport {
     let differencing = s.parent().is_some() || h.parent_uuid != [0; 16];
     HeaderReport {
         offset: s.header_offset(),
-        data_offset: format!("{:#x}", h.data_offset),
+        data_offset: Some(h.data_offset).filter(|&o| o != u64::MAX),
         table_offset: h.table_offset,
         header_version: format!("{}.{}", h.header_version >> 16, h.header_version & 0xFFFF),
         max_table_entries: h.max_table_entries,
         block_size: h.block_size,
         bitmap_size: h.bitmap_size(),
-        checksum: format!("{:#010x}", h.checksum),
-        checksum_computed: format!("{:#010x}", h.computed_checksum()),
+        checksum: h.checksum,
+        checksum_computed: h.computed_checksum(),
         checksum_valid: h.checksum_valid(),
         parent_uuid: differencing.then(|| uuid_text(&h.parent_uuid)),
         parent_timestamp: differencing.then(|| vhd_timestamp_text(h.parent_timestamp)),
@@ -397,7 +413,7 @@ fn slot_rows(section: &mut Section, prefix: &str, slots: &[TableSlot]) {
         let empty = s.kind == 0 && s.start_lba == 0 && s.sectors == 0;
         section.row(vec![
             format!("{prefix}{}", s.slot + 1),
-            s.hex.clone(),
+            s.hex.as_bytes().chunks(2).map(|b| String::from_utf8_lossy(b).to_uppercase()).collect::<Vec<_>>().join(" "),
             if empty {
                 "empty".to_string()
             } else {
@@ -480,16 +496,20 @@ fn render_footer(f: &FooterReport) -> String {
     s.kv("geometry (C/H/S)", format!("{}/{}/{}", f.geometry.cylinders, f.geometry.heads, f.geometry.sectors_per_track));
     s.kv("creator", format!("{:?} {} on {:?}", f.creator_app, f.creator_version, f.creator_host_os));
     s.kv("timestamp", format!("{} ({})", f.timestamp_utc, f.timestamp));
-    s.kv("data offset", &f.data_offset);
+    s.kv("data offset", f.data_offset.map_or("none".to_string(), |o| format!("{o:#x}")));
     s.kv("features / version", format!("{:#x} / {}", f.features, f.format_version));
     s.kv("uuid", &f.uuid);
     s.kv("saved state", f.saved_state.to_string());
     s.kv(
         "checksum",
         format!(
-            "{} ({})",
+            "{:#010x} ({})",
             f.checksum,
-            if f.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", f.checksum_computed) }
+            if f.checksum_valid {
+                "valid".to_string()
+            } else {
+                format!("INVALID, computed {:#010x}", f.checksum_computed)
+            }
         ),
     );
     s.render()
@@ -522,9 +542,13 @@ fn render_header(h: &HeaderReport, out: &mut Vec<String>) {
     s.kv(
         "checksum",
         format!(
-            "{} ({})",
+            "{:#010x} ({})",
             h.checksum,
-            if h.checksum_valid { "valid".to_string() } else { format!("INVALID, computed {}", h.checksum_computed) }
+            if h.checksum_valid {
+                "valid".to_string()
+            } else {
+                format!("INVALID, computed {:#010x}", h.checksum_computed)
+            }
         ),
     );
     if let Some(u) = &h.parent_uuid {
@@ -754,7 +778,11 @@ fn render_partitions(t: &DiskLayout, partitions: &[Partition], out: &mut Vec<Str
     for p in partitions {
         s.row(vec![
             format!("{}{}", p.index, if p.logical { " (logical)" } else { "" }),
-            format!("{} {}", p.kind, p.type_name),
+            match (p.mbr_type, p.type_guid) {
+                (Some(t), _) => format!("{t:#04x} {}", p.type_name),
+                (None, Some(g)) => format!("{g} {}", p.type_name),
+                (None, None) => p.type_name.clone(),
+            },
             p.name.clone().unwrap_or_default(),
             if p.bootable { "*".into() } else { String::new() },
             p.start_lba.to_string(),

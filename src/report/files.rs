@@ -18,10 +18,12 @@ use crate::ntfs::volume::VolumeState;
 
 /// One stream of a file.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamReport<'a> {
     /// `$DATA` for data streams, else the attribute type's name.
     pub attribute: &'static str,
-    /// "" for the default stream.
+    /// "" for the default stream (`stream`, as every report names a stream).
+    #[serde(rename = "stream")]
     pub name: &'a str,
     pub size: u64,
     pub allocated_size: u64,
@@ -48,6 +50,7 @@ impl<'a> StreamReport<'a> {
 
 /// One name of a file.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FileReport<'a> {
     pub partition: u32,
     /// Relative to the volume root, `/`-separated; the root itself is ".".
@@ -101,6 +104,7 @@ impl<'a> FileReport<'a> {
 
 /// What a volume says of itself, beside its files.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VolumeReport {
     pub partition: u32,
     pub cluster_size: u64,
@@ -130,9 +134,21 @@ impl VolumeReport {
 
 /// What a partition holds.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PartitionFileSystem {
     pub partition: u32,
     pub filesystem: crate::disk::FileSystem,
+}
+
+/// The shape of `files --json`, which [`FilesReport::write_json`] streams without building
+/// it.
+#[cfg(feature = "schema")]
+#[derive(schemars::JsonSchema)]
+#[expect(dead_code, reason = "a shape for the schema only: write_json streams the document")]
+pub struct FilesDocument<'a> {
+    pub filesystems: Vec<PartitionFileSystem>,
+    pub volumes: Vec<VolumeReport>,
+    pub files: Vec<FileReport<'a>>,
 }
 
 /// The listing of every NTFS volume of an image, written as
@@ -185,7 +201,7 @@ impl<'m> FilesReport<'m> {
         Ok(())
     }
 
-    /// Writes the JSON form `{"volumes": [...], "files": [...]}`, compact (one line: listings
+    /// Writes the JSON form `{"filesystems": [...], "volumes": [...], "files": [...]}`, compact (one line: listings
     /// reach millions of entries).
     pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
         let filesystems: Vec<PartitionFileSystem> = self

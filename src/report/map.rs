@@ -13,7 +13,9 @@ use crate::vhd::device::BlockDevice;
 
 /// Per-partition counts.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PartitionSummary {
+    #[serde(rename = "partition")]
     pub index: u32,
     /// "ntfs", "unreadable ntfs", or the file system found ("fat32", "bitlocker", "ext4",
     /// "unknown"...).
@@ -31,6 +33,7 @@ pub struct PartitionSummary {
 
 /// Totals over the disk.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MapSummary {
     pub block_size: u64,
     pub blocks: u64,
@@ -47,6 +50,7 @@ pub struct MapSummary {
 
 /// The whole map.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MapReport {
     pub file: String,
     pub format: crate::vhd::ImageKind,

@@ -47,4 +47,6 @@ pub mod map;
 pub mod owner;
 pub mod ranges;
 pub mod reg;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod table;

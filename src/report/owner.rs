@@ -13,6 +13,7 @@ use crate::vhd::device::BlockDevice;
 
 /// What was asked about.
 #[derive(Clone, Copy, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Query {
     Sector(u64),
@@ -23,6 +24,7 @@ pub enum Query {
 
 /// Bytes of one region inside the queried range.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegionBytes {
     pub region: Region,
     pub bytes: u64,
@@ -30,6 +32,7 @@ pub struct RegionBytes {
 
 /// The answer for a position or range.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OwnerReport {
     pub query: Query,
     pub disk_offset: u64,
@@ -150,6 +153,7 @@ fn present_sectors(map: &ImageMap<'_>, start: u64, length: u64) -> Result<(bool,
 
 /// One run of a file's stream, on the disk and in the container.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunPlace {
     pub vcn: u64,
     pub lcn: Option<u64>,
@@ -163,6 +167,7 @@ pub struct RunPlace {
 
 /// One stream of the file.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamPlace {
     pub attribute: &'static str,
     pub stream: String,
@@ -173,6 +178,7 @@ pub struct StreamPlace {
 
 /// Where a file lies.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FilePlace {
     pub partition: u32,
     pub path: String,

@@ -10,6 +10,7 @@ use crate::vhd::device::BlockDevice;
 
 /// One range to upload.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Range {
     pub offset: u64,
     pub length: u64,
@@ -17,6 +18,7 @@ pub struct Range {
 
 /// The plan.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RangesReport {
     pub file: String,
     pub disk_size: u64,

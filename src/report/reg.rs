@@ -4,19 +4,23 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::hive::value::{ValueData, type_name};
+use crate::hive::value::{ValueData, known_type_name, type_name};
 use crate::hive::{Hive, KeyNode, ValueKey};
 use crate::host::journal::Recovery;
 use crate::pass::registry::edit::EditReport;
 
 /// A value with its data decoded.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ValueOut {
     pub key: String,
     /// "" for the default value.
     pub name: String,
+    /// The type code (1 for `REG_SZ`...).
     #[serde(rename = "type")]
-    pub ty: String,
+    pub ty: u32,
+    /// `REG_SZ`, ...; null for a type Windows does not name.
+    pub type_name: Option<&'static str>,
     /// Text for strings, numbers for DWORD/QWORD, arrays for REG_MULTI_SZ, hex otherwise.
     pub data: ValueData,
 }
@@ -28,7 +32,8 @@ impl ValueOut {
         Ok(ValueOut {
             key: key.to_string(),
             name: v.name.clone(),
-            ty: type_name(v.ty),
+            ty: v.ty,
+            type_name: known_type_name(v.ty),
             data: ValueData::decode(v.ty, &data),
         })
     }
@@ -36,23 +41,36 @@ impl ValueOut {
 
 /// A subkey in a listing.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubkeyOut {
     pub name: String,
     pub last_written: String,
-    pub subkeys: u32,
-    pub values: u32,
+    pub subkey_count: u32,
+    pub value_count: u32,
 }
 
 /// `list KEY` (and `get KEY` without a value name).
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeyOut {
     pub key: String,
     pub last_written: String,
     pub class: Option<String>,
-    pub subkeys: Vec<SubkeyOut>,
+    /// The subkeys, one level down (absent in `export`, where every key of the subtree is
+    /// listed on its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subkeys: Option<Vec<SubkeyOut>>,
     pub values: Vec<ValueOut>,
     /// Set when the hive is dirty and its logs could not be applied: the data may be stale.
     pub stale: Option<String>,
+}
+
+/// `export --json`: every key of the subtree, the exported key first, each with its values
+/// (and no subkey listing: the subkeys follow as keys of their own).
+#[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ExportOut {
+    pub keys: Vec<KeyOut>,
 }
 
 /// A FILETIME as ISO 8601 UTC.
@@ -61,22 +79,30 @@ pub fn filetime_text(ft: u64) -> String {
 }
 
 impl KeyOut {
-    /// The listing of `key`.
+    /// The listing of `key`: its values and its subkeys.
     pub fn new(hive: &Hive, path: &str, key: &KeyNode, stale: Option<String>) -> crate::error::Result<Self> {
-        Ok(KeyOut {
-            key: path.to_string(),
-            last_written: filetime_text(key.timestamp),
-            class: hive.class_name(key)?,
-            subkeys: hive
-                .subkeys(key)?
+        let mut out = KeyOut::exported(hive, path, key, stale)?;
+        out.subkeys = Some(
+            hive.subkeys(key)?
                 .into_iter()
                 .map(|k| SubkeyOut {
                     name: k.name.clone(),
                     last_written: filetime_text(k.timestamp),
-                    subkeys: k.subkey_count,
-                    values: k.value_count,
+                    subkey_count: k.subkey_count,
+                    value_count: k.value_count,
                 })
                 .collect(),
+        );
+        Ok(out)
+    }
+
+    /// `key` as `export` lists it: its values, without its subkeys.
+    pub fn exported(hive: &Hive, path: &str, key: &KeyNode, stale: Option<String>) -> crate::error::Result<Self> {
+        Ok(KeyOut {
+            key: path.to_string(),
+            last_written: filetime_text(key.timestamp),
+            class: hive.class_name(key)?,
+            subkeys: None,
             values: hive
                 .values(key)?
                 .iter()
@@ -90,7 +116,7 @@ impl KeyOut {
 /// Renders one value.
 pub fn render_value(v: &ValueOut) -> String {
     let name = if v.name.is_empty() { "(default)" } else { &v.name };
-    format!("{name}  {}  {}\n", v.ty, v.data)
+    format!("{name}  {}  {}\n", type_name(v.ty), v.data)
 }
 
 /// Renders a key listing.
@@ -100,8 +126,9 @@ pub fn render_key(k: &KeyOut) -> String {
         let _ = writeln!(out, "warning: {why}; showing the primary file's data, which may be stale");
     }
     let _ = writeln!(out, "{}  (last written {})", k.key, k.last_written);
-    for s in &k.subkeys {
-        let _ = writeln!(out, "  [{}]  {} subkeys, {} values, {}", s.name, s.subkeys, s.values, s.last_written);
+    for s in k.subkeys.iter().flatten() {
+        let _ =
+            writeln!(out, "  [{}]  {} subkeys, {} values, {}", s.name, s.subkey_count, s.value_count, s.last_written);
     }
     for v in &k.values {
         out.push_str("  ");
@@ -142,7 +169,9 @@ pub fn render_write(w: &EditReport) -> String {
 
 /// What `vhdreg IMAGE recover` found and did.
 #[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RecoverOut {
+    #[serde(rename = "file")]
     pub image: String,
     /// "clean" (nothing to do), "rolled_back" or "discarded_incomplete_journal".
     pub outcome: &'static str,

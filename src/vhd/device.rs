@@ -47,6 +47,7 @@ pub trait BlockDevice: Send + Sync {
 /// Bytes per logical sector: 512 on every VHD and most VHDX, 4096 on a "4Kn" VHDX. Partition
 /// tables and file systems count in these sectors; container bitmaps always count in 512 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct SectorSize(u32);
 

@@ -6,6 +6,7 @@ use crate::error::Space;
 
 /// One structural problem, located like an [`crate::Error`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Finding {
     /// The file the problem is in.
     pub file: String,

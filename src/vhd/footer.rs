@@ -24,6 +24,7 @@ const CHECKSUM_FIELD: std::ops::Range<usize> = 64..68;
 
 /// What kind of image a footer describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskType {
     Fixed,
@@ -250,7 +251,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// A UUID in the usual 8-4-4-4-12 form, bytes in stored order.
 pub fn uuid_text(u: &[u8; 16]) -> String {
-    let h = hex::encode(u);
+    let h = hex::encode_upper(u);
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// Cylinders, heads and sectors per track of a virtual disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Geometry {
     pub cylinders: u16,
     pub heads: u8,

@@ -41,6 +41,7 @@ pub struct OpenOptions {
 
 /// A container format the caller can insist on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// The file's bytes are the disk's bytes, whatever they look like.
@@ -64,6 +65,7 @@ impl ImageFormat {
 
 /// The kind of container an image is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageKind {
     /// A file whose bytes are the disk.

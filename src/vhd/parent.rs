@@ -25,6 +25,7 @@ pub struct Candidate {
 
 /// How a differencing disk's parent was found.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ParentResolution {
     /// The parent file opened.
     pub path: String,
@@ -34,6 +35,7 @@ pub struct ParentResolution {
 
 /// A locator with the path its data decodes to.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DecodedLocator {
     /// Slot 0..8 in the header.
     pub slot: usize,

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 /// What a payload block holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadState {
     /// No data in this file: zeros, or in a differencing disk the parent's bytes.

@@ -16,6 +16,7 @@ const HEADER_SIGNATURE: &[u8; 4] = b"head";
 
 /// One decoded header.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VhdxHeader {
     /// Which slot it was read from (1 or 2).
     pub slot: u8,

@@ -45,6 +45,7 @@ pub fn item_name(guid: Guid) -> Option<&'static str> {
 
 /// One entry of the metadata table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MetadataEntry {
     pub item: Guid,
     /// From the region's start.
@@ -106,6 +107,7 @@ pub fn encode_table(entries: &[MetadataEntry]) -> Vec<u8> {
 
 /// What the system items say about the disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DiskParameters {
     pub block_size: u32,
     /// Every block stays allocated (a fixed VHDX).
@@ -121,6 +123,7 @@ pub struct DiskParameters {
 
 /// A parent locator: its type and key/value pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ParentLocator {
     pub locator_type: Guid,
     pub entries: Vec<(String, String)>,

@@ -30,6 +30,7 @@ pub fn region_name(guid: Guid) -> Option<&'static str> {
 
 /// One region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegionEntry {
     pub guid: Guid,
     pub file_offset: u64,
@@ -39,6 +40,7 @@ pub struct RegionEntry {
 
 /// A decoded region table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegionTable {
     pub entries: Vec<RegionEntry>,
 }

@@ -15,6 +15,7 @@ const HEADER_FIELDS: usize = 80;
 
 /// One of the two header slots.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeaderSlot {
     pub offset: u64,
     /// Whether this slot holds the header in use.
@@ -29,6 +30,7 @@ pub struct HeaderSlot {
 
 /// One region table entry, with the region's name when the specification defines it.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NamedRegion {
     pub name: Option<&'static str>,
     #[serde(flatten)]
@@ -37,6 +39,7 @@ pub struct NamedRegion {
 
 /// One metadata item, with its name when it is a system item.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NamedItem {
     pub name: Option<&'static str>,
     #[serde(flatten)]
@@ -45,6 +48,7 @@ pub struct NamedItem {
 
 /// The log as the header describes it, and what was replayed from it.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogState {
     pub offset: u64,
     pub length: u32,
@@ -56,6 +60,7 @@ pub struct LogState {
 
 /// How many payload blocks are in one state.
 #[derive(Clone, Copy, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StateCount {
     pub state: PayloadState,
     pub blocks: u64,
@@ -63,6 +68,7 @@ pub struct StateCount {
 
 /// The BAT's shape and contents in counts.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BatSummary {
     pub offset: u64,
     pub entries: u64,
@@ -77,6 +83,7 @@ pub struct BatSummary {
 
 /// Everything before the payload.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VhdxSummary {
     /// The creator string of the file type identifier.
     pub creator: String,

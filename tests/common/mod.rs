@@ -57,9 +57,93 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("vhdkit-test").tempdir().unwrap()
 }
 
-/// Runs a command, panicking with its stderr if it fails to start.
+/// Runs a command, panicking with its stderr if it fails to start. The JSON a project tool
+/// prints is validated against its published schema (docs/schema/).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (make test installs the test tools)"))
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (make test installs the test tools)"));
+    validate_json(cmd, &out);
+    out
+}
+
+/// Where a project tool's JSON goes and which schema it follows: the schema's name, whether it
+/// is JSON Lines, and whether it is on stderr (the report of `vhdcompact IN -`).
+fn json_schema_of(cmd: &Command) -> Option<(&'static str, bool, bool)> {
+    let tool = Path::new(cmd.get_program()).file_name()?.to_str()?.to_string();
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let lines = has("--jsonl");
+    if !lines && !has("--json") {
+        return None;
+    }
+    let first_of = |names: &[&'static str]| args.iter().find_map(|a| names.iter().find(|n| **n == a).copied());
+    let reg = |first: &str| match first {
+        "export" => "vhdreg-export",
+        "get" | "list" => "vhdreg-get",
+        "recover" => "vhdreg-recover",
+        _ => "vhdreg-write",
+    };
+    Some(match tool.as_str() {
+        "vhdinspect" => {
+            match first_of(&["dump", "check", "files", "owner", "map", "diff", "align", "ranges", "reg", "extract"])? {
+                "reg" => (reg(first_of(&["get", "list", "export"])?), false, false),
+                "files" if lines => ("vhdinspect-files-line", true, false),
+                "map" if lines => ("vhdinspect-map-line", true, false),
+                "owner" if lines => ("vhdinspect-owner-line", true, false),
+                "dump" => ("vhdinspect-dump", false, false),
+                "check" => ("vhdinspect-check", false, false),
+                "files" => ("vhdinspect-files", false, false),
+                "owner" => ("vhdinspect-owner", false, false),
+                "map" => ("vhdinspect-map", false, false),
+                "diff" => ("vhdinspect-diff", false, false),
+                "align" => ("vhdinspect-align", false, false),
+                "ranges" => ("vhdinspect-ranges", false, false),
+                _ => ("vhdinspect-extract", false, false),
+            }
+        }
+        "vhdreg" => (reg(first_of(&["get", "list", "export", "set", "delete", "import", "recover"])?), false, false),
+        "vhdcompact" if has("--what-if") => ("vhdcompact-what-if-line", true, false),
+        "vhdcompact" if args.iter().any(|a| a.starts_with("http://") || a.starts_with("https://")) => {
+            ("vhdcompact-upload", false, false)
+        }
+        "vhdcompact" => ("vhdcompact", false, has("-")),
+        _ => return None,
+    })
+}
+
+/// The published schemas, compiled once per test process.
+fn schemas() -> &'static std::collections::HashMap<String, jsonschema::Validator> {
+    static SCHEMAS: std::sync::OnceLock<std::collections::HashMap<String, jsonschema::Validator>> =
+        std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let dir = root().join("docs/schema");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.strip_suffix(".schema.json")?.to_string();
+                let schema: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                Some((name, jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{}: {e}", p.display()))))
+            })
+            .collect()
+    })
+}
+
+/// Checks the JSON a project tool printed against its schema.
+fn validate_json(cmd: &Command, out: &Output) {
+    let Some((name, lines, on_stderr)) = json_schema_of(cmd) else { return };
+    let text = String::from_utf8_lossy(if on_stderr { &out.stderr } else { &out.stdout });
+    if text.trim().is_empty() {
+        return;
+    }
+    let validator = schemas().get(name).unwrap_or_else(|| panic!("docs/schema/{name}.schema.json is missing"));
+    let docs: Vec<&str> = if lines { text.lines().filter(|l| !l.trim().is_empty()).collect() } else { vec![&text] };
+    for doc in docs {
+        let value: serde_json::Value =
+            serde_json::from_str(doc).unwrap_or_else(|e| panic!("{cmd:?} printed invalid JSON ({e}): {doc}"));
+        let errors: Vec<String> =
+            validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).take(5).collect();
+        assert!(errors.is_empty(), "{cmd:?}: output does not follow docs/schema/{name}.schema.json: {errors:#?}");
+    }
 }
 
 /// Runs a command that must succeed; returns its stdout.

@@ -44,6 +44,7 @@ pub const AZURE_MAX_SIZE: u64 = crate::vhd::fixed::MAX_FIXED_SIZE;
 
 /// The kinds of image compaction writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// Raw data then a footer, every byte written.

@@ -41,8 +41,10 @@ pub struct StoredBlock {
 
 /// A partition's share of the plan, for the report.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PartitionPlan {
     /// The partition.
+    #[serde(rename = "partition")]
     pub index: u32,
     /// "ntfs", "unreadable ntfs" (kept but for zero blocks), or the file system found
     /// ("fat32", "bitlocker", "ext4", "unknown"...).

@@ -12,6 +12,7 @@ use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 
 /// One partition's result.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PartitionResult {
     #[serde(flatten)]
     /// What the plan said of the partition.
@@ -22,6 +23,7 @@ pub struct PartitionResult {
 
 /// What compaction did.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CompactReport {
     /// The input image.
     pub input: String,
@@ -82,6 +84,7 @@ pub struct CompactReport {
 
 /// What realignment did.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RealignResult {
     /// The boundary asked for; null when the table was only adjusted to a grown disk.
     pub boundary: Option<u64>,

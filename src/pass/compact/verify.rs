@@ -14,6 +14,7 @@ use crate::vhd::device::BlockDevice;
 
 /// A range whose bytes differ.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Mismatch {
     /// Disk offset of the compared piece.
     pub offset: u64,
@@ -27,6 +28,7 @@ pub struct Mismatch {
 
 /// The verification result.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VerifyReport {
     /// Needed bytes compared.
     pub checked_bytes: u64,

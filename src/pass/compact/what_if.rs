@@ -12,6 +12,7 @@ use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 
 /// What compacting one image would give.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WhatIf {
     /// The image.
     pub file: String,

@@ -85,6 +85,7 @@ pub struct EditOptions {
 
 /// What an edit did (or, in a dry run, would do).
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EditReport {
     /// Whether nothing was written.
     pub dry_run: bool,

@@ -34,6 +34,27 @@ pub struct KeyTarget {
     pub prefix: String,
     /// The key's path inside the hive.
     pub inner: String,
+    /// Whether the key was given with its root (`HKLM\SYSTEM\...`), not only as a path inside
+    /// a hive named by its file.
+    pub rooted: bool,
+}
+
+impl KeyTarget {
+    /// How every report names the key at `inner` (a path inside the hive, CurrentControlSet
+    /// resolved): with the short root, `HKLM\SYSTEM\ControlSet001\Control`,
+    /// `HKU\.DEFAULT\...`; as the path inside the hive (`\` for its root) when the key was
+    /// given without one.
+    pub fn report_path(&self, inner: &str) -> String {
+        if !self.rooted {
+            return if inner.is_empty() { "\\".to_string() } else { inner.to_string() };
+        }
+        let root = match self.prefix.split_once('\\') {
+            Some(("HKEY_LOCAL_MACHINE", hive)) => format!("HKLM\\{hive}"),
+            Some(("HKEY_USERS", hive)) => format!("HKU\\{hive}"),
+            _ => self.prefix.clone(),
+        };
+        if inner.is_empty() { root } else { format!("{root}\\{inner}") }
+    }
 }
 
 /// Splits a key that starts with a root (`HKLM\SYSTEM\A\B`, `HKEY_USERS\name\A`) into the
@@ -55,11 +76,12 @@ pub fn split_root(key: &str) -> Option<(String, String)> {
 pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
     let rooted = split_root(key);
     if let Some(h) = hive {
+        let given_root = rooted.is_some();
         let (prefix, inner) = rooted.unwrap_or_else(|| {
             let stem = h.rsplit(['/', '\\']).next().unwrap_or(h).to_ascii_uppercase();
             (format!("HKEY_LOCAL_MACHINE\\{stem}"), split_path(key).collect::<Vec<_>>().join("\\"))
         });
-        return Ok(KeyTarget { hive_paths: vec![h.replace('\\', "/")], prefix, inner });
+        return Ok(KeyTarget { hive_paths: vec![h.replace('\\', "/")], prefix, inner, rooted: given_root });
     }
     let Some((prefix, inner)) = rooted else {
         return Err(Error::Usage(format!(
@@ -83,7 +105,7 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
             )));
         }
     };
-    Ok(KeyTarget { hive_paths, prefix, inner })
+    Ok(KeyTarget { hive_paths, prefix, inner, rooted: true })
 }
 
 /// Replaces a leading `CurrentControlSet` with the control set `Select\Current` names.
@@ -287,6 +309,7 @@ pub fn hive_logs(map: &ImageMap<'_>, hive: &ImageHive<'_>) -> Result<Vec<(String
 
 /// What writing a hive back will do.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WriteSummary {
     /// The partition holding the hive (none for a bare hive file).
     pub partition: Option<u32>,
