@@ -180,7 +180,7 @@ fn an_absurd_gpt_entry_array_is_refused_without_allocating_it() {
         data[at + 80..at + 84].copy_from_slice(&u32::MAX.to_le_bytes());
     }
     std::fs::write(&raw, &data).unwrap();
-    let out = run(bin("vhdinspect").args(["check"]).arg(&raw));
+    let out = run(bin("vhdinspect").args(["check", "--json"]).arg(&raw));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a sane entry array"));
 }

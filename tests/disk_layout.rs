@@ -212,8 +212,8 @@ fn dump_json_carries_the_documented_keys() {
     assert_eq!(vols[2]["hidden_sectors"], 65599);
     // The readable form shows raw entry bytes beside the decoded fields.
     let text = String::from_utf8(run_ok(bin("vhdinspect").arg("dump").arg(corpus("xp-fixed.vhd")))).unwrap();
-    assert!(text.contains("│ 1     ┆ 80 01 01 00 07"), "{text}");
-    assert!(text.contains("┆ empty "), "empty slots say so: {text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("1  ") && l.contains("80 01 01 00 07")), "{text}");
+    assert!(text.contains(" empty"), "empty slots say so: {text}");
 }
 
 #[test]

@@ -329,7 +329,7 @@ fn an_azure_gpt_disk_gets_its_backup_table_at_the_new_end() {
     let mut data = read_all(&open(&gpt));
     data.resize(data.len() + (4 << 20), 0);
     std::fs::write(&grown, &data).unwrap();
-    let check = run(bin("vhdinspect").arg("check").arg(&grown));
+    let check = run(bin("vhdinspect").args(["check", "--json"]).arg(&grown));
     assert_eq!(check.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&check.stdout).contains("backup header"));
 }

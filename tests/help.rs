@@ -163,3 +163,41 @@ fn owners_of_a_block_as_json_lines_equal_the_json_answer() {
     json.as_object_mut().unwrap().remove("schema_version");
     assert_eq!(summary, json);
 }
+
+#[test]
+fn piped_tables_are_plain_columns_within_100_columns() {
+    let image = corpus("logical-dynamic.vhd");
+    let runs: [&[&str]; 8] = [
+        &["dump"],
+        &["check"],
+        &["files"],
+        &["map"],
+        &["align"],
+        &["ranges"],
+        &["owner", "--block", "1"],
+        &["owner", "--file", "data/hello.txt"],
+    ];
+    for args in runs {
+        let out = run(bin("vhdinspect").args(args).arg(&image));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        for line in text.lines() {
+            assert!(line.chars().count() <= 100, "{args:?}: a line of {} columns: {line}", line.chars().count());
+            assert!(!line.contains(['│', '┆', '─']), "{args:?}: boxes in piped output: {line}");
+            assert_eq!(line, line.trim_end(), "{args:?}: trailing blanks");
+        }
+    }
+    let what_if = String::from_utf8(run_ok(bin("vhdcompact").arg("--what-if").arg(&image))).unwrap();
+    assert!(what_if.lines().all(|l| l.chars().count() <= 100), "{what_if}");
+}
+
+#[test]
+fn dry_run_is_refused_where_nothing_would_be_written() {
+    let image = corpus("xp-fixed.vhd");
+    for command in [&["get", r"HKLM\SYSTEM\Select", "Current"][..], &["list", r"HKLM\SYSTEM"], &["recover"]] {
+        let out = run(bin("vhdreg").arg("--dry-run").arg(&image).args(command));
+        assert_usage_error(&out, "--dry-run", &["set, delete and import"]);
+    }
+    let out = run(bin("vhdinspect").args(["dump", "--dry-run"]).arg(&image));
+    assert_eq!(out.status.code(), Some(2), "vhdinspect has no --dry-run: it never writes");
+}

@@ -223,7 +223,7 @@ fn run_all(mutant: &Path, dir: &Path) {
         .collect();
     assert!(leftovers.is_empty(), "vhdcompact {file} left {leftovers:?}");
     let mut cmd = bin("vhdreg");
-    cmd.arg("--dry-run").arg(mutant).args(["get", r"HKLM\SYSTEM\Select", "Current"]);
+    cmd.arg(mutant).args(["get", r"HKLM\SYSTEM\Select", "Current"]);
     let (code, err) = run_bounded(cmd);
     assert_clean_outcome(&format!("vhdreg get {file}"), &file, code, &err);
     assert_eq!(sha256(&std::fs::read(mutant).unwrap()), before, "{file} changed");

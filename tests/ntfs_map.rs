@@ -75,15 +75,89 @@ fn droppable_blocks_match_an_independent_computation() {
 }
 
 #[test]
-fn map_draws_an_svg_with_one_cell_per_block() {
+fn map_draws_an_svg_that_renders_as_stated() {
     let dir = tempdir();
     let svg = dir.path().join("map.svg");
-    let j = json(bin("vhdinspect").args(["map", "--json", "--svg"]).arg(&svg).arg(corpus("xp-fixed.vhd")));
+    let j = json(bin("vhdinspect").args(["map", "--json", "--svg"]).arg(&svg).arg(corpus("logical-dynamic.vhd")));
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
-    let cells = text.matches("<rect").count() - 7; // minus the legend swatches
-    assert_eq!(cells as u64, j["summary"]["blocks"].as_u64().unwrap());
-    assert!(text.contains("block 0: partial"));
+    let cells = svg_rects(&text, "cell");
+    let blocks = j["blocks"].as_array().unwrap();
+    assert_eq!(cells.len(), blocks.len(), "one cell per block");
+    assert!(text.contains("<title>block 0 at 0 bytes: "), "a tooltip per block");
+    for p in ["partition 1: ntfs", "partition 5: ntfs", "partition 6: ntfs"] {
+        assert!(text.contains(p), "{p} is labelled");
+    }
+    let swatches = svg_rects(&text, "swatch");
+    assert_eq!(swatches.len(), 7);
+    let grid_top = cells.iter().map(|c| c.1).min().unwrap();
+    assert!(swatches.iter().all(|s| s.1 + 14 < grid_top), "the legend is above the grid");
+    // Rendered by a real SVG renderer, each cell shows its block's state in one colour per
+    // state.
+    let (width, height, pixels) = render(&svg);
+    assert_eq!((width, height), svg_size(&text));
+    let mut colour_of_state = std::collections::HashMap::new();
+    for (cell, block) in cells.iter().zip(blocks) {
+        let at = ((cell.1 + 5) * width + cell.0 + 5) * 3;
+        let px = [pixels[at], pixels[at + 1], pixels[at + 2]];
+        assert_eq!(px, cell.2, "block {}: rendered colour", block["block"]);
+        let state = block["state"].as_str().unwrap().to_string();
+        assert_eq!(*colour_of_state.entry(state.clone()).or_insert(px), px, "{state} has one colour");
+    }
+    let distinct: std::collections::HashSet<_> = colour_of_state.values().collect();
+    assert_eq!(distinct.len(), colour_of_state.len(), "states have distinct colours");
+}
+
+#[test]
+fn the_svg_of_a_large_disk_stays_small_and_says_it_groups_blocks() {
+    let dir = tempdir();
+    let image = dir.path().join("big.vhd");
+    run_ok(
+        Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=dynamic"]).arg(&image).arg("1T"),
+    );
+    let svg = dir.path().join("map.svg");
+    run_ok(bin("vhdinspect").args(["map", "--svg"]).arg(&svg).arg(&image));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_rects(&text, "cell").len() <= 4096);
+    assert!(text.contains("blocks (256.0 MiB) per cell"), "the grouping is stated");
+    let (width, height, _) = render(&svg);
+    assert!(width <= 1200 && height <= 1200, "{width}x{height}");
+}
+
+/// The (x, y, fill) of every `<rect class="CLASS" ...>` of an SVG written by vhdinspect.
+fn svg_rects(text: &str, class: &str) -> Vec<(usize, usize, [u8; 3])> {
+    let attr = |tag: &str, name: &str| -> String {
+        let from = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        tag[from..].split('"').next().unwrap().to_string()
+    };
+    text.split("<rect")
+        .filter(|t| t.starts_with(&format!(" class=\"{class}\"")))
+        .map(|t| {
+            let fill = hex::decode(attr(t, "fill").trim_start_matches('#')).unwrap();
+            (attr(t, "x").parse().unwrap(), attr(t, "y").parse().unwrap(), [fill[0], fill[1], fill[2]])
+        })
+        .collect()
+}
+
+/// The width and height an SVG states.
+fn svg_size(text: &str) -> (usize, usize) {
+    let num = |name: &str| -> usize {
+        let from = text.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        text[from..].split('"').next().unwrap().parse().unwrap()
+    };
+    (num("width"), num("height"))
+}
+
+/// The SVG rendered by rsvg-convert: width, height and RGB pixels.
+fn render(svg: &Path) -> (usize, usize, Vec<u8>) {
+    let png = svg.with_extension("png");
+    run_ok(Command::new("rsvg-convert").args(["--background-color", "white", "-o"]).arg(&png).arg(svg));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let rgb = buf[..info.buffer_size()].chunks(channels).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    (info.width as usize, info.height as usize, rgb)
 }
 
 #[test]

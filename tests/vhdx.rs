@@ -572,7 +572,8 @@ fn what_if_predicts_what_compaction_keeps_at_every_block_size() {
         assert_eq!(r["reclaimable_with_smallest_blocks"], w["reclaimable_with_smallest_blocks"]);
     }
     let table = String::from_utf8(run(bin("vhdcompact").arg("--what-if").arg(&fleet)).stdout).unwrap();
-    assert!(table.contains("total (13 images)") && table.contains("profile-11.vhdx"), "{table}");
+    assert!(table.contains("total (13 images)"), "{table}");
+    assert!(rows.iter().any(|r| r["file"].as_str().unwrap().ends_with("profile-11.vhdx")));
     let after: Vec<String> =
         std::fs::read_dir(&fleet).unwrap().map(|e| sha256(&std::fs::read(e.unwrap().path()).unwrap())).collect();
     assert_eq!(before, after, "--what-if writes nothing");

@@ -31,7 +31,7 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print what would change and write nothing.
+    /// With set, delete and import: print what would change and write nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
     /// Write into an NTFS volume that is dirty or hibernated (Windows may undo or corrupt the
@@ -221,6 +221,13 @@ const MAX_INPUT_FILE: u64 = 1 << 30;
 fn run(cli: Cli) -> Result<bool> {
     let src = &cli.source;
     let w = WriteFlags { dry_run: cli.dry_run, force: cli.force, json: cli.json };
+    if cli.dry_run && matches!(cli.command, RegCommand::Read(_) | RegCommand::Recover) {
+        return Err(Error::Usage(
+            "--dry-run applies to set, delete and import: get, list and export write nothing to the image, and \
+             recover must write to roll back"
+                .into(),
+        ));
+    }
     match cli.command {
         RegCommand::Read(ReadCommand::Export { key, file, force }) => {
             run_read(src, ReadCommand::Export { key, file, force: force || cli.force }, cli.json)

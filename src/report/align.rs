@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::disk::Lba;
 use crate::disk::boot_sector::NtfsBootSector;
 use crate::map::ImageMap;
-use crate::report::table::{Section, human_bytes};
+use crate::report::table::{Section, human_bytes, wrapped};
 use crate::vhd::device::BlockDevice;
 
 /// One partition's alignment.
@@ -176,7 +176,8 @@ pub fn render(r: &AlignReport) -> String {
     }
     let mut out = t.render();
     for p in &r.partitions {
-        out.push_str(&format!("partition {}: {}\n", p.index, p.verdict));
+        out.push_str(&wrapped(&format!("partition {}: {}", p.index, p.verdict), 4));
+        out.push('\n');
     }
     out
 }

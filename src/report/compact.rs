@@ -157,8 +157,18 @@ pub struct WhatIfFailure {
 
 /// The `--what-if` table: one row per image, then the total.
 pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String {
+    // Images of one folder are named by file name, the folder once in the title.
+    let folder = images.first().and_then(|p| p.parent()).filter(|f| images.iter().all(|p| p.parent() == Some(*f)));
+    let name = |p: &PathBuf| match (folder, p.file_name()) {
+        (Some(_), Some(n)) => n.to_string_lossy().into_owned(),
+        _ => p.display().to_string(),
+    };
+    let title = match folder.filter(|f| !f.as_os_str().is_empty()) {
+        Some(f) => format!("What compaction would reclaim in {} (nothing written)", f.display()),
+        None => "What compaction would reclaim (nothing written)".to_string(),
+    };
     let mut t = Section::table(
-        "What compaction would reclaim (nothing written)",
+        &title,
         &["image", "format", "block size", "stored", "reclaimable now", "with 1 MiB blocks", "note"],
     );
     let (mut stored, mut now, mut smallest) = (0u64, 0u64, 0u64);
@@ -169,7 +179,7 @@ pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String 
                 now += w.reclaimable_bytes;
                 smallest += w.reclaimable_with_smallest_blocks;
                 t.row(vec![
-                    w.file.clone(),
+                    name(path),
                     format!("{} {}", w.format, w.container.name()),
                     human_bytes(w.block_size),
                     human_bytes(w.stored_bytes),
@@ -178,17 +188,22 @@ pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String 
                     w.refusal.clone().map(|why| format!("needs --force: {why}")).unwrap_or_default(),
                 ]);
             }
-            Err(e) => t.row(vec![
-                path.display().to_string(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                e.to_string(),
-            ]),
+            Err(e) => {
+                let why = e.to_string();
+                let prefix = format!("{}: ", path.display());
+                t.row(vec![
+                    name(path),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    why.strip_prefix(&prefix).unwrap_or(&why).to_string(),
+                ])
+            }
         }
     }
+    t.unwrapped_column(0);
     if images.len() > 1 {
         t.row(vec![
             format!("total ({} images)", images.len()),

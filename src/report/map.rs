@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::map::ImageMap;
 use crate::map::blocks::{BlockInfo, BlockState, KeptAtBlockSize, kept_at_sizes, smaller_block_sizes};
-use crate::report::table::{Section, human_bytes};
+use crate::report::table::{Section, clipped, human_bytes};
 use crate::vhd::device::BlockDevice;
 
 /// Per-partition counts.
@@ -17,6 +17,10 @@ use crate::vhd::device::BlockDevice;
 pub struct PartitionSummary {
     #[serde(rename = "partition")]
     pub index: u32,
+    /// Disk offset of its first byte.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub length: u64,
     /// "ntfs", "unreadable ntfs", or the file system found ("fat32", "bitlocker", "ext4",
     /// "unknown"...).
     pub contents: &'static str,
@@ -76,6 +80,8 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
             let needed = idx.map(|i| i.needed_count(0, i.total_clusters()));
             PartitionSummary {
                 index: pm.partition.index,
+                offset: start,
+                length: end - start,
                 contents,
                 kept_whole: pm.kept_whole(),
                 problem,
@@ -200,8 +206,7 @@ pub fn render(r: &MapReport) -> String {
         }
         flush(&mut lines, &mut skipped);
         let owners: Vec<String> = b.top_owners.iter().map(|o| format!("{} ({})", o.path, o.clusters)).collect();
-        let _ = writeln!(
-            lines,
+        let line = format!(
             "{:>8} {:>8} {:>4}/{:<4} {:>5.1}% {:<12} {}",
             b.index,
             b.sectors_present,
@@ -209,12 +214,31 @@ pub fn render(r: &MapReport) -> String {
             b.ntfs_clusters,
             b.used_fraction * 100.0,
             state_name(b.state),
-            owners.join(", ")
+            owners_text(&owners)
         );
+        let _ = writeln!(lines, "{}", line.trim_end());
     }
     flush(&mut lines, &mut skipped);
     out.push(lines);
     out.join("\n")
+}
+
+/// Room for the top owners on a block line of 100 columns.
+const OWNERS_WIDTH: usize = 100 - 49;
+
+/// The owners that fit a block line, whole, then `…` if some did not.
+fn owners_text(owners: &[String]) -> String {
+    let mut out = String::new();
+    for o in owners {
+        let sep = if out.is_empty() { "" } else { ", " };
+        // Room is kept for ", …".
+        if out.chars().count() + sep.len() + o.chars().count() + 3 > OWNERS_WIDTH {
+            return if out.is_empty() { clipped(o, OWNERS_WIDTH) } else { format!("{out}, …") };
+        }
+        out.push_str(sep);
+        out.push_str(o);
+    }
+    out
 }
 
 /// Fill colour and legend text of each state, in legend order.
@@ -229,63 +253,192 @@ const PALETTE: [(BlockState, &str, &str); 7] = [
 ];
 
 /// Cells at most in the picture; larger disks group consecutive blocks per cell.
-const MAX_CELLS: u64 = 16_384;
+const MAX_CELLS: u64 = 4096;
+/// Cells per row, and a cell's side in pixels.
+const COLUMNS: usize = 64;
+const CELL: usize = 12;
+/// Left of the grid: the offset axis; right of it: the partition labels.
+const AXIS: usize = 90;
+const LABELS: usize = 230;
+/// Legend items per row, and a legend item's width.
+const LEGEND_COLUMNS: usize = 2;
+const LEGEND_ITEM: usize = 400;
 
-/// The disk as a grid of blocks coloured by state, with a legend.
+/// One cell of the picture: the blocks it stands for.
+struct Cell<'a> {
+    blocks: &'a [BlockInfo],
+}
+
+impl Cell<'_> {
+    /// The state shown: the most-used of its blocks, so a used block never hides in a free
+    /// group.
+    fn state(&self) -> BlockState {
+        self.blocks
+            .iter()
+            .map(|b| b.state)
+            .min_by_key(|s| PALETTE.iter().position(|p| p.0 == *s))
+            .unwrap_or(BlockState::Unallocated)
+    }
+
+    /// The tooltip: the block(s), their disk offset, state, use and top owners.
+    fn title(&self, block_size: u64) -> String {
+        let (first, last) = (&self.blocks[0], &self.blocks[self.blocks.len() - 1]);
+        if self.blocks.len() == 1 {
+            let owners: Vec<String> = first.top_owners.iter().map(|o| format!("{} ({})", o.path, o.clusters)).collect();
+            let mut t = format!(
+                "block {} at {}: {}, {}/{} clusters used ({:.1}%)",
+                first.index,
+                human_bytes(first.offset),
+                state_name(first.state),
+                first.used_clusters,
+                first.ntfs_clusters,
+                first.used_fraction * 100.0
+            );
+            if !owners.is_empty() {
+                t.push('\n');
+                t.push_str(&owners.join(", "));
+            }
+            return t;
+        }
+        let mut counts: Vec<(BlockState, usize)> = Vec::new();
+        for b in self.blocks {
+            match counts.iter_mut().find(|(s, _)| *s == b.state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((b.state, 1)),
+            }
+        }
+        counts.sort_by_key(|(s, _)| PALETTE.iter().position(|p| p.0 == *s));
+        let states: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", state_name(*s))).collect();
+        format!(
+            "blocks {}-{} at {} ({}): {}",
+            first.index,
+            last.index,
+            human_bytes(first.offset),
+            human_bytes(self.blocks.len() as u64 * block_size),
+            states.join(", ")
+        )
+    }
+}
+
+/// The disk as a grid of blocks coloured by state: the legend on top, an offset axis on the
+/// left, partition boundaries and labels, a tooltip per cell. Disks of more than 4096 blocks
+/// group consecutive blocks per cell, and the subtitle says so.
 pub fn svg(r: &MapReport) -> String {
     let blocks = &r.blocks;
+    let bs = r.summary.block_size.max(1);
     let group = (blocks.len() as u64).div_ceil(MAX_CELLS).max(1) as usize;
-    let cells: Vec<(BlockState, String)> = blocks
-        .chunks(group)
-        .map(|c| {
-            // A cell shows its most-used block, so a used block never hides in a free group.
-            let b = c.iter().min_by_key(|b| PALETTE.iter().position(|p| p.0 == b.state)).unwrap_or(&c[0]);
-            let title = if group == 1 {
-                let owner = b.top_owners.first().map(|o| format!(", {}", o.path)).unwrap_or_default();
-                format!("block {}: {}{}", b.index, state_name(b.state), owner)
-            } else {
-                format!("blocks {}-{}: {}", c[0].index, c[c.len() - 1].index, state_name(b.state))
-            };
-            (b.state, title)
-        })
-        .collect();
-    let columns = 64usize;
-    let cell = 12usize;
-    let rows = cells.len().div_ceil(columns);
-    let legend_top = 40 + rows * cell + 16;
-    let width = columns * cell + 20;
-    let height = legend_top + PALETTE.len() * 20 + 10;
+    let cells: Vec<Cell<'_>> = blocks.chunks(group).map(|blocks| Cell { blocks }).collect();
+    let first_block = blocks.first().map_or(0, |b| b.index);
+    // A small disk gets a row as long as it needs.
+    let cols = COLUMNS.min(cells.len()).max(1);
+    let rows = cells.len().div_ceil(cols).max(1);
+    let legend_rows = PALETTE.len().div_ceil(LEGEND_COLUMNS);
+    let grid_top = 50 + legend_rows * 20 + 16;
+    let grid_left = 10 + AXIS;
+    let width = (grid_left + cols * CELL + 10 + LABELS).max(10 + LEGEND_COLUMNS * LEGEND_ITEM);
+    // Partitions starting in one row stack their labels downwards.
+    let mut labels_in_row = vec![0usize; rows];
+    let cell_of = |offset: u64| ((offset / bs).saturating_sub(first_block) / group as u64) as usize;
+    let label_rows = r.summary.partitions.iter().map(|p| cell_of(p.offset) / cols).filter(|&row| row < rows).fold(
+        vec![0usize; rows],
+        |mut n, row| {
+            n[row] += 1;
+            n
+        },
+    );
+    let labels_bottom = label_rows.iter().enumerate().map(|(row, n)| row * CELL + n * 12).max().unwrap_or(0);
+    let height = grid_top + (rows * CELL).max(labels_bottom) + 20;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
     );
+    let _ = writeln!(out, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
     let _ = writeln!(
         out,
-        r#"<text x="10" y="18" font-size="14">{}: {} blocks of {}, {} droppable ({}){}</text>"#,
-        xml_escape(&r.file),
-        r.summary.blocks,
-        human_bytes(r.summary.block_size),
-        r.summary.droppable_blocks,
-        human_bytes(r.summary.droppable_bytes),
-        if group > 1 { format!(", {group} blocks per cell") } else { String::new() }
+        r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(&format!("{} ({} {})", r.file, r.format.name(), r.container.name()))
     );
-    for (i, (state, title)) in cells.iter().enumerate() {
-        let color = PALETTE.iter().find(|p| p.0 == *state).map_or("#000", |p| p.1);
-        let (x, y) = (10 + (i % columns) * cell, 30 + (i / columns) * cell);
+    let scale = match group {
+        1 => "one cell per block".to_string(),
+        g => format!("{g} blocks ({}) per cell, coloured by the most used", human_bytes(g as u64 * bs)),
+    };
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="38">{}</text>"#,
+        xml_escape(&format!(
+            "{} blocks of {}, {} droppable ({}); {scale}",
+            r.summary.blocks,
+            human_bytes(bs),
+            r.summary.droppable_blocks,
+            human_bytes(r.summary.droppable_bytes)
+        ))
+    );
+    for (i, (state, color, text)) in PALETTE.iter().enumerate() {
+        let (x, y) = (10 + (i % LEGEND_COLUMNS) * LEGEND_ITEM, 50 + (i / LEGEND_COLUMNS) * 20);
+        let n = r.summary.by_state.get(state_name(*state)).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{color}"><title>{}</title></rect>"#,
-            cell - 1,
-            cell - 1,
-            xml_escape(title)
+            r##"<rect class="swatch" x="{x}" y="{y}" width="14" height="14" fill="{color}" stroke="#555" stroke-width="0.5"/>"##
+        );
+        let _ = writeln!(out, r#"<text x="{}" y="{}">{} ({n})</text>"#, x + 20, y + 12, xml_escape(text));
+    }
+    let axis_every = rows.div_ceil(32).max(1);
+    for row in (0..rows).step_by(axis_every) {
+        let offset = (first_block + (row * cols * group) as u64) * bs;
+        let _ = writeln!(
+            out,
+            r##"<text x="{}" y="{}" text-anchor="end" font-size="10" fill="#444">{}</text>"##,
+            grid_left - 6,
+            grid_top + row * CELL + CELL - 2,
+            human_bytes(offset)
         );
     }
-    for (i, (state, color, text)) in PALETTE.iter().enumerate() {
-        let y = legend_top + i * 20;
-        let n = r.summary.by_state.get(state_name(*state)).copied().unwrap_or(0);
-        let _ = writeln!(out, r#"<rect x="10" y="{y}" width="14" height="14" fill="{color}"/>"#);
-        let _ = writeln!(out, r#"<text x="30" y="{}">{} ({n})</text>"#, y + 12, xml_escape(text));
+    for (i, cell) in cells.iter().enumerate() {
+        let color = PALETTE.iter().find(|p| p.0 == cell.state()).map_or("#000", |p| p.1);
+        let (x, y) = (grid_left + (i % cols) * CELL, grid_top + (i / cols) * CELL);
+        let _ = writeln!(
+            out,
+            r#"<rect class="cell" x="{x}" y="{y}" width="{}" height="{}" fill="{color}"><title>{}</title></rect>"#,
+            CELL - 1,
+            CELL - 1,
+            xml_escape(&cell.title(bs))
+        );
+    }
+    for p in &r.summary.partitions {
+        let (start, end) = (cell_of(p.offset), cell_of((p.offset + p.length).saturating_sub(1)) + 1);
+        if start >= cells.len() {
+            continue;
+        }
+        for (at, dash) in [(start, ""), (end, r#" stroke-dasharray="2,2""#)] {
+            // An end on a row boundary is drawn at the right of the row it closes.
+            let (col, row) = match (at % cols, at / cols) {
+                (0, row) if dash.is_empty() || row == 0 => (0, row),
+                (0, row) => (cols, row - 1),
+                (col, row) => (col, row),
+            };
+            let (x, y) = (grid_left + col * CELL, grid_top + row.min(rows - 1) * CELL);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{x}" y1="{y}" x2="{x}" y2="{}" stroke="#111" stroke-width="2"{dash}/>"##,
+                y + CELL
+            );
+        }
+        let row = start / cols;
+        let y = grid_top + row * CELL + CELL - 2 + labels_in_row[row] * 12;
+        labels_in_row[row] += 1;
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{y}">{}</text>"#,
+            grid_left + cols * CELL + 10,
+            xml_escape(&format!(
+                "partition {}: {}, {} at {}",
+                p.index,
+                p.contents,
+                human_bytes(p.length),
+                human_bytes(p.offset)
+            ))
+        );
     }
     out.push_str("</svg>\n");
     out

@@ -334,6 +334,10 @@ pub fn render_file(f: &FilePlace) -> String {
             }
         }
     }
-    let _ = writeln!(out, "  VHD blocks: {}", f.blocks.iter().map(u64::to_string).collect::<Vec<_>>().join(" "));
+    let blocks = match f.blocks.is_empty() {
+        true => "none (no clusters of its own)".to_string(),
+        false => f.blocks.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+    };
+    let _ = writeln!(out, "  VHD blocks: {blocks}");
     out
 }

@@ -1,6 +1,13 @@
-//! Readable tables: a titled comfy-table per report section.
+//! Readable tables: a titled comfy-table per report section. On a terminal they are boxed
+//! and fit its width; piped, they are plain aligned columns within 100 columns, as `ls` and
+//! `ps` print them.
+
+use std::io::IsTerminal;
 
 use comfy_table::{ContentArrangement, Table, presets};
+
+/// The width of a table that is not shown on a terminal.
+const PIPED_WIDTH: u16 = 100;
 
 /// One titled table of a report.
 pub struct Section {
@@ -12,7 +19,12 @@ impl Section {
     /// A two-column field/value section.
     pub fn key_value(title: &str) -> Self {
         let mut table = Table::new();
-        table.load_style(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+        table.set_content_arrangement(ContentArrangement::Dynamic);
+        if std::io::stdout().is_terminal() {
+            table.load_style(presets::UTF8_FULL_CONDENSED);
+        } else {
+            table.load_style(presets::NOTHING).set_width(PIPED_WIDTH);
+        }
         Section { title: title.to_string(), table }
     }
 
@@ -21,6 +33,14 @@ impl Section {
         let mut s = Section::key_value(title);
         s.table.set_header(header.to_vec());
         s
+    }
+
+    /// Keeps column `index` as wide as its widest cell (names that must not wrap); the
+    /// other columns share what is left.
+    pub fn unwrapped_column(&mut self, index: usize) {
+        if let Some(c) = self.table.column_mut(index) {
+            c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
     }
 
     /// Adds a field/value row.
@@ -33,9 +53,29 @@ impl Section {
         self.table.add_row(cells);
     }
 
-    /// The title line and the table.
+    /// The title line and the table (without the padding a plain table leaves at line ends).
     pub fn render(&self) -> String {
-        format!("{}\n{}\n", self.title, self.table)
+        let mut out = format!("{}\n", self.title);
+        for line in self.table.to_string().lines() {
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `text` wrapped to the table width, lines after the first indented by `indent` spaces.
+pub fn wrapped(text: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let opts = textwrap::Options::new(PIPED_WIDTH as usize).subsequent_indent(&pad);
+    textwrap::fill(text, opts)
+}
+
+/// `text` cut to `width` characters, the last one an ellipsis when it was longer.
+pub fn clipped(text: &str, width: usize) -> String {
+    match text.char_indices().nth(width.saturating_sub(1)) {
+        Some((at, _)) if text.chars().count() > width => format!("{}…", &text[..at]),
+        _ => text.to_string(),
     }
 }
 
@@ -70,5 +110,12 @@ mod tests {
         assert_eq!(human_bytes(1), "1 byte");
         assert_eq!(human_bytes(2 << 20), "2.0 MiB");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn clipped_text_ends_in_an_ellipsis() {
+        assert_eq!(clipped("abcdef", 4), "abc…");
+        assert_eq!(clipped("abcd", 4), "abcd");
+        assert_eq!(clipped("äöüß€", 3), "äö…");
     }
 }
