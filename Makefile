@@ -3,8 +3,8 @@
 #   make test   installs the test tools when missing (as root), then runs the whole suite
 
 CARGO ?= cargo
-TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools python3-pip python3-dev build-essential nodejs npm man-db
-TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat ntfsfix npm man
+TEST_PACKAGES := qemu-utils ntfs-3g sleuthkit libhivex-bin libwin-hivex-perl fdisk gdisk attr xz-utils dosfstools time wimtools python3-pip python3-dev build-essential nodejs npm man-db bsdutils librsvg2-bin
+TEST_TOOLS := qemu-img mkntfs ntfs-3g ntfscat fls ifind mmls hivexget hivexregedit hivexsh sfdisk sgdisk setfattr getfattr xz gzip mkfs.fat /usr/bin/time wimlib-imagex icat istat ntfsfix npm man script rsvg-convert
 TEST_PYPI := libvhdi-python azure-storage-blob
 DEMO_IMAGE := target/demo/xp-fixed.vhd
 WINDOWS_TARGET := x86_64-pc-windows-gnu

@@ -201,3 +201,28 @@ fn dry_run_is_refused_where_nothing_would_be_written() {
     let out = run(bin("vhdinspect").args(["dump", "--dry-run"]).arg(&image));
     assert_eq!(out.status.code(), Some(2), "vhdinspect has no --dry-run: it never writes");
 }
+
+/// `cmd` (a shell command line) run on a pseudo-terminal by `script`: what the terminal showed.
+fn on_a_terminal(cmd: &str) -> String {
+    let out = run_ok(Command::new("script").args(["-qec", cmd, "/dev/null"]));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = tempdir();
+    let image = corpus("xp-fixed.vhd");
+    let out = dir.path().join("out.vhd");
+    let (compact, inspect) = (env!("CARGO_BIN_EXE_vhdcompact"), env!("CARGO_BIN_EXE_vhdinspect"));
+    let shown = on_a_terminal(&format!("{compact} {} {}", image.display(), out.display()));
+    assert!(shown.contains("indexing the image") && shown.contains("writing blocks"), "{shown}");
+    let quiet = on_a_terminal(&format!("{compact} --quiet --force {} {}", image.display(), out.display()));
+    assert!(!quiet.contains("writing blocks"), "--quiet hides it: {quiet}");
+    let piped = run(bin("vhdcompact").arg("--force").arg(&image).arg(&out));
+    assert!(piped.status.success() && piped.stderr.is_empty(), "{}", String::from_utf8_lossy(&piped.stderr));
+    // vhdinspect while it indexes the volumes; its tables boxed on the terminal, within 100
+    // columns when the terminal does not say its width.
+    let map = on_a_terminal(&format!("{inspect} map {}", image.display()));
+    assert!(map.contains("indexing the image") && map.contains('┆'), "{map}");
+    assert!(map.lines().filter(|l| l.contains('┆')).all(|l| l.trim_end().chars().count() <= 100), "{map}");
+}

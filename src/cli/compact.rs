@@ -1,14 +1,12 @@
 //! `vhdcompact`: NTFS-aware compaction and conversion.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::args::{Boundary, ContainerArg, FormatArg, lock_wait, parse_boundary, parse_size};
-use crate::cli::{emit, finish};
+use crate::cli::{Progress, emit, finish};
 use crate::error::{Error, Result};
 use crate::host::Replace;
 use crate::pass::compact::{self, CompactOptions, Event, OutputFormat};
@@ -149,46 +147,6 @@ pub fn main() -> ExitCode {
     crate::cli::handle_signals("vhdcompact");
     let cli = Cli::parse();
     finish("vhdcompact", run(&cli))
-}
-
-/// Progress on stderr when it is a terminal (and not `--quiet`): a spinner while the image is
-/// indexed and planned, then a bar of the work (`unit`: blocks, or bytes for an upload) with
-/// its phase, rate and time left.
-struct Progress {
-    bar: ProgressBar,
-    bytes: bool,
-}
-
-impl Progress {
-    fn new(quiet: bool, bytes: bool) -> Self {
-        if quiet || !std::io::stderr().is_terminal() {
-            return Progress { bar: ProgressBar::hidden(), bytes };
-        }
-        let bar = ProgressBar::new_spinner().with_message("indexing the image");
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Progress { bar, bytes }
-    }
-
-    /// The phase `label` over `units` of work.
-    fn phase(&self, label: &'static str, units: u64) {
-        let template = if self.bytes {
-            "{msg:>14} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-        } else {
-            "{msg:>14} {bar:40} {pos}/{len} blocks {per_sec} eta {eta}"
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            self.bar.set_style(style);
-        }
-        self.bar.set_message(label);
-        self.bar.set_length(units);
-        self.bar.set_position(0);
-    }
-
-    /// A phase of unknown length.
-    fn spin(&self, label: &'static str) {
-        self.bar.set_style(ProgressStyle::default_spinner());
-        self.bar.set_message(label);
-    }
 }
 
 impl Cli {

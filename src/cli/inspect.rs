@@ -251,6 +251,15 @@ fn note_without_ntfs(map: &ImageMap<'_>) {
     );
 }
 
+/// The image's map, a spinner on a terminal while its volumes are indexed (a volume of
+/// millions of files takes seconds).
+fn indexed(img: &DiskImage, partition: Option<u32>) -> Result<ImageMap<'_>> {
+    let progress = crate::cli::Progress::new(false, false);
+    let map = ImageMap::build(img, partition);
+    progress.bar.finish_and_clear();
+    map
+}
+
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Dump { image, blocks, bitmap } => {
@@ -264,7 +273,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Files { image, partition, runs, jsonl } => {
             let img = image.open(false)?;
-            let map = ImageMap::build(&img, partition)?;
+            let map = indexed(&img, partition)?;
             map.require_readable()?;
             note_without_ntfs(&map);
             let r = report::files::FilesReport::new(&map, runs);
@@ -277,7 +286,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Owner { image, at, partition, jsonl } => {
             let img = image.open(false)?;
-            let map = ImageMap::build(&img, None)?;
+            let map = indexed(&img, None)?;
             if let Some(path) = at.file {
                 let r = report::owner::place_file(&map, &path, partition)?;
                 emit(cli.json, &r, report::owner::render_file)?;
@@ -315,7 +324,7 @@ fn run(cli: Cli) -> Result<bool> {
             if let Some(path) = &svg {
                 policy.check(path)?;
             }
-            let map = ImageMap::build(&img, None)?;
+            let map = indexed(&img, None)?;
             note_without_ntfs(&map);
             let r = report::map::build(&map, partition)?;
             if let Some(path) = svg {
@@ -338,21 +347,21 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Diff { image } => {
             let img = image.open(false)?;
-            let map = ImageMap::build(&img, None)?;
+            let map = indexed(&img, None)?;
             let r = report::diff::build(&map)?;
             emit(cli.json, &r, report::diff::render)?;
             Ok(true)
         }
         Command::Ranges { image } => {
             let img = image.open(false)?;
-            let map = ImageMap::build(&img, None)?;
+            let map = indexed(&img, None)?;
             let r = report::ranges::build(&map)?;
             emit(cli.json, &r, report::ranges::render)?;
             Ok(true)
         }
         Command::Align { image, boundary, fail_on_misaligned } => {
             let img = image.open(false)?;
-            let map = ImageMap::build(&img, None)?;
+            let map = indexed(&img, None)?;
             let r = report::align::build(&map, boundary.bytes(map.block_size()))?;
             emit(cli.json, &r, report::align::render)?;
             Ok(!(fail_on_misaligned && r.misaligned > 0))
@@ -382,7 +391,7 @@ fn run(cli: Cli) -> Result<bool> {
 /// `cat`: the file (or stream) at `path`, copied to standard output.
 fn cat(image: &ImageArgs, path: &str, partition: Option<u32>) -> Result<bool> {
     let img = image.open(false)?;
-    let map = ImageMap::build(&img, partition)?;
+    let map = indexed(&img, partition)?;
     map.require_readable()?;
     // PATH:STREAM, unless the whole argument names a file (POSIX names may hold a colon).
     let (file, stream) = match map.find_file(path, partition) {

@@ -6,7 +6,7 @@ pub mod compact;
 pub mod inspect;
 pub mod reg;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -36,6 +36,47 @@ pub fn write_output(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Re
             Err(crate::Error::io(std::path::Path::new("<stdout>"), "write", crate::Space::File, 0, e))
         }
         _ => Ok(()),
+    }
+}
+
+/// Progress on stderr when it is a terminal (and not `--quiet`): a spinner while the image is
+/// indexed and planned, then a bar of the work (`unit`: blocks, or bytes for an upload) with
+/// its phase, rate and time left.
+pub struct Progress {
+    pub bar: indicatif::ProgressBar,
+    bytes: bool,
+}
+
+impl Progress {
+    /// Shown unless `quiet` or stderr is not a terminal; `bytes` counts bytes, not blocks.
+    pub fn new(quiet: bool, bytes: bool) -> Self {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress { bar: indicatif::ProgressBar::hidden(), bytes };
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_message("indexing the image");
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress { bar, bytes }
+    }
+
+    /// The phase `label` over `units` of work.
+    pub fn phase(&self, label: &'static str, units: u64) {
+        let template = if self.bytes {
+            "{msg:>14} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{msg:>14} {bar:40} {pos}/{len} blocks {per_sec} eta {eta}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            self.bar.set_style(style);
+        }
+        self.bar.set_message(label);
+        self.bar.set_length(units);
+        self.bar.set_position(0);
+    }
+
+    /// A phase of unknown length.
+    pub fn spin(&self, label: &'static str) {
+        self.bar.set_style(indicatif::ProgressStyle::default_spinner());
+        self.bar.set_message(label);
     }
 }
 

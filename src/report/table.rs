@@ -22,6 +22,10 @@ impl Section {
         table.set_content_arrangement(ContentArrangement::Dynamic);
         if std::io::stdout().is_terminal() {
             table.load_style(presets::UTF8_FULL_CONDENSED);
+            // A terminal that does not say its width (a bare pty) gets the piped width.
+            if table.width().is_none_or(|w| w < 40) {
+                table.set_width(PIPED_WIDTH);
+            }
         } else {
             table.load_style(presets::NOTHING).set_width(PIPED_WIDTH);
         }
