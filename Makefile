@@ -10,7 +10,7 @@ DEMO_IMAGE := target/demo/xp-fixed.vhd
 WINDOWS_TARGET := x86_64-pc-windows-gnu
 # Where `make install` puts the tools, their man pages and shell completions.
 PREFIX ?= $(HOME)/.local
-TOOLS := vhdinspect vhdcompact vhdreg
+TOOLS := vhdinspect vhdcompact vhdreg vhddisk
 
 .PHONY: build test torture tools lint demo bench install corpus clean
 

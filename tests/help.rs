@@ -9,10 +9,11 @@ use std::process::Command;
 
 use common::*;
 
-const TOOLS: [(&str, &str); 3] = [
+const TOOLS: [(&str, &str); 4] = [
     ("vhdinspect", "Inspect VHD and VHDX disk images offline"),
     ("vhdcompact", "Compact VHD and VHDX images offline"),
     ("vhdreg", "Get, set, delete, import and export registry keys"),
+    ("vhddisk", "Create, expand, shrink and repair VHD and VHDX disks"),
 ];
 
 #[test]

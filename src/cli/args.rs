@@ -81,22 +81,27 @@ pub fn parse_boundary(s: &str) -> std::result::Result<Boundary, String> {
     }
 }
 
-/// Parses `2M`, `512K`, `2MiB`, `1048576`.
+/// Parses `2M`, `512K`, `2MiB`, `1048576` (a block size: at most 4 GiB).
 pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
+    parse_bytes(s).and_then(|n| u32::try_from(n).map_err(|_| format!("{s:?} is too large for a block size")))
+}
+
+/// Parses a disk size: `40G`, `1T`, `512M`, `2GiB`, `1048576`.
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.trim_end_matches("ib").trim_end_matches('b');
     let (digits, shift) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 10),
         Some('m') => (&t[..t.len() - 1], 20),
         Some('g') => (&t[..t.len() - 1], 30),
+        Some('t') => (&t[..t.len() - 1], 40),
         _ => (t, 0),
     };
     digits
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| format!("{s:?} is not a size like 2M, 512K or 1048576"))
+        .ok_or_else(|| format!("{s:?} is not a size like 40G, 512M or 1048576"))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod compact;
+pub mod disk;
 pub mod inspect;
 pub mod reg;
 

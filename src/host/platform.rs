@@ -122,6 +122,21 @@ mod imp {
         Some(out)
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn allocate_zeroed(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(file, FallocateFlags::empty(), offset, len) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub fn allocate_zeroed(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     pub fn owner(meta: &Metadata) -> Option<(u32, u32)> {
         Some((meta.uid(), meta.gid()))
     }
@@ -269,6 +284,10 @@ mod imp {
         None
     }
 
+    pub fn allocate_zeroed(_file: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     pub fn owner(_meta: &Metadata) -> Option<(u32, u32)> {
         None
     }
@@ -365,6 +384,13 @@ pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 /// The data ranges of `[start, end)` (holes left out), or `None` when the host cannot tell.
 pub fn data_ranges(file: &File, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
     imp::data_ranges(file, start, end)
+}
+
+/// Allocates `len` bytes at `offset` as extents that read as zeros without writing them (the
+/// file system's zero-range allocation: no holes, no stale data); false where the file system
+/// cannot, and the caller writes zeros.
+pub fn allocate_zeroed(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    imp::allocate_zeroed(file, offset, len)
 }
 
 /// The owner (user, group) of a file, where the host has one.

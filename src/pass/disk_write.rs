@@ -22,16 +22,27 @@ pub fn apply(image: &mut DiskImage, writes: &[DiskWrite]) -> Result<()> {
         return Ok(());
     }
     let path = image.source().to_path_buf();
+    journaled(image, |image| {
+        writes.iter().try_for_each(|w| {
+            image.write_at(w.offset, &w.bytes).map_err(|e| match e {
+                Error::Io { .. } => e,
+                other => Error::corrupt(&path, format!("write of {}", w.what), Space::Disk, w.offset, other.to_string()),
+            })
+        })?;
+        // A VHDX closes its write session (its log cleared) before the writes are collected.
+        image.flush()
+    })
+}
+
+/// Runs `f` over `image` (opened writable) with every file write it makes collected in
+/// memory, then makes them in one journaled step: writes through the container's writer, or
+/// to its own structures (footers, headers, tables) through its file.
+pub fn journaled<T>(image: &mut DiskImage, f: impl FnOnce(&mut DiskImage) -> Result<T>) -> Result<T> {
+    let path = image.source().to_path_buf();
     image.file_mut().begin_staging()?;
-    let staged = writes.iter().try_for_each(|w| {
-        image.write_at(w.offset, &w.bytes).map_err(|e| match e {
-            Error::Io { .. } => e,
-            other => Error::corrupt(&path, format!("write of {}", w.what), Space::Disk, w.offset, other.to_string()),
-        })
-    });
-    // A VHDX closes its write session (its log cleared) before the writes are collected.
-    let staged = staged.and_then(|()| image.flush());
+    let out = f(image);
     let collected = image.file_mut().take_staged();
-    staged?;
-    journal::commit(&path, image.file().raw(), &collected)
+    let out = out?;
+    journal::commit(&path, image.file().raw(), &collected)?;
+    Ok(out)
 }

@@ -3,6 +3,7 @@
 
 pub mod align;
 pub mod compact;
+pub mod container;
 pub mod disk_write;
 pub mod extract;
 pub mod sanitize;

@@ -9,6 +9,10 @@ use serde_json::{Map, Value, json};
 
 use crate::pass::compact::CompactReport;
 use crate::pass::compact::WhatIf;
+use crate::pass::container::commit::CommitReport;
+use crate::pass::container::create::CreateReport;
+use crate::pass::container::relink::RelinkReport;
+use crate::pass::container::resize::ResizeReport;
 use crate::pass::extract::ExtractReport;
 use crate::pass::registry::edit::EditReport;
 use crate::pass::upload::UploadReport;
@@ -82,6 +86,10 @@ pub fn all() -> Vec<Published> {
         doc("vhdreg-write", "vhdreg set, delete and import --json", vec![shape::<EditReport>(None)]),
         doc("vhdreg-recover", "vhdreg recover --json", vec![shape::<RecoverOut>(None)]),
         doc("vhdcompact", "vhdcompact IN OUT --json", vec![shape::<CompactReport>(None)]),
+        doc("vhddisk-create", "vhddisk create --json", vec![shape::<CreateReport>(None)]),
+        doc("vhddisk-resize", "vhddisk expand and shrink --json", vec![shape::<ResizeReport>(None)]),
+        doc("vhddisk-set-parent", "vhddisk set-parent --json", vec![shape::<RelinkReport>(None)]),
+        doc("vhddisk-commit", "vhddisk commit --json", vec![shape::<CommitReport>(None)]),
         doc("vhdcompact-upload", "vhdcompact IN URL --json", vec![shape::<UploadReport>(None)]),
         doc(
             "vhdcompact-what-if-line",

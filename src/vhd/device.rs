@@ -445,6 +445,16 @@ impl ImageFile {
         self.file.sync_all().map_err(|e| Error::io(&self.path, "fsync", Space::File, 0, e))
     }
 
+    /// Allocates `[offset, offset + len)` as extents reading as zeros, without writing them;
+    /// false where the file system cannot (or the file is staged or streamed).
+    pub fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool> {
+        if self.overlay.is_some() || self.stream.is_some() {
+            return Ok(false);
+        }
+        crate::host::platform::allocate_zeroed(&self.file, offset, len)
+            .map_err(|e| Error::io(&self.path, "allocate", Space::File, offset, e))
+    }
+
     /// Ranges of `[start, end)` of the file that may hold data (holes of a sparse file left
     /// out, without reading them).
     pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {

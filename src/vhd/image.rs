@@ -29,6 +29,10 @@ pub struct OpenOptions {
     /// Open a differencing image whose parent cannot be found; reading a sector that lives
     /// in the parent then fails with the error that lists the paths tried.
     pub allow_missing_parent: bool,
+    /// Open a differencing image without looking for its parent at all: only its own
+    /// sectors can be read (to rewrite its link, or to commit it into a parent the caller
+    /// holds).
+    pub detached: bool,
     /// What to do when another process holds the image locked.
     pub wait: LockWait,
     #[doc(hidden)]
@@ -286,6 +290,18 @@ impl DiskImage {
             DiskImage::Vhdx(v) => v.parent(),
             _ => None,
         }
+    }
+
+    #[doc(hidden)]
+    /// The image as its file now holds it, read afresh through the same open file (and its
+    /// lock), not from what a writer cached; writable or not.
+    pub fn reopened(&self, writable: bool) -> Result<DiskImage> {
+        let file = self.file().raw().try_clone().map_err(|e| Error::open(self.source(), "reopen", e))?;
+        let parent = self.parent_resolution().map(|r| r.path.clone().into());
+        DiskImage::from_file(
+            ImageFile::from_file(file, self.source(), writable),
+            &OpenOptions { parent, format: Some(self.format()), ..OpenOptions::default() },
+        )
     }
 
     /// How the parent of a differencing image was found.

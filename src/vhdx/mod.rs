@@ -267,6 +267,10 @@ impl Vhdx {
         if want.is_empty() {
             return Err(self.corrupt("VHDX parent locator", 0, "no parent_linkage GUID".into()));
         }
+        if opts.detached {
+            self.missing_parent = Some(Vec::new());
+            return Ok(());
+        }
         let identity = |p: &Path, wait, chain: &[FileId]| data_write_guid(p, wait, chain);
         let found = match &opts.parent {
             Some(p) => crate::vhd::parent::resolve_by(&path, &want_texts(&want), &[Candidate { via: "given parent".into(), path: p.clone() }], opts.wait, chain, &identity),

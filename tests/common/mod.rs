@@ -106,6 +106,12 @@ fn json_schema_of(cmd: &Command) -> Option<(&'static str, bool, bool)> {
             ("vhdcompact-upload", false, false)
         }
         "vhdcompact" => ("vhdcompact", false, has("-")),
+        "vhddisk" => match first_of(&["create", "expand", "shrink", "set-parent", "commit"])? {
+            "create" => ("vhddisk-create", false, false),
+            "set-parent" => ("vhddisk-set-parent", false, false),
+            "commit" => ("vhddisk-commit", false, false),
+            _ => ("vhddisk-resize", false, false),
+        },
         _ => return None,
     })
 }
@@ -159,6 +165,7 @@ pub fn bin(name: &str) -> Command {
         "vhdinspect" => env!("CARGO_BIN_EXE_vhdinspect"),
         "vhdcompact" => env!("CARGO_BIN_EXE_vhdcompact"),
         "vhdreg" => env!("CARGO_BIN_EXE_vhdreg"),
+        "vhddisk" => env!("CARGO_BIN_EXE_vhddisk"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path)

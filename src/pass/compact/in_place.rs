@@ -14,8 +14,8 @@ use super::{CompactOptions, CompactReport, CompactionPlan, Event, OutputFormat, 
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::map::blocks::NeedKind;
-use crate::vhd::device::{self, BlockDevice, ImageFile, WritableDevice};
-use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
+use crate::vhd::device::{self, BlockDevice, WritableDevice};
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 use crate::vhd::sparse::BlockRewrite;
 
 /// Bytes read at once when checking whether a block reads as zeros.
@@ -127,7 +127,7 @@ pub fn in_place(
             report.blocks_after = report.blocks_before;
         }
     }
-    let after = reopen(image)?;
+    let after = image.reopened(false)?;
     if let Some(before) = &before {
         events(Event::Verifying);
         let mut checked = verify::check(&after, before)?;
@@ -173,17 +173,6 @@ fn kept_format(image: &DiskImage, opts: &CompactOptions) -> Result<OutputFormat>
         ));
     }
     Ok(kind)
-}
-
-/// The image as the file now holds it, read afresh (not from what the writer cached).
-fn reopen(image: &DiskImage) -> Result<DiskImage> {
-    let file = image.file().raw().try_clone().map_err(|e| Error::open(image.source(), "reopen", e))?;
-    let parent = image.parent_resolution().map(|r| r.path.clone().into());
-    let format = if image.kind() == ImageKind::Raw { ImageFormat::Raw } else { ImageFormat::Vhd };
-    DiskImage::from_file(
-        ImageFile::from_file(file, image.source(), false),
-        &OpenOptions { parent, format: Some(format), ..OpenOptions::default() },
-    )
 }
 
 /// Every range of free NTFS clusters of the disk that holds a non-zero byte (`None`: there is

@@ -59,13 +59,10 @@ impl SparseVhd {
                 Error::unsupported(link.path, "a differencing disk's parent must be a VHD (it needs a UUID)")
             })?;
             header.parent_uuid = pf.uuid;
+            let (name, locators) = parent_locators(path, link.path)?;
             header.parent_timestamp = file_mtime_vhd(link.path);
-            let absolute = std::path::absolute(link.path).map_err(|e| Error::open(link.path, "resolve", e))?;
-            header.parent_unicode_name = absolute.display().to_string();
-            let relative = relative_windows_path(path, &absolute);
-            let absolute_w = absolute.display().to_string().replace('/', "\\");
-            for (slot, (code, text)) in [(*b"W2ru", relative), (*b"W2ku", absolute_w)].into_iter().enumerate() {
-                let bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            header.parent_unicode_name = name;
+            for (slot, LocatorData { code, bytes }) in locators.into_iter().enumerate() {
                 let space = (bytes.len() as u64).div_ceil(512).max(1) * 512;
                 header.parent_locators.push((
                     slot,
@@ -215,7 +212,30 @@ fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
 }
 
 /// A file's modification time in VHD seconds (0 when unknown).
-fn file_mtime_vhd(path: &Path) -> u32 {
+/// One parent locator's platform code and data.
+pub(crate) struct LocatorData {
+    pub code: [u8; 4],
+    /// The path in UTF-16LE.
+    pub bytes: Vec<u8>,
+}
+
+/// How a child at `child` names its parent at `parent`: the parent's absolute path (the
+/// header's parent name) and the locators Windows writes, a relative `W2ru` and an absolute
+/// `W2ku` path.
+pub(crate) fn parent_locators(child: &Path, parent: &Path) -> Result<(String, Vec<LocatorData>)> {
+    let absolute = std::path::absolute(parent).map_err(|e| Error::open(parent, "resolve", e))?;
+    let relative = relative_windows_path(child, &absolute);
+    let absolute_w = absolute.display().to_string().replace('/', "\\");
+    let utf16 = |t: String| -> Vec<u8> { t.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let locators = vec![
+        LocatorData { code: *b"W2ru", bytes: utf16(relative) },
+        LocatorData { code: *b"W2ku", bytes: utf16(absolute_w) },
+    ];
+    Ok((absolute.display().to_string(), locators))
+}
+
+/// A file's modification time in seconds since the VHD epoch (2000-01-01).
+pub(crate) fn file_mtime_vhd(path: &Path) -> u32 {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()

@@ -19,7 +19,7 @@ use crate::vhd::header::{DynamicHeader, HEADER_SIZE};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::parent::{self, DecodedLocator, ParentResolution};
 
-mod create;
+pub(crate) mod create;
 mod rewrite;
 mod write;
 
@@ -179,6 +179,10 @@ impl SparseVhd {
     fn attach_parent(&mut self, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<()> {
         let path = self.file.path().to_path_buf();
         self.locators = parent::decode_locators(&self.file, &self.header)?;
+        if opts.detached {
+            self.missing_parent = Some(Vec::new());
+            return Ok(());
+        }
         let want = self.header.parent_uuid;
         let found = match &opts.parent {
             Some(p) => parent::check_override(&path, &want, p, opts.wait, chain)

@@ -1,0 +1,167 @@
+//! `commit`: merges a differencing child into its parent, in place. Only the sectors the child
+//! holds are written, and of those only the ones an NTFS volume needs (a sector that is a
+//! free cluster in the child's view keeps the parent's bytes: no file can tell). The plan is
+//! made over the child's chain; the parent is then opened alone, locked exclusively, checked
+//! to be the file planned for, and written in one journaled step.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Remedy, Result};
+use crate::host::FileId;
+use crate::map::ImageMap;
+use crate::map::blocks::NeedKind;
+use crate::pass::Event;
+use crate::pass::disk_write::{self, DiskWrite};
+use crate::vhd::device::BlockDevice;
+use crate::vhd::image::{DiskImage, OpenOptions};
+
+/// The options of [`commit`].
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    /// Delete the child once its sectors are in the parent.
+    pub remove: bool,
+    /// Commit although other children of the parent were found (they will read changed
+    /// data and are corrupted by it).
+    pub force: bool,
+    pub open: OpenOptions,
+}
+
+/// What [`commit`] did.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CommitReport {
+    pub file: String,
+    pub parent: String,
+    /// Bytes the child holds of its own.
+    pub child_bytes: u64,
+    /// Of them, bytes written into the parent.
+    pub written_bytes: u64,
+    /// Of them, bytes left out: free NTFS clusters in the child's view.
+    pub skipped_free_bytes: u64,
+    /// Other children of the parent found beside it (the commit went on only with `force`).
+    pub siblings: Vec<String>,
+    /// The child was deleted.
+    pub removed: bool,
+    pub elapsed_seconds: f64,
+}
+
+/// Commits the differencing image at `child` into its parent.
+pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<CommitReport> {
+    let started = Instant::now();
+    // Held (shared) from planning to removal, so no writer changes the child meanwhile.
+    let held = DiskImage::open(child, &OpenOptions { detached: true, ..opts.open.clone() })?;
+    if !held.differencing() {
+        return Err(Error::unsupported(child, "not a differencing disk: there is no parent to commit into"));
+    }
+    let plan = plan(child, opts)?;
+    if !plan.siblings.is_empty() && !opts.force {
+        return Err(Error::Refused {
+            file: child.to_path_buf(),
+            problem: format!(
+                "the parent {} has other children ({}), which a commit would corrupt",
+                plan.parent.display(),
+                plan.siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            remedy: Remedy::Force,
+        });
+    }
+    let mut parent = DiskImage::open_writable(&plan.parent, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
+    if FileId::of_path(&plan.parent) != Some(plan.parent_id) {
+        return Err(Error::Conflict {
+            file: plan.parent.clone(),
+            problem: "was replaced while the commit was planned; nothing was written".into(),
+        });
+    }
+    events(Event::Writing { temp: None, units: plan.writes.len() as u64 });
+    disk_write::apply(&mut parent, &plan.writes)?;
+    events(Event::Written(plan.writes.len() as u64));
+    drop(parent);
+    drop(held);
+    if opts.remove {
+        std::fs::remove_file(child).map_err(|e| Error::open(child, "remove", e))?;
+    }
+    Ok(CommitReport {
+        file: child.display().to_string(),
+        parent: plan.parent.display().to_string(),
+        child_bytes: plan.child_bytes,
+        written_bytes: plan.writes.iter().map(|w| w.bytes.len() as u64).sum(),
+        skipped_free_bytes: plan.skipped,
+        siblings: plan.siblings.iter().map(|p| p.display().to_string()).collect(),
+        removed: opts.remove,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The writes a commit makes, and what it found.
+struct CommitPlan {
+    parent: PathBuf,
+    parent_id: FileId,
+    writes: Vec<DiskWrite>,
+    child_bytes: u64,
+    skipped: u64,
+    siblings: Vec<PathBuf>,
+}
+
+/// Reads, through the child's chain, every needed byte of the sectors the child holds.
+fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
+    let image = DiskImage::open(child, &opts.open)?;
+    let parent = image
+        .parent_resolution()
+        .map(|r| PathBuf::from(&r.path))
+        .ok_or_else(|| Error::unsupported(child, "its parent could not be opened"))?;
+    let parent_id = FileId::of_path(&parent).ok_or_else(|| Error::unsupported(&parent, "cannot be read"))?;
+    let siblings = siblings(child, &parent, parent_id);
+    let map = ImageMap::build(&image, None)?;
+    let (mut writes, mut child_bytes, mut skipped) = (Vec::new(), 0, 0);
+    let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
+    for block in image.stored_blocks() {
+        let Some(bitmap) = image.block_sectors(block)? else { continue };
+        for (s, e, present) in bitmap.runs(0, bitmap.sectors()) {
+            if !present {
+                continue;
+            }
+            let (a, b) = (block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len()));
+            child_bytes += b.saturating_sub(a);
+            for need in map.needs(a, b) {
+                if need.kind == NeedKind::Unneeded {
+                    skipped += need.end - need.start;
+                    continue;
+                }
+                let mut bytes = vec![0u8; (need.end - need.start) as usize];
+                image.read_at(need.start, &mut bytes)?;
+                writes.push(DiskWrite { offset: need.start, bytes, what: format!("block {block} of {}", child.display()) });
+            }
+        }
+    }
+    Ok(CommitPlan { parent, parent_id, writes, child_bytes, skipped, siblings })
+}
+
+/// Other differencing images, in the child's and the parent's folders, whose parent is the
+/// file `parent_id`.
+fn siblings(child: &Path, parent: &Path, parent_id: FileId) -> Vec<PathBuf> {
+    let own = FileId::of_path(child);
+    let mut folders = vec![crate::host::folder_of(child), crate::host::folder_of(parent)];
+    folders.dedup();
+    let mut found = Vec::new();
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            if !matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx") || FileId::of_path(&path) == own {
+                continue;
+            }
+            let opts = OpenOptions { allow_missing_parent: true, ..OpenOptions::default() };
+            let Ok(image) = DiskImage::open(&path, &opts) else { continue };
+            let linked = image.parent_resolution().and_then(|r| FileId::of_path(Path::new(&r.path)));
+            if image.differencing() && linked == Some(parent_id) && !found.contains(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}

@@ -1,0 +1,243 @@
+//! `create`: a new fixed, dynamic or differencing VHD or VHDX, empty or holding a copy of a
+//! source disk, written to a temporary file and renamed into place only when complete.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::host::{NewFile, OutputPolicy, Replace};
+use crate::pass::Event;
+use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
+use crate::vhd::fixed::{Fill, FixedVhd};
+use crate::vhd::identity::Identity;
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
+use crate::vhd::sparse::{ParentLink, SparseVhd};
+use crate::vhdx::Vhdx;
+use crate::vhdx::create::{NewKind, NewVhdx};
+
+/// The block size of a new dynamic VHD (Hyper-V's and qemu's) and VHDX (the smallest that
+/// compacts well; Hyper-V uses 32 MiB).
+const VHD_BLOCK: u32 = 2 << 20;
+const VHDX_BLOCK: u32 = 1 << 20;
+
+/// Bytes of the source copied at once.
+const COPY_CHUNK: u64 = 1 << 20;
+
+/// What to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewDisk {
+    /// Every byte of the disk allocated in the file.
+    Fixed,
+    /// Blocks allocated as they are written.
+    Dynamic,
+    /// A child of the image at this path, holding only what differs from it.
+    Differencing(PathBuf),
+}
+
+/// How a new fixed disk's data area is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroFill {
+    /// Allocated as zeros by the file system without writing them (`fallocate`), or written
+    /// as zeros where it cannot: no holes, no stale data.
+    Allocate,
+    /// Left as a hole of a sparse file: instant, but the file is not fully allocated and may
+    /// fragment as the guest writes.
+    Skip,
+}
+
+/// The options of [`create`].
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub disk: NewDisk,
+    /// VHD or VHDX.
+    pub container: ImageFormat,
+    /// The virtual size in bytes (a child takes its parent's; with a source, the source's
+    /// when not given). Rounded up to whole MiB with `azure`.
+    pub size: Option<u64>,
+    /// The block size of a dynamic or differencing disk.
+    pub block_size: Option<u32>,
+    /// Round the size up to whole MiB, as Azure requires.
+    pub azure: bool,
+    /// A disk whose contents the new one starts with (a raw file or any image).
+    pub from: Option<PathBuf>,
+    pub zero_fill: ZeroFill,
+    /// Whether an existing file at the output may be replaced.
+    pub replace: Replace,
+    pub open: OpenOptions,
+}
+
+/// What [`create`] made.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CreateReport {
+    pub file: String,
+    pub container: ImageFormat,
+    pub format: ImageKind,
+    pub disk_size: u64,
+    /// Null for a fixed disk.
+    pub block_size: Option<u64>,
+    /// The parent of a differencing disk.
+    pub parent: Option<String>,
+    /// The source copied in, if any, and its non-zero bytes written.
+    pub source: Option<String>,
+    pub copied_bytes: u64,
+    /// How a fixed disk's data area was made (`allocate`: by the file system; `write`: zeros
+    /// written; `skip`: left as a hole), null otherwise.
+    pub zero_fill: Option<&'static str>,
+    /// The file's length.
+    pub file_bytes: u64,
+    pub elapsed_seconds: f64,
+}
+
+/// Creates the disk `opts` describes at `out`, which appears only once complete.
+pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<CreateReport> {
+    let started = Instant::now();
+    let source = opts.from.as_deref().map(|p| DiskImage::open(p, &opts.open)).transpose()?;
+    let parent = match &opts.disk {
+        NewDisk::Differencing(p) => Some(DiskImage::open(p, &opts.open)?),
+        _ => None,
+    };
+    let mut policy = OutputPolicy::new(opts.replace);
+    for image in source.iter().chain(&parent) {
+        image.add_inputs_to(&mut policy);
+    }
+    policy.check(out)?;
+    let size = disk_size(out, opts, source.as_ref(), parent.as_ref())?;
+    let new = NewFile::create(out, &policy)?;
+    if !new.removed_stale().is_empty() {
+        events(Event::RemovedStale(new.removed_stale()));
+    }
+    let chunks = source.as_ref().map_or(0, |s| s.len().div_ceil(COPY_CHUNK));
+    events(Event::Writing { temp: Some(new.path()), units: chunks });
+    let file = ImageFile::from_file(
+        new.file().try_clone().map_err(|e| Error::open(new.path(), "reopen", e))?,
+        new.path(),
+        true,
+    );
+    let mut image = make(file, opts, size, parent.as_ref())?;
+    let zero_fill = match opts.disk {
+        NewDisk::Fixed => Some(fill_fixed(&mut image, opts.zero_fill)?),
+        _ => None,
+    };
+    let copied_bytes = match &source {
+        Some(src) => copy(src, &mut image, events)?,
+        None => 0,
+    };
+    image.flush()?;
+    let report = CreateReport {
+        file: out.display().to_string(),
+        container: image.format(),
+        format: image.kind(),
+        disk_size: image.len(),
+        block_size: image.block_size(),
+        parent: match &opts.disk {
+            NewDisk::Differencing(p) => Some(p.display().to_string()),
+            _ => None,
+        },
+        source: opts.from.as_ref().map(|p| p.display().to_string()),
+        copied_bytes,
+        zero_fill,
+        file_bytes: image.file().file_len()?,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    };
+    drop(image);
+    new.commit()?;
+    Ok(report)
+}
+
+/// The new disk's size: the parent's for a child, else the one asked (or the source's),
+/// rounded up to whole MiB for Azure and to whole sectors otherwise.
+fn disk_size(out: &Path, opts: &CreateOptions, source: Option<&DiskImage>, parent: Option<&DiskImage>) -> Result<u64> {
+    if let Some(p) = parent {
+        if opts.size.is_some_and(|s| s != p.len()) {
+            return Err(Error::unsupported(out, "a differencing disk has its parent's size"));
+        }
+        return Ok(p.len());
+    }
+    let size = opts.size.or(source.map(|s| s.len())).ok_or_else(|| Error::Usage("give the disk's size".into()))?;
+    if source.is_some_and(|s| s.len() > size) {
+        return Err(Error::unsupported(out, format!("{size} bytes cannot hold the source's {} bytes", source.map_or(0, |s| s.len()))));
+    }
+    let unit = if opts.azure { 1 << 20 } else { 512 };
+    Ok(size.div_ceil(unit) * unit)
+}
+
+/// Writes the empty container.
+fn make(file: ImageFile, opts: &CreateOptions, size: u64, parent: Option<&DiskImage>) -> Result<DiskImage> {
+    let identity = Identity::Fresh;
+    Ok(match (opts.container, &opts.disk, parent) {
+        (ImageFormat::Vhdx, disk, parent) => {
+            let kind = match (disk, parent) {
+                (NewDisk::Differencing(path), Some(image)) => NewKind::Differencing { image, path },
+                (NewDisk::Fixed, _) => NewKind::Fixed,
+                _ => NewKind::Dynamic,
+            };
+            let sector = parent.map_or(512, |p| p.sector_size().bytes() as u32);
+            let block_size = opts.block_size.unwrap_or(VHDX_BLOCK);
+            let spec = NewVhdx { size, block_size, logical_sector_size: sector, kind, identity };
+            DiskImage::Vhdx(Box::new(Vhdx::create_in(file, spec)?))
+        }
+        (_, NewDisk::Fixed, _) => DiskImage::Fixed(Box::new(FixedVhd::create_in(file, size, Fill::Caller, &identity)?)),
+        (_, NewDisk::Differencing(path), Some(image)) => {
+            let link = ParentLink { image, path };
+            let block = opts.block_size.unwrap_or(parent_block(image));
+            DiskImage::Sparse(Box::new(SparseVhd::create_in(file, 0, block, Some(link), &identity)?))
+        }
+        _ => {
+            let block = opts.block_size.unwrap_or(VHD_BLOCK);
+            DiskImage::Sparse(Box::new(SparseVhd::create_in(file, size, block, None, &identity)?))
+        }
+    })
+}
+
+/// A child's block size: its parent's when it has one (qemu and Hyper-V expect them equal).
+fn parent_block(parent: &DiskImage) -> u32 {
+    parent.block_size().and_then(|b| u32::try_from(b).ok()).unwrap_or(VHD_BLOCK)
+}
+
+/// Allocates a fixed disk's data area as `fill` asks; says how.
+fn fill_fixed(image: &mut DiskImage, fill: ZeroFill) -> Result<&'static str> {
+    if fill == ZeroFill::Skip {
+        return Ok("skip");
+    }
+    let len = image.file().file_len()?;
+    if image.file().allocate_zeroed(0, len)? {
+        return Ok("allocate");
+    }
+    image.write_zeros(0, image.len())?;
+    Ok("write")
+}
+
+/// Copies the non-zero contents of `source` into `image`, a chunk at a time; the bytes
+/// written.
+fn copy(source: &DiskImage, image: &mut DiskImage, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<u64> {
+    const CHUNK: u64 = COPY_CHUNK;
+    let len = source.len();
+    let chunks = len.div_ceil(CHUNK);
+    // A sparse source without a parent holds nothing outside its stored blocks.
+    let stored: Option<std::collections::HashSet<u64>> = match (source.block_size(), source.parent()) {
+        (Some(_), None) if source.kind() != ImageKind::Fixed => Some(source.stored_blocks().into_iter().collect()),
+        _ => None,
+    };
+    let block = source.block_size().unwrap_or(CHUNK);
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut written = 0;
+    for c in 0..chunks {
+        let at = c * CHUNK;
+        let n = CHUNK.min(len - at) as usize;
+        let skip = stored.as_ref().is_some_and(|s| (at / block..(at + n as u64).div_ceil(block)).all(|b| !s.contains(&b)));
+        if !skip {
+            source.read_at(at, &mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                image.write_at(at, &buf[..n])?;
+                written += n as u64;
+            }
+        }
+        events(Event::Written(c + 1));
+    }
+    Ok(written)
+}

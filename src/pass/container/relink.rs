@@ -1,0 +1,123 @@
+//! `set-parent`: points a differencing VHD at its parent's new place. The parent must be the
+//! one the child was made from (its UUID is the one the child's header names), unless the
+//! caller forces the link; the header, its locators and their data change in one journaled
+//! step.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::vhd::bat::FILE_SECTOR;
+use crate::vhd::device::BlockDevice;
+use crate::vhd::footer::{FOOTER_SIZE, uuid_text};
+use crate::vhd::header::ParentLocator;
+use crate::vhd::image::{DiskImage, OpenOptions};
+use crate::vhd::sparse::create::{file_mtime_vhd, parent_locators};
+
+/// What [`set_parent`] changed.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RelinkReport {
+    pub file: String,
+    /// The parent path the child named before (its first readable locator), if any.
+    pub old_parent: Option<String>,
+    pub parent: String,
+    /// The relative and absolute paths written, as the locators hold them.
+    pub relative_locator: String,
+    pub absolute_locator: String,
+    /// The parent's UUID did not match the one the child named: the link was forced and the
+    /// child now names the new parent's UUID.
+    pub forced_identity: bool,
+}
+
+/// Rewrites the parent link of `child` (a differencing VHD opened writable and detached) to
+/// the image at `parent`; with `force`, also when that image is not the child's parent.
+pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<RelinkReport> {
+    let path = child.source().to_path_buf();
+    let DiskImage::Sparse(sparse) = &*child else {
+        return match child {
+            DiskImage::Vhdx(_) => Err(Error::unsupported(&path, "relinking a differencing VHDX is not supported yet (only VHD)")),
+            _ => Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink")),
+        };
+    };
+    if !child.differencing() {
+        return Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink"));
+    }
+    let parent_image = DiskImage::open(parent, &OpenOptions { detached: true, ..open.clone() })?;
+    let Some(parent_footer) = parent_image.footer() else {
+        return Err(Error::unsupported(parent, "a VHD's parent must be a VHD (the child names it by its UUID)"));
+    };
+    let mut header = sparse.header().clone();
+    let forced_identity = parent_footer.uuid != header.parent_uuid;
+    if forced_identity && !force {
+        return Err(Error::Refused {
+            file: path.clone(),
+            problem: format!(
+                "{} is not this disk's parent: its UUID is {}, the child was made from {}",
+                parent.display(),
+                uuid_text(&parent_footer.uuid),
+                uuid_text(&header.parent_uuid)
+            ),
+            remedy: crate::error::Remedy::Force,
+        });
+    }
+    if parent_image.len() > child.len() {
+        return Err(Error::unsupported(parent, "the parent is larger than the child: the child would hide its end"));
+    }
+    let old_parent = sparse.locators().iter().find_map(|l| l.path.clone());
+    let (name, locators) = parent_locators(&path, parent)?;
+    let mut data_end = sparse.data_end();
+    // Each locator's data goes where it was when it fits, else at the end of the file.
+    let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    let old: Vec<(usize, ParentLocator)> = header.parent_locators.clone();
+    header.parent_locators.clear();
+    for (slot, l) in locators.iter().enumerate() {
+        let (code, bytes) = (&l.code, &l.bytes);
+        let space = (bytes.len() as u64).div_ceil(FILE_SECTOR).max(1) * FILE_SECTOR;
+        let reuse = old.iter().find(|(s, l)| *s == slot && l.data_space as u64 >= space && l.data_offset >= FOOTER_SIZE as u64);
+        let (offset, space) = match reuse {
+            Some((_, l)) => (l.data_offset, l.data_space as u64),
+            None => {
+                let at = data_end;
+                data_end += space;
+                (at, space)
+            }
+        };
+        let mut data = bytes.clone();
+        data.resize(space as usize, 0);
+        writes.push((offset, data));
+        header.parent_locators.push((
+            slot,
+            ParentLocator { platform_code: *code, data_space: space as u32, data_length: bytes.len() as u32, data_offset: offset },
+        ));
+    }
+    header.parent_unicode_name = name;
+    header.parent_timestamp = file_mtime_vhd(parent);
+    header.parent_uuid = parent_footer.uuid;
+    let header_offset = sparse.header_offset();
+    let footer = sparse.footer().encode();
+    let moved_end = data_end != sparse.data_end();
+    drop(parent_image);
+    crate::pass::disk_write::journaled(child, |child| {
+        let file = child.file();
+        for (at, data) in &writes {
+            file.write_all_at(*at, data)?;
+        }
+        file.write_all_at(header_offset, &header.encode())?;
+        if moved_end {
+            file.write_all_at(data_end, &footer)?;
+            file.set_len(data_end + FOOTER_SIZE as u64)?;
+        }
+        Ok(())
+    })?;
+    let text = |i: usize| String::from_utf16_lossy(&locators[i].bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>());
+    Ok(RelinkReport {
+        file: path.display().to_string(),
+        old_parent,
+        parent: parent.display().to_string(),
+        relative_locator: text(0),
+        absolute_locator: text(1),
+        forced_identity,
+    })
+}

@@ -1,0 +1,218 @@
+//! `expand` and `shrink`: a new virtual size for a fixed, dynamic or differencing VHD. The
+//! container changes in one journaled step (footers, header, a grown BAT moved to the end of
+//! the file when it has no room where it is), and a GPT's backup table moves to the new last
+//! sector in a second one; between the two the disk is what a hypervisor's own resize leaves
+//! (a backup table short of the end), so an interruption loses nothing.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::disk::{DiskLayout, Lba, Scheme};
+use crate::error::{Error, Result, Space};
+use crate::pass::disk_write::{self, DiskWrite};
+use crate::vhd::bat::{FILE_SECTOR, MAX_ENTRIES, table_bytes};
+use crate::vhd::device::{BlockDevice, ImageFile, nonzero_ranges};
+use crate::vhd::footer::FOOTER_SIZE;
+use crate::vhd::geometry::Geometry;
+use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
+
+/// What a resize did.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ResizeReport {
+    pub file: String,
+    pub format: ImageKind,
+    pub container: ImageFormat,
+    pub old_size: u64,
+    pub new_size: u64,
+    /// The BAT was moved to the end of the file to hold the new blocks.
+    pub bat_moved: bool,
+    /// The GPT's backup header and entries were rewritten at the new last sector.
+    pub gpt_backup_moved: bool,
+    /// The image file's length afterwards.
+    pub file_bytes: u64,
+    pub elapsed_seconds: f64,
+}
+
+/// Grows `image` (opened writable) to `new_size` bytes.
+pub fn expand(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
+    let old = image.len();
+    if new_size <= old {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("{new_size} bytes is not larger than the disk's {old} bytes (shrink makes it smaller)"),
+        ));
+    }
+    resize(image, new_size)
+}
+
+/// Shrinks `image` (opened writable) to `new_size` bytes, or to the end of its last
+/// partition; refused when any byte beyond the new end holds data (a GPT's backup table
+/// excepted: it moves).
+pub fn shrink(image: &mut DiskImage, new_size: Option<u64>) -> Result<ResizeReport> {
+    let layout = DiskLayout::read(image)?;
+    let ss = layout.sector_size;
+    let last_end = layout.partitions.iter().map(|p| p.start() + p.len()).max().unwrap_or(0);
+    // A GPT needs its backup entries and header after the last partition.
+    let gpt_tail = match (&layout.scheme, &layout.gpt_table) {
+        (Scheme::Gpt, Some(t)) => ss.bytes_of(t.array_sectors() + 1),
+        _ => 0,
+    };
+    let floor = last_end + gpt_tail;
+    let target = new_size.unwrap_or(floor.max(ss.bytes()));
+    let old = image.len();
+    if target >= old {
+        return Err(Error::unsupported(image.source(), format!("the disk is {old} bytes: nothing to shrink to {target}")));
+    }
+    if target < floor {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("{target} bytes would cut into the partitions, which end at {last_end} (the disk cannot be smaller than {floor} bytes)"),
+        ));
+    }
+    let keep_out = match layout.scheme {
+        Scheme::Gpt => ss.bytes_of(layout.gpt_table.as_ref().map_or(33, |t| t.array_sectors() + 1)),
+        _ => 0,
+    };
+    if let Some((a, _)) = data_beyond(image, target, old - keep_out)?.first() {
+        return Err(Error::unsupported(
+            image.source(),
+            format!("cannot shrink to {target} bytes: the disk holds data at offset {a}, beyond the new end"),
+        ));
+    }
+    resize(image, target)
+}
+
+/// Non-zero ranges of the disk in `[from, to)`.
+fn data_beyond(image: &DiskImage, from: u64, to: u64) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for (a, b) in image.data_ranges(from, to)? {
+        out.extend(nonzero_ranges(a, b, &|at, buf| image.read_at(at, buf))?);
+    }
+    Ok(out)
+}
+
+/// Changes the container, then moves a GPT's backup.
+fn resize(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
+    let started = Instant::now();
+    let path = image.source().to_path_buf();
+    if !new_size.is_multiple_of(512) {
+        return Err(Error::unsupported(&path, format!("{new_size} bytes is not a whole number of 512-byte sectors")));
+    }
+    if image.parent().is_some_and(|p| new_size < p.len()) {
+        return Err(Error::unsupported(&path, "a differencing disk cannot be smaller than its parent"));
+    }
+    let layout = DiskLayout::read(image)?;
+    let old = image.len();
+    // Shrinking: the backup table moves inside the disk first, so the container never cuts it.
+    let gpt_first = new_size < old && move_backup_gpt(image, &layout, new_size)?;
+    let bat_moved = disk_write::journaled(image, |image| resize_container(image.file(), image, new_size))?;
+    *image = image.reopened(true)?;
+    let gpt_after = new_size > old && move_backup_gpt(image, &layout, new_size)?;
+    Ok(ResizeReport {
+        file: path.display().to_string(),
+        format: image.kind(),
+        container: image.format(),
+        old_size: old,
+        new_size: image.len(),
+        bat_moved,
+        gpt_backup_moved: gpt_first || gpt_after,
+        file_bytes: image.file().file_len()?,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The file writes that give the container its new size; whether the BAT moved.
+fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Result<bool> {
+    let path = file.path();
+    match image {
+        DiskImage::Fixed(f) => {
+            let mut footer = f.footer().clone();
+            footer.current_size = new_size;
+            footer.geometry = Geometry::for_size(new_size);
+            let old_end = f.footer_offset();
+            if new_size > old_end {
+                // The old footer's sector becomes disk data, which reads as zeros.
+                file.write_all_at(old_end, &[0u8; FOOTER_SIZE])?;
+            }
+            file.set_len(new_size + FOOTER_SIZE as u64)?;
+            file.write_all_at(new_size, &footer.encode())?;
+            Ok(false)
+        }
+        DiskImage::Sparse(s) => {
+            let bs = s.block_size();
+            let entries = new_size.div_ceil(bs);
+            if entries > MAX_ENTRIES as u64 {
+                return Err(Error::unsupported(path, format!("{new_size} bytes needs {entries} blocks, more than a BAT holds")));
+            }
+            let entries = entries as u32;
+            let mut header = s.header().clone();
+            let old_entries = header.max_table_entries;
+            let mut table: Vec<u8> = s.bat().encode();
+            table.truncate(old_entries.min(entries) as usize * 4);
+            table.resize(table_bytes(entries) as usize, 0xFF);
+            let mut data_end = s.data_end();
+            let moved = table.len() as u64 > table_room(s);
+            if moved {
+                header.table_offset = data_end.div_ceil(FILE_SECTOR) * FILE_SECTOR;
+                data_end = header.table_offset + table.len() as u64;
+            }
+            if entries > old_entries || moved {
+                file.write_all_at(header.table_offset, &table)?;
+            }
+            header.max_table_entries = entries;
+            file.write_all_at(s.header_offset(), &header.encode())?;
+            let mut footer = s.footer().clone();
+            footer.current_size = new_size;
+            footer.geometry = Geometry::for_size(new_size);
+            let bytes = footer.encode();
+            file.write_all_at(0, &bytes)?;
+            file.write_all_at(data_end, &bytes)?;
+            file.set_len(data_end + FOOTER_SIZE as u64)?;
+            Ok(moved)
+        }
+        DiskImage::Vhdx(_) => Err(Error::unsupported(path, "resizing a VHDX is not supported yet (only VHD)")),
+        DiskImage::Raw(_) => Err(Error::unsupported(path, "a raw disk has no container to resize (truncate the file)")),
+    }
+}
+
+/// Bytes the BAT may fill where it is: up to the first block, locator data or the trailing
+/// footer after it.
+fn table_room(s: &crate::vhd::sparse::SparseVhd) -> u64 {
+    let start = s.header().table_offset;
+    let blocks = s.bat().allocated().map(|(_, sector)| sector.offset());
+    let locators = s.header().parent_locators.iter().map(|(_, l)| l.data_offset);
+    let header = std::iter::once(s.header_offset());
+    blocks.chain(locators).chain(header).chain(std::iter::once(s.data_end())).filter(|&o| o >= start).min().unwrap_or(start)
+        - start
+}
+
+/// Rewrites a GPT's backup header and entries at the last sector of a disk of `new_size`
+/// bytes (primary header updated, old backup header cleared); false without a valid GPT.
+fn move_backup_gpt(image: &mut DiskImage, layout: &DiskLayout, new_size: u64) -> Result<bool> {
+    let (Scheme::Gpt, Some(table)) = (&layout.scheme, &layout.gpt_table) else { return Ok(false) };
+    let ss = layout.sector_size;
+    let last = Lba(new_size / ss.bytes() - 1);
+    let mut writes: Vec<DiskWrite> = Vec::new();
+    let old_backup = table.header.backup_lba;
+    // The old backup entries and header are cleared: no tool may mistake them for current.
+    let (old_start, new_start) = (old_backup - table.array_sectors(), last - table.array_sectors());
+    let apart = old_backup.0 < new_start.0 || old_start.0 > last.0;
+    if apart && old_backup.offset(ss) + ss.bytes() <= image.len() {
+        writes.push(DiskWrite {
+            offset: old_start.offset(ss),
+            bytes: vec![0; ss.bytes_of(table.array_sectors() + 1) as usize],
+            what: "old backup GPT".into(),
+        });
+    }
+    for (offset, bytes, what) in table.encode(last) {
+        writes.push(DiskWrite { offset, bytes, what: what.into() });
+    }
+    // Writes past the current end wait for the grown container (the caller's order).
+    if writes.iter().any(|w| w.offset + w.bytes.len() as u64 > image.len()) {
+        return Err(Error::corrupt(image.source(), "GPT", Space::Disk, last.offset(ss), "the backup table lies past the disk's end"));
+    }
+    disk_write::apply(image, &writes)?;
+    Ok(true)
+}

@@ -1,0 +1,268 @@
+//! `vhddisk`: create, expand, shrink, set-parent and commit, checked with qemu-img, libvhdi,
+//! sgdisk, ntfs-3g (every file's hash) and a crash at every write of an in-place change.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use vhdkit::{BlockDevice, DiskImage, OpenOptions, WritableDevice};
+
+/// A writable copy of the corpus image `name` in `dir`.
+fn copy_of(name: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::copy(corpus(name), &out).unwrap();
+    make_writable(&out);
+    out
+}
+
+fn vhddisk_json(args: &[&str], paths: &[&Path]) -> serde_json::Value {
+    let mut cmd = bin("vhddisk");
+    cmd.args(args).args(paths).arg("--json");
+    serde_json::from_slice(&run_ok(&mut cmd)).unwrap()
+}
+
+/// The virtual size qemu-img reads.
+fn qemu_size(image: &Path, format: &str) -> u64 {
+    let out = run_ok(Command::new("qemu-img").args(["info", "--output=json", "-f", format]).arg(image));
+    serde_json::from_slice::<serde_json::Value>(&out).unwrap()["virtual-size"].as_u64().unwrap()
+}
+
+#[test]
+fn create_makes_disks_qemu_reads_and_fixed_ones_without_holes() {
+    let dir = tempdir();
+    let fixed = dir.path().join("fixed.vhd");
+    let r = vhddisk_json(&["create", "--size", "8G", "--fixed"], &[&fixed]);
+    assert_eq!(r["disk_size"], 8u64 << 30);
+    assert_eq!(qemu_size(&fixed, "vpc"), 8 << 30);
+    let meta = std::fs::metadata(&fixed).unwrap();
+    assert_eq!(meta.len(), (8 << 30) + 512);
+    if r["zero_fill"] == "allocate" {
+        assert!(
+            meta.blocks() * 512 >= meta.len(),
+            "no holes: {} of {} bytes allocated",
+            meta.blocks() * 512,
+            meta.len()
+        );
+    }
+    assert!(read_all(&open(&fixed))[..1 << 20].iter().all(|&b| b == 0));
+    // Dynamic VHDX and VHD, and a fixed VHDX: qemu finds nothing wrong.
+    for (name, args) in
+        [("d.vhdx", &["--size", "4G"][..]), ("d.vhd", &["--size", "3G"]), ("f.vhdx", &["--size", "64M", "--fixed"])]
+    {
+        let out = dir.path().join(name);
+        vhddisk_json(&[&["create"][..], args].concat(), &[&out]);
+        let format = if name.ends_with("vhdx") { "vhdx" } else { "vpc" };
+        let check = run(Command::new("qemu-img").args(["check", "-f", format]).arg(&out));
+        assert!(check.status.success() || name == "d.vhd", "{name}: {}", String::from_utf8_lossy(&check.stdout));
+    }
+    assert_eq!(qemu_size(&dir.path().join("d.vhdx"), "vhdx"), 4 << 30);
+    // An existing file is never replaced without --force.
+    let again = run(bin("vhddisk").args(["create", "--size", "1G"]).arg(&fixed));
+    assert_one_line_error(&again, "fixed.vhd", &["exists"]);
+    assert_eq!(std::fs::metadata(&fixed).unwrap().len(), (8 << 30) + 512);
+}
+
+#[test]
+fn create_from_a_source_copies_it_exactly() {
+    let dir = tempdir();
+    let src = corpus("aligned-dynamic.vhd");
+    for (name, args, format) in
+        [("copy.vhdx", &[][..], "vhdx"), ("copy-fixed.vhd", &["--fixed"][..], "vpc"), ("copy.vhd", &[][..], "vpc")]
+    {
+        let out = dir.path().join(name);
+        let r = vhddisk_json(&[&["create", "--from", src.to_str().unwrap()][..], args].concat(), &[&out]);
+        assert!(r["copied_bytes"].as_u64().unwrap() > 0);
+        let cmp = run(Command::new("qemu-img").args(["compare", "-f", format, "-F", "vpc"]).arg(&out).arg(&src));
+        assert!(cmp.status.success(), "{name}: {}", String::from_utf8_lossy(&cmp.stdout));
+    }
+}
+
+#[test]
+fn a_differencing_child_reads_as_its_parent_for_libvhdi_too() {
+    let dir = tempdir();
+    let parent = copy_of("aligned-dynamic.vhd", dir.path());
+    let child = dir.path().join("child.vhd");
+    let r = vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    assert_eq!(r["format"], "differencing");
+    assert_eq!(read_all(&open(&child)), read_all(&open(&parent)));
+    let script = format!(
+        "import pyvhdi\nc=pyvhdi.file(); c.open({child:?})\np=pyvhdi.file(); p.open({parent:?})\nc.set_parent(p)\nprint(c.get_parent_filename())\nprint(c.read_buffer_at_offset(65536, 0) == p.read_buffer_at_offset(65536, 0))",
+        child = child.to_str().unwrap(),
+        parent = parent.to_str().unwrap()
+    );
+    let out = String::from_utf8(run_ok(Command::new("python3").arg("-c").arg(script))).unwrap();
+    assert!(out.contains(parent.to_str().unwrap()) && out.trim_end().ends_with("True"), "{out}");
+}
+
+#[test]
+fn expand_and_shrink_keep_every_file_and_move_the_gpt_backup() {
+    let dir = tempdir();
+    let image = copy_of("gpt-dynamic.vhd", dir.path());
+    let before = image_file_hashes(&image);
+    let r = vhddisk_json(&["expand", "--size", "1G"], &[&image]);
+    assert_eq!((r["old_size"].as_u64(), r["new_size"].as_u64()), (Some(64 << 20), Some(1 << 30)));
+    assert_eq!(r["gpt_backup_moved"], true);
+    assert_eq!(qemu_size(&image, "vpc"), 1 << 30);
+    let raw = dir.path().join("grown.raw");
+    std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+    let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(image_file_hashes(&image), before, "every file as it was");
+    assert!(run(bin("vhdinspect").arg("check").arg(&image)).status.success());
+    // Back down to the end of the last partition and its GPT backup.
+    let r = vhddisk_json(&["shrink"], &[&image]);
+    let layout = vhdkit::DiskLayout::read(&open(&image)).unwrap();
+    let last_end = layout.partitions.iter().map(|p| p.start() + p.len()).max().unwrap();
+    assert_eq!(r["new_size"].as_u64().unwrap(), last_end + 33 * 512);
+    std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+    let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(image_file_hashes(&image), before);
+    // A byte written past the last partition stops a shrink there.
+    vhddisk_json(&["expand", "--size", "128M"], &[&image]);
+    {
+        let (mut img, _) = DiskImage::open_writable(&image, &OpenOptions::default()).unwrap();
+        img.write_at(100 << 20, b"data").unwrap();
+        img.flush().unwrap();
+    }
+    let hash = sha256(&std::fs::read(&image).unwrap());
+    let out = run(bin("vhddisk").arg("shrink").arg(&image));
+    assert_one_line_error(&out, "gpt-dynamic.vhd", &["holds data at offset 104857600"]);
+    assert_eq!(sha256(&std::fs::read(&image).unwrap()), hash, "a refused shrink writes nothing");
+}
+
+#[test]
+fn a_fixed_disk_grows_its_footer_to_the_new_end() {
+    let dir = tempdir();
+    let image = copy_of("xp-fixed.vhd", dir.path());
+    let before = image_file_hashes(&image);
+    let r = vhddisk_json(&["expand", "--size", "100M"], &[&image]);
+    assert_eq!(r["new_size"], 100u64 << 20);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), (100 << 20) + 512);
+    assert_eq!(qemu_size(&image, "vpc"), 100 << 20);
+    let disk = read_all(&open(&image));
+    assert!(disk[64 << 20..].iter().all(|&b| b == 0), "the new space and the old footer read as zeros");
+    assert_eq!(image_file_hashes(&image), before);
+    let small = run(bin("vhddisk").args(["expand", "--size", "10M"]).arg(&image));
+    assert_one_line_error(&small, "xp-fixed.vhd", &["not larger"]);
+}
+
+#[test]
+fn set_parent_repairs_a_moved_parent_and_refuses_a_stranger() {
+    let dir = tempdir();
+    let parent = copy_of("aligned-dynamic.vhd", dir.path());
+    let child = dir.path().join("child.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    let want = read_all(&open(&parent));
+    let moved = dir.path().join("elsewhere");
+    std::fs::create_dir(&moved).unwrap();
+    let new_place = moved.join("base.vhd");
+    std::fs::rename(&parent, &new_place).unwrap();
+    assert_eq!(run(bin("vhdinspect").arg("check").arg(&child)).status.code(), Some(1), "the link is broken");
+    let stranger = copy_of("xp-fixed.vhd", dir.path());
+    let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&stranger));
+    assert_one_line_error(&refused, "child.vhd", &["not this disk's parent", "--force"]);
+    let r = vhddisk_json(&["set-parent"], &[&child, &new_place]);
+    assert_eq!(r["relative_locator"], r".\elsewhere\base.vhd");
+    assert_eq!(r["forced_identity"], false);
+    assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
+    assert_eq!(read_all(&open(&child)), want);
+    let dump = vhdinspect_dump(&child);
+    assert_eq!(dump["parent"]["resolved_by"], "W2ru");
+}
+
+fn vhdinspect_dump(image: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(image))).unwrap()
+}
+
+/// A parent and a child holding real NTFS changes (files added and rewritten by ntfs-3g), and
+/// the file hashes of the child's view.
+fn parent_and_changed_child(
+    dir: &Path,
+) -> (PathBuf, PathBuf, std::collections::BTreeMap<u32, std::collections::BTreeMap<String, String>>) {
+    let parent = copy_of("aligned-dynamic.vhd", dir);
+    let child = dir.join("child.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    let img = open(&parent);
+    let volume = partition_image(&img, 1, dir);
+    let start = vhdkit::DiskLayout::read(&img).unwrap().partition(1).unwrap().start();
+    drop(img);
+    with_ntfs3g(&volume, false, |mnt| {
+        std::fs::write(mnt.join("new.bin"), vec![0x5a; 3 << 20]).unwrap();
+        std::fs::write(mnt.join("small.txt"), b"committed").unwrap();
+    });
+    let changed = std::fs::read(&volume).unwrap();
+    let (mut c, _) = DiskImage::open_writable(&child, &OpenOptions::default()).unwrap();
+    let mut old = vec![0u8; 4096];
+    for (i, chunk) in changed.chunks(4096).enumerate() {
+        let at = start + (i * 4096) as u64;
+        c.read_at(at, &mut old[..chunk.len()]).unwrap();
+        if old[..chunk.len()] != *chunk {
+            c.write_at(at, chunk).unwrap();
+        }
+    }
+    c.flush().unwrap();
+    drop(c);
+    let want = image_file_hashes(&child);
+    assert!(want[&1].contains_key("new.bin"));
+    (parent, child, want)
+}
+
+#[test]
+fn commit_writes_the_childs_files_into_its_parent() {
+    let dir = tempdir();
+    let (parent, child, want) = parent_and_changed_child(dir.path());
+    // A sibling (another child of the same parent) stops the commit.
+    let sibling = dir.path().join("sibling.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&sibling]);
+    let hash = sha256(&std::fs::read(&parent).unwrap());
+    let refused = run(bin("vhddisk").arg("commit").arg(&child));
+    assert_one_line_error(&refused, "child.vhd", &["other children", "sibling.vhd"]);
+    assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash);
+    std::fs::remove_file(&sibling).unwrap();
+    let r = vhddisk_json(&["commit", "--remove"], &[&child]);
+    assert!(r["written_bytes"].as_u64().unwrap() >= 3 << 20);
+    assert!(r["written_bytes"].as_u64() <= r["child_bytes"].as_u64());
+    assert_eq!(r["removed"], true);
+    assert!(!child.exists());
+    assert_eq!(image_file_hashes(&parent), want, "the parent holds the child's files");
+    assert!(run(Command::new("qemu-img").args(["check", "-f", "vpc"]).arg(&parent)).status.code() != Some(2));
+    assert!(run(bin("vhdinspect").arg("check").arg(&parent)).status.success());
+}
+
+#[test]
+fn a_commit_killed_at_any_write_leaves_the_parent_as_it_was_or_committed() {
+    let dir = tempdir();
+    let (parent, child, want) = parent_and_changed_child(dir.path());
+    let base = dir.path().join("base-copy.vhd");
+    std::fs::copy(&parent, &base).unwrap();
+    let before = sha256(&std::fs::read(&base).unwrap());
+    let mut n = 0;
+    let completed = loop {
+        std::fs::copy(&base, &parent).unwrap();
+        let out = run(bin("vhddisk").arg("commit").arg(&child).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+        if out.status.success() {
+            break n;
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("aborting before write"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The next writer rolls an interrupted commit back; the parent is then as it was.
+        let out = run(bin("vhddisk").args(["expand", "--size", "64M"]).arg(&parent));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not larger"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sha256(&std::fs::read(&parent).unwrap()), before, "crash at write {n}");
+        n += if n < 30 { 1 } else { 5 };
+        assert!(n < 500, "the commit never completed");
+    };
+    assert!(completed > 3, "only {completed} writes: the loop tested too little");
+    assert_eq!(image_file_hashes(&parent), want);
+}
