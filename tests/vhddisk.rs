@@ -162,6 +162,14 @@ fn set_parent_repairs_a_moved_parent_and_refuses_a_stranger() {
     let new_place = moved.join("base.vhd");
     std::fs::rename(&parent, &new_place).unwrap();
     assert_eq!(run(bin("vhdinspect").arg("check").arg(&child)).status.code(), Some(1), "the link is broken");
+    // The parent renamed in the child's folder is found by its UUID, and named.
+    let renamed = dir.path().join("renamed-base.vhd");
+    std::fs::copy(&new_place, &renamed).unwrap();
+    let out = run(bin("vhdinspect").arg("dump").arg(&child));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a disk with the parent's identity is at") && err.contains("renamed-base.vhd"), "{err}");
+    assert!(err.contains("vhddisk set-parent"), "{err}");
+    std::fs::remove_file(&renamed).unwrap();
     let stranger = copy_of("xp-fixed.vhd", dir.path());
     let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&stranger));
     assert_one_line_error(&refused, "child.vhd", &["not this disk's parent", "--force"]);

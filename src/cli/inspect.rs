@@ -267,7 +267,11 @@ fn run(cli: Cli) -> Result<bool> {
             let r = report::dump::build(&img, report::dump::DumpOptions { blocks, bitmap })?;
             emit(cli.json, &r, report::dump::render)?;
             if let Some(e) = &r.disk_error {
-                eprintln!("vhdinspect: {e}");
+                let hint = match e.contains(crate::vhd::parent::FOUND_BY_IDENTITY) {
+                    true => crate::cli::RELINK_HINT,
+                    false => "",
+                };
+                eprintln!("vhdinspect: {e}{hint}");
             }
             Ok(r.disk_error.is_none())
         }

@@ -243,7 +243,9 @@ pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
     let mut entries = Vec::with_capacity(staged.writes.len());
     for (offset, new) in &staged.writes {
         let old = read_upto(file, path, *offset, new.len() as u64, original_len)?;
-        entries.push(Entry { offset: *offset, new: new.clone(), old });
+        // Only bytes below the original length are checked on recovery (the rest is cut off):
+        // a write past it, a block appended, is journaled by its place alone.
+        entries.push(Entry { offset: *offset, new: new[..old.len()].to_vec(), old });
     }
     let tail = original_len.saturating_sub(ANCHOR);
     let anchors = vec![

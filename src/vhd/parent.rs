@@ -199,7 +199,54 @@ pub fn resolve_by(
     if tried.is_empty() {
         tried.push("no locator or parent name gives a path".into());
     }
+    for found in same_identity_nearby(child, want, candidates, chain, identity) {
+        tried.push(format!("{FOUND_BY_IDENTITY}{}", found.display()));
+    }
     Err(Error::ParentNotFound { file: child.to_path_buf(), tried })
+}
+
+/// How a parent-not-found error names a disk that has the parent's identity but is not where
+/// the child looks for it.
+pub const FOUND_BY_IDENTITY: &str = "a disk with the parent's identity is at ";
+
+/// Most files looked at per folder when searching for a moved parent.
+const MAX_SCANNED: usize = 4096;
+
+/// Images in the child's folder and in the folders its locators name (those that exist)
+/// whose identity is one of `want`: where a moved or renamed parent may be now.
+fn same_identity_nearby(
+    child: &Path,
+    want: &[String],
+    candidates: &[Candidate],
+    chain: &[FileId],
+    identity: ParentIdentity<'_>,
+) -> Vec<PathBuf> {
+    let mut folders = vec![crate::host::folder_of(child)];
+    for c in candidates {
+        let f = crate::host::folder_of(&c.path);
+        if f.is_dir() && !folders.contains(&f) {
+            folders.push(f);
+        }
+    }
+    let own = FileId::of_path(child);
+    let mut found = Vec::new();
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten().take(MAX_SCANNED) {
+            let path = entry.path();
+            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            if !matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx") || FileId::of_path(&path) == own {
+                continue;
+            }
+            if identity(&path, LockWait::Fail, chain).is_ok_and(|id| want.iter().any(|w| w.eq_ignore_ascii_case(&id)))
+                && !found.contains(&path)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Checks that a parent the caller named is the one the child expects.

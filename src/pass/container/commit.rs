@@ -2,7 +2,9 @@
 //! holds are written, and of those only the ones an NTFS volume needs (a sector that is a
 //! free cluster in the child's view keeps the parent's bytes: no file can tell). The plan is
 //! made over the child's chain; the parent is then opened alone, locked exclusively, checked
-//! to be the file planned for, and written in one journaled step.
+//! to be the file planned for, and written in journaled batches of at most [`BATCH`] bytes.
+//! The child shadows every sector a batch writes, so the chain reads the same before, during
+//! and after the commit; an interrupted commit is finished by running it again.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,6 +19,10 @@ use crate::pass::Event;
 use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
+
+/// Bytes of the child written into the parent per journaled step: memory stays bounded
+/// whatever the child holds.
+pub const BATCH: u64 = 16 << 20;
 
 /// The options of [`commit`].
 #[derive(Clone, Debug, Default)]
@@ -75,9 +81,21 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
             problem: "was replaced while the commit was planned; nothing was written".into(),
         });
     }
-    events(Event::Writing { temp: None, units: plan.writes.len() as u64 });
-    disk_write::apply(&mut parent, &plan.writes)?;
-    events(Event::Written(plan.writes.len() as u64));
+    events(Event::Writing { temp: None, units: plan.ranges.len() as u64 });
+    let mut written = 0;
+    let mut done = 0;
+    for batch in batches(&plan.ranges) {
+        let mut writes = Vec::with_capacity(batch.len());
+        for &(a, b) in batch {
+            let mut bytes = vec![0u8; (b - a) as usize];
+            held.read_at(a, &mut bytes)?;
+            writes.push(DiskWrite { offset: a, bytes, what: format!("the child's sectors at disk offset {a}") });
+            written += b - a;
+        }
+        disk_write::apply(&mut parent, &writes)?;
+        done += batch.len() as u64;
+        events(Event::Written(done));
+    }
     drop(parent);
     drop(held);
     if opts.remove {
@@ -87,7 +105,7 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         file: child.display().to_string(),
         parent: plan.parent.display().to_string(),
         child_bytes: plan.child_bytes,
-        written_bytes: plan.writes.iter().map(|w| w.bytes.len() as u64).sum(),
+        written_bytes: written,
         skipped_free_bytes: plan.skipped,
         siblings: plan.siblings.iter().map(|p| p.display().to_string()).collect(),
         removed: opts.remove,
@@ -99,13 +117,33 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
 struct CommitPlan {
     parent: PathBuf,
     parent_id: FileId,
-    writes: Vec<DiskWrite>,
+    /// Disk ranges to copy from the child, in order.
+    ranges: Vec<(u64, u64)>,
     child_bytes: u64,
     skipped: u64,
     siblings: Vec<PathBuf>,
 }
 
-/// Reads, through the child's chain, every needed byte of the sectors the child holds.
+/// `ranges` (none longer than [`BATCH`]) grouped into runs of at most [`BATCH`] bytes.
+fn batches(ranges: &[(u64, u64)]) -> impl Iterator<Item = &[(u64, u64)]> {
+    let mut rest = ranges;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        while n < rest.len() && (n == 0 || bytes + rest[n].1 - rest[n].0 <= BATCH) {
+            // The first range always fits: none is longer than a batch.
+            bytes += rest[n].1 - rest[n].0;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+/// The needed ranges of the sectors the child holds, by the NTFS volumes of its chain.
 fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let image = DiskImage::open(child, &opts.open)?;
     let parent = image
@@ -115,7 +153,7 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let parent_id = FileId::of_path(&parent).ok_or_else(|| Error::unsupported(&parent, "cannot be read"))?;
     let siblings = siblings(child, &parent, parent_id);
     let map = ImageMap::build(&image, None)?;
-    let (mut writes, mut child_bytes, mut skipped) = (Vec::new(), 0, 0);
+    let (mut ranges, mut child_bytes, mut skipped) = (Vec::new(), 0, 0);
     let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
     for block in image.stored_blocks() {
         let Some(bitmap) = image.block_sectors(block)? else { continue };
@@ -130,13 +168,16 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
                     skipped += need.end - need.start;
                     continue;
                 }
-                let mut bytes = vec![0u8; (need.end - need.start) as usize];
-                image.read_at(need.start, &mut bytes)?;
-                writes.push(DiskWrite { offset: need.start, bytes, what: format!("block {block} of {}", child.display()) });
+                ranges.push((need.start, need.end));
             }
         }
     }
-    Ok(CommitPlan { parent, parent_id, writes, child_bytes, skipped, siblings })
+    // Merged, then cut so that no range is longer than a batch.
+    let ranges = crate::vhd::device::merge_ranges(ranges)
+        .into_iter()
+        .flat_map(|(a, b)| (a..b).step_by(BATCH as usize).map(move |at| (at, b.min(at + BATCH))))
+        .collect();
+    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, siblings })
 }
 
 /// Other differencing images, in the child's and the parent's folders, whose parent is the
