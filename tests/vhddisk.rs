@@ -78,6 +78,21 @@ fn create_from_a_source_copies_it_exactly() {
         let cmp = run(Command::new("qemu-img").args(["compare", "-f", format, "-F", "vpc"]).arg(&out).arg(&src));
         assert!(cmp.status.success(), "{name}: {}", String::from_utf8_lossy(&cmp.stdout));
     }
+    // Into a larger disk, a GPT's backup moves to the new end.
+    let gpt = corpus("gpt-dynamic.vhd");
+    let big = dir.path().join("big.vhd");
+    vhddisk_json(&["create", "--size", "100M", "--from", gpt.to_str().unwrap()], &[&big]);
+    let raw = dir.path().join("big.raw");
+    std::fs::write(&raw, qemu_raw(&big, dir.path())).unwrap();
+    let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(image_file_hashes(&big), image_file_hashes(&gpt));
+    // A file that is no disk is copied only when the user says it is raw.
+    let blank = dir.path().join("blank.bin");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+    let refused = run(bin("vhddisk").args(["create", "--from"]).arg(&blank).arg(dir.path().join("b.vhd")));
+    assert_one_line_error(&refused, "blank.bin", &["--from-format raw"]);
+    vhddisk_json(&["create", "--from-format", "raw", "--from", blank.to_str().unwrap()], &[&dir.path().join("b.vhd")]);
 }
 
 #[test]
@@ -151,6 +166,24 @@ fn a_fixed_disk_grows_its_footer_to_the_new_end() {
 }
 
 #[test]
+fn a_disk_with_children_is_not_resized_and_sizes_stay_within_the_format() {
+    let dir = tempdir();
+    let parent = copy_of("aligned-dynamic.vhd", dir.path());
+    let child = dir.path().join("child.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    let hash = sha256(&std::fs::read(&parent).unwrap());
+    let out = run(bin("vhddisk").args(["expand", "--size", "1G"]).arg(&parent));
+    assert_one_line_error(&out, "aligned-dynamic.vhd", &["has children", "child.vhd", "--force"]);
+    assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash);
+    let out = run(bin("vhddisk").args(["expand", "--size", "2041G", "--force"]).arg(&parent));
+    assert_one_line_error(&out, "aligned-dynamic.vhd", &["at most"]);
+    // A child grown past its parent reads zeros there, and check accepts it.
+    vhddisk_json(&["expand", "--size", "128M"], &[&child]);
+    assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
+    assert!(read_all(&open(&child))[64 << 20..].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn set_parent_repairs_a_moved_parent_and_refuses_a_stranger() {
     let dir = tempdir();
     let parent = copy_of("aligned-dynamic.vhd", dir.path());
@@ -175,6 +208,15 @@ fn set_parent_repairs_a_moved_parent_and_refuses_a_stranger() {
     assert_one_line_error(&refused, "child.vhd", &["not this disk's parent", "--force"]);
     let r = vhddisk_json(&["set-parent"], &[&child, &new_place]);
     assert_eq!(r["relative_locator"], r".\elsewhere\base.vhd");
+    // A parent moved far (a path of more than 1000 characters) is relinked in the space the
+    // child reserved.
+    let far = dir.path().join("a".repeat(250)).join("b".repeat(250)).join("c".repeat(250)).join("d".repeat(250));
+    std::fs::create_dir_all(&far).unwrap();
+    std::fs::rename(&new_place, far.join("base.vhd")).unwrap();
+    vhddisk_json(&["set-parent"], &[&child, &far.join("base.vhd")]);
+    assert_eq!(read_all(&open(&child)), want);
+    std::fs::rename(far.join("base.vhd"), &new_place).unwrap();
+    let r = vhddisk_json(&["set-parent"], &[&child, &new_place]);
     assert_eq!(r["forced_identity"], false);
     assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
     assert_eq!(read_all(&open(&child)), want);
@@ -230,7 +272,22 @@ fn commit_writes_the_childs_files_into_its_parent() {
     let refused = run(bin("vhddisk").arg("commit").arg(&child));
     assert_one_line_error(&refused, "child.vhd", &["other children", "sibling.vhd"]);
     assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash);
+    // So does one another process holds (it cannot be read to tell).
     std::fs::remove_file(&sibling).unwrap();
+    let locked = dir.path().join("locked.vhd");
+    vhddisk_json(&["create", "--size", "16M"], &[&locked]);
+    {
+        let _held = DiskImage::open_writable(&locked, &OpenOptions::default()).unwrap();
+        let refused = run(bin("vhddisk").arg("commit").arg(&child));
+        assert_one_line_error(&refused, "child.vhd", &["locked.vhd (in use: it may be one)"]);
+    }
+    // --remove is refused while the child has a child of its own.
+    let grandchild = dir.path().join("grandchild.vhd");
+    vhddisk_json(&["create", "--parent", child.to_str().unwrap()], &[&grandchild]);
+    let refused = run(bin("vhddisk").args(["commit", "--remove"]).arg(&child));
+    assert_one_line_error(&refused, "child.vhd", &["children of its own", "grandchild.vhd"]);
+    assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash);
+    std::fs::remove_file(&grandchild).unwrap();
     let r = vhddisk_json(&["commit", "--remove"], &[&child]);
     assert!(r["written_bytes"].as_u64().unwrap() >= 3 << 20);
     assert!(r["written_bytes"].as_u64() <= r["child_bytes"].as_u64());
@@ -242,12 +299,13 @@ fn commit_writes_the_childs_files_into_its_parent() {
 }
 
 #[test]
-fn a_commit_killed_at_any_write_leaves_the_parent_as_it_was_or_committed() {
+fn a_commit_killed_at_any_write_leaves_the_chain_reading_the_same() {
     let dir = tempdir();
     let (parent, child, want) = parent_and_changed_child(dir.path());
     let base = dir.path().join("base-copy.vhd");
     std::fs::copy(&parent, &base).unwrap();
     let before = sha256(&std::fs::read(&base).unwrap());
+    let view = read_all(&open(&child));
     let mut n = 0;
     let completed = loop {
         std::fs::copy(&base, &parent).unwrap();
@@ -260,17 +318,32 @@ fn a_commit_killed_at_any_write_leaves_the_parent_as_it_was_or_committed() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // The next writer rolls an interrupted commit back; the parent is then as it was.
+        // The next writer rolls the interrupted batch back: the batches before it stay, and
+        // the child still shadows every sector they wrote, so the chain reads as before.
         let out = run(bin("vhddisk").args(["expand", "--size", "64M"]).arg(&parent));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("not larger"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(sha256(&std::fs::read(&parent).unwrap()), before, "crash at write {n}");
+        assert!(vhdkit::host::journal::pending(&parent).is_none());
+        // A crash in the last step (the child's header names the parent's new time) leaves
+        // the child's journal, which a writer of the child rolls back.
+        if vhdkit::host::journal::pending(&child).is_some() {
+            run_ok(bin("vhdreg").arg(&child).arg("recover"));
+        }
+        assert!(read_all(&open(&child)) == view, "crash at write {n}: the chain reads differently");
+        // Running the commit again finishes it.
+        if n % 8 == 0 {
+            run_ok(bin("vhddisk").arg("commit").arg(&child));
+            assert_eq!(image_file_hashes(&parent), want, "crash at write {n}, then a commit");
+        }
         n += if n < 30 { 1 } else { 5 };
         assert!(n < 500, "the commit never completed");
     };
     assert!(completed > 3, "only {completed} writes: the loop tested too little");
+    assert_ne!(sha256(&std::fs::read(&parent).unwrap()), before);
     assert_eq!(image_file_hashes(&parent), want);
+    // The kept child names its parent's new time: the chain checks clean.
+    assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::args::{ContainerArg, lock_wait, parse_bytes, parse_size};
+use crate::cli::args::{ContainerArg, FormatArg, lock_wait, parse_bytes, parse_size};
 use crate::cli::{emit, finish};
 use crate::error::{Error, Result};
 use crate::host::Replace;
@@ -66,6 +66,10 @@ pub enum Command {
         /// Start with the contents of this disk (a raw file or any image).
         #[arg(long, value_name = "SOURCE")]
         from: Option<PathBuf>,
+        /// The source's format when its content should not decide: `raw` reads any file as a
+        /// raw disk.
+        #[arg(long, value_enum, requires = "from")]
+        from_format: Option<FormatArg>,
         /// The container, when the output's extension should not decide.
         #[arg(long, value_enum)]
         format: Option<ContainerArg>,
@@ -89,6 +93,9 @@ pub enum Command {
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
         size: u64,
+        /// Resize although differencing disks in its folder have it as their parent.
+        #[arg(long)]
+        force: bool,
     },
     /// Shrink the virtual size, by default to the end of the last partition; refused when
     /// any byte beyond the new end holds data.
@@ -98,6 +105,9 @@ pub enum Command {
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
         size: Option<u64>,
+        /// Resize although differencing disks in its folder have it as their parent.
+        #[arg(long)]
+        force: bool,
     },
     /// Point a differencing disk at its parent's new place.
     SetParent {
@@ -117,7 +127,8 @@ pub enum Command {
         /// Delete the child afterwards.
         #[arg(long)]
         remove: bool,
-        /// Commit although the parent has other children (which it corrupts).
+        /// Commit although the parent has other children (which it corrupts), the child has
+        /// children of its own (with --remove), or a volume is dirty or hibernated.
         #[arg(long)]
         force: bool,
     },
@@ -148,6 +159,7 @@ fn run(cli: Cli) -> Result<bool> {
             dynamic: _,
             parent,
             from,
+            from_format,
             format,
             block_size,
             azure,
@@ -168,6 +180,7 @@ fn run(cli: Cli) -> Result<bool> {
                 block_size,
                 azure,
                 from,
+                from_format: from_format.map(FormatArg::format),
                 zero_fill: if no_zero { ZeroFill::Skip } else { ZeroFill::Allocate },
                 replace: if force { Replace::Existing } else { Replace::Never },
                 open,
@@ -175,14 +188,14 @@ fn run(cli: Cli) -> Result<bool> {
             let r = create(&output, &opts, &events)?;
             emit(cli.json, &r, render_create)?;
         }
-        Command::Expand { image, size } => {
+        Command::Expand { image, size, force } => {
             let mut img = writable(&image, &open)?;
-            let r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size))?;
+            let r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force))?;
             emit(cli.json, &r, render_resize)?;
         }
-        Command::Shrink { image, size } => {
+        Command::Shrink { image, size, force } => {
             let mut img = writable(&image, &open)?;
-            let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size))?;
+            let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size, force))?;
             emit(cli.json, &r, render_resize)?;
         }
         Command::SetParent { child, parent, force } => {

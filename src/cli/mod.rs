@@ -88,6 +88,7 @@ pub(crate) const RELINK_HINT: &str = " (vhddisk set-parent CHILD PARENT points t
 fn hint(tool: &str, e: &Error) -> Option<&'static str> {
     match e {
         Error::NotADisk { .. } if tool == "vhdcompact" => Some(" (--input-format raw reads it as a raw disk anyway)"),
+        Error::NotADisk { .. } if tool == "vhddisk" => Some(" (--from-format raw reads it as a raw disk anyway)"),
         Error::InUse { .. } => Some(" (--wait waits for it)"),
         Error::NotADisk { .. } => Some(" (--format raw reads it as a raw disk anyway)"),
         Error::OutputExists { .. } => Some(" (--force replaces it)"),

@@ -285,7 +285,7 @@ impl Vhdx {
             Err(e) => return Err(e),
         };
         let parent = DiskImage::open_in_chain(&parent_path, &OpenOptions { parent: None, ..opts.clone() }, chain)?;
-        if parent.len() != self.len() {
+        if parent.len() > self.len() {
             self.findings.push(Finding::new(&path, "VHDX virtual disk size", Space::File, 0, format!("{} bytes, the parent {} has {}", self.len(), parent_path.display(), parent.len())));
         }
         self.parent_resolution = Some(ParentResolution { path: parent_path.display().to_string(), resolved_by: via });

@@ -16,6 +16,7 @@ use crate::host::FileId;
 use crate::map::ImageMap;
 use crate::map::blocks::NeedKind;
 use crate::pass::Event;
+use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -30,7 +31,8 @@ pub struct CommitOptions {
     /// Delete the child once its sectors are in the parent.
     pub remove: bool,
     /// Commit although other children of the parent were found (they will read changed
-    /// data and are corrupted by it).
+    /// data and are corrupted by it), the child has children of its own to remove, or an
+    /// NTFS volume is dirty or hibernated (its `$Bitmap` may not name every used cluster).
     pub force: bool,
     pub open: OpenOptions,
 }
@@ -49,6 +51,9 @@ pub struct CommitReport {
     pub skipped_free_bytes: u64,
     /// Other children of the parent found beside it (the commit went on only with `force`).
     pub siblings: Vec<String>,
+    /// The folders searched for them (the child's and the parent's: children elsewhere are
+    /// not seen).
+    pub searched: Vec<String>,
     /// The child was deleted.
     pub removed: bool,
     pub elapsed_seconds: f64,
@@ -63,16 +68,19 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         return Err(Error::unsupported(child, "not a differencing disk: there is no parent to commit into"));
     }
     let plan = plan(child, opts)?;
-    if !plan.siblings.is_empty() && !opts.force {
-        return Err(Error::Refused {
-            file: child.to_path_buf(),
-            problem: format!(
-                "the parent {} has other children ({}), which a commit would corrupt",
-                plan.parent.display(),
-                plan.siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ),
-            remedy: Remedy::Force,
-        });
+    let refuse = |problem: String| Err(Error::Refused { file: child.to_path_buf(), problem, remedy: Remedy::Force });
+    if plan.siblings.any() && !opts.force {
+        return refuse(format!(
+            "the parent {} has other children ({}), which a commit would corrupt",
+            plan.parent.display(),
+            plan.siblings.describe()
+        ));
+    }
+    if opts.remove && !opts.force {
+        let own = family::children_of(&held, &plan.searched, &[]);
+        if own.any() {
+            return refuse(format!("has children of its own ({}): removing it would orphan them", own.describe()));
+        }
     }
     let mut parent = DiskImage::open_writable(&plan.parent, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
     if FileId::of_path(&plan.parent) != Some(plan.parent_id) {
@@ -100,6 +108,8 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
     drop(held);
     if opts.remove {
         std::fs::remove_file(child).map_err(|e| Error::open(child, "remove", e))?;
+    } else {
+        refresh_parent_time(child, &plan.parent, opts)?;
     }
     Ok(CommitReport {
         file: child.display().to_string(),
@@ -107,7 +117,8 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         child_bytes: plan.child_bytes,
         written_bytes: written,
         skipped_free_bytes: plan.skipped,
-        siblings: plan.siblings.iter().map(|p| p.display().to_string()).collect(),
+        siblings: plan.siblings.found.iter().chain(&plan.siblings.unknown).map(|p| p.display().to_string()).collect(),
+        searched: plan.searched.iter().map(|p| p.display().to_string()).collect(),
         removed: opts.remove,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
@@ -121,7 +132,8 @@ struct CommitPlan {
     ranges: Vec<(u64, u64)>,
     child_bytes: u64,
     skipped: u64,
-    siblings: Vec<PathBuf>,
+    siblings: family::Children,
+    searched: Vec<PathBuf>,
 }
 
 /// `ranges` (none longer than [`BATCH`]) grouped into runs of at most [`BATCH`] bytes.
@@ -151,8 +163,15 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
         .map(|r| PathBuf::from(&r.path))
         .ok_or_else(|| Error::unsupported(child, "its parent could not be opened"))?;
     let parent_id = FileId::of_path(&parent).ok_or_else(|| Error::unsupported(&parent, "cannot be read"))?;
-    let siblings = siblings(child, &parent, parent_id);
+    let searched = family::folders_of(&[child, &parent]);
+    let own = FileId::of_path(child).into_iter().collect::<Vec<_>>();
+    let siblings = match image.parent() {
+        Some(p) => family::children_of(p, &searched, &own),
+        None => family::Children::default(),
+    };
     let map = ImageMap::build(&image, None)?;
+    // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
+    crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
     let (mut ranges, mut child_bytes, mut skipped) = (Vec::new(), 0, 0);
     let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
     for block in image.stored_blocks() {
@@ -177,32 +196,17 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
         .into_iter()
         .flat_map(|(a, b)| (a..b).step_by(BATCH as usize).map(move |at| (at, b.min(at + BATCH))))
         .collect();
-    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, siblings })
+    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, siblings, searched })
 }
 
-/// Other differencing images, in the child's and the parent's folders, whose parent is the
-/// file `parent_id`.
-fn siblings(child: &Path, parent: &Path, parent_id: FileId) -> Vec<PathBuf> {
-    let own = FileId::of_path(child);
-    let mut folders = vec![crate::host::folder_of(child), crate::host::folder_of(parent)];
-    folders.dedup();
-    let mut found = Vec::new();
-    for folder in folders {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-            if !matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx") || FileId::of_path(&path) == own {
-                continue;
-            }
-            let opts = OpenOptions { allow_missing_parent: true, ..OpenOptions::default() };
-            let Ok(image) = DiskImage::open(&path, &opts) else { continue };
-            let linked = image.parent_resolution().and_then(|r| FileId::of_path(Path::new(&r.path)));
-            if image.differencing() && linked == Some(parent_id) && !found.contains(&path) {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
+/// A kept VHD child names its parent's new modification time, as Hyper-V expects of a
+/// parent that changed under it legitimately (one journaled write of its header).
+fn refresh_parent_time(child: &Path, parent: &Path, opts: &CommitOptions) -> Result<()> {
+    let detached = OpenOptions { detached: true, ..opts.open.clone() };
+    let (mut image, _) = DiskImage::open_writable(child, &detached)?;
+    let DiskImage::Sparse(s) = &image else { return Ok(()) };
+    let mut header = s.header().clone();
+    header.parent_timestamp = crate::vhd::sparse::create::file_mtime_vhd(parent);
+    let at = s.header_offset();
+    disk_write::journaled(&mut image, |image| image.file().write_all_at(at, &header.encode()))
 }

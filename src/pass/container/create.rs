@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::pass::Event;
+use crate::pass::container::resize::backup_gpt_writes;
 use crate::vhd::device::{BlockDevice, ImageFile, WritableDevice};
 use crate::vhd::fixed::{Fill, FixedVhd};
 use crate::vhd::identity::Identity;
@@ -64,6 +65,8 @@ pub struct CreateOptions {
     pub azure: bool,
     /// A disk whose contents the new one starts with (a raw file or any image).
     pub from: Option<PathBuf>,
+    /// The source's format, when its content should not decide (`Raw`: any file).
+    pub from_format: Option<ImageFormat>,
     pub zero_fill: ZeroFill,
     /// Whether an existing file at the output may be replaced.
     pub replace: Replace,
@@ -96,7 +99,8 @@ pub struct CreateReport {
 /// Creates the disk `opts` describes at `out`, which appears only once complete.
 pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<CreateReport> {
     let started = Instant::now();
-    let source = opts.from.as_deref().map(|p| DiskImage::open(p, &opts.open)).transpose()?;
+    let source_opts = OpenOptions { format: opts.from_format, ..opts.open.clone() };
+    let source = opts.from.as_deref().map(|p| DiskImage::open(p, &source_opts)).transpose()?;
     let parent = match &opts.disk {
         NewDisk::Differencing(p) => Some(DiskImage::open(p, &opts.open)?),
         _ => None,
@@ -107,6 +111,13 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
     }
     policy.check(out)?;
     let size = disk_size(out, opts, source.as_ref(), parent.as_ref())?;
+    let sector = parent.as_ref().or(source.as_ref()).map_or(512, |p| p.sector_size().bytes());
+    if sector != 512 && opts.container == ImageFormat::Vhd {
+        return Err(Error::unsupported(
+            out,
+            format!("a VHD holds only disks of 512-byte sectors; the source has {sector}-byte sectors (make a VHDX)"),
+        ));
+    }
     let new = NewFile::create(out, &policy)?;
     if !new.removed_stale().is_empty() {
         events(Event::RemovedStale(new.removed_stale()));
@@ -118,13 +129,21 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
         new.path(),
         true,
     );
-    let mut image = make(file, opts, size, parent.as_ref())?;
+    let mut image = make(file, opts, size, parent.as_ref().or(source.as_ref()))?;
     let zero_fill = match opts.disk {
         NewDisk::Fixed => Some(fill_fixed(&mut image, opts.zero_fill)?),
         _ => None,
     };
     let copied_bytes = match &source {
-        Some(src) => copy(src, &mut image, events)?,
+        Some(src) => {
+            let n = copy(src, &mut image, events)?;
+            // A larger disk gets the source's GPT backup at its own last sector.
+            let layout = crate::disk::DiskLayout::read(src)?;
+            for w in backup_gpt_writes(&layout, src.len(), size).filter(|_| size > src.len()).unwrap_or_default() {
+                image.write_at(w.offset, &w.bytes)?;
+            }
+            n
+        }
         None => 0,
     };
     image.flush()?;
@@ -166,8 +185,11 @@ fn disk_size(out: &Path, opts: &CreateOptions, source: Option<&DiskImage>, paren
     Ok(size.div_ceil(unit) * unit)
 }
 
-/// Writes the empty container.
-fn make(file: ImageFile, opts: &CreateOptions, size: u64, parent: Option<&DiskImage>) -> Result<DiskImage> {
+/// Writes the empty container; `like` is the parent or the source, whose sector size a VHDX
+/// takes (and which a VHD must have of 512 bytes).
+fn make(file: ImageFile, opts: &CreateOptions, size: u64, like: Option<&DiskImage>) -> Result<DiskImage> {
+    let sector = like.map_or(512, |p| p.sector_size().bytes() as u32);
+    let parent = like.filter(|_| matches!(opts.disk, NewDisk::Differencing(_)));
     let identity = Identity::Fresh;
     Ok(match (opts.container, &opts.disk, parent) {
         (ImageFormat::Vhdx, disk, parent) => {
@@ -176,7 +198,6 @@ fn make(file: ImageFile, opts: &CreateOptions, size: u64, parent: Option<&DiskIm
                 (NewDisk::Fixed, _) => NewKind::Fixed,
                 _ => NewKind::Dynamic,
             };
-            let sector = parent.map_or(512, |p| p.sector_size().bytes() as u32);
             let block_size = opts.block_size.unwrap_or(VHDX_BLOCK);
             let spec = NewVhdx { size, block_size, logical_sector_size: sector, kind, identity };
             DiskImage::Vhdx(Box::new(Vhdx::create_in(file, spec)?))

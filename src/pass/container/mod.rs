@@ -7,3 +7,4 @@ pub mod create;
 pub mod resize;
 pub mod relink;
 pub mod commit;
+pub mod family;

@@ -1,7 +1,8 @@
 //! `set-parent`: points a differencing VHD at its parent's new place. The parent must be the
 //! one the child was made from (its UUID is the one the child's header names), unless the
 //! caller forces the link; the header, its locators and their data change in one journaled
-//! step.
+//! step. Locator data only ever goes where locator data was: space after the last block would
+//! be reused by the next block a tool that reads only the BAT (qemu) allocates.
 
 use std::path::Path;
 
@@ -67,21 +68,34 @@ pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &Open
     }
     let old_parent = sparse.locators().iter().find_map(|l| l.path.clone());
     let (name, locators) = parent_locators(&path, parent)?;
-    let mut data_end = sparse.data_end();
-    // Each locator's data goes where it was when it fits, else at the end of the file.
+    // Each locator's data goes where an old locator's was.
     let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut taken: Vec<usize> = Vec::new();
     let old: Vec<(usize, ParentLocator)> = header.parent_locators.clone();
     header.parent_locators.clear();
     for (slot, l) in locators.iter().enumerate() {
         let (code, bytes) = (&l.code, &l.bytes);
         let space = (bytes.len() as u64).div_ceil(FILE_SECTOR).max(1) * FILE_SECTOR;
-        let reuse = old.iter().find(|(s, l)| *s == slot && l.data_space as u64 >= space && l.data_offset >= FOOTER_SIZE as u64);
+        // Space taken by an old locator that fits: another slot's, when its own is too small.
+        let reuse = old
+            .iter()
+            .filter(|(s, l)| l.data_space as u64 >= space && l.data_offset >= FOOTER_SIZE as u64 && !taken.contains(s))
+            .min_by_key(|(s, _)| (*s != slot, *s));
         let (offset, space) = match reuse {
-            Some((_, l)) => (l.data_offset, l.data_space as u64),
+            Some((s, l)) => {
+                taken.push(*s);
+                (l.data_offset, l.data_space as u64)
+            }
+            // Space after the last block would be taken by the next block qemu allocates (it
+            // looks at the BAT only): a locator is never appended there.
             None => {
-                let at = data_end;
-                data_end += space;
-                (at, space)
+                return Err(Error::unsupported(
+                    &path,
+                    format!(
+                        "the new path needs {space} bytes of locator space and the child has no locator that large; \
+                         a shorter path to the parent (a symlink, or a nearer folder) fits"
+                    ),
+                ));
             }
         };
         let mut data = bytes.clone();
@@ -96,20 +110,13 @@ pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &Open
     header.parent_timestamp = file_mtime_vhd(parent);
     header.parent_uuid = parent_footer.uuid;
     let header_offset = sparse.header_offset();
-    let footer = sparse.footer().encode();
-    let moved_end = data_end != sparse.data_end();
     drop(parent_image);
     crate::pass::disk_write::journaled(child, |child| {
         let file = child.file();
         for (at, data) in &writes {
             file.write_all_at(*at, data)?;
         }
-        file.write_all_at(header_offset, &header.encode())?;
-        if moved_end {
-            file.write_all_at(data_end, &footer)?;
-            file.set_len(data_end + FOOTER_SIZE as u64)?;
-        }
-        Ok(())
+        file.write_all_at(header_offset, &header.encode())
     })?;
     let text = |i: usize| String::from_utf16_lossy(&locators[i].bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>());
     Ok(RelinkReport {

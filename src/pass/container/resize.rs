@@ -10,11 +10,14 @@ use serde::Serialize;
 
 use crate::disk::{DiskLayout, Lba, Scheme};
 use crate::error::{Error, Result, Space};
+use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::bat::{FILE_SECTOR, MAX_ENTRIES, table_bytes};
 use crate::vhd::device::{BlockDevice, ImageFile, nonzero_ranges};
 use crate::vhd::footer::FOOTER_SIZE;
+use crate::vhd::fixed::MAX_FIXED_SIZE;
 use crate::vhd::geometry::Geometry;
+use crate::vhd::sparse::MAX_DISK_SIZE;
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 
 /// What a resize did.
@@ -35,8 +38,9 @@ pub struct ResizeReport {
     pub elapsed_seconds: f64,
 }
 
-/// Grows `image` (opened writable) to `new_size` bytes.
-pub fn expand(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
+/// Grows `image` (opened writable) to `new_size` bytes; refused when differencing images in
+/// its folder have it as their parent, unless `force`.
+pub fn expand(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeReport> {
     let old = image.len();
     if new_size <= old {
         return Err(Error::unsupported(
@@ -44,16 +48,30 @@ pub fn expand(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
             format!("{new_size} bytes is not larger than the disk's {old} bytes (shrink makes it smaller)"),
         ));
     }
-    resize(image, new_size)
+    resize(image, new_size, force)
 }
 
 /// Shrinks `image` (opened writable) to `new_size` bytes, or to the end of its last
 /// partition; refused when any byte beyond the new end holds data (a GPT's backup table
-/// excepted: it moves).
-pub fn shrink(image: &mut DiskImage, new_size: Option<u64>) -> Result<ResizeReport> {
+/// excepted: it moves), and, unless `force`, when it has children in its folder.
+pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool) -> Result<ResizeReport> {
     let layout = DiskLayout::read(image)?;
     let ss = layout.sector_size;
-    let last_end = layout.partitions.iter().map(|p| p.start() + p.len()).max().unwrap_or(0);
+    // An MBR's extended container counts as well as its partitions.
+    let extended = layout
+        .mbr
+        .iter()
+        .filter(|_| layout.scheme == Scheme::Mbr)
+        .flat_map(|m| &m.entries)
+        .filter(|e| matches!(e.kind, 0x05 | 0x0F | 0x85))
+        .map(|e| ss.bytes_of(e.start_lba as u64 + e.sectors as u64));
+    let last_end = layout.partitions.iter().map(|p| p.start() + p.len()).chain(extended).max().unwrap_or(0);
+    if last_end == 0 && new_size.is_none() {
+        return Err(Error::unsupported(image.source(), "the disk has no partitions to shrink to: give the size"));
+    }
+    if new_size == Some(0) {
+        return Err(Error::unsupported(image.source(), "a disk cannot be 0 bytes"));
+    }
     // A GPT needs its backup entries and header after the last partition.
     let gpt_tail = match (&layout.scheme, &layout.gpt_table) {
         (Scheme::Gpt, Some(t)) => ss.bytes_of(t.array_sectors() + 1),
@@ -81,7 +99,7 @@ pub fn shrink(image: &mut DiskImage, new_size: Option<u64>) -> Result<ResizeRepo
             format!("cannot shrink to {target} bytes: the disk holds data at offset {a}, beyond the new end"),
         ));
     }
-    resize(image, target)
+    resize(image, target, force)
 }
 
 /// Non-zero ranges of the disk in `[from, to)`.
@@ -94,9 +112,17 @@ fn data_beyond(image: &DiskImage, from: u64, to: u64) -> Result<Vec<(u64, u64)>>
 }
 
 /// Changes the container, then moves a GPT's backup.
-fn resize(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
+fn resize(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeReport> {
     let started = Instant::now();
     let path = image.source().to_path_buf();
+    let children = family::children_of(image, &family::folders_of(&[&path]), &[]);
+    if children.any() && !force {
+        return Err(Error::Refused {
+            file: path,
+            problem: format!("has children ({}), which would read a changed disk", children.describe()),
+            remedy: crate::error::Remedy::Force,
+        });
+    }
     if !new_size.is_multiple_of(512) {
         return Err(Error::unsupported(&path, format!("{new_size} bytes is not a whole number of 512-byte sectors")));
     }
@@ -109,6 +135,10 @@ fn resize(image: &mut DiskImage, new_size: u64) -> Result<ResizeReport> {
     let gpt_first = new_size < old && move_backup_gpt(image, &layout, new_size)?;
     let bat_moved = disk_write::journaled(image, |image| resize_container(image.file(), image, new_size))?;
     *image = image.reopened(true)?;
+    if image.kind() == ImageKind::Fixed && new_size > old {
+        // A fixed disk stays fully allocated: the new space as zeros, where the file system can.
+        image.file().allocate_zeroed(old, new_size - old)?;
+    }
     let gpt_after = new_size > old && move_backup_gpt(image, &layout, new_size)?;
     Ok(ResizeReport {
         file: path.display().to_string(),
@@ -128,8 +158,13 @@ fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Resul
     let path = file.path();
     match image {
         DiskImage::Fixed(f) => {
+            if new_size > MAX_FIXED_SIZE {
+                return Err(Error::unsupported(path, format!("a fixed VHD holds at most {MAX_FIXED_SIZE} bytes")));
+            }
             let mut footer = f.footer().clone();
             footer.current_size = new_size;
+            // libvhdi and others read the disk's size from the original size.
+            footer.original_size = new_size;
             footer.geometry = Geometry::for_size(new_size);
             let old_end = f.footer_offset();
             if new_size > old_end {
@@ -141,6 +176,9 @@ fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Resul
             Ok(false)
         }
         DiskImage::Sparse(s) => {
+            if new_size > MAX_DISK_SIZE {
+                return Err(Error::unsupported(path, format!("a dynamic VHD holds at most {MAX_DISK_SIZE} bytes")));
+            }
             let bs = s.block_size();
             let entries = new_size.div_ceil(bs);
             if entries > MAX_ENTRIES as u64 {
@@ -151,20 +189,22 @@ fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Resul
             let old_entries = header.max_table_entries;
             let mut table: Vec<u8> = s.bat().encode();
             table.truncate(old_entries.min(entries) as usize * 4);
-            table.resize(table_bytes(entries) as usize, 0xFF);
+            // Entries past the new end are cleared, not left naming blocks.
+            table.resize(table_bytes(entries.max(old_entries)) as usize, 0xFF);
             let mut data_end = s.data_end();
             let moved = table.len() as u64 > table_room(s);
             if moved {
                 header.table_offset = data_end.div_ceil(FILE_SECTOR) * FILE_SECTOR;
                 data_end = header.table_offset + table.len() as u64;
             }
-            if entries > old_entries || moved {
+            if entries != old_entries || moved {
                 file.write_all_at(header.table_offset, &table)?;
             }
             header.max_table_entries = entries;
             file.write_all_at(s.header_offset(), &header.encode())?;
             let mut footer = s.footer().clone();
             footer.current_size = new_size;
+            footer.original_size = new_size;
             footer.geometry = Geometry::for_size(new_size);
             let bytes = footer.encode();
             file.write_all_at(0, &bytes)?;
@@ -191,7 +231,19 @@ fn table_room(s: &crate::vhd::sparse::SparseVhd) -> u64 {
 /// Rewrites a GPT's backup header and entries at the last sector of a disk of `new_size`
 /// bytes (primary header updated, old backup header cleared); false without a valid GPT.
 fn move_backup_gpt(image: &mut DiskImage, layout: &DiskLayout, new_size: u64) -> Result<bool> {
-    let (Scheme::Gpt, Some(table)) = (&layout.scheme, &layout.gpt_table) else { return Ok(false) };
+    let Some(writes) = backup_gpt_writes(layout, image.len(), new_size) else { return Ok(false) };
+    // Writes past the current end wait for the grown container (the caller's order).
+    if let Some(w) = writes.iter().find(|w| w.offset + w.bytes.len() as u64 > image.len()) {
+        return Err(Error::corrupt(image.source(), "GPT", Space::Disk, w.offset, "the backup table lies past the disk's end"));
+    }
+    disk_write::apply(image, &writes)?;
+    Ok(true)
+}
+
+/// The writes that put a GPT's backup at the last sector of a disk of `new_size` bytes (now
+/// `len` bytes), the old backup cleared; `None` without a valid GPT.
+pub(crate) fn backup_gpt_writes(layout: &DiskLayout, len: u64, new_size: u64) -> Option<Vec<DiskWrite>> {
+    let (Scheme::Gpt, Some(table)) = (&layout.scheme, &layout.gpt_table) else { return None };
     let ss = layout.sector_size;
     let last = Lba(new_size / ss.bytes() - 1);
     let mut writes: Vec<DiskWrite> = Vec::new();
@@ -199,7 +251,7 @@ fn move_backup_gpt(image: &mut DiskImage, layout: &DiskLayout, new_size: u64) ->
     // The old backup entries and header are cleared: no tool may mistake them for current.
     let (old_start, new_start) = (old_backup - table.array_sectors(), last - table.array_sectors());
     let apart = old_backup.0 < new_start.0 || old_start.0 > last.0;
-    if apart && old_backup.offset(ss) + ss.bytes() <= image.len() {
+    if apart && old_backup.offset(ss) + ss.bytes() <= len {
         writes.push(DiskWrite {
             offset: old_start.offset(ss),
             bytes: vec![0; ss.bytes_of(table.array_sectors() + 1) as usize],
@@ -209,10 +261,5 @@ fn move_backup_gpt(image: &mut DiskImage, layout: &DiskLayout, new_size: u64) ->
     for (offset, bytes, what) in table.encode(last) {
         writes.push(DiskWrite { offset, bytes, what: what.into() });
     }
-    // Writes past the current end wait for the grown container (the caller's order).
-    if writes.iter().any(|w| w.offset + w.bytes.len() as u64 > image.len()) {
-        return Err(Error::corrupt(image.source(), "GPT", Space::Disk, last.offset(ss), "the backup table lies past the disk's end"));
-    }
-    disk_write::apply(image, &writes)?;
-    Ok(true)
+    Some(writes)
 }

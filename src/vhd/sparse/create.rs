@@ -63,7 +63,8 @@ impl SparseVhd {
             header.parent_timestamp = file_mtime_vhd(link.path);
             header.parent_unicode_name = name;
             for (slot, LocatorData { code, bytes }) in locators.into_iter().enumerate() {
-                let space = (bytes.len() as u64).div_ceil(512).max(1) * 512;
+                // Room for a longer path later (set-parent rewrites it in place).
+                let space = (bytes.len() as u64).div_ceil(512).max(LOCATOR_RESERVE / 512) * 512;
                 header.parent_locators.push((
                     slot,
                     ParentLocator {
@@ -212,6 +213,10 @@ fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
 }
 
 /// A file's modification time in VHD seconds (0 when unknown).
+/// Bytes reserved for each parent locator's path in a new child: 2048 UTF-16 units, so the
+/// link can be repaired in place for a parent moved to a longer path.
+const LOCATOR_RESERVE: u64 = 4096;
+
 /// One parent locator's platform code and data.
 pub(crate) struct LocatorData {
     pub code: [u8; 4],

@@ -205,7 +205,9 @@ impl SparseVhd {
         };
         let parent_opts = OpenOptions { parent: None, ..opts.clone() };
         let parent = DiskImage::open_in_chain(&parent_path, &parent_opts, chain)?;
-        if parent.len() != self.len() {
+        // A child larger than its parent (expanded) reads zeros past the parent's end; a
+        // smaller one would hide the parent's last sectors.
+        if parent.len() > self.len() {
             self.findings.push(Finding::new(
                 &path,
                 "VHD footer current size",
