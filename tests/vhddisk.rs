@@ -347,3 +347,35 @@ fn a_commit_killed_at_any_write_leaves_the_chain_reading_the_same() {
     // The kept child names its parent's new time: the chain checks clean.
     assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
 }
+
+#[test]
+fn a_vhdx_grows_and_shrinks_through_its_log() {
+    let dir = tempdir();
+    let image = dir.path().join("disk.vhdx");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vhdx"])
+            .arg(corpus("gpt-dynamic.vhd"))
+            .arg(&image),
+    );
+    let before = image_file_hashes(&image);
+    vhddisk_json(&["expand", "--size", "1G"], &[&image]);
+    for (size, label) in [(1u64 << 30, "grown"), (0, "shrunk")] {
+        if size == 0 {
+            vhddisk_json(&["shrink"], &[&image]);
+        }
+        let check = run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&image));
+        assert!(check.status.success(), "{label}: {}", String::from_utf8_lossy(&check.stdout));
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+        let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
+        assert!(verify.contains("No problems found"), "{label}: {verify}");
+        assert_eq!(image_file_hashes(&image), before, "{label}: every file as it was");
+        let libvhdi =
+            format!("import pyvhdi\nf=pyvhdi.file(); f.open({:?}); print(f.get_media_size())", image.to_str().unwrap());
+        let media: u64 =
+            String::from_utf8(run_ok(Command::new("python3").arg("-c").arg(libvhdi))).unwrap().trim().parse().unwrap();
+        assert_eq!(media, qemu_size(&image, "vhdx"), "{label}: libvhdi and qemu agree");
+        assert!(size == 0 || media == size);
+    }
+}

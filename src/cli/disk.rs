@@ -88,7 +88,7 @@ pub enum Command {
     },
     /// Grow the virtual size (a GPT's backup table moves to the new end).
     Expand {
-        /// A fixed, dynamic or differencing VHD.
+        /// A fixed, dynamic or differencing VHD or VHDX.
         image: PathBuf,
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
@@ -100,7 +100,7 @@ pub enum Command {
     /// Shrink the virtual size, by default to the end of the last partition; refused when
     /// any byte beyond the new end holds data.
     Shrink {
-        /// A fixed, dynamic or differencing VHD.
+        /// A fixed, dynamic or differencing VHD or VHDX.
         image: PathBuf,
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]

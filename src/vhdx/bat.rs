@@ -145,6 +145,18 @@ impl VhdxBat {
         VhdxBat { entries: vec![0; shape.entries as usize], chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks }
     }
 
+    /// The table for a disk of `shape` (the same chunk ratio): entries past its end dropped,
+    /// new ones not present.
+    pub fn reshape(&mut self, shape: BatShape) {
+        self.entries.resize(shape.entries as usize, 0);
+        self.payload_blocks = shape.payload_blocks;
+    }
+
+    /// Number of entries.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Payload blocks per chunk.
     pub fn chunk_ratio(&self) -> u64 {
         self.chunk_ratio

@@ -1,7 +1,7 @@
-//! `expand` and `shrink`: a new virtual size for a fixed, dynamic or differencing VHD. The
-//! container changes in one journaled step (footers, header, a grown BAT moved to the end of
-//! the file when it has no room where it is), and a GPT's backup table moves to the new last
-//! sector in a second one; between the two the disk is what a hypervisor's own resize leaves
+//! `expand` and `shrink`: a new virtual size for a fixed, dynamic or differencing VHD or a
+//! VHDX. A VHD's container changes in one journaled step (footers, header, a grown BAT moved
+//! to the end of the file when it has no room where it is), a VHDX's through its own log, and
+//! a GPT's backup table moves to the new last sector in a second step; between the two the disk is what a hypervisor's own resize leaves
 //! (a backup table short of the end), so an interruption loses nothing.
 
 use std::time::Instant;
@@ -133,7 +133,14 @@ fn resize(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeRep
     let old = image.len();
     // Shrinking: the backup table moves inside the disk first, so the container never cuts it.
     let gpt_first = new_size < old && move_backup_gpt(image, &layout, new_size)?;
-    let bat_moved = disk_write::journaled(image, |image| resize_container(image.file(), image, new_size))?;
+    // A VHDX changes through its own log; a VHD through the journal.
+    let bat_moved = match image {
+        DiskImage::Vhdx(v) => {
+            v.resize_in_place(new_size)?;
+            false
+        }
+        _ => disk_write::journaled(image, |image| resize_container(image.file(), image, new_size))?,
+    };
     *image = image.reopened(true)?;
     if image.kind() == ImageKind::Fixed && new_size > old {
         // A fixed disk stays fully allocated: the new space as zeros, where the file system can.
@@ -212,7 +219,7 @@ fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Resul
             file.set_len(data_end + FOOTER_SIZE as u64)?;
             Ok(moved)
         }
-        DiskImage::Vhdx(_) => Err(Error::unsupported(path, "resizing a VHDX is not supported yet (only VHD)")),
+        DiskImage::Vhdx(_) => Err(Error::internal("a VHDX is resized through its log")),
         DiskImage::Raw(_) => Err(Error::unsupported(path, "a raw disk has no container to resize (truncate the file)")),
     }
 }
