@@ -228,37 +228,69 @@ fn vhdinspect_dump(image: &Path) -> serde_json::Value {
     serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(image))).unwrap()
 }
 
-/// A parent and a child holding real NTFS changes (files added and rewritten by ntfs-3g), and
-/// the file hashes of the child's view.
-fn parent_and_changed_child(
-    dir: &Path,
-) -> (PathBuf, PathBuf, std::collections::BTreeMap<u32, std::collections::BTreeMap<String, String>>) {
-    let parent = copy_of("aligned-dynamic.vhd", dir);
-    let child = dir.join("child.vhd");
-    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
-    let img = open(&parent);
+/// Changes partition 1 of the disk `base` with ntfs-3g (`change` gets the mount point) and
+/// writes the 4 KiB pieces that differ into `target` (the same disk, or a child of it).
+fn write_volume_changes(base: &Path, target: &Path, dir: &Path, change: impl FnOnce(&Path)) {
+    let img = open(base);
     let volume = partition_image(&img, 1, dir);
     let start = vhdkit::DiskLayout::read(&img).unwrap().partition(1).unwrap().start();
     drop(img);
-    with_ntfs3g(&volume, false, |mnt| {
-        std::fs::write(mnt.join("new.bin"), vec![0x5a; 3 << 20]).unwrap();
-        std::fs::write(mnt.join("small.txt"), b"committed").unwrap();
-    });
+    with_ntfs3g(&volume, false, change);
     let changed = std::fs::read(&volume).unwrap();
-    let (mut c, _) = DiskImage::open_writable(&child, &OpenOptions::default()).unwrap();
+    let (mut t, _) = DiskImage::open_writable(target, &OpenOptions::default()).unwrap();
     let mut old = vec![0u8; 4096];
     for (i, chunk) in changed.chunks(4096).enumerate() {
         let at = start + (i * 4096) as u64;
-        c.read_at(at, &mut old[..chunk.len()]).unwrap();
+        t.read_at(at, &mut old[..chunk.len()]).unwrap();
         if old[..chunk.len()] != *chunk {
-            c.write_at(at, chunk).unwrap();
+            t.write_at(at, chunk).unwrap();
         }
     }
-    c.flush().unwrap();
-    drop(c);
+    t.flush().unwrap();
+}
+
+type FileHashes = std::collections::BTreeMap<u32, std::collections::BTreeMap<String, String>>;
+
+/// A parent and a child holding real NTFS changes (files added and rewritten by ntfs-3g), and
+/// the file hashes of the child's view.
+fn parent_and_changed_child(dir: &Path) -> (PathBuf, PathBuf, FileHashes) {
+    let parent = copy_of("aligned-dynamic.vhd", dir);
+    let child = dir.join("child.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    write_volume_changes(&parent, &child, dir, |mnt| {
+        std::fs::write(mnt.join("new.bin"), vec![0x5a; 3 << 20]).unwrap();
+        std::fs::write(mnt.join("small.txt"), b"committed").unwrap();
+    });
     let want = image_file_hashes(&child);
     assert!(want[&1].contains_key("new.bin"));
     (parent, child, want)
+}
+
+#[test]
+fn rebase_plan_sorts_the_files_both_sides_changed() {
+    let dir = tempdir();
+    let (parent, child, _) = parent_and_changed_child(dir.path());
+    let onto = dir.path().join("updated.vhd");
+    std::fs::copy(&parent, &onto).unwrap();
+    let updated = tempdir();
+    write_volume_changes(&parent, &onto, updated.path(), |mnt| {
+        std::fs::write(mnt.join("small.txt"), b"the template's").unwrap();
+        std::fs::write(mnt.join("update.txt"), b"patched").unwrap();
+    });
+    let plan: serde_json::Value = serde_json::from_slice(&run_ok(
+        bin("vhdinspect").args(["rebase-plan", "--json", "--onto"]).arg(&onto).arg(&child),
+    ))
+    .unwrap();
+    let paths = |key: &str| -> Vec<String> {
+        plan[key].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(paths("carry_over"), ["new.bin"], "{plan}");
+    assert_eq!(paths("conflicts"), ["small.txt"], "{plan}");
+    assert_eq!(paths("take_onto"), ["update.txt"], "{plan}");
+    assert_eq!(plan["take_onto"][0]["onto"], "added");
+    let text =
+        String::from_utf8(run_ok(bin("vhdinspect").args(["rebase-plan", "--onto"]).arg(&onto).arg(&child))).unwrap();
+    assert!(text.contains("1 file: conflicts") && text.contains("nothing written"), "{text}");
 }
 
 #[test]

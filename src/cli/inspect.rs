@@ -153,6 +153,15 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// For a differencing image: what moving it onto an updated copy of its parent would do,
+    /// file by file (nothing is written).
+    RebasePlan {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The updated parent.
+        #[arg(long, value_name = "NEW_PARENT")]
+        onto: PathBuf,
+    },
     /// The page blob upload plan: 512-byte-aligned ranges of needed non-zero data (max 4 MiB).
     Ranges {
         #[command(flatten)]
@@ -347,6 +356,14 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 emit(cli.json, &r, report::map::render)?;
             }
+            Ok(true)
+        }
+        Command::RebasePlan { image, onto } => {
+            let img = image.open(false)?;
+            let map = indexed(&img, None)?;
+            let onto = DiskImage::open(&onto, &OpenOptions { parent: None, ..image.open_options(false) })?;
+            let r = report::rebase::build(&map, &onto)?;
+            emit(cli.json, &r, report::rebase::render)?;
             Ok(true)
         }
         Command::Diff { image } => {

@@ -46,6 +46,7 @@ pub mod files;
 pub mod map;
 pub mod owner;
 pub mod ranges;
+pub mod rebase;
 pub mod reg;
 #[cfg(feature = "schema")]
 pub mod schema;

@@ -75,6 +75,11 @@ pub fn all() -> Vec<Published> {
         ),
         doc("vhdinspect-diff", "vhdinspect diff --json", vec![shape::<DiffReport>(None)]),
         doc("vhdinspect-ranges", "vhdinspect ranges --json", vec![shape::<RangesReport>(None)]),
+        doc(
+            "vhdinspect-rebase-plan",
+            "vhdinspect rebase-plan --json",
+            vec![shape::<crate::report::rebase::RebasePlan>(None)],
+        ),
         doc("vhdinspect-align", "vhdinspect align --json", vec![shape::<AlignReport>(None)]),
         doc("vhdinspect-extract", "vhdinspect extract --json", vec![shape::<ExtractReport>(None)]),
         doc(

@@ -84,8 +84,11 @@ fn json_schema_of(cmd: &Command) -> Option<(&'static str, bool, bool)> {
     };
     Some(match tool.as_str() {
         "vhdinspect" => {
-            match first_of(&["dump", "check", "files", "owner", "map", "diff", "align", "ranges", "reg", "extract"])? {
+            let commands =
+                ["dump", "check", "files", "owner", "map", "diff", "align", "ranges", "reg", "extract", "rebase-plan"];
+            match first_of(&commands)? {
                 "reg" => (reg(first_of(&["get", "list", "export"])?), false, false),
+                "rebase-plan" => ("vhdinspect-rebase-plan", false, false),
                 "files" if lines => ("vhdinspect-files-line", true, false),
                 "map" if lines => ("vhdinspect-map-line", true, false),
                 "owner" if lines => ("vhdinspect-owner-line", true, false),
