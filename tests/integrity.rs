@@ -307,25 +307,13 @@ fn apply(data: &mut Vec<u8>, op: &Op) {
     }
 }
 
-#[test]
-fn after_a_power_cut_at_any_point_the_image_recovers_to_its_old_content() {
-    // A write that allocates blocks in a dynamic image and grows the hive in NTFS: footer
-    // moves, block data, BAT entries, bitmap, MFT record, hive sectors.
-    let dir = tempdir();
-    let Some(img) = windows(dir.path()) else { return };
-    let original = std::fs::read(&img).unwrap();
-    let blob = dir.path().join("blob.bin");
-    std::fs::write(&blob, (0..2_500_000u32).map(|i| (i % 241) as u8).collect::<Vec<u8>>()).unwrap();
-    let trace = dir.path().join("trace");
-    let work = dir.path().join("traced.vhd");
-    std::fs::write(&work, &original).unwrap();
-    let o = run(bin("vhdreg")
-        .arg(&work)
-        .args(["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()])
-        .env("VHDKIT_TRACE_WRITES", &trace));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ops = parse_trace(&std::fs::read(&trace).unwrap());
-    let journal_path = vhdkit::host::journal::journal_path(&work);
+/// Checks the states a power cut during the traced journaled write of `work` (from
+/// `original`) could leave: any subset of the image writes after the journal was flushed.
+/// Each is rolled back by `vhdreg recover` to the old bytes exactly and checks clean. Returns
+/// the number of states and of image writes, and the journal as written.
+fn power_cut_states(work: &Path, original: &[u8], trace: &Path, min_writes: usize) -> (usize, usize, Vec<u8>) {
+    let ops = parse_trace(&std::fs::read(trace).unwrap());
+    let journal_path = vhdkit::host::journal::journal_path(work);
     let is_image = |p: &Path| p == work;
     // The journal is whole and flushed before the first write to the image.
     let first_image_write = ops.iter().position(|o| matches!(o, Op::Write { path, .. } if is_image(path))).unwrap();
@@ -345,15 +333,15 @@ fn after_a_power_cut_at_any_point_the_image_recovers_to_its_old_content() {
         .iter()
         .filter(|o| matches!(o, Op::Write { path, .. } | Op::SetLen { path, .. } if is_image(path)))
         .collect();
-    assert!(image_ops.len() > 5, "{} image writes", image_ops.len());
+    assert!(image_ops.len() >= min_writes, "{} image writes", image_ops.len());
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let states = trials(60, 400);
     // The states are written into the traced file itself: the journal names its inode.
-    let state_img = work.clone();
+    let state_img = work.to_path_buf();
     let state_journal = journal_path.clone();
     for s in 0..states {
         // Any subset of the writes since the journal was flushed may have reached the disk.
-        let mut data = original.clone();
+        let mut data = original.to_vec();
         let mask = rng.next();
         for (i, op) in image_ops.iter().enumerate() {
             let keep = match s {
@@ -374,9 +362,31 @@ fn after_a_power_cut_at_any_point_the_image_recovers_to_its_old_content() {
         let check = run(bin("vhdinspect").arg("check").arg(&state_img));
         assert!(check.status.success(), "state {s}: {}", String::from_utf8_lossy(&check.stdout));
     }
+    (states, image_ops.len(), journal)
+}
+
+#[test]
+fn after_a_power_cut_at_any_point_the_image_recovers_to_its_old_content() {
+    // A write that allocates blocks in a dynamic image and grows the hive in NTFS: footer
+    // moves, block data, BAT entries, bitmap, MFT record, hive sectors.
+    let dir = tempdir();
+    let Some(img) = windows(dir.path()) else { return };
+    let original = std::fs::read(&img).unwrap();
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, (0..2_500_000u32).map(|i| (i % 241) as u8).collect::<Vec<u8>>()).unwrap();
+    let trace = dir.path().join("trace");
+    let work = dir.path().join("traced.vhd");
+    std::fs::write(&work, &original).unwrap();
+    let o = run(bin("vhdreg")
+        .arg(&work)
+        .args(["set", r"HKLM\SYSTEM\vhdkit", "Blob", "--type", "REG_BINARY", "--data-file", blob.to_str().unwrap()])
+        .env("VHDKIT_TRACE_WRITES", &trace));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (states, writes, journal) = power_cut_states(&work, &original, &trace, 6);
+    let state_img = work.clone();
+    let state_journal = vhdkit::host::journal::journal_path(&work);
     figure(format!(
-        "power cut during vhdreg set ({} image writes after the journal flush): {states} states, all recovered to the old bytes",
-        image_ops.len()
+        "power cut during vhdreg set ({writes} image writes after the journal flush): {states} states, all recovered to the old bytes"
     ));
     // A journal cut short while being written: the image was never touched.
     for cut in [0, 7, journal.len() / 2, journal.len() - 1] {
@@ -928,4 +938,30 @@ fn block_devices_are_read_but_not_written_in_place() {
     });
     assert!(Command::new("losetup").args(["-d", &dev]).status().unwrap().success());
     result.unwrap();
+}
+
+#[test]
+fn a_power_cut_during_an_expand_or_a_relink_recovers_to_the_old_bytes() {
+    let dir = tempdir();
+    // An expand that moves the BAT, footers and header; a relink that rewrites the header and
+    // its locators.
+    let image = dir.path().join("disk.vhd");
+    std::fs::copy(corpus("aligned-dynamic.vhd"), &image).unwrap();
+    make_writable(&image);
+    let child = dir.path().join("child.vhd");
+    run_ok(bin("vhddisk").arg("create").arg(&child).arg("--parent").arg(&image));
+    // The relink first: the expand changes the parent's time, which the child names.
+    let cases: [(&Path, Vec<String>); 2] = [
+        (&child, vec!["set-parent".into(), child.display().to_string(), image.display().to_string()]),
+        (&image, vec!["expand".into(), image.display().to_string(), "--size".into(), "3G".into(), "--force".into()]),
+    ];
+    for (work, args) in cases {
+        let original = std::fs::read(work).unwrap();
+        let trace = dir.path().join(format!("{}.trace", args[0]));
+        let o = run(bin("vhddisk").args(&args).env("VHDKIT_TRACE_WRITES", &trace));
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::write(work, &original).unwrap();
+        let (states, writes, _) = power_cut_states(work, &original, &trace, 3);
+        figure(format!("power cut during vhddisk {} ({writes} image writes): {states} states, all recovered", args[0]));
+    }
 }
