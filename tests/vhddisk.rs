@@ -411,3 +411,42 @@ fn a_vhdx_grows_and_shrinks_through_its_log() {
         assert!(size == 0 || media == size);
     }
 }
+
+#[test]
+fn set_parent_relinks_a_vhdx_child_through_its_log() {
+    let dir = tempdir();
+    let parent = dir.path().join("base.vhdx");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "vhdx"])
+            .arg(corpus("aligned-dynamic.vhd"))
+            .arg(&parent),
+    );
+    let child = dir.path().join("child.vhdx");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    let want = read_all(&open(&parent));
+    // Moved to a path longer than the locator item had room for: the item moves too.
+    let far = dir.path().join("x".repeat(200)).join("y".repeat(200));
+    std::fs::create_dir_all(&far).unwrap();
+    let moved = far.join("base.vhdx");
+    std::fs::rename(&parent, &moved).unwrap();
+    assert_eq!(run(bin("vhdinspect").arg("check").arg(&child)).status.code(), Some(1));
+    let r = vhddisk_json(&["set-parent"], &[&child, &moved]);
+    assert_eq!(r["forced_identity"], false);
+    assert!(run(bin("vhdinspect").arg("check").arg(&child)).status.success());
+    assert_eq!(read_all(&open(&child)), want);
+    // libvhdi reads the new locator.
+    let script = format!(
+        "import pyvhdi\nc=pyvhdi.file(); c.open({:?})\nprint(c.get_parent_filename())",
+        child.to_str().unwrap()
+    );
+    let named = String::from_utf8(run_ok(Command::new("python3").arg("-c").arg(script))).unwrap();
+    assert!(named.trim_end().ends_with(&format!("{}\\base.vhdx", "y".repeat(200))), "{named}");
+    // Another VHDX is refused.
+    let other = dir.path().join("other.vhdx");
+    run_ok(
+        Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vhdx"]).arg(corpus("xp-fixed.vhd")).arg(&other),
+    );
+    let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&other));
+    assert_one_line_error(&refused, "child.vhdx", &["not this disk's parent"]);
+}

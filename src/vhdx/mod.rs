@@ -14,6 +14,7 @@ pub mod header;
 pub mod log;
 pub mod metadata;
 pub mod region;
+mod relink;
 mod resize;
 mod rewrite;
 pub mod summary;

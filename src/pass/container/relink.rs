@@ -1,4 +1,4 @@
-//! `set-parent`: points a differencing VHD at its parent's new place. The parent must be the
+//! `set-parent`: points a differencing VHD or VHDX at its parent's new place. The parent must be the
 //! one the child was made from (its UUID is the one the child's header names), unless the
 //! caller forces the link; the header, its locators and their data change in one journaled
 //! step. Locator data only ever goes where locator data was: space after the last block would
@@ -36,11 +36,11 @@ pub struct RelinkReport {
 /// the image at `parent`; with `force`, also when that image is not the child's parent.
 pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<RelinkReport> {
     let path = child.source().to_path_buf();
+    if let DiskImage::Vhdx(v) = child {
+        return relink_vhdx(v, &path, parent, force, open);
+    }
     let DiskImage::Sparse(sparse) = &*child else {
-        return match child {
-            DiskImage::Vhdx(_) => Err(Error::unsupported(&path, "relinking a differencing VHDX is not supported yet (only VHD)")),
-            _ => Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink")),
-        };
+        return Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink"));
     };
     if !child.differencing() {
         return Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink"));
@@ -125,6 +125,57 @@ pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &Open
         parent: parent.display().to_string(),
         relative_locator: text(0),
         absolute_locator: text(1),
+        forced_identity,
+    })
+}
+
+/// The VHDX half of [`set_parent`]: the parent named by its data write GUID, the locator's
+/// relative and absolute paths rewritten through the child's log.
+fn relink_vhdx(child: &mut crate::vhdx::Vhdx, path: &Path, parent: &Path, force: bool, open: &OpenOptions) -> Result<RelinkReport> {
+    let Some(old) = child.parameters().parent_locator.clone() else {
+        return Err(Error::unsupported(path, "not a differencing disk: it has no parent to relink"));
+    };
+    let parent_image = DiskImage::open(parent, &OpenOptions { detached: true, ..open.clone() })?;
+    let Some(p) = parent_image.as_vhdx() else {
+        return Err(Error::unsupported(parent, "a VHDX's parent must be a VHDX (Hyper-V allows no VHD parent)"));
+    };
+    let linkage = format!("{{{}}}", p.header().data_write_guid.to_string().to_lowercase());
+    let want: Vec<&str> = ["parent_linkage", "parent_linkage2"].iter().filter_map(|k| old.get(k)).collect();
+    let forced_identity = !want.iter().any(|w| w.eq_ignore_ascii_case(&linkage));
+    if forced_identity && !force {
+        return Err(Error::Refused {
+            file: path.to_path_buf(),
+            problem: format!(
+                "{} is not this disk's parent: its data write GUID is {linkage}, the child names {}",
+                parent.display(),
+                want.join(" or ")
+            ),
+            remedy: crate::error::Remedy::Force,
+        });
+    }
+    if parent_image.len() > child.len() {
+        return Err(Error::unsupported(parent, "the parent is larger than the child: the child would hide its end"));
+    }
+    drop(parent_image);
+    let absolute = std::path::absolute(parent).map_err(|e| Error::open(parent, "resolve", e))?;
+    let relative = crate::vhd::sparse::relative_windows_path(path, &absolute);
+    let absolute_w = absolute.display().to_string().replace('/', "\\");
+    let old_parent = old.get("relative_path").or(old.get("absolute_win32_path")).map(str::to_string);
+    let locator = crate::vhdx::metadata::ParentLocator {
+        locator_type: old.locator_type,
+        entries: vec![
+            ("parent_linkage".into(), linkage),
+            ("relative_path".into(), relative.clone()),
+            ("absolute_win32_path".into(), absolute_w.clone()),
+        ],
+    };
+    child.set_parent_locator(&locator)?;
+    Ok(RelinkReport {
+        file: path.display().to_string(),
+        old_parent,
+        parent: parent.display().to_string(),
+        relative_locator: relative,
+        absolute_locator: absolute_w,
         forced_identity,
     })
 }
