@@ -450,3 +450,47 @@ fn set_parent_relinks_a_vhdx_child_through_its_log() {
     let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&other));
     assert_one_line_error(&refused, "child.vhdx", &["not this disk's parent"]);
 }
+
+/// Free bytes of the NTFS volume in `volume` (a partition image), as ntfs-3g reports them.
+fn ntfs3g_free(volume: &Path) -> u64 {
+    with_ntfs3g(volume, true, |mnt| {
+        let out = run_ok(Command::new("stat").args(["-f", "-c", "%a %S"]).arg(mnt));
+        let text = String::from_utf8(out).unwrap();
+        let (blocks, size) = text.trim().split_once(' ').unwrap();
+        blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap()
+    })
+}
+
+#[test]
+fn expand_grows_the_last_ntfs_partition_into_the_new_space() {
+    for name in ["xp-fixed.vhd", "gpt-dynamic.vhd"] {
+        let dir = tempdir();
+        let image = copy_of(name, dir.path());
+        let before = image_file_hashes(&image);
+        let layout = vhdkit::DiskLayout::read(&open(&image)).unwrap();
+        let last = layout.partitions.iter().max_by_key(|p| p.end()).unwrap().index;
+        let free_before = ntfs3g_free(&partition_image(&open(&image), last, dir.path()));
+        let r = vhddisk_json(&["expand", "--size", "200M", "--grow-partition"], &[&image]);
+        let grown = &r["partition_grown"];
+        assert_eq!(grown["partition"], last, "{name}");
+        assert!(grown["new_clusters"].as_u64() > grown["old_clusters"].as_u64(), "{name}: {r}");
+        let volume = partition_image(&open(&image), last, dir.path());
+        // ntfsresize checks the volume (its cluster accounting against $Bitmap included).
+        let info = run(Command::new("ntfsresize").args(["--info", "--force", "--no-progress-bar"]).arg(&volume));
+        let text = String::from_utf8_lossy(&info.stdout).into_owned() + &String::from_utf8_lossy(&info.stderr);
+        assert!(!text.contains("inconsistent") && text.contains("You might resize"), "{name}: {text}");
+        // Sleuth Kit sees the new size; ntfs-3g the new free space and every file as it was.
+        let fsstat = String::from_utf8(run_ok(Command::new("fsstat").arg(&volume))).unwrap();
+        let last_cluster = grown["new_clusters"].as_u64().unwrap() - 1;
+        assert!(fsstat.contains(&format!("Total Cluster Range: 0 - {last_cluster}")), "{name}: {fsstat}");
+        let free_after = ntfs3g_free(&volume);
+        let added = grown["new_bytes"].as_u64().unwrap() - grown["old_bytes"].as_u64().unwrap();
+        assert!(free_after >= free_before + added - (1 << 20), "{name}: free {free_before} -> {free_after}");
+        assert_eq!(image_file_hashes(&image), before, "{name}");
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+        let table = String::from_utf8(run_ok(Command::new("sfdisk").arg("-d").arg(&raw))).unwrap();
+        let sectors = grown["new_bytes"].as_u64().unwrap() / 512;
+        assert!(table.replace(' ', "").contains(&format!("size={sectors},")), "{name}: {table}");
+    }
+}

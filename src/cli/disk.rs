@@ -12,6 +12,7 @@ use crate::host::Replace;
 use crate::pass::Event;
 use crate::pass::container::commit::{CommitOptions, CommitReport, commit};
 use crate::pass::container::create::{CreateOptions, CreateReport, NewDisk, ZeroFill, create};
+use crate::pass::container::grow::grow_last_partition;
 use crate::pass::container::relink::{RelinkReport, set_parent};
 use crate::pass::container::resize::{ResizeReport, expand, shrink};
 use crate::report::table::human_bytes;
@@ -93,6 +94,9 @@ pub enum Command {
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
         size: u64,
+        /// Also grow the last partition (primary or GPT) and its NTFS volume to the new end.
+        #[arg(long)]
+        grow_partition: bool,
         /// Resize although differencing disks in its folder have it as their parent.
         #[arg(long)]
         force: bool,
@@ -188,9 +192,12 @@ fn run(cli: Cli) -> Result<bool> {
             let r = create(&output, &opts, &events)?;
             emit(cli.json, &r, render_create)?;
         }
-        Command::Expand { image, size, force } => {
+        Command::Expand { image, size, grow_partition, force } => {
             let mut img = writable(&image, &open)?;
-            let r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force))?;
+            let mut r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force))?;
+            if grow_partition {
+                r.partition_grown = Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img))?);
+            }
             emit(cli.json, &r, render_resize)?;
         }
         Command::Shrink { image, size, force } => {
@@ -253,6 +260,16 @@ fn render_resize(r: &ResizeReport) -> String {
     }
     if r.gpt_backup_moved {
         out.push_str(", GPT backup moved to the new end");
+    }
+    if let Some(g) = &r.partition_grown {
+        out.push_str(&format!(
+            ", partition {} grown {} -> {} ({} -> {} clusters)",
+            g.partition,
+            human_bytes(g.old_bytes),
+            human_bytes(g.new_bytes),
+            g.old_clusters,
+            g.new_clusters
+        ));
     }
     out + &format!("; file {}\n", human_bytes(r.file_bytes))
 }

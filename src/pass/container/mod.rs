@@ -8,3 +8,4 @@ pub mod resize;
 pub mod relink;
 pub mod commit;
 pub mod family;
+pub mod grow;

@@ -33,6 +33,8 @@ pub struct ResizeReport {
     pub bat_moved: bool,
     /// The GPT's backup header and entries were rewritten at the new last sector.
     pub gpt_backup_moved: bool,
+    /// With `--grow-partition`: the last partition and its NTFS volume grown into the space.
+    pub partition_grown: Option<crate::pass::container::grow::PartitionGrowth>,
     /// The image file's length afterwards.
     pub file_bytes: u64,
     pub elapsed_seconds: f64,
@@ -155,6 +157,7 @@ fn resize(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeRep
         new_size: image.len(),
         bat_moved,
         gpt_backup_moved: gpt_first || gpt_after,
+        partition_grown: None,
         file_bytes: image.file().file_len()?,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
