@@ -294,10 +294,21 @@ fn rebase_plan_sorts_the_files_both_sides_changed() {
     assert!(text.contains("1 file: conflicts") && text.contains("nothing written"), "{text}");
 }
 
+/// The disk offset of a 4 KiB piece of free NTFS space in `image`'s view.
+fn free_piece(image: &Path) -> u64 {
+    let img = open(image);
+    let map = vhdkit::ImageMap::build(&img, None).unwrap();
+    map.needs(0, img.len())
+        .into_iter()
+        .filter(|n| n.kind == vhdkit::map::blocks::NeedKind::Unneeded)
+        .find_map(|n| Some(n.start.div_ceil(4096) * 4096).filter(|at| at + 4096 <= n.end))
+        .unwrap_or_else(|| panic!("{}: no free space", image.display()))
+}
+
 #[test]
 fn commit_writes_the_childs_files_into_its_parent() {
     let dir = tempdir();
-    let (parent, child, want) = parent_and_changed_child(dir.path());
+    let (parent, child, _) = parent_and_changed_child(dir.path());
     // A sibling (another child of the same parent) stops the commit.
     let sibling = dir.path().join("sibling.vhd");
     vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&sibling]);
@@ -321,7 +332,20 @@ fn commit_writes_the_childs_files_into_its_parent() {
     assert_one_line_error(&refused, "child.vhd", &["children of its own", "grandchild.vhd"]);
     assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash);
     std::fs::remove_file(&grandchild).unwrap();
+    // The guest wiped a free cluster that holds the parent's stale data: the wipe reaches the
+    // parent.
+    let wiped = free_piece(&child);
+    for (image, byte) in [(&parent, 0xabu8), (&child, 0)] {
+        let (mut c, _) = DiskImage::open_writable(image, &OpenOptions::default()).unwrap();
+        c.write_at(wiped, &[byte; 4096]).unwrap();
+        c.flush().unwrap();
+    }
+    let want = image_file_hashes(&child);
     let r = vhddisk_json(&["commit", "--remove"], &[&child]);
+    assert!(r["zeroed_free_bytes"].as_u64().unwrap() >= 4096, "{r}");
+    let mut after = [1u8; 4096];
+    open(&parent).read_at(wiped, &mut after).unwrap();
+    assert!(after.iter().all(|&b| b == 0), "the wiped cluster is zero in the parent");
     assert!(r["written_bytes"].as_u64().unwrap() >= 3 << 20);
     assert!(r["written_bytes"].as_u64() <= r["child_bytes"].as_u64());
     assert_eq!(r["removed"], true);

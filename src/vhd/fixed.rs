@@ -129,7 +129,7 @@ impl FixedVhd {
 /// image has no BAT, so the dynamic format's 2040 GiB limit does not apply.
 pub const MAX_FIXED_SIZE: u64 = (32 << 40) - 512;
 
-fn check_fixed_size(path: &Path, size: u64) -> Result<()> {
+pub(crate) fn check_fixed_size(path: &Path, size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(512) || size > MAX_FIXED_SIZE {
         return Err(Error::unsupported(
             path,

@@ -18,7 +18,7 @@ use crate::map::blocks::NeedKind;
 use crate::pass::Event;
 use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
-use crate::vhd::device::BlockDevice;
+use crate::vhd::device::{BlockDevice, nonzero_ranges};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Bytes of the child written into the parent per journaled step: memory stays bounded
@@ -49,6 +49,9 @@ pub struct CommitReport {
     pub written_bytes: u64,
     /// Of them, bytes left out: free NTFS clusters in the child's view.
     pub skipped_free_bytes: u64,
+    /// Of them, free clusters the child holds as zeros over the parent's data (wiped by the
+    /// guest), written: the wipe reaches the parent.
+    pub zeroed_free_bytes: u64,
     /// Other children of the parent found beside it (the commit went on only with `force`).
     pub siblings: Vec<String>,
     /// The folders searched for them (the child's and the parent's: children elsewhere are
@@ -117,6 +120,7 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         child_bytes: plan.child_bytes,
         written_bytes: written,
         skipped_free_bytes: plan.skipped,
+        zeroed_free_bytes: plan.zeroed,
         siblings: plan.siblings.found.iter().chain(&plan.siblings.unknown).map(|p| p.display().to_string()).collect(),
         searched: plan.searched.iter().map(|p| p.display().to_string()).collect(),
         removed: opts.remove,
@@ -132,6 +136,7 @@ struct CommitPlan {
     ranges: Vec<(u64, u64)>,
     child_bytes: u64,
     skipped: u64,
+    zeroed: u64,
     siblings: family::Children,
     searched: Vec<PathBuf>,
 }
@@ -172,7 +177,7 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let map = ImageMap::build(&image, None)?;
     // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
     crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
-    let (mut ranges, mut child_bytes, mut skipped) = (Vec::new(), 0, 0);
+    let (mut ranges, mut child_bytes, mut skipped, mut zeroed) = (Vec::new(), 0, 0, 0);
     let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
     for block in image.stored_blocks() {
         let Some(bitmap) = image.block_sectors(block)? else { continue };
@@ -183,11 +188,17 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
             let (a, b) = (block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len()));
             child_bytes += b.saturating_sub(a);
             for need in map.needs(a, b) {
-                if need.kind == NeedKind::Unneeded {
-                    skipped += need.end - need.start;
+                if need.kind != NeedKind::Unneeded {
+                    ranges.push((need.start, need.end));
                     continue;
                 }
-                ranges.push((need.start, need.end));
+                // Free space the guest wiped stays wiped: where the child holds zeros over the
+                // parent's data, the zeros are written; its other free bytes are left out.
+                let wiped = wiped_over_data(&image, need.start, need.end)?;
+                let n: u64 = wiped.iter().map(|(x, y)| y - x).sum();
+                zeroed += n;
+                skipped += need.end - need.start - n;
+                ranges.extend(wiped);
             }
         }
     }
@@ -196,7 +207,25 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
         .into_iter()
         .flat_map(|(a, b)| (a..b).step_by(BATCH as usize).map(move |at| (at, b.min(at + BATCH))))
         .collect();
-    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, siblings, searched })
+    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, zeroed, siblings, searched })
+}
+
+/// The parts of `[a, b)` where the child (`image`) holds zeros and its parent does not.
+fn wiped_over_data(image: &DiskImage, a: u64, b: u64) -> Result<Vec<(u64, u64)>> {
+    let Some(parent) = image.parent() else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    let mut at = a;
+    let data = nonzero_ranges(a, b, &|x, buf| image.read_at(x, buf))?;
+    for (x, y) in data.iter().copied().chain(std::iter::once((b, b))) {
+        if at < x {
+            let top = x.min(parent.len());
+            if at < top {
+                out.extend(nonzero_ranges(at, top, &|p, buf| parent.read_at(p, buf))?);
+            }
+        }
+        at = at.max(y);
+    }
+    Ok(out)
 }
 
 /// A kept VHD child names its parent's new modification time, as Hyper-V expects of a

@@ -118,6 +118,12 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
             format!("a VHD holds only disks of 512-byte sectors; the source has {sector}-byte sectors (make a VHDX)"),
         ));
     }
+    // Checked before the temporary file exists, so that an error names the output.
+    match (opts.container, &opts.disk) {
+        (ImageFormat::Vhd, NewDisk::Fixed) => crate::vhd::fixed::check_fixed_size(out, size)?,
+        (ImageFormat::Vhd, _) => crate::vhd::sparse::create::validate_new(out, size, vhd_block(opts, parent.as_ref()))?,
+        _ => {}
+    }
     let new = NewFile::create(out, &policy)?;
     if !new.removed_stale().is_empty() {
         events(Event::RemovedStale(new.removed_stale()));
@@ -205,19 +211,17 @@ fn make(file: ImageFile, opts: &CreateOptions, size: u64, like: Option<&DiskImag
         (_, NewDisk::Fixed, _) => DiskImage::Fixed(Box::new(FixedVhd::create_in(file, size, Fill::Caller, &identity)?)),
         (_, NewDisk::Differencing(path), Some(image)) => {
             let link = ParentLink { image, path };
-            let block = opts.block_size.unwrap_or(parent_block(image));
-            DiskImage::Sparse(Box::new(SparseVhd::create_in(file, 0, block, Some(link), &identity)?))
+            DiskImage::Sparse(Box::new(SparseVhd::create_in(file, 0, vhd_block(opts, parent), Some(link), &identity)?))
         }
-        _ => {
-            let block = opts.block_size.unwrap_or(VHD_BLOCK);
-            DiskImage::Sparse(Box::new(SparseVhd::create_in(file, size, block, None, &identity)?))
-        }
+        _ => DiskImage::Sparse(Box::new(SparseVhd::create_in(file, size, vhd_block(opts, None), None, &identity)?)),
     })
 }
 
-/// A child's block size: its parent's when it has one (qemu and Hyper-V expect them equal).
-fn parent_block(parent: &DiskImage) -> u32 {
-    parent.block_size().and_then(|b| u32::try_from(b).ok()).unwrap_or(VHD_BLOCK)
+/// A VHD's block size: the one asked, else a child's parent's (qemu and Hyper-V expect them
+/// equal), else 2 MiB.
+fn vhd_block(opts: &CreateOptions, parent: Option<&DiskImage>) -> u32 {
+    let parents = parent.filter(|_| matches!(opts.disk, NewDisk::Differencing(_))).and_then(|p| p.block_size());
+    opts.block_size.or(parents.and_then(|b| u32::try_from(b).ok())).unwrap_or(VHD_BLOCK)
 }
 
 /// Allocates a fixed disk's data area as `fill` asks; says how.

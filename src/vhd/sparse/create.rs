@@ -190,7 +190,7 @@ impl SparseVhd {
 }
 
 /// Rejects sizes a new image cannot have.
-fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
+pub(crate) fn validate_new(path: &Path, size: u64, block_size: u32) -> Result<()> {
     if size == 0 || !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
         return Err(Error::unsupported(
             path,
