@@ -226,6 +226,28 @@ fn run_all(mutant: &Path, dir: &Path) {
     cmd.arg(mutant).args(["get", r"HKLM\SYSTEM\Select", "Current"]);
     let (code, err) = run_bounded(cmd);
     assert_clean_outcome(&format!("vhdreg get {file}"), &file, code, &err);
+    // vhddisk: a copy of the mutant grown (its partition too) and shrunk, and copied into a
+    // new disk, which exists only when the copy succeeded.
+    let work = dir.join(format!("work-{file}"));
+    std::fs::copy(mutant, &work).unwrap();
+    let work_name = work.file_name().unwrap().to_string_lossy().into_owned();
+    for args in [&["expand", "--size", "200M", "--grow-partition"][..], &["shrink"]] {
+        let mut cmd = bin("vhddisk");
+        cmd.arg(args[0]).arg(&work).args(&args[1..]);
+        let (code, err) = run_bounded(cmd);
+        assert_clean_outcome(&format!("vhddisk {args:?} {file}"), &work_name, code, &err);
+    }
+    let _ = std::fs::remove_file(&work);
+    let copy = dir.join("copy.vhdx");
+    let mut cmd = bin("vhddisk");
+    cmd.arg("create").arg(&copy).arg("--from").arg(mutant);
+    let (code, err) = run_bounded(cmd);
+    assert_clean_outcome(&format!("vhddisk create --from {file}"), &file, code, &err);
+    assert_eq!(copy.exists(), code == Some(0), "vhddisk create --from {file}: exit {code:?}");
+    let _ = std::fs::remove_file(&copy);
+    let partial =
+        std::fs::read_dir(dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".partial"));
+    assert!(!partial, "vhddisk create --from {file} left a temporary file");
     assert_eq!(sha256(&std::fs::read(mutant).unwrap()), before, "{file} changed");
 }
 
