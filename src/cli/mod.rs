@@ -55,6 +55,8 @@ impl Progress {
             return Progress { bar: indicatif::ProgressBar::hidden(), bytes };
         }
         let bar = indicatif::ProgressBar::new_spinner().with_message("indexing the image");
+        // Drawn at once: a quick phase must still show, not only after the first tick.
+        bar.tick();
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         Progress { bar, bytes }
     }
