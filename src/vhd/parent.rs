@@ -209,8 +209,24 @@ pub fn resolve_by(
 /// the child looks for it.
 pub const FOUND_BY_IDENTITY: &str = "a disk with the parent's identity is at ";
 
-/// Most files looked at per folder when searching for a moved parent.
+/// Most entries looked at per folder when searching it for images.
 const MAX_SCANNED: usize = 4096;
+
+/// The files of `folder` named like VHD and VHDX images (`.vhd`, `.vhdx`, `.avhd`, `.avhdx`),
+/// among its first [`MAX_SCANNED`] entries: where parents and children of an image are
+/// looked for.
+pub fn images_in(folder: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(folder) else { return Vec::new() };
+    entries
+        .flatten()
+        .take(MAX_SCANNED)
+        .map(|e| e.path())
+        .filter(|p| {
+            let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx")
+        })
+        .collect()
+}
 
 /// Images in the child's folder and in the folders its locators name (those that exist)
 /// whose identity is one of `want`: where a moved or renamed parent may be now.
@@ -231,11 +247,8 @@ fn same_identity_nearby(
     let own = FileId::of_path(child);
     let mut found = Vec::new();
     for folder in folders {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for entry in entries.flatten().take(MAX_SCANNED) {
-            let path = entry.path();
-            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-            if !matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx") || FileId::of_path(&path) == own {
+        for path in images_in(&folder) {
+            if FileId::of_path(&path) == own {
                 continue;
             }
             if identity(&path, LockWait::Fail, chain).is_ok_and(|id| want.iter().any(|w| w.eq_ignore_ascii_case(&id)))

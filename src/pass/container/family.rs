@@ -7,9 +7,7 @@ use crate::error::Error;
 use crate::host::{FileId, LockWait, folder_of};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
-
-/// Most files looked at per folder.
-const MAX_SCANNED: usize = 4096;
+use crate::vhd::parent::images_in;
 
 /// Differencing images whose parent is `target`, found in `folders`.
 #[derive(Debug, Default)]
@@ -54,13 +52,9 @@ pub fn children_of(target: &DiskImage, folders: &[PathBuf], exclude: &[FileId]) 
     let Some(target_id) = FileId::of_path(target.source()) else { return out };
     let target_uuid = target.footer().map(|f| f.uuid);
     for folder in folders {
-        let Ok(entries) = std::fs::read_dir(folder) else { continue };
-        for entry in entries.flatten().take(MAX_SCANNED) {
-            let path = entry.path();
-            let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        for path in images_in(folder) {
             let id = FileId::of_path(&path);
-            if !matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx")
-                || id == Some(target_id)
+            if id == Some(target_id)
                 || id.is_some_and(|i| exclude.contains(&i))
                 || out.found.contains(&path)
                 || out.unknown.contains(&path)
