@@ -243,12 +243,12 @@ fn plan(path: &Path, spec: &NewVhdx<'_>) -> Result<Plan> {
                     parent_path.display()
                 ));
             };
-            let absolute = std::path::absolute(parent_path).map_err(|e| Error::open(parent_path, "resolve", e))?;
+            let paths = crate::vhd::sparse::create::parent_paths(path, parent_path)?;
             let locator = ParentLocator {
                 locator_type: metadata::VHDX_LOCATOR_TYPE,
                 entries: vec![
                     ("parent_linkage".into(), format!("{{{}}}", parent.header().data_write_guid.to_string().to_lowercase())),
-                    ("relative_path".into(), crate::vhd::sparse::relative_windows_path(path, &absolute)),
+                    ("relative_path".into(), paths.relative),
                 ],
             };
             (image.len(), parent.parameters().logical_sector_size, Some(locator), true)

@@ -14,7 +14,7 @@ use crate::vhd::device::BlockDevice;
 use crate::vhd::footer::{FOOTER_SIZE, uuid_text};
 use crate::vhd::header::ParentLocator;
 use crate::vhd::image::{DiskImage, OpenOptions};
-use crate::vhd::sparse::create::{file_mtime_vhd, parent_locators};
+use crate::vhd::sparse::create::{ParentPaths, file_mtime_vhd, parent_locators, parent_paths};
 
 /// What [`set_parent`] changed.
 #[derive(Debug, Serialize)]
@@ -157,9 +157,7 @@ fn relink_vhdx(child: &mut crate::vhdx::Vhdx, path: &Path, parent: &Path, force:
         return Err(Error::unsupported(parent, "the parent is larger than the child: the child would hide its end"));
     }
     drop(parent_image);
-    let absolute = std::path::absolute(parent).map_err(|e| Error::open(parent, "resolve", e))?;
-    let relative = crate::vhd::sparse::relative_windows_path(path, &absolute);
-    let absolute_w = absolute.display().to_string().replace('/', "\\");
+    let ParentPaths { relative, absolute_windows: absolute_w, .. } = parent_paths(path, parent)?;
     let old_parent = old.get("relative_path").or(old.get("absolute_win32_path")).map(str::to_string);
     let locator = crate::vhdx::metadata::ParentLocator {
         locator_type: old.locator_type,

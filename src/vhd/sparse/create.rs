@@ -224,19 +224,35 @@ pub(crate) struct LocatorData {
     pub bytes: Vec<u8>,
 }
 
-/// How a child at `child` names its parent at `parent`: the parent's absolute path (the
+/// The paths by which a child names its parent, VHD or VHDX alike.
+pub(crate) struct ParentPaths {
+    /// The parent's absolute path, as the host writes it.
+    pub absolute: std::path::PathBuf,
+    /// From the child's folder, Windows style (`.\p.vhd`).
+    pub relative: String,
+    /// The absolute path, Windows style.
+    pub absolute_windows: String,
+}
+
+/// How a child at `child` names its parent at `parent`.
+pub(crate) fn parent_paths(child: &Path, parent: &Path) -> Result<ParentPaths> {
+    let absolute = std::path::absolute(parent).map_err(|e| Error::open(parent, "resolve", e))?;
+    let relative = relative_windows_path(child, &absolute);
+    let absolute_windows = absolute.display().to_string().replace('/', "\\");
+    Ok(ParentPaths { absolute, relative, absolute_windows })
+}
+
+/// How a VHD child at `child` names its parent at `parent`: the parent's absolute path (the
 /// header's parent name) and the locators Windows writes, a relative `W2ru` and an absolute
 /// `W2ku` path.
 pub(crate) fn parent_locators(child: &Path, parent: &Path) -> Result<(String, Vec<LocatorData>)> {
-    let absolute = std::path::absolute(parent).map_err(|e| Error::open(parent, "resolve", e))?;
-    let relative = relative_windows_path(child, &absolute);
-    let absolute_w = absolute.display().to_string().replace('/', "\\");
-    let utf16 = |t: String| -> Vec<u8> { t.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let paths = parent_paths(child, parent)?;
+    let utf16 = |t: &str| -> Vec<u8> { t.encode_utf16().flat_map(u16::to_le_bytes).collect() };
     let locators = vec![
-        LocatorData { code: *b"W2ru", bytes: utf16(relative) },
-        LocatorData { code: *b"W2ku", bytes: utf16(absolute_w) },
+        LocatorData { code: *b"W2ru", bytes: utf16(&paths.relative) },
+        LocatorData { code: *b"W2ku", bytes: utf16(&paths.absolute_windows) },
     ];
-    Ok((absolute.display().to_string(), locators))
+    Ok((paths.absolute.display().to_string(), locators))
 }
 
 /// A file's modification time in seconds since the VHD epoch (2000-01-01).
@@ -250,7 +266,7 @@ pub(crate) fn file_mtime_vhd(path: &Path) -> u32 {
 
 /// The path of `target` relative to the folder of `child`, Windows style (`.\p.vhd`,
 /// `..\base\p.vhd`), as the W2ru locator stores it.
-pub(crate) fn relative_windows_path(child: &Path, target: &Path) -> String {
+fn relative_windows_path(child: &Path, target: &Path) -> String {
     let child_dir = std::path::absolute(child).ok().and_then(|c| c.parent().map(Path::to_path_buf)).unwrap_or_default();
     let from: Vec<_> = child_dir.components().collect();
     let to: Vec<_> = target.components().collect();

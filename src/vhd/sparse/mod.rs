@@ -24,7 +24,6 @@ mod rewrite;
 mod write;
 
 pub use create::ParentLink;
-pub(crate) use create::relative_windows_path;
 pub use rewrite::{BlockRewrite, RewriteOutcome};
 
 /// Largest block size accepted (Hyper-V's limit for VHDX; no VHD writer goes beyond).
