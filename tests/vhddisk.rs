@@ -18,6 +18,13 @@ fn copy_of(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
+/// A VHDX copy of the corpus image `name` (made by qemu-img) in `dir`.
+fn vhdx_of(name: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(Path::new(name).with_extension("vhdx"));
+    run_ok(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vhdx"]).arg(corpus(name)).arg(&out));
+    out
+}
+
 fn vhddisk_json(args: &[&str], paths: &[&Path]) -> serde_json::Value {
     let mut cmd = bin("vhddisk");
     cmd.args(args).args(paths).arg("--json");
@@ -408,13 +415,7 @@ fn a_commit_killed_at_any_write_leaves_the_chain_reading_the_same() {
 #[test]
 fn a_vhdx_grows_and_shrinks_through_its_log() {
     let dir = tempdir();
-    let image = dir.path().join("disk.vhdx");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "vhdx"])
-            .arg(corpus("gpt-dynamic.vhd"))
-            .arg(&image),
-    );
+    let image = vhdx_of("gpt-dynamic.vhd", dir.path());
     let before = image_file_hashes(&image);
     vhddisk_json(&["expand", "--size", "1G"], &[&image]);
     for (size, label) in [(1u64 << 30, "grown"), (0, "shrunk")] {
@@ -440,13 +441,7 @@ fn a_vhdx_grows_and_shrinks_through_its_log() {
 #[test]
 fn set_parent_relinks_a_vhdx_child_through_its_log() {
     let dir = tempdir();
-    let parent = dir.path().join("base.vhdx");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "vhdx"])
-            .arg(corpus("aligned-dynamic.vhd"))
-            .arg(&parent),
-    );
+    let parent = vhdx_of("aligned-dynamic.vhd", dir.path());
     let child = dir.path().join("child.vhdx");
     vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
     let want = read_all(&open(&parent));
@@ -468,10 +463,7 @@ fn set_parent_relinks_a_vhdx_child_through_its_log() {
     let named = String::from_utf8(run_ok(Command::new("python3").arg("-c").arg(script))).unwrap();
     assert!(named.trim_end().ends_with(&format!("{}\\base.vhdx", "y".repeat(200))), "{named}");
     // Another VHDX is refused.
-    let other = dir.path().join("other.vhdx");
-    run_ok(
-        Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "vhdx"]).arg(corpus("xp-fixed.vhd")).arg(&other),
-    );
+    let other = vhdx_of("xp-fixed.vhd", dir.path());
     let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&other));
     assert_one_line_error(&refused, "child.vhdx", &["not this disk's parent"]);
 }
@@ -523,13 +515,7 @@ fn expand_grows_the_last_ntfs_partition_into_the_new_space() {
 #[test]
 fn commit_writes_a_vhdx_childs_files_into_its_parent() {
     let dir = tempdir();
-    let parent = dir.path().join("base.vhdx");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "vhdx"])
-            .arg(corpus("aligned-dynamic.vhd"))
-            .arg(&parent),
-    );
+    let parent = vhdx_of("aligned-dynamic.vhd", dir.path());
     let child = dir.path().join("child.vhdx");
     vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
     write_volume_changes(&parent, &child, dir.path(), |mnt| {
