@@ -57,10 +57,20 @@ impl RecordBuf {
         Ok(RecordBuf { number, offset, bytes })
     }
 
-    /// The patch that writes the record back, update sequence re-applied.
-    fn into_patch(mut self, view: &dyn BlockDevice, idx: &NtfsIndex) -> Result<Patch> {
+    /// The patches that write the record back, update sequence re-applied: the record, and
+    /// its copy in `$MFTMirr` when the mirror holds it (the first four records, or a cluster's
+    /// worth when a cluster holds more: with clusters of 8 KiB and up, `$Bitmap`'s record 6
+    /// and the root folder's record 5 among them).
+    fn into_patches(mut self, view: &dyn BlockDevice, idx: &NtfsIndex) -> Result<Vec<Patch>> {
         record::protect(&mut self.bytes).map_err(|e| corrupt(view, idx, self.offset + e.at as u64, e.problem))?;
-        Ok(Patch { offset: self.offset, bytes: self.bytes, what: format!("MFT record {}", self.number) })
+        let (cs, rs) = (idx.cluster_size(), idx.layout.record_size);
+        let mut out = Vec::new();
+        if self.number < (cs / rs).max(4) {
+            let mirror = idx.bpb.mft_mirror_lcn * cs + self.number * rs;
+            out.push(Patch { offset: mirror, bytes: self.bytes.clone(), what: format!("$MFTMirr copy of MFT record {}", self.number) });
+        }
+        out.push(Patch { offset: self.offset, bytes: self.bytes, what: format!("MFT record {}", self.number) });
+        Ok(out)
     }
 }
 
@@ -207,9 +217,10 @@ fn index_patches(
                 && start < end
                 && update_index_entries(&mut rec.bytes[start..end], file.record, allocated, size)
             {
-                let mut p = rec.into_patch(view, idx)?;
-                p.what.push_str(" ($I30 root)");
-                patches.push(p);
+                for mut p in rec.into_patches(view, idx)? {
+                    p.what.push_str(" ($I30 root)");
+                    patches.push(p);
+                }
             }
         }
         let Some(alloc) = dir.streams.iter().find(|s| s.ty == attr_type::INDEX_ALLOCATION && &*s.name == "$I30") else {
@@ -315,7 +326,7 @@ pub fn grow(view: &dyn BlockDevice, idx: &NtfsIndex, file: &FileEntry, new_size:
     put64(&mut rec.bytes, at + 48, new_size);
     put64(&mut rec.bytes, at + 56, new_size);
     update_file_names(&mut rec, idx.total_clusters(), allocated, new_size);
-    patches.push(rec.into_patch(view, idx)?);
+    patches.extend(rec.into_patches(view, idx)?);
     patches.extend(index_patches(view, idx, file, allocated, new_size)?);
     Ok(Growth { runs, patches, new_clusters })
 }

@@ -114,19 +114,8 @@ fn bitmap_writes(view: &dyn BlockDevice, idx: &crate::ntfs::NtfsIndex, p0: u64, 
     let size = new_clusters.div_ceil(8).div_ceil(8) * 8;
     let growth = crate::ntfs::patch::grow(view, idx, file, size)?;
     let cs = idx.cluster_size();
-    // `$MFTMirr` holds the first records, a cluster's worth at least four: with large clusters
-    // `$Bitmap`'s record 6 among them, whose copy changes with it.
-    let record_size = idx.bpb.file_record_size as u64;
-    let mirrored = BITMAP_RECORD < (cs / record_size).max(4);
-    let record_at = idx.layout.record_offset(BITMAP_RECORD);
-    let mirror_at = idx.bpb.mft_mirror_lcn * cs + BITMAP_RECORD * record_size;
-    let mut writes: Vec<DiskWrite> = Vec::new();
-    for p in growth.patches {
-        if mirrored && Some(p.offset) == record_at {
-            writes.push(DiskWrite { offset: p0 + mirror_at, bytes: p.bytes.clone(), what: "$MFTMirr copy of $Bitmap's record".into() });
-        }
-        writes.push(DiskWrite { offset: p0 + p.offset, bytes: p.bytes, what: p.what });
-    }
+    let mut writes: Vec<DiskWrite> =
+        growth.patches.into_iter().map(|p| DiskWrite { offset: p0 + p.offset, bytes: p.bytes, what: p.what }).collect();
     let mut bits = idx.bitmap.bytes().to_vec();
     bits.resize(size as usize, 0);
     // Bits past the old last cluster (padding of its last byte) become clusters: free.
