@@ -182,13 +182,18 @@ fn piped_tables_are_plain_columns_within_100_columns() {
         let out = run(bin("vhdinspect").args(args).arg(&image));
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(!text.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        // The image's path is the user's, as long as their folders make it: the width
+        // rule is for what the tool lays out around it.
+        let text = text.replace(&*image.to_string_lossy(), "IMAGE");
         for line in text.lines() {
             assert!(line.chars().count() <= 100, "{args:?}: a line of {} columns: {line}", line.chars().count());
             assert!(!line.contains(['│', '┆', '─']), "{args:?}: boxes in piped output: {line}");
             assert_eq!(line, line.trim_end(), "{args:?}: trailing blanks");
         }
     }
-    let what_if = String::from_utf8(run_ok(bin("vhdcompact").arg("--what-if").arg(&image))).unwrap();
+    let what_if = String::from_utf8(run_ok(bin("vhdcompact").arg("--what-if").arg(&image)))
+        .unwrap()
+        .replace(&*image.to_string_lossy(), "IMAGE");
     assert!(what_if.lines().all(|l| l.chars().count() <= 100), "{what_if}");
 }
 
