@@ -941,19 +941,33 @@ fn block_devices_are_read_but_not_written_in_place() {
 }
 
 #[test]
-fn a_power_cut_during_an_expand_or_a_relink_recovers_to_the_old_bytes() {
+fn a_power_cut_during_an_expand_a_relink_or_a_commit_recovers_to_the_old_bytes() {
     let dir = tempdir();
     // An expand that moves the BAT, footers and header; a relink that rewrites the header and
-    // its locators.
+    // its locators; a commit that appends blocks to an empty parent (their data written past
+    // the end, only the BAT, bitmaps and footer journaled).
     let image = dir.path().join("disk.vhd");
     std::fs::copy(corpus("aligned-dynamic.vhd"), &image).unwrap();
     make_writable(&image);
     let child = dir.path().join("child.vhd");
     run_ok(bin("vhddisk").arg("create").arg(&child).arg("--parent").arg(&image));
+    let empty = dir.path().join("empty.vhd");
+    run_ok(bin("vhddisk").args(["create", "--size", "64M"]).arg(&empty));
+    let changed = dir.path().join("changed.vhd");
+    run_ok(bin("vhddisk").arg("create").arg(&changed).arg("--parent").arg(&empty));
+    {
+        use vhdkit::WritableDevice;
+        let (mut c, _) = vhdkit::DiskImage::open_writable(&changed, &Default::default()).unwrap();
+        for (i, at) in [0u64, 3 << 20, 9 << 20, 30 << 20].into_iter().enumerate() {
+            c.write_at(at + 4096, &vec![0x40 + i as u8; 1 << 20]).unwrap();
+        }
+        c.flush().unwrap();
+    }
     // The relink first: the expand changes the parent's time, which the child names.
-    let cases: [(&Path, Vec<String>); 2] = [
+    let cases: [(&Path, Vec<String>); 3] = [
         (&child, vec!["set-parent".into(), child.display().to_string(), image.display().to_string()]),
         (&image, vec!["expand".into(), image.display().to_string(), "--size".into(), "3G".into(), "--force".into()]),
+        (&empty, vec!["commit".into(), changed.display().to_string()]),
     ];
     for (work, args) in cases {
         let original = std::fs::read(work).unwrap();

@@ -266,7 +266,7 @@ fn parent_and_changed_child(dir: &Path) -> (PathBuf, PathBuf, FileHashes) {
     let child = dir.join("child.vhd");
     vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
     write_volume_changes(&parent, &child, dir, |mnt| {
-        std::fs::write(mnt.join("new.bin"), vec![0x5a; 3 << 20]).unwrap();
+        std::fs::write(mnt.join("new.bin"), vec![0x5a; 8 << 20]).unwrap();
         std::fs::write(mnt.join("small.txt"), b"committed").unwrap();
     });
     let want = image_file_hashes(&child);
@@ -350,6 +350,8 @@ fn commit_writes_the_childs_files_into_its_parent() {
     let want = image_file_hashes(&child);
     let r = vhddisk_json(&["commit", "--remove"], &[&child]);
     assert!(r["zeroed_free_bytes"].as_u64().unwrap() >= 4096, "{r}");
+    let appended = r["appended_bytes"].as_u64().unwrap();
+    assert!(appended > 0 && appended < r["written_bytes"].as_u64().unwrap(), "blocks appended and overwritten: {r}");
     let mut after = [1u8; 4096];
     open(&parent).read_at(wiped, &mut after).unwrap();
     assert!(after.iter().all(|&b| b == 0), "the wiped cluster is zero in the parent");
@@ -360,6 +362,53 @@ fn commit_writes_the_childs_files_into_its_parent() {
     assert_eq!(image_file_hashes(&parent), want, "the parent holds the child's files");
     assert!(run(Command::new("qemu-img").args(["check", "-f", "vpc"]).arg(&parent)).status.code() != Some(2));
     assert!(run(bin("vhdinspect").arg("check").arg(&parent)).status.success());
+}
+
+#[test]
+fn a_deep_commit_writes_the_chain_into_the_grandparent() {
+    let dir = tempdir();
+    let (base, middle, _) = parent_and_changed_child(dir.path());
+    let top = dir.path().join("top.vhd");
+    vhddisk_json(&["create", "--parent", middle.to_str().unwrap()], &[&top]);
+    let scratch = tempdir();
+    write_volume_changes(&middle, &top, scratch.path(), |mnt| {
+        std::fs::write(mnt.join("top.bin"), vec![0xc3; 5 << 20]).unwrap();
+        std::fs::write(mnt.join("small.txt"), b"from the top").unwrap();
+    });
+    let want = image_file_hashes(&top);
+    let too_deep = run(bin("vhddisk").args(["commit", "--depth", "3"]).arg(&top));
+    assert_one_line_error(&too_deep, "top.vhd", &["2 disks below it, not 3"]);
+    // Another child of the middle disk would read changed data: refused.
+    let sibling = dir.path().join("sibling.vhd");
+    vhddisk_json(&["create", "--parent", middle.to_str().unwrap()], &[&sibling]);
+    let refused = run(bin("vhddisk").args(["commit", "--depth", "2"]).arg(&top));
+    assert_one_line_error(&refused, "top.vhd", &["other children", "sibling.vhd"]);
+    std::fs::remove_file(&sibling).unwrap();
+    let r = vhddisk_json(&["commit", "--depth", "2"], &[&top]);
+    assert_eq!(r["superseded"], serde_json::json!([middle.display().to_string()]), "{r}");
+    assert_eq!(r["relinked"], true);
+    assert!(r["appended_bytes"].as_u64().unwrap() > 0, "blocks the base lacked were appended: {r}");
+    assert!(r["written_bytes"].as_u64().unwrap() >= 8 << 20, "both disks' files: {r}");
+    assert_eq!(image_file_hashes(&base), want, "the base holds the files of the whole chain");
+    assert_eq!(image_file_hashes(&top), want, "the kept child, now over the base, reads the same");
+    let dump = vhddisk_dump_parent(&top);
+    assert_eq!(std::fs::canonicalize(dump).unwrap(), std::fs::canonicalize(&base).unwrap());
+    for image in [&base, &top] {
+        assert!(run(bin("vhdinspect").arg("check").arg(image)).status.success(), "{}", image.display());
+    }
+    let check = run(Command::new("qemu-img").args(["check", "-f", "vpc"]).arg(&base));
+    assert!(check.status.code() != Some(2), "{}", String::from_utf8_lossy(&check.stdout));
+    // qemu reads no VHD parent: the base alone is compared.
+    let (qemu, ours) = (qemu_raw(&base, scratch.path()), read_all(&open(&base)));
+    let first = qemu.chunks(512).zip(ours.chunks(512)).position(|(a, b)| a != b);
+    assert_eq!(first, None, "qemu-img reads a different sector of the base first");
+}
+
+/// The parent `vhdinspect dump` names for `image`.
+fn vhddisk_dump_parent(image: &Path) -> String {
+    let dump: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(image))).unwrap();
+    dump["parent"]["path"].as_str().unwrap_or_else(|| panic!("no parent path: {dump}")).to_string()
 }
 
 #[test]

@@ -123,16 +123,22 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Merge a differencing disk into its parent, in place (only the sectors the child holds,
-    /// free NTFS clusters left out).
+    /// Merge a differencing disk into its parent (or an ancestor further down), in place: only
+    /// the sectors the child holds, free NTFS clusters left out.
     Commit {
         /// The differencing disk.
         child: PathBuf,
-        /// Delete the child afterwards.
+        /// Commit into the ancestor this many levels down (1: the parent). The disks between
+        /// go into it too; the kept child is then linked to it, and the disks between no
+        /// longer read as before (removed with --remove).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        depth: u64,
+        /// Delete the child (and the disks between) afterwards.
         #[arg(long)]
         remove: bool,
-        /// Commit although the parent has other children (which it corrupts), the child has
-        /// children of its own (with --remove), or a volume is dirty or hibernated.
+        /// Commit although the target (or a disk between) has other children (which it
+        /// corrupts), the child has children of its own (with --remove), or a volume is dirty
+        /// or hibernated.
         #[arg(long)]
         force: bool,
     },
@@ -211,8 +217,8 @@ fn run(cli: Cli) -> Result<bool> {
             let r = crate::cli::deferring_signals("vhddisk", || set_parent(&mut img, &parent, force, &open))?;
             emit(cli.json, &r, render_relink)?;
         }
-        Command::Commit { child, remove, force } => {
-            let opts = CommitOptions { remove, force, open };
+        Command::Commit { child, depth, remove, force } => {
+            let opts = CommitOptions { depth: depth as usize, remove, force, open };
             let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events))?;
             emit(cli.json, &r, render_commit)?;
         }
@@ -300,5 +306,22 @@ fn render_commit(r: &CommitReport) -> String {
             format!("; other children forced: {}", r.siblings.join(", "))
         },
         if r.removed { "; child removed" } else { "" }
-    )
+    ) + &superseded_note(r)
+}
+
+/// The disks a deep commit made redundant, and what became of them.
+fn superseded_note(r: &CommitReport) -> String {
+    if r.superseded.is_empty() {
+        return String::new();
+    }
+    let list = r.superseded.join(", ");
+    if r.removed {
+        format!("removed too (their sectors are in the target): {list}\n")
+    } else {
+        format!(
+            "the child now names {} as its parent; {list} no longer read as before (their sectors are in the \
+             target): delete them\n",
+            r.parent
+        )
+    }
 }

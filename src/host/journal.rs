@@ -234,6 +234,43 @@ fn read_upto(file: &File, path: &Path, offset: u64, len: u64, file_len: u64) -> 
 /// Carries out `staged` on the file at `path` (open as `file`, exclusively locked by the
 /// caller) atomically: journal first, then the writes, then the journal goes.
 pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
+    commit_appending(path, file, staged, |_| Ok(()))
+}
+
+/// Writes past a file's original length, made between the journal and the in-place writes
+/// of [`commit_appending`]: a rollback cuts them off, so they need no copy in the journal.
+pub struct Appender<'a> {
+    file: &'a File,
+    path: &'a Path,
+    floor: u64,
+    limit: u64,
+}
+
+impl Appender<'_> {
+    /// Writes `bytes` at `offset`, which must lie between the file's original length and the
+    /// largest length the journal allows.
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        if offset < self.floor || offset + bytes.len() as u64 > self.limit {
+            return Err(Error::internal(format!(
+                "an appended write at {offset} ({} bytes) outside [{}, {})",
+                bytes.len(),
+                self.floor,
+                self.limit
+            )));
+        }
+        write_at(self.file, self.path, offset, bytes)
+    }
+}
+
+/// Like [`commit`], with more writes past the file's original length that are not held in
+/// memory: `append` makes them through an [`Appender`] once the journal is on disk, before the
+/// in-place writes. `staged.max_len` must cover them.
+pub fn commit_appending(
+    path: &Path,
+    file: &File,
+    staged: &StagedWrites,
+    append: impl FnOnce(&Appender<'_>) -> Result<()>,
+) -> Result<()> {
     let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
     let original_len = meta.len();
     if staged.writes.is_empty() && staged.final_len == original_len {
@@ -265,6 +302,7 @@ pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
     write_at(&jfile, &jpath, 0, &journal.encode())?;
     sync(&jfile, &jpath)?;
     sync_dir(&jpath);
+    append(&Appender { file, path, floor: original_len, limit: staged.max_len })?;
     for (offset, bytes) in &staged.writes {
         write_at(file, path, *offset, bytes)?;
     }

@@ -1,10 +1,13 @@
-//! `commit`: merges a differencing child into its parent, in place. Only the sectors the child
-//! holds are written, and of those only the ones an NTFS volume needs (a sector that is a
-//! free cluster in the child's view keeps the parent's bytes: no file can tell). The plan is
-//! made over the child's chain; the parent is then opened alone, locked exclusively, checked
-//! to be the file planned for, and written in journaled batches of at most [`BATCH`] bytes.
-//! The child shadows every sector a batch writes, so the chain reads the same before, during
-//! and after the commit; an interrupted commit is finished by running it again.
+//! `commit`: merges a differencing child into its parent (or an ancestor further down its
+//! chain), in place. Only the sectors the child (and the disks between it and the target)
+//! hold are written, and of those only the ones an NTFS volume needs (a sector that is a free
+//! cluster in the child's view keeps the target's bytes: no file can tell). The plan is made
+//! over the child's chain; the target is then opened alone, locked exclusively, checked to be
+//! the file planned for, and written in journaled steps: blocks the target lacks are appended
+//! with only its BAT entries, bitmaps and footer journaled, and sectors it already stores are
+//! overwritten in batches of at most [`BATCH`] bytes whose old bytes the journal keeps. The
+//! disks above the target shadow every sector a step writes, so the chain reads the same
+//! before, during and after the commit; an interrupted commit is finished by running it again.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,23 +21,38 @@ use crate::map::blocks::NeedKind;
 use crate::pass::Event;
 use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
-use crate::vhd::device::{BlockDevice, nonzero_ranges};
+use crate::pass::container::relink::set_parent;
+use crate::vhd::bitmap::SectorBitmap;
+use crate::vhd::device::{BlockDevice, merge_ranges, nonzero_ranges};
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Bytes of the child written into the parent per journaled step: memory stays bounded
 /// whatever the child holds.
 pub const BATCH: u64 = 16 << 20;
+/// Bytes of blocks appended to the target per journaled step: only their bitmaps and BAT
+/// entries are in memory, so a step can be large; an interrupted step is redone whole.
+const APPEND_STEP: u64 = 1 << 30;
 
 /// The options of [`commit`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CommitOptions {
-    /// Delete the child once its sectors are in the parent.
+    /// How far down the chain the target is: 1 for the parent, 2 for its parent, and so on.
+    pub depth: usize,
+    /// Delete the child (and the disks between it and the target) once their sectors are in
+    /// the target.
     pub remove: bool,
-    /// Commit although other children of the parent were found (they will read changed
-    /// data and are corrupted by it), the child has children of its own to remove, or an
-    /// NTFS volume is dirty or hibernated (its `$Bitmap` may not name every used cluster).
+    /// Commit although other children of the target (or of a disk between) were found (they
+    /// will read changed data and are corrupted by it), the child has children of its own to
+    /// remove, or an NTFS volume is dirty or hibernated (its `$Bitmap` may not name every used
+    /// cluster).
     pub force: bool,
     pub open: OpenOptions,
+}
+
+impl Default for CommitOptions {
+    fn default() -> Self {
+        CommitOptions { depth: 1, remove: false, force: false, open: OpenOptions::default() }
+    }
 }
 
 /// What [`commit`] did.
@@ -42,31 +60,47 @@ pub struct CommitOptions {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CommitReport {
     pub file: String,
+    /// The disk committed into: the parent, or the ancestor `depth` levels down.
     pub parent: String,
-    /// Bytes the child holds of its own.
+    pub depth: usize,
+    /// Bytes the child (and the disks between it and the target) hold of their own.
     pub child_bytes: u64,
-    /// Of them, bytes written into the parent.
+    /// Of them, bytes written into the target.
     pub written_bytes: u64,
+    /// Of the bytes written, those in blocks appended to the target.
+    pub appended_bytes: u64,
     /// Of them, bytes left out: free NTFS clusters in the child's view.
     pub skipped_free_bytes: u64,
-    /// Of them, free clusters the child holds as zeros over the parent's data (wiped by the
-    /// guest), written: the wipe reaches the parent.
+    /// Of them, free clusters the child holds as zeros over the target's data (wiped by the
+    /// guest), written: the wipe reaches the target.
     pub zeroed_free_bytes: u64,
-    /// Other children of the parent found beside it (the commit went on only with `force`).
+    /// Other children of the target (or of a disk between) found beside them (the commit went
+    /// on only with `force`).
     pub siblings: Vec<String>,
-    /// The folders searched for them (the child's and the parent's: children elsewhere are
-    /// not seen).
+    /// The folders searched for them (those of the chain's disks: children elsewhere are not
+    /// seen).
     pub searched: Vec<String>,
+    /// The disks between the child and the target: their sectors are in the target now, and
+    /// they no longer read as before (removed with the child, else left for the user to
+    /// delete).
+    pub superseded: Vec<String>,
+    /// The kept child now names the target as its parent (a commit deeper than 1).
+    pub relinked: bool,
     /// The child was deleted.
     pub removed: bool,
     pub elapsed_seconds: f64,
 }
 
-/// Commits the differencing image at `child` into its parent.
+/// Commits the differencing image at `child` into its parent, or the ancestor `depth` levels
+/// down.
 pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<CommitReport> {
     let started = Instant::now();
+    if opts.depth == 0 {
+        return Err(Error::Usage("the commit depth counts from 1 (the parent)".into()));
+    }
+    let detached = OpenOptions { detached: true, ..opts.open.clone() };
     // Held (shared) from planning to removal, so no writer changes the child meanwhile.
-    let held = DiskImage::open(child, &OpenOptions { detached: true, ..opts.open.clone() })?;
+    let held = DiskImage::open(child, &detached)?;
     if !held.differencing() {
         return Err(Error::unsupported(child, "not a differencing disk: there is no parent to commit into"));
     }
@@ -74,8 +108,8 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
     let refuse = |problem: String| Err(Error::Refused { file: child.to_path_buf(), problem, remedy: Remedy::Force });
     if plan.siblings.any() && !opts.force {
         return refuse(format!(
-            "the parent {} has other children ({}), which a commit would corrupt",
-            plan.parent.display(),
+            "{} has other children ({}), which a commit would corrupt",
+            if opts.depth == 1 { format!("the parent {}", plan.target.display()) } else { "the chain".into() },
             plan.siblings.describe()
         ));
     }
@@ -85,55 +119,104 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
             return refuse(format!("has children of its own ({}): removing it would orphan them", own.describe()));
         }
     }
-    let mut parent = DiskImage::open_writable(&plan.parent, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
-    if FileId::of_path(&plan.parent) != Some(plan.parent_id) {
+    // The layers a sector is read from: the child, then each disk between it and the target.
+    let mut layers = vec![held];
+    for p in &plan.superseded {
+        layers.push(DiskImage::open(p, &detached)?);
+    }
+    let mut target = DiskImage::open_writable(&plan.target, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
+    if FileId::of_path(&plan.target) != Some(plan.target_id) {
         return Err(Error::Conflict {
-            file: plan.parent.clone(),
+            file: plan.target.clone(),
             problem: "was replaced while the commit was planned; nothing was written".into(),
         });
     }
-    events(Event::Writing { temp: None, units: plan.ranges.len() as u64 });
-    let mut written = 0;
+    let (appends, overwrites) = split_by_target(&target, &plan.ranges);
+    let read = |r: &Piece, buf: &mut [u8]| layers[r.layer].read_at(r.start, buf);
+    events(Event::Writing { temp: None, units: (appends.len() + overwrites.len()) as u64 });
     let mut done = 0;
-    for batch in batches(&plan.ranges) {
-        let mut writes = Vec::with_capacity(batch.len());
-        for &(a, b) in batch {
-            let mut bytes = vec![0u8; (b - a) as usize];
-            held.read_at(a, &mut bytes)?;
-            writes.push(DiskWrite { offset: a, bytes, what: format!("the child's sectors at disk offset {a}") });
-            written += b - a;
+    let mut appended = 0;
+    if let DiskImage::Sparse(sparse) = &mut target {
+        let bs = sparse.block_size();
+        for step in appends.chunks((APPEND_STEP / bs).max(1) as usize) {
+            let blocks: Vec<(u64, SectorBitmap)> =
+                step.iter().map(|(block, pieces)| (*block, sectors_of(pieces, *block * bs, bs))).collect();
+            let mut next = step.iter();
+            sparse.append_blocks(&blocks, |block, data| {
+                let (_, pieces) = next.next().filter(|(b, _)| *b == block).ok_or_else(|| Error::internal("append order"))?;
+                for r in pieces {
+                    let at = (r.start - block * bs) as usize;
+                    read(r, &mut data[at..at + (r.end - r.start) as usize])?;
+                    appended += r.end - r.start;
+                }
+                Ok(())
+            })?;
+            done += step.len() as u64;
+            events(Event::Written(done));
         }
-        disk_write::apply(&mut parent, &writes)?;
+    }
+    let mut written = appended;
+    for batch in batches(&overwrites) {
+        let mut writes = Vec::with_capacity(batch.len());
+        for r in batch {
+            let mut bytes = vec![0u8; (r.end - r.start) as usize];
+            read(r, &mut bytes)?;
+            writes.push(DiskWrite { offset: r.start, bytes, what: format!("the child's sectors at disk offset {}", r.start) });
+            written += r.end - r.start;
+        }
+        disk_write::apply(&mut target, &writes)?;
         done += batch.len() as u64;
         events(Event::Written(done));
     }
-    drop(parent);
-    drop(held);
+    drop(target);
+    drop(layers);
+    let relinked = !opts.remove && opts.depth > 1;
     if opts.remove {
-        std::fs::remove_file(child).map_err(|e| Error::open(child, "remove", e))?;
+        for p in std::iter::once(child).chain(plan.superseded.iter().map(PathBuf::as_path)) {
+            std::fs::remove_file(p).map_err(|e| Error::open(p, "remove", e))?;
+        }
+    } else if relinked {
+        // The child's view is unchanged: every sector the disks between held is in the target.
+        let (mut image, _) = DiskImage::open_writable(child, &detached)?;
+        set_parent(&mut image, &plan.target, true, &opts.open)?;
     } else {
-        refresh_parent_time(child, &plan.parent, opts)?;
+        refresh_parent_time(child, &plan.target, opts)?;
     }
+    let names = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     Ok(CommitReport {
         file: child.display().to_string(),
-        parent: plan.parent.display().to_string(),
+        parent: plan.target.display().to_string(),
+        depth: opts.depth,
         child_bytes: plan.child_bytes,
         written_bytes: written,
+        appended_bytes: appended,
         skipped_free_bytes: plan.skipped,
         zeroed_free_bytes: plan.zeroed,
         siblings: plan.siblings.found.iter().chain(&plan.siblings.unknown).map(|p| p.display().to_string()).collect(),
-        searched: plan.searched.iter().map(|p| p.display().to_string()).collect(),
+        searched: names(&plan.searched),
+        superseded: names(&plan.superseded),
+        relinked,
         removed: opts.remove,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }
 
+/// Bytes `[start, end)` of the disk, read from layer `layer` (0: the child), which holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    start: u64,
+    end: u64,
+    layer: usize,
+}
+
 /// The writes a commit makes, and what it found.
 struct CommitPlan {
-    parent: PathBuf,
-    parent_id: FileId,
-    /// Disk ranges to copy from the child, in order.
-    ranges: Vec<(u64, u64)>,
+    target: PathBuf,
+    target_id: FileId,
+    /// The disks between the child and the target, child side first.
+    superseded: Vec<PathBuf>,
+    /// Disk ranges to copy, in order, none longer than [`BATCH`].
+    ranges: Vec<Piece>,
     child_bytes: u64,
     skipped: u64,
     zeroed: u64,
@@ -141,17 +224,16 @@ struct CommitPlan {
     searched: Vec<PathBuf>,
 }
 
-/// `ranges` (none longer than [`BATCH`]) grouped into runs of at most [`BATCH`] bytes.
-fn batches(ranges: &[(u64, u64)]) -> impl Iterator<Item = &[(u64, u64)]> {
-    let mut rest = ranges;
+/// `pieces` grouped into runs of at most [`BATCH`] bytes (none is longer than a batch).
+fn batches(pieces: &[Piece]) -> impl Iterator<Item = &[Piece]> {
+    let mut rest = pieces;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
         let (mut n, mut bytes) = (0, 0);
-        while n < rest.len() && (n == 0 || bytes + rest[n].1 - rest[n].0 <= BATCH) {
-            // The first range always fits: none is longer than a batch.
-            bytes += rest[n].1 - rest[n].0;
+        while n < rest.len() && (n == 0 || bytes + rest[n].end - rest[n].start <= BATCH) {
+            bytes += rest[n].end - rest[n].start;
             n += 1;
         }
         let (batch, tail) = rest.split_at(n);
@@ -160,59 +242,180 @@ fn batches(ranges: &[(u64, u64)]) -> impl Iterator<Item = &[(u64, u64)]> {
     })
 }
 
-/// The needed ranges of the sectors the child holds, by the NTFS volumes of its chain.
+/// The pieces that fall in blocks a sparse VHD target does not store yet (by block: appended
+/// whole), and the rest (overwritten in place).
+fn split_by_target(target: &DiskImage, pieces: &[Piece]) -> (Vec<(u64, Vec<Piece>)>, Vec<Piece>) {
+    let DiskImage::Sparse(sparse) = target else { return (Vec::new(), pieces.to_vec()) };
+    let bs = sparse.block_size();
+    let (mut appends, mut overwrites): (Vec<(u64, Vec<Piece>)>, Vec<Piece>) = (Vec::new(), Vec::new());
+    for r in pieces {
+        let mut at = r.start;
+        while at < r.end {
+            let block = at / bs;
+            let piece = Piece { start: at, end: r.end.min((block + 1) * bs), layer: r.layer };
+            at = piece.end;
+            if sparse.bat().sector(block).is_some() {
+                overwrites.push(piece);
+                continue;
+            }
+            match appends.last_mut() {
+                Some((b, v)) if *b == block => v.push(piece),
+                _ => appends.push((block, vec![piece])),
+            }
+        }
+    }
+    (appends, overwrites)
+}
+
+/// The sectors `pieces` cover in the block that starts at disk offset `base`.
+fn sectors_of(pieces: &[Piece], base: u64, block_size: u64) -> SectorBitmap {
+    let mut bitmap = SectorBitmap::empty((block_size / 512) as u32);
+    for r in pieces {
+        bitmap.set_range(((r.start - base) / 512) as u32, (r.end - base).div_ceil(512) as u32, true);
+    }
+    bitmap
+}
+
+/// The sector runs `image` holds, as disk ranges.
+fn held_ranges(image: &DiskImage) -> Result<Vec<(u64, u64)>> {
+    let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
+    let mut out = Vec::new();
+    for block in image.stored_blocks() {
+        let Some(bitmap) = image.block_sectors(block)? else { continue };
+        for (s, e, present) in bitmap.runs(0, bitmap.sectors()) {
+            if present {
+                out.push((block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len())));
+            }
+        }
+    }
+    Ok(merge_ranges(out))
+}
+
+/// `ranges` without what `taken` covers (both sorted and disjoint).
+fn subtract(ranges: &[(u64, u64)], taken: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut t = taken.iter().peekable();
+    for &(a, b) in ranges {
+        let mut at = a;
+        while let Some(&&(x, y)) = t.peek() {
+            if y <= at {
+                t.next();
+                continue;
+            }
+            if x >= b {
+                break;
+            }
+            if x > at {
+                out.push((at, x));
+            }
+            at = at.max(y);
+            if y >= b {
+                break;
+            }
+            t.next();
+        }
+        if at < b {
+            out.push((at, b));
+        }
+    }
+    out
+}
+
+/// The needed ranges of the sectors the child (and the disks between it and the target)
+/// hold, by the NTFS volumes of its chain.
 fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let image = DiskImage::open(child, &opts.open)?;
-    let parent = image
-        .parent_resolution()
-        .map(|r| PathBuf::from(&r.path))
-        .ok_or_else(|| Error::unsupported(child, "its parent could not be opened"))?;
-    let parent_id = FileId::of_path(&parent).ok_or_else(|| Error::unsupported(&parent, "cannot be read"))?;
-    let searched = family::folders_of(&[child, &parent]);
-    let own = FileId::of_path(child).into_iter().collect::<Vec<_>>();
-    let siblings = match image.parent() {
-        Some(p) => family::children_of(p, &searched, &own),
-        None => family::Children::default(),
-    };
+    // The chain from the child down to the target.
+    let mut chain = vec![&image];
+    for _ in 0..opts.depth {
+        let below = chain[chain.len() - 1].parent().ok_or_else(|| {
+            Error::unsupported(child, format!("its chain has {} disks below it, not {}", chain.len() - 1, opts.depth))
+        })?;
+        chain.push(below);
+    }
+    let target = chain[opts.depth];
+    let target_path = target.source().to_path_buf();
+    let target_id = FileId::of_path(&target_path).ok_or_else(|| Error::unsupported(&target_path, "cannot be read"))?;
+    let paths: Vec<&Path> = chain.iter().map(|d| d.source()).collect();
+    let searched = family::folders_of(&paths);
+    let own: Vec<FileId> = paths[..opts.depth].iter().filter_map(|p| FileId::of_path(p)).collect();
+    let mut siblings = family::Children::default();
+    for disk in &chain[1..] {
+        siblings.add(family::children_of(disk, &searched, &own));
+    }
     let map = ImageMap::build(&image, None)?;
     // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
     crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
     let (mut ranges, mut child_bytes, mut skipped, mut zeroed) = (Vec::new(), 0, 0, 0);
-    let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
-    for block in image.stored_blocks() {
-        let Some(bitmap) = image.block_sectors(block)? else { continue };
-        for (s, e, present) in bitmap.runs(0, bitmap.sectors()) {
-            if !present {
-                continue;
-            }
-            let (a, b) = (block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len()));
-            child_bytes += b.saturating_sub(a);
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    for (layer, disk) in chain[..opts.depth].iter().enumerate() {
+        let own = subtract(&held_ranges(disk)?, &covered);
+        let mut all: Vec<(u64, u64)> = covered.iter().chain(&own).copied().collect();
+        all.sort_unstable();
+        covered = merge_ranges(all);
+        for (a, b) in own {
+            child_bytes += b - a;
             for need in map.needs(a, b) {
                 if need.kind != NeedKind::Unneeded {
-                    ranges.push((need.start, need.end));
+                    ranges.push(Piece { start: need.start, end: need.end, layer });
                     continue;
                 }
-                // Free space the guest wiped stays wiped: where the child holds zeros over the
-                // parent's data, the zeros are written; its other free bytes are left out.
-                let wiped = wiped_over_data(&image, need.start, need.end)?;
-                let n: u64 = wiped.iter().map(|(x, y)| y - x).sum();
-                zeroed += n;
-                skipped += need.end - need.start - n;
-                ranges.extend(wiped);
+                // Free space the guest wiped stays wiped: where the child's view holds zeros
+                // over the target's data, the zeros are written; its other free bytes are left
+                // out.
+                let wiped = wiped_over_data(&image, target, need.start, need.end)?;
+                zeroed += wiped.iter().map(|(x, y)| y - x).sum::<u64>();
+                skipped += need.end - need.start - wiped.iter().map(|(x, y)| y - x).sum::<u64>();
+                ranges.extend(wiped.into_iter().map(|(x, y)| Piece { start: x, end: y, layer }));
             }
         }
     }
-    // Merged, then cut so that no range is longer than a batch.
-    let ranges = crate::vhd::device::merge_ranges(ranges)
-        .into_iter()
-        .flat_map(|(a, b)| (a..b).step_by(BATCH as usize).map(move |at| (at, b.min(at + BATCH))))
-        .collect();
-    Ok(CommitPlan { parent, parent_id, ranges, child_bytes, skipped, zeroed, siblings, searched })
+    ranges.sort_by_key(|r| r.start);
+    if let Some(r) = ranges.iter().find(|r| r.end > target.len()) {
+        return Err(Error::unsupported(
+            &target_path,
+            format!(
+                "is {} bytes long and the child holds data at disk offset {}: expand it to the child's size first",
+                target.len(),
+                r.start.max(target.len())
+            ),
+        ));
+    }
+    let superseded = paths[1..opts.depth].iter().map(|p| p.to_path_buf()).collect();
+    Ok(CommitPlan {
+        target: target_path,
+        target_id,
+        superseded,
+        ranges: joined_and_cut(ranges),
+        child_bytes,
+        skipped,
+        zeroed,
+        siblings,
+        searched,
+    })
 }
 
-/// The parts of `[a, b)` where the child (`image`) holds zeros and its parent does not.
-fn wiped_over_data(image: &DiskImage, a: u64, b: u64) -> Result<Vec<(u64, u64)>> {
-    let Some(parent) = image.parent() else { return Ok(Vec::new()) };
+/// Adjacent pieces of one layer joined, then cut so that none is longer than a batch.
+fn joined_and_cut(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut joined: Vec<Piece> = Vec::new();
+    for r in pieces {
+        match joined.last_mut() {
+            Some(last) if last.layer == r.layer && r.start <= last.end => last.end = last.end.max(r.end),
+            _ => joined.push(r),
+        }
+    }
+    joined
+        .into_iter()
+        .flat_map(|r| {
+            (r.start..r.end).step_by(BATCH as usize).map(move |at| Piece { start: at, end: r.end.min(at + BATCH), layer: r.layer })
+        })
+        .collect()
+}
+
+/// The parts of `[a, b)` where the child's view (`image`) holds zeros and the target's does
+/// not.
+fn wiped_over_data(image: &DiskImage, target: &DiskImage, a: u64, b: u64) -> Result<Vec<(u64, u64)>> {
+    let parent = target;
     let mut out = Vec::new();
     let mut at = a;
     let data = nonzero_ranges(a, b, &|x, buf| image.read_at(x, buf))?;

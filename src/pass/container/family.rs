@@ -24,6 +24,20 @@ impl Children {
         !self.found.is_empty() || !self.unknown.is_empty()
     }
 
+    /// Adds the images of `other` not listed yet.
+    pub fn add(&mut self, other: Children) {
+        for p in other.found {
+            if !self.found.contains(&p) {
+                self.found.push(p);
+            }
+        }
+        for p in other.unknown {
+            if !self.unknown.contains(&p) {
+                self.unknown.push(p);
+            }
+        }
+    }
+
     /// The images, for a message: the children, then the ones that may be.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self.found.iter().map(|p| p.display().to_string()).collect();

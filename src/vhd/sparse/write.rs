@@ -80,6 +80,65 @@ impl SparseVhd {
         }
     }
 
+    /// Stores new blocks (`blocks`: each unallocated, with the sectors it will hold) in one
+    /// journaled step whose journal holds only the BAT entries, the bitmaps and the footer:
+    /// `fill` puts each block's data in a zeroed buffer, which is written straight past the
+    /// file's end, so memory holds one block whatever the number of blocks. A crash at any
+    /// point leaves the image as it was (the journal cuts the file back).
+    pub fn append_blocks(
+        &mut self,
+        blocks: &[(u64, SectorBitmap)],
+        mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.require_writable()?;
+        let bitmap_size = self.header.bitmap_size();
+        let mut placed = Vec::with_capacity(blocks.len());
+        let mut end = self.data_end;
+        for (block, bitmap) in blocks {
+            if *block >= self.block_count() || self.bat.sector(*block).is_some() || bitmap.sectors() != self.block_sectors()
+            {
+                return Err(Error::internal(format!("block {block} cannot be appended")));
+            }
+            let sector = FileSector::at_or_after(end)
+                .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+            placed.push(sector);
+            end = sector.offset() + bitmap_size + self.block_size();
+        }
+        self.file.begin_staging()?;
+        let footer = self.footer.encode();
+        let collected = (|| {
+            // The footer at the new end makes the journal allow every appended byte.
+            self.file.write_all_at(end, &footer)?;
+            if !self.footers_current {
+                self.file.write_all_at(0, &footer)?;
+            }
+            for ((block, bitmap), sector) in blocks.iter().zip(&placed) {
+                self.file.write_all_at(sector.offset(), &bitmap.encode(bitmap_size as usize))?;
+                self.file.write_all_at(self.header.table_offset + 4 * block, &sector.0.to_be_bytes())?;
+            }
+            Ok::<(), Error>(())
+        })();
+        let staged = self.file.take_staged();
+        collected?;
+        let mut data = vec![0u8; self.block_size() as usize];
+        crate::host::journal::commit_appending(self.file.path(), self.file.raw(), &staged, |out| {
+            for ((block, _), sector) in blocks.iter().zip(&placed) {
+                data.fill(0);
+                fill(*block, &mut data)?;
+                out.write(sector.offset() + bitmap_size, &data)?;
+            }
+            Ok(())
+        })?;
+        for ((block, bitmap), sector) in blocks.iter().zip(&placed) {
+            self.bat.set(*block, Some(*sector));
+            let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap.clone()) };
+            self.presence_map().insert(*block, Arc::new(presence));
+        }
+        self.data_end = end;
+        self.footers_current = true;
+        Ok(())
+    }
+
     pub(super) fn require_writable(&self) -> Result<()> {
         if self.file.writable() { Ok(()) } else { Err(Error::unsupported(self.file.path(), "image opened read-only")) }
     }
