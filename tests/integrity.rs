@@ -979,3 +979,30 @@ fn a_power_cut_during_an_expand_a_relink_or_a_commit_recovers_to_the_old_bytes()
         figure(format!("power cut during vhddisk {} ({writes} image writes): {states} states, all recovered", args[0]));
     }
 }
+
+#[test]
+fn an_append_whose_source_fails_leaves_the_image_as_it_was() {
+    // A commit reads its source while appending blocks past the target's end: a read error
+    // there must not leave a longer file, block data where the footer was, or a journal.
+    let dir = tempdir();
+    let image = dir.path().join("empty.vhd");
+    run_ok(bin("vhddisk").args(["create", "--size", "64M"]).arg(&image));
+    let before = std::fs::read(&image).unwrap();
+    let (mut disk, _) = vhdkit::DiskImage::open_writable(&image, &Default::default()).unwrap();
+    let vhdkit::vhd::image::DiskImage::Sparse(sparse) = &mut disk else { panic!("a dynamic VHD") };
+    let full = vhdkit::vhd::bitmap::SectorBitmap::full(4096);
+    let blocks = [(3, full.clone()), (7, full)];
+    let mut calls = 0;
+    let err = sparse
+        .append_blocks(&blocks, |_, data| {
+            calls += 1;
+            data.fill(0x11);
+            if calls == 2 { Err(vhdkit::Error::internal("the source failed")) } else { Ok(()) }
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("the source failed"), "{err}");
+    drop(disk);
+    assert!(vhdkit::host::journal::pending(&image).is_none(), "no journal left");
+    assert!(std::fs::read(&image).unwrap() == before, "the image is byte for byte as it was");
+    assert!(run(bin("vhdinspect").arg("check").arg(&image)).status.success());
+}

@@ -234,6 +234,10 @@ fn read_upto(file: &File, path: &Path, offset: u64, len: u64, file_len: u64) -> 
 /// Carries out `staged` on the file at `path` (open as `file`, exclusively locked by the
 /// caller) atomically: journal first, then the writes, then the journal goes.
 pub fn commit(path: &Path, file: &File, staged: &StagedWrites) -> Result<()> {
+    let unchanged = file.metadata().is_ok_and(|m| m.len() == staged.final_len);
+    if staged.writes.is_empty() && unchanged {
+        return Ok(());
+    }
     commit_appending(path, file, staged, |_| Ok(()))
 }
 
@@ -273,9 +277,6 @@ pub fn commit_appending(
 ) -> Result<()> {
     let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
     let original_len = meta.len();
-    if staged.writes.is_empty() && staged.final_len == original_len {
-        return Ok(());
-    }
     require_journal_home(path, &meta)?;
     let mut entries = Vec::with_capacity(staged.writes.len());
     for (offset, new) in &staged.writes {
@@ -302,7 +303,15 @@ pub fn commit_appending(
     write_at(&jfile, &jpath, 0, &journal.encode())?;
     sync(&jfile, &jpath)?;
     sync_dir(&jpath);
-    append(&Appender { file, path, floor: original_len, limit: staged.max_len })?;
+    if let Err(e) = append(&Appender { file, path, floor: original_len, limit: staged.max_len }) {
+        // Nothing below the old length was written yet: cutting the file back undoes the run
+        // (if that fails too, the journal stays for the next writer).
+        if set_len(file, path, original_len).and_then(|()| sync(file, path)).is_ok() {
+            drop(jfile);
+            remove(&jpath)?;
+        }
+        return Err(e);
+    }
     for (offset, bytes) in &staged.writes {
         write_at(file, path, *offset, bytes)?;
     }

@@ -21,7 +21,7 @@ use crate::map::blocks::NeedKind;
 use crate::pass::Event;
 use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
-use crate::pass::container::relink::set_parent;
+use crate::pass::container::relink::plan_relink;
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, merge_ranges, nonzero_ranges};
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -32,6 +32,9 @@ pub const BATCH: u64 = 16 << 20;
 /// Bytes of blocks appended to the target per journaled step: only their bitmaps and BAT
 /// entries are in memory, so a step can be large; an interrupted step is redone whole.
 const APPEND_STEP: u64 = 1 << 30;
+/// Blocks appended per step at most, whatever their size: the step's bitmaps and BAT entries
+/// stay small.
+const APPEND_BLOCKS: u64 = 4096;
 
 /// The options of [`commit`].
 #[derive(Clone, Debug)]
@@ -69,7 +72,8 @@ pub struct CommitReport {
     pub written_bytes: u64,
     /// Of the bytes written, those in blocks appended to the target.
     pub appended_bytes: u64,
-    /// Of them, bytes left out: free NTFS clusters in the child's view.
+    /// Of them, bytes left out: free NTFS clusters in the child's view, of the child's own
+    /// sectors (which it still shadows afterwards) or, when it is removed, of every disk's.
     pub skipped_free_bytes: u64,
     /// Of them, free clusters the child holds as zeros over the target's data (wiped by the
     /// guest), written: the wipe reaches the target.
@@ -105,80 +109,35 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         return Err(Error::unsupported(child, "not a differencing disk: there is no parent to commit into"));
     }
     let plan = plan(child, opts)?;
-    let refuse = |problem: String| Err(Error::Refused { file: child.to_path_buf(), problem, remedy: Remedy::Force });
-    if plan.siblings.any() && !opts.force {
-        return refuse(format!(
-            "{} has other children ({}), which a commit would corrupt",
-            if opts.depth == 1 { format!("the parent {}", plan.target.display()) } else { "the chain".into() },
-            plan.siblings.describe()
-        ));
-    }
-    if opts.remove && !opts.force {
-        let own = family::children_of(&held, &plan.searched, &[]);
-        if own.any() {
-            return refuse(format!("has children of its own ({}): removing it would orphan them", own.describe()));
-        }
-    }
+    refuse_family_risks(child, &held, &plan, opts)?;
+    // A kept child is linked to the target afterwards: whatever could stop that is found
+    // before anything is written.
+    let relink = match opts.remove || opts.depth == 1 {
+        true => None,
+        false => Some(plan_relink(&held, &plan.target, true, &opts.open)?),
+    };
     // The layers a sector is read from: the child, then each disk between it and the target.
     let mut layers = vec![held];
-    for p in &plan.superseded {
+    for (p, id) in plan.superseded.iter().zip(&plan.superseded_ids) {
         layers.push(DiskImage::open(p, &detached)?);
+        require_planned(p, *id)?;
     }
     let mut target = DiskImage::open_writable(&plan.target, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
-    if FileId::of_path(&plan.target) != Some(plan.target_id) {
-        return Err(Error::Conflict {
-            file: plan.target.clone(),
-            problem: "was replaced while the commit was planned; nothing was written".into(),
-        });
-    }
+    require_planned(&plan.target, plan.target_id)?;
     let (appends, overwrites) = split_by_target(&target, &plan.ranges);
     let read = |r: &Piece, buf: &mut [u8]| layers[r.layer].read_at(r.start, buf);
     events(Event::Writing { temp: None, units: (appends.len() + overwrites.len()) as u64 });
-    let mut done = 0;
-    let mut appended = 0;
-    if let DiskImage::Sparse(sparse) = &mut target {
-        let bs = sparse.block_size();
-        for step in appends.chunks((APPEND_STEP / bs).max(1) as usize) {
-            let blocks: Vec<(u64, SectorBitmap)> =
-                step.iter().map(|(block, pieces)| (*block, sectors_of(pieces, *block * bs, bs))).collect();
-            let mut next = step.iter();
-            sparse.append_blocks(&blocks, |block, data| {
-                let (_, pieces) = next.next().filter(|(b, _)| *b == block).ok_or_else(|| Error::internal("append order"))?;
-                for r in pieces {
-                    let at = (r.start - block * bs) as usize;
-                    read(r, &mut data[at..at + (r.end - r.start) as usize])?;
-                    appended += r.end - r.start;
-                }
-                Ok(())
-            })?;
-            done += step.len() as u64;
-            events(Event::Written(done));
-        }
-    }
-    let mut written = appended;
-    for batch in batches(&overwrites) {
-        let mut writes = Vec::with_capacity(batch.len());
-        for r in batch {
-            let mut bytes = vec![0u8; (r.end - r.start) as usize];
-            read(r, &mut bytes)?;
-            writes.push(DiskWrite { offset: r.start, bytes, what: format!("the child's sectors at disk offset {}", r.start) });
-            written += r.end - r.start;
-        }
-        disk_write::apply(&mut target, &writes)?;
-        done += batch.len() as u64;
-        events(Event::Written(done));
-    }
+    let appended = append(&mut target, &appends, &read, events)?;
+    let written = appended + overwrite(&mut target, &overwrites, &read, appends.len() as u64, events)?;
     drop(target);
     drop(layers);
-    let relinked = !opts.remove && opts.depth > 1;
     if opts.remove {
         for p in std::iter::once(child).chain(plan.superseded.iter().map(PathBuf::as_path)) {
             std::fs::remove_file(p).map_err(|e| Error::open(p, "remove", e))?;
         }
-    } else if relinked {
-        // The child's view is unchanged: every sector the disks between held is in the target.
+    } else if let Some(relink) = relink {
         let (mut image, _) = DiskImage::open_writable(child, &detached)?;
-        set_parent(&mut image, &plan.target, true, &opts.open)?;
+        relink.apply(&mut image)?;
     } else {
         refresh_parent_time(child, &plan.target, opts)?;
     }
@@ -195,10 +154,108 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
         siblings: plan.siblings.found.iter().chain(&plan.siblings.unknown).map(|p| p.display().to_string()).collect(),
         searched: names(&plan.searched),
         superseded: names(&plan.superseded),
-        relinked,
+        relinked: !opts.remove && opts.depth > 1,
         removed: opts.remove,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Refuses (unless forced) a commit that would corrupt other children of the disks it
+/// changes, or orphan the child's own children by removing it.
+fn refuse_family_risks(child: &Path, held: &DiskImage, plan: &CommitPlan, opts: &CommitOptions) -> Result<()> {
+    if opts.force {
+        return Ok(());
+    }
+    let refuse = |problem: String| Err(Error::Refused { file: child.to_path_buf(), problem, remedy: Remedy::Force });
+    if plan.siblings.any() {
+        let changed: Vec<String> =
+            plan.superseded.iter().chain(std::iter::once(&plan.target)).map(|p| p.display().to_string()).collect();
+        return refuse(format!(
+            "{} {} other children ({}), which a commit would corrupt",
+            changed.join(" and "),
+            if changed.len() == 1 { "has" } else { "have" },
+            plan.siblings.describe()
+        ));
+    }
+    if opts.remove {
+        let own = family::children_of(held, &plan.searched, &[]);
+        if own.any() {
+            return refuse(format!("has children of its own ({}): removing it would orphan them", own.describe()));
+        }
+    }
+    Ok(())
+}
+
+/// Fails when the file at `path` is no longer the one planned for (`id`).
+fn require_planned(path: &Path, id: FileId) -> Result<()> {
+    if FileId::of_path(path) == Some(id) {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        file: path.to_path_buf(),
+        problem: "was replaced while the commit was planned; nothing was written".into(),
+    })
+}
+
+/// Appends the blocks a dynamic VHD target lacks, a step of at most [`APPEND_STEP`] bytes
+/// and [`APPEND_BLOCKS`] blocks at a time; returns the bytes of the pieces written.
+fn append(
+    target: &mut DiskImage,
+    appends: &[(u64, Vec<Piece>)],
+    read: &dyn Fn(&Piece, &mut [u8]) -> Result<()>,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<u64> {
+    let differencing = target.differencing();
+    let DiskImage::Sparse(sparse) = target else { return Ok(0) };
+    let bs = sparse.block_size();
+    let (mut done, mut appended) = (0, 0);
+    for step in appends.chunks((APPEND_STEP / bs).clamp(1, APPEND_BLOCKS) as usize) {
+        // A dynamic disk's block is whole (zeros where no piece goes), as its readers assume;
+        // a differencing one holds only the pieces' sectors, the rest still its parent's.
+        let bitmap = |pieces: &[Piece], base| match differencing {
+            true => sectors_of(pieces, base, bs),
+            false => SectorBitmap::full((bs / 512) as u32),
+        };
+        let blocks: Vec<(u64, SectorBitmap)> = step.iter().map(|(b, pieces)| (*b, bitmap(pieces, *b * bs))).collect();
+        let mut next = step.iter();
+        sparse.append_blocks(&blocks, |block, data| {
+            let (_, pieces) = next.next().filter(|(b, _)| *b == block).ok_or_else(|| Error::internal("append order"))?;
+            for r in pieces {
+                let at = (r.start - block * bs) as usize;
+                read(r, &mut data[at..at + (r.end - r.start) as usize])?;
+                appended += r.end - r.start;
+            }
+            Ok(())
+        })?;
+        done += step.len() as u64;
+        events(Event::Written(done));
+    }
+    Ok(appended)
+}
+
+/// Overwrites the sectors the target already stores, in journaled batches; returns the
+/// bytes written.
+fn overwrite(
+    target: &mut DiskImage,
+    overwrites: &[Piece],
+    read: &dyn Fn(&Piece, &mut [u8]) -> Result<()>,
+    mut done: u64,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<u64> {
+    let mut written = 0;
+    for batch in batches(overwrites) {
+        let mut writes = Vec::with_capacity(batch.len());
+        for r in batch {
+            let mut bytes = vec![0u8; (r.end - r.start) as usize];
+            read(r, &mut bytes)?;
+            writes.push(DiskWrite { offset: r.start, bytes, what: format!("the child's sectors at disk offset {}", r.start) });
+            written += r.end - r.start;
+        }
+        disk_write::apply(target, &writes)?;
+        done += batch.len() as u64;
+        events(Event::Written(done));
+    }
+    Ok(written)
 }
 
 /// Bytes `[start, end)` of the disk, read from layer `layer` (0: the child), which holds them.
@@ -213,8 +270,9 @@ struct Piece {
 struct CommitPlan {
     target: PathBuf,
     target_id: FileId,
-    /// The disks between the child and the target, child side first.
+    /// The disks between the child and the target, child side first, and their identities.
     superseded: Vec<PathBuf>,
+    superseded_ids: Vec<FileId>,
     /// Disk ranges to copy, in order, none longer than [`BATCH`].
     ranges: Vec<Piece>,
     child_bytes: u64,
@@ -276,15 +334,15 @@ fn sectors_of(pieces: &[Piece], base: u64, block_size: u64) -> SectorBitmap {
     bitmap
 }
 
-/// The sector runs `image` holds, as disk ranges.
-fn held_ranges(image: &DiskImage) -> Result<Vec<(u64, u64)>> {
+/// The sector runs `image` holds below disk offset `end`, as disk ranges.
+fn held_ranges(image: &DiskImage, end: u64) -> Result<Vec<(u64, u64)>> {
     let bs = image.block_size().ok_or_else(|| Error::internal("a differencing image without blocks"))?;
     let mut out = Vec::new();
     for block in image.stored_blocks() {
         let Some(bitmap) = image.block_sectors(block)? else { continue };
         for (s, e, present) in bitmap.runs(0, bitmap.sectors()) {
             if present {
-                out.push((block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len())));
+                out.push((block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len()).min(end)));
             }
         }
     }
@@ -343,35 +401,20 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     for disk in &chain[1..] {
         siblings.add(family::children_of(disk, &searched, &own));
     }
+    if !opts.remove && let Some(short) = chain[1..opts.depth].iter().find(|d| d.len() < target.len()) {
+        return Err(Error::unsupported(
+            short.source(),
+            format!(
+                "is shorter than {}: the child, linked to it after the commit, would read its bytes where it read zeros",
+                target_path.display()
+            ),
+        ));
+    }
     let map = ImageMap::build(&image, None)?;
     // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
     crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
-    let (mut ranges, mut child_bytes, mut skipped, mut zeroed) = (Vec::new(), 0, 0, 0);
-    let mut covered: Vec<(u64, u64)> = Vec::new();
-    for (layer, disk) in chain[..opts.depth].iter().enumerate() {
-        let own = subtract(&held_ranges(disk)?, &covered);
-        let mut all: Vec<(u64, u64)> = covered.iter().chain(&own).copied().collect();
-        all.sort_unstable();
-        covered = merge_ranges(all);
-        for (a, b) in own {
-            child_bytes += b - a;
-            for need in map.needs(a, b) {
-                if need.kind != NeedKind::Unneeded {
-                    ranges.push(Piece { start: need.start, end: need.end, layer });
-                    continue;
-                }
-                // Free space the guest wiped stays wiped: where the child's view holds zeros
-                // over the target's data, the zeros are written; its other free bytes are left
-                // out.
-                let wiped = wiped_over_data(&image, target, need.start, need.end)?;
-                zeroed += wiped.iter().map(|(x, y)| y - x).sum::<u64>();
-                skipped += need.end - need.start - wiped.iter().map(|(x, y)| y - x).sum::<u64>();
-                ranges.extend(wiped.into_iter().map(|(x, y)| Piece { start: x, end: y, layer }));
-            }
-        }
-    }
-    ranges.sort_by_key(|r| r.start);
-    if let Some(r) = ranges.iter().find(|r| r.end > target.len()) {
+    let found = pieces(&image, &chain, &map, opts)?;
+    if let Some(r) = found.ranges.iter().find(|r| r.end > target.len()) {
         return Err(Error::unsupported(
             &target_path,
             format!(
@@ -381,18 +424,64 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
             ),
         ));
     }
-    let superseded = paths[1..opts.depth].iter().map(|p| p.to_path_buf()).collect();
+    let superseded: Vec<PathBuf> = paths[1..opts.depth].iter().map(|p| p.to_path_buf()).collect();
+    let superseded_ids = superseded
+        .iter()
+        .map(|p| FileId::of_path(p).ok_or_else(|| Error::unsupported(p, "cannot be read")))
+        .collect::<Result<_>>()?;
     Ok(CommitPlan {
         target: target_path,
         target_id,
         superseded,
-        ranges: joined_and_cut(ranges),
-        child_bytes,
-        skipped,
-        zeroed,
+        superseded_ids,
+        ranges: joined_and_cut(found.ranges),
+        child_bytes: found.held,
+        skipped: found.skipped,
+        zeroed: found.zeroed,
         siblings,
         searched,
     })
+}
+
+/// What a commit copies, from which layer, and what it leaves out.
+struct Found {
+    ranges: Vec<Piece>,
+    held: u64,
+    skipped: u64,
+    zeroed: u64,
+}
+
+/// The pieces of the sectors the disks above the target (`chain`, the child first) hold,
+/// each from the topmost disk that holds it, cut by the child's NTFS needs. Free clusters are
+/// left out where the child still shadows them afterwards (its own sectors) or is removed;
+/// the wipes of free space the guest made are written.
+fn pieces(image: &DiskImage, chain: &[&DiskImage], map: &ImageMap<'_>, opts: &CommitOptions) -> Result<Found> {
+    let target = chain[opts.depth];
+    let mut found = Found { ranges: Vec::new(), held: 0, skipped: 0, zeroed: 0 };
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    for (layer, disk) in chain[..opts.depth].iter().enumerate() {
+        let own = subtract(&held_ranges(disk, image.len())?, &covered);
+        let mut all: Vec<(u64, u64)> = covered.iter().chain(&own).copied().collect();
+        all.sort_unstable();
+        covered = merge_ranges(all);
+        let skip_free = layer == 0 || opts.remove;
+        for (a, b) in own {
+            found.held += b - a;
+            for need in map.needs(a, b) {
+                if need.kind != NeedKind::Unneeded || !skip_free {
+                    found.ranges.push(Piece { start: need.start, end: need.end, layer });
+                    continue;
+                }
+                let wiped = wiped_over_data(image, target, need.start, need.end)?;
+                let n: u64 = wiped.iter().map(|(x, y)| y - x).sum();
+                found.zeroed += n;
+                found.skipped += need.end - need.start - n;
+                found.ranges.extend(wiped.into_iter().map(|(x, y)| Piece { start: x, end: y, layer }));
+            }
+        }
+    }
+    found.ranges.sort_by_key(|r| r.start);
+    Ok(found)
 }
 
 /// Adjacent pieces of one layer joined, then cut so that none is longer than a batch.
@@ -415,15 +504,14 @@ fn joined_and_cut(pieces: Vec<Piece>) -> Vec<Piece> {
 /// The parts of `[a, b)` where the child's view (`image`) holds zeros and the target's does
 /// not.
 fn wiped_over_data(image: &DiskImage, target: &DiskImage, a: u64, b: u64) -> Result<Vec<(u64, u64)>> {
-    let parent = target;
     let mut out = Vec::new();
     let mut at = a;
     let data = nonzero_ranges(a, b, &|x, buf| image.read_at(x, buf))?;
     for (x, y) in data.iter().copied().chain(std::iter::once((b, b))) {
         if at < x {
-            let top = x.min(parent.len());
+            let top = x.min(target.len());
             if at < top {
-                out.extend(nonzero_ranges(at, top, &|p, buf| parent.read_at(p, buf))?);
+                out.extend(nonzero_ranges(at, top, &|p, buf| target.read_at(p, buf))?);
             }
         }
         at = at.max(y);

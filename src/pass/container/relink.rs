@@ -4,7 +4,7 @@
 //! step. Locator data only ever goes where locator data was: space after the last block would
 //! be reused by the next block a tool that reads only the BAT (qemu) allocates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::vhd::bat::FILE_SECTOR;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::footer::{FOOTER_SIZE, uuid_text};
-use crate::vhd::header::ParentLocator;
+use crate::vhd::header::{DynamicHeader, ParentLocator};
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::sparse::create::{ParentPaths, file_mtime_vhd, parent_locators, parent_paths};
 
@@ -35,11 +35,55 @@ pub struct RelinkReport {
 /// Rewrites the parent link of `child` (a differencing VHD opened writable and detached) to
 /// the image at `parent`; with `force`, also when that image is not the child's parent.
 pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<RelinkReport> {
+    plan_relink(child, parent, force, open)?.apply(child)
+}
+
+/// A parent link checked and ready to be written ([`plan_relink`]): nothing it needs can
+/// fail any more but the write itself.
+pub struct Relink {
+    parent: PathBuf,
+    change: LinkChange,
+    report: RelinkReport,
+}
+
+enum LinkChange {
+    /// A VHD's locator data and its header.
+    Vhd { writes: Vec<(u64, Vec<u8>)>, header: Box<DynamicHeader>, header_offset: u64 },
+    Vhdx(crate::vhdx::metadata::ParentLocator),
+}
+
+impl Relink {
+    /// Writes the link into `child` (the image it was planned on, opened writable and
+    /// detached), in one journaled step. A VHD names the parent's modification time as it is
+    /// now.
+    pub fn apply(self, child: &mut DiskImage) -> Result<RelinkReport> {
+        match (self.change, child) {
+            (LinkChange::Vhdx(locator), DiskImage::Vhdx(v)) => v.set_parent_locator(&locator)?,
+            (LinkChange::Vhd { writes, mut header, header_offset }, child @ DiskImage::Sparse(_)) => {
+                header.parent_timestamp = file_mtime_vhd(&self.parent);
+                crate::pass::disk_write::journaled(child, |child| {
+                    let file = child.file();
+                    for (at, data) in &writes {
+                        file.write_all_at(*at, data)?;
+                    }
+                    file.write_all_at(header_offset, &header.encode())
+                })?;
+            }
+            (_, other) => return Err(Error::internal(format!("a relink planned on another image than {}", other.source().display()))),
+        }
+        Ok(self.report)
+    }
+}
+
+/// Checks that `child` (a differencing VHD or VHDX) can be linked to the image at `parent`
+/// (the formats match, the parent is no larger, the paths fit; with `force`, also when that
+/// image is not the child's parent) and prepares the writes.
+pub fn plan_relink(child: &DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<Relink> {
     let path = child.source().to_path_buf();
     if let DiskImage::Vhdx(v) = child {
-        return relink_vhdx(v, &path, parent, force, open);
+        return plan_vhdx(v, &path, parent, force, open);
     }
-    let DiskImage::Sparse(sparse) = &*child else {
+    let DiskImage::Sparse(sparse) = child else {
         return Err(Error::unsupported(&path, "not a differencing disk: it has no parent to relink"));
     };
     if !child.differencing() {
@@ -111,27 +155,22 @@ pub fn set_parent(child: &mut DiskImage, parent: &Path, force: bool, open: &Open
     header.parent_uuid = parent_footer.uuid;
     let header_offset = sparse.header_offset();
     drop(parent_image);
-    crate::pass::disk_write::journaled(child, |child| {
-        let file = child.file();
-        for (at, data) in &writes {
-            file.write_all_at(*at, data)?;
-        }
-        file.write_all_at(header_offset, &header.encode())
-    })?;
     let text = |i: usize| String::from_utf16_lossy(&locators[i].bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>());
-    Ok(RelinkReport {
+    let report = RelinkReport {
         file: path.display().to_string(),
         old_parent,
         parent: parent.display().to_string(),
         relative_locator: text(0),
         absolute_locator: text(1),
         forced_identity,
-    })
+    };
+    let change = LinkChange::Vhd { writes, header: Box::new(header), header_offset };
+    Ok(Relink { parent: parent.to_path_buf(), change, report })
 }
 
-/// The VHDX half of [`set_parent`]: the parent named by its data write GUID, the locator's
-/// relative and absolute paths rewritten through the child's log.
-fn relink_vhdx(child: &mut crate::vhdx::Vhdx, path: &Path, parent: &Path, force: bool, open: &OpenOptions) -> Result<RelinkReport> {
+/// The VHDX half of [`plan_relink`]: the parent named by its data write GUID, the locator's
+/// relative and absolute paths to be rewritten through the child's log.
+fn plan_vhdx(child: &crate::vhdx::Vhdx, path: &Path, parent: &Path, force: bool, open: &OpenOptions) -> Result<Relink> {
     let Some(old) = child.parameters().parent_locator.clone() else {
         return Err(Error::unsupported(path, "not a differencing disk: it has no parent to relink"));
     };
@@ -167,13 +206,13 @@ fn relink_vhdx(child: &mut crate::vhdx::Vhdx, path: &Path, parent: &Path, force:
             ("absolute_win32_path".into(), absolute_w.clone()),
         ],
     };
-    child.set_parent_locator(&locator)?;
-    Ok(RelinkReport {
+    let report = RelinkReport {
         file: path.display().to_string(),
         old_parent,
         parent: parent.display().to_string(),
         relative_locator: relative,
         absolute_locator: absolute_w,
         forced_identity,
-    })
+    };
+    Ok(Relink { parent: parent.to_path_buf(), change: LinkChange::Vhdx(locator), report })
 }

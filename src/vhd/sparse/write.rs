@@ -83,8 +83,9 @@ impl SparseVhd {
     /// Stores new blocks (`blocks`: each unallocated, with the sectors it will hold) in one
     /// journaled step whose journal holds only the BAT entries, the bitmaps and the footer:
     /// `fill` puts each block's data in a zeroed buffer, which is written straight past the
-    /// file's end, so memory holds one block whatever the number of blocks. A crash at any
-    /// point leaves the image as it was (the journal cuts the file back).
+    /// file's end, so memory holds one block of data (and the step's bitmaps) whatever the
+    /// number of blocks. A crash at any point leaves the image as it was (the journal cuts the
+    /// file back); so does an error of `fill`.
     pub fn append_blocks(
         &mut self,
         blocks: &[(u64, SectorBitmap)],
