@@ -119,7 +119,7 @@ pub use crate::host::{LockWait, Replace};
 pub use crate::map::files::VolumeFile;
 pub use crate::map::{Contents, ImageMap, PartitionMap};
 pub use crate::ntfs::content::{FileTimes, Storage, StreamReader, WofAlgorithm};
-pub use crate::ntfs::{FileEntry, NtfsIndex, Stream};
+pub use crate::ntfs::{FileEntry, IndexDetail, NtfsIndex, Stream};
 pub use crate::vhd::Finding;
 pub use crate::vhd::fixed::Fill;
 pub use crate::vhd::sparse::ParentLink;

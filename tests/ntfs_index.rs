@@ -11,11 +11,11 @@ use std::process::Command;
 use common::*;
 use vhdkit::DeviceReader;
 use vhdkit::ImageMap;
-use vhdkit::NtfsIndex;
 use vhdkit::ntfs::record::attr_type;
 use vhdkit::ntfs::stream::read_runs;
 use vhdkit::{BlockDevice, DiskImage};
 use vhdkit::{DiskLayout, PartitionView};
+use vhdkit::{IndexDetail, NtfsIndex};
 
 /// The NTFS partitions of the corpus: (image, partition index).
 const VOLUMES: [(&str, u32); 6] = [
@@ -40,7 +40,7 @@ fn partition_file(img: &DiskImage, index: u32, dir: &Path) -> PathBuf {
 fn index_of(img: &DiskImage, index: u32) -> NtfsIndex {
     let layout = DiskLayout::read(img).unwrap();
     let p = layout.partition(index).unwrap();
-    NtfsIndex::build(&PartitionView::new(img, p), index).unwrap()
+    NtfsIndex::build(&PartitionView::new(img, p), index, IndexDetail::Files).unwrap()
 }
 
 /// `fls -r -p -u` paths, streams and TSK's virtual entries left out.
@@ -108,8 +108,7 @@ fn sampled_cluster_owners_match_ifind() {
         let total = idx.total_clusters();
         let mut checked = 0;
         for c in (0..total).step_by((total / 150).max(1) as usize) {
-            let ours: BTreeSet<u64> =
-                idx.owners.owners_of(c).iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect();
+            let ours: BTreeSet<u64> = idx.owners.owners_of(c).iter().map(|&o| idx.owner(o).record).collect();
             if !idx.bitmap.is_allocated(c) {
                 // ifind also searches deleted records, whose stale runs still name free clusters.
                 assert!(ours.is_empty(), "{name}:{index} free cluster {c} owned by {ours:?}");
@@ -149,9 +148,7 @@ fn cluster_ranges_match_ntfscluster() {
         let ours: BTreeSet<u64> = idx
             .owners
             .segments_in(a, b + 1)
-            .flat_map(|(_, _, ids)| {
-                ids.iter().map(|&o| idx.files[idx.owner(o).file as usize].record).collect::<Vec<_>>()
-            })
+            .flat_map(|(_, _, ids)| ids.iter().map(|&o| idx.owner(o).record).collect::<Vec<_>>())
             .collect();
         assert_eq!(ours, theirs, "clusters {a}-{b}");
     }
@@ -163,7 +160,7 @@ fn stream_contents_through_our_runs_match_ntfscat() {
     let img = open(&corpus("xp-fixed.vhd"));
     let layout = DiskLayout::read(&img).unwrap();
     let view = PartitionView::new(&img, layout.partition(1).unwrap());
-    let idx = NtfsIndex::build(&view, 1).unwrap();
+    let idx = NtfsIndex::build(&view, 1, IndexDetail::Files).unwrap();
     let part = partition_file(&img, 1, dir.path());
     let mut compared = 0;
     for f in &idx.files {
@@ -238,7 +235,7 @@ fn runs_match_the_ntfs_crate_except_where_the_crate_is_wrong() {
         let img = open(&corpus(name));
         let layout = DiskLayout::read(&img).unwrap();
         let view = PartitionView::new(&img, layout.partition(index).unwrap());
-        let idx = NtfsIndex::build(&view, index).unwrap();
+        let idx = NtfsIndex::build(&view, index, IndexDetail::Files).unwrap();
         let mut theirs = crate_clusters(&view, idx.layout.record_count);
         let mut ours: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         for f in &idx.files {
@@ -264,7 +261,7 @@ fn the_crate_loses_a_data_stream_continued_in_extension_records_and_we_do_not() 
     let img = open(&corpus("xp-fixed.vhd"));
     let layout = DiskLayout::read(&img).unwrap();
     let view = PartitionView::new(&img, layout.partition(1).unwrap());
-    let idx = NtfsIndex::build(&view, 1).unwrap();
+    let idx = NtfsIndex::build(&view, 1, IndexDetail::Files).unwrap();
     let (frag, _) = idx.find_path("docs/fragmented.bin").unwrap();
     let s = frag.default_stream().unwrap();
     let ours = read_runs(&view, 1, idx.cluster_size(), &s.runs, s.data_size, s.initialized_size).unwrap();
@@ -317,7 +314,7 @@ fn dirty_and_hibernated_volumes_are_reported() {
     let vol = vhdkit::OpenOptions::default();
     let pimg = DiskImage::open(&part, &vol).unwrap();
     let p = &DiskLayout::read(&pimg).unwrap().partitions[0];
-    let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1).unwrap();
+    let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1, IndexDetail::Files).unwrap();
     assert!(idx.state.hibernated && !idx.state.dirty, "{:?}", idx.state);
     // The dirty flag, set in $Volume's $VOLUME_INFORMATION value by hand.
     let vol_idx = index_of(&img, 1);
@@ -338,7 +335,7 @@ fn dirty_and_hibernated_volumes_are_reported() {
     std::fs::write(&part, &data).unwrap();
     let pimg = DiskImage::open(&part, &vol).unwrap();
     let p = &DiskLayout::read(&pimg).unwrap().partitions[0];
-    let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1).unwrap();
+    let idx = NtfsIndex::build(&PartitionView::new(&pimg, p), 1, IndexDetail::Files).unwrap();
     assert!(idx.state.dirty);
     assert_eq!(layout.scheme.to_string(), "mbr");
 }
@@ -446,4 +443,35 @@ fn files_json_lists_every_name_in_tree_order_with_the_documented_keys() {
     let f10 = paths.iter().position(|&p| p == "filler/f10").unwrap();
     let f100 = paths.iter().position(|&p| p == "filler/f100").unwrap();
     assert!(f10 < f100);
+}
+
+#[test]
+fn an_index_of_clusters_only_answers_like_the_full_one() {
+    // Compaction and the block map build an index without plain files' names and streams:
+    // every owner, needed range and block (its top owners' paths read from their records)
+    // must come out as the full index gives them.
+    for name in ["xp-fixed.vhd", "aligned-dynamic.vhd", "gpt-dynamic.vhd", "logical-dynamic.vhd"] {
+        let img = open(&corpus(name));
+        let full = ImageMap::build_with(&img, None, IndexDetail::Files).unwrap();
+        let lean = ImageMap::build_with(&img, None, IndexDetail::Clusters).unwrap();
+        let (mut volumes, mut left_out) = (0, 0);
+        for ((p, f), (_, l)) in full.ntfs().zip(lean.ntfs()) {
+            volumes += 1;
+            assert_eq!(l.detail(), IndexDetail::Clusters);
+            left_out += f.files.len() - l.files.len();
+            assert_eq!(l.file_count(), f.file_count(), "{name} partition {}", p.index);
+            assert_eq!(format!("{:?}", l.state), format!("{:?}", f.state), "{name}: hibernation and dirty flags");
+            let owners = |i: &NtfsIndex| -> Vec<(u64, u64, BTreeSet<u64>)> {
+                i.owners
+                    .segments()
+                    .map(|(a, b, ids)| (a, b, ids.iter().map(|&o| i.owner(o).record).collect()))
+                    .collect()
+            };
+            assert_eq!(owners(l), owners(f), "{name} partition {}: cluster owners", p.index);
+            assert_eq!(l.needed_ranges(0, l.total_clusters()), f.needed_ranges(0, f.total_clusters()));
+        }
+        assert!(volumes > 0 && left_out > 0, "{name}: NTFS volumes whose plain files are left out");
+        let blocks = |m: &ImageMap<'_>| serde_json::to_value(m.classify_blocks().unwrap()).unwrap();
+        assert_eq!(blocks(&lean), blocks(&full), "{name}: block map");
+    }
 }

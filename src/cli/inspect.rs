@@ -10,6 +10,7 @@ use crate::cli::{emit, finish, write_output};
 use crate::error::Result;
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 use crate::report;
 use crate::report::owner::Query;
 use crate::vhd::device::BlockDevice;
@@ -262,9 +263,9 @@ fn note_without_ntfs(map: &ImageMap<'_>) {
 
 /// The image's map, a spinner on a terminal while its volumes are indexed (a volume of
 /// millions of files takes seconds).
-fn indexed(img: &DiskImage, partition: Option<u32>) -> Result<ImageMap<'_>> {
+fn indexed(img: &DiskImage, partition: Option<u32>, detail: IndexDetail) -> Result<ImageMap<'_>> {
     let progress = crate::cli::Progress::new(false, false);
-    let map = ImageMap::build(img, partition);
+    let map = ImageMap::build_with(img, partition, detail);
     progress.bar.finish_and_clear();
     map
 }
@@ -286,7 +287,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Files { image, partition, runs, jsonl } => {
             let img = image.open(false)?;
-            let map = indexed(&img, partition)?;
+            let map = indexed(&img, partition, IndexDetail::Files)?;
             map.require_readable()?;
             note_without_ntfs(&map);
             let r = report::files::FilesReport::new(&map, runs);
@@ -299,7 +300,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Owner { image, at, partition, jsonl } => {
             let img = image.open(false)?;
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Files)?;
             if let Some(path) = at.file {
                 let r = report::owner::place_file(&map, &path, partition)?;
                 emit(cli.json, &r, report::owner::render_file)?;
@@ -337,7 +338,7 @@ fn run(cli: Cli) -> Result<bool> {
             if let Some(path) = &svg {
                 policy.check(path)?;
             }
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Clusters)?;
             note_without_ntfs(&map);
             let r = report::map::build(&map, partition)?;
             if let Some(path) = svg {
@@ -360,7 +361,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::RebasePlan { image, onto } => {
             let img = image.open(false)?;
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Files)?;
             let onto = DiskImage::open(&onto, &OpenOptions { parent: None, ..image.open_options(false) })?;
             let r = report::rebase::build(&map, &onto)?;
             emit(cli.json, &r, report::rebase::render)?;
@@ -368,21 +369,21 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Diff { image } => {
             let img = image.open(false)?;
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Files)?;
             let r = report::diff::build(&map)?;
             emit(cli.json, &r, report::diff::render)?;
             Ok(true)
         }
         Command::Ranges { image } => {
             let img = image.open(false)?;
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Clusters)?;
             let r = report::ranges::build(&map)?;
             emit(cli.json, &r, report::ranges::render)?;
             Ok(true)
         }
         Command::Align { image, boundary, fail_on_misaligned } => {
             let img = image.open(false)?;
-            let map = indexed(&img, None)?;
+            let map = indexed(&img, None, IndexDetail::Clusters)?;
             let r = report::align::build(&map, boundary.bytes(map.block_size()))?;
             emit(cli.json, &r, report::align::render)?;
             Ok(!(fail_on_misaligned && r.misaligned > 0))
@@ -412,7 +413,7 @@ fn run(cli: Cli) -> Result<bool> {
 /// `cat`: the file (or stream) at `path`, copied to standard output.
 fn cat(image: &ImageArgs, path: &str, partition: Option<u32>) -> Result<bool> {
     let img = image.open(false)?;
-    let map = indexed(&img, partition)?;
+    let map = indexed(&img, partition, IndexDetail::Files)?;
     map.require_readable()?;
     // PATH:STREAM, unless the whole argument names a file (POSIX names may hold a colon).
     let (file, stream) = match map.find_file(path, partition) {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::disk::PartitionView;
 use crate::error::Result;
 use crate::map::{Contents, ImageMap};
 use crate::vhd::bitmap::SectorBitmap;
@@ -322,6 +323,16 @@ impl ImageMap<'_> {
         Ok(kept_at_sizes(per_block.iter().map(|(_, k)| k.as_slice()), &smaller_block_sizes(self.block_size()), stored))
     }
 
+    /// A file holding `clusters` of a block, with its path.
+    fn block_owner(&self, part: usize, mft_record: u64, clusters: u64) -> BlockOwner {
+        let pm = &self.partitions[part];
+        let path = match &pm.contents {
+            Contents::Ntfs(idx) => idx.path_of_record(&PartitionView::new(self.image, &pm.partition), mft_record),
+            _ => String::new(),
+        };
+        BlockOwner { partition: pm.partition.index, mft_record, path, clusters }
+    }
+
     /// Classifies block `index`.
     pub fn block_info(&self, index: u64) -> Result<BlockInfo> {
         let bs = self.block_size();
@@ -355,7 +366,8 @@ impl ImageMap<'_> {
             top_owners: Vec::new(),
             kept,
         };
-        let mut owners: HashMap<(u32, u64), (String, u64)> = HashMap::new();
+        // Clusters by (partition map, file record); names only for the three shown.
+        let mut owners: HashMap<(usize, u64), u64> = HashMap::new();
         let mut metadata_only = true;
         for span in self.cluster_spans(start, end) {
             let pm = &self.partitions[span.part];
@@ -365,22 +377,19 @@ impl ImageMap<'_> {
             info.used_clusters += used;
             for (x, y, ids) in idx.owners.segments_in(span.first, span.last) {
                 for &id in ids {
-                    let f = &idx.files[idx.owner(id).file as usize];
-                    metadata_only &= f.is_metadata();
-                    owners.entry((pm.partition.index, f.record)).or_insert_with(|| (idx.path(f, 0), 0)).1 += y - x;
+                    let record = idx.owner(id).record;
+                    metadata_only &= idx.file(record).is_some_and(|f| f.is_metadata());
+                    *owners.entry((span.part, record)).or_default() += y - x;
                 }
             }
             if used > idx.owners.owned_count(span.first, span.last) {
                 metadata_only = false;
             }
         }
-        let mut top: Vec<BlockOwner> = owners
-            .into_iter()
-            .map(|((partition, mft_record), (path, clusters))| BlockOwner { partition, mft_record, path, clusters })
-            .collect();
-        top.sort_by(|x, y| y.clusters.cmp(&x.clusters).then(x.mft_record.cmp(&y.mft_record)));
+        let mut top: Vec<((usize, u64), u64)> = owners.into_iter().collect();
+        top.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.1.cmp(&y.0.1)));
         top.truncate(3);
-        info.top_owners = top;
+        info.top_owners = top.into_iter().map(|((part, mft_record), clusters)| self.block_owner(part, mft_record, clusters)).collect();
         info.state = if !presence.allocated {
             BlockState::Unallocated
         } else if !needed {

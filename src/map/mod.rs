@@ -11,7 +11,7 @@ pub mod upload;
 
 use crate::disk::{DiskLayout, FileSystem, Partition, PartitionView};
 use crate::error::{Error, Result};
-use crate::ntfs::NtfsIndex;
+use crate::ntfs::{IndexDetail, NtfsIndex};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::DiskImage;
 
@@ -88,8 +88,15 @@ pub struct ImageMap<'a> {
 }
 
 impl<'a> ImageMap<'a> {
-    /// Reads the partition table and indexes every NTFS partition (or only `only`).
+    /// Reads the partition table and indexes every NTFS partition (or only `only`), with every
+    /// file's names and streams.
     pub fn build(image: &'a DiskImage, only: Option<u32>) -> Result<Self> {
+        Self::build_with(image, only, IndexDetail::Files)
+    }
+
+    /// Like [`Self::build`], keeping `detail` of each file: [`IndexDetail::Clusters`] for what
+    /// needs only cluster ownership (compaction, the block map), in far less memory.
+    pub fn build_with(image: &'a DiskImage, only: Option<u32>, detail: IndexDetail) -> Result<Self> {
         let layout = DiskLayout::read(image)?;
         if let Some(n) = only
             && layout.partition(n).is_none()
@@ -105,7 +112,7 @@ impl<'a> ImageMap<'a> {
             .partitions
             .iter()
             .map(|p| {
-                let contents = index_partition(image, p, only.is_none_or(|n| n == p.index))?;
+                let contents = index_partition(image, p, only.is_none_or(|n| n == p.index).then_some(detail))?;
                 Ok(PartitionMap { partition: p.clone(), contents })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -142,15 +149,13 @@ impl<'a> ImageMap<'a> {
     }
 }
 
-/// Recognises `p`'s file system and, if it is NTFS and `index` is set, indexes it. A read
-/// error of the disk itself (not of the volume's structures) is still an error.
-fn index_partition(image: &DiskImage, p: &Partition, index: bool) -> Result<Contents> {
+/// Recognises `p`'s file system and, if it is NTFS and a `detail` is given, indexes it. A
+/// read error of the disk itself (not of the volume's structures) is still an error.
+fn index_partition(image: &DiskImage, p: &Partition, detail: Option<IndexDetail>) -> Result<Contents> {
     let view = PartitionView::new(image, p);
     let fs = FileSystem::detect(&view)?;
-    if fs != FileSystem::Ntfs || !index {
-        return Ok(Contents::Other(fs));
-    }
-    match NtfsIndex::build(&view, p.index) {
+    let (FileSystem::Ntfs, Some(detail)) = (fs, detail) else { return Ok(Contents::Other(fs)) };
+    match NtfsIndex::build(&view, p.index, detail) {
         Ok(index) => Ok(Contents::Ntfs(Box::new(index))),
         Err(e @ (Error::Io { .. } | Error::ParentNotFound { .. })) => Err(e),
         Err(e) => Ok(Contents::Unreadable(e.to_string())),

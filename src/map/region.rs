@@ -81,18 +81,19 @@ pub struct OwnerRef {
 }
 
 impl OwnerRef {
-    /// The owner behind id `id` of `idx`'s owner index.
-    pub fn new(partition: u32, idx: &NtfsIndex, id: u32) -> Self {
+    /// The owner behind id `id` of `idx`'s owner index (`None` when the index keeps no entry
+    /// for its file: one built at [`crate::ntfs::IndexDetail::Clusters`]).
+    pub fn new(partition: u32, idx: &NtfsIndex, id: u32) -> Option<Self> {
         let o = idx.owner(id);
-        let f = &idx.files[o.file as usize];
-        let s = &f.streams[o.stream as usize];
-        OwnerRef {
+        let f = idx.file(o.record)?;
+        let s = f.streams.get(o.stream as usize)?;
+        Some(OwnerRef {
             partition,
             mft_record: f.record,
             path: idx.path(f, 0),
             attribute: record::type_name(s.ty),
             stream: s.name.to_string(),
-        }
+        })
     }
 }
 
@@ -184,7 +185,7 @@ fn locate_in_volume(loc: &mut Location, p: &Partition, idx: &NtfsIndex, rel: u64
     let cluster = rel / idx.cluster_size();
     loc.cluster = Some(cluster);
     loc.allocated = idx.bitmap.is_allocated(cluster);
-    loc.owners = idx.owners.owners_of(cluster).iter().map(|&id| OwnerRef::new(p.index, idx, id)).collect();
+    loc.owners = idx.owners.owners_of(cluster).iter().filter_map(|&id| OwnerRef::new(p.index, idx, id)).collect();
     loc.region = if rel < bps {
         Region::NtfsBootSector
     } else if !loc.owners.is_empty() {

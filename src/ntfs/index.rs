@@ -10,7 +10,9 @@ use crate::disk::boot_sector::NtfsBootSector;
 use crate::error::{Error, Result, Space};
 use crate::ntfs::bitmap::ClusterBitmap;
 use crate::ntfs::file::FileEntry;
-use crate::ntfs::mft::{MAX_ATTRIBUTE_LIST, MftLayout, RecordProblem, RecordSummary, VolumeRecord, merge_file};
+use crate::ntfs::mft::{
+    IndexDetail, MAX_ATTRIBUTE_LIST, MftLayout, OwnedRun, RecordProblem, RecordSummary, VolumeRecord, merge_file,
+};
 use crate::ntfs::owners::ClusterOwnerIndex;
 use crate::ntfs::record::{self, BITMAP_RECORD, ROOT, attr_type, parse_attribute_list};
 use crate::ntfs::stream::read_runs;
@@ -23,8 +25,8 @@ pub const ORPHANS: &str = "$OrphanFiles";
 /// Who owns a cluster: a stream of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
-    /// Index into [`NtfsIndex::files`].
-    pub file: u32,
+    /// The file's base MFT record ([`NtfsIndex::file`]).
+    pub record: u64,
     /// Index into that file's streams.
     pub stream: u16,
 }
@@ -56,8 +58,12 @@ pub struct NtfsIndex {
     #[doc(hidden)]
     /// Where its MFT records are.
     pub layout: MftLayout,
-    /// Every file in use.
+    /// Every file in use, in record order; at [`IndexDetail::Clusters`], only directories and
+    /// metadata files ([`Self::file_count`] counts them all).
     pub files: Vec<FileEntry>,
+    /// Files in use that [`Self::files`] leaves out.
+    plain_files: u64,
+    detail: IndexDetail,
     by_record: FxHashMap<u64, u32>,
     /// Extension record -> its base record.
     extension_of: FxHashMap<u64, u64>,
@@ -82,8 +88,9 @@ pub struct NtfsIndex {
 const SAMPLE_RANGES: usize = 20;
 
 impl NtfsIndex {
-    /// Builds the index of the NTFS volume on `view` (one partition).
-    pub fn build(view: &dyn BlockDevice, partition: u32) -> Result<Self> {
+    /// Builds the index of the NTFS volume on `view` (one partition), keeping `detail` of
+    /// each file.
+    pub fn build(view: &dyn BlockDevice, partition: u32, detail: IndexDetail) -> Result<Self> {
         let mut boot = [0u8; 512];
         view.read_at(0, &mut boot)?;
         let bpb = NtfsBootSector::parse(&boot)
@@ -98,7 +105,7 @@ impl NtfsIndex {
             ));
         }
         let layout = MftLayout::read(view, partition, &bpb)?;
-        let scan = layout.scan(view);
+        let scan = layout.scan(view, detail);
         let mut problems = scan.problems;
         let resident_lists: Vec<(u64, Vec<record::ListEntry>)> = scan
             .pending
@@ -113,6 +120,8 @@ impl NtfsIndex {
         let volume_record = scan.volume;
         let mut index = NtfsIndex {
             partition,
+            plain_files: scan.plain_files,
+            detail,
             by_record: files.iter().enumerate().map(|(i, f)| (f.record, i as u32)).collect(),
             extension_of,
             dir_paths: FxHashMap::default(),
@@ -127,10 +136,20 @@ impl NtfsIndex {
         };
         index.check_attribute_lists(view, &resident_lists)?;
         index.resolve_paths();
-        index.build_owners();
+        index.build_owners(scan.owned);
         index.read_bitmap(view)?;
         index.read_state(view, volume_record)?;
         Ok(index)
+    }
+
+    /// How much of each file the index keeps.
+    pub fn detail(&self) -> IndexDetail {
+        self.detail
+    }
+
+    /// Files in use, those [`Self::files`] leaves out included.
+    pub fn file_count(&self) -> u64 {
+        self.files.len() as u64 + self.plain_files
     }
 
     /// The file with MFT record `n`.
@@ -211,6 +230,18 @@ impl NtfsIndex {
         match f.names.get(name) {
             Some(n) => join(self.parent_path(n.parent, n.parent_sequence), &n.name),
             None => format!("{ORPHANS}/record-{}", f.record),
+        }
+    }
+
+    /// The path of the file with base record `record` (its first name), reading the record
+    /// from `view` when the index did not keep the file.
+    pub fn path_of_record(&self, view: &dyn BlockDevice, record: u64) -> String {
+        if let Some(f) = self.file(record) {
+            return self.path(f, 0);
+        }
+        match self.layout.read_names(view, record).ok().and_then(|names| names.into_iter().next()) {
+            Some(n) => join(self.parent_path(n.parent, n.parent_sequence), &n.name),
+            None => format!("{ORPHANS}/record-{record}"),
         }
     }
 
@@ -321,7 +352,7 @@ impl NtfsIndex {
         }
         debug_assert!(covered <= self.total_clusters());
         for (a, b, ids) in self.owners.cross_links() {
-            let files: Vec<u32> = ids.iter().map(|&i| self.owner(i).file).collect();
+            let files: Vec<u64> = ids.iter().map(|&i| self.owner(i).record).collect();
             if files.iter().any(|&f| f != files[0]) || ids.len() > 1 {
                 c.cross_linked += b - a;
                 push_range(&mut c.cross_linked_ranges, a, b);
@@ -431,19 +462,30 @@ impl NtfsIndex {
     }
 
     /// Indexes every run that holds clusters.
-    fn build_owners(&mut self) {
-        let mut table = Vec::new();
-        let mut runs = Vec::new();
-        for (fi, f) in self.files.iter().enumerate() {
+    fn build_owners(&mut self, owned: Vec<OwnedRun>) {
+        let mut table: Vec<Owner> = Vec::new();
+        // The plain files' runs first, collected into their own allocation (ids by record and
+        // stream, in scan order); then the kept files'.
+        let mut runs: Vec<(u64, u64, u32)> = owned
+            .into_iter()
+            .map(|r| {
+                if table.last().is_none_or(|o| (o.record, o.stream) != (r.record(), r.stream())) {
+                    table.push(Owner { record: r.record(), stream: r.stream() });
+                }
+                (r.lcn, r.clusters, table.len() as u32 - 1)
+            })
+            .collect();
+        for f in &self.files {
             for (si, s) in f.streams.iter().enumerate() {
                 if s.runs.iter().all(|r| r.lcn.is_none()) {
                     continue;
                 }
                 let id = table.len() as u32;
-                table.push(Owner { file: fi as u32, stream: si as u16 });
+                table.push(Owner { record: f.record, stream: si as u16 });
                 runs.extend(s.runs.iter().filter_map(|r| r.lcn.map(|l| (l, r.length, id))));
             }
         }
+        table.shrink_to_fit();
         self.owners = ClusterOwnerIndex::build(runs);
         self.owner_table = table;
     }

@@ -136,11 +136,57 @@ impl RecordSummary {
 /// `$Volume`'s `$VOLUME_INFORMATION` (major, minor, flags) and `$VOLUME_NAME`.
 pub type VolumeRecord = (Option<(u8, u8, u16)>, Option<String>);
 
+/// How much of each file an index keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IndexDetail {
+    /// Every file with its names and streams (listing, extraction, registry access).
+    #[default]
+    Files,
+    /// Which file owns each cluster, without the names and streams of plain files (not
+    /// directories nor metadata): what compaction and the block map need, in a few bytes per
+    /// record; a plain file's name is read from its record when a report shows it.
+    Clusters,
+}
+
+/// A cluster run of a plain file an index at [`IndexDetail::Clusters`] does not keep: 24
+/// bytes, as millions of them may be held at once.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnedRun {
+    pub lcn: u64,
+    pub clusters: u64,
+    /// The file's base record (48 bits, as a file reference holds it) and the stream's place
+    /// among the file's streams (16 bits).
+    owner: u64,
+}
+
+impl OwnedRun {
+    fn new(lcn: u64, clusters: u64, record: u64, stream: u16) -> Self {
+        OwnedRun { lcn, clusters, owner: (record & RECORD_MASK) << 16 | stream as u64 }
+    }
+
+    /// The file's base record.
+    pub fn record(&self) -> u64 {
+        self.owner >> 16
+    }
+
+    /// The stream's place among the file's streams.
+    pub fn stream(&self) -> u16 {
+        self.owner as u16
+    }
+}
+
+/// The record number bits of a file reference.
+const RECORD_MASK: u64 = (1 << 48) - 1;
+
 /// What the parallel pass found.
 #[derive(Default)]
 pub struct ScanResult {
-    /// Files held in one record (no attribute list), in record order.
+    /// Files held in one record (no attribute list), in record order; at
+    /// [`IndexDetail::Clusters`], only directories and metadata files.
     pub files: Vec<FileEntry>,
+    /// At [`IndexDetail::Clusters`], the runs of the plain files not kept, and their number.
+    pub owned: Vec<OwnedRun>,
+    pub plain_files: u64,
     /// Records that must be merged with others: bases with an attribute list, extensions.
     pub pending: Vec<RecordSummary>,
     pub problems: Vec<RecordProblem>,
@@ -151,6 +197,8 @@ pub struct ScanResult {
 impl ScanResult {
     fn append(&mut self, other: ScanResult) {
         self.files.extend(other.files);
+        self.owned.extend(other.owned);
+        self.plain_files += other.plain_files;
         self.pending.extend(other.pending);
         self.problems.extend(other.problems);
         self.volume = self.volume.take().or(other.volume);
@@ -241,6 +289,17 @@ impl MftLayout {
             at += len as usize;
         }
         Ok(b)
+    }
+
+    /// The names of in-use record `n` (DOS aliases left out when it has others), read from
+    /// the volume: what an index at [`IndexDetail::Clusters`] did not keep.
+    pub fn read_names(&self, view: &dyn BlockDevice, n: u64) -> Result<Vec<FileName>, record::RecordError> {
+        let mut b = self.read_record_bytes(view, n)?;
+        let r = parse_fixed(&mut b, self.total_clusters)?;
+        if !r.in_use() {
+            return Err(record::RecordError { at: 0, problem: format!("record {n} is not in use") });
+        }
+        Ok(merge_file(vec![RecordSummary::from_record(n, r)]).names.into_vec())
     }
 
     /// Reads $MFT's record 0 and, through its attribute list, every extent of its `$DATA`.
@@ -346,7 +405,7 @@ impl MftLayout {
 
     /// Reads every record slot in parallel. Records complete in themselves become files right
     /// away in the worker; the few that span several records wait for the merge.
-    pub fn scan(&self, view: &dyn BlockDevice) -> ScanResult {
+    pub fn scan(&self, view: &dyn BlockDevice, detail: IndexDetail) -> ScanResult {
         thread_local! {
             // One read buffer per worker thread, reused for every chunk it takes (rayon's
             // map_init would make a fresh, zero-filled buffer per split).
@@ -359,12 +418,12 @@ impl MftLayout {
                 let mut out = ScanResult::default();
                 match *chunk {
                     Chunk::Contiguous { first, at, count } => {
-                        BUFFER.with(|b| self.scan_chunk(view, &mut b.borrow_mut(), first, at, count, &mut out))
+                        BUFFER.with(|b| self.scan_chunk(view, &mut b.borrow_mut(), (first, at, count), detail, &mut out))
                     }
                     Chunk::Straddling(n) => match self.read_record_bytes(view, n) {
                         Ok(mut b) => {
                             let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
-                            self.scan_record(n, &mut b, at, &mut out)
+                            self.scan_record(n, &mut b, at, detail, &mut out)
                         }
                         Err(e) => out.problems.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
                     },
@@ -372,7 +431,12 @@ impl MftLayout {
                 out
             })
             .collect();
-        let mut all = ScanResult::default();
+        // Sized once: the parts are moved in without the vectors doubling as they grow.
+        let mut all = ScanResult {
+            files: Vec::with_capacity(parts.iter().map(|p| p.files.len()).sum()),
+            owned: Vec::with_capacity(parts.iter().map(|p| p.owned.len()).sum()),
+            ..ScanResult::default()
+        };
         for p in parts {
             all.append(p);
         }
@@ -408,13 +472,13 @@ impl MftLayout {
         out
     }
 
+    /// Parses `count` records from record `first`, contiguous at partition offset `at`.
     fn scan_chunk(
         &self,
         view: &dyn BlockDevice,
         buf: &mut Vec<u8>,
-        first: u64,
-        at: u64,
-        count: u64,
+        (first, at, count): (u64, u64, u64),
+        detail: IndexDetail,
         out: &mut ScanResult,
     ) {
         let rs = self.record_size as usize;
@@ -428,12 +492,12 @@ impl MftLayout {
             return;
         }
         for i in 0..count as usize {
-            self.scan_record(first + i as u64, &mut buf[i * rs..(i + 1) * rs], at + (i * rs) as u64, out);
+            self.scan_record(first + i as u64, &mut buf[i * rs..(i + 1) * rs], at + (i * rs) as u64, detail, out);
         }
     }
 
     /// Parses one record slot found at partition offset `offset`.
-    fn scan_record(&self, number: u64, slot: &mut [u8], offset: u64, out: &mut ScanResult) {
+    fn scan_record(&self, number: u64, slot: &mut [u8], offset: u64, detail: IndexDetail, out: &mut ScanResult) {
         match record::slot_kind(slot) {
             Slot::Empty => return,
             Slot::Bad => {
@@ -451,7 +515,13 @@ impl MftLayout {
                     out.volume = Some((summary.volume_information, summary.volume_name.take()));
                 }
                 if summary.base.is_none() && !summary.has_attribute_list {
-                    out.files.push(merge_file(vec![summary]));
+                    let file = merge_file(vec![summary]);
+                    if detail == IndexDetail::Clusters && is_plain(&file) {
+                        out.plain_files += 1;
+                        out.owned.extend(owned_runs(&file));
+                    } else {
+                        out.files.push(file);
+                    }
                 } else {
                     out.pending.push(summary);
                 }
@@ -463,6 +533,28 @@ impl MftLayout {
             Err(_) => {}
         }
     }
+}
+
+/// Files of the root an index reads whatever its detail (`hiberfil.sys` tells whether the
+/// volume is hibernated), kept with the system files.
+const SYSTEM_ROOT_FILES: [&str; 3] = ["hiberfil.sys", "pagefile.sys", "swapfile.sys"];
+
+/// Whether a file is neither a directory, metadata nor a system file of the root (records
+/// below 24 are reserved; `$`-names are metadata in the root and `$Extend`, and kept anywhere
+/// to be safe).
+fn is_plain(f: &FileEntry) -> bool {
+    let system =
+        |n: &FileName| n.parent == record::ROOT && SYSTEM_ROOT_FILES.iter().any(|s| n.name.eq_ignore_ascii_case(s));
+    f.record >= 24 && !f.directory && !f.names.iter().any(|n| n.name.starts_with('$') || system(n))
+}
+
+/// The cluster runs of a file's streams.
+fn owned_runs(f: &FileEntry) -> impl Iterator<Item = OwnedRun> + '_ {
+    f.streams.iter().enumerate().flat_map(move |(si, s)| {
+        s.runs.iter().filter_map(move |r| {
+            r.lcn.map(|lcn| OwnedRun::new(lcn, r.length, f.record, si as u16))
+        })
+    })
 }
 
 /// A piece of the parallel pass.

@@ -21,3 +21,4 @@ pub mod volume;
 
 pub use file::{FileEntry, Stream};
 pub use index::NtfsIndex;
+pub use mft::IndexDetail;

@@ -4,6 +4,9 @@
 //! Runs are swept into disjoint segments, each with its owners; a segment with more than one
 //! owner is a cross-linked range (a corrupt volume).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use rayon::slice::ParallelSliceMut;
 
 /// One disjoint cluster range and its owners (indexes into the caller's owner table).
@@ -24,31 +27,40 @@ pub struct ClusterOwnerIndex {
 }
 
 impl ClusterOwnerIndex {
-    /// Builds the index from `(first cluster, cluster count, owner id)` runs.
-    pub fn build(runs: impl IntoIterator<Item = (u64, u64, u32)>) -> Self {
-        let mut events: Vec<(u64, bool, u32)> = Vec::new();
-        for (start, len, owner) in runs {
-            if len > 0 {
-                events.push((start, true, owner));
-                events.push((start + len, false, owner));
+    /// Builds the index from `(first cluster, cluster count, owner id)` runs, sorted in place
+    /// and swept once: memory is the runs and the segments, nothing per boundary.
+    pub fn build(mut runs: Vec<(u64, u64, u32)>) -> Self {
+        runs.retain(|r| r.1 > 0);
+        runs.par_sort_unstable_by_key(|r| r.0);
+        // Runs rarely overlap: about one segment each.
+        let mut index =
+            ClusterOwnerIndex { segments: Vec::with_capacity(runs.len()), owner_ids: Vec::with_capacity(runs.len()) };
+        // The runs covering the current position, by end.
+        let mut active: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
+        let mut owners: Vec<u32> = Vec::new();
+        let mut next = 0;
+        let mut pos = 0u64;
+        loop {
+            if active.is_empty() {
+                let Some(r) = runs.get(next) else { break };
+                pos = r.0;
+            }
+            while let Some(&(start, len, owner)) = runs.get(next).filter(|r| r.0 == pos) {
+                active.push(Reverse((start.saturating_add(len), owner)));
+                next += 1;
+            }
+            let Some(&Reverse((first_end, _))) = active.peek() else { continue };
+            let end = runs.get(next).map_or(first_end, |r| r.0.min(first_end));
+            owners.clear();
+            owners.extend(active.iter().map(|Reverse((_, o))| *o));
+            index.push(pos, end, &owners);
+            pos = end;
+            while active.peek().is_some_and(|Reverse((e, _))| *e <= pos) {
+                active.pop();
             }
         }
-        // At equal positions, ends sort before starts (false < true).
-        events.par_sort_unstable();
-        let mut index = ClusterOwnerIndex::default();
-        let mut active: Vec<u32> = Vec::new();
-        let mut prev = 0u64;
-        for (pos, is_start, owner) in events {
-            if pos > prev && !active.is_empty() {
-                index.push(prev, pos, &active);
-            }
-            prev = pos;
-            if is_start {
-                active.push(owner);
-            } else if let Some(i) = active.iter().position(|&o| o == owner) {
-                active.swap_remove(i);
-            }
-        }
+        index.segments.shrink_to_fit();
+        index.owner_ids.shrink_to_fit();
         index
     }
 
@@ -111,7 +123,7 @@ mod tests {
 
     #[test]
     fn looks_up_disjoint_and_overlapping_runs() {
-        let idx = ClusterOwnerIndex::build([(0, 2, 7), (10, 5, 1), (12, 6, 2), (100, 1, 3)]);
+        let idx = ClusterOwnerIndex::build(vec![(0, 2, 7), (10, 5, 1), (12, 6, 2), (100, 1, 3)]);
         assert_eq!(idx.owners_of(0), &[7]);
         assert_eq!(idx.owners_of(2), &[] as &[u32]);
         assert_eq!(idx.owners_of(11), &[1]);
@@ -127,7 +139,7 @@ mod tests {
 
     #[test]
     fn adjacent_runs_of_one_owner_merge() {
-        let idx = ClusterOwnerIndex::build([(0, 4, 1), (4, 4, 1), (8, 1, 2)]);
+        let idx = ClusterOwnerIndex::build(vec![(0, 4, 1), (4, 4, 1), (8, 1, 2)]);
         assert_eq!(idx.segments().count(), 2);
     }
 }

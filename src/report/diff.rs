@@ -82,7 +82,7 @@ pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
                         };
                         for &id in ids {
                             let owner = idx.owner(id);
-                            let f = &idx.files[owner.file as usize];
+                            let Some(f) = idx.file(owner.record) else { continue };
                             let in_mft_data = f.record == 0 && f.streams[owner.stream as usize].is_default_data();
                             if !in_mft_data {
                                 credit(f, sectors, false);

@@ -94,8 +94,7 @@ pub fn locate(map: &ImageMap<'_>, query: Query, partition: Option<u32>) -> Resul
             None => regions.push(RegionBytes { region: piece.region, bytes: piece.end - piece.start }),
         }
         if let (Some((idx, ids)), Some(partition)) = (piece.owners, piece.partition) {
-            for &id in ids {
-                let o = OwnerRef::new(partition, idx, id);
+            for o in ids.iter().filter_map(|&id| OwnerRef::new(partition, idx, id)) {
                 if !owners.contains(&o) {
                     owners.push(o);
                 }

@@ -13,6 +13,7 @@ use super::verify::{self, NeededDigests};
 use super::{CompactOptions, CompactReport, CompactionPlan, Event, OutputFormat, plan};
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 use crate::map::blocks::NeedKind;
 use crate::vhd::device::{self, BlockDevice, WritableDevice};
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
@@ -83,7 +84,7 @@ pub fn in_place(
         ..opts.clone()
     };
     let (mut report, rewrite, before, uncovered) = {
-        let map = ImageMap::build(image, None)?;
+        let map = ImageMap::build_with(image, None, IndexDetail::Clusters)?;
         let plan = plan(&map, opts)?;
         let blocks = image.block_size().is_some() && image.kind() != ImageKind::Fixed;
         let rewrite = match blocks {

@@ -33,6 +33,7 @@ pub use what_if::{WhatIf, what_if, what_if_all};
 use crate::error::{Error, Result};
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 pub use crate::pass::Event;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind, OpenOptions};
@@ -102,7 +103,7 @@ pub fn to_new_file(
     let mut policy = OutputPolicy::new(replace);
     image.add_inputs_to(&mut policy);
     policy.check(output)?;
-    let map = ImageMap::build(image, None)?;
+    let map = ImageMap::build_with(image, None, index_detail(opts))?;
     let plan = plan(&map, opts)?;
     let out = NewFile::create(output, &policy)?;
     if !out.removed_stale().is_empty() {
@@ -166,11 +167,17 @@ pub fn to_stream(
         }
     }
     let started = Instant::now();
-    let map = ImageMap::build(image, None)?;
+    let map = ImageMap::build_with(image, None, index_detail(opts))?;
     let plan = plan(&map, opts)?;
     events(Event::Writing { temp: None, units: plan.blocks_written() });
     let written = write::write(&plan, ImageFile::stream(out, label)?, false, &|done| events(Event::Written(done)))?;
     CompactReport::written(image, &plan, &written, label.display().to_string(), None, started)
+}
+
+/// What compaction needs of each file: cluster ownership, or names and streams to sanitize
+/// or to find the registry hives a realignment patches.
+fn index_detail(opts: &CompactOptions) -> IndexDetail {
+    if opts.sanitize || opts.realign.is_some() { IndexDetail::Files } else { IndexDetail::Clusters }
 }
 
 /// Blocks the container holds: allocated BAT entries, or every block of a fixed image.

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 use crate::map::blocks::KeptAtBlockSize;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
@@ -41,7 +42,7 @@ pub struct WhatIf {
 
 /// What compacting `image` would reclaim. Reads the image, never writes.
 pub fn what_if(image: &DiskImage) -> Result<WhatIf> {
-    let map = ImageMap::build(image, None)?;
+    let map = ImageMap::build_with(image, None, IndexDetail::Clusters)?;
     let mut sizes = map.kept_by_block_size()?;
     let stored = match image.block_size() {
         Some(_) => sizes.first().map_or(0, |k| k.kept_bytes + k.freed_bytes),

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::error::{Error, Remedy, Result};
 use crate::host::FileId;
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 use crate::map::blocks::NeedKind;
 use crate::pass::Event;
 use crate::pass::container::family;
@@ -410,7 +411,7 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
             ),
         ));
     }
-    let map = ImageMap::build(&image, None)?;
+    let map = ImageMap::build_with(&image, None, IndexDetail::Clusters)?;
     // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
     crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
     let found = pieces(&image, &chain, &map, opts)?;

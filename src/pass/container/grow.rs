@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::disk::{DiskLayout, Lba, Scheme, mbr};
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
+use crate::ntfs::IndexDetail;
 use crate::ntfs::file::FileEntry;
 use crate::ntfs::record::BITMAP_RECORD;
 use crate::pass::disk_write::{self, DiskWrite};
@@ -31,7 +32,7 @@ pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
     let src = image.source().to_path_buf();
     let refuse = |why: String| Err(Error::unsupported(&src, why));
     let (writes, report) = {
-        let map = ImageMap::build(&*image, None)?;
+        let map = ImageMap::build_with(&*image, None, IndexDetail::Clusters)?;
         let layout = &map.layout;
         let ss = layout.sector_size;
         let Some(pm) = map.partitions.iter().max_by_key(|p| p.partition.end()) else {
