@@ -116,6 +116,82 @@ def ntfs_volume_with_files(name, files, disk_mib):
     return ntfs_disk_image(name, disk_mib << 20, 2048, populate, keep_part=True)
 
 
+def ntfs_volume_at_scale(files):
+    """A volume of `files` files (one MFT record each) for the scale section, built once through
+    ntfs-3g and cached (a million files take minutes): 100 files a folder, contents of 12 to
+    1200 bytes, so about half are resident in their record and half own a cluster run."""
+    def populate(mnt):
+        for i in range(files):
+            d = os.path.join(mnt, f"d{i // 10000:03d}", f"s{(i // 100) % 100:02d}")
+            if i % 100 == 0:
+                os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"file{i:07d}.txt"), "wb") as f:
+                f.write((f"f{i:010d} " * (1 + i % 100)).encode())
+    disk_mib = 1024 + files * 4 // 1024 * 2
+    return ntfs_disk_image(f"scale{files // 1000}k", disk_mib << 20, 2048, populate, keep_part=True)
+
+
+def mft_records(vhd):
+    """The volume's MFT record count, from the second line of `files --jsonl`."""
+    p = subprocess.Popen([tool("vhdinspect"), "files", "--jsonl", vhd], stdout=subprocess.PIPE)
+    import json
+    for line in p.stdout:
+        v = json.loads(line)
+        if v.get("type") == "volume":
+            p.kill()
+            p.wait()
+            return v["mft_records"]
+    sys.exit(f"bench: no volume line for {vhd}")
+
+
+def bench_scale():
+    """Memory and speed against the number of MFT records: `vhdinspect map` and `vhdcompact`
+    on a 200,000- and a 1,000,000-file volume, peak RSS as a slope per record (goal <= 64
+    bytes, and <= 256 MiB + 64 bytes per record at 1M); the full index of the 1M volume
+    (goal < 1.5 s, >= 10x faster than fls -r -p); compaction against copying the kept blocks
+    (goal <= 1.1x)."""
+    volumes = []
+    for files in (200_000, 1_000_000):
+        cached = os.path.exists(os.path.join(WORK, f"scale{files // 1000}k.vhd"))
+        start = time.perf_counter()
+        vhd, part = ntfs_volume_at_scale(files)
+        how = "cached" if cached else f"built in {time.perf_counter() - start:.0f} s"
+        volumes.append((vhd, part, mft_records(vhd), how))
+    print("scale: volumes made by mkntfs and ntfs-3g (100 files a folder, 12-1200 bytes each), "
+          "converted to dynamic VHDs by qemu-img; built once and cached under target/bench")
+    floor = own_rss_kib()
+    results = {}
+    for vhd, part, records, how in volumes:
+        print(f"  {os.path.basename(vhd)}: {records} MFT records, {mib(vhd):.0f} MiB ({how})")
+        subprocess.run(["cat", vhd], stdout=subprocess.DEVNULL, check=True)
+        out = os.path.join(WORK, "scale-out.vhd")
+        m, m_rss = measure([tool("vhdinspect"), "map", vhd], runs=3)
+        f, f_rss = measure([tool("vhdinspect"), "files", vhd], runs=3)
+        offsets, span, _ = kept_blocks(vhd, "vhd")
+        c, c_rss = median_run(lambda: measure([tool("vhdcompact"), vhd, out]), out, runs=1)
+        copy, _ = median_run(lambda: copy_ranges(vhd, out, offsets, span), out, runs=1)
+        fresh(out)
+        row("vhdinspect map (index of clusters)", m, m_rss, floor=floor)
+        row("vhdinspect files (full index + listing)", f, f_rss, floor=floor)
+        row("copy of the kept blocks", copy, 0, floor=floor)
+        row("vhdcompact", c, c_rss, copy, floor)
+        results[records] = (m_rss, c_rss, f, c / copy)
+    (r0, (m0, c0, _, k0)), (r1, (m1, c1, f1, k1)) = sorted(results.items())
+    vhd1, part1 = volumes[1][0], volumes[1][1]
+    fls, fls_rss = measure(["fls", "-r", "-p", "-f", "ntfs", part1])
+    row(f"fls -r -p ({r1} records)", fls, fls_rss, floor=floor)
+    slope = lambda a, b: (b - a) * 1024 / (r1 - r0)
+    budget = (256 << 20) + 64 * r1
+    print_checks([
+        (slope(m0, m1) <= 64, f"vhdinspect map: {slope(m0, m1):.0f} bytes per record (goal <= 64)"),
+        (slope(c0, c1) <= 64, f"vhdcompact: {slope(c0, c1):.0f} bytes per record (goal <= 64; its read-ahead of up to 96 MiB fills unevenly)"),
+        (max(m1, c1) * 1024 <= budget, f"peak RSS at {r1} records {max(m1, c1) / 1024:.0f} MiB (budget {budget / 2**20:.0f} MiB)"),
+        (f1 < 1.5, f"full index and listing of {r1} records in {f1:.2f} s (goal < 1.5 s)"),
+        (fls / f1 >= 10, f"{fls / f1:.1f}x faster than fls -r -p (goal >= 10x)"),
+        (max(k0, k1) <= 1.1, f"vhdcompact/kept-block copy {k0:.2f}x at {r0}, {k1:.2f}x at {r1} records (goal <= 1.1x)"),
+    ])
+
+
 def bench_ntfs():
     """The full index (files + cluster owners) of a 50,000-file volume against Sleuth Kit's
     listing alone (goal: 5x faster) and ntfscluster over the whole volume; peak memory against
@@ -630,6 +706,7 @@ SECTIONS = {
     "upload": bench_upload,
     "reg": bench_reg,
     "commit": bench_commit,
+    "scale": bench_scale,
     "create": bench_create,
 }
 

@@ -84,6 +84,10 @@ fn err<T>(at: usize, problem: impl Into<String>) -> Result<T, RecordError> {
 
 /// Decodes UTF-16 code units (unpaired surrogates become U+FFFD) in one allocation.
 fn utf16_string(units: impl Iterator<Item = u16> + Clone) -> String {
+    // Most names are ASCII: copied unit by unit, without decoding (a million names per volume).
+    if units.clone().all(|u| u < 0x80) {
+        return String::from_utf8(units.map(|u| u as u8).collect()).unwrap_or_default();
+    }
     let mut out = String::with_capacity(units.clone().count());
     out.extend(char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
     out
