@@ -64,7 +64,8 @@ pub struct NtfsIndex {
     /// Files in use that [`Self::files`] leaves out.
     plain_files: u64,
     detail: IndexDetail,
-    by_record: FxHashMap<u64, u32>,
+    /// Record number -> index into `files` (`u32::MAX`: none), one slot per record scanned.
+    by_record: Vec<u32>,
     /// Extension record -> its base record.
     extension_of: FxHashMap<u64, u64>,
     /// Directory record -> its path ("" for the root; orphaned directories under
@@ -122,7 +123,7 @@ impl NtfsIndex {
             partition,
             plain_files: scan.plain_files,
             detail,
-            by_record: files.iter().enumerate().map(|(i, f)| (f.record, i as u32)).collect(),
+            by_record: record_slots(&files),
             extension_of,
             dir_paths: FxHashMap::default(),
             files,
@@ -154,7 +155,8 @@ impl NtfsIndex {
 
     /// The file with MFT record `n`.
     pub fn file(&self, n: u64) -> Option<&FileEntry> {
-        self.by_record.get(&n).map(|&i| &self.files[i as usize])
+        let i = *self.by_record.get(usize::try_from(n).ok()?)?;
+        self.files.get(i as usize)
     }
 
     /// The file whose base or extension record is record `n`.
@@ -303,7 +305,7 @@ impl NtfsIndex {
         children.par_iter_mut().for_each(|(_, list)| list.sort_unstable_by(by_name));
         orphans.sort_unstable_by(by_name);
         let mut out = Vec::with_capacity(self.files.len());
-        if let Some(&root) = self.by_record.get(&ROOT) {
+        if let Some(&root) = self.by_record.get(ROOT as usize).filter(|&&i| i != u32::MAX) {
             out.push((root, 0));
         }
         let mut stack: Vec<std::slice::Iter<'_, (u32, u16)>> =
@@ -530,6 +532,16 @@ impl NtfsIndex {
         self.state = state;
         Ok(())
     }
+}
+
+/// For each record number up to the last file's, its index in `files` (sorted by record);
+/// the file records were all read, so the table grows with the MFT scanned.
+fn record_slots(files: &[FileEntry]) -> Vec<u32> {
+    let mut slots = vec![u32::MAX; files.last().map_or(0, |f| f.record as usize + 1)];
+    for (i, f) in files.iter().enumerate() {
+        slots[f.record as usize] = i as u32;
+    }
+    slots
 }
 
 fn join(dir: &str, name: &str) -> String {
