@@ -96,6 +96,15 @@ fn a_volume_of_200000_files_indexes_as_sleuth_kit_reads_it() {
     let extra: Vec<&String> = ours.difference(&theirs).take(5).collect();
     assert!(missing.is_empty() && extra.is_empty(), "fls lists {missing:?} we do not; we list {extra:?}");
     assert!(ours.len() as u64 > FILES, "{} paths", ours.len());
+    // JSON Lines stream the same entries from the volume, in record order.
+    let lines = String::from_utf8(run_ok(bin("vhdinspect").args(["files", "--jsonl"]).arg(&volume))).unwrap();
+    let streamed: BTreeSet<String> = lines
+        .lines()
+        .filter(|l| l.contains(r#""type":"file""#))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .filter(|p| p != ".")
+        .collect();
+    assert!(streamed == ours, "files --jsonl lists {} paths, the index {}", streamed.len(), ours.len());
     // A sample of files: their clusters as istat lists them, owned by them in both indexes.
     let mut sampled = 0;
     for record in (100..full.layout.record_count).step_by(4001) {

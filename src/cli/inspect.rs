@@ -287,7 +287,10 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Files { image, partition, runs, jsonl } => {
             let img = image.open(false)?;
-            let map = indexed(&img, partition, IndexDetail::Files)?;
+            // JSON Lines stream the files from the volume: the index needs no more than
+            // cluster ownership and the directories' paths.
+            let detail = if jsonl { IndexDetail::Clusters } else { IndexDetail::Files };
+            let map = indexed(&img, partition, detail)?;
             map.require_readable()?;
             note_without_ntfs(&map);
             let r = report::files::FilesReport::new(&map, runs);

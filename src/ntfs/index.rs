@@ -143,6 +143,12 @@ impl NtfsIndex {
         Ok(index)
     }
 
+    /// The files of records that span several (bases with an attribute list, and their
+    /// extensions), as a scan leaves them, merged (their problems are the index's own).
+    pub fn merge_pending(pending: Vec<RecordSummary>) -> Vec<FileEntry> {
+        group_records(pending, &mut Vec::new()).0
+    }
+
     /// How much of each file the index keeps.
     pub fn detail(&self) -> IndexDetail {
         self.detail
@@ -271,8 +277,20 @@ impl NtfsIndex {
         }
     }
 
+    /// The names under which `f` is listed: the root once, a nameless record once when it
+    /// holds clusters (under [`ORPHANS`]), any other file once per name.
+    pub fn listed_names(f: &FileEntry) -> std::ops::Range<usize> {
+        match (f.record == ROOT, f.names.len()) {
+            (true, _) => 0..1,
+            (false, 0) if Self::listed_nameless(f) => 0..1,
+            (false, n) => 0..n,
+        }
+    }
+
     /// Every (file, name) in tree order: the root, then each directory's entries sorted by
-    /// name (case-insensitively), depth first; files whose parent is gone come last.
+    /// name (case-insensitively), depth first; then the entries whose parent is gone (and
+    /// what those directories hold), then what directories caught in a loop of parents hold.
+    /// Each of [`Self::listed_names`] comes once.
     pub fn tree_order(&self) -> Vec<(u32, u16)> {
         let mut children: FxHashMap<u64, Vec<(u32, u16)>> = FxHashMap::default();
         let mut orphans: Vec<(u32, u16)> = Vec::new();
@@ -280,14 +298,12 @@ impl NtfsIndex {
             if f.record == ROOT {
                 continue;
             }
-            if f.names.is_empty() && Self::listed_nameless(f) {
-                orphans.push((fi as u32, 0));
-            }
-            for (ni, n) in f.names.iter().enumerate() {
-                if self.parent_path(n.parent, n.parent_sequence) == ORPHANS {
-                    orphans.push((fi as u32, ni as u16));
-                } else {
-                    children.entry(n.parent).or_default().push((fi as u32, ni as u16));
+            for ni in Self::listed_names(f) {
+                match f.names.get(ni) {
+                    Some(n) if self.parent_path(n.parent, n.parent_sequence) != ORPHANS => {
+                        children.entry(n.parent).or_default().push((fi as u32, ni as u16))
+                    }
+                    _ => orphans.push((fi as u32, ni as u16)),
                 }
             }
         }
@@ -308,10 +324,31 @@ impl NtfsIndex {
         if let Some(&root) = self.by_record.get(ROOT as usize).filter(|&&i| i != u32::MAX) {
             out.push((root, 0));
         }
-        let mut stack: Vec<std::slice::Iter<'_, (u32, u16)>> =
-            children.get(&ROOT).map(|c| c.iter()).into_iter().collect();
         let mut entered: FxHashSet<u64> = FxHashSet::default();
         entered.insert(ROOT);
+        let empty = Vec::new();
+        self.walk(children.get(&ROOT).unwrap_or(&empty), &children, &mut entered, &mut out);
+        self.walk(&orphans, &children, &mut entered, &mut out);
+        let mut looped: Vec<u64> = children.keys().filter(|d| !entered.contains(d)).copied().collect();
+        looped.sort_unstable();
+        for d in looped {
+            if entered.insert(d) {
+                self.walk(&children[&d], &children, &mut entered, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Appends `list` to `out`, each directory followed by its entries (depth first; a
+    /// directory is entered once).
+    fn walk(
+        &self,
+        list: &[(u32, u16)],
+        children: &FxHashMap<u64, Vec<(u32, u16)>>,
+        entered: &mut FxHashSet<u64>,
+        out: &mut Vec<(u32, u16)>,
+    ) {
+        let mut stack = vec![list.iter()];
         while let Some(top) = stack.last_mut() {
             let Some(&entry) = top.next() else {
                 stack.pop();
@@ -326,8 +363,6 @@ impl NtfsIndex {
                 stack.push(c.iter());
             }
         }
-        out.extend(orphans);
-        out
     }
 
     #[doc(hidden)]

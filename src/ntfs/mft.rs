@@ -21,6 +21,8 @@ use crate::vhd::device::BlockDevice;
 
 /// Bytes of MFT read per worker task.
 const CHUNK_BYTES: u64 = 1 << 20;
+/// Chunks parsed together before their results are handed on in order (64 MiB of records).
+const WINDOW_CHUNKS: usize = 64;
 /// Largest non-resident attribute list read (Windows keeps them far smaller).
 pub const MAX_ATTRIBUTE_LIST: u64 = 16 << 20;
 
@@ -406,31 +408,11 @@ impl MftLayout {
     /// Reads every record slot in parallel. Records complete in themselves become files right
     /// away in the worker; the few that span several records wait for the merge.
     pub fn scan(&self, view: &dyn BlockDevice, detail: IndexDetail) -> ScanResult {
-        thread_local! {
-            // One read buffer per worker thread, reused for every chunk it takes (rayon's
-            // map_init would make a fresh, zero-filled buffer per split).
-            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let parts: Vec<ScanResult> = self
-            .chunks()
-            .par_iter()
-            .map(|chunk| {
-                let mut out = ScanResult::default();
-                match *chunk {
-                    Chunk::Contiguous { first, at, count } => {
-                        BUFFER.with(|b| self.scan_chunk(view, &mut b.borrow_mut(), (first, at, count), detail, &mut out))
-                    }
-                    Chunk::Straddling(n) => match self.read_record_bytes(view, n) {
-                        Ok(mut b) => {
-                            let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
-                            self.scan_record(n, &mut b, at, detail, &mut out)
-                        }
-                        Err(e) => out.problems.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
-                    },
-                }
-                out
-            })
-            .collect();
+        let mut parts = Vec::new();
+        let Ok(()) = self.scan_in_order::<std::convert::Infallible>(view, detail, &mut |part| {
+            parts.push(part);
+            Ok(())
+        });
         // Sized once: the parts are moved in without the vectors doubling as they grow.
         let mut all = ScanResult {
             files: Vec::with_capacity(parts.iter().map(|p| p.files.len()).sum()),
@@ -441,6 +423,47 @@ impl MftLayout {
             all.append(p);
         }
         all
+    }
+
+    /// Reads every record slot, a window of chunks at a time parsed in parallel, and hands
+    /// each chunk's result to `each` in record order, as soon as its window is done: a caller
+    /// can start on the first files while later ones are read.
+    pub fn scan_in_order<E>(
+        &self,
+        view: &dyn BlockDevice,
+        detail: IndexDetail,
+        each: &mut dyn FnMut(ScanResult) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        thread_local! {
+            // One read buffer per worker thread, reused for every chunk it takes (rayon's
+            // map_init would make a fresh, zero-filled buffer per split).
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        for window in self.chunks().chunks(WINDOW_CHUNKS) {
+            let parts: Vec<ScanResult> = window
+                .par_iter()
+                .map(|chunk| {
+                    let mut out = ScanResult::default();
+                    match *chunk {
+                        Chunk::Contiguous { first, at, count } => BUFFER.with(|b| {
+                            self.scan_chunk(view, &mut b.borrow_mut(), (first, at, count), detail, &mut out)
+                        }),
+                        Chunk::Straddling(n) => match self.read_record_bytes(view, n) {
+                            Ok(mut b) => {
+                                let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
+                                self.scan_record(n, &mut b, at, detail, &mut out)
+                            }
+                            Err(e) => out.problems.push(RecordProblem { record: n, offset: 0, problem: e.problem }),
+                        },
+                    }
+                    out
+                })
+                .collect();
+            for part in parts {
+                each(part)?;
+            }
+        }
+        Ok(())
     }
 
     /// Pieces of work in record order: runs of at most [`CHUNK_BYTES`] of records contiguous on

@@ -7,14 +7,15 @@ use std::io::{self, Write};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::disk::PartitionView;
 use crate::map::ImageMap;
-use crate::ntfs::NtfsIndex;
 use crate::ntfs::file::{FileEntry, Stream, file_attr};
 use crate::ntfs::index::Consistency;
 use crate::ntfs::mft::RecordProblem;
 use crate::ntfs::record;
 use crate::ntfs::runs::Run;
 use crate::ntfs::volume::VolumeState;
+use crate::ntfs::{IndexDetail, NtfsIndex};
 
 /// One stream of a file.
 #[derive(Serialize)]
@@ -124,7 +125,7 @@ impl VolumeReport {
             cluster_size: idx.cluster_size(),
             total_clusters: idx.total_clusters(),
             mft_records: idx.layout.record_count,
-            files: idx.files.len(),
+            files: idx.file_count() as usize,
             state: idx.state.clone(),
             consistency: idx.consistency(),
             problems: idx.problems.clone(),
@@ -224,8 +225,11 @@ impl<'m> FilesReport<'m> {
     }
 
     /// Writes JSON Lines: a line per partition's file system and per NTFS volume, then a line
-    /// per file, each with `schema_version` and `"type"` (`filesystem`, `volume`, `file`), so a
-    /// pipeline can start on the first files while the rest are written.
+    /// per file, each with `schema_version` and `"type"` (`filesystem`, `volume`, `file`).
+    /// The files come in MFT record order, read again from the volume as they are written (a
+    /// window of records at a time, those spanning several records last): the first lines
+    /// come before the whole volume is read, and memory stays that of the map's index, which
+    /// may be one of clusters alone.
     pub fn write_jsonl(&self, w: &mut dyn Write) -> io::Result<()> {
         for (partition, filesystem) in self.map.filesystems() {
             crate::report::write_line(w, "filesystem", &PartitionFileSystem { partition, filesystem })?;
@@ -233,10 +237,37 @@ impl<'m> FilesReport<'m> {
         for v in &self.volumes {
             crate::report::write_line(w, "volume", v)?;
         }
+        for (p, idx) in self.map.ntfs() {
+            let view = PartitionView::new(self.map.image, p);
+            let mut pending = Vec::new();
+            idx.layout.scan_in_order(&view, IndexDetail::Files, &mut |part| {
+                pending.extend(part.pending);
+                self.write_file_lines(w, p.index, idx, &part.files)
+            })?;
+            self.write_file_lines(w, p.index, idx, &NtfsIndex::merge_pending(pending))?;
+        }
+        Ok(())
+    }
+
+    /// A line per listed name of each of `files` (formatted in parallel, written in order).
+    fn write_file_lines(&self, w: &mut dyn Write, part: u32, idx: &NtfsIndex, files: &[FileEntry]) -> io::Result<()> {
         let runs = self.runs;
-        self.write_entries(w, |buf, part, idx, f, name| {
-            crate::report::write_line(buf, "file", &FileReport::new(part, idx, f, name, runs))
-        })
+        let parts: Vec<io::Result<Vec<u8>>> = files
+            .par_chunks(128)
+            .map(|chunk| {
+                let mut buf = Vec::with_capacity(chunk.len() * 256);
+                for f in chunk {
+                    for name in NtfsIndex::listed_names(f) {
+                        crate::report::write_line(&mut buf, "file", &FileReport::new(part, idx, f, name, runs))?;
+                    }
+                }
+                Ok(buf)
+            })
+            .collect();
+        for part in parts {
+            w.write_all(&part?)?;
+        }
+        Ok(())
     }
 
     /// Writes plain aligned columns.
