@@ -387,7 +387,7 @@ impl ImageMap<'_> {
             }
         }
         let mut top: Vec<((usize, u64), u64)> = owners.into_iter().collect();
-        top.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.1.cmp(&y.0.1)));
+        top.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.1.cmp(&y.0.1)).then(x.0.0.cmp(&y.0.0)));
         top.truncate(3);
         info.top_owners = top.into_iter().map(|((part, mft_record), clusters)| self.block_owner(part, mft_record, clusters)).collect();
         info.state = if !presence.allocated {

@@ -87,6 +87,8 @@ pub struct NtfsIndex {
 }
 
 const SAMPLE_RANGES: usize = 20;
+/// Names and streams of one file an index tells apart (they are numbered in 16 bits).
+pub const MAX_INDEXED: usize = 1 << 16;
 
 impl NtfsIndex {
     /// Builds the index of the NTFS volume on `view` (one partition), keeping `detail` of
@@ -161,6 +163,9 @@ impl NtfsIndex {
 
     /// The file with MFT record `n`.
     pub fn file(&self, n: u64) -> Option<&FileEntry> {
+        if self.by_record.is_empty() {
+            return self.files.binary_search_by_key(&n, |f| f.record).ok().map(|i| &self.files[i]);
+        }
         let i = *self.by_record.get(usize::try_from(n).ok()?)?;
         self.files.get(i as usize)
     }
@@ -283,7 +288,8 @@ impl NtfsIndex {
         match (f.record == ROOT, f.names.len()) {
             (true, _) => 0..1,
             (false, 0) if Self::listed_nameless(f) => 0..1,
-            (false, n) => 0..n,
+            // Past 65,536 names (only a hostile volume merges that many) the rest are left out.
+            (false, n) => 0..n.min(MAX_INDEXED),
         }
     }
 
@@ -321,8 +327,8 @@ impl NtfsIndex {
         children.par_iter_mut().for_each(|(_, list)| list.sort_unstable_by(by_name));
         orphans.sort_unstable_by(by_name);
         let mut out = Vec::with_capacity(self.files.len());
-        if let Some(&root) = self.by_record.get(ROOT as usize).filter(|&&i| i != u32::MAX) {
-            out.push((root, 0));
+        if let Some(root) = self.files.binary_search_by_key(&ROOT, |f| f.record).ok() {
+            out.push((root as u32, 0));
         }
         let mut entered: FxHashSet<u64> = FxHashSet::default();
         entered.insert(ROOT);
@@ -513,7 +519,7 @@ impl NtfsIndex {
             })
             .collect();
         for f in &self.files {
-            for (si, s) in f.streams.iter().enumerate() {
+            for (si, s) in f.streams.iter().enumerate().take(MAX_INDEXED) {
                 if s.runs.iter().all(|r| r.lcn.is_none()) {
                     continue;
                 }
@@ -569,10 +575,16 @@ impl NtfsIndex {
     }
 }
 
-/// For each record number up to the last file's, its index in `files` (sorted by record);
-/// the file records were all read, so the table grows with the MFT scanned.
+/// For each record number up to the last file's, its index in `files` (sorted by record):
+/// one `u32` per record, when the files fill the MFT densely enough. An MFT with sparse
+/// holes (a hostile one) would make the table grow with its claimed size: then it is left
+/// empty and [`NtfsIndex::file`] searches `files` instead.
 fn record_slots(files: &[FileEntry]) -> Vec<u32> {
-    let mut slots = vec![u32::MAX; files.last().map_or(0, |f| f.record as usize + 1)];
+    let span = files.last().map_or(0, |f| f.record.saturating_add(1));
+    if span > 2 * files.len() as u64 + (1 << 20) {
+        return Vec::new();
+    }
+    let mut slots = vec![u32::MAX; span as usize];
     for (i, f) in files.iter().enumerate() {
         slots[f.record as usize] = i as u32;
     }
@@ -642,4 +654,22 @@ fn group_records(
         files.push(merge_file(parts));
     }
     (files, extension_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(record: u64) -> FileEntry {
+        FileEntry { record, sequence: 1, directory: false, file_attributes: 0, names: Box::new([]), streams: Box::new([]) }
+    }
+
+    #[test]
+    fn records_far_apart_get_no_table_that_grows_with_the_gap() {
+        let dense: Vec<FileEntry> = (0..100).map(file).collect();
+        assert_eq!(record_slots(&dense).len(), 100);
+        // One file past a hole an MFT's sparse runs may claim: no table of 2^40 slots.
+        let sparse = vec![file(0), file(5), file(1 << 40)];
+        assert!(record_slots(&sparse).is_empty());
+    }
 }

@@ -573,7 +573,7 @@ fn is_plain(f: &FileEntry) -> bool {
 
 /// The cluster runs of a file's streams.
 fn owned_runs(f: &FileEntry) -> impl Iterator<Item = OwnedRun> + '_ {
-    f.streams.iter().enumerate().flat_map(move |(si, s)| {
+    f.streams.iter().enumerate().take(crate::ntfs::index::MAX_INDEXED).flat_map(move |(si, s)| {
         s.runs.iter().filter_map(move |r| {
             r.lcn.map(|lcn| OwnedRun::new(lcn, r.length, f.record, si as u16))
         })

@@ -605,6 +605,9 @@ impl<'m> Planner<'m, '_> {
         if moved.is_empty() {
             return Ok(());
         }
+        if self.map.ntfs().any(|(_, idx)| idx.detail() != crate::ntfs::IndexDetail::Files) {
+            return Err(Error::internal("realignment finds the registry hives by name (an index of clusters was built)"));
+        }
         let volumes: Vec<u32> = self.map.ntfs().map(|(p, _)| p.index).collect();
         for partition in volumes {
             for path in std::iter::once(SYSTEM_HIVE).chain(BCD_STORES) {

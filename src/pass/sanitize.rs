@@ -19,12 +19,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bytes::{le16, le32};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::pass::disk_write::DiskWrite;
 use crate::ntfs::record::{self, ROOT, attr_type};
 use crate::ntfs::runs::Run;
-use crate::ntfs::{FileEntry, NtfsIndex, Stream};
+use crate::ntfs::{FileEntry, IndexDetail, NtfsIndex, Stream};
 use crate::vhd::device::BlockDevice;
 
 /// Files whose contents Windows recreates: kept, zeroed.
@@ -107,6 +107,9 @@ impl Sanitization {
     pub fn plan(map: &ImageMap<'_>) -> Result<Self> {
         let mut all = Sanitization::default();
         for (partition, index) in map.ntfs() {
+            if index.detail() != IndexDetail::Files {
+                return Err(Error::internal("sanitization needs every file's streams (an index of clusters was built)"));
+            }
             let mut volume = Volume { device: map.image, base: partition.start(), index, patches: Vec::new(), summary: SanitizeSummary::default() };
             volume.plan()?;
             all.patches.append(&mut volume.patches);

@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, Space};
 use crate::host::{NewFile, OutputPolicy, Replace};
 use crate::map::ImageMap;
-use crate::ntfs::IndexDetail;
 use crate::pass::Event;
 use crate::pass::compact::{CompactOptions, CompactionPlan, OutputFormat, StoredBlock, plan};
 use crate::vhd::device::BlockDevice;
@@ -143,7 +142,7 @@ pub fn upload(
         verify: false,
         ..compact.clone()
     };
-    let map = ImageMap::build_with(image, None, IndexDetail::Clusters)?;
+    let map = ImageMap::build_with(image, None, crate::pass::compact::index_detail(&compact))?;
     let plan = plan(&map, &compact)?;
     let disk_size = plan.disk_size;
     let blob_size = disk_size + FOOTER_SIZE as u64;

@@ -176,7 +176,7 @@ pub fn to_stream(
 
 /// What compaction needs of each file: cluster ownership, or names and streams to sanitize
 /// or to find the registry hives a realignment patches.
-fn index_detail(opts: &CompactOptions) -> IndexDetail {
+pub(crate) fn index_detail(opts: &CompactOptions) -> IndexDetail {
     if opts.sanitize || opts.realign.is_some() { IndexDetail::Files } else { IndexDetail::Clusters }
 }
 
