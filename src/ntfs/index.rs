@@ -327,7 +327,7 @@ impl NtfsIndex {
         children.par_iter_mut().for_each(|(_, list)| list.sort_unstable_by(by_name));
         orphans.sort_unstable_by(by_name);
         let mut out = Vec::with_capacity(self.files.len());
-        if let Some(root) = self.files.binary_search_by_key(&ROOT, |f| f.record).ok() {
+        if let Ok(root) = self.files.binary_search_by_key(&ROOT, |f| f.record) {
             out.push((root as u32, 0));
         }
         let mut entered: FxHashSet<u64> = FxHashSet::default();
