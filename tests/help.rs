@@ -243,4 +243,13 @@ fn progress_shows_on_a_terminal_only() {
     let map = on_a_terminal(&format!("{inspect} map {}", image.display()));
     assert!(map.contains("indexing the image") && map.contains('┆'), "{map}");
     assert!(map.lines().filter(|l| l.contains('┆')).all(|l| l.trim_end().chars().count() <= 100), "{map}");
+    // vhddisk while a commit writes, in bytes.
+    let (parent, child) = (dir.path().join("parent.vhd"), dir.path().join("child.vhd"));
+    run_ok(bin("vhddisk").args(["create", "--size", "64M"]).arg(&parent));
+    run_ok(bin("vhddisk").arg("create").arg(&child).arg("--parent").arg(&parent));
+    let (mut c, _) = vhdkit::DiskImage::open_writable(&child, &Default::default()).unwrap();
+    vhdkit::WritableDevice::write_at(&mut c, 1 << 20, &[0x5a; 4 << 20]).unwrap();
+    drop(c);
+    let commit = on_a_terminal(&format!("{} commit {}", env!("CARGO_BIN_EXE_vhddisk"), child.display()));
+    assert!(commit.contains("committing") && commit.contains("MiB"), "{commit}");
 }

@@ -219,7 +219,15 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Commit { child, depth, remove, force } => {
             let opts = CommitOptions { depth: depth as usize, remove, force, open };
-            let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events))?;
+            let progress = crate::cli::Progress::new(false, true);
+            let events = |e: Event<'_>| match e {
+                Event::Writing { units, .. } => progress.phase("committing", units),
+                Event::Written(done) => progress.bar.set_position(done),
+                _ => {}
+            };
+            let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events));
+            progress.bar.finish_and_clear();
+            let r = r?;
             emit(cli.json, &r, render_commit)?;
         }
     }

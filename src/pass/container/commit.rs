@@ -127,9 +127,10 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
     require_planned(&plan.target, plan.target_id)?;
     let (appends, overwrites) = split_by_target(&target, &plan.ranges);
     let read = |r: &Piece, buf: &mut [u8]| layers[r.layer].read_at(r.start, buf);
-    events(Event::Writing { temp: None, units: (appends.len() + overwrites.len()) as u64 });
+    // Progress counts bytes: the pieces to copy, appended then overwritten.
+    events(Event::Writing { temp: None, units: plan.ranges.iter().map(|r| r.end - r.start).sum() });
     let appended = append(&mut target, &appends, &read, events)?;
-    let written = appended + overwrite(&mut target, &overwrites, &read, appends.len() as u64, events)?;
+    let written = appended + overwrite(&mut target, &overwrites, &read, appended, events)?;
     drop(target);
     drop(layers);
     if opts.remove {
@@ -209,7 +210,7 @@ fn append(
     let differencing = target.differencing();
     let DiskImage::Sparse(sparse) = target else { return Ok(0) };
     let bs = sparse.block_size();
-    let (mut done, mut appended) = (0, 0);
+    let mut appended = 0;
     for step in appends.chunks((APPEND_STEP / bs).clamp(1, APPEND_BLOCKS) as usize) {
         // A dynamic disk's block is whole (zeros where no piece goes), as its readers assume;
         // a differencing one holds only the pieces' sectors, the rest still its parent's.
@@ -228,19 +229,18 @@ fn append(
             }
             Ok(())
         })?;
-        done += step.len() as u64;
-        events(Event::Written(done));
+        events(Event::Written(appended));
     }
     Ok(appended)
 }
 
 /// Overwrites the sectors the target already stores, in journaled batches; returns the
-/// bytes written.
+/// bytes written (`done` before it, for progress).
 fn overwrite(
     target: &mut DiskImage,
     overwrites: &[Piece],
     read: &dyn Fn(&Piece, &mut [u8]) -> Result<()>,
-    mut done: u64,
+    done: u64,
     events: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<u64> {
     let mut written = 0;
@@ -253,8 +253,7 @@ fn overwrite(
             written += r.end - r.start;
         }
         disk_write::apply(target, &writes)?;
-        done += batch.len() as u64;
-        events(Event::Written(done));
+        events(Event::Written(done + written));
     }
     Ok(written)
 }
