@@ -529,7 +529,9 @@ fn ntfs3g_free(volume: &Path) -> u64 {
 
 #[test]
 fn expand_grows_the_last_ntfs_partition_into_the_new_space() {
-    for name in ["xp-fixed.vhd", "gpt-dynamic.vhd"] {
+    // A primary partition, a GPT one and a logical one (its EBR, the link to it and the
+    // extended partition grow with it).
+    for name in ["xp-fixed.vhd", "gpt-dynamic.vhd", "logical-dynamic.vhd"] {
         let dir = tempdir();
         let image = copy_of(name, dir.path());
         let before = image_file_hashes(&image);
@@ -558,6 +560,10 @@ fn expand_grows_the_last_ntfs_partition_into_the_new_space() {
         let table = String::from_utf8(run_ok(Command::new("sfdisk").arg("-d").arg(&raw))).unwrap();
         let sectors = grown["new_bytes"].as_u64().unwrap() / 512;
         assert!(table.replace(' ', "").contains(&format!("size={sectors},")), "{name}: {table}");
+        let verify = String::from_utf8(run_ok(Command::new("sfdisk").arg("--verify").arg(&raw))).unwrap();
+        assert!(!verify.to_lowercase().contains("overlap") && !verify.contains("exceeds"), "{name}: {verify}");
+        let listed = String::from_utf8(run_ok(Command::new("mmls").arg(&raw))).unwrap();
+        assert!(listed.contains(&format!("{sectors:010}")), "{name}: Sleuth Kit sees the partition's size: {listed}");
     }
 }
 

@@ -1,11 +1,12 @@
-//! `expand --grow-partition`: the disk's last partition and its NTFS volume grown into the
-//! space after it, in one journaled write: the partition's table entry, the boot sector and
-//! its backup at the new end, and `$Bitmap` (grown through the same patcher that grows hives,
+//! `expand --grow-partition`: the disk's last partition (primary, logical or GPT) and its
+//! NTFS volume grown into the space after it, in one journaled write: the partition's table
+//! entries (a logical one's with its EBR chain and the extended partition), the boot sector
+//! and its backup at the new end, and `$Bitmap` (grown through the same patcher that grows hives,
 //! then rewritten whole: the new clusters free). `$Volume` and every file are untouched.
 
 use serde::Serialize;
 
-use crate::disk::{DiskLayout, Lba, Scheme, mbr};
+use crate::disk::{DiskLayout, Lba, Partition, Scheme, mbr};
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
 use crate::ntfs::IndexDetail;
@@ -39,9 +40,6 @@ pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
             return refuse("the disk has no partition to grow".into());
         };
         let p = &pm.partition;
-        if p.logical {
-            return refuse(format!("partition {} is a logical partition: only a primary or GPT one is grown", p.index));
-        }
         let Some(idx) = pm.ntfs() else {
             return refuse(format!("partition {} holds no readable NTFS volume", p.index));
         };
@@ -55,7 +53,7 @@ pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
         if sectors <= p.sectors {
             return refuse(format!("partition {} already reaches the end of the disk", p.index));
         }
-        let mut writes = table_writes(&*image, layout, p.index, p.start_lba, sectors)?;
+        let mut writes = table_writes(&*image, layout, p, sectors)?;
         let cs = idx.cluster_size();
         // The backup boot sector takes the partition's last sector, outside every cluster.
         let total_sectors = sectors - 1;
@@ -82,12 +80,12 @@ pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
     Ok(report)
 }
 
-/// The partition table's new entry for partition `index`: `sectors` from `start`.
-fn table_writes(image: &DiskImage, layout: &DiskLayout, index: u32, start: Lba, sectors: u64) -> Result<Vec<DiskWrite>> {
+/// The partition table's new entries for partition `p`, now `sectors` long.
+fn table_writes(image: &DiskImage, layout: &DiskLayout, p: &Partition, sectors: u64) -> Result<Vec<DiskWrite>> {
     let ss = layout.sector_size;
     if let (Scheme::Gpt, Some(t)) = (layout.scheme, &layout.gpt_table) {
         let mut table = t.clone();
-        table.move_entry(index, start, sectors);
+        table.move_entry(p.index, p.start_lba, sectors);
         let last = Lba(image.len() / ss.bytes() - 1);
         return Ok(table
             .encode(last)
@@ -95,15 +93,48 @@ fn table_writes(image: &DiskImage, layout: &DiskLayout, index: u32, start: Lba, 
             .map(|(offset, bytes, what)| DiskWrite { offset, bytes, what: what.into() })
             .collect());
     }
-    let mut sector0 = vec![0u8; ss.bytes() as usize];
-    image.read_at(0, &mut sector0)?;
-    let at = mbr::TABLE_OFFSET + (index as usize - 1) * mbr::ENTRY_SIZE;
-    let entry = &mut sector0[at..at + mbr::ENTRY_SIZE];
-    entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
-    // The end's CHS in Windows' geometry, clamped as Windows writes it.
+    let end = p.start_lba.0 + sectors;
+    let sector_at = |lba: Lba| -> Result<Vec<u8>> {
+        let mut sector = vec![0u8; ss.bytes() as usize];
+        image.read_at(lba.offset(ss), &mut sector)?;
+        Ok(sector)
+    };
+    let mut mbr_sector = sector_at(Lba(0))?;
+    let Some(ebr) = p.ebr_lba.filter(|_| p.logical) else {
+        set_extent(&mut mbr_sector, p.index as usize - 1, p.start_lba.0, end);
+        return Ok(vec![DiskWrite { offset: 0, bytes: mbr_sector, what: "MBR".into() }]);
+    };
+    // A logical partition: the extended partition in the MBR reaches the new end, its own EBR
+    // entry grows, and so does the link to its EBR in the EBR before (it spans from that EBR
+    // to the end of the partition).
+    let unsupported = |why: &str| Error::unsupported(image.source(), format!("partition {}: {why}", p.index));
+    let extended = (0..4)
+        .find(|&i| mbr::MbrEntry::from_sector(&mbr_sector, i).is_extended())
+        .ok_or_else(|| unsupported("a logical partition, but the MBR has no extended partition"))?;
+    let ext_start = mbr::MbrEntry::from_sector(&mbr_sector, extended).start_lba() as u64;
+    set_extent(&mut mbr_sector, extended, ext_start, end);
+    let mut writes = vec![DiskWrite { offset: 0, bytes: mbr_sector, what: "MBR".into() }];
+    let mut own = sector_at(ebr)?;
+    set_extent(&mut own, 0, p.start_lba.0, end);
+    writes.push(DiskWrite { offset: ebr.offset(ss), bytes: own, what: format!("EBR at sector {}", ebr.0) });
+    let ebrs = layout.mbr.as_ref().map_or(&[][..], |m| &m.ebrs[..]);
+    if let Some(before) = ebrs.windows(2).find(|w| w[1].lba == ebr).map(|w| w[0].lba) {
+        let mut link = sector_at(before)?;
+        set_extent(&mut link, 1, ebr.0, end);
+        writes.push(DiskWrite { offset: before.offset(ss), bytes: link, what: format!("EBR at sector {}", before.0) });
+    }
+    Ok(writes)
+}
+
+/// Sets entry `slot` of the partition table in `sector` to end before sector `end`: its
+/// sector count from its start (`start`, absolute, where the entry's own start is relative),
+/// and the end's CHS in Windows' geometry, clamped as Windows writes it.
+fn set_extent(sector: &mut [u8], slot: usize, start: u64, end: u64) {
+    let at = mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE;
+    let entry = &mut sector[at..at + mbr::ENTRY_SIZE];
+    entry[12..16].copy_from_slice(&((end - start).min(u32::MAX as u64) as u32).to_le_bytes());
     let g = mbr::BiosGeometry::WINDOWS;
-    entry[5..8].copy_from_slice(&mbr::Chs::from_lba(start.0 + sectors - 1, g.heads, g.sectors_per_track).encode());
-    Ok(vec![DiskWrite { offset: 0, bytes: sector0, what: "MBR".into() }])
+    entry[5..8].copy_from_slice(&mbr::Chs::from_lba(end - 1, g.heads, g.sectors_per_track).encode());
 }
 
 /// `$Bitmap` grown to cover `new_clusters`, written whole through its runs: the old bits, the
