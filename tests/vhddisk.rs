@@ -488,6 +488,77 @@ fn a_vhdx_grows_and_shrinks_through_its_log() {
 }
 
 #[test]
+fn a_vhdx_grows_past_its_bat_region_by_moving_it() {
+    let dir = tempdir();
+    let image = vhdx_of("gpt-dynamic.vhd", dir.path());
+    let before = image_file_hashes(&image);
+    let region = |image: &Path| -> (u64, u64) {
+        let dump: serde_json::Value =
+            serde_json::from_slice(&run_ok(bin("vhdinspect").args(["dump", "--json"]).arg(image))).unwrap();
+        let bat = dump["vhdx"]["regions"].as_array().unwrap().iter().find(|r| r["name"] == "BAT").unwrap().clone();
+        (bat["file_offset"].as_u64().unwrap(), bat["length"].as_u64().unwrap())
+    };
+    let (old_offset, old_length) = region(&image);
+    // 16 TiB needs more entries than a 1 MiB region holds, whatever the block size (up to
+    // 32 MiB, qemu's).
+    vhddisk_json(&["expand", "--size", "16T"], &[&image]);
+    let (offset, length) = region(&image);
+    assert!(
+        offset != old_offset && length > old_length,
+        "the BAT moved: {old_offset}+{old_length} -> {offset}+{length}"
+    );
+    let check = run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&image));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert_eq!(qemu_size(&image, "vhdx"), 16 << 40);
+    assert!(run(bin("vhdinspect").arg("check").arg(&image)).status.success());
+    assert_eq!(image_file_hashes(&image), before, "every file as it was");
+    // A block past the old end, written by qemu, reads back through the moved table.
+    let at = 15u64 << 40;
+    run_ok(Command::new("qemu-io").args(["-f", "vhdx", "-c", &format!("write -P 0x6b {at} 1M")]).arg(&image));
+    let mut buf = vec![0u8; 1 << 20];
+    open(&image).read_at(at, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x6b), "the block qemu wrote past the old end");
+}
+
+#[test]
+fn a_vhdx_killed_while_its_bat_moves_reads_as_before() {
+    let dir = tempdir();
+    let original = vhdx_of("gpt-dynamic.vhd", dir.path());
+    let (len, want) = {
+        let img = open(&original);
+        (img.len(), read_all(&img))
+    };
+    let image = dir.path().join("work.vhdx");
+    let mut n = 0;
+    let completed = loop {
+        std::fs::copy(&original, &image).unwrap();
+        let out = run(bin("vhddisk")
+            .args(["expand", "--size", "16T"])
+            .arg(&image)
+            .env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
+        if out.status.success() {
+            break n;
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("aborting before write"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Read as it is (its log replayed in memory), the disk holds what it held.
+        let img = open(&image);
+        assert!(img.len() == len || img.len() == 16 << 40, "killed after {n} writes: {} bytes", img.len());
+        let mut got = vec![0u8; len as usize];
+        img.read_at(0, &mut got).unwrap();
+        assert!(got == want, "killed after {n} writes: the disk reads differently");
+        // Every write of the move (the copy, the region tables' log entry), then a sample of
+        // the many BAT sectors the new size zeroes.
+        n += if n < 40 { 1 } else { 97 };
+        assert!(n < 20_000, "the expand never completed");
+    };
+    assert!(completed > 5, "only {completed} writes: the loop tested too little");
+}
+
+#[test]
 fn set_parent_relinks_a_vhdx_child_through_its_log() {
     let dir = tempdir();
     let parent = vhdx_of("aligned-dynamic.vhd", dir.path());

@@ -6,12 +6,12 @@ use crate::vhdx::Vhdx;
 use crate::vhdx::bat::BatShape;
 use crate::vhdx::log::{LogWrite, SECTOR};
 use crate::vhdx::metadata::{MAX_DISK_SIZE, VIRTUAL_DISK_SIZE};
-use crate::vhdx::region::{BAT_REGION, METADATA_REGION};
+use crate::vhdx::region::{ALIGNMENT, BAT_REGION, METADATA_REGION, REGION_TABLE_OFFSETS};
 
 impl Vhdx {
     /// Gives the disk `new_size` bytes. Shrinking drops the entries of the blocks past the new
-    /// end (the caller has checked they hold no data); growing needs the BAT region to hold the
-    /// new entries (moving it is not supported).
+    /// end (the caller has checked they hold no data); growing past what the BAT region holds
+    /// moves it to the end of the file first.
     pub fn resize_in_place(&mut self, new_size: u64) -> Result<()> {
         let path = self.file.path().to_path_buf();
         let sector = self.params.logical_sector_size;
@@ -24,14 +24,7 @@ impl Vhdx {
         let shape = BatShape::of(new_size, self.params.block_size, sector, self.params.has_parent);
         let bat_region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("no BAT region"))?;
         if shape.entries * 8 > bat_region.length as u64 {
-            return Err(Error::unsupported(
-                &path,
-                format!(
-                    "{new_size} bytes needs {} BAT entries and the BAT region holds {}: moving the region is not supported yet",
-                    shape.entries,
-                    bat_region.length / 8
-                ),
-            ));
+            self.move_bat_region(shape.entries * 8)?;
         }
         let item = self
             .metadata
@@ -58,6 +51,47 @@ impl Vhdx {
         self.log_and_apply(writes)?;
         self.end()?;
         self.params.virtual_disk_size = new_size;
+        Ok(())
+    }
+
+    /// Moves the BAT to a region of at least `bytes` at the end of the file: the table is
+    /// copied there (the rest zeros) and flushed while nothing points at it, then both region
+    /// tables name it in one log entry. A crash before leaves the old table in use (and space
+    /// past it that nothing references); after, the new one. The old region's space stays,
+    /// unused.
+    fn move_bat_region(&mut self, bytes: u64) -> Result<()> {
+        let old = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("no BAT region"))?;
+        let length = bytes.div_ceil(ALIGNMENT) * ALIGNMENT;
+        let length32 = u32::try_from(length)
+            .map_err(|_| Error::unsupported(self.file.path(), format!("a BAT of {length} bytes is larger than a region may be")))?;
+        let offset = self.file_len.max(self.file.file_len()?).div_ceil(ALIGNMENT) * ALIGNMENT;
+        let mut chunk = vec![0u8; ALIGNMENT as usize];
+        for at in (0..old.length as u64).step_by(ALIGNMENT as usize) {
+            let n = (old.length as u64 - at).min(ALIGNMENT) as usize;
+            self.file.read_exact_at(old.file_offset + at, &mut chunk[..n], "VHDX BAT")?;
+            self.file.write_all_at(offset + at, &chunk[..n])?;
+        }
+        self.file.set_len(offset + length)?;
+        self.file.sync()?;
+        self.file_len = offset + length;
+        let mut table = self.regions.clone();
+        for e in table.entries.iter_mut().filter(|e| e.guid == BAT_REGION) {
+            (e.file_offset, e.length) = (offset, length32);
+        }
+        let encoded = table.encode();
+        let writes = REGION_TABLE_OFFSETS
+            .iter()
+            .flat_map(|&at| {
+                encoded.chunks(SECTOR as usize).enumerate().map(move |(i, b)| LogWrite::Data {
+                    offset: at + i as u64 * SECTOR,
+                    bytes: b.to_vec(),
+                })
+            })
+            .collect();
+        self.begin(true)?;
+        self.log_and_apply(writes)?;
+        self.end()?;
+        self.regions = table;
         Ok(())
     }
 }
