@@ -412,6 +412,36 @@ fn vhddisk_dump_parent(image: &Path) -> String {
 }
 
 #[test]
+fn a_windows_made_child_is_relinked_and_committed() {
+    // A differencing VHD made by Windows 10's diskpart (its W2ku and W2ru locators, sector
+    // bitmaps as Windows writes them); its parent is not published, so a new disk of its size
+    // stands in, linked with --force.
+    let Some(real) = realdata("dfvfs/test_data/fat-differential.vhd") else { return };
+    for fixed in [true, false] {
+        let dir = tempdir();
+        let child = dir.path().join("child.vhd");
+        std::fs::copy(&real, &child).unwrap();
+        make_writable(&child);
+        let parent = dir.path().join("p.vhd");
+        let kind = if fixed { "--fixed" } else { "--dynamic" };
+        vhddisk_json(&["create", "--size", "4194304", kind], &[&parent]);
+        let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&parent));
+        assert_one_line_error(&refused, "child.vhd", &["not this disk's parent", "--force"]);
+        let r = vhddisk_json(&["set-parent", "--force"], &[&child, &parent]);
+        assert_eq!(r["forced_identity"], true, "{r}");
+        let view = read_all(&open(&child));
+        assert!(view[192 * 512..].starts_with(b"This is a text file."), "the child's own sectors over the new parent");
+        let r = vhddisk_json(&["commit", "--remove"], &[&parent.parent().unwrap().join("child.vhd")]);
+        assert_eq!(r["child_bytes"].as_u64(), Some(18 * 512), "the 18 sectors its bitmap holds: {r}");
+        assert_eq!(r["appended_bytes"].as_u64().unwrap() > 0, !fixed, "{r}");
+        assert!(read_all(&open(&parent)) == view, "the parent reads as the chain did");
+        let check = run(Command::new("qemu-img").args(["check", "-f", "vpc"]).arg(&parent));
+        assert!(check.status.code() != Some(2), "{}", String::from_utf8_lossy(&check.stdout));
+        assert!(run(bin("vhdinspect").arg("check").arg(&parent)).status.success());
+    }
+}
+
+#[test]
 fn a_commit_killed_at_any_write_leaves_the_chain_reading_the_same() {
     let dir = tempdir();
     let (parent, child, want) = parent_and_changed_child(dir.path());
