@@ -442,6 +442,24 @@ fn a_windows_made_child_is_relinked_and_committed() {
 }
 
 #[test]
+fn children_in_other_folders_are_found_where_the_user_says() {
+    let dir = tempdir();
+    let parent = dir.path().join("base.vhd");
+    vhddisk_json(&["create", "--size", "64M"], &[&parent]);
+    let elsewhere = dir.path().join("vms").join("one");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let child = elsewhere.join("child.vhd");
+    vhddisk_json(&["create", "--parent", parent.to_str().unwrap()], &[&child]);
+    let hash = sha256(&std::fs::read(&parent).unwrap());
+    let refused =
+        run(bin("vhddisk").args(["expand", "--size", "128M", "--search"]).arg(dir.path().join("vms/one")).arg(&parent));
+    assert_one_line_error(&refused, "base.vhd", &["has children", "child.vhd"]);
+    assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash, "nothing written");
+    // Its own folder alone holds no child: the expand goes on.
+    vhddisk_json(&["expand", "--size", "128M"], &[&parent]);
+}
+
+#[test]
 fn a_commit_killed_at_any_write_leaves_the_chain_reading_the_same() {
     let dir = tempdir();
     let (parent, child, want) = parent_and_changed_child(dir.path());

@@ -32,6 +32,10 @@ pub struct Cli {
     /// Wait for another vhdkit process using an image instead of failing at once.
     #[arg(long, global = true)]
     pub wait: bool,
+    /// Also look in DIR for differencing disks that a resize or commit would corrupt (the
+    /// disk's own folder, and those of a commit's chain, are always searched); repeatable.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub search: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -94,10 +98,11 @@ pub enum Command {
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
         size: u64,
-        /// Also grow the last partition (primary or GPT) and its NTFS volume to the new end.
+        /// Also grow the last partition (primary, logical or GPT) and its NTFS volume to the new
+        /// end.
         #[arg(long)]
         grow_partition: bool,
-        /// Resize although differencing disks in its folder have it as their parent.
+        /// Resize although differencing disks in the folders searched have it as their parent.
         #[arg(long)]
         force: bool,
     },
@@ -109,7 +114,7 @@ pub enum Command {
         /// The new virtual size.
         #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
         size: Option<u64>,
-        /// Resize although differencing disks in its folder have it as their parent.
+        /// Resize although differencing disks in the folders searched have it as their parent.
         #[arg(long)]
         force: bool,
     },
@@ -200,7 +205,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Expand { image, size, grow_partition, force } => {
             let mut img = writable(&image, &open)?;
-            let mut r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force))?;
+            let mut r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force, &cli.search))?;
             if grow_partition {
                 r.partition_grown = Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img))?);
             }
@@ -208,7 +213,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Shrink { image, size, force } => {
             let mut img = writable(&image, &open)?;
-            let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size, force))?;
+            let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size, force, &cli.search))?;
             emit(cli.json, &r, render_resize)?;
         }
         Command::SetParent { child, parent, force } => {
@@ -218,7 +223,7 @@ fn run(cli: Cli) -> Result<bool> {
             emit(cli.json, &r, render_relink)?;
         }
         Command::Commit { child, depth, remove, force } => {
-            let opts = CommitOptions { depth: depth as usize, remove, force, open };
+            let opts = CommitOptions { depth: depth as usize, remove, search: cli.search.clone(), force, open };
             let progress = crate::cli::Progress::new(false, true);
             let events = |e: Event<'_>| match e {
                 Event::Writing { units, .. } => progress.phase("committing", units),

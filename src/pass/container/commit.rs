@@ -45,6 +45,8 @@ pub struct CommitOptions {
     /// Delete the child (and the disks between it and the target) once their sectors are in
     /// the target.
     pub remove: bool,
+    /// More folders to look for other children in (the chain's own are always searched).
+    pub search: Vec<PathBuf>,
     /// Commit although other children of the target (or of a disk between) were found (they
     /// will read changed data and are corrupted by it), the child has children of its own to
     /// remove, or an NTFS volume is dirty or hibernated (its `$Bitmap` may not name every used
@@ -55,7 +57,7 @@ pub struct CommitOptions {
 
 impl Default for CommitOptions {
     fn default() -> Self {
-        CommitOptions { depth: 1, remove: false, force: false, open: OpenOptions::default() }
+        CommitOptions { depth: 1, remove: false, search: Vec::new(), force: false, open: OpenOptions::default() }
     }
 }
 
@@ -82,8 +84,8 @@ pub struct CommitReport {
     /// Other children of the target (or of a disk between) found beside them (the commit went
     /// on only with `force`).
     pub siblings: Vec<String>,
-    /// The folders searched for them (those of the chain's disks: children elsewhere are not
-    /// seen).
+    /// The folders searched for them (those of the chain's disks and the ones asked for:
+    /// children elsewhere are not seen).
     pub searched: Vec<String>,
     /// The disks between the child and the target: their sectors are in the target now, and
     /// they no longer read as before (removed with the child, else left for the user to
@@ -395,7 +397,7 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let target_path = target.source().to_path_buf();
     let target_id = FileId::of_path(&target_path).ok_or_else(|| Error::unsupported(&target_path, "cannot be read"))?;
     let paths: Vec<&Path> = chain.iter().map(|d| d.source()).collect();
-    let searched = family::folders_of(&paths);
+    let searched = family::folders_of(&paths, &opts.search);
     let own: Vec<FileId> = paths[..opts.depth].iter().filter_map(|p| FileId::of_path(p)).collect();
     let mut siblings = family::Children::default();
     for disk in &chain[1..] {

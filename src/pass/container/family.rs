@@ -46,12 +46,11 @@ impl Children {
     }
 }
 
-/// The folders searched for the children of `image` (and of the images in `with`): their
-/// own, without duplicates.
-pub fn folders_of(paths: &[&Path]) -> Vec<PathBuf> {
+/// The folders searched for the children of the images at `paths`: their own, then `extra`
+/// (the user's), without duplicates.
+pub fn folders_of(paths: &[&Path], extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        let f = folder_of(p);
+    for f in paths.iter().map(|p| folder_of(p)).chain(extra.iter().cloned()) {
         if !out.contains(&f) {
             out.push(f);
         }

@@ -4,6 +4,7 @@
 //! a GPT's backup table moves to the new last sector in a second step; between the two the disk is what a hypervisor's own resize leaves
 //! (a backup table short of the end), so an interruption loses nothing.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -41,8 +42,8 @@ pub struct ResizeReport {
 }
 
 /// Grows `image` (opened writable) to `new_size` bytes; refused when differencing images in
-/// its folder have it as their parent, unless `force`.
-pub fn expand(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeReport> {
+/// its folder (or in `search`) have it as their parent, unless `force`.
+pub fn expand(image: &mut DiskImage, new_size: u64, force: bool, search: &[PathBuf]) -> Result<ResizeReport> {
     let old = image.len();
     if new_size <= old {
         return Err(Error::unsupported(
@@ -50,13 +51,14 @@ pub fn expand(image: &mut DiskImage, new_size: u64, force: bool) -> Result<Resiz
             format!("{new_size} bytes is not larger than the disk's {old} bytes (shrink makes it smaller)"),
         ));
     }
-    resize(image, new_size, force)
+    resize(image, new_size, force, search)
 }
 
 /// Shrinks `image` (opened writable) to `new_size` bytes, or to the end of its last
 /// partition; refused when any byte beyond the new end holds data (a GPT's backup table
-/// excepted: it moves), and, unless `force`, when it has children in its folder.
-pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool) -> Result<ResizeReport> {
+/// excepted: it moves), and, unless `force`, when it has children in its folder (or in
+/// `search`).
+pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool, search: &[PathBuf]) -> Result<ResizeReport> {
     let layout = DiskLayout::read(image)?;
     let ss = layout.sector_size;
     // An MBR's extended container counts as well as its partitions.
@@ -101,7 +103,7 @@ pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool) -> Resu
             format!("cannot shrink to {target} bytes: the disk holds data at offset {a}, beyond the new end"),
         ));
     }
-    resize(image, target, force)
+    resize(image, target, force, search)
 }
 
 /// Non-zero ranges of the disk in `[from, to)`.
@@ -114,10 +116,10 @@ fn data_beyond(image: &DiskImage, from: u64, to: u64) -> Result<Vec<(u64, u64)>>
 }
 
 /// Changes the container, then moves a GPT's backup.
-fn resize(image: &mut DiskImage, new_size: u64, force: bool) -> Result<ResizeReport> {
+fn resize(image: &mut DiskImage, new_size: u64, force: bool, search: &[PathBuf]) -> Result<ResizeReport> {
     let started = Instant::now();
     let path = image.source().to_path_buf();
-    let children = family::children_of(image, &family::folders_of(&[&path]), &[]);
+    let children = family::children_of(image, &family::folders_of(&[&path], search), &[]);
     if children.any() && !force {
         return Err(Error::Refused {
             file: path,
