@@ -283,7 +283,7 @@ impl NtfsIndex {
     }
 
     /// The names under which `f` is listed: the root once, a nameless record once when it
-    /// holds clusters (under [`ORPHANS`]), any other file once per name.
+    /// holds clusters (under `$OrphanFiles`), any other file once per name.
     pub fn listed_names(f: &FileEntry) -> std::ops::Range<usize> {
         match (f.record == ROOT, f.names.len()) {
             (true, _) => 0..1,
