@@ -455,6 +455,10 @@ fn children_in_other_folders_are_found_where_the_user_says() {
         run(bin("vhddisk").args(["expand", "--size", "128M", "--search"]).arg(dir.path().join("vms/one")).arg(&parent));
     assert_one_line_error(&refused, "base.vhd", &["has children", "child.vhd"]);
     assert_eq!(sha256(&std::fs::read(&parent).unwrap()), hash, "nothing written");
+    // A folder that is not one is a usage error, not a search that finds nothing.
+    let typo =
+        run(bin("vhddisk").args(["expand", "--size", "128M", "--search"]).arg(dir.path().join("vms/on")).arg(&parent));
+    assert_eq!(typo.status.code(), Some(2), "{}", String::from_utf8_lossy(&typo.stderr));
     // Its own folder alone holds no child: the expand goes on.
     vhddisk_json(&["expand", "--size", "128M"], &[&parent]);
 }
@@ -549,7 +553,8 @@ fn a_vhdx_grows_past_its_bat_region_by_moving_it() {
     let (old_offset, old_length) = region(&image);
     // 16 TiB needs more entries than a 1 MiB region holds, whatever the block size (up to
     // 32 MiB, qemu's).
-    vhddisk_json(&["expand", "--size", "16T"], &[&image]);
+    let r = vhddisk_json(&["expand", "--size", "16T"], &[&image]);
+    assert_eq!(r["bat_moved"], true, "{r}");
     let (offset, length) = region(&image);
     assert!(
         offset != old_offset && length > old_length,
@@ -566,6 +571,17 @@ fn a_vhdx_grows_past_its_bat_region_by_moving_it() {
     let mut buf = vec![0u8; 1 << 20];
     open(&image).read_at(at, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0x6b), "the block qemu wrote past the old end");
+}
+
+#[test]
+fn a_fixed_vhdx_is_not_grown_into_unallocated_blocks() {
+    let dir = tempdir();
+    let image = dir.path().join("fixed.vhdx");
+    vhddisk_json(&["create", "--size", "16M", "--fixed"], &[&image]);
+    let hash = sha256(&std::fs::read(&image).unwrap());
+    let refused = run(bin("vhddisk").args(["expand", "--size", "32M"]).arg(&image));
+    assert_one_line_error(&refused, "fixed.vhdx", &["fixed VHDX does not grow in place", "dynamic"]);
+    assert_eq!(sha256(&std::fs::read(&image).unwrap()), hash, "nothing written");
 }
 
 #[test]

@@ -160,6 +160,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<bool> {
+    // A folder to search that is not one would find no child and let the change go on.
+    if let Some(bad) = cli.search.iter().find(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!("--search {}: not a folder", bad.display())));
+    }
     let open = OpenOptions { wait: lock_wait(cli.wait), ..OpenOptions::default() };
     let events = |e: Event<'_>| match e {
         Event::RemovedStale(removed) => crate::cli::report_stale("vhddisk", removed),

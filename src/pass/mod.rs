@@ -24,14 +24,15 @@ pub enum Event<'a> {
     /// Temporary files that killed runs left in the output's folder were removed.
     RemovedStale(&'a [PathBuf]),
     /// Writing starts: into `temp` (a new file or folder, to remove if the run is
-    /// interrupted), `units` blocks or files in all.
+    /// interrupted), `units` in all: blocks (compaction), files (extraction) or bytes (upload,
+    /// commit).
     Writing {
         /// The temporary output, for a new file or folder.
         temp: Option<&'a Path>,
-        /// Blocks or files to write in all.
+        /// Units to write in all.
         units: u64,
     },
-    /// Blocks or files written so far.
+    /// Units written so far.
     Written(u64),
     /// The output is being read back and compared.
     Verifying,

@@ -12,7 +12,7 @@ impl Vhdx {
     /// Gives the disk `new_size` bytes. Shrinking drops the entries of the blocks past the new
     /// end (the caller has checked they hold no data); growing past what the BAT region holds
     /// moves it to the end of the file first.
-    pub fn resize_in_place(&mut self, new_size: u64) -> Result<()> {
+    pub fn resize_in_place(&mut self, new_size: u64) -> Result<bool> {
         let path = self.file.path().to_path_buf();
         let sector = self.params.logical_sector_size;
         if new_size == 0 || !new_size.is_multiple_of(sector as u64) || new_size > MAX_DISK_SIZE {
@@ -23,7 +23,8 @@ impl Vhdx {
         }
         let shape = BatShape::of(new_size, self.params.block_size, sector, self.params.has_parent);
         let bat_region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("no BAT region"))?;
-        if shape.entries * 8 > bat_region.length as u64 {
+        let moved = shape.entries * 8 > bat_region.length as u64;
+        if moved {
             self.move_bat_region(shape.entries * 8)?;
         }
         let item = self
@@ -44,14 +45,16 @@ impl Vhdx {
         // on a later growth); then the table takes its new length.
         self.bat.reshape(shape);
         self.bat.reshape(BatShape { entries: b as u64, ..shape });
-        let mut writes = self.bat_sectors(a..b)?;
+        // A moved table's new region is zeros past the old table already.
+        let b = if moved { b.min(bat_region.length as usize / 8) } else { b };
+        let mut writes = self.bat_sectors(a..b.max(a))?;
         self.bat.reshape(shape);
         writes.push(LogWrite::Data { offset: sector_at, bytes });
         self.begin(true)?;
         self.log_and_apply(writes)?;
         self.end()?;
         self.params.virtual_disk_size = new_size;
-        Ok(())
+        Ok(moved)
     }
 
     /// Moves the BAT to a region of at least `bytes` at the end of the file: the table is
@@ -64,7 +67,11 @@ impl Vhdx {
         let length = bytes.div_ceil(ALIGNMENT) * ALIGNMENT;
         let length32 = u32::try_from(length)
             .map_err(|_| Error::unsupported(self.file.path(), format!("a BAT of {length} bytes is larger than a region may be")))?;
-        let offset = self.file_len.max(self.file.file_len()?).div_ceil(ALIGNMENT) * ALIGNMENT;
+        // Past everything the file holds or its header names: the regions and the log.
+        let region_ends = self.regions.entries.iter().map(|e| e.file_offset + e.length as u64);
+        let log_end = self.header.log_offset + self.header.log_length as u64;
+        let end = region_ends.chain([log_end, self.file_len, self.file.file_len()?]).max().unwrap_or(0);
+        let offset = end.div_ceil(ALIGNMENT) * ALIGNMENT;
         let mut chunk = vec![0u8; ALIGNMENT as usize];
         for at in (0..old.length as u64).step_by(ALIGNMENT as usize) {
             let n = (old.length as u64 - at).min(ALIGNMENT) as usize;

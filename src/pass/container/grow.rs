@@ -109,15 +109,22 @@ fn table_writes(image: &DiskImage, layout: &DiskLayout, p: &Partition, sectors: 
     // to the end of the partition).
     let unsupported = |why: &str| Error::unsupported(image.source(), format!("partition {}: {why}", p.index));
     let extended = (0..4)
-        .find(|&i| mbr::MbrEntry::from_sector(&mbr_sector, i).is_extended())
+        .find(|&i| {
+            let e = mbr::MbrEntry::from_sector(&mbr_sector, i);
+            e.is_extended() && !e.is_empty()
+        })
         .ok_or_else(|| unsupported("a logical partition, but the MBR has no extended partition"))?;
     let ext_start = mbr::MbrEntry::from_sector(&mbr_sector, extended).start_lba() as u64;
     set_extent(&mut mbr_sector, extended, ext_start, end);
     let mut writes = vec![DiskWrite { offset: 0, bytes: mbr_sector, what: "MBR".into() }];
+    let ebrs = layout.mbr.as_ref().map_or(&[][..], |m| &m.ebrs[..]);
+    // An EBR after the partition (one left by a deleted logical) would end up inside it.
+    if let Some(after) = ebrs.iter().find(|e| e.lba > p.start_lba) {
+        return Err(unsupported(&format!("an EBR at sector {} lies after it, in the space it would take", after.lba.0)));
+    }
     let mut own = sector_at(ebr)?;
     set_extent(&mut own, 0, p.start_lba.0, end);
     writes.push(DiskWrite { offset: ebr.offset(ss), bytes: own, what: format!("EBR at sector {}", ebr.0) });
-    let ebrs = layout.mbr.as_ref().map_or(&[][..], |m| &m.ebrs[..]);
     if let Some(before) = ebrs.windows(2).find(|w| w[1].lba == ebr).map(|w| w[0].lba) {
         let mut link = sector_at(before)?;
         set_extent(&mut link, 1, ebr.0, end);

@@ -138,15 +138,20 @@ fn resize(image: &mut DiskImage, new_size: u64, force: bool, search: &[PathBuf])
     // Shrinking: the backup table moves inside the disk first, so the container never cuts it.
     let gpt_first = new_size < old && move_backup_gpt(image, &layout, new_size)?;
     // A VHDX changes through its own log; a VHD through the journal.
+    let fixed = image.kind() == ImageKind::Fixed;
     let bat_moved = match image {
-        DiskImage::Vhdx(v) => {
-            v.resize_in_place(new_size)?;
-            false
+        DiskImage::Vhdx(_) if fixed && new_size > old => {
+            return Err(Error::unsupported(
+                &path,
+                "a fixed VHDX does not grow in place yet (its new blocks would have to be allocated): \
+                 convert it to dynamic with vhdcompact, expand that, and convert it back",
+            ));
         }
+        DiskImage::Vhdx(v) => v.resize_in_place(new_size)?,
         _ => disk_write::journaled(image, |image| resize_container(image.file(), image, new_size))?,
     };
     *image = image.reopened(true)?;
-    if image.kind() == ImageKind::Fixed && new_size > old {
+    if matches!(image, DiskImage::Fixed(_)) && new_size > old {
         // A fixed disk stays fully allocated: the new space as zeros, where the file system can.
         image.file().allocate_zeroed(old, new_size - old)?;
     }
