@@ -209,12 +209,15 @@ pub fn resolve_by(
 /// the child looks for it.
 pub const FOUND_BY_IDENTITY: &str = "a disk with the parent's identity is at ";
 
-/// Most entries looked at per folder when searching it for images.
-const MAX_SCANNED: usize = 4096;
+/// Most entries looked at per folder when searching it for images (a folder of other files
+/// may be large: a VM store, a profile share).
+const MAX_SCANNED: usize = 1 << 16;
+/// Most images taken per folder (each is opened to read its identity).
+const MAX_IMAGES: usize = 4096;
 
 /// The files of `folder` named like VHD and VHDX images (`.vhd`, `.vhdx`, `.avhd`, `.avhdx`),
-/// among its first [`MAX_SCANNED`] entries: where parents and children of an image are
-/// looked for.
+/// at most [`MAX_IMAGES`] among its first [`MAX_SCANNED`] entries: where parents and children
+/// of an image are looked for.
 pub fn images_in(folder: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(folder) else { return Vec::new() };
     entries
@@ -225,6 +228,7 @@ pub fn images_in(folder: &Path) -> Vec<PathBuf> {
             let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
             matches!(ext.as_str(), "vhd" | "vhdx" | "avhd" | "avhdx")
         })
+        .take(MAX_IMAGES)
         .collect()
 }
 

@@ -47,10 +47,11 @@ impl Children {
 }
 
 /// The folders searched for the children of the images at `paths`: their own, then `extra`
-/// (the user's), without duplicates.
+/// (the user's), without duplicates (compared with links and `..` resolved).
 pub fn folders_of(paths: &[&Path], extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for f in paths.iter().map(|p| folder_of(p)).chain(extra.iter().cloned()) {
+        let f = std::fs::canonicalize(&f).unwrap_or(f);
         if !out.contains(&f) {
             out.push(f);
         }
