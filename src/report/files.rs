@@ -180,18 +180,10 @@ impl<'m> FilesReport<'m> {
         for (p, idx) in self.map.ntfs() {
             let order = idx.tree_order();
             for window in order.chunks(CHUNK * 8) {
-                let parts: Vec<io::Result<Vec<u8>>> = window
-                    .par_chunks(CHUNK)
-                    .map(|chunk| {
-                        let mut buf = Vec::with_capacity(chunk.len() * 96);
-                        for &(fi, ni) in chunk {
-                            entry(&mut buf, p.index, idx, &idx.files[fi as usize], ni as usize)?;
-                        }
-                        Ok(buf)
-                    })
-                    .collect();
+                let parts = formatted(window, CHUNK, |buf, &(fi, ni)| {
+                    entry(buf, p.index, idx, &idx.files[fi as usize], ni as usize)
+                })?;
                 for part in parts {
-                    let part = part?;
                     // JSON entries start with a separating comma; the very first one drops it.
                     let skip = usize::from(first && part.first() == Some(&b','));
                     w.write_all(&part[skip..])?;
@@ -252,22 +244,11 @@ impl<'m> FilesReport<'m> {
     /// A line per listed name of each of `files` (formatted in parallel, written in order).
     fn write_file_lines(&self, w: &mut dyn Write, part: u32, idx: &NtfsIndex, files: &[FileEntry]) -> io::Result<()> {
         let runs = self.runs;
-        let parts: Vec<io::Result<Vec<u8>>> = files
-            .par_chunks(128)
-            .map(|chunk| {
-                let mut buf = Vec::with_capacity(chunk.len() * 256);
-                for f in chunk {
-                    for name in NtfsIndex::listed_names(f) {
-                        crate::report::write_line(&mut buf, "file", &FileReport::new(part, idx, f, name, runs))?;
-                    }
-                }
-                Ok(buf)
-            })
-            .collect();
-        for part in parts {
-            w.write_all(&part?)?;
-        }
-        Ok(())
+        let parts = formatted(files, 128, |buf, f| {
+            NtfsIndex::listed_names(f)
+                .try_for_each(|name| crate::report::write_line(buf, "file", &FileReport::new(part, idx, f, name, runs)))
+        })?;
+        parts.iter().try_for_each(|b| w.write_all(b))
     }
 
     /// Writes plain aligned columns.
@@ -320,6 +301,22 @@ impl<'m> FilesReport<'m> {
             Ok(())
         })
     }
+}
+
+/// `items` formatted by `each`, chunks of `chunk` in parallel, the buffers in order.
+fn formatted<T: Sync>(
+    items: &[T],
+    chunk: usize,
+    each: impl Fn(&mut Vec<u8>, &T) -> io::Result<()> + Sync,
+) -> io::Result<Vec<Vec<u8>>> {
+    items
+        .par_chunks(chunk)
+        .map(|c| {
+            let mut buf = Vec::with_capacity(c.len() * 128);
+            c.iter().try_for_each(|item| each(&mut buf, item))?;
+            Ok(buf)
+        })
+        .collect()
 }
 
 /// Flag letters: d(irectory) s(ystem) h(idden) S(parse) C(ompressed) E(ncrypted) R(eparse).

@@ -415,7 +415,7 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     let map = ImageMap::build_with(&image, None, IndexDetail::Clusters)?;
     // Free clusters are left out only where `$Bitmap` can be trusted to name every used one.
     crate::pass::refuse_untrusted_volumes(&map, None, opts.force)?;
-    let found = pieces(&image, &chain, &map, opts)?;
+    let found = pieces(&chain, &map, opts)?;
     if let Some(r) = found.ranges.iter().find(|r| r.end > target.len()) {
         return Err(Error::unsupported(
             &target_path,
@@ -457,8 +457,8 @@ struct Found {
 /// each from the topmost disk that holds it, cut by the child's NTFS needs. Free clusters are
 /// left out where the child still shadows them afterwards (its own sectors) or is removed;
 /// the wipes of free space the guest made are written.
-fn pieces(image: &DiskImage, chain: &[&DiskImage], map: &ImageMap<'_>, opts: &CommitOptions) -> Result<Found> {
-    let target = chain[opts.depth];
+fn pieces(chain: &[&DiskImage], map: &ImageMap<'_>, opts: &CommitOptions) -> Result<Found> {
+    let (image, target) = (chain[0], chain[opts.depth]);
     let mut found = Found { ranges: Vec::new(), held: 0, skipped: 0, zeroed: 0 };
     let mut covered: Vec<(u64, u64)> = Vec::new();
     for (layer, disk) in chain[..opts.depth].iter().enumerate() {

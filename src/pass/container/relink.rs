@@ -151,7 +151,6 @@ pub fn plan_relink(child: &DiskImage, parent: &Path, force: bool, open: &OpenOpt
         ));
     }
     header.parent_unicode_name = name;
-    header.parent_timestamp = file_mtime_vhd(parent);
     header.parent_uuid = parent_footer.uuid;
     let header_offset = sparse.header_offset();
     drop(parent_image);

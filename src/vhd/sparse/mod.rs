@@ -40,6 +40,14 @@ enum StoredSectors {
     Some(SectorBitmap),
 }
 
+impl StoredSectors {
+    /// The sectors `bitmap` marks present: all of them kept as one word, the way reads test
+    /// first.
+    fn of(bitmap: SectorBitmap) -> Self {
+        if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) }
+    }
+}
+
 /// A dynamic or differencing VHD.
 #[derive(Debug)]
 pub struct SparseVhd {
@@ -361,7 +369,7 @@ impl SparseVhd {
         let mut raw = vec![0u8; self.header.bitmap_size() as usize];
         self.file.read_exact_at(sector.offset(), &mut raw, "sector bitmap")?;
         let bitmap = SectorBitmap::from_bytes(&raw, self.block_sectors());
-        Ok(if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) })
+        Ok(StoredSectors::of(bitmap))
     }
 
     /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).

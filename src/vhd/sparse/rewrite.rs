@@ -130,8 +130,7 @@ impl SparseVhd {
                 return Err(Error::internal(format!("block {block}: a sector bitmap of the wrong size")));
             }
             self.file.write_all_at(sector.offset(), &bm.encode(self.header.bitmap_size() as usize))?;
-            let stored = if bm.is_full() { StoredSectors::All } else { StoredSectors::Some(bm.clone()) };
-            self.presence_map().insert(block, Arc::new(stored));
+            self.presence_map().insert(block, Arc::new(StoredSectors::of(bm.clone())));
         }
         Ok(zeroed)
     }

@@ -30,11 +30,10 @@ impl SparseVhd {
         }
         self.file.write_all_at(self.header.table_offset + 4 * block, &sector.0.to_be_bytes())?;
         self.bat.set(block, Some(sector));
-        let presence = match content {
-            Some((b, _)) if b.is_full() => StoredSectors::All,
-            Some((b, _)) => StoredSectors::Some(b.clone()),
-            None => StoredSectors::Some(SectorBitmap::empty(self.block_sectors())),
-        };
+        let presence = StoredSectors::of(match content {
+            Some((b, _)) => b.clone(),
+            None => SectorBitmap::empty(self.block_sectors()),
+        });
         self.presence_map().insert(block, Arc::new(presence));
         self.data_end = new_end;
         Ok(())
@@ -49,11 +48,18 @@ impl SparseVhd {
 
     /// Writes the footer at `end` (and refreshes the copy at 0 if it was stale).
     fn write_footers(&mut self, end: u64) -> Result<()> {
+        self.put_footers(end)?;
+        self.footers_current = true;
+        Ok(())
+    }
+
+    /// The writes of [`Self::write_footers`], leaving the caller to record that the copies are
+    /// current once they are made.
+    fn put_footers(&self, end: u64) -> Result<()> {
         let bytes = self.footer.encode();
         self.file.write_all_at(end, &bytes)?;
         if !self.footers_current {
             self.file.write_all_at(0, &bytes)?;
-            self.footers_current = true;
         }
         Ok(())
     }
@@ -73,8 +79,7 @@ impl SparseVhd {
                 let at = sector.offset();
                 self.file.write_all_at(at + self.header.bitmap_size(), data)?;
                 self.file.write_all_at(at, &bitmap.encode(self.header.bitmap_size() as usize))?;
-                let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap.clone()) };
-                self.presence_map().insert(block, Arc::new(presence));
+                self.presence_map().insert(block, Arc::new(StoredSectors::of(bitmap.clone())));
                 Ok(())
             }
         }
@@ -106,13 +111,9 @@ impl SparseVhd {
             end = sector.offset() + bitmap_size + self.block_size();
         }
         self.file.begin_staging()?;
-        let footer = self.footer.encode();
         let collected = (|| {
             // The footer at the new end makes the journal allow every appended byte.
-            self.file.write_all_at(end, &footer)?;
-            if !self.footers_current {
-                self.file.write_all_at(0, &footer)?;
-            }
+            self.put_footers(end)?;
             for ((block, bitmap), sector) in blocks.iter().zip(&placed) {
                 self.file.write_all_at(sector.offset(), &bitmap.encode(bitmap_size as usize))?;
                 self.file.write_all_at(self.header.table_offset + 4 * block, &sector.0.to_be_bytes())?;
@@ -132,8 +133,7 @@ impl SparseVhd {
         })?;
         for ((block, bitmap), sector) in blocks.iter().zip(&placed) {
             self.bat.set(*block, Some(*sector));
-            let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap.clone()) };
-            self.presence_map().insert(*block, Arc::new(presence));
+            self.presence_map().insert(*block, Arc::new(StoredSectors::of(bitmap.clone())));
         }
         self.data_end = end;
         self.footers_current = true;
@@ -179,8 +179,7 @@ impl SparseVhd {
             let mut bitmap = bitmap.clone();
             bitmap.set_range(first, last, true);
             self.file.write_all_at(sector.offset(), &bitmap.encode(self.header.bitmap_size() as usize))?;
-            let presence = if bitmap.is_full() { StoredSectors::All } else { StoredSectors::Some(bitmap) };
-            self.presence_map().insert(block, Arc::new(presence));
+            self.presence_map().insert(block, Arc::new(StoredSectors::of(bitmap)));
         }
         Ok(())
     }
