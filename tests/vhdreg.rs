@@ -227,17 +227,11 @@ fn crash_loop(base: &Path, work: &Path, args: &[&str]) -> PathBuf {
     let mut n = 0;
     while n < 2000 {
         std::fs::copy(base, work).unwrap();
-        let out = run(bin("vhdreg").arg(w).args(args).env("VHDKIT_FAULT_AFTER_WRITES", n.to_string()));
-        if out.status.success() {
+        if completes_within(bin("vhdreg").arg(w).args(args), n) {
             assert!(n > 5, "{args:?}: only {n} writes: the loop tested too little");
             eprintln!("{args:?} completed when allowed {n} writes");
             return work.to_path_buf();
         }
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("aborting before write"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let journal = vhdkit::host::journal::journal_path(work);
         if journal.exists() {
             // Read-only commands refuse to show a half-written image, and never roll it back...

@@ -59,6 +59,18 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// Runs a command, panicking with its stderr if it fails to start. The JSON a project tool
 /// prints is validated against its published schema (docs/schema/).
+/// Runs `cmd` allowed `writes` writes (the fault-injection build aborts it at the next one):
+/// true when it completed within them; otherwise it must have stopped at the fault.
+pub fn completes_within(cmd: &mut Command, writes: u64) -> bool {
+    let out = run(cmd.env("VHDKIT_FAULT_AFTER_WRITES", writes.to_string()));
+    if out.status.success() {
+        return true;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("aborting before write"), "{stderr}");
+    false
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (make test installs the test tools)"));
     validate_json(cmd, &out);
