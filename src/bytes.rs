@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn guids_are_mixed_endian_on_disk() {
         let bat = Guid::from_text("2DC27766-F623-4200-9D64-115E9BFD4A08");
-        assert_eq!(bat.0, [0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08]);
+        assert_eq!(
+            bat.0,
+            [0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08]
+        );
         assert_eq!(bat.to_string(), "2DC27766-F623-4200-9D64-115E9BFD4A08");
         assert_eq!(Guid::parse("{2dc27766-f623-4200-9d64-115e9bfd4a08}"), Some(bat));
         assert_eq!(Guid::parse("2dc27766f62342009d64115e9bfd4a08"), None);

@@ -321,4 +321,3 @@ impl From<Error> for io::Error {
         io::Error::other(e)
     }
 }
-

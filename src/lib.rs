@@ -83,20 +83,48 @@
 // built but not reachable.
 #![cfg_attr(not(any(feature = "cli", feature = "internals")), allow(dead_code, unused_imports))]
 
-macro_rules! layers {
-    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
-        $(
-            $(#[$attr])*
-            #[cfg(feature = "internals")]
-            pub mod $name;
-            $(#[$attr])*
-            #[cfg(not(feature = "internals"))]
-            mod $name;
-        )*
-    };
-}
-
-layers!(bytes, disk, error, hive, host, map, ntfs, pass, vhd, vhdx);
+// The layers: public with `internals` (for the tests), private otherwise. Written out, not
+// made by a macro, so that rustfmt reaches their files.
+#[cfg(feature = "internals")]
+pub mod bytes;
+#[cfg(not(feature = "internals"))]
+mod bytes;
+#[cfg(feature = "internals")]
+pub mod disk;
+#[cfg(not(feature = "internals"))]
+mod disk;
+#[cfg(feature = "internals")]
+pub mod error;
+#[cfg(not(feature = "internals"))]
+mod error;
+#[cfg(feature = "internals")]
+pub mod hive;
+#[cfg(not(feature = "internals"))]
+mod hive;
+#[cfg(feature = "internals")]
+pub mod host;
+#[cfg(not(feature = "internals"))]
+mod host;
+#[cfg(feature = "internals")]
+pub mod map;
+#[cfg(not(feature = "internals"))]
+mod map;
+#[cfg(feature = "internals")]
+pub mod ntfs;
+#[cfg(not(feature = "internals"))]
+mod ntfs;
+#[cfg(feature = "internals")]
+pub mod pass;
+#[cfg(not(feature = "internals"))]
+mod pass;
+#[cfg(feature = "internals")]
+pub mod vhd;
+#[cfg(not(feature = "internals"))]
+mod vhd;
+#[cfg(feature = "internals")]
+pub mod vhdx;
+#[cfg(not(feature = "internals"))]
+mod vhdx;
 
 #[cfg(feature = "cli")]
 #[doc(hidden)]

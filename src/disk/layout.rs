@@ -197,7 +197,14 @@ impl DiskLayout {
                 }
                 continue;
             }
-            self.partitions.push(mbr_partition(e, slot as u32 + 1, Lba(e.start_lba() as u64), Lba(0), None, self.sector_size));
+            self.partitions.push(mbr_partition(
+                e,
+                slot as u32 + 1,
+                Lba(e.start_lba() as u64),
+                Lba(0),
+                None,
+                self.sector_size,
+            ));
         }
         if let Some(ext_start) = extended {
             self.read_ebr_chain(disk, ext_start)?;
@@ -303,7 +310,9 @@ impl DiskLayout {
         }
         match (&primary, &backup) {
             (Some(_), None) => self.finding(d, "GPT backup header", backup_lba.offset(ss), "missing or unreadable"),
-            (None, Some(_)) => self.finding(d, "GPT header", Lba(1).offset(ss), "missing; partitions taken from the backup"),
+            (None, Some(_)) => {
+                self.finding(d, "GPT header", Lba(1).offset(ss), "missing; partitions taken from the backup")
+            }
             (Some(p), Some(b)) if p.entries_crc != b.entries_crc => self.finding(
                 d,
                 "GPT backup header",
@@ -493,7 +502,8 @@ fn sector_size_of<D: BlockDevice + ?Sized>(disk: &D, sector0: &[u8; 512]) -> Res
     if sector0[510..512] != [0x55, 0xAA] {
         return Ok(legacy);
     }
-    let Some(first) = (0..4).map(|i| MbrEntry::from_sector(sector0, i)).find(|e| !e.is_empty() && !e.is_extended()) else {
+    let Some(first) = (0..4).map(|i| MbrEntry::from_sector(sector0, i)).find(|e| !e.is_empty() && !e.is_extended())
+    else {
         return Ok(legacy);
     };
     let boot_at = |ss: SectorSize| -> Result<Option<[u8; 512]>> {

@@ -63,8 +63,14 @@ impl Hive {
                 ),
             ));
         }
-        let mut hive =
-            Hive { name: name.to_path_buf(), data, bins: Vec::new(), free: BTreeMap::new(), read_only: None, clock: None };
+        let mut hive = Hive {
+            name: name.to_path_buf(),
+            data,
+            bins: Vec::new(),
+            free: BTreeMap::new(),
+            read_only: None,
+            clock: None,
+        };
         hive.data.truncate(BINS_START + bins_size);
         hive.scan_bins()?;
         Ok(hive)

@@ -13,9 +13,9 @@
 
 pub mod fault;
 pub mod journal;
-pub mod stream;
 mod output;
 pub(crate) mod platform;
+pub mod stream;
 
 use std::fs::{File, Metadata};
 use std::io::Read;

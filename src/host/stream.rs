@@ -163,7 +163,8 @@ impl StreamSink {
         for (at, bytes) in self.held.range(..end) {
             let (a, z) = ((*at).max(offset), (at + bytes.len() as u64).min(end));
             if a < z {
-                buf[(a - offset) as usize..(z - offset) as usize].copy_from_slice(&bytes[(a - at) as usize..(z - at) as usize]);
+                buf[(a - offset) as usize..(z - offset) as usize]
+                    .copy_from_slice(&bytes[(a - at) as usize..(z - at) as usize]);
             }
         }
         Ok(())

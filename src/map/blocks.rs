@@ -131,7 +131,11 @@ pub fn smaller_block_sizes(block_size: u64) -> Vec<u64> {
 
 /// What blocks of each of `sizes` (each dividing the image's block size) would keep, given
 /// the kept ranges of every stored block, and the bytes stored now.
-pub fn kept_at_sizes<'a>(kept: impl Iterator<Item = &'a [(u64, u64)]>, sizes: &[u64], stored_bytes: u64) -> Vec<KeptAtBlockSize> {
+pub fn kept_at_sizes<'a>(
+    kept: impl Iterator<Item = &'a [(u64, u64)]>,
+    sizes: &[u64],
+    stored_bytes: u64,
+) -> Vec<KeptAtBlockSize> {
     let mut blocks = vec![0u64; sizes.len()];
     for ranges in kept {
         for (count, &size) in blocks.iter_mut().zip(sizes) {
@@ -389,7 +393,10 @@ impl ImageMap<'_> {
         let mut top: Vec<((usize, u64), u64)> = owners.into_iter().collect();
         top.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.1.cmp(&y.0.1)).then(x.0.0.cmp(&y.0.0)));
         top.truncate(3);
-        info.top_owners = top.into_iter().map(|((part, mft_record), clusters)| self.block_owner(part, mft_record, clusters)).collect();
+        info.top_owners = top
+            .into_iter()
+            .map(|((part, mft_record), clusters)| self.block_owner(part, mft_record, clusters))
+            .collect();
         info.state = if !presence.allocated {
             BlockState::Unallocated
         } else if !needed {

@@ -230,7 +230,10 @@ impl ImageMap<'_> {
                 Region::PartitionGap | Region::OutsideAnyPartition => {
                     self.partitions.iter().map(|p| p.partition.start()).filter(|&s| s > at).min().unwrap_or(u64::MAX)
                 }
-                _ => Lba::containing(at, self.layout.sector_size).offset(self.layout.sector_size) + self.layout.sector_size.bytes(),
+                _ => {
+                    Lba::containing(at, self.layout.sector_size).offset(self.layout.sector_size)
+                        + self.layout.sector_size.bytes()
+                }
             };
             return Piece {
                 start: at,

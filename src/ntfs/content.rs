@@ -274,7 +274,9 @@ impl NtfsIndex {
     /// Bytes per LZNT1 compression unit of `s`, when sane: at least a cluster and at most
     /// [`MAX_UNIT`].
     fn compression_unit_bytes(&self, s: &Stream) -> Option<u64> {
-        self.cluster_size().checked_shl(s.compression_unit as u32).filter(|u| (self.cluster_size()..=MAX_UNIT).contains(u))
+        self.cluster_size()
+            .checked_shl(s.compression_unit as u32)
+            .filter(|u| (self.cluster_size()..=MAX_UNIT).contains(u))
     }
 
     /// The WOF algorithm of a file whose reparse point says it is WOF-compressed.

@@ -661,7 +661,14 @@ mod tests {
     use super::*;
 
     fn file(record: u64) -> FileEntry {
-        FileEntry { record, sequence: 1, directory: false, file_attributes: 0, names: Box::new([]), streams: Box::new([]) }
+        FileEntry {
+            record,
+            sequence: 1,
+            directory: false,
+            file_attributes: 0,
+            names: Box::new([]),
+            streams: Box::new([]),
+        }
     }
 
     #[test]

@@ -445,9 +445,8 @@ impl MftLayout {
                 .map(|chunk| {
                     let mut out = ScanResult::default();
                     match *chunk {
-                        Chunk::Contiguous { first, at, count } => BUFFER.with(|b| {
-                            self.scan_chunk(view, &mut b.borrow_mut(), (first, at, count), detail, &mut out)
-                        }),
+                        Chunk::Contiguous { first, at, count } => BUFFER
+                            .with(|b| self.scan_chunk(view, &mut b.borrow_mut(), (first, at, count), detail, &mut out)),
                         Chunk::Straddling(n) => match self.read_record_bytes(view, n) {
                             Ok(mut b) => {
                                 let at = self.pieces(n * self.record_size, self.record_size).map_or(0, |p| p[0].0);
@@ -574,9 +573,7 @@ fn is_plain(f: &FileEntry) -> bool {
 /// The cluster runs of a file's streams.
 fn owned_runs(f: &FileEntry) -> impl Iterator<Item = OwnedRun> + '_ {
     f.streams.iter().enumerate().take(crate::ntfs::index::MAX_INDEXED).flat_map(move |(si, s)| {
-        s.runs.iter().filter_map(move |r| {
-            r.lcn.map(|lcn| OwnedRun::new(lcn, r.length, f.record, si as u16))
-        })
+        s.runs.iter().filter_map(move |r| r.lcn.map(|lcn| OwnedRun::new(lcn, r.length, f.record, si as u16)))
     })
 }
 

@@ -67,7 +67,11 @@ impl RecordBuf {
         let mut out = Vec::new();
         if self.number < (cs / rs).max(4) {
             let mirror = idx.bpb.mft_mirror_lcn * cs + self.number * rs;
-            out.push(Patch { offset: mirror, bytes: self.bytes.clone(), what: format!("$MFTMirr copy of MFT record {}", self.number) });
+            out.push(Patch {
+                offset: mirror,
+                bytes: self.bytes.clone(),
+                what: format!("$MFTMirr copy of MFT record {}", self.number),
+            });
         }
         out.push(Patch { offset: self.offset, bytes: self.bytes, what: format!("MFT record {}", self.number) });
         Ok(out)

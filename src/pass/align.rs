@@ -577,7 +577,11 @@ impl<'m> Planner<'m, '_> {
                     m.old_start_lba
                 );
                 self.changes.push(what.clone());
-                self.patches.push(DiskWrite { offset: (m.new_start_lba + rel).offset(self.ss), bytes: s.to_vec(), what });
+                self.patches.push(DiskWrite {
+                    offset: (m.new_start_lba + rel).offset(self.ss),
+                    bytes: s.to_vec(),
+                    what,
+                });
             }
         }
         Ok(())
@@ -606,7 +610,9 @@ impl<'m> Planner<'m, '_> {
             return Ok(());
         }
         if self.map.ntfs().any(|(_, idx)| idx.detail() != crate::ntfs::IndexDetail::Files) {
-            return Err(Error::internal("realignment finds the registry hives by name (an index of clusters was built)"));
+            return Err(Error::internal(
+                "realignment finds the registry hives by name (an index of clusters was built)",
+            ));
         }
         let volumes: Vec<u32> = self.map.ntfs().map(|(p, _)| p.index).collect();
         for partition in volumes {

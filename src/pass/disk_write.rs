@@ -26,7 +26,9 @@ pub fn apply(image: &mut DiskImage, writes: &[DiskWrite]) -> Result<()> {
         writes.iter().try_for_each(|w| {
             image.write_at(w.offset, &w.bytes).map_err(|e| match e {
                 Error::Io { .. } => e,
-                other => Error::corrupt(&path, format!("write of {}", w.what), Space::Disk, w.offset, other.to_string()),
+                other => {
+                    Error::corrupt(&path, format!("write of {}", w.what), Space::Disk, w.offset, other.to_string())
+                }
             })
         })?;
         // A VHDX closes its write session (its log cleared) before the writes are collected.

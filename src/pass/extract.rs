@@ -265,9 +265,8 @@ fn safe_name(name: &str) -> std::result::Result<&str, &'static str> {
 /// `COM1`...), with or without an extension.
 fn windows_device(name: &str) -> bool {
     let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
-    let numbered = |prefix: &str| {
-        stem.len() == 4 && stem.starts_with(prefix) && matches!(stem.as_bytes()[3], b'1'..=b'9')
-    };
+    let numbered =
+        |prefix: &str| stem.len() == 4 && stem.starts_with(prefix) && matches!(stem.as_bytes()[3], b'1'..=b'9');
     matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL") || numbered("COM") || numbered("LPT")
 }
 

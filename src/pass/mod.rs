@@ -6,10 +6,10 @@ pub mod compact;
 pub mod container;
 pub mod disk_write;
 pub mod extract;
+pub mod registry;
 pub mod sanitize;
 #[cfg(feature = "azure")]
 pub mod upload;
-pub mod registry;
 
 use std::path::{Path, PathBuf};
 

@@ -21,10 +21,10 @@ use serde::Serialize;
 use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
-use crate::pass::disk_write::DiskWrite;
 use crate::ntfs::record::{self, ROOT, attr_type};
 use crate::ntfs::runs::Run;
 use crate::ntfs::{FileEntry, IndexDetail, NtfsIndex, Stream};
+use crate::pass::disk_write::DiskWrite;
 use crate::vhd::device::BlockDevice;
 
 /// Files whose contents Windows recreates: kept, zeroed.
@@ -108,9 +108,17 @@ impl Sanitization {
         let mut all = Sanitization::default();
         for (partition, index) in map.ntfs() {
             if index.detail() != IndexDetail::Files {
-                return Err(Error::internal("sanitization needs every file's streams (an index of clusters was built)"));
+                return Err(Error::internal(
+                    "sanitization needs every file's streams (an index of clusters was built)",
+                ));
             }
-            let mut volume = Volume { device: map.image, base: partition.start(), index, patches: Vec::new(), summary: SanitizeSummary::default() };
+            let mut volume = Volume {
+                device: map.image,
+                base: partition.start(),
+                index,
+                patches: Vec::new(),
+                summary: SanitizeSummary::default(),
+            };
             volume.plan()?;
             all.patches.append(&mut volume.patches);
             add(&mut all.summary, &volume.summary);
@@ -129,9 +137,8 @@ impl Sanitization {
             let (a, z) = ((*at).max(offset), (at + patch.len()).min(end));
             match patch {
                 Patch::Fill { byte, .. } => buf[(a - offset) as usize..(z - offset) as usize].fill(*byte),
-                Patch::Bytes(b) => {
-                    buf[(a - offset) as usize..(z - offset) as usize].copy_from_slice(&b[(a - at) as usize..(z - at) as usize])
-                }
+                Patch::Bytes(b) => buf[(a - offset) as usize..(z - offset) as usize]
+                    .copy_from_slice(&b[(a - at) as usize..(z - at) as usize]),
                 Patch::Records { size, kind, .. } => {
                     let mut r = at + (a - at) / size * size;
                     while r < z {
@@ -167,9 +174,11 @@ impl Sanitization {
                     }
                 }
                 Patch::Fill { len, byte: 0 } => zeros.push((at, len)),
-                Patch::Fill { len, byte } => {
-                    journaled.push(DiskWrite { offset: at, bytes: vec![byte; len as usize], what: "sanitized $LogFile".into() })
-                }
+                Patch::Fill { len, byte } => journaled.push(DiskWrite {
+                    offset: at,
+                    bytes: vec![byte; len as usize],
+                    what: "sanitized $LogFile".into(),
+                }),
                 Patch::Bytes(bytes) => journaled.push(DiskWrite { offset: at, bytes, what: "sanitized record".into() }),
             }
         }
@@ -179,7 +188,14 @@ impl Sanitization {
 
 /// Sanitizes the record of `size` bytes at disk offset `r` in `buf` (read at `offset`),
 /// reading it whole from `disk` when `buf` holds only part of it.
-fn apply_record(disk: &dyn BlockDevice, kind: RecordKind, r: u64, size: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+fn apply_record(
+    disk: &dyn BlockDevice,
+    kind: RecordKind,
+    r: u64,
+    size: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<()> {
     let end = offset + buf.len() as u64;
     let whole = r >= offset && r + size <= end;
     let new = if whole {
@@ -270,7 +286,10 @@ impl Volume<'_> {
             return;
         }
         let recreated = stream.name.is_empty()
-            && file.names.iter().any(|n| n.parent == ROOT && RECREATED_FILES.iter().any(|r| n.name.eq_ignore_ascii_case(r)));
+            && file
+                .names
+                .iter()
+                .any(|n| n.parent == ROOT && RECREATED_FILES.iter().any(|r| n.name.eq_ignore_ascii_case(r)));
         if recreated {
             let n = self.fill(stream, whole, 0);
             self.summary.recreated_file_bytes += n;
@@ -555,7 +574,11 @@ mod tests {
 
     #[test]
     fn runs_map_stream_bytes_to_clusters() {
-        let runs = [Run { vcn: 0, lcn: Some(100), length: 2 }, Run { vcn: 2, lcn: None, length: 1 }, Run { vcn: 3, lcn: Some(7), length: 1 }];
+        let runs = [
+            Run { vcn: 0, lcn: Some(100), length: 2 },
+            Run { vcn: 2, lcn: None, length: 1 },
+            Run { vcn: 3, lcn: Some(7), length: 1 },
+        ];
         assert_eq!(disk_ranges(&runs, 4096, 5000, 4 * 4096), vec![(100 * 4096 + 5000, 8192 - 5000), (7 * 4096, 4096)]);
     }
 }

@@ -353,27 +353,38 @@ impl Blob {
     fn parse(url: &str) -> Result<Self> {
         let (base, sas) = url.split_once('?').unwrap_or((url, ""));
         let shown = Path::new(base);
-        let uri: ureq::http::Uri =
-            base.parse().map_err(|_| Error::Usage(format!("{base}: not a blob URL (https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS)")))?;
+        let uri: ureq::http::Uri = base.parse().map_err(|_| {
+            Error::Usage(format!("{base}: not a blob URL (https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS)"))
+        })?;
         let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
         let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if loopback => {}
             Some("http") => {
-                return Err(Error::unsupported(shown, "plain http is allowed only to this machine (an emulator): use https"));
+                return Err(Error::unsupported(
+                    shown,
+                    "plain http is allowed only to this machine (an emulator): use https",
+                ));
             }
             _ => return Err(Error::Usage(format!("{base}: not an http(s) URL"))),
         }
         if uri.path().trim_matches('/').split('/').count() < 2 {
-            return Err(Error::Usage(format!("{base}: name a blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS")));
+            return Err(Error::Usage(format!(
+                "{base}: name a blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS"
+            )));
         }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_per_call(Some(Duration::from_secs(300)))
             .max_idle_connections_per_host(64)
             .build();
-        Ok(Blob { base: base.to_string(), sas: sas.to_string(), agent: ureq::Agent::new_with_config(config), retries: AtomicU64::new(0) })
+        Ok(Blob {
+            base: base.to_string(),
+            sas: sas.to_string(),
+            agent: ureq::Agent::new_with_config(config),
+            retries: AtomicU64::new(0),
+        })
     }
 
     /// The blob's URL with `query` and the SAS token.
@@ -415,7 +426,12 @@ impl Blob {
     }
 
     /// Fails unless `r` succeeded, naming the service's error code.
-    fn expect(&self, what: &'static str, r: ureq::http::Response<ureq::Body>, ok: &[u16]) -> Result<ureq::http::Response<ureq::Body>> {
+    fn expect(
+        &self,
+        what: &'static str,
+        r: ureq::http::Response<ureq::Body>,
+        ok: &[u16],
+    ) -> Result<ureq::http::Response<ureq::Body>> {
         let status = r.status().as_u16();
         if ok.contains(&status) {
             return Ok(r);
@@ -428,14 +444,17 @@ impl Blob {
     /// absent; returns the page ranges it already holds from an interrupted upload of the same
     /// plan (none otherwise).
     fn prepare(&self, size: u64, state: &UploadState, state_path: &Path, replace: bool) -> Result<Vec<(u64, u64)>> {
-        let r = self.call("read the properties of", || self.agent.head(self.url("")).header("x-ms-version", API_VERSION).call())?;
+        let r = self.call("read the properties of", || {
+            self.agent.head(self.url("")).header("x-ms-version", API_VERSION).call()
+        })?;
         if r.status().as_u16() == 404 {
             self.create(size)?;
             return Ok(Vec::new());
         }
         let r = self.expect("read the properties of", r, &[200])?;
         let kind = r.headers().get("x-ms-blob-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let length = r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let length =
+            r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let ours = read_state(state_path).is_some_and(|s| s == *state) && kind == "PageBlob" && length == Some(size);
         if ours {
             return self.page_ranges();
@@ -492,11 +511,23 @@ impl Blob {
             self.agent.get(self.url("comp=pagelist")).header("x-ms-version", API_VERSION).call()
         })?;
         let mut r = self.expect("list the pages of", r, &[200])?;
-        let text = r.body_mut().with_config().limit(64 << 20).read_to_string().map_err(|e| self.error("list the pages of", e.to_string()))?;
-        let doc = roxmltree::Document::parse(&text).map_err(|e| self.error("list the pages of", format!("not a page list: {e}")))?;
+        let text = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| self.error("list the pages of", e.to_string()))?;
+        let doc = roxmltree::Document::parse(&text)
+            .map_err(|e| self.error("list the pages of", format!("not a page list: {e}")))?;
         let mut out = Vec::new();
         for range in doc.descendants().filter(|n| n.has_tag_name("PageRange")) {
-            let field = |name: &str| range.children().find(|c| c.has_tag_name(name)).and_then(|c| c.text()).and_then(|t| t.parse::<u64>().ok());
+            let field = |name: &str| {
+                range
+                    .children()
+                    .find(|c| c.has_tag_name(name))
+                    .and_then(|c| c.text())
+                    .and_then(|t| t.parse::<u64>().ok())
+            };
             if let (Some(a), Some(z)) = (field("Start"), field("End")) {
                 out.push((a, z + 1));
             }

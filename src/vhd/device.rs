@@ -235,7 +235,11 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
 
 /// The pieces of `len` bytes at disk offset `offset` cut at block boundaries of `block_size`:
 /// each piece's block, its offset inside the block, and its range in the caller's buffer.
-pub fn block_pieces(offset: u64, len: usize, block_size: u64) -> impl Iterator<Item = (u64, u64, std::ops::Range<usize>)> {
+pub fn block_pieces(
+    offset: u64,
+    len: usize,
+    block_size: u64,
+) -> impl Iterator<Item = (u64, u64, std::ops::Range<usize>)> {
     let mut done = 0usize;
     std::iter::from_fn(move || {
         if done >= len {
@@ -314,7 +318,13 @@ impl ImageFile {
     pub fn stream(out: File, label: &Path) -> Result<Self> {
         let writer = out.try_clone().map_err(|e| Error::open(label, "duplicate", e))?;
         let sink = StreamSink::new(Box::new(std::io::BufWriter::with_capacity(4 << 20, writer)));
-        Ok(ImageFile { file: out, path: label.to_path_buf(), writable: true, overlay: None, stream: Some(Mutex::new(sink)) })
+        Ok(ImageFile {
+            file: out,
+            path: label.to_path_buf(),
+            writable: true,
+            overlay: None,
+            stream: Some(Mutex::new(sink)),
+        })
     }
 
     fn sink(&self) -> Option<std::sync::MutexGuard<'_, StreamSink>> {

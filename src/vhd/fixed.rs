@@ -5,8 +5,8 @@ use std::path::Path;
 use crate::error::{Error, Result, Space};
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, WritableDevice};
 use crate::vhd::finding::Finding;
-use crate::vhd::identity::Identity;
 use crate::vhd::footer::{DiskType, Footer};
+use crate::vhd::identity::Identity;
 
 /// A fixed VHD.
 #[derive(Debug)]

@@ -45,7 +45,9 @@ impl Identity {
         let mut u = [0u8; 16];
         match self {
             Identity::Fresh => fill_random(&mut u),
-            Identity::Derived { seed, .. } => u.copy_from_slice(&blake3::keyed_hash(seed, purpose.as_bytes()).as_bytes()[..16]),
+            Identity::Derived { seed, .. } => {
+                u.copy_from_slice(&blake3::keyed_hash(seed, purpose.as_bytes()).as_bytes()[..16])
+            }
         }
         u
     }

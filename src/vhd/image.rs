@@ -7,12 +7,12 @@ use serde::Serialize;
 use crate::error::{Error, Result, Space};
 use crate::host::journal::{self, Recovery};
 use crate::host::{FileId, LockWait, OutputPolicy};
+use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, RawImage, SectorSize, WritableDevice};
 use crate::vhd::finding::Finding;
 use crate::vhd::fixed::FixedVhd;
 use crate::vhd::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE};
 use crate::vhd::probe::{PROBE_BYTES, Recognised, recognise};
-use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::sparse::SparseVhd;
 use crate::vhdx::Vhdx;
 
@@ -171,7 +171,13 @@ impl DiskImage {
             return Ok(DiskImage::Vhdx(Box::new(Vhdx::open(file, opts, chain)?)));
         }
         if opts.format == Some(ImageFormat::Vhdx) {
-            return Err(Error::corrupt(&path, "VHDX file type identifier", Space::File, 0, "missing: the file does not start with `vhdxfile`"));
+            return Err(Error::corrupt(
+                &path,
+                "VHDX file type identifier",
+                Space::File,
+                0,
+                "missing: the file does not start with `vhdxfile`",
+            ));
         }
         let footer = match opts.format {
             Some(ImageFormat::Raw) => None,

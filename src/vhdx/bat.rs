@@ -93,7 +93,11 @@ impl BatShape {
 impl VhdxBat {
     /// Decodes the entries of a BAT of `shape` from `raw`.
     pub fn parse(raw: &[u8], shape: BatShape) -> Self {
-        let entries = raw.chunks_exact(8).take(shape.entries as usize).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        let entries = raw
+            .chunks_exact(8)
+            .take(shape.entries as usize)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
         VhdxBat { entries, chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks }
     }
 
@@ -142,7 +146,11 @@ impl VhdxBat {
 
     /// A BAT of `shape` with every block not present.
     pub fn new(shape: BatShape) -> Self {
-        VhdxBat { entries: vec![0; shape.entries as usize], chunk_ratio: shape.chunk_ratio, payload_blocks: shape.payload_blocks }
+        VhdxBat {
+            entries: vec![0; shape.entries as usize],
+            chunk_ratio: shape.chunk_ratio,
+            payload_blocks: shape.payload_blocks,
+        }
     }
 
     /// The table for a disk of `shape` (the same chunk ratio): entries past its end dropped,

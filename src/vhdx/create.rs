@@ -11,14 +11,14 @@ use std::path::Path;
 use crate::bytes::Guid;
 use crate::error::{Error, Result};
 use crate::host::FileId;
-use crate::vhd::identity::Identity;
 use crate::vhd::device::{BlockDevice, ImageFile, block_pieces};
+use crate::vhd::identity::Identity;
 use crate::vhd::image::{DiskImage, ImageFormat, OpenOptions};
+use crate::vhdx::Vhdx;
 use crate::vhdx::bat::{BatShape, PayloadState, VhdxBat};
 use crate::vhdx::header::{FILE_SIGNATURE, HEADER_OFFSETS, VhdxHeader};
 use crate::vhdx::metadata::{self, MetadataEntry, ParentLocator};
 use crate::vhdx::region::{ALIGNMENT, BAT_REGION, METADATA_REGION, REGION_TABLE_OFFSETS, RegionEntry, RegionTable};
-use crate::vhdx::Vhdx;
 
 const LOG_OFFSET: u64 = 1 << 20;
 const LOG_LENGTH: u32 = 1 << 20;
@@ -89,7 +89,11 @@ impl Vhdx {
                 bat.set_payload(k, PayloadState::FullyPresent, plan.data_start + k * plan.block_size as u64);
             }
         }
-        let end = if plan.fixed { plan.data_start + plan.shape.payload_blocks * plan.block_size as u64 } else { plan.data_start };
+        let end = if plan.fixed {
+            plan.data_start + plan.shape.payload_blocks * plan.block_size as u64
+        } else {
+            plan.data_start
+        };
         write_metadata(&file, &plan, &spec.identity)?;
         file.write_all_at(BAT_OFFSET, &bat.encode())?;
         file.set_len(end)?;
@@ -135,7 +139,8 @@ impl Vhdx {
     /// Ends the block being appended: with `keep`, the BAT will point at it; otherwise its
     /// space is taken by the next block (and cut off by [`Self::finish_appends`]).
     pub fn append_end(&mut self, keep: bool) -> Result<()> {
-        let (k, at, present) = self.appending.take().ok_or_else(|| Error::internal("VHDX block ended with none begun"))?;
+        let (k, at, present) =
+            self.appending.take().ok_or_else(|| Error::internal("VHDX block ended with none begun"))?;
         if self.reserved {
             if !keep || present.is_some() {
                 return Err(Error::internal(format!("VHDX block {k}: reserved, so it must be kept whole")));
@@ -181,7 +186,8 @@ impl Vhdx {
                 at += bs;
             }
         }
-        let region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
+        let region =
+            *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
         self.file.write_all_at(region.file_offset, &self.bat.encode())?;
         self.reserved = true;
         self.file.start_stream(data_start)
@@ -213,7 +219,8 @@ impl Vhdx {
             self.bat.set_bitmap(chunk, Some(at));
             self.file_len = at + ALIGNMENT;
         }
-        let region = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
+        let region =
+            *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("a new VHDX without its BAT region"))?;
         self.file.write_all_at(region.file_offset, &self.bat.encode())?;
         self.file.set_len(self.file_len)?;
         write_headers(&self.file, &self.new_identity)?;
@@ -247,7 +254,10 @@ fn plan(path: &Path, spec: &NewVhdx<'_>) -> Result<Plan> {
             let locator = ParentLocator {
                 locator_type: metadata::VHDX_LOCATOR_TYPE,
                 entries: vec![
-                    ("parent_linkage".into(), format!("{{{}}}", parent.header().data_write_guid.to_string().to_lowercase())),
+                    (
+                        "parent_linkage".into(),
+                        format!("{{{}}}", parent.header().data_write_guid.to_string().to_lowercase()),
+                    ),
                     ("relative_path".into(), paths.relative),
                 ],
             };
@@ -284,12 +294,18 @@ fn plan(path: &Path, spec: &NewVhdx<'_>) -> Result<Plan> {
 fn write_metadata(file: &ImageFile, p: &Plan, identity: &Identity) -> Result<()> {
     let mut ident = vec![0u8; 520];
     ident[..8].copy_from_slice(FILE_SIGNATURE);
-    let creator: Vec<u8> = format!("vhdkit {}", env!("CARGO_PKG_VERSION")).encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let creator: Vec<u8> =
+        format!("vhdkit {}", env!("CARGO_PKG_VERSION")).encode_utf16().flat_map(u16::to_le_bytes).collect();
     ident[8..8 + creator.len()].copy_from_slice(&creator);
     file.write_all_at(0, &ident)?;
     let regions = RegionTable {
         entries: vec![
-            RegionEntry { guid: METADATA_REGION, file_offset: METADATA_OFFSET, length: METADATA_LENGTH, required: true },
+            RegionEntry {
+                guid: METADATA_REGION,
+                file_offset: METADATA_OFFSET,
+                length: METADATA_LENGTH,
+                required: true,
+            },
             RegionEntry { guid: BAT_REGION, file_offset: BAT_OFFSET, length: p.bat_length as u32, required: true },
         ],
     };

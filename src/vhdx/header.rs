@@ -90,10 +90,7 @@ pub fn checksum(b: &[u8], at: usize) -> u32 {
 
 /// The current header of two read ones: the valid one with the larger sequence number. Two
 /// valid headers with equal numbers count only when identical but for their slot.
-pub fn current(
-    first: &Result<VhdxHeader, String>,
-    second: &Result<VhdxHeader, String>,
-) -> Result<VhdxHeader, String> {
+pub fn current(first: &Result<VhdxHeader, String>, second: &Result<VhdxHeader, String>) -> Result<VhdxHeader, String> {
     match (first, second) {
         (Ok(a), Ok(b)) if a.sequence_number > b.sequence_number => Ok(a.clone()),
         (Ok(a), Ok(b)) if b.sequence_number > a.sequence_number => Ok(b.clone()),

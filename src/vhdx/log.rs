@@ -61,14 +61,13 @@ pub struct Replay {
 /// The entry at `at` of the ring `log` if it is valid for `guid`.
 fn entry_at(log: &[u8], at: u64, guid: Guid) -> Option<Entry> {
     let len = log.len() as u64;
-    let read = |from: u64, n: u64| -> Vec<u8> {
-        (0..n).map(|i| log[((from + i) % len) as usize]).collect()
-    };
+    let read = |from: u64, n: u64| -> Vec<u8> { (0..n).map(|i| log[((from + i) % len) as usize]).collect() };
     let head = read(at, 64);
     if &head[..4] != b"loge" {
         return None;
     }
-    let (length, tail, sequence, count) = (le32(&head, 8) as u64, le32(&head, 12) as u64, le64(&head, 16), le32(&head, 24) as u64);
+    let (length, tail, sequence, count) =
+        (le32(&head, 8) as u64, le32(&head, 12) as u64, le64(&head, 16), le32(&head, 24) as u64);
     if length < SECTOR || length % SECTOR != 0 || length > len || tail >= len || tail % SECTOR != 0 || sequence == 0 {
         return None;
     }
@@ -180,19 +179,16 @@ pub fn active_sequence(log: &[u8], guid: Guid) -> Result<Replay, String> {
 
 /// Encodes one log entry at ring offset `at` (for writers): `writes` are whole 4 KiB sectors
 /// or zero ranges.
-pub fn encode_entry(
-    guid: Guid,
-    sequence: u64,
-    tail: u64,
-    file_offsets: (u64, u64),
-    writes: &[LogWrite],
-) -> Vec<u8> {
+pub fn encode_entry(guid: Guid, sequence: u64, tail: u64, file_offsets: (u64, u64), writes: &[LogWrite]) -> Vec<u8> {
     let count = writes.len() as u64;
     let descriptor_sectors = (64 + 32 * count).div_ceil(SECTOR);
-    let data: Vec<&Vec<u8>> = writes.iter().filter_map(|w| match w {
-        LogWrite::Data { bytes, .. } => Some(bytes),
-        LogWrite::Zero { .. } => None,
-    }).collect();
+    let data: Vec<&Vec<u8>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            LogWrite::Data { bytes, .. } => Some(bytes),
+            LogWrite::Zero { .. } => None,
+        })
+        .collect();
     let length = (descriptor_sectors + data.len() as u64) * SECTOR;
     let mut b = vec![0u8; length as usize];
     b[..4].copy_from_slice(b"loge");
@@ -256,7 +252,10 @@ mod tests {
     fn the_active_sequence_replays_in_order() {
         let g = Guid([7; 16]);
         let w1 = vec![LogWrite::Data { offset: 2 << 20, bytes: sector(1) }];
-        let w2 = vec![LogWrite::Zero { offset: 3 << 20, length: 8192 }, LogWrite::Data { offset: 2 << 20, bytes: sector(2) }];
+        let w2 = vec![
+            LogWrite::Zero { offset: 3 << 20, length: 8192 },
+            LogWrite::Data { offset: 2 << 20, bytes: sector(2) },
+        ];
         let log = ring_with(&[(0, 10, 0, w1.clone()), (8192, 11, 0, w2.clone())], g);
         let r = active_sequence(&log, g).unwrap();
         assert_eq!((r.entries, r.sequence, r.last_file_offset), (2, 11, 4 << 20));

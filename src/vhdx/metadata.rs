@@ -146,8 +146,13 @@ impl ParentLocator {
         }
         let text = |offset: u32, len: u16| -> Result<String, String> {
             let (a, z) = (offset as usize, offset as usize + len as usize);
-            let bytes = b.get(a..z).filter(|s| s.len() % 2 == 0).ok_or_else(|| format!("a string at {a}..{z} lies outside the locator"))?;
-            Ok(String::from_utf16_lossy(&bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>()))
+            let bytes = b
+                .get(a..z)
+                .filter(|s| s.len() % 2 == 0)
+                .ok_or_else(|| format!("a string at {a}..{z} lies outside the locator"))?;
+            Ok(String::from_utf16_lossy(
+                &bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>(),
+            ))
         };
         let entries = (0..count)
             .map(|i| {
@@ -185,7 +190,14 @@ impl ParentLocator {
 /// The disk parameters from the region's bytes `region` (table and items), refusing unknown
 /// required items and values outside what the format allows.
 pub fn disk_parameters(region: &[u8], entries: &[MetadataEntry]) -> Result<DiskParameters, String> {
-    let known = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, VIRTUAL_DISK_ID, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR];
+    let known = [
+        FILE_PARAMETERS,
+        VIRTUAL_DISK_SIZE,
+        VIRTUAL_DISK_ID,
+        LOGICAL_SECTOR_SIZE,
+        PHYSICAL_SECTOR_SIZE,
+        PARENT_LOCATOR,
+    ];
     if let Some(e) = entries.iter().find(|e| e.is_required && (e.is_user || !known.contains(&e.item))) {
         return Err(format!("item {} is required and unknown to vhdkit", e.item));
     }
@@ -209,7 +221,10 @@ pub fn disk_parameters(region: &[u8], entries: &[MetadataEntry]) -> Result<DiskP
         }
     }
     let virtual_disk_size = le64(item(VIRTUAL_DISK_SIZE, 8)?, 0);
-    if virtual_disk_size == 0 || virtual_disk_size > MAX_DISK_SIZE || !virtual_disk_size.is_multiple_of(logical_sector_size as u64) {
+    if virtual_disk_size == 0
+        || virtual_disk_size > MAX_DISK_SIZE
+        || !virtual_disk_size.is_multiple_of(logical_sector_size as u64)
+    {
         return Err(format!(
             "virtual disk size {virtual_disk_size} is not a multiple of {logical_sector_size}-byte sectors up to 64 TiB"
         ));

@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-
 use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
 use crate::host::FileId;
@@ -87,8 +86,9 @@ impl Vhdx {
     pub(crate) fn open(file: ImageFile, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<Self> {
         let path = file.path().to_path_buf();
         let file_len = file.file_len()?;
-        let corrupt =
-            |structure: &str, offset: u64, problem: String| Error::corrupt(&path, structure, Space::File, offset, problem);
+        let corrupt = |structure: &str, offset: u64, problem: String| {
+            Error::corrupt(&path, structure, Space::File, offset, problem)
+        };
         let mut ident = vec![0u8; 520];
         file.read_exact_at(0, &mut ident, "file type identifier")?;
         if &ident[..8] != FILE_SIGNATURE {
@@ -102,10 +102,14 @@ impl Vhdx {
                 Err(e) => Err(e.to_string()),
             }
         });
-        let header = header::current(&headers[0], &headers[1])
-            .map_err(|why| corrupt("VHDX headers", HEADER_OFFSETS[0], why))?;
+        let header =
+            header::current(&headers[0], &headers[1]).map_err(|why| corrupt("VHDX headers", HEADER_OFFSETS[0], why))?;
         if header.log_version != 0 && !header.log_guid.is_zero() {
-            return Err(corrupt("VHDX header", header_offset(&header) + 64, format!("log version {}", header.log_version)));
+            return Err(corrupt(
+                "VHDX header",
+                header_offset(&header) + 64,
+                format!("log version {}", header.log_version),
+            ));
         }
         let replay = read_replay(&file, &header, file_len)?;
         let mut vhdx = Vhdx {
@@ -199,7 +203,13 @@ impl Vhdx {
         for (i, h) in self.headers.iter().enumerate() {
             if let Err(why) = h {
                 let problem = format!("not valid ({why}): header {} is used", self.header.slot);
-                self.findings.push(Finding::new(self.file.path(), format!("VHDX header {}", i + 1), Space::File, HEADER_OFFSETS[i], problem));
+                self.findings.push(Finding::new(
+                    self.file.path(),
+                    format!("VHDX header {}", i + 1),
+                    Space::File,
+                    HEADER_OFFSETS[i],
+                    problem,
+                ));
             }
         }
     }
@@ -220,7 +230,11 @@ impl Vhdx {
             ));
         }
         if region.file_offset.saturating_add(bytes) > self.file_len {
-            return Err(self.corrupt("VHDX BAT", region.file_offset, format!("reaches past the file's end ({:#x})", self.file_len)));
+            return Err(self.corrupt(
+                "VHDX BAT",
+                region.file_offset,
+                format!("reaches past the file's end ({:#x})", self.file_len),
+            ));
         }
         self.bat = VhdxBat::read(shape, |table| self.read_meta(region.file_offset, table, "VHDX BAT"))?;
         let mut broken: Vec<(u64, String)> = Vec::new();
@@ -237,7 +251,9 @@ impl Vhdx {
             if strict {
                 return Err(self.corrupt("VHDX BAT entry", entry_at, problem));
             }
-            self.findings.push(Finding::new(self.file.path(), "VHDX BAT entry", Space::File, entry_at, problem.clone()).hazardous());
+            self.findings.push(
+                Finding::new(self.file.path(), "VHDX BAT entry", Space::File, entry_at, problem.clone()).hazardous(),
+            );
             self.broken_blocks.insert(k, (entry_at, problem));
         }
         Ok(())
@@ -265,7 +281,11 @@ impl Vhdx {
     fn attach_parent(&mut self, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<()> {
         let path = self.file.path().to_path_buf();
         let locator = self.params.parent_locator.clone().unwrap_or_default();
-        let want: Vec<Guid> = ["parent_linkage", "parent_linkage2"].iter().filter_map(|k| locator.get(k)).filter_map(Guid::parse).collect();
+        let want: Vec<Guid> = ["parent_linkage", "parent_linkage2"]
+            .iter()
+            .filter_map(|k| locator.get(k))
+            .filter_map(Guid::parse)
+            .collect();
         if want.is_empty() {
             return Err(self.corrupt("VHDX parent locator", 0, "no parent_linkage GUID".into()));
         }
@@ -275,8 +295,22 @@ impl Vhdx {
         }
         let identity = |p: &Path, wait, chain: &[FileId]| data_write_guid(p, wait, chain);
         let found = match &opts.parent {
-            Some(p) => crate::vhd::parent::resolve_by(&path, &want_texts(&want), &[Candidate { via: "given parent".into(), path: p.clone() }], opts.wait, chain, &identity),
-            None => crate::vhd::parent::resolve_by(&path, &want_texts(&want), &candidates(&path, &locator), opts.wait, chain, &identity),
+            Some(p) => crate::vhd::parent::resolve_by(
+                &path,
+                &want_texts(&want),
+                &[Candidate { via: "given parent".into(), path: p.clone() }],
+                opts.wait,
+                chain,
+                &identity,
+            ),
+            None => crate::vhd::parent::resolve_by(
+                &path,
+                &want_texts(&want),
+                &candidates(&path, &locator),
+                opts.wait,
+                chain,
+                &identity,
+            ),
         };
         let (parent_path, via) = match found {
             Ok(f) => f,
@@ -288,7 +322,13 @@ impl Vhdx {
         };
         let parent = DiskImage::open_in_chain(&parent_path, &OpenOptions { parent: None, ..opts.clone() }, chain)?;
         if parent.len() > self.len() {
-            self.findings.push(Finding::new(&path, "VHDX virtual disk size", Space::File, 0, format!("{} bytes, the parent {} has {}", self.len(), parent_path.display(), parent.len())));
+            self.findings.push(Finding::new(
+                &path,
+                "VHDX virtual disk size",
+                Space::File,
+                0,
+                format!("{} bytes, the parent {} has {}", self.len(), parent_path.display(), parent.len()),
+            ));
         }
         self.parent_resolution = Some(ParentResolution { path: parent_path.display().to_string(), resolved_by: via });
         self.parent = Some(Box::new(parent));
@@ -416,7 +456,9 @@ impl Vhdx {
             if let Some((end, other)) = &reach
                 && a < *end
             {
-                out.push(Finding::new(path, "VHDX layout", Space::File, a, format!("{what} overlaps {other}")).hazardous());
+                out.push(
+                    Finding::new(path, "VHDX layout", Space::File, a, format!("{what} overlaps {other}")).hazardous(),
+                );
             }
             if reach.as_ref().is_none_or(|(end, _)| b > *end) {
                 reach = Some((b, what));
@@ -493,7 +535,9 @@ impl Vhdx {
     fn read_in_block(&self, k: u64, within: u64, buf: &mut [u8]) -> Result<()> {
         self.require_intact(k)?;
         let disk_at = k * self.block_size() + within;
-        let Ok((state, at)) = self.bat.payload(k) else { return Err(self.internal("a reserved BAT state passed the open")) };
+        let Ok((state, at)) = self.bat.payload(k) else {
+            return Err(self.internal("a reserved BAT state passed the open"));
+        };
         match state {
             PayloadState::FullyPresent => self.file.read_exact_at(at + within, buf, "VHDX payload block"),
             PayloadState::NotPresent => self.read_absent(disk_at, buf, true),
@@ -595,8 +639,12 @@ fn read_replay(file: &ImageFile, h: &VhdxHeader, file_len: u64) -> Result<Option
     }
     let corrupt = |problem: String| Error::corrupt(file.path(), "VHDX log", Space::File, h.log_offset, problem);
     let len = h.log_length as u64;
-    if len == 0 || len > MAX_LOG || h.log_offset < 1 << 20 || h.log_offset.checked_add(len).is_none_or(|e| e > file_len) {
-        return Err(corrupt(format!("a log of {len} bytes at {:#x} does not fit the file ({file_len:#x} bytes)", h.log_offset)));
+    if len == 0 || len > MAX_LOG || h.log_offset < 1 << 20 || h.log_offset.checked_add(len).is_none_or(|e| e > file_len)
+    {
+        return Err(corrupt(format!(
+            "a log of {len} bytes at {:#x} does not fit the file ({file_len:#x} bytes)",
+            h.log_offset
+        )));
     }
     let mut ring = vec![0u8; len as usize];
     file.read_exact_at(h.log_offset, &mut ring, "VHDX log")?;
@@ -623,12 +671,17 @@ fn want_texts(want: &[Guid]) -> Vec<String> {
 /// Every place the parent may be, in the specification's order: `relative_path`,
 /// `volume_path`, `absolute_win32_path` (each mapped to local candidates).
 fn candidates(child: &Path, locator: &metadata::ParentLocator) -> Vec<Candidate> {
-    let dir = child.parent().map(Path::to_path_buf).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let dir = child
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
     let mut out: Vec<Candidate> = Vec::new();
     for key in ["relative_path", "volume_path", "absolute_win32_path"] {
         let Some(raw) = locator.get(key) else { continue };
         let stripped = raw.trim_start_matches("\\\\?\\");
-        let encoding = if key == "relative_path" { LocatorEncoding::Utf16Relative } else { LocatorEncoding::Utf16Absolute };
+        let encoding =
+            if key == "relative_path" { LocatorEncoding::Utf16Relative } else { LocatorEncoding::Utf16Absolute };
         for path in crate::vhd::parent::local_paths(stripped, encoding, &dir) {
             if !out.iter().any(|c| c.path == path) {
                 out.push(Candidate { via: key.to_string(), path });

@@ -122,7 +122,10 @@ impl RegionTable {
         let mut spans: Vec<(u64, u64)> =
             self.entries.iter().map(|e| (e.file_offset, e.file_offset.saturating_add(e.length as u64))).collect();
         spans.sort_unstable();
-        spans.windows(2).find(|w| w[1].0 < w[0].1).map(|w| format!("regions at {:#x} and {:#x} overlap", w[0].0, w[1].0))
+        spans
+            .windows(2)
+            .find(|w| w[1].0 < w[0].1)
+            .map(|w| format!("regions at {:#x} and {:#x} overlap", w[0].0, w[1].0))
     }
 }
 

@@ -65,8 +65,9 @@ impl Vhdx {
     fn move_bat_region(&mut self, bytes: u64) -> Result<()> {
         let old = *self.regions.find(BAT_REGION).ok_or_else(|| Error::internal("no BAT region"))?;
         let length = bytes.div_ceil(ALIGNMENT) * ALIGNMENT;
-        let length32 = u32::try_from(length)
-            .map_err(|_| Error::unsupported(self.file.path(), format!("a BAT of {length} bytes is larger than a region may be")))?;
+        let length32 = u32::try_from(length).map_err(|_| {
+            Error::unsupported(self.file.path(), format!("a BAT of {length} bytes is larger than a region may be"))
+        })?;
         // Past everything the file holds or its header names: the regions and the log.
         let region_ends = self.regions.entries.iter().map(|e| e.file_offset + e.length as u64);
         let log_end = self.header.log_offset + self.header.log_length as u64;
@@ -89,10 +90,10 @@ impl Vhdx {
         let writes = REGION_TABLE_OFFSETS
             .iter()
             .flat_map(|&at| {
-                encoded.chunks(SECTOR as usize).enumerate().map(move |(i, b)| LogWrite::Data {
-                    offset: at + i as u64 * SECTOR,
-                    bytes: b.to_vec(),
-                })
+                encoded
+                    .chunks(SECTOR as usize)
+                    .enumerate()
+                    .map(move |(i, b)| LogWrite::Data { offset: at + i as u64 * SECTOR, bytes: b.to_vec() })
             })
             .collect();
         self.begin(true)?;

@@ -25,8 +25,9 @@ impl Vhdx {
             return Ok(Vec::new());
         }
         let z = z.min(self.block_size());
-        let found =
-            device::nonzero_ranges(at + a.min(z), at + z, &|x, buf| self.file.read_exact_at(x, buf, "VHDX payload block"))?;
+        let found = device::nonzero_ranges(at + a.min(z), at + z, &|x, buf| {
+            self.file.read_exact_at(x, buf, "VHDX payload block")
+        })?;
         Ok(found.into_iter().map(|(x, y)| (x - at, y - at)).collect())
     }
 
@@ -44,7 +45,8 @@ impl Vhdx {
         let mut outcome = RewriteOutcome::default();
         let mut dropped = Vec::new();
         for (k, rewrite) in rewrites {
-            let (state, at) = self.bat.payload(*k).map_err(|_| Error::internal(format!("block {k}: a reserved state")))?;
+            let (state, at) =
+                self.bat.payload(*k).map_err(|_| Error::internal(format!("block {k}: a reserved state")))?;
             if !state.stored() {
                 return Err(Error::internal(format!("in-place rewrite of block {k}, which is not stored")));
             }

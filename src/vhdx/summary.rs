@@ -132,10 +132,19 @@ impl Vhdx {
             headers,
             region_table_copy: self.region_copy,
             region_table_offset,
-            regions: self.regions.entries.iter().map(|e| NamedRegion { name: region::region_name(e.guid), entry: *e }).collect(),
+            regions: self
+                .regions
+                .entries
+                .iter()
+                .map(|e| NamedRegion { name: region::region_name(e.guid), entry: *e })
+                .collect(),
             region_table_raw,
             metadata_offset: meta,
-            metadata: self.metadata.iter().map(|e| NamedItem { name: metadata::item_name(e.item), entry: *e }).collect(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|e| NamedItem { name: metadata::item_name(e.item), entry: *e })
+                .collect(),
             metadata_table_raw,
             parameters: self.params.clone(),
             log: LogState {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use crate::bytes::Guid;
 use crate::error::{Error, Result, Space};
 use crate::vhd::device::{self, BlockDevice, WritableDevice, block_pieces, check_range};
+use crate::vhdx::Vhdx;
 use crate::vhdx::bat::PayloadState;
 use crate::vhdx::header::{HEADER_OFFSETS, VhdxHeader};
 use crate::vhdx::log::{self, LogWrite, SECTOR};
 use crate::vhdx::region::{ALIGNMENT, BAT_REGION};
-use crate::vhdx::Vhdx;
 
 /// A write session: the log's next sequence number and where the next entry goes.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +76,10 @@ impl Vhdx {
             None => {}
         }
         if self.header.log_length < (2 * SECTOR * 2) as u32 {
-            return Err(Error::unsupported(self.file.path(), format!("a log of {} bytes is too small to write through", self.header.log_length)));
+            return Err(Error::unsupported(
+                self.file.path(),
+                format!("a log of {} bytes is too small to write through", self.header.log_length),
+            ));
         }
         let mut h = self.header.clone();
         let mut first_entry = None;
@@ -88,7 +91,13 @@ impl Vhdx {
             h.log_guid = guid("log");
             // An empty entry of the new log first, flushed, as Microsoft's own implementation
             // does: once the header names the log, a crash must leave a log that replays.
-            let empty = log::encode_entry(h.log_guid, 1, 0, (self.file.file_len()? / ALIGNMENT * ALIGNMENT, self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT), &[]);
+            let empty = log::encode_entry(
+                h.log_guid,
+                1,
+                0,
+                (self.file.file_len()? / ALIGNMENT * ALIGNMENT, self.file_len.div_ceil(ALIGNMENT) * ALIGNMENT),
+                &[],
+            );
             self.file.write_all_at(self.header.log_offset, &empty)?;
             self.file.sync()?;
             first_entry = Some((2, empty.len() as u64));
@@ -98,7 +107,11 @@ impl Vhdx {
         }
         self.write_header(h)?;
         let (sequence, next_entry) = first_entry.or(self.session.map(|s| (s.sequence, s.next_entry))).unwrap_or((1, 0));
-        self.session = Some(Session { sequence, next_entry, data_changed: visible || self.session.is_some_and(|s| s.data_changed) });
+        self.session = Some(Session {
+            sequence,
+            next_entry,
+            data_changed: visible || self.session.is_some_and(|s| s.data_changed),
+        });
         Ok(())
     }
 
@@ -149,7 +162,11 @@ impl Vhdx {
             self.apply(w)?;
         }
         self.file.sync()?;
-        self.session = Some(Session { sequence: session.sequence + 1, next_entry: (at + entry.len() as u64) % log_len, ..session });
+        self.session = Some(Session {
+            sequence: session.sequence + 1,
+            next_entry: (at + entry.len() as u64) % log_len,
+            ..session
+        });
         Ok(())
     }
 
@@ -165,7 +182,9 @@ impl Vhdx {
         self.file.write_all_at(self.header.log_offset, &entry)?;
         self.file.sync()?;
         let rest = entry.len() as u64;
-        device::write_zeros_with(self.header.log_offset + rest, log_len - rest, &mut |at, z| self.file.write_all_at(at, z))?;
+        device::write_zeros_with(self.header.log_offset + rest, log_len - rest, &mut |at, z| {
+            self.file.write_all_at(at, z)
+        })?;
         self.file.sync()?;
         self.session = Some(Session { sequence: sequence + 1, next_entry: rest, ..session });
         Ok(())
@@ -198,7 +217,11 @@ impl Vhdx {
                 // Bytes of the sector past the table keep what the file holds there.
                 if n < SECTOR as usize {
                     let mut tail = vec![0u8; SECTOR as usize - n];
-                    if self.file.read_exact_at(region.file_offset + from as u64 + n as u64, &mut tail, "VHDX BAT").is_ok() {
+                    if self
+                        .file
+                        .read_exact_at(region.file_offset + from as u64 + n as u64, &mut tail, "VHDX BAT")
+                        .is_ok()
+                    {
                         bytes[n..].copy_from_slice(&tail);
                     }
                 }
@@ -226,7 +249,10 @@ impl Vhdx {
     /// block not stored gets its current bytes (zeros, or the parent's) with `data` over them,
     /// allocated whole; in a partially present block, the data then the sector bits (logged).
     fn write_in_block(&mut self, k: u64, within: u64, data: &[u8]) -> Result<()> {
-        let (state, at) = self.bat.payload(k).map_err(|raw| self.corrupt("VHDX BAT entry", 0, format!("block {k}: reserved state {}", raw & 7)))?;
+        let (state, at) = self
+            .bat
+            .payload(k)
+            .map_err(|raw| self.corrupt("VHDX BAT entry", 0, format!("block {k}: reserved state {}", raw & 7)))?;
         match state {
             PayloadState::FullyPresent => {
                 self.begin(true)?;

@@ -16,13 +16,13 @@ use super::{AZURE_MAX_SIZE, AZURE_MIN_SIZE, CompactOptions, OutputFormat};
 use crate::disk::Scheme;
 use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
-use crate::pass::sanitize::Sanitization;
-use crate::vhd::identity::Identity;
 use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
 use crate::pass::align::{self, RealignedDisk, Realignment};
+use crate::pass::sanitize::Sanitization;
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, SectorSize};
 use crate::vhd::fixed::MAX_FIXED_SIZE;
+use crate::vhd::identity::Identity;
 use crate::vhd::image::{ImageFormat, ImageKind};
 use crate::vhd::sparse::{DEFAULT_BLOCK_SIZE, MAX_DISK_SIZE};
 
@@ -277,7 +277,9 @@ fn output_container(
         (None, None, _) => DEFAULT_BLOCK_SIZE as u64,
     };
     if !valid(chosen) {
-        return Err(Error::Usage(format!("a VHDX block size must be a power of two from 1 MiB to 256 MiB, not {chosen}")));
+        return Err(Error::Usage(format!(
+            "a VHDX block size must be a power of two from 1 MiB to 256 MiB, not {chosen}"
+        )));
     }
     Ok((container, chosen))
 }
@@ -285,7 +287,14 @@ fn output_container(
 /// The output disk size: `size` (the input's, or the realigned disk's) in whole sectors of
 /// `ss` bytes (a raw input's last partial sector is padded with zeros), or for Azure rounded
 /// up to a whole MiB within limits.
-fn output_size(file: &Path, size: u64, azure: bool, format: OutputFormat, container: ImageFormat, ss: SectorSize) -> Result<u64> {
+fn output_size(
+    file: &Path,
+    size: u64,
+    azure: bool,
+    format: OutputFormat,
+    container: ImageFormat,
+    ss: SectorSize,
+) -> Result<u64> {
     let size = ss.bytes_of(ss.sectors_for(size));
     let limit = match (container, format) {
         (ImageFormat::Vhdx, _) => crate::vhdx::metadata::MAX_DISK_SIZE,
@@ -296,7 +305,8 @@ fn output_size(file: &Path, size: u64, azure: bool, format: OutputFormat, contai
         if size > limit {
             return Err(Error::unsupported(
                 file,
-                format!("a {format:?} {} holds at most {limit} bytes; the disk has {size}", container.name()).to_lowercase(),
+                format!("a {format:?} {} holds at most {limit} bytes; the disk has {size}", container.name())
+                    .to_lowercase(),
             ));
         }
         return Ok(size);
@@ -346,11 +356,13 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     }
     let input_block = map.image.block_size();
     let (format, block_size) = output_kind(map.image.source(), map.image.kind(), input_block, opts)?;
-    let (container, container_block_size) = output_container(map.image, map.layout.sector_size, format, block_size, opts)?;
+    let (container, container_block_size) =
+        output_container(map.image, map.layout.sector_size, format, block_size, opts)?;
     let block_size = if format == OutputFormat::Fixed { block_size } else { container_block_size };
     let mut realignment = plan_realignment(map, opts, 0)?;
     let source_size = realignment.as_ref().map_or(map.image.len(), |r| r.disk_size);
-    let disk_size = output_size(map.image.source(), source_size, opts.azure, format, container, map.layout.sector_size)?;
+    let disk_size =
+        output_size(map.image.source(), source_size, opts.azure, format, container, map.layout.sector_size)?;
     if disk_size > source_size && map.layout.scheme == Scheme::Gpt {
         // The backup GPT belongs on the last sector of the grown disk.
         realignment = plan_realignment(map, opts, disk_size)?;
@@ -358,7 +370,9 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     let sanitization = match (opts.sanitize, &realignment, format) {
         (false, ..) => None,
         (true, Some(_), _) => {
-            return Err(Error::Usage("--sanitize and --realign cannot be combined yet: run them one after the other".into()));
+            return Err(Error::Usage(
+                "--sanitize and --realign cannot be combined yet: run them one after the other".into(),
+            ));
         }
         (true, None, OutputFormat::Differencing) => {
             return Err(Error::Refused {
@@ -381,12 +395,7 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         .map(|b| {
             let stored = match format {
                 OutputFormat::Differencing => plan_child_block(map, b, zero_free)?,
-                _ => plan_standalone_block(
-                    &source,
-                    b * block_size,
-                    ((b + 1) * block_size).min(source_size),
-                    zero_free,
-                ),
+                _ => plan_standalone_block(&source, b * block_size, ((b + 1) * block_size).min(source_size), zero_free),
             };
             Ok((b, stored.map(|c| StoredBlock { index: b, bitmap: c.bitmap, needed: c.needed, zero: c.zero })))
         })
@@ -401,9 +410,7 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     }
     let partitions = partition_plans(map, &dropped, block_size);
     let parent = match format {
-        OutputFormat::Differencing => {
-            map.image.parent_resolution().map(|r| PathBuf::from(&r.path))
-        }
+        OutputFormat::Differencing => map.image.parent_resolution().map(|r| PathBuf::from(&r.path)),
         _ => None,
     };
     // What decides the output's bytes, as resolved (OUT's name or `-` aside).
@@ -614,6 +621,9 @@ mod tests {
             MAX_DISK_SIZE + 512,
             "a VHDX holds 64 TiB"
         );
-        assert_eq!(output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Fixed, vhd, legacy).unwrap(), MAX_DISK_SIZE + 512);
+        assert_eq!(
+            output_size(f, MAX_DISK_SIZE + 512, false, OutputFormat::Fixed, vhd, legacy).unwrap(),
+            MAX_DISK_SIZE + 512
+        );
     }
 }

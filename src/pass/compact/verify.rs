@@ -7,9 +7,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::CompactionPlan;
-use crate::map::blocks::NeedKind;
 use super::write::cut;
 use crate::error::Result;
+use crate::map::blocks::NeedKind;
 use crate::vhd::device::BlockDevice;
 
 /// A range whose bytes differ.
@@ -164,7 +164,12 @@ pub(super) fn uncovered(plan: &CompactionPlan<'_>, digests: &NeededDigests) -> R
 
 /// A needed range the output does not hold.
 fn not_stored(a: u64, b: u64) -> Mismatch {
-    Mismatch { offset: a, length: b - a, input_blake3: String::new(), output_blake3: "(needed bytes not stored)".into() }
+    Mismatch {
+        offset: a,
+        length: b - a,
+        input_blake3: String::new(),
+        output_blake3: "(needed bytes not stored)".into(),
+    }
 }
 
 /// Reads the needed bytes back from `output` and compares them with `digests`.

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::map::ImageMap;
-use crate::ntfs::IndexDetail;
 use crate::map::blocks::KeptAtBlockSize;
+use crate::ntfs::IndexDetail;
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
 

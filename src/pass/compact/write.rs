@@ -207,7 +207,9 @@ enum Writer {
 fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile, kept: &[&StoredBlock]) -> Result<Writer> {
     let image = plan.source.map().image;
     let parent = || {
-        image.parent().ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))
+        image
+            .parent()
+            .ok_or_else(|| Error::unsupported(image.source(), "a differencing output needs the input's parent"))
     };
     let indexes: Vec<u64> = kept.iter().map(|s| s.index).collect();
     let vhdx = |file: ImageFile, kind: NewKind<'_>| {
@@ -228,7 +230,10 @@ fn create_writer(plan: &CompactionPlan<'_>, file: ImageFile, kept: &[&StoredBloc
             let path = plan.parent.as_deref().unwrap_or(p.source());
             let v = vhdx(file, NewKind::Differencing { image: p, path })?;
             if v.file().is_stream() {
-                return Err(Error::unsupported(v.file().path(), "a differencing VHDX cannot be streamed: its sector bitmaps follow its blocks; write it to a file"));
+                return Err(Error::unsupported(
+                    v.file().path(),
+                    "a differencing VHDX cannot be streamed: its sector bitmaps follow its blocks; write it to a file",
+                ));
             }
             Writer::Vhdx(Box::new(v))
         }

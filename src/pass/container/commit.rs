@@ -17,12 +17,12 @@ use serde::Serialize;
 use crate::error::{Error, Remedy, Result};
 use crate::host::FileId;
 use crate::map::ImageMap;
-use crate::ntfs::IndexDetail;
 use crate::map::blocks::NeedKind;
+use crate::ntfs::IndexDetail;
 use crate::pass::Event;
 use crate::pass::container::family;
-use crate::pass::disk_write::{self, DiskWrite};
 use crate::pass::container::relink::plan_relink;
+use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, merge_ranges, nonzero_ranges};
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -223,7 +223,8 @@ fn append(
         let blocks: Vec<(u64, SectorBitmap)> = step.iter().map(|(b, pieces)| (*b, bitmap(pieces, *b * bs))).collect();
         let mut next = step.iter();
         sparse.append_blocks(&blocks, |block, data| {
-            let (_, pieces) = next.next().filter(|(b, _)| *b == block).ok_or_else(|| Error::internal("append order"))?;
+            let (_, pieces) =
+                next.next().filter(|(b, _)| *b == block).ok_or_else(|| Error::internal("append order"))?;
             for r in pieces {
                 let at = (r.start - block * bs) as usize;
                 read(r, &mut data[at..at + (r.end - r.start) as usize])?;
@@ -251,7 +252,11 @@ fn overwrite(
         for r in batch {
             let mut bytes = vec![0u8; (r.end - r.start) as usize];
             read(r, &mut bytes)?;
-            writes.push(DiskWrite { offset: r.start, bytes, what: format!("the child's sectors at disk offset {}", r.start) });
+            writes.push(DiskWrite {
+                offset: r.start,
+                bytes,
+                what: format!("the child's sectors at disk offset {}", r.start),
+            });
             written += r.end - r.start;
         }
         disk_write::apply(target, &writes)?;
@@ -403,7 +408,9 @@ fn plan(child: &Path, opts: &CommitOptions) -> Result<CommitPlan> {
     for disk in &chain[1..] {
         siblings.add(family::children_of(disk, &searched, &own));
     }
-    if !opts.remove && let Some(short) = chain[1..opts.depth].iter().find(|d| d.len() < target.len()) {
+    if !opts.remove
+        && let Some(short) = chain[1..opts.depth].iter().find(|d| d.len() < target.len())
+    {
         return Err(Error::unsupported(
             short.source(),
             format!(
@@ -498,7 +505,11 @@ fn joined_and_cut(pieces: Vec<Piece>) -> Vec<Piece> {
     joined
         .into_iter()
         .flat_map(|r| {
-            (r.start..r.end).step_by(BATCH as usize).map(move |at| Piece { start: at, end: r.end.min(at + BATCH), layer: r.layer })
+            (r.start..r.end).step_by(BATCH as usize).map(move |at| Piece {
+                start: at,
+                end: r.end.min(at + BATCH),
+                layer: r.layer,
+            })
         })
         .collect()
 }

@@ -185,7 +185,10 @@ fn disk_size(out: &Path, opts: &CreateOptions, source: Option<&DiskImage>, paren
     }
     let size = opts.size.or(source.map(|s| s.len())).ok_or_else(|| Error::Usage("give the disk's size".into()))?;
     if source.is_some_and(|s| s.len() > size) {
-        return Err(Error::unsupported(out, format!("{size} bytes cannot hold the source's {} bytes", source.map_or(0, |s| s.len()))));
+        return Err(Error::unsupported(
+            out,
+            format!("{size} bytes cannot hold the source's {} bytes", source.map_or(0, |s| s.len())),
+        ));
     }
     let unit = if opts.azure { 1 << 20 } else { 512 };
     Ok(size.div_ceil(unit) * unit)
@@ -254,7 +257,8 @@ fn copy(source: &DiskImage, image: &mut DiskImage, events: &(dyn Fn(Event<'_>) +
     for c in 0..chunks {
         let at = c * CHUNK;
         let n = CHUNK.min(len - at) as usize;
-        let skip = stored.as_ref().is_some_and(|s| (at / block..(at + n as u64).div_ceil(block)).all(|b| !s.contains(&b)));
+        let skip =
+            stored.as_ref().is_some_and(|s| (at / block..(at + n as u64).div_ceil(block)).all(|b| !s.contains(&b)));
         if !skip {
             source.read_at(at, &mut buf[..n])?;
             if buf[..n].iter().any(|&b| b != 0) {

@@ -65,7 +65,11 @@ pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
         boot[0x28..0x30].copy_from_slice(&ntfs_sectors.to_le_bytes());
         let p0 = p.start();
         writes.push(DiskWrite { offset: p0, bytes: boot.clone(), what: "NTFS boot sector".into() });
-        writes.push(DiskWrite { offset: p0 + ss.bytes_of(total_sectors), bytes: boot, what: "NTFS backup boot sector".into() });
+        writes.push(DiskWrite {
+            offset: p0 + ss.bytes_of(total_sectors),
+            bytes: boot,
+            what: "NTFS backup boot sector".into(),
+        });
         writes.extend(bitmap_writes(&view, idx, p0, new_clusters)?);
         let report = PartitionGrowth {
             partition: p.index,
@@ -120,7 +124,10 @@ fn table_writes(image: &DiskImage, layout: &DiskLayout, p: &Partition, sectors: 
     let ebrs = layout.mbr.as_ref().map_or(&[][..], |m| &m.ebrs[..]);
     // An EBR after the partition (one left by a deleted logical) would end up inside it.
     if let Some(after) = ebrs.iter().find(|e| e.lba > p.start_lba) {
-        return Err(unsupported(&format!("an EBR at sector {} lies after it, in the space it would take", after.lba.0)));
+        return Err(unsupported(&format!(
+            "an EBR at sector {} lies after it, in the space it would take",
+            after.lba.0
+        )));
     }
     let mut own = sector_at(ebr)?;
     set_extent(&mut own, 0, p.start_lba.0, end);
@@ -146,7 +153,12 @@ fn set_extent(sector: &mut [u8], slot: usize, start: u64, end: u64) {
 
 /// `$Bitmap` grown to cover `new_clusters`, written whole through its runs: the old bits, the
 /// clusters it took to grow marked used, every new cluster free.
-fn bitmap_writes(view: &dyn BlockDevice, idx: &crate::ntfs::NtfsIndex, p0: u64, new_clusters: u64) -> Result<Vec<DiskWrite>> {
+fn bitmap_writes(
+    view: &dyn BlockDevice,
+    idx: &crate::ntfs::NtfsIndex,
+    p0: u64,
+    new_clusters: u64,
+) -> Result<Vec<DiskWrite>> {
     let file: &FileEntry =
         idx.file(BITMAP_RECORD).ok_or_else(|| Error::unsupported(view.source(), "the volume has no $Bitmap"))?;
     let old_clusters = idx.total_clusters();

@@ -3,9 +3,9 @@
 //! into its parent. Each is a plan over the opened image, then one atomic write (a new file
 //! renamed into place, or the journal of in-place writes).
 
-pub mod create;
-pub mod resize;
-pub mod relink;
 pub mod commit;
+pub mod create;
 pub mod family;
 pub mod grow;
+pub mod relink;
+pub mod resize;

@@ -48,7 +48,11 @@ pub struct Relink {
 
 enum LinkChange {
     /// A VHD's locator data and its header.
-    Vhd { writes: Vec<(u64, Vec<u8>)>, header: Box<DynamicHeader>, header_offset: u64 },
+    Vhd {
+        writes: Vec<(u64, Vec<u8>)>,
+        header: Box<DynamicHeader>,
+        header_offset: u64,
+    },
     Vhdx(crate::vhdx::metadata::ParentLocator),
 }
 
@@ -69,7 +73,12 @@ impl Relink {
                     file.write_all_at(header_offset, &header.encode())
                 })?;
             }
-            (_, other) => return Err(Error::internal(format!("a relink planned on another image than {}", other.source().display()))),
+            (_, other) => {
+                return Err(Error::internal(format!(
+                    "a relink planned on another image than {}",
+                    other.source().display()
+                )));
+            }
         }
         Ok(self.report)
     }
@@ -147,14 +156,23 @@ pub fn plan_relink(child: &DiskImage, parent: &Path, force: bool, open: &OpenOpt
         writes.push((offset, data));
         header.parent_locators.push((
             slot,
-            ParentLocator { platform_code: *code, data_space: space as u32, data_length: bytes.len() as u32, data_offset: offset },
+            ParentLocator {
+                platform_code: *code,
+                data_space: space as u32,
+                data_length: bytes.len() as u32,
+                data_offset: offset,
+            },
         ));
     }
     header.parent_unicode_name = name;
     header.parent_uuid = parent_footer.uuid;
     let header_offset = sparse.header_offset();
     drop(parent_image);
-    let text = |i: usize| String::from_utf16_lossy(&locators[i].bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>());
+    let text = |i: usize| {
+        String::from_utf16_lossy(
+            &locators[i].bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+        )
+    };
     let report = RelinkReport {
         file: path.display().to_string(),
         old_parent,

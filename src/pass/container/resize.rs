@@ -15,11 +15,11 @@ use crate::pass::container::family;
 use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::bat::{FILE_SECTOR, MAX_ENTRIES, table_bytes};
 use crate::vhd::device::{BlockDevice, ImageFile, nonzero_ranges};
-use crate::vhd::footer::FOOTER_SIZE;
 use crate::vhd::fixed::MAX_FIXED_SIZE;
+use crate::vhd::footer::FOOTER_SIZE;
 use crate::vhd::geometry::Geometry;
-use crate::vhd::sparse::MAX_DISK_SIZE;
 use crate::vhd::image::{DiskImage, ImageFormat, ImageKind};
+use crate::vhd::sparse::MAX_DISK_SIZE;
 
 /// What a resize did.
 #[derive(Debug, Serialize)]
@@ -85,12 +85,17 @@ pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool, search:
     let target = new_size.unwrap_or(floor.max(ss.bytes()));
     let old = image.len();
     if target >= old {
-        return Err(Error::unsupported(image.source(), format!("the disk is {old} bytes: nothing to shrink to {target}")));
+        return Err(Error::unsupported(
+            image.source(),
+            format!("the disk is {old} bytes: nothing to shrink to {target}"),
+        ));
     }
     if target < floor {
         return Err(Error::unsupported(
             image.source(),
-            format!("{target} bytes would cut into the partitions, which end at {last_end} (the disk cannot be smaller than {floor} bytes)"),
+            format!(
+                "{target} bytes would cut into the partitions, which end at {last_end} (the disk cannot be smaller than {floor} bytes)"
+            ),
         ));
     }
     let keep_out = match layout.scheme {
@@ -199,7 +204,10 @@ fn resize_container(file: &ImageFile, image: &DiskImage, new_size: u64) -> Resul
             let bs = s.block_size();
             let entries = new_size.div_ceil(bs);
             if entries > MAX_ENTRIES as u64 {
-                return Err(Error::unsupported(path, format!("{new_size} bytes needs {entries} blocks, more than a BAT holds")));
+                return Err(Error::unsupported(
+                    path,
+                    format!("{new_size} bytes needs {entries} blocks, more than a BAT holds"),
+                ));
             }
             let entries = entries as u32;
             let mut header = s.header().clone();
@@ -241,7 +249,13 @@ fn table_room(s: &crate::vhd::sparse::SparseVhd) -> u64 {
     let blocks = s.bat().allocated().map(|(_, sector)| sector.offset());
     let locators = s.header().parent_locators.iter().map(|(_, l)| l.data_offset);
     let header = std::iter::once(s.header_offset());
-    blocks.chain(locators).chain(header).chain(std::iter::once(s.data_end())).filter(|&o| o >= start).min().unwrap_or(start)
+    blocks
+        .chain(locators)
+        .chain(header)
+        .chain(std::iter::once(s.data_end()))
+        .filter(|&o| o >= start)
+        .min()
+        .unwrap_or(start)
         - start
 }
 
@@ -251,7 +265,13 @@ fn move_backup_gpt(image: &mut DiskImage, layout: &DiskLayout, new_size: u64) ->
     let Some(writes) = backup_gpt_writes(layout, image.len(), new_size) else { return Ok(false) };
     // Writes past the current end wait for the grown container (the caller's order).
     if let Some(w) = writes.iter().find(|w| w.offset + w.bytes.len() as u64 > image.len()) {
-        return Err(Error::corrupt(image.source(), "GPT", Space::Disk, w.offset, "the backup table lies past the disk's end"));
+        return Err(Error::corrupt(
+            image.source(),
+            "GPT",
+            Space::Disk,
+            w.offset,
+            "the backup table lies past the disk's end",
+        ));
     }
     disk_write::apply(image, &writes)?;
     Ok(true)

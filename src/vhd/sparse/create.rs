@@ -12,8 +12,8 @@ use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile};
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
-use crate::vhd::identity::Identity;
 use crate::vhd::header::{DynamicHeader, HEADER_SIZE, ParentLocator};
+use crate::vhd::identity::Identity;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Parent of a new differencing image.
@@ -141,8 +141,9 @@ impl SparseVhd {
         let span = self.header.bitmap_size() + self.block_size();
         let mut at = self.data_end;
         for &b in blocks {
-            let sector = FileSector::at_or_after(at)
-                .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+            let sector = FileSector::at_or_after(at).ok_or_else(|| {
+                Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
+            })?;
             self.bat.set(b, Some(sector));
             at = sector.offset() + span;
         }

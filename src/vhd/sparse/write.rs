@@ -101,12 +101,15 @@ impl SparseVhd {
         let mut placed = Vec::with_capacity(blocks.len());
         let mut end = self.data_end;
         for (block, bitmap) in blocks {
-            if *block >= self.block_count() || self.bat.sector(*block).is_some() || bitmap.sectors() != self.block_sectors()
+            if *block >= self.block_count()
+                || self.bat.sector(*block).is_some()
+                || bitmap.sectors() != self.block_sectors()
             {
                 return Err(Error::internal(format!("block {block} cannot be appended")));
             }
-            let sector = FileSector::at_or_after(end)
-                .ok_or_else(|| Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers"))?;
+            let sector = FileSector::at_or_after(end).ok_or_else(|| {
+                Error::unsupported(self.file.path(), "image file too large for 32-bit BAT sector numbers")
+            })?;
             placed.push(sector);
             end = sector.offset() + bitmap_size + self.block_size();
         }
