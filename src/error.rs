@@ -126,12 +126,12 @@ pub enum Error {
         source: io::Error,
     },
     /// A differencing disk's parent could not be found under any name its header gives.
-    #[error("{}: parent disk not found; tried {}", file.display(), tried.join("; "))]
+    #[error("{}: parent disk not found; tried {search}", file.display())]
     ParentNotFound {
         /// The differencing image.
         file: PathBuf,
-        /// Every path tried, in order.
-        tried: Vec<String>,
+        /// Where the parent was looked for.
+        search: ParentSearch,
     },
     /// The request is valid but outside what this image or tool supports.
     #[error("{}: {problem}", file.display())]
@@ -224,6 +224,25 @@ pub enum Error {
     },
 }
 
+/// Where a differencing disk's parent was looked for, when it was not found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParentSearch {
+    /// Every path tried, in order, with why it is not the parent.
+    pub tried: Vec<String>,
+    /// Disks nearby with the parent's identity that the child does not name: the parent was
+    /// moved or renamed, and relinking the child to one of them would help.
+    pub same_identity: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for ParentSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let found =
+            self.same_identity.iter().map(|p| format!("a disk with the parent's identity is at {}", p.display()));
+        let all: Vec<String> = self.tried.iter().cloned().chain(found).collect();
+        f.write_str(&all.join("; "))
+    }
+}
+
 /// Result alias used throughout vhdkit.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -232,10 +251,10 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::Io { .. } | Error::Open { .. } | Error::ParentNotFound { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::Open { .. } => ErrorKind::Io,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Usage(_) => ErrorKind::Usage,
-            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::NotFound(_) | Error::ParentNotFound { .. } => ErrorKind::NotFound,
             Error::Format { .. } | Error::NotADisk { .. } => ErrorKind::InvalidFormat,
             Error::UntrustedVolume { .. }
             | Error::InUse { .. }

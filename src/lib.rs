@@ -139,7 +139,7 @@ pub mod schema {
 }
 
 pub use crate::disk::{DiskLayout, FileSystem, Lba, Partition, PartitionView, Scheme};
-pub use crate::error::{Error, ErrorKind, Location, Remedy, Result, Space};
+pub use crate::error::{Error, ErrorKind, Location, ParentSearch, Remedy, Result, Space};
 pub use crate::hive::Hive;
 pub use crate::hive::regfile::RegOp;
 pub use crate::host::journal::Recovery;

@@ -276,12 +276,8 @@ fn run(cli: Cli) -> Result<bool> {
             let img = image.open(true)?;
             let r = report::dump::build(&img, report::dump::DumpOptions { blocks, bitmap })?;
             emit(cli.json, &r, report::dump::render)?;
-            if let Some(e) = &r.disk_error {
-                let hint = match e.contains(crate::vhd::parent::FOUND_BY_IDENTITY) {
-                    true => crate::cli::RELINK_HINT,
-                    false => "",
-                };
-                eprintln!("vhdinspect: {e}{hint}");
+            if let Some(e) = &r.disk_failure {
+                eprintln!("vhdinspect: {e}{}", super::hint("vhdinspect", e).unwrap_or_default());
             }
             Ok(r.disk_error.is_none())
         }

@@ -84,7 +84,7 @@ impl Progress {
 }
 
 /// What to do about a parent found by its identity somewhere the child does not look.
-pub(crate) const RELINK_HINT: &str = " (vhddisk set-parent CHILD PARENT points the child at it)";
+const RELINK_HINT: &str = " (vhddisk set-parent CHILD PARENT points the child at it)";
 
 /// What the user can do about an error, in the command line's words.
 fn hint(tool: &str, e: &Error) -> Option<&'static str> {
@@ -99,11 +99,7 @@ fn hint(tool: &str, e: &Error) -> Option<&'static str> {
         Error::Refused { remedy: Remedy::Merge, .. } => Some(" (--merge writes a standalone image of the chain)"),
         Error::Refused { remedy: Remedy::ChoosePartition, .. } => Some(" (--partition N chooses one)"),
         Error::JournalPending { .. } => Some(" (vhdreg IMAGE recover rolls it back)"),
-        Error::ParentNotFound { tried, .. }
-            if tried.iter().any(|t| t.starts_with(crate::vhd::parent::FOUND_BY_IDENTITY)) =>
-        {
-            Some(RELINK_HINT)
-        }
+        Error::ParentNotFound { search, .. } if !search.same_identity.is_empty() => Some(RELINK_HINT),
         _ => None,
     }
 }

@@ -66,7 +66,7 @@ impl ImageMap<'_> {
 
 impl ImageMap<'_> {
     /// The file at `path` in the one NTFS volume (only partition `partition`, if given) that
-    /// has it: none is a usage error, several ask for a partition to be chosen.
+    /// has it: none is not found, several ask for a partition to be chosen.
     pub fn find_file(&self, path: &str, partition: Option<u32>) -> Result<VolumeFile<'_>> {
         let mut found = self.find_files(&[path.to_string()], partition);
         match found.len() {

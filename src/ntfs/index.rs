@@ -11,7 +11,8 @@ use crate::error::{Error, Result, Space};
 use crate::ntfs::bitmap::ClusterBitmap;
 use crate::ntfs::file::FileEntry;
 use crate::ntfs::mft::{
-    IndexDetail, MAX_ATTRIBUTE_LIST, MftLayout, OwnedRun, RecordProblem, RecordSummary, VolumeRecord, merge_file,
+    IndexDetail, MAX_ATTRIBUTE_LIST, MAX_INDEXED, MftLayout, OwnedRun, RecordProblem, RecordSummary, VolumeRecord,
+    merge_file,
 };
 use crate::ntfs::owners::ClusterOwnerIndex;
 use crate::ntfs::record::{self, BITMAP_RECORD, ROOT, attr_type, parse_attribute_list};
@@ -87,8 +88,6 @@ pub struct NtfsIndex {
 }
 
 const SAMPLE_RANGES: usize = 20;
-/// Names and streams of one file an index tells apart (they are numbered in 16 bits).
-pub const MAX_INDEXED: usize = 1 << 16;
 
 impl NtfsIndex {
     /// Builds the index of the NTFS volume on `view` (one partition), keeping `detail` of

@@ -25,6 +25,8 @@ const CHUNK_BYTES: u64 = 1 << 20;
 const WINDOW_CHUNKS: usize = 64;
 /// Largest non-resident attribute list read (Windows keeps them far smaller).
 pub const MAX_ATTRIBUTE_LIST: u64 = 16 << 20;
+/// Names and streams of one file an index tells apart (they are numbered in 16 bits).
+pub const MAX_INDEXED: usize = 1 << 16;
 
 /// A record that could not be used, with where it is.
 #[derive(Clone, Debug, Serialize)]
@@ -572,7 +574,7 @@ fn is_plain(f: &FileEntry) -> bool {
 
 /// The cluster runs of a file's streams.
 fn owned_runs(f: &FileEntry) -> impl Iterator<Item = OwnedRun> + '_ {
-    f.streams.iter().enumerate().take(crate::ntfs::index::MAX_INDEXED).flat_map(move |(si, s)| {
+    f.streams.iter().enumerate().take(MAX_INDEXED).flat_map(move |(si, s)| {
         s.runs.iter().filter_map(move |r| r.lcn.map(|lcn| OwnedRun::new(lcn, r.length, f.record, si as u16)))
     })
 }

@@ -248,6 +248,10 @@ pub struct DumpReport {
     pub findings: Vec<Finding>,
     /// Why the disk's contents (partition table, boot sectors) could not be read, if so.
     pub disk_error: Option<String>,
+    /// The error behind `disk_error`, for the tool's hint.
+    #[serde(skip)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    pub disk_failure: Option<crate::error::Error>,
 }
 
 /// What `dump` should include beyond the default.
@@ -269,9 +273,9 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
         let volumes = layout.partitions.iter().map(|p| volume::probe(image, p)).collect::<Result<Vec<_>>>()?;
         Ok((layout, volumes))
     });
-    let (layout, volumes, disk_error) = match contents {
+    let (layout, volumes, disk_failure) = match contents {
         Ok((layout, volumes)) => (layout, volumes, None),
-        Err(e) => (DiskLayout::default(), Vec::new(), Some(e.to_string())),
+        Err(e) => (DiskLayout::default(), Vec::new(), Some(e)),
     };
     let mut findings = image.findings();
     findings.extend(layout.findings.iter().cloned());
@@ -295,7 +299,8 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
         partition_table: layout,
         volumes,
         findings,
-        disk_error,
+        disk_error: disk_failure.as_ref().map(ToString::to_string),
+        disk_failure,
     })
 }
 

@@ -374,13 +374,13 @@ impl DiskImage {
             DiskImage::Fixed(f) => f.findings().to_vec(),
             DiskImage::Sparse(s) => {
                 let mut all = s.findings().to_vec();
-                if let Some(tried) = s.missing_parent() {
+                if let Some(search) = s.missing_parent() {
                     all.push(Finding::new(
                         s.source(),
                         "parent locators",
                         Space::File,
                         s.header_offset() + 576,
-                        format!("parent disk not found; tried {}", tried.join("; ")),
+                        format!("parent disk not found; tried {search}"),
                     ));
                 }
                 if let Some(p) = s.parent() {
@@ -390,13 +390,13 @@ impl DiskImage {
             }
             DiskImage::Vhdx(v) => {
                 let mut all = v.findings().to_vec();
-                if let Some(tried) = v.missing_parent() {
+                if let Some(search) = v.missing_parent() {
                     all.push(Finding::new(
                         v.source(),
                         "VHDX parent locator",
                         Space::File,
                         0,
-                        format!("parent disk not found; tried {}", tried.join("; ")),
+                        format!("parent disk not found; tried {search}"),
                     ));
                 }
                 if let Some(p) = v.parent() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParentSearch, Result};
 use crate::host::{FileId, LockWait};
 use crate::vhd::device::ImageFile;
 use crate::vhd::footer::{FOOTER_COOKIE, FOOTER_SIZE, Footer, uuid_text};
@@ -199,15 +199,9 @@ pub fn resolve_by(
     if tried.is_empty() {
         tried.push("no locator or parent name gives a path".into());
     }
-    for found in same_identity_nearby(child, want, candidates, chain, identity) {
-        tried.push(format!("{FOUND_BY_IDENTITY}{}", found.display()));
-    }
-    Err(Error::ParentNotFound { file: child.to_path_buf(), tried })
+    let same_identity = same_identity_nearby(child, want, candidates, chain, identity);
+    Err(Error::ParentNotFound { file: child.to_path_buf(), search: ParentSearch { tried, same_identity } })
 }
-
-/// How a parent-not-found error names a disk that has the parent's identity but is not where
-/// the child looks for it.
-pub const FOUND_BY_IDENTITY: &str = "a disk with the parent's identity is at ";
 
 /// Most entries looked at per folder when searching it for images (a folder of other files
 /// may be large: a VM store, a profile share).

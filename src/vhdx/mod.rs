@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::bytes::Guid;
-use crate::error::{Error, Result, Space};
+use crate::error::{Error, ParentSearch, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, SectorSize, block_pieces, check_range, merge_ranges};
@@ -64,7 +64,7 @@ pub struct Vhdx {
     bitmaps: RwLock<HashMap<u64, Arc<Vec<u8>>>>,
     parent: Option<Box<DiskImage>>,
     parent_resolution: Option<ParentResolution>,
-    missing_parent: Option<Vec<String>>,
+    missing_parent: Option<ParentSearch>,
     findings: Vec<Finding>,
     /// The block being appended to a fresh file: index, file offset, present sectors.
     appending: Option<(u64, u64, Option<Vec<u8>>)>,
@@ -290,7 +290,7 @@ impl Vhdx {
             return Err(self.corrupt("VHDX parent locator", 0, "no parent_linkage GUID".into()));
         }
         if opts.detached {
-            self.missing_parent = Some(Vec::new());
+            self.missing_parent = Some(ParentSearch::default());
             return Ok(());
         }
         let identity = |p: &Path, wait, chain: &[FileId]| data_write_guid(p, wait, chain);
@@ -314,8 +314,8 @@ impl Vhdx {
         };
         let (parent_path, via) = match found {
             Ok(f) => f,
-            Err(Error::ParentNotFound { tried, .. }) if opts.allow_missing_parent => {
-                self.missing_parent = Some(tried);
+            Err(Error::ParentNotFound { search, .. }) if opts.allow_missing_parent => {
+                self.missing_parent = Some(search);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -409,8 +409,8 @@ impl Vhdx {
     }
 
     /// Paths tried for a parent that was not found.
-    pub fn missing_parent(&self) -> Option<&[String]> {
-        self.missing_parent.as_deref()
+    pub fn missing_parent(&self) -> Option<&ParentSearch> {
+        self.missing_parent.as_ref()
     }
 
     /// Problems noticed while opening.
@@ -523,8 +523,8 @@ impl Vhdx {
                 buf[have..].fill(0);
             }
             _ if from_parent && self.params.has_parent => {
-                let tried = self.missing_parent.clone().unwrap_or_default();
-                return Err(Error::ParentNotFound { file: self.file.path().to_path_buf(), tried });
+                let search = self.missing_parent.clone().unwrap_or_default();
+                return Err(Error::ParentNotFound { file: self.file.path().to_path_buf(), search });
             }
             _ => buf.fill(0),
         }

@@ -370,8 +370,9 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     let sanitization = match (opts.sanitize, &realignment, format) {
         (false, ..) => None,
         (true, Some(_), _) => {
-            return Err(Error::Usage(
-                "--sanitize and --realign cannot be combined yet: run them one after the other".into(),
+            return Err(Error::unsupported(
+                map.image.source(),
+                "sanitizing and realigning are not done in one run: realign first, then sanitize the result",
             ));
         }
         (true, None, OutputFormat::Differencing) => {

@@ -330,8 +330,14 @@ pub struct WriteSummary {
 }
 
 /// Disk offsets of the bytes `[at, at + len)` of a file laid out in `runs`, as
-/// (disk offset, file offset, length) pieces.
-fn file_pieces(runs: &[Run], cs: u64, part_start: u64, at: u64, len: u64) -> Result<Vec<(u64, u64, u64)>> {
+/// (disk offset, file offset, length) pieces, or why they cannot be written.
+fn file_pieces(
+    runs: &[Run],
+    cs: u64,
+    part_start: u64,
+    at: u64,
+    len: u64,
+) -> std::result::Result<Vec<(u64, u64, u64)>, String> {
     let mut out = Vec::new();
     let mut pos = at;
     while pos < at + len {
@@ -339,11 +345,9 @@ fn file_pieces(runs: &[Run], cs: u64, part_start: u64, at: u64, len: u64) -> Res
         let run = runs
             .iter()
             .find(|r| r.vcn <= vcn && vcn < r.vcn + r.length)
-            .ok_or_else(|| Error::Usage(format!("file offset {pos} lies outside the file's runs")))?;
+            .ok_or_else(|| format!("file offset {pos} lies outside the file's runs"))?;
         let lcn = run.lcn.ok_or_else(|| {
-            Error::Usage(format!(
-                "the file is sparse at offset {pos}: vhdkit does not allocate clusters inside a sparse file"
-            ))
+            format!("the file is sparse at offset {pos}: vhdkit does not allocate clusters inside a sparse file")
         })?;
         let run_end = (run.vcn + run.length) * cs;
         let n = run_end.min(at + len) - pos;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::error::{Error, Result, Space};
+use crate::error::{Error, ParentSearch, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
@@ -59,7 +59,7 @@ pub struct SparseVhd {
     presence: RwLock<HashMap<u64, Arc<StoredSectors>>>,
     parent: Option<Box<DiskImage>>,
     /// Paths tried for a parent that could not be found (opened with `allow_missing_parent`).
-    missing_parent: Option<Vec<String>>,
+    missing_parent: Option<ParentSearch>,
     parent_resolution: Option<ParentResolution>,
     locators: Vec<DecodedLocator>,
     findings: Vec<Finding>,
@@ -187,7 +187,7 @@ impl SparseVhd {
         let path = self.file.path().to_path_buf();
         self.locators = parent::decode_locators(&self.file, &self.header)?;
         if opts.detached {
-            self.missing_parent = Some(Vec::new());
+            self.missing_parent = Some(ParentSearch::default());
             return Ok(());
         }
         let want = self.header.parent_uuid;
@@ -204,8 +204,8 @@ impl SparseVhd {
         };
         let (parent_path, via) = match found {
             Ok(found) => found,
-            Err(Error::ParentNotFound { tried, .. }) if opts.allow_missing_parent => {
-                self.missing_parent = Some(tried);
+            Err(Error::ParentNotFound { search, .. }) if opts.allow_missing_parent => {
+                self.missing_parent = Some(search);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -274,8 +274,8 @@ impl SparseVhd {
     }
 
     /// The paths tried for a parent that was not found.
-    pub fn missing_parent(&self) -> Option<&[String]> {
-        self.missing_parent.as_deref()
+    pub fn missing_parent(&self) -> Option<&ParentSearch> {
+        self.missing_parent.as_ref()
     }
 
     #[doc(hidden)]
@@ -389,8 +389,8 @@ impl SparseVhd {
 
     /// Reads bytes that this file does not hold: zeros, or the parent's bytes.
     fn read_absent(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if let Some(tried) = &self.missing_parent {
-            return Err(Error::ParentNotFound { file: self.file.path().to_path_buf(), tried: tried.clone() });
+        if let Some(search) = &self.missing_parent {
+            return Err(Error::ParentNotFound { file: self.file.path().to_path_buf(), search: search.clone() });
         }
         match &self.parent {
             None => buf.fill(0),
