@@ -144,6 +144,15 @@ pub enum Error {
     /// The caller asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// A registry key whose root names none of the hives found by name (HKLM\\SYSTEM,
+    /// HKU\\<user>...): the hive must be named by its path instead.
+    #[error("{key}: {known}; name any other hive by its path in the volume")]
+    KeyWithoutHive {
+        /// The key as given.
+        key: String,
+        /// The roots that are known, in words.
+        known: &'static str,
+    },
     /// What the caller named is not in the image (the text names the image and the thing).
     #[error("{0}")]
     NotFound(String),
@@ -253,7 +262,7 @@ impl Error {
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Io { .. } | Error::Open { .. } => ErrorKind::Io,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::Usage(_) => ErrorKind::Usage,
+            Error::Usage(_) | Error::KeyWithoutHive { .. } => ErrorKind::Usage,
             Error::NotFound(_) | Error::ParentNotFound { .. } => ErrorKind::NotFound,
             Error::Format { .. } | Error::NotADisk { .. } => ErrorKind::InvalidFormat,
             Error::UntrustedVolume { .. }
@@ -285,7 +294,7 @@ impl Error {
             | Error::JournalPending { file, .. }
             | Error::Refused { file, .. } => Some(file),
             Error::JournalRefused { journal, .. } => Some(journal),
-            Error::Usage(_) | Error::NotFound(_) | Error::Internal(_) => None,
+            Error::Usage(_) | Error::KeyWithoutHive { .. } | Error::NotFound(_) | Error::Internal(_) => None,
         }
     }
 

@@ -92,6 +92,7 @@ fn hint(tool: &str, e: &Error) -> Option<&'static str> {
         Error::NotADisk { .. } if tool == "vhdcompact" => Some(" (--input-format raw reads it as a raw disk anyway)"),
         Error::NotADisk { .. } if tool == "vhddisk" => Some(" (--from-format raw reads it as a raw disk anyway)"),
         Error::InUse { .. } => Some(" (--wait waits for it)"),
+        Error::KeyWithoutHive { .. } => Some(" (--hive PATH names any other hive)"),
         Error::NotADisk { .. } => Some(" (--format raw reads it as a raw disk anyway)"),
         Error::OutputExists { .. } => Some(" (--force replaces it)"),
         Error::UntrustedVolume { .. } => Some(" (--force writes anyway)"),
@@ -183,7 +184,7 @@ pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("{tool}: {e}{}", hint(tool, &e).unwrap_or(""));
-            ExitCode::from(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
+            ExitCode::from(if e.kind() == crate::error::ErrorKind::Usage { 2 } else { 1 })
         }
     }
 }

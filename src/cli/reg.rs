@@ -337,7 +337,7 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
         Some((_, true)) => Replace::Existing,
         _ => Replace::Never,
     });
-    let (t, loaded) = edit::read(&source, &key, &mut policy).map_err(with_hive_hint)?;
+    let (t, loaded) = edit::read(&source, &key, &mut policy)?;
     if let Some((out, _)) = &export_to {
         policy.check(out)?;
     }
@@ -399,22 +399,11 @@ fn export_tree(hive: &Hive, node: &crate::hive::KeyNode, path: &str, stale: &Opt
     Ok(out)
 }
 
-/// A key that names no known hive gets the option that names any hive.
-fn with_hive_hint(e: Error) -> Error {
-    match e {
-        Error::Usage(text) if text.contains("by its path in the volume") => {
-            Error::Usage(format!("{text} (--hive PATH names any other hive)"))
-        }
-        other => other,
-    }
-}
-
 /// Applies `ops` and writes the changed hives back (each hive atomically, its write not cut
 /// short by an interruption), or with `--dry-run` reports what would change.
 fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> Result<bool> {
     let opts = EditOptions { strict, dry_run: flags.dry_run, force: flags.force };
-    let report = edit::edit(&src.source()?, ops, opts, &|commit| crate::cli::deferring_signals("vhdreg", commit))
-        .map_err(with_hive_hint)?;
+    let report = edit::edit(&src.source()?, ops, opts, &|commit| crate::cli::deferring_signals("vhdreg", commit))?;
     emit(flags.json, &report, report::render_write)?;
     Ok(true)
 }

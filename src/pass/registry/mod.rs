@@ -84,10 +84,11 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
         return Ok(KeyTarget { hive_paths: vec![h.replace('\\', "/")], prefix, inner, rooted: given_root });
     }
     let Some((prefix, inner)) = rooted else {
-        return Err(Error::Usage(format!(
-            "{key}: start the key with HKLM\\SYSTEM, HKLM\\SOFTWARE, HKLM\\SAM, HKLM\\SECURITY, HKLM\\BCD00000000, \
-             HKU\\.DEFAULT or HKU\\<user>, or name the hive by its path in the volume"
-        )));
+        return Err(Error::KeyWithoutHive {
+            key: key.to_string(),
+            known: "start the key with HKLM\\SYSTEM, HKLM\\SOFTWARE, HKLM\\SAM, HKLM\\SECURITY, \
+                    HKLM\\BCD00000000, HKU\\.DEFAULT or HKU\\<user>",
+        });
     };
     let (root, second) = prefix.split_once('\\').unwrap_or((&prefix, ""));
     let upper = second.to_ascii_uppercase();
@@ -100,9 +101,10 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
             vec![format!("Users/{second}/NTUSER.DAT"), format!("Documents and Settings/{second}/NTUSER.DAT")]
         }
         _ => {
-            return Err(Error::Usage(format!(
-                "{key}: HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000; name any other hive by its path in the volume"
-            )));
+            return Err(Error::KeyWithoutHive {
+                key: key.to_string(),
+                known: "HKLM holds SYSTEM, SOFTWARE, SAM, SECURITY and BCD00000000",
+            });
         }
     };
     Ok(KeyTarget { hive_paths, prefix, inner, rooted: true })
