@@ -673,6 +673,57 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
     }
 }
 
+/// A one's-complement VHD checksum of `bytes`, with its own field at `at` taken as zero.
+fn vhd_checksum(bytes: &mut [u8], at: usize) {
+    bytes[at..at + 4].fill(0);
+    let sum = bytes.iter().fold(0u32, |s, &b| s.wrapping_add(b as u32));
+    bytes[at..at + 4].copy_from_slice(&(!sum).to_be_bytes());
+}
+
+#[test]
+fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
+    let dir = tempdir();
+    // A 14 MiB dynamic VHD that claims 2040 GiB in 2 MiB blocks, its BAT 4 MiB of noise:
+    // about a million entries point past the file or at each other.
+    let mut b = std::fs::read(corpus("aligned-dynamic.vhd")).unwrap();
+    let footer = b.split_off(b.len() - 512);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    b.extend((0..4 << 20).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    b.extend(footer);
+    let size = 2040u64 << 30;
+    let end = b.len() - 512;
+    for at in [0, end] {
+        b[at + 40..at + 56].copy_from_slice(&[size.to_be_bytes(), size.to_be_bytes()].concat());
+        vhd_checksum(&mut b[at..at + 512], 64);
+    }
+    let header = u64::from_be_bytes(b[16..24].try_into().unwrap()) as usize;
+    b[header + 28..header + 36]
+        .copy_from_slice(&[((size >> 21) as u32).to_be_bytes(), (2u32 << 20).to_be_bytes()].concat());
+    vhd_checksum(&mut b[header..header + 1024], 36);
+    let hostile = dir.path().join("hostile.vhd");
+    std::fs::write(&hostile, &b).unwrap();
+    for cmd in ["check", "dump"] {
+        let (out, kib) = peak_kib(bin("vhdinspect").arg(cmd).arg(&hostile));
+        assert!(out.status.code() == Some(1) || cmd == "dump", "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(kib < 200 << 10, "{cmd} peaked at {kib} KiB");
+        assert!(out.stdout.len() < 1 << 20, "{cmd} wrote {} bytes", out.stdout.len());
+        figure(format!("vhdinspect {cmd} of a BAT with a million bad entries: peak RSS {} MiB", kib >> 10));
+    }
+    let report = run(bin("vhdinspect").args(["check", "--json"]).arg(&hostile));
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let findings = json["findings"].as_array().unwrap();
+    assert!(findings.len() < 1000, "{} findings", findings.len());
+    assert!(
+        findings.iter().any(|f| f["problem"].as_str().unwrap().contains("more")),
+        "the findings past the first ones are counted"
+    );
+}
+
 #[test]
 fn a_rewritten_hive_keeps_its_mode_and_owner_and_a_read_only_one_is_refused() {
     let dir = tempdir();

@@ -1,9 +1,9 @@
 //! Structural consistency of a VHD, like `vhd-util check`: every problem with its offset.
 
 use crate::error::{Result, Space};
-use crate::vhd::bat::table_bytes;
+use crate::vhd::bat::{FileSector, table_bytes};
 use crate::vhd::device::BlockDevice;
-use crate::vhd::finding::Finding;
+use crate::vhd::finding::{Finding, FindingsOfAKind};
 use crate::vhd::footer::{FOOTER_SIZE, NO_DATA_OFFSET};
 use crate::vhd::header::HEADER_SIZE;
 use crate::vhd::image::DiskImage;
@@ -112,16 +112,11 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
             format!("{:#010x}, expected 0x00010000", h.header_version),
         ));
     }
-    // Every extent of the file with a name, to find overlaps in one sort.
-    let mut extents: Vec<(u64, u64, String, u64)> = vec![
-        (0, FOOTER_SIZE as u64, "footer copy".into(), 0),
-        (s.header_offset(), s.header_offset() + HEADER_SIZE as u64, "dynamic disk header".into(), s.header_offset()),
-        (
-            h.table_offset,
-            h.table_offset + table_bytes(h.max_table_entries),
-            "block allocation table".into(),
-            h.table_offset,
-        ),
+    // The metadata extents of the file with what they are; blocks are merged in below.
+    let mut extents: Vec<(u64, u64, Extent, u64)> = vec![
+        (0, FOOTER_SIZE as u64, Extent::FooterCopy, 0),
+        (s.header_offset(), s.header_offset() + HEADER_SIZE as u64, Extent::Header, s.header_offset()),
+        (h.table_offset, h.table_offset + table_bytes(h.max_table_entries), Extent::Table, h.table_offset),
     ];
     for (slot, loc) in &h.parent_locators {
         if loc.data_length > 0 {
@@ -139,43 +134,82 @@ fn check_layout(s: &SparseVhd) -> Vec<Finding> {
                     .hazardous(),
                 );
             }
-            extents.push((loc.data_offset, end, format!("parent locator {slot} data"), at));
+            extents.push((loc.data_offset, end, Extent::Locator(*slot), at));
         }
     }
     let span = h.bitmap_size() + s.block_size();
+    let mut past_disk = FindingsOfAKind::default();
+    // Blocks by where they start, 8 bytes each (the BAT may hold 16 million of them).
+    let mut blocks: Vec<(FileSector, u32)> = Vec::new();
     for (block, sector) in s.bat().allocated() {
-        let entry_at = h.table_offset + 4 * block;
         if block >= s.block_count() {
-            out.push(Finding::new(
-                path,
-                format!("BAT entry {block}"),
-                Space::File,
-                entry_at,
-                format!("allocated, but the disk has only {} blocks", s.block_count()),
-            ));
+            past_disk.push(|| {
+                let problem = format!("allocated, but the disk has only {} blocks", s.block_count());
+                Finding::new(path, format!("BAT entry {block}"), Space::File, h.table_offset + 4 * block, problem)
+            });
         }
-        extents.push((sector.offset(), sector.offset() + span, format!("block {block}"), entry_at));
+        blocks.push((sector, block as u32));
     }
-    extents.sort();
-    let mut reach: Option<(u64, &str)> = None;
-    for (start, end, name, at) in &extents {
+    blocks.sort_unstable();
+    out.extend(past_disk.finish(|more| {
+        let problem = format!("{more} more entries are allocated past the disk's {} blocks", s.block_count());
+        Finding::new(path, "block allocation table", Space::File, h.table_offset, problem)
+    }));
+    extents.sort_unstable_by_key(|&(start, end, _, at)| (start, end, at));
+    let mut overlaps = FindingsOfAKind::default();
+    let mut reach: Option<(u64, Extent)> = None;
+    let mut visit = |(start, end, extent, at): (u64, u64, Extent, u64)| {
         if let Some((prev_end, prev)) = reach
-            && *start < prev_end
+            && start < prev_end
         {
-            out.push(
-                Finding::new(
-                    path,
-                    if name.starts_with("block ") { format!("BAT entry for {name}") } else { name.clone() },
-                    Space::File,
-                    *at,
-                    format!("{name} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})"),
-                )
-                .hazardous(),
-            );
+            overlaps.push(|| {
+                let structure = match extent {
+                    Extent::Block(_) => format!("BAT entry for {extent}"),
+                    _ => extent.to_string(),
+                };
+                let problem = format!("{extent} at {start:#x} overlaps {prev} (which ends at {prev_end:#x})");
+                Finding::new(path, structure, Space::File, at, problem).hazardous()
+            });
         }
-        if reach.is_none_or(|(e, _)| *end > e) {
-            reach = Some((*end, name));
+        if reach.is_none_or(|(e, _)| end > e) {
+            reach = Some((end, extent));
+        }
+    };
+    // Blocks and metadata in the order they start, merged without a second list.
+    let mut metadata = extents.into_iter().peekable();
+    for &(sector, block) in &blocks {
+        let start = sector.offset();
+        while let Some(m) = metadata.next_if(|m| m.0 <= start) {
+            visit(m);
+        }
+        visit((start, start + span, Extent::Block(block as u64), h.table_offset + 4 * block as u64));
+    }
+    metadata.for_each(&mut visit);
+    out.extend(overlaps.finish(|more| {
+        let problem = format!("{more} more blocks overlap other blocks or metadata");
+        Finding::new(path, "block allocation table", Space::File, h.table_offset, problem).hazardous()
+    }));
+    out
+}
+
+/// A named extent of a dynamic VHD file.
+#[derive(Clone, Copy)]
+enum Extent {
+    FooterCopy,
+    Header,
+    Table,
+    Locator(usize),
+    Block(u64),
+}
+
+impl std::fmt::Display for Extent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Extent::FooterCopy => f.write_str("footer copy"),
+            Extent::Header => f.write_str("dynamic disk header"),
+            Extent::Table => f.write_str("block allocation table"),
+            Extent::Locator(slot) => write!(f, "parent locator {slot} data"),
+            Extent::Block(block) => write!(f, "block {block}"),
         }
     }
-    out
 }

@@ -60,3 +60,34 @@ impl std::fmt::Display for Finding {
         write!(f, "{}: {} at {} offset {:#x}: {}", self.file, self.structure, self.space, self.offset, self.problem)
     }
 }
+
+/// Findings of one kind kept whole per table (one per BAT entry, say); the rest are counted,
+/// so a hostile table of millions of bad entries gives a report of bounded size.
+pub const KEPT_OF_A_KIND: usize = 100;
+
+/// Collects findings of one kind: the first [`KEPT_OF_A_KIND`] whole, the rest counted.
+#[derive(Default)]
+pub struct FindingsOfAKind {
+    kept: Vec<Finding>,
+    more: u64,
+}
+
+impl FindingsOfAKind {
+    /// Adds the finding `make` builds, or only counts it once enough are kept.
+    pub fn push(&mut self, make: impl FnOnce() -> Finding) {
+        if self.kept.len() < KEPT_OF_A_KIND {
+            self.kept.push(make());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// The kept findings, then one that counts the rest (built by `summary` from their number).
+    pub fn finish(self, summary: impl FnOnce(u64) -> Finding) -> Vec<Finding> {
+        let mut all = self.kept;
+        if self.more > 0 {
+            all.push(summary(self.more));
+        }
+        all
+    }
+}

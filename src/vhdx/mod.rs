@@ -20,7 +20,7 @@ mod rewrite;
 pub mod summary;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -29,7 +29,7 @@ use crate::error::{Error, ParentSearch, Result, Space};
 use crate::host::FileId;
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, SectorSize, block_pieces, check_range, merge_ranges};
-use crate::vhd::finding::Finding;
+use crate::vhd::finding::{Finding, FindingsOfAKind};
 use crate::vhd::header::LocatorEncoding;
 use crate::vhd::image::{DiskImage, OpenOptions};
 use crate::vhd::parent::{Candidate, ParentResolution};
@@ -78,7 +78,7 @@ pub struct Vhdx {
     session: Option<write::Session>,
     /// Payload blocks whose BAT entry is broken (kept open leniently): the entry's offset and
     /// the problem, returned as the error of every read of the block.
-    broken_blocks: BTreeMap<u64, (u64, String)>,
+    broken_blocks: BTreeSet<u64>,
 }
 
 impl Vhdx {
@@ -143,7 +143,7 @@ impl Vhdx {
             new_identity: crate::vhd::identity::Identity::Fresh,
             reserved: false,
             session: None,
-            broken_blocks: BTreeMap::new(),
+            broken_blocks: BTreeSet::new(),
         };
         vhdx.header_findings();
         vhdx.read_regions()?;
@@ -237,25 +237,32 @@ impl Vhdx {
             ));
         }
         self.bat = VhdxBat::read(shape, |table| self.read_meta(region.file_offset, table, "VHDX BAT"))?;
-        let mut broken: Vec<(u64, String)> = Vec::new();
+        let mut broken = BTreeSet::new();
+        let mut findings = FindingsOfAKind::default();
+        let mut first_error = None;
         self.bat.for_each_payload(|k, e| {
             if !VhdxBat::points_or_reserved(e) {
                 return;
             }
             if let Some(problem) = self.entry_problem(k, e) {
-                broken.push((k, problem));
+                let entry_at = region.file_offset + 8 * self.bat.payload_index(k) as u64;
+                if strict && first_error.is_none() {
+                    first_error = Some((entry_at, problem.clone()));
+                }
+                findings.push(|| {
+                    Finding::new(self.file.path(), "VHDX BAT entry", Space::File, entry_at, problem).hazardous()
+                });
+                broken.insert(k);
             }
         });
-        for (k, problem) in broken {
-            let entry_at = region.file_offset + 8 * self.bat.payload_index(k) as u64;
-            if strict {
-                return Err(self.corrupt("VHDX BAT entry", entry_at, problem));
-            }
-            self.findings.push(
-                Finding::new(self.file.path(), "VHDX BAT entry", Space::File, entry_at, problem.clone()).hazardous(),
-            );
-            self.broken_blocks.insert(k, (entry_at, problem));
+        if let Some((entry_at, problem)) = first_error {
+            return Err(self.corrupt("VHDX BAT entry", entry_at, problem));
         }
+        self.findings.extend(findings.finish(|more| {
+            let problem = format!("{more} more entries are broken like the ones before");
+            Finding::new(self.file.path(), "VHDX BAT", Space::File, region.file_offset, problem).hazardous()
+        }));
+        self.broken_blocks = broken;
         Ok(())
     }
 
@@ -485,10 +492,14 @@ impl Vhdx {
 
     /// The error of block `k`'s broken BAT entry, if it is broken.
     fn require_intact(&self, k: u64) -> Result<()> {
-        match self.broken_blocks.get(&k) {
-            Some((entry_at, problem)) => Err(self.corrupt("VHDX BAT entry", *entry_at, problem.clone())),
-            None => Ok(()),
+        if !self.broken_blocks.contains(&k) {
+            return Ok(());
         }
+        let region = self.regions.find(BAT_REGION).ok_or_else(|| self.internal("no BAT region"))?;
+        let entry_at = region.file_offset + 8 * self.bat.payload_index(k) as u64;
+        let entry = self.bat.entries().get(self.bat.payload_index(k)).copied();
+        let problem = entry.and_then(|e| self.entry_problem(k, e));
+        Err(self.corrupt("VHDX BAT entry", entry_at, problem.unwrap_or_else(|| "broken".into())))
     }
 
     /// Which 512-byte sectors of block `k` this file holds: `None` when it stores none of them.

@@ -176,7 +176,7 @@ impl Vhdx {
     /// significant first), for a partially present block.
     pub fn raw_sector_bits(&self, k: u64) -> Result<Option<Vec<u8>>> {
         match self.bat.payload(k) {
-            Ok((PayloadState::PartiallyPresent, _)) if !self.broken_blocks.contains_key(&k) => {
+            Ok((PayloadState::PartiallyPresent, _)) if !self.broken_blocks.contains(&k) => {
                 Ok(Some(self.block_bits(k)?.to_vec()))
             }
             _ => Ok(None),

@@ -13,7 +13,7 @@ use crate::host::FileId;
 use crate::vhd::bat::{BlockAllocationTable, FileSector, MAX_ENTRIES, table_bytes};
 use crate::vhd::bitmap::SectorBitmap;
 use crate::vhd::device::{BlockDevice, ImageFile, block_pieces, check_range, merge_ranges};
-use crate::vhd::finding::Finding;
+use crate::vhd::finding::{Finding, FindingsOfAKind};
 use crate::vhd::footer::{DiskType, FOOTER_SIZE, Footer, VHD_EPOCH_UNIX};
 use crate::vhd::header::{DynamicHeader, HEADER_SIZE};
 use crate::vhd::image::{DiskImage, OpenOptions};
@@ -142,10 +142,11 @@ impl SparseVhd {
         file.read_exact_at(header.table_offset, &mut bat_raw, "block allocation table")?;
         let bat = BlockAllocationTable::parse(&bat_raw, header.max_table_entries);
         let block_span = header.bitmap_size() + header.block_size as u64;
+        let mut past_end = FindingsOfAKind::default();
         for (block, sector) in bat.allocated() {
             let end = sector.offset() + block_span;
             if end > data_end {
-                note(
+                past_end.push(|| {
                     Finding::new(
                         &path,
                         format!("BAT entry {block}"),
@@ -153,9 +154,16 @@ impl SparseVhd {
                         header.table_offset + 4 * block,
                         format!("block at sector {:#x} ends at {end:#x}, past the data end {data_end:#x}", sector.0),
                     )
-                    .hazardous(),
-                )?;
+                    .hazardous()
+                });
             }
+        }
+        let past_end = past_end.finish(|more| {
+            let problem = format!("{more} more entries name blocks that end past the data end {data_end:#x}");
+            Finding::new(&path, "block allocation table", Space::File, header.table_offset, problem).hazardous()
+        });
+        for finding in past_end {
+            note(finding)?;
         }
 
         let mut vhd = SparseVhd {
