@@ -528,6 +528,12 @@ fn a_structurally_broken_image_is_not_rewritten_in_place() {
     assert_eq!(std::fs::read(&img).unwrap(), broken);
     let o = run(bin("vhdreg").arg(&img).args(["set", r"HKLM\SYSTEM\x", "y", "--type", "REG_DWORD", "--data", "1"]));
     assert_one_line_error(&o, "cross.vhd", &["structurally broken"]);
+    // Every vhddisk writer too: a resize, a grown partition, a relink.
+    for args in [&["expand", "--size", "100M"][..], &["expand", "--size", "100M", "--grow-partition"], &["shrink"]] {
+        let o = run(bin("vhddisk").args(&args[..1]).arg(&img).args(&args[1..]));
+        assert_one_line_error(&o, "cross.vhd", &["structurally broken"]);
+        assert_eq!(std::fs::read(&img).unwrap(), broken, "{args:?}");
+    }
     // A copy to a new file goes on and says what is wrong.
     let out = run_ok(bin("vhdcompact").arg(&img).arg(dir.path().join("out.vhd")).arg("--json"));
     let r: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -481,6 +481,9 @@ fn every_writer_refuses_a_dirty_or_hibernated_volume() {
         assert_one_line_error(&o, i, &[state, "--force"]);
         let o = run(bin("vhdcompact").arg(image).arg(dir.path().join("out.vhd")));
         assert_one_line_error(&o, i, &[state, "--force"]);
+        // A partition grown is refused before the disk is expanded.
+        let o = run(bin("vhddisk").arg("expand").arg(image).args(["--size", "200M", "--grow-partition"]));
+        assert_one_line_error(&o, i, &[state, "--force"]);
         assert_eq!(std::fs::read(image).unwrap(), before, "{state}: the image changed");
         let check = run(bin("vhdinspect").arg("check").arg(image));
         assert_eq!(check.status.code(), Some(1));
@@ -500,6 +503,9 @@ fn every_writer_refuses_a_dirty_or_hibernated_volume() {
         ]))
         .unwrap();
         assert_eq!(j["hives"][0]["bytes_after"], j["hives"][0]["bytes_before"]);
+        let grown =
+            run(bin("vhddisk").arg("expand").arg(image).args(["--size", "200M", "--grow-partition", "--force"]));
+        assert!(grown.status.success(), "{state}: {}", String::from_utf8_lossy(&grown.stderr));
     }
     assert!(run(bin("vhdinspect").arg("check").arg(&clean)).status.success());
 }

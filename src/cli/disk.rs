@@ -12,7 +12,7 @@ use crate::host::Replace;
 use crate::pass::Event;
 use crate::pass::container::commit::{CommitOptions, CommitReport, commit};
 use crate::pass::container::create::{CreateOptions, CreateReport, NewDisk, ZeroFill, create};
-use crate::pass::container::grow::grow_last_partition;
+use crate::pass::container::grow::{check_growable, grow_last_partition};
 use crate::pass::container::relink::{RelinkReport, set_parent};
 use crate::pass::container::resize::{ResizeReport, expand, shrink};
 use crate::report::table::human_bytes;
@@ -102,7 +102,8 @@ pub enum Command {
         /// end.
         #[arg(long)]
         grow_partition: bool,
-        /// Resize although differencing disks in the folders searched have it as their parent.
+        /// Resize although differencing disks in the folders searched have it as their parent,
+        /// and grow a dirty or hibernated volume.
         #[arg(long)]
         force: bool,
     },
@@ -209,9 +210,13 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Expand { image, size, grow_partition, force } => {
             let mut img = writable(&image, &open)?;
+            if grow_partition {
+                check_growable(&img, force)?;
+            }
             let mut r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force, &cli.search))?;
             if grow_partition {
-                r.partition_grown = Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img))?);
+                r.partition_grown =
+                    Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img, force))?);
             }
             emit(cli.json, &r, render_resize)?;
         }

@@ -76,6 +76,26 @@ pub fn write_hazards(image: &DiskImage) -> Vec<Finding> {
     }
 }
 
+/// Refuses to write into `image` in place when its blocks overlap or lie outside the file: a
+/// write there would land on other live data. Every in-place writer asks this first.
+pub fn refuse_hazards(image: &DiskImage) -> Result<()> {
+    match write_hazards(image).into_iter().next() {
+        Some(f) => Err(hazard_error(&f)),
+        None => Ok(()),
+    }
+}
+
+/// The one refusal of a write into a structurally broken image.
+pub fn hazard_error(f: &Finding) -> crate::error::Error {
+    crate::error::Error::unsupported(
+        std::path::Path::new(&f.file),
+        format!(
+            "refusing to write into a structurally broken image in place: {}: {} (copying it to a new file still works)",
+            f.structure, f.problem
+        ),
+    )
+}
+
 /// The problems of a dynamic or differencing image that make writing into it in place unsafe.
 pub fn sparse_hazards(s: &SparseVhd) -> Vec<Finding> {
     s.findings().iter().cloned().chain(check_layout(s)).filter(|f| f.hazard).collect()

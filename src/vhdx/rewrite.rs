@@ -36,10 +36,7 @@ impl Vhdx {
     /// sectors); blocks not named stay as they are.
     pub fn rewrite_in_place(&mut self, rewrites: &[(u64, BlockRewrite)]) -> Result<RewriteOutcome> {
         if let Some(f) = self.findings.iter().cloned().chain(self.layout_findings()).find(|f| f.hazard) {
-            return Err(Error::unsupported(
-                self.file.path(),
-                format!("refusing to rewrite a structurally broken image in place: {}: {}", f.structure, f.problem),
-            ));
+            return Err(crate::vhd::check::hazard_error(&f));
         }
         self.begin(true)?;
         let mut outcome = RewriteOutcome::default();

@@ -67,15 +67,7 @@ pub fn in_place(
     if !image.file().writable() {
         return Err(Error::internal("in-place compaction of an image opened read-only"));
     }
-    if let Some(f) = crate::vhd::check::write_hazards(image).into_iter().next() {
-        return Err(Error::unsupported(
-            image.source(),
-            format!(
-                "refusing to compact a structurally broken image in place: {}: {} (compacting to a new file still works)",
-                f.structure, f.problem
-            ),
-        ));
-    }
+    crate::vhd::check::refuse_hazards(image)?;
     let sanitized = if opts.sanitize { Some(sanitize(image)?) } else { None };
     let opts = &CompactOptions {
         to: Some(kept_format(image, opts)?),

@@ -127,6 +127,7 @@ pub fn commit(child: &Path, opts: &CommitOptions, events: &(dyn Fn(Event<'_>) + 
     }
     let mut target = DiskImage::open_writable(&plan.target, &OpenOptions { parent: None, ..opts.open.clone() })?.0;
     require_planned(&plan.target, plan.target_id)?;
+    crate::vhd::check::refuse_hazards(&target)?;
     let (appends, overwrites) = split_by_target(&target, &plan.ranges);
     let read = |r: &Piece, buf: &mut [u8]| layers[r.layer].read_at(r.start, buf);
     // Progress counts bytes: the pieces to copy, appended then overwritten.

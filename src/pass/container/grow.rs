@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::disk::{DiskLayout, Lba, Partition, Scheme, mbr};
 use crate::error::{Error, Result};
 use crate::map::ImageMap;
-use crate::ntfs::IndexDetail;
 use crate::ntfs::file::FileEntry;
 use crate::ntfs::record::BITMAP_RECORD;
+use crate::ntfs::{IndexDetail, NtfsIndex};
 use crate::pass::disk_write::{self, DiskWrite};
 use crate::vhd::device::BlockDevice;
 use crate::vhd::image::DiskImage;
@@ -27,27 +27,45 @@ pub struct PartitionGrowth {
     pub new_clusters: u64,
 }
 
+/// The last partition of `map` and its NTFS volume, when it can be grown: readable, of an
+/// MBR or GPT disk, and (unless `force`) neither dirty nor hibernated.
+fn growable<'m>(map: &'m ImageMap<'_>, force: bool) -> Result<(&'m Partition, &'m NtfsIndex)> {
+    let refuse = |why: String| Err(Error::unsupported(map.image.source(), why));
+    let Some(pm) = map.partitions.iter().max_by_key(|p| p.partition.end()) else {
+        return refuse("the disk has no partition to grow".into());
+    };
+    let p = &pm.partition;
+    let Some(idx) = pm.ntfs() else {
+        return refuse(format!("partition {} holds no readable NTFS volume", p.index));
+    };
+    if !matches!(map.layout.scheme, Scheme::Mbr | Scheme::Gpt) {
+        return refuse("only a partition of an MBR or GPT disk is grown".into());
+    }
+    crate::pass::refuse_untrusted_volumes(map, Some(p.index), force)?;
+    Ok((p, idx))
+}
+
+/// Checks, before the disk is expanded, that [`grow_last_partition`] will not refuse it (nor
+/// the expansion a structurally broken image).
+pub fn check_growable(image: &DiskImage, force: bool) -> Result<()> {
+    crate::vhd::check::refuse_hazards(image)?;
+    let map = ImageMap::build_with(image, None, IndexDetail::Clusters)?;
+    growable(&map, force).map(|_| ())
+}
+
 /// Grows the last partition of `image` (opened writable), an NTFS volume, to the end of the
-/// disk (the last usable sector of a GPT).
-pub fn grow_last_partition(image: &mut DiskImage) -> Result<PartitionGrowth> {
+/// disk (the last usable sector of a GPT); a dirty or hibernated volume only with `force`.
+pub fn grow_last_partition(image: &mut DiskImage, force: bool) -> Result<PartitionGrowth> {
     let src = image.source().to_path_buf();
     let refuse = |why: String| Err(Error::unsupported(&src, why));
     let (writes, report) = {
         let map = ImageMap::build_with(&*image, None, IndexDetail::Clusters)?;
         let layout = &map.layout;
         let ss = layout.sector_size;
-        let Some(pm) = map.partitions.iter().max_by_key(|p| p.partition.end()) else {
-            return refuse("the disk has no partition to grow".into());
-        };
-        let p = &pm.partition;
-        let Some(idx) = pm.ntfs() else {
-            return refuse(format!("partition {} holds no readable NTFS volume", p.index));
-        };
-        crate::pass::refuse_untrusted_volumes(&map, Some(p.index), false)?;
+        let (p, idx) = growable(&map, force)?;
         let last_usable = match (layout.scheme, &layout.gpt_table) {
             (Scheme::Gpt, Some(t)) => Lba(image.len() / ss.bytes() - 1) - t.array_sectors() - 1,
-            (Scheme::Mbr, _) => Lba((image.len() / ss.bytes() - 1).min(u32::MAX as u64)),
-            _ => return refuse("only a partition of an MBR or GPT disk is grown".into()),
+            _ => Lba((image.len() / ss.bytes() - 1).min(u32::MAX as u64)),
         };
         let sectors = last_usable.0 + 1 - p.start_lba.0;
         if sectors <= p.sectors {

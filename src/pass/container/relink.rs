@@ -89,6 +89,7 @@ impl Relink {
 /// image is not the child's parent) and prepares the writes.
 pub fn plan_relink(child: &DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<Relink> {
     let path = child.source().to_path_buf();
+    crate::vhd::check::refuse_hazards(child)?;
     if let DiskImage::Vhdx(v) = child {
         return plan_vhdx(v, &path, parent, force, open);
     }

@@ -44,6 +44,7 @@ pub struct ResizeReport {
 /// Grows `image` (opened writable) to `new_size` bytes; refused when differencing images in
 /// its folder (or in `search`) have it as their parent, unless `force`.
 pub fn expand(image: &mut DiskImage, new_size: u64, force: bool, search: &[PathBuf]) -> Result<ResizeReport> {
+    crate::vhd::check::refuse_hazards(image)?;
     let old = image.len();
     if new_size <= old {
         return Err(Error::unsupported(
@@ -59,6 +60,7 @@ pub fn expand(image: &mut DiskImage, new_size: u64, force: bool, search: &[PathB
 /// excepted: it moves), and, unless `force`, when it has children in its folder (or in
 /// `search`).
 pub fn shrink(image: &mut DiskImage, new_size: Option<u64>, force: bool, search: &[PathBuf]) -> Result<ResizeReport> {
+    crate::vhd::check::refuse_hazards(image)?;
     let layout = DiskLayout::read(image)?;
     let ss = layout.sector_size;
     // An MBR's extended container counts as well as its partitions.

@@ -17,7 +17,6 @@ use crate::hive::value::{ValueData, type_name};
 use crate::host::{self, Access, Expect, LockWait, NewFile, OutputPolicy};
 use crate::map::ImageMap;
 use crate::pass::disk_write;
-use crate::vhd::device::BlockDevice;
 use crate::vhd::image::{DiskImage, OpenOptions};
 
 /// Where the hives are.
@@ -132,7 +131,7 @@ pub fn edit(source: &HiveSource, ops: Vec<RegOp>, opts: EditOptions, guard: Comm
                 report.rolled_back = recovery.describe();
                 image
             };
-            refuse_hazards(&image)?;
+            crate::vhd::check::refuse_hazards(&image)?;
             for (target, ops) in &groups {
                 edit_in_image(source, &mut image, target, ops, opts, guard, &mut report)?;
             }
@@ -268,18 +267,6 @@ fn edit_loaded(
     let edited = super::EditedHive::seal(loaded);
     report.replays.extend(edited.replay.clone());
     Ok(Some(edited))
-}
-
-/// Refuses to write into an image whose blocks overlap or lie outside the file: a write
-/// there would land on other live data.
-fn refuse_hazards(image: &DiskImage) -> Result<()> {
-    match crate::vhd::check::write_hazards(image).into_iter().next() {
-        Some(f) => Err(Error::unsupported(
-            image.source(),
-            format!("refusing to write into a structurally broken image: {}: {}", f.structure, f.problem),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// A hive inside the image: written back through its clusters (grown in NTFS if needed)

@@ -70,10 +70,7 @@ impl SparseVhd {
         self.require_writable()?;
         // Blocks that overlap metadata or each other would be copied over live data.
         if let Some(f) = crate::vhd::check::sparse_hazards(self).into_iter().next() {
-            return Err(Error::unsupported(
-                self.file.path(),
-                format!("refusing to rewrite a structurally broken image in place: {}: {}", f.structure, f.problem),
-            ));
+            return Err(crate::vhd::check::hazard_error(&f));
         }
         let mut outcome = RewriteOutcome::default();
         let mut bat = self.bat.clone();
