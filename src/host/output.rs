@@ -91,6 +91,18 @@ impl OutputPolicy {
     }
 }
 
+/// The file `target` names: a symbolic link is written through (its file replaced, the link
+/// kept, as `cp` does), never replaced by a file of its own; one that leads nowhere is refused.
+fn through_links(target: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(target).map_err(|_| Error::Conflict {
+            file: target.to_path_buf(),
+            problem: "is a symbolic link to no file; name the output itself".into(),
+        }),
+        _ => Ok(target.to_path_buf()),
+    }
+}
+
 /// A file being written under a temporary name beside its target.
 pub struct NewFile {
     file: File,
@@ -107,6 +119,7 @@ impl NewFile {
     /// folder, and creates the temporary file (locked, with the policy's permissions).
     pub fn create(target: &Path, policy: &OutputPolicy) -> Result<Self> {
         policy.check(target)?;
+        let target = &through_links(target)?;
         let replace = if policy.replace_existing { Replace::Existing } else { Replace::Never };
         NewFile::make(target, platform::permissions_for_new(policy.mode_limit), None, replace)
     }
