@@ -261,6 +261,10 @@ fn compaction_says_what_it_does_and_refuses_what_cannot_change_anything() {
     let out2 = dir.path().join("out2.vhd");
     let r = json(&run_ok(bin("vhdcompact").arg(&fixed).arg(&out2).args(["--json", "--to", "fixed"])));
     assert_eq!(r["dropped_blocks"], 0);
+    for p in r["partitions"].as_array().unwrap() {
+        assert_eq!((&p["dropped_blocks"], &p["dropped_bytes"]), (&serde_json::json!(0), &serde_json::json!(0)), "{p}");
+    }
+    assert!(r["partitions"][0]["zero_filled_blocks"].as_u64().unwrap() > 0, "{r}");
     assert!(r["zero_filled_blocks"].as_u64().unwrap() > 0);
     let text =
         String::from_utf8(run_ok(bin("vhdcompact").arg(&fixed).arg(dir.path().join("o3.vhd")).args(["--to", "fixed"])))

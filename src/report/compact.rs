@@ -104,18 +104,26 @@ pub fn render(r: &CompactReport) -> String {
     for f in &r.input_problems {
         s.kv("input problem", f.to_string());
     }
-    let mut p = Section::table("Partitions", &["#", "contents", "dropped blocks", "dropped bytes"]);
+    let fixed = r.output_format == OutputFormat::Fixed;
+    let columns: &[&str] = match fixed {
+        true => &["#", "contents", "zero-filled blocks"],
+        false => &["#", "contents", "dropped blocks", "dropped bytes"],
+    };
+    let mut p = Section::table("Partitions", columns);
     for part in &r.partitions {
-        p.row(vec![
+        let mut row = vec![
             part.plan.index.to_string(),
             match &part.plan.problem {
                 Some(why) => format!("{} (kept: {why})", part.plan.contents),
                 None if part.plan.kept_whole => format!("{} (kept whole)", part.plan.contents),
                 None => part.plan.contents.to_string(),
             },
-            part.plan.dropped_blocks.to_string(),
-            human_bytes(part.dropped_bytes),
-        ]);
+        ];
+        match fixed {
+            true => row.push(part.zero_filled_blocks.to_string()),
+            false => row.extend([part.plan.dropped_blocks.to_string(), human_bytes(part.dropped_bytes)]),
+        }
+        p.row(row);
     }
     let mut out = s.render() + "\n" + &p.render();
     if let Some(r) = &r.realign {

@@ -19,6 +19,9 @@ pub struct PartitionResult {
     pub plan: PartitionPlan,
     /// Container bytes of the dropped blocks.
     pub dropped_bytes: u64,
+    /// Blocks with no needed byte written as zeros instead of dropped (a fixed output stores
+    /// every block).
+    pub zero_filled_blocks: u64,
 }
 
 /// What compaction did.
@@ -136,7 +139,11 @@ impl CompactReport {
             partitions: plan
                 .partitions
                 .iter()
-                .map(|p| PartitionResult { dropped_bytes: p.dropped_blocks * plan.block_size, plan: p.clone() })
+                .map(|p| PartitionResult {
+                    dropped_bytes: p.dropped_blocks * plan.block_size,
+                    plan: p.clone(),
+                    zero_filled_blocks: 0,
+                })
                 .collect(),
             realign: None,
             verify: None,
@@ -156,6 +163,13 @@ impl CompactReport {
         started: std::time::Instant,
     ) -> Result<Self> {
         let fixed = plan.format == OutputFormat::Fixed;
+        let mut before = CompactReport::before(image, plan)?;
+        if fixed {
+            for p in &mut before.partitions {
+                p.zero_filled_blocks = std::mem::take(&mut p.plan.dropped_blocks);
+                p.dropped_bytes = 0;
+            }
+        }
         Ok(CompactReport {
             committed: verify.as_ref().is_none_or(|v| v.mismatches.is_empty()),
             output,
@@ -170,7 +184,7 @@ impl CompactReport {
             verify,
             input_problems: crate::vhd::check::write_hazards(image),
             elapsed_seconds: started.elapsed().as_secs_f64(),
-            ..CompactReport::before(image, plan)?
+            ..before
         })
     }
 
