@@ -37,7 +37,7 @@ enum Rewrite {
 /// `$LogFile` through the journal (each lands whole or not at all), then the zero fills
 /// (slack, pagefile data) straight, where the disk does not read zeros already: a cut-short
 /// fill leaves some of those bytes zeroed and the rest as they were, which is no damage.
-fn sanitize(image: &mut DiskImage) -> Result<crate::pass::sanitize::SanitizeSummary> {
+fn sanitize(image: &mut DiskImage) -> Result<Option<crate::pass::sanitize::SanitizeSummary>> {
     let (summary, journaled, zeros) = {
         let map = ImageMap::build(image, None)?;
         let s = crate::pass::sanitize::Sanitization::plan(&map)?;
@@ -45,14 +45,28 @@ fn sanitize(image: &mut DiskImage) -> Result<crate::pass::sanitize::SanitizeSumm
         let (journaled, zeros) = s.into_writes(image)?;
         (summary, journaled, zeros)
     };
-    crate::pass::disk_write::apply(image, &journaled)?;
-    for (at, len) in zeros {
-        for (a, z) in device::nonzero_ranges(at, at + len, &|x, buf| image.read_at(x, buf))? {
-            image.write_zeros(a, z - a)?;
+    // Only what differs is written: a volume sanitized before is left as it is.
+    let mut changed = Vec::new();
+    for w in journaled {
+        let mut now = vec![0u8; w.bytes.len()];
+        image.read_at(w.offset, &mut now)?;
+        if now != w.bytes {
+            changed.push(w);
         }
     }
+    let mut fills = Vec::new();
+    for (at, len) in zeros {
+        fills.extend(device::nonzero_ranges(at, at + len, &|x, buf| image.read_at(x, buf))?);
+    }
+    if changed.is_empty() && fills.is_empty() {
+        return Ok(None);
+    }
+    crate::pass::disk_write::apply(image, &changed)?;
+    for (a, z) in fills {
+        image.write_zeros(a, z - a)?;
+    }
     image.flush()?;
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// Compacts `image` (opened for writing, so its exclusive lock is held) in place: a dynamic
@@ -68,7 +82,7 @@ pub fn in_place(
         return Err(Error::internal("in-place compaction of an image opened read-only"));
     }
     crate::vhd::check::refuse_hazards(image)?;
-    let sanitized = if opts.sanitize { Some(sanitize(image)?) } else { None };
+    let sanitized = if opts.sanitize { sanitize(image)? } else { None };
     let opts = &CompactOptions {
         to: Some(kept_format(image, opts)?),
         zero_free: opts.zero_free || opts.sanitize,
