@@ -218,6 +218,17 @@ fn dry_run_is_refused_where_nothing_would_be_written() {
     }
     let out = run(bin("vhdinspect").args(["dump", "--dry-run"]).arg(&image));
     assert_eq!(out.status.code(), Some(2), "vhdinspect has no --dry-run: it never writes");
+    // Only the commands that write offer it, in their help and after them.
+    for command in ["get", "list", "export", "recover"] {
+        let help = String::from_utf8(run_ok(bin("vhdreg").args([command, "--help"]))).unwrap();
+        assert!(!help.contains("--dry-run"), "vhdreg {command} --help: {help}");
+        let out = run(bin("vhdreg").arg(&image).args([command, "--dry-run"]));
+        assert_eq!(out.status.code(), Some(2), "vhdreg {command} --dry-run");
+    }
+    for command in ["set", "delete", "import"] {
+        let help = String::from_utf8(run_ok(bin("vhdreg").args([command, "--help"]))).unwrap();
+        assert!(help.contains("--dry-run"), "vhdreg {command} --help: {help}");
+    }
 }
 
 /// `cmd` (a shell command line) run on a pseudo-terminal by `script`: what the terminal showed.

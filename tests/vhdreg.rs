@@ -96,6 +96,10 @@ fn image_hive_set_reads_back_through_ntfs3g_and_hivex() {
         vhdreg_ok(&["--dry-run", im, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "BUILD-01"]);
     assert!(dry.contains("would set") && dry.contains("sectors to write"), "{dry}");
     assert_eq!(sha256(&std::fs::read(&image).unwrap()), hash);
+    let after =
+        vhdreg_ok(&[im, "set", COMPUTER_NAME, "ComputerName", "--type", "REG_SZ", "--data", "BUILD-01", "--dry-run"]);
+    assert_eq!(after, dry, "--dry-run after the command is the same");
+    assert_eq!(sha256(&std::fs::read(&image).unwrap()), hash);
     let report: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
         im,
         "set",
@@ -527,4 +531,9 @@ fn the_image_may_follow_the_command_and_options_go_anywhere() {
     std::fs::copy(&h.system, &hive).unwrap();
     let bare = vhdreg_ok(&["get", r"Select", "Current", "--hive-file", hive.to_str().unwrap()]);
     assert!(bare.contains("REG_DWORD"), "{bare}");
+    // vhdinspect reg takes the same orders.
+    let inspect = |args: &[&str]| String::from_utf8(run_ok(bin("vhdinspect").arg("reg").args(args))).unwrap();
+    assert_eq!(inspect(&[img, "get", COMPUTER_NAME, "ComputerName"]), old);
+    assert_eq!(inspect(&["get", img, COMPUTER_NAME, "ComputerName"]), old);
+    assert_eq!(inspect(&["get", "Select", "Current", "--hive-file", hive.to_str().unwrap()]), bare);
 }

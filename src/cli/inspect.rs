@@ -244,8 +244,27 @@ pub fn main() -> ExitCode {
         return code;
     }
     crate::cli::handle_signals("vhdinspect");
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(reg_image_before_command(std::env::args_os().collect()));
     finish("vhdinspect", run(cli))
+}
+
+/// `vhdinspect reg get IMAGE KEY` as `vhdinspect reg IMAGE get KEY`, as `vhdreg` takes it.
+fn reg_image_before_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let Some(reg) = cmd.find_subcommand("reg") else { return args };
+    // `reg` is the first word that is not an option (of vhdinspect's own, only --generate
+    // takes a value).
+    let mut i = 1;
+    while let Some(w) = args.get(i).and_then(|a| a.to_str()) {
+        match w {
+            "reg" => return crate::cli::reg::image_before_command(reg, args, i + 1),
+            "--generate" => i += 2,
+            w if w.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    args
 }
 
 /// Says on stderr that an image holds no NTFS volume, and what it holds instead.

@@ -31,8 +31,8 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// With set, delete and import: print what would change and write nothing.
-    #[arg(long, global = true)]
+    /// Before the command, as older versions took it: the commands' own --dry-run.
+    #[arg(long, hide = true)]
     pub dry_run: bool,
     /// Write into an NTFS volume that is dirty or hibernated (Windows may undo or corrupt the
     /// change when it resumes), and replace an existing export file.
@@ -136,6 +136,8 @@ pub enum RegCommand {
         /// REG_MULTI_SZ), the exact bytes for the others.
         #[arg(long, value_name = "FILE", conflicts_with = "data")]
         data_file: Option<PathBuf>,
+        #[command(flatten)]
+        dry: DryRun,
     },
     /// Delete a value, or with no value name the key and everything under it.
     Delete {
@@ -144,16 +146,28 @@ pub enum RegCommand {
         key: String,
         /// The value to delete; none deletes the key.
         value: Option<String>,
+        #[command(flatten)]
+        dry: DryRun,
     },
     /// Apply a .reg file (regedit 5.00 UTF-16 or REGEDIT4): keys, values, `-` deletions.
     Import {
         /// The .reg file.
         file: PathBuf,
+        #[command(flatten)]
+        dry: DryRun,
     },
     /// Roll back a write that was interrupted (every write does this first, too). With
     /// --force, also when the image and its journal were restored from a copy (every journaled
     /// byte is still checked).
     Recover,
+}
+
+/// `--dry-run`, offered by the commands that write.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DryRun {
+    /// Print what would change and write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Runs `vhdreg` with the process arguments.
@@ -162,17 +176,24 @@ pub fn main() -> ExitCode {
         return code;
     }
     crate::cli::handle_signals("vhdreg");
-    let cli = Cli::parse_from(image_before_command(std::env::args_os().collect()));
+    let cli = Cli::parse_from(image_before_command(
+        &<Cli as clap::CommandFactory>::command(),
+        std::env::args_os().collect(),
+        1,
+    ));
     finish("vhdreg", run(cli))
 }
 
-/// `vhdreg get IMAGE KEY` as `vhdreg IMAGE get KEY`, as vhdinspect takes it: when the first
-/// word that is not an option is a command and no `--hive-file` is given, the command's first
-/// word that is not an option is the image, moved before the command. The old order works as
-/// before.
-fn image_before_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
+/// `vhdreg get IMAGE KEY` as `vhdreg IMAGE get KEY` (and `vhdinspect reg get IMAGE KEY` as
+/// `vhdinspect reg IMAGE get KEY`), as the other commands take it: `args[from..]` are the
+/// words `cmd` parses. When the first word that is not an option is a command and no
+/// `--hive-file` is given, the command's first word that is not an option is the image, moved
+/// before the command. The old order works as before.
+pub(crate) fn image_before_command(
+    cmd: &clap::Command,
+    mut args: Vec<std::ffi::OsString>,
+    from: usize,
+) -> Vec<std::ffi::OsString> {
     let takes_value = |c: &clap::Command, word: &str| {
         let name = word.trim_start_matches('-');
         !word.contains('=')
@@ -183,12 +204,15 @@ fn image_before_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     };
     // A bare hive instead of an image: --hive-file goes first wherever it was given (the image
     // it replaces is checked before options after the command are seen).
-    if let Some(i) =
-        args.iter().position(|a| a.to_str().is_some_and(|a| a == "--hive-file" || a.starts_with("--hive-file=")))
+    if let Some(i) = args
+        .iter()
+        .skip(from)
+        .position(|a| a.to_str().is_some_and(|a| a == "--hive-file" || a.starts_with("--hive-file=")))
+        .map(|i| i + from)
     {
         let n = if args[i] == "--hive-file" { 2 } else { 1 }.min(args.len() - i);
         let option: Vec<std::ffi::OsString> = args.drain(i..i + n).collect();
-        args.splice(1..1, option);
+        args.splice(from..from, option);
         return args;
     }
     // The first word that is not an option (or an option's value).
@@ -198,14 +222,14 @@ fn image_before_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
             match args[i].to_str() {
                 Some("--") => return Some(i + 1).filter(|&j| j < args.len()),
                 Some(w) if w.starts_with('-') && w.len() > 1 => {
-                    i += if takes_value(c, w) || takes_value(&cmd, w) { 2 } else { 1 }
+                    i += if takes_value(c, w) || takes_value(cmd, w) { 2 } else { 1 }
                 }
                 _ => return Some(i),
             }
         }
         None
     };
-    let Some(at) = first_word(1, &cmd, &args) else { return args };
+    let Some(at) = first_word(from, cmd, &args) else { return args };
     let Some(sub) = args[at].to_str().and_then(|w| cmd.find_subcommand(w)).cloned() else { return args };
     if let Some(image) = first_word(at + 1, &sub, &args) {
         let image = args.remove(image);
@@ -220,7 +244,11 @@ const MAX_INPUT_FILE: u64 = 1 << 30;
 
 fn run(cli: Cli) -> Result<bool> {
     let src = &cli.source;
-    let w = WriteFlags { dry_run: cli.dry_run, force: cli.force, json: cli.json };
+    let asked = match &cli.command {
+        RegCommand::Set { dry, .. } | RegCommand::Delete { dry, .. } | RegCommand::Import { dry, .. } => dry.dry_run,
+        RegCommand::Read(_) | RegCommand::Recover => false,
+    };
+    let w = WriteFlags { dry_run: cli.dry_run || asked, force: cli.force, json: cli.json };
     if cli.dry_run && matches!(cli.command, RegCommand::Read(_) | RegCommand::Recover) {
         return Err(Error::Usage(
             "--dry-run applies to set, delete and import: get, list and export write nothing to the image, and \
@@ -233,7 +261,7 @@ fn run(cli: Cli) -> Result<bool> {
             run_read(src, ReadCommand::Export { key, file, force: force || cli.force }, cli.json)
         }
         RegCommand::Read(read) => run_read(src, read, cli.json),
-        RegCommand::Set { key, value, ty, data, data_file } => {
+        RegCommand::Set { key, value, ty, data, data_file, .. } => {
             let ty = value::parse_type(&ty)?;
             let data = match data_file {
                 Some(f) => data_from_file(&f, ty, lock_wait(src.wait))?,
@@ -241,11 +269,11 @@ fn run(cli: Cli) -> Result<bool> {
             };
             write(src, vec![RegOp::SetValue { key, name: value_name(&value), ty, data }], true, w)
         }
-        RegCommand::Delete { key, value: Some(v) } => {
+        RegCommand::Delete { key, value: Some(v), .. } => {
             write(src, vec![RegOp::DeleteValue { key, name: value_name(&v) }], true, w)
         }
-        RegCommand::Delete { key, value: None } => write(src, vec![RegOp::DeleteKey(key)], true, w),
-        RegCommand::Import { file } => {
+        RegCommand::Delete { key, value: None, .. } => write(src, vec![RegOp::DeleteKey(key)], true, w),
+        RegCommand::Import { file, .. } => {
             let bytes = host::read_limited(&file, MAX_INPUT_FILE, "a .reg file", lock_wait(src.wait))?;
             let ops = regfile::parse(&bytes).map_err(|e| Error::unsupported(&file, e.to_string()))?;
             write(src, ops, false, w)
