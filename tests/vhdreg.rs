@@ -390,7 +390,7 @@ fn export_matches_hivex_and_import_round_trips() {
     vhdreg_ok(&["--hive-file", f, "delete", key]);
     assert_ne!(hivex_export(&hive, "\\"), before);
     let r = vhdreg_ok(&["--hive-file", f, "import", ours.to_str().unwrap()]);
-    assert!(r.contains("create HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Control\\Session Manager"), "{r}");
+    assert!(r.contains("create HKLM\\SYSTEM\\ControlSet001\\Control\\Session Manager"), "{r}");
     assert_eq!(hivex_export(&hive, "\\"), before);
     // A .reg with deletions and REGEDIT4 ANSI text.
     let reg = dir.path().join("change.reg");
@@ -531,6 +531,22 @@ fn the_image_may_follow_the_command_and_options_go_anywhere() {
     std::fs::copy(&h.system, &hive).unwrap();
     let bare = vhdreg_ok(&["get", r"Select", "Current", "--hive-file", hive.to_str().unwrap()]);
     assert!(bare.contains("REG_DWORD"), "{bare}");
+    // A change names its key as get does: the short root, the hive's own case, the control set.
+    let typed = r"hklm\system\CurrentControlSet\Control";
+    let dry: serde_json::Value = serde_json::from_str(&vhdreg_ok(&[
+        "set",
+        img,
+        typed,
+        "X",
+        "--type",
+        "REG_SZ",
+        "--data",
+        "y",
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(dry["changes"][0], r"set HKLM\SYSTEM\ControlSet001\Control X = y (REG_SZ)", "{dry}");
     // vhdinspect reg takes the same orders.
     let inspect = |args: &[&str]| String::from_utf8(run_ok(bin("vhdinspect").arg("reg").args(args))).unwrap();
     assert_eq!(inspect(&[img, "get", COMPUTER_NAME, "ComputerName"]), old);

@@ -119,8 +119,8 @@ pub fn edit(source: &HiveSource, ops: Vec<RegOp>, opts: EditOptions, guard: Comm
             } else {
                 std::fs::canonicalize(path).map_err(|e| Error::open(path, "open", e))?
             };
-            for (_, ops) in &groups {
-                edit_file(source, &path, ops, opts, guard, &mut report)?;
+            for (target, ops) in &groups {
+                edit_file(source, &path, target, ops, opts, guard, &mut report)?;
             }
         }
         HiveSource::Image { path, open, .. } => {
@@ -207,26 +207,32 @@ pub fn describe_set(key: &str, name: &str, ty: u32, data: &[u8]) -> String {
 }
 
 /// Applies `ops` to `hive` (keys are paths inside it once resolved); returns one line per
-/// change and whether anything changed.
-fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(Vec<String>, bool)> {
+/// change, its key named as every report names it, and whether anything changed.
+fn apply_ops(
+    hive: &mut Hive,
+    target: &KeyTarget,
+    ops: &[(RegOp, String)],
+    strict: bool,
+) -> Result<(Vec<String>, bool)> {
     let mut lines = Vec::new();
     let mut changed = false;
     for (op, inner) in ops {
         let inner = super::resolve_current_control_set(hive, inner)?;
+        let key = target.report_path(&inner);
         match op {
-            RegOp::Key(k) => {
+            RegOp::Key(_) => {
                 if hive.find(&inner)?.is_none() {
                     hive.create_key(&inner)?;
-                    lines.push(format!("create {k}"));
+                    lines.push(format!("create {key}"));
                     changed = true;
                 }
             }
-            RegOp::SetValue { key, name, ty, data } => {
+            RegOp::SetValue { name, ty, data, .. } => {
                 hive.set_value(&inner, name, *ty, data)?;
-                lines.push(describe_set(key, name, *ty, data));
+                lines.push(describe_set(&key, name, *ty, data));
                 changed = true;
             }
-            RegOp::DeleteValue { key, name } => {
+            RegOp::DeleteValue { name, .. } => {
                 let shown = if name.is_empty() { "(default)" } else { name };
                 if hive.delete_value(&inner, name)? {
                     lines.push(format!("delete {key} {shown}"));
@@ -237,14 +243,14 @@ fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(
                     lines.push(format!("(absent) {key} {shown}"));
                 }
             }
-            RegOp::DeleteKey(k) => {
+            RegOp::DeleteKey(_) => {
                 if hive.delete_key(&inner)? {
-                    lines.push(format!("delete {k} and everything under it"));
+                    lines.push(format!("delete {key} and everything under it"));
                     changed = true;
                 } else if strict {
-                    return Err(Error::NotFound(format!("{k}: no such key to delete")));
+                    return Err(Error::NotFound(format!("{key}: no such key to delete")));
                 } else {
-                    lines.push(format!("(absent) {k}"));
+                    lines.push(format!("(absent) {key}"));
                 }
             }
         }
@@ -255,11 +261,12 @@ fn apply_ops(hive: &mut Hive, ops: &[(RegOp, String)], strict: bool) -> Result<(
 /// Edits a loaded hive; `None` when nothing changed.
 fn edit_loaded(
     loaded: &mut LoadedHive,
+    target: &KeyTarget,
     ops: &[(RegOp, String)],
     strict: bool,
     report: &mut EditReport,
 ) -> Result<Option<super::EditedHive>> {
-    let (lines, changed) = apply_ops(&mut loaded.hive, ops, strict)?;
+    let (lines, changed) = apply_ops(&mut loaded.hive, target, ops, strict)?;
     report.changes.extend(lines);
     if !changed {
         return Ok(None);
@@ -292,7 +299,7 @@ fn edit_in_image(
         let name = source.hive_name(&h.path, h.partition());
         let stored = std::mem::take(&mut h.bytes);
         let mut loaded = super::load(&name, stored, logs, true)?;
-        let Some(edited) = edit_loaded(&mut loaded, ops, opts.strict, report)? else { return Ok(()) };
+        let Some(edited) = edit_loaded(&mut loaded, target, ops, opts.strict, report)? else { return Ok(()) };
         let (writes, summary) = super::plan_image_write(&map, &h, &loaded.stored, &edited.bytes, &edited.log_headers)?;
         report.hives.push(summary);
         writes
@@ -375,13 +382,14 @@ fn bare_logs(hive: &Path) -> Vec<PathBuf> {
 fn edit_file(
     source: &HiveSource,
     file: &Path,
+    target: &KeyTarget,
     ops: &[(RegOp, String)],
     opts: EditOptions,
     guard: CommitGuard<'_>,
     report: &mut EditReport,
 ) -> Result<()> {
     let mut bare = BareHive::load(file, !opts.dry_run, source.wait())?;
-    let Some(edited) = edit_loaded(&mut bare.loaded, ops, opts.strict, report)? else { return Ok(()) };
+    let Some(edited) = edit_loaded(&mut bare.loaded, target, ops, opts.strict, report)? else { return Ok(()) };
     let new = super::keep_length(&bare.loaded.stored, edited.bytes);
     let mut summary = WriteSummary {
         hive: file.display().to_string(),

@@ -107,6 +107,11 @@ pub fn target(key: &str, hive: Option<&str>) -> Result<KeyTarget> {
             });
         }
     };
+    // A machine hive is named as Windows names it, whatever case it was typed in.
+    let prefix = match (root, upper.as_str()) {
+        ("HKEY_LOCAL_MACHINE", _) | ("HKEY_USERS", ".DEFAULT") => format!("{root}\\{upper}"),
+        _ => prefix,
+    };
     Ok(KeyTarget { hive_paths, prefix, inner, rooted: true })
 }
 
