@@ -668,9 +668,11 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
         use std::os::unix::fs::FileExt;
         std::fs::OpenOptions::new().write(true).open(&sparse).unwrap().write_all_at(&[0x55, 0xAA], 510).unwrap();
     }
-    for cmd in
-        [bin("vhdinspect").args(["ranges"]).arg(&sparse), bin("vhdcompact").arg(&sparse).arg(dir.path().join("o3.vhd"))]
-    {
+    for cmd in [
+        bin("vhdinspect").args(["ranges"]).arg(&sparse),
+        bin("vhdcompact").arg(&sparse).arg(dir.path().join("o3.vhd")),
+        bin("vhddisk").args(["create", "--size", "1T"]).arg(dir.path().join("o4.vhd")).arg("--from").arg(&sparse),
+    ] {
         let started = Instant::now();
         let o = bounded(cmd, 120);
         assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));

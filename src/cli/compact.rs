@@ -207,7 +207,7 @@ fn run(cli: &Cli) -> Result<bool> {
         return what_if(cli);
     }
     let uploading = upload_url(cli).is_some();
-    let progress = Progress::new(cli.quiet, uploading);
+    let progress = Progress::new(cli.quiet);
     let bar = &progress.bar;
     let events = |e: Event<'_>| match e {
         Event::RemovedStale(removed) => crate::cli::report_stale("vhdcompact", removed),

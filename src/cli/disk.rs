@@ -32,6 +32,9 @@ pub struct Cli {
     /// Wait for another vhdkit process using an image instead of failing at once.
     #[arg(long, global = true)]
     pub wait: bool,
+    /// No progress on standard error (it shows only when standard error is a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     /// Also look in DIR for differencing disks that a resize or commit would corrupt (the
     /// disk's own folder, and those of a commit's chain, are always searched); repeatable.
     #[arg(long, global = true, value_name = "DIR")]
@@ -165,11 +168,26 @@ fn run(cli: Cli) -> Result<bool> {
     if let Some(bad) = cli.search.iter().find(|d| !d.is_dir()) {
         return Err(Error::Usage(format!("--search {}: not a folder", bad.display())));
     }
+    let progress = crate::cli::Progress::new(cli.quiet);
+    progress.spin("planning");
+    let outcome = run_command(cli, &progress);
+    progress.bar.finish_and_clear();
+    outcome
+}
+
+/// Runs the command, its progress on `progress` (cleared before the report is printed).
+fn run_command(cli: Cli, progress: &crate::cli::Progress) -> Result<bool> {
     let open = OpenOptions { wait: lock_wait(cli.wait), ..OpenOptions::default() };
     let events = |e: Event<'_>| match e {
         Event::RemovedStale(removed) => crate::cli::report_stale("vhddisk", removed),
-        Event::Writing { temp: Some(temp), .. } => crate::cli::track_temp(temp),
-        _ => {}
+        Event::Writing { temp, units } => {
+            if let Some(temp) = temp {
+                crate::cli::track_temp(temp);
+            }
+            progress.phase(if temp.is_some() { "copying" } else { "committing" }, units);
+        }
+        Event::Written(done) => progress.bar.set_position(done),
+        Event::Verifying => {}
     };
     match cli.command {
         Command::Create {
@@ -206,6 +224,7 @@ fn run(cli: Cli) -> Result<bool> {
                 open,
             };
             let r = create(&output, &opts, &events)?;
+            progress.bar.finish_and_clear();
             emit(cli.json, &r, render_create)?;
         }
         Command::Expand { image, size, grow_partition, force } => {
@@ -218,31 +237,27 @@ fn run(cli: Cli) -> Result<bool> {
                 r.partition_grown =
                     Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img, force))?);
             }
+            progress.bar.finish_and_clear();
             emit(cli.json, &r, render_resize)?;
         }
         Command::Shrink { image, size, force } => {
             let mut img = writable(&image, &open)?;
             let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size, force, &cli.search))?;
+            progress.bar.finish_and_clear();
             emit(cli.json, &r, render_resize)?;
         }
         Command::SetParent { child, parent, force } => {
             let detached = OpenOptions { detached: true, ..open.clone() };
             let mut img = writable(&child, &detached)?;
             let r = crate::cli::deferring_signals("vhddisk", || set_parent(&mut img, &parent, force, &open))?;
+            progress.bar.finish_and_clear();
             emit(cli.json, &r, render_relink)?;
         }
         Command::Commit { child, depth, remove, force } => {
             let opts = CommitOptions { depth: depth as usize, remove, search: cli.search.clone(), force, open };
-            let progress = crate::cli::Progress::new(false, true);
-            let events = |e: Event<'_>| match e {
-                Event::Writing { units, .. } => progress.phase("committing", units),
-                Event::Written(done) => progress.bar.set_position(done),
-                _ => {}
-            };
             let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events));
             progress.bar.finish_and_clear();
-            let r = r?;
-            emit(cli.json, &r, render_commit)?;
+            emit(cli.json, &r?, render_commit)?;
         }
     }
     Ok(true)

@@ -25,6 +25,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// No progress on standard error (it shows only when standard error is a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     /// Write the man page or a shell completion script to standard output, and nothing else.
     #[arg(long, value_enum, value_name = "WHAT")]
     pub generate: Option<crate::cli::Generate>,
@@ -283,13 +286,17 @@ fn note_without_ntfs(map: &ImageMap<'_>) {
 /// The image's map, a spinner on a terminal while its volumes are indexed (a volume of
 /// millions of files takes seconds).
 fn indexed(img: &DiskImage, partition: Option<u32>, detail: IndexDetail) -> Result<ImageMap<'_>> {
-    let progress = crate::cli::Progress::new(false, false);
+    let progress = crate::cli::Progress::new(QUIET.load(std::sync::atomic::Ordering::Relaxed));
     let map = ImageMap::build_with(img, partition, detail);
     progress.bar.finish_and_clear();
     map
 }
 
+/// `--quiet`, for the spinner of every command that indexes.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn run(cli: Cli) -> Result<bool> {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Dump { image, blocks, bitmap } => {
             let img = image.open(true)?;

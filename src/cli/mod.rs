@@ -41,33 +41,27 @@ pub fn write_output(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Re
 }
 
 /// Progress on stderr when it is a terminal (and not `--quiet`): a spinner while the image is
-/// indexed and planned, then a bar of the work (`unit`: blocks, or bytes for an upload) with
-/// its phase, rate and time left.
+/// indexed and planned, then a bar of the bytes to write with its phase, rate and time left.
 pub struct Progress {
     pub bar: indicatif::ProgressBar,
-    bytes: bool,
 }
 
 impl Progress {
-    /// Shown unless `quiet` or stderr is not a terminal; `bytes` counts bytes, not blocks.
-    pub fn new(quiet: bool, bytes: bool) -> Self {
+    /// Shown unless `quiet` or stderr is not a terminal.
+    pub fn new(quiet: bool) -> Self {
         if quiet || !std::io::stderr().is_terminal() {
-            return Progress { bar: indicatif::ProgressBar::hidden(), bytes };
+            return Progress { bar: indicatif::ProgressBar::hidden() };
         }
         let bar = indicatif::ProgressBar::new_spinner().with_message("indexing the image");
         // Drawn at once: a quick phase must still show, not only after the first tick.
         bar.tick();
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Progress { bar, bytes }
+        Progress { bar }
     }
 
     /// The phase `label` over `units` of work.
     pub fn phase(&self, label: &'static str, units: u64) {
-        let template = if self.bytes {
-            "{msg:>14} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-        } else {
-            "{msg:>14} {bar:40} {pos}/{len} blocks {per_sec} eta {eta}"
-        };
+        let template = "{msg:>14} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
         if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
             self.bar.set_style(style);
         }

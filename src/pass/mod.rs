@@ -24,8 +24,7 @@ pub enum Event<'a> {
     /// Temporary files that killed runs left in the output's folder were removed.
     RemovedStale(&'a [PathBuf]),
     /// Writing starts: into `temp` (a new file or folder, to remove if the run is
-    /// interrupted), `units` in all: blocks (compaction), files (extraction) or bytes (upload,
-    /// commit).
+    /// interrupted), `units` in all: files (extraction) or bytes (compaction, upload, commit).
     Writing {
         /// The temporary output, for a new file or folder.
         temp: Option<&'a Path>,

@@ -112,7 +112,8 @@ pub fn in_place(
     };
     match rewrite {
         Rewrite::Blocks(decisions) => {
-            events(Event::Writing { temp: None, units: decisions.len() as u64 });
+            let bytes = decisions.len() as u64 * image.block_size().unwrap_or(0);
+            events(Event::Writing { temp: None, units: bytes });
             report.dropped_blocks = decisions.iter().filter(|d| d.1 == BlockRewrite::Drop && !d.2).count() as u64;
             report.dropped_zero_blocks = decisions.iter().filter(|d| d.2).count() as u64;
             let changes: Vec<(u64, BlockRewrite)> = decisions.into_iter().map(|(b, r, _)| (b, r)).collect();
@@ -121,14 +122,16 @@ pub fn in_place(
                 DiskImage::Vhdx(v) => v.rewrite_in_place(&changes)?,
                 _ => return Err(Error::internal("an image without blocks to rewrite")),
             };
+            events(Event::Written(bytes));
             report.blocks_after = done.stored_blocks;
             report.zeroed_bytes = done.zeroed_bytes;
         }
         Rewrite::Zero(ranges) => {
-            events(Event::Writing { temp: None, units: ranges.len() as u64 });
+            events(Event::Writing { temp: None, units: ranges.iter().map(|(a, z)| z - a).sum() });
             for (a, z) in ranges {
                 image.write_zeros(a, z - a)?;
                 report.zeroed_bytes += z - a;
+                events(Event::Written(report.zeroed_bytes));
             }
             image.flush()?;
             report.blocks_after = report.blocks_before;

@@ -109,10 +109,10 @@ pub fn to_new_file(
     if !out.removed_stale().is_empty() {
         events(Event::RemovedStale(out.removed_stale()));
     }
-    events(Event::Writing { temp: Some(out.path()), units: plan.blocks_written() });
+    events(Event::Writing { temp: Some(out.path()), units: plan.bytes_of_blocks(plan.blocks_written()) });
     let file = out.file().try_clone().map_err(|e| Error::open(out.path(), "reopen", e))?;
     let written = write::write(&plan, ImageFile::from_file(file, out.path(), true), opts.verify, &|done| {
-        events(Event::Written(done))
+        events(Event::Written(plan.bytes_of_blocks(done)))
     })?;
     let verified = match &written.digests {
         Some(digests) => {
@@ -169,8 +169,10 @@ pub fn to_stream(
     let started = Instant::now();
     let map = ImageMap::build_with(image, None, index_detail(opts))?;
     let plan = plan(&map, opts)?;
-    events(Event::Writing { temp: None, units: plan.blocks_written() });
-    let written = write::write(&plan, ImageFile::stream(out, label)?, false, &|done| events(Event::Written(done)))?;
+    events(Event::Writing { temp: None, units: plan.bytes_of_blocks(plan.blocks_written()) });
+    let written = write::write(&plan, ImageFile::stream(out, label)?, false, &|done| {
+        events(Event::Written(plan.bytes_of_blocks(done)))
+    })?;
     CompactReport::written(image, &plan, &written, label.display().to_string(), None, started)
 }
 

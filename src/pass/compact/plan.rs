@@ -165,6 +165,11 @@ impl CompactionPlan<'_> {
     }
 
     /// Blocks the writer writes: every block of a fixed output, the stored ones otherwise.
+    /// Bytes the writer writes for its first `blocks` blocks (the progress of a run).
+    pub fn bytes_of_blocks(&self, blocks: u64) -> u64 {
+        (blocks * self.block_size).min(self.blocks_written() * self.block_size)
+    }
+
     pub fn blocks_written(&self) -> u64 {
         match self.format {
             OutputFormat::Fixed => self.blocks(),

@@ -128,8 +128,9 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
     if !new.removed_stale().is_empty() {
         events(Event::RemovedStale(new.removed_stale()));
     }
-    let chunks = source.as_ref().map_or(0, |s| s.len().div_ceil(COPY_CHUNK));
-    events(Event::Writing { temp: Some(new.path()), units: chunks });
+    // Only what the source may hold is read: its stored blocks, a raw file's data (not its holes).
+    let to_copy = source.as_ref().map(|s| s.data_ranges(0, s.len())).transpose()?.unwrap_or_default();
+    events(Event::Writing { temp: Some(new.path()), units: to_copy.iter().map(|(a, b)| b - a).sum() });
     let file = ImageFile::from_file(
         new.file().try_clone().map_err(|e| Error::open(new.path(), "reopen", e))?,
         new.path(),
@@ -142,7 +143,7 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
     };
     let copied_bytes = match &source {
         Some(src) => {
-            let n = copy(src, &mut image, events)?;
+            let n = copy(src, &to_copy, &mut image, events)?;
             // A larger disk gets the source's GPT backup at its own last sector.
             let layout = crate::disk::DiskLayout::read(src)?;
             for w in backup_gpt_writes(&layout, src.len(), size).filter(|_| size > src.len()).unwrap_or_default() {
@@ -240,33 +241,29 @@ fn fill_fixed(image: &mut DiskImage, fill: ZeroFill) -> Result<&'static str> {
     Ok("write")
 }
 
-/// Copies the non-zero contents of `source` into `image`, a chunk at a time; the bytes
-/// written.
-fn copy(source: &DiskImage, image: &mut DiskImage, events: &(dyn Fn(Event<'_>) + Sync)) -> Result<u64> {
-    const CHUNK: u64 = COPY_CHUNK;
-    let len = source.len();
-    let chunks = len.div_ceil(CHUNK);
-    // A sparse source without a parent holds nothing outside its stored blocks.
-    let stored: Option<std::collections::HashSet<u64>> = match (source.block_size(), source.parent()) {
-        (Some(_), None) if source.kind() != ImageKind::Fixed => Some(source.stored_blocks().into_iter().collect()),
-        _ => None,
-    };
-    let block = source.block_size().unwrap_or(CHUNK);
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut written = 0;
-    for c in 0..chunks {
-        let at = c * CHUNK;
-        let n = CHUNK.min(len - at) as usize;
-        let skip =
-            stored.as_ref().is_some_and(|s| (at / block..(at + n as u64).div_ceil(block)).all(|b| !s.contains(&b)));
-        if !skip {
+/// Copies the non-zero contents of `ranges` of `source` into `image`, a chunk at a time; the
+/// bytes written.
+fn copy(
+    source: &DiskImage,
+    ranges: &[(u64, u64)],
+    image: &mut DiskImage,
+    events: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<u64> {
+    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let (mut read, mut written) = (0, 0);
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let n = COPY_CHUNK.min(end - at) as usize;
             source.read_at(at, &mut buf[..n])?;
             if buf[..n].iter().any(|&b| b != 0) {
                 image.write_at(at, &buf[..n])?;
                 written += n as u64;
             }
+            at += n as u64;
+            read += n as u64;
+            events(Event::Written(read));
         }
-        events(Event::Written(c + 1));
     }
     Ok(written)
 }
