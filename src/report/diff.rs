@@ -119,9 +119,9 @@ pub fn render(r: &DiffReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} changes {} sectors of {}",
+        "{} changes {} of {}",
         r.child,
-        r.sectors_present,
+        crate::report::table::count(r.sectors_present, "sector"),
         r.parent.as_deref().unwrap_or("its parent")
     );
     let _ = writeln!(out, "{:>5} {:>10} {:>10}  path", "part", "record", "sectors");

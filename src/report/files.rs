@@ -256,14 +256,14 @@ impl<'m> FilesReport<'m> {
         for v in &self.volumes {
             writeln!(
                 w,
-                "partition {}: NTFS {} label {:?}, {} clusters of {} bytes, {} MFT records, {} files{}{}",
+                "partition {}: NTFS {} label {:?}, {} of {} bytes, {}, {}{}{}",
                 v.partition,
                 v.state.version.as_deref().unwrap_or("?"),
                 v.state.label.as_deref().unwrap_or(""),
-                v.total_clusters,
+                crate::report::table::count(v.total_clusters, "cluster"),
                 v.cluster_size,
-                v.mft_records,
-                v.files,
+                crate::report::table::count(v.mft_records, "MFT record"),
+                crate::report::table::count(v.files as u64, "file"),
                 if v.state.dirty { ", DIRTY" } else { "" },
                 if v.state.hibernated { ", HIBERNATED" } else { "" },
             )?;

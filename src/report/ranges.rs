@@ -41,7 +41,13 @@ pub fn build(map: &ImageMap<'_>) -> Result<RangesReport> {
 /// One line per range.
 pub fn render(r: &RangesReport) -> String {
     let mut out =
-        format!("{}: {} ranges, {} of {} bytes to upload\n", r.file, r.ranges.len(), r.data_bytes, r.disk_size);
+        format!(
+            "{}: {}, {} of {} to upload\n",
+            r.file,
+            crate::report::table::count(r.ranges.len() as u64, "range"),
+            r.data_bytes,
+            crate::report::table::count(r.disk_size, "byte")
+        );
     for range in &r.ranges {
         let _ = writeln!(out, "{:#014x} {:>10}", range.offset, range.length);
     }

@@ -128,7 +128,14 @@ pub fn render_key(k: &KeyOut) -> String {
     let _ = writeln!(out, "{}  (last written {})", k.key, k.last_written);
     for s in k.subkeys.iter().flatten() {
         let _ =
-            writeln!(out, "  [{}]  {} subkeys, {} values, {}", s.name, s.subkey_count, s.value_count, s.last_written);
+            writeln!(
+                out,
+                "  [{}]  {}, {}, {}",
+                s.name,
+                crate::report::table::count(s.subkey_count as u64, "subkey"),
+                crate::report::table::count(s.value_count as u64, "value"),
+                s.last_written
+            );
     }
     for v in &k.values {
         out.push_str("  ");
@@ -147,15 +154,19 @@ pub fn render_write(w: &EditReport) -> String {
         let _ = writeln!(out, "{}{c}", if w.dry_run { "would " } else { "" });
     }
     for r in &w.replays {
-        let _ = writeln!(out, "replayed log entries {:?} from {}", r.applied, r.logs_used.join(", "));
+        let _ = match r.applied.as_slice() {
+            // An old-format log holds dirty pages, not numbered entries.
+            [] => writeln!(out, "replayed {}", r.logs_used.join(", ")),
+            entries => writeln!(out, "replayed log entries {entries:?} from {}", r.logs_used.join(", ")),
+        };
     }
     for h in &w.hives {
         let _ = writeln!(
             out,
-            "{}{}: {} sectors {}, {} -> {} bytes{}{}{}",
+            "{}{}: {} {}, {} -> {} bytes{}{}{}",
             h.partition.map_or(String::new(), |p| format!("partition {p} ")),
             h.hive,
-            h.sectors_changed,
+            crate::report::table::count(h.sectors_changed, "sector"),
             if w.dry_run { "to write" } else { "written" },
             h.bytes_before,
             h.bytes_after,
@@ -215,8 +226,8 @@ pub fn render_recover(r: &RecoverOut) -> String {
             r.image,
             match (&r.journal, r.outcome) {
                 (Some(j), "rolled_back") => format!(
-                    "rolled back an interrupted write: {} ranges restored from {j}, file length {}",
-                    r.ranges_restored,
+                    "rolled back an interrupted write: {} restored from {j}, file length {}",
+                    crate::report::table::count(r.ranges_restored as u64, "range"),
                     r.length.unwrap_or(0)
                 ),
                 (Some(j), _) => format!("removed {j}, the journal of a write interrupted before it touched the image"),
