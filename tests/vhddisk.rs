@@ -214,6 +214,13 @@ fn set_parent_repairs_a_moved_parent_and_refuses_a_stranger() {
     let stranger = copy_of("xp-fixed.vhd", dir.path());
     let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(&stranger));
     assert_one_line_error(&refused, "child.vhd", &["not this disk's parent", "--force"]);
+    let linked = dir.path().join("same-child.vhd");
+    std::fs::hard_link(&child, &linked).unwrap();
+    for itself in [&child, &linked] {
+        let refused = run(bin("vhddisk").arg("set-parent").arg(&child).arg(itself).arg("--force"));
+        assert_one_line_error(&refused, "child.vhd", &["the child itself"]);
+    }
+    std::fs::remove_file(&linked).unwrap();
     let r = vhddisk_json(&["set-parent"], &[&child, &new_place]);
     assert_eq!(r["relative_locator"], r".\elsewhere\base.vhd");
     // A parent moved far (a path of more than 1000 characters) is relinked in the space the

@@ -84,7 +84,7 @@ const RELINK_HINT: &str = " (vhddisk set-parent CHILD PARENT points the child at
 fn hint(tool: &str, e: &Error) -> Option<&'static str> {
     match e {
         Error::NotADisk { .. } if tool == "vhdcompact" => Some(" (--input-format raw reads it as a raw disk anyway)"),
-        Error::NotADisk { .. } if tool == "vhddisk" => Some(" (--from-format raw reads it as a raw disk anyway)"),
+        Error::NotADisk { .. } if tool == "vhddisk" => Some(" (a create's --from-format raw reads it as a raw disk)"),
         Error::InUse { .. } => Some(" (--wait waits for it)"),
         Error::KeyWithoutHive { .. } => Some(" (--hive PATH names any other hive)"),
         Error::NotADisk { .. } => Some(" (--format raw reads it as a raw disk anyway)"),

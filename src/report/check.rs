@@ -116,15 +116,14 @@ fn volume_states(image: &DiskImage) -> Vec<Finding> {
 /// Renders the check as a table, or a one-line all-clear.
 pub fn render(r: &CheckReport) -> String {
     if r.clean {
-        return format!("{}: {} {} image, no problems found\n", r.file, r.format, r.container.name());
+        return format!("{}: {} image, no problems found\n", r.file, crate::report::table::image_kind(r.format, r.container));
     }
     let mut s = Section::table(
         &format!(
-            "{}: {} in this {} {} image",
+            "{}: {} in this {} image",
             r.file,
             crate::report::table::count(r.problems.len() as u64, "problem"),
-            r.format,
-            r.container.name()
+            crate::report::table::image_kind(r.format, r.container)
         ),
         &["file", "structure", "offset", "problem"],
     );

@@ -12,9 +12,8 @@ pub fn render(r: &CompactReport) -> String {
     s.kv(
         "formats",
         format!(
-            "{} {} -> {} {}",
-            r.input_format,
-            r.input_container.name(),
+            "{} -> {} {}",
+            crate::report::table::image_kind(r.input_format, r.input_container),
             format!("{:?}", r.output_format).to_lowercase(),
             r.output_container.name()
         ),
@@ -188,7 +187,7 @@ pub fn render_what_if(images: &[PathBuf], results: &[Result<WhatIf>]) -> String 
                 smallest += w.reclaimable_with_smallest_blocks;
                 t.row(vec![
                     name(path),
-                    format!("{} {}", w.format, w.container.name()),
+                    crate::report::table::image_kind(w.format, w.container),
                     human_bytes(w.block_size),
                     human_bytes(w.stored_bytes),
                     share(w.reclaimable_bytes, w.stored_bytes),

@@ -446,7 +446,7 @@ pub fn render(r: &DumpReport) -> String {
     let mut out = Vec::new();
     let mut s = Section::key_value("Image");
     s.kv("file", &r.file);
-    s.kv("format", format!("{} {}", r.format.name(), r.container.name()));
+    s.kv("format", crate::report::table::image_kind(r.format, r.container));
     s.kv("disk size", format!("{} ({})", r.disk_size, human_bytes(r.disk_size)));
     s.kv("sector size", r.partition_table.sector_size.to_string());
     if r.chain.len() > 1 {

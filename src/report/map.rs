@@ -144,7 +144,7 @@ pub fn state_name(s: BlockState) -> &'static str {
 pub fn render(r: &MapReport) -> String {
     let s = &r.summary;
     let mut out = Vec::new();
-    let mut t = Section::key_value(&format!("{} ({} {} image)", r.file, r.format, r.container.name()));
+    let mut t = Section::key_value(&format!("{} ({} image)", r.file, crate::report::table::image_kind(r.format, r.container)));
     t.kv("block size", human_bytes(s.block_size));
     t.kv("blocks", format!("{} ({} allocated)", s.blocks, s.allocated_blocks));
     t.kv(
@@ -357,7 +357,7 @@ pub fn svg(r: &MapReport) -> String {
     let _ = writeln!(
         out,
         r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
-        xml_escape(&format!("{} ({} {})", r.file, r.format.name(), r.container.name()))
+        xml_escape(&format!("{} ({})", r.file, crate::report::table::image_kind(r.format, r.container)))
     );
     let scale = match group {
         1 => "one cell per block".to_string(),

@@ -99,6 +99,15 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// An image's kind in words: `dynamic vhd`, `fixed vhdx`, or `raw` (a raw disk has no
+/// container to name twice).
+pub fn image_kind(kind: crate::vhd::ImageKind, container: crate::vhd::image::ImageFormat) -> String {
+    match container {
+        crate::vhd::image::ImageFormat::Raw => "raw".to_string(),
+        _ => format!("{} {}", kind.name(), container.name()),
+    }
+}
+
 /// `n` and the noun, singular for one: "1 block", "2 blocks".
 pub fn count(n: u64, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }

@@ -90,6 +90,10 @@ impl Relink {
 pub fn plan_relink(child: &DiskImage, parent: &Path, force: bool, open: &OpenOptions) -> Result<Relink> {
     let path = child.source().to_path_buf();
     crate::vhd::check::refuse_hazards(child)?;
+    let same = crate::host::FileId::of_path(parent).is_some_and(|p| Some(p) == crate::host::FileId::of_path(&path));
+    if same {
+        return Err(Error::unsupported(parent, "is the child itself: a disk cannot be its own parent"));
+    }
     if let DiskImage::Vhdx(v) = child {
         return plan_vhdx(v, &path, parent, force, open);
     }
