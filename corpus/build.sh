@@ -64,10 +64,23 @@ with_volume() {
   local disk=$1 n=$2 fn=$3
   read -r start size < <(part_at "$disk" "$n")
   dd if="$disk" of=vol.img bs=512 skip="$start" count="$size" status=none
-  ntfs-3g -o streams_interface=xattr vol.img mnt
+  # In the foreground (no_detach), so its exit, not only the unmount, says the volume is written.
+  ntfs-3g -o streams_interface=xattr,no_detach vol.img mnt &
+  local pid=$!
+  local tries=0
+  until mountpoint -q mnt; do
+    kill -0 "$pid" 2>/dev/null || { echo "ntfs-3g failed to mount vol.img" >&2; exit 1; }
+    tries=$((tries + 1)); [ "$tries" -lt 600 ] || { echo "ntfs-3g did not mount vol.img" >&2; exit 1; }
+    sleep 0.1
+  done
   "$fn" mnt
   sync
-  umount mnt
+  tries=0
+  until umount mnt 2>/dev/null; do
+    tries=$((tries + 1)); [ "$tries" -lt 600 ] || { echo "umount mnt kept failing" >&2; exit 1; }
+    sleep 0.1
+  done
+  wait "$pid" || { echo "ntfs-3g exited with status $? for vol.img" >&2; exit 1; }
   dd if=vol.img of="$disk" bs=512 seek="$start" conv=notrunc status=none
 }
 
