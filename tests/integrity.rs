@@ -733,6 +733,44 @@ fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
 }
 
 #[test]
+fn large_inputs_are_judged_before_they_are_read() {
+    let dir = tempdir();
+    let sparse = |name: &str, len: u64| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    };
+    // Not a hive: refused on its first block, not after reading a gigabyte.
+    let not_hive = sparse("NOTAHIVE", 1 << 30);
+    let (o, kib) = peak_kib(bin("vhdinspect").args(["reg", "--hive-file"]).arg(&not_hive).args(["list", "x"]));
+    let refused = |o: &Output, words: &[&str]| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && words.iter().all(|w| err.contains(w)), "{err}");
+    };
+    refused(&o, &["NOTAHIVE", "regf"]);
+    assert!(kib < 100 << 10, "a 1 GiB non-hive peaked at {kib} KiB");
+    // A data file larger than any value: refused by its length.
+    let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };
+    let hive = dir.path().join("SAM");
+    std::fs::copy(&sam, &hive).unwrap();
+    let big = sparse("big.bin", 10 << 30);
+    let h = hive.to_str().unwrap();
+    let (o, kib) = peak_kib(
+        bin("vhdreg")
+            .args(["--hive-file", h, "set", r"SAM\Domains", "v", "--type", "REG_BINARY", "--data-file"])
+            .arg(&big),
+    );
+    refused(&o, &["big.bin", "too large"]);
+    assert!(kib < 100 << 10, "a 10 GiB data file peaked at {kib} KiB");
+    // A clean hive's 2 GiB log is not read at all.
+    sparse("SAM.LOG1", 2 << 30);
+    let (o, kib) = peak_kib(bin("vhdreg").args(["--hive-file", h, "list", r"SAM\Domains"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(kib < 100 << 10, "a clean hive beside a 2 GiB log peaked at {kib} KiB");
+    figure(format!("a clean hive beside a 2 GiB log: peak RSS {} MiB", kib >> 10));
+}
+
+#[test]
 fn a_rewritten_hive_keeps_its_mode_and_owner_and_a_read_only_one_is_refused() {
     let dir = tempdir();
     let Some(sam) = realdata("Registry/Registry.Test/Hives/SAM") else { return };

@@ -138,15 +138,21 @@ pub fn read_limited(path: &Path, limit: u64, what: &str, wait: LockWait) -> Resu
 
 /// [`read_limited`] of a file already open.
 pub fn read_file_limited(file: &File, path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let too_large = || Error::unsupported(path, format!("is larger than {limit} bytes: too large for {what}"));
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A regular file says its length: one too large is refused before a byte is read.
+    if len > limit {
+        return Err(too_large());
+    }
     let mut out = Vec::new();
-    let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
+    let hint = len;
     out.try_reserve(hint as usize)
         .map_err(|_| Error::unsupported(path, format!("cannot hold {hint} bytes in memory")))?;
     file.take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::io(path, "read", crate::Space::File, out.len() as u64, e))?;
     if out.len() as u64 > limit {
-        return Err(Error::unsupported(path, format!("is larger than {limit} bytes: too large for {what}")));
+        return Err(too_large());
     }
     Ok(out)
 }

@@ -116,7 +116,11 @@ fn volume_states(image: &DiskImage) -> Vec<Finding> {
 /// Renders the check as a table, or a one-line all-clear.
 pub fn render(r: &CheckReport) -> String {
     if r.clean {
-        return format!("{}: {} image, no problems found\n", r.file, crate::report::table::image_kind(r.format, r.container));
+        return format!(
+            "{}: {} image, no problems found\n",
+            r.file,
+            crate::report::table::image_kind(r.format, r.container)
+        );
     }
     let mut s = Section::table(
         &format!(

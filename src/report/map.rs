@@ -144,7 +144,8 @@ pub fn state_name(s: BlockState) -> &'static str {
 pub fn render(r: &MapReport) -> String {
     let s = &r.summary;
     let mut out = Vec::new();
-    let mut t = Section::key_value(&format!("{} ({} image)", r.file, crate::report::table::image_kind(r.format, r.container)));
+    let mut t =
+        Section::key_value(&format!("{} ({} image)", r.file, crate::report::table::image_kind(r.format, r.container)));
     t.kv("block size", human_bytes(s.block_size));
     t.kv("blocks", format!("{} ({} allocated)", s.blocks, s.allocated_blocks));
     t.kv(

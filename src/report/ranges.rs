@@ -40,14 +40,13 @@ pub fn build(map: &ImageMap<'_>) -> Result<RangesReport> {
 
 /// One line per range.
 pub fn render(r: &RangesReport) -> String {
-    let mut out =
-        format!(
-            "{}: {}, {} of {} to upload\n",
-            r.file,
-            crate::report::table::count(r.ranges.len() as u64, "range"),
-            r.data_bytes,
-            crate::report::table::count(r.disk_size, "byte")
-        );
+    let mut out = format!(
+        "{}: {}, {} of {} to upload\n",
+        r.file,
+        crate::report::table::count(r.ranges.len() as u64, "range"),
+        r.data_bytes,
+        crate::report::table::count(r.disk_size, "byte")
+    );
     for range in &r.ranges {
         let _ = writeln!(out, "{:#014x} {:>10}", range.offset, range.length);
     }

@@ -127,15 +127,14 @@ pub fn render_key(k: &KeyOut) -> String {
     }
     let _ = writeln!(out, "{}  (last written {})", k.key, k.last_written);
     for s in k.subkeys.iter().flatten() {
-        let _ =
-            writeln!(
-                out,
-                "  [{}]  {}, {}, {}",
-                s.name,
-                crate::report::table::count(s.subkey_count as u64, "subkey"),
-                crate::report::table::count(s.value_count as u64, "value"),
-                s.last_written
-            );
+        let _ = writeln!(
+            out,
+            "  [{}]  {}, {}, {}",
+            s.name,
+            crate::report::table::count(s.subkey_count as u64, "subkey"),
+            crate::report::table::count(s.value_count as u64, "value"),
+            s.last_written
+        );
     }
     for v in &k.values {
         out.push_str("  ");

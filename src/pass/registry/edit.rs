@@ -340,7 +340,11 @@ impl BareHive {
         };
         let file = host::open_locked(path, access, Expect::Regular, wait)?;
         let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
+        // A file that is not a hive is refused on its first block, not after reading it all.
+        crate::hive::base::BaseBlock::parse(&read_head(&file, path)?, path)?;
         let stored = host::read_file_limited(&file, path, super::MAX_HIVE, "a hive")?;
+        // Only a dirty hive needs its logs read (they may be far larger than the hive).
+        let dirty = crate::hive::base::BaseBlock::parse(&stored, path)?.dirty();
         let mut log_files = Vec::new();
         let mut logs = Vec::new();
         for log in bare_logs(path) {
@@ -352,13 +356,27 @@ impl BareHive {
                 Err(_) => continue,
             };
             let Ok(m) = f.metadata() else { continue };
-            let bytes = host::read_file_limited(&f, &log, super::MAX_HIVE, "a hive log")?;
+            let bytes = match dirty {
+                true => host::read_file_limited(&f, &log, super::MAX_HIVE, "a hive log")?,
+                false => Vec::new(),
+            };
             logs.push((log.to_string_lossy().into_owned(), bytes));
             log_files.push((log, f, m));
         }
         let loaded = super::load(path, stored, logs, for_edit)?;
         Ok(BareHive { path: path.to_path_buf(), meta, loaded, _file: file, log_files })
     }
+}
+
+/// The first block of `file` (its base block, if a hive), read from the start and the file
+/// left at its start.
+fn read_head(file: &File, path: &Path) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut head = Vec::new();
+    let mut reader = file;
+    reader.take(4096).read_to_end(&mut head).map_err(|e| Error::io(path, "read", crate::Space::File, 0, e))?;
+    reader.rewind().map_err(|e| Error::io(path, "seek", crate::Space::File, 0, e))?;
+    Ok(head)
 }
 
 /// The logs beside a bare hive file, found case-insensitively (`ntuser.dat.log1`).

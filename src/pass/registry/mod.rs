@@ -301,6 +301,10 @@ fn read_hive<'m>(map: &ImageMap<'_>, file: VolumeFile<'m>) -> Result<ImageHive<'
 
 /// The logs beside an image hive, read.
 pub fn hive_logs(map: &ImageMap<'_>, hive: &ImageHive<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+    // A clean hive needs no log: none is read (a log may be far larger than its hive).
+    if crate::hive::base::BaseBlock::parse(&hive.bytes, Path::new(&hive.path)).is_ok_and(|b| !b.dirty()) {
+        return Ok(Vec::new());
+    }
     let view = hive.file.volume(map.image);
     let mut names = Vec::new();
     log_names(&hive.path, |want| hive.file.sibling(want).map(|f| f.path()), |n| names.push(n));
