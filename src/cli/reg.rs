@@ -379,9 +379,9 @@ pub fn run_read(src: &HiveSource, cmd: ReadCommand, json: bool) -> Result<bool> 
         ReadCommand::Get { value: Some(v), .. } => {
             let name = value_name(&v);
             let vk = hive.find_value(&node, &name)?.ok_or_else(|| Error::NotFound(format!("{key}: no value {v:?}")))?;
-            let out = ValueOut::new(hive, &shown, &vk)?;
+            let out = report::ValueGot { value: ValueOut::new(hive, &shown, &vk)?, stale: loaded.stale.clone() };
             stale_warning(&loaded);
-            emit(json, &out, report::render_value)?;
+            emit(json, &out, |g| report::render_value(&g.value))?;
         }
         ReadCommand::Get { value: None, .. } | ReadCommand::List { .. } => {
             let out = KeyOut::new(hive, &shown, &node, loaded.stale.clone())?;

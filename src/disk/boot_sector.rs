@@ -130,7 +130,7 @@ impl NtfsBootSector {
             mft_mirror_lcn,
             file_record_size: record_size(b[0x40], cluster_size)?,
             index_record_size: record_size(b[0x44], cluster_size)?,
-            serial_number: format!("{:016X}", le64(b, 0x48)),
+            serial_number: format!("{:016x}", le64(b, 0x48)),
         })
     }
 

@@ -23,7 +23,7 @@ pub const MAX_LOGICAL: usize = 256;
 #[derive(Clone, Debug, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TableSlot {
-    /// Slot 0-3 of its sector.
+    /// Slot 1-4 of its sector, numbered as `fdisk` and the tables' own documentation do.
     pub slot: usize,
     /// Disk offset of the 16 bytes.
     pub offset: u64,
@@ -40,10 +40,11 @@ pub struct TableSlot {
 }
 
 impl TableSlot {
-    fn new(entry: &MbrEntry, slot: usize, sector_lba: Lba, ss: SectorSize) -> Self {
+    /// The entry at index `i` (0-3) of the sector at `sector_lba`.
+    fn new(entry: &MbrEntry, i: usize, sector_lba: Lba, ss: SectorSize) -> Self {
         TableSlot {
-            slot,
-            offset: sector_lba.offset(ss) + (mbr::TABLE_OFFSET + slot * mbr::ENTRY_SIZE) as u64,
+            slot: i + 1,
+            offset: sector_lba.offset(ss) + (mbr::TABLE_OFFSET + i * mbr::ENTRY_SIZE) as u64,
             hex: entry.hex(),
             boot_indicator: entry.boot_indicator(),
             kind: entry.kind(),

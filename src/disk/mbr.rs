@@ -190,6 +190,7 @@ pub fn protective_for(sector: &[u8; 512], last_lba: u64) -> [u8; 512] {
 /// A human name for an MBR partition type byte.
 pub fn type_name(kind: u8) -> &'static str {
     match kind {
+        0x00 => "empty",
         0x01 => "FAT12",
         0x04 | 0x06 | 0x0E => "FAT16",
         0x05 | 0x0F | 0x85 => "extended",

@@ -94,8 +94,8 @@ pub struct BlockInfo {
     pub ntfs_clusters: u64,
     /// Needed bytes outside NTFS clusters (non-zero, or present in a differencing child).
     pub outside_ntfs_needed: bool,
-    /// Holds an NTFS backup boot sector.
-    pub backup_boot_sector: bool,
+    /// Holds an NTFS backup boot sector (`dump` says whether it matches).
+    pub holds_backup_boot_sector: bool,
     pub droppable: bool,
     pub state: BlockState,
     /// Bytes of the block compaction must keep, and their share of the block.
@@ -362,7 +362,7 @@ impl ImageMap<'_> {
             used_clusters: 0,
             ntfs_clusters: 0,
             outside_ntfs_needed,
-            backup_boot_sector: needs.iter().any(|n| n.kind == NeedKind::BackupBootSector),
+            holds_backup_boot_sector: needs.iter().any(|n| n.kind == NeedKind::BackupBootSector),
             droppable: !needed,
             state: BlockState::Unallocated,
             needed_bytes,

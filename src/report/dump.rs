@@ -238,7 +238,8 @@ pub struct DumpReport {
     pub footer: Option<FooterReport>,
     pub sizes: Option<SizesReport>,
     pub dynamic_header: Option<HeaderReport>,
-    pub parent: ParentReport,
+    /// The parent of a differencing image (null for any other).
+    pub parent: Option<ParentReport>,
     pub bat: Option<BatReport>,
     /// A VHDX's headers, region table, metadata, log and BAT.
     pub vhdx: Option<VhdxReport>,
@@ -288,11 +289,11 @@ pub fn build(image: &DiskImage, opts: DumpOptions) -> Result<DumpReport> {
         footer: image.footer().map(|f| FooterReport::new(f, footer_offset)),
         sizes: image.footer().map(|f| SizesReport::new(f, sparse)),
         dynamic_header: sparse.map(header_report),
-        parent: ParentReport {
+        parent: image.differencing().then(|| ParentReport {
             path: image.parent_resolution().map(|r| r.path.clone()),
             resolved_by: image.parent_resolution().map(|r| r.resolved_by.clone()),
             format: image.parent().map(DiskImage::kind),
-        },
+        }),
         bat: sparse.map(|s| bat_report(s, opts)).transpose()?,
         vhdx: image.as_vhdx().map(|v| vhdx_report(v, opts)).transpose()?,
         partitions: layout.partitions.clone(),
@@ -417,7 +418,7 @@ fn slot_rows(section: &mut Section, prefix: &str, slots: &[TableSlot]) {
     for s in slots {
         let empty = s.kind == 0 && s.start_lba == 0 && s.sectors == 0;
         section.row(vec![
-            format!("{prefix}{}", s.slot + 1),
+            format!("{prefix}{}", s.slot),
             s.hex.as_bytes().chunks(2).map(|b| String::from_utf8_lossy(b).to_uppercase()).collect::<Vec<_>>().join(" "),
             if empty {
                 "empty".to_string()
@@ -462,11 +463,11 @@ pub fn render(r: &DumpReport) -> String {
     if let Some(h) = &r.dynamic_header {
         render_header(h, &mut out);
     }
-    if let Some(p) = &r.parent.path {
+    if let Some((parent, p)) = r.parent.as_ref().and_then(|parent| Some((parent, parent.path.as_ref()?))) {
         let mut s = Section::key_value("Parent");
         s.kv("path", p);
-        s.kv("resolved by", r.parent.resolved_by.clone().unwrap_or_default());
-        s.kv("format", r.parent.format.map_or("", |k| k.name()));
+        s.kv("resolved by", parent.resolved_by.clone().unwrap_or_default());
+        s.kv("format", parent.format.map_or("", |k| k.name()));
         out.push(s.render());
     }
     if let Some(b) = &r.bat {

@@ -25,6 +25,16 @@ pub struct ValueOut {
     pub data: ValueData,
 }
 
+/// `get KEY VALUE`: the value, and whether its hive may be stale.
+#[derive(Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ValueGot {
+    #[serde(flatten)]
+    pub value: ValueOut,
+    /// Set when the hive is dirty and its logs could not be applied: the data may be stale.
+    pub stale: Option<String>,
+}
+
 impl ValueOut {
     /// Decodes value `v` of `key`.
     pub fn new(hive: &Hive, key: &str, v: &ValueKey) -> crate::error::Result<Self> {

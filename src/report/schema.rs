@@ -26,7 +26,7 @@ use crate::report::files::{FileReport, FilesDocument, PartitionFileSystem, Volum
 use crate::report::map::{MapReport, MapSummary};
 use crate::report::owner::{FilePlace, OwnerReport};
 use crate::report::ranges::RangesReport;
-use crate::report::reg::{ExportOut, KeyOut, RecoverOut, ValueOut};
+use crate::report::reg::{ExportOut, KeyOut, RecoverOut, ValueGot};
 
 /// A published schema: its file name under docs/schema/ (without `.schema.json`) and body.
 pub struct Published {
@@ -85,7 +85,7 @@ pub fn all() -> Vec<Published> {
         doc(
             "vhdreg-get",
             "vhdreg get --json and vhdreg list --json (also vhdinspect reg)",
-            vec![shape::<ValueOut>(None), shape::<KeyOut>(None)],
+            vec![shape::<ValueGot>(None), shape::<KeyOut>(None)],
         ),
         doc("vhdreg-export", "vhdreg export --json (also vhdinspect reg)", vec![shape::<ExportOut>(None)]),
         doc("vhdreg-write", "vhdreg set, delete and import --json", vec![shape::<EditReport>(None)]),
