@@ -178,7 +178,7 @@ pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("{tool}: {e}{}", hint(tool, &e).unwrap_or(""));
-            ExitCode::from(if e.kind() == crate::error::ErrorKind::Usage { 2 } else { 1 })
+            ExitCode::from(if matches!(e, Error::Usage(_) | Error::KeyWithoutHive { .. }) { 2 } else { 1 })
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct PartitionAlignment {
 #[derive(Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AlignReport {
+    /// The image.
+    pub file: String,
     pub boundary: u64,
     pub block_size: u64,
     pub partitions: Vec<PartitionAlignment>,
@@ -135,7 +137,13 @@ pub fn build(map: &ImageMap<'_>, boundary: u64) -> crate::error::Result<AlignRep
         });
     }
     let misaligned = partitions.iter().filter(|p| !p.aligned_boundary).count();
-    Ok(AlignReport { boundary, block_size: block, partitions, misaligned })
+    Ok(AlignReport {
+        file: map.image.source().display().to_string(),
+        boundary,
+        block_size: block,
+        partitions,
+        misaligned,
+    })
 }
 
 /// Renders the report.

@@ -147,13 +147,15 @@ pub struct PartitionFileSystem {
 #[derive(schemars::JsonSchema)]
 #[expect(dead_code, reason = "a shape for the schema only: write_json streams the document")]
 pub struct FilesDocument<'a> {
+    /// The image.
+    pub file: String,
     pub filesystems: Vec<PartitionFileSystem>,
     pub volumes: Vec<VolumeReport>,
     pub files: Vec<FileReport<'a>>,
 }
 
 /// The listing of every NTFS volume of an image, written as
-/// `{"schema_version", "filesystems": [PartitionFileSystem], "volumes": [VolumeReport], "files": [FileReport]}`
+/// `{"schema_version", "file", "filesystems": [PartitionFileSystem], "volumes": [VolumeReport], "files": [FileReport]}`
 /// or as a table.
 pub struct FilesReport<'m> {
     map: &'m ImageMap<'m>,
@@ -194,7 +196,7 @@ impl<'m> FilesReport<'m> {
         Ok(())
     }
 
-    /// Writes the JSON form `{"filesystems": [...], "volumes": [...], "files": [...]}`, compact (one line: listings
+    /// Writes the JSON form `{"file", "filesystems": [...], "volumes": [...], "files": [...]}`, compact (one line: listings
     /// reach millions of entries).
     pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
         let filesystems: Vec<PartitionFileSystem> = self
@@ -203,7 +205,9 @@ impl<'m> FilesReport<'m> {
             .into_iter()
             .map(|(partition, filesystem)| PartitionFileSystem { partition, filesystem })
             .collect();
-        write!(w, "{{\"schema_version\":{},\"filesystems\":", crate::report::SCHEMA_VERSION)?;
+        write!(w, "{{\"schema_version\":{},\"file\":", crate::report::SCHEMA_VERSION)?;
+        serde_json::to_writer(&mut *w, &crate::vhd::device::BlockDevice::source(self.map.image).display().to_string())?;
+        w.write_all(b",\"filesystems\":")?;
         serde_json::to_writer(&mut *w, &filesystems)?;
         w.write_all(b",\"volumes\":")?;
         serde_json::to_writer(&mut *w, &self.volumes)?;
