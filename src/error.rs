@@ -144,8 +144,8 @@ pub enum Error {
     /// The caller asked for something inconsistent.
     #[error("{0}")]
     Usage(String),
-    /// A registry key whose root names none of the hives found by name (HKLM\\SYSTEM,
-    /// HKU\\<user>...): the hive must be named by its path instead.
+    /// A registry key whose root names none of the hives found by name (`HKLM\SYSTEM`,
+    /// `HKU\<user>`...): the hive must be named by its path instead.
     #[error("{key}: {known}; name any other hive by its path in the volume")]
     KeyWithoutHive {
         /// The key as given.

@@ -39,11 +39,23 @@ fn man_pages_render_and_completions_complete() {
         assert!(shown.status.success(), "man -l {tool}.1: {}", String::from_utf8_lossy(&shown.stderr));
         let text = String::from_utf8_lossy(&shown.stdout);
         assert!(text.contains("NAME") && text.contains(tool) && text.contains("--json"), "{tool}.1: {text}");
+        // One page covers every command (no page of its own to refer to), examples as written.
+        let pages: Vec<&str> = text.split_whitespace().filter(|w| w.contains("(1)")).collect();
+        assert!(pages.iter().all(|w| *w == format!("{tool}(1)")), "{tool}.1 refers to pages not installed: {pages:?}");
+        assert!(text.contains("EXAMPLES AND EXIT STATUS"), "{tool}.1: {text}");
+        assert!(tool == "vhdcompact" || text.contains("COMMANDS"), "{tool}.1: {text}");
+        let stderr = run(Command::new("man").arg("-l").arg("-Tutf8").arg(&man).env("MANWIDTH", "80"));
+        assert!(stderr.stderr.is_empty(), "{tool}.1: {}", String::from_utf8_lossy(&stderr.stderr));
         for shell in ["zsh", "fish", "powershell"] {
             let script = run_ok(bin(tool).args(["--generate", &format!("complete-{shell}")]));
             assert!(String::from_utf8_lossy(&script).contains(tool), "{tool} complete-{shell}");
         }
     }
+    let man = String::from_utf8(run_ok(bin("vhdinspect").args(["--generate", "man"]))).unwrap();
+    for option in ["--sector", "--svg", "--to"] {
+        assert!(man.contains(&option.replace('-', "\\-")), "the man page lacks the command option {option}");
+    }
+    assert_eq!(run(bin("vhdinspect").args(["--generate", "man", "owner"])).status.code(), Some(2));
     // The bash completion completes a subcommand and an option.
     let script = dir.path().join("vhdinspect.bash");
     std::fs::write(&script, run_ok(bin("vhdinspect").args(["--generate", "complete-bash"]))).unwrap();

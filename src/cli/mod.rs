@@ -145,6 +145,11 @@ pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
         return Some(ExitCode::from(2));
     };
     let name = cmd.get_name().to_string();
+    // Only `--generate WHAT`: anything else would be silently ignored.
+    if args.len() > 2 || (args.len() == 2 && args[0].contains('=')) {
+        eprintln!("{name}: --generate takes no other argument (the man page covers every command)");
+        return Some(ExitCode::from(2));
+    }
     let mut out = std::io::stdout().lock();
     let shell = match what {
         Generate::Man => None,
@@ -154,7 +159,7 @@ pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
         Generate::CompletePowershell => Some(clap_complete::Shell::PowerShell),
     };
     let written = match shell {
-        None => clap_mangen::Man::new(cmd).render(&mut out),
+        None => man_page(cmd, &mut out),
         Some(shell) => {
             clap_complete::generate(shell, &mut cmd, &name, &mut out);
             Ok(())
@@ -167,6 +172,58 @@ pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
             ExitCode::from(1)
         }
     })
+}
+
+/// The tool's one man page: its options, then every command in full under COMMANDS (no page
+/// of a command's own is installed to refer to), the examples as written and the exit codes.
+fn man_page(mut cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    let commands: Vec<&clap::Command> = cmd.get_subcommands().filter(|s| s.get_name() != "help").collect();
+    if !commands.is_empty() {
+        writeln!(out, ".SH COMMANDS")?;
+    }
+    for sub in commands {
+        let mut part = Vec::new();
+        let man = clap_mangen::Man::new(sub.clone());
+        man.render_synopsis_section(&mut part)?;
+        man.render_description_section(&mut part)?;
+        man.render_options_section(&mut part)?;
+        let title = sub.get_bin_name().unwrap_or(sub.get_name()).to_string();
+        for line in String::from_utf8_lossy(&part).lines() {
+            match line {
+                ".SH SYNOPSIS" => writeln!(out, ".SS \"{title}\"")?,
+                ".SH DESCRIPTION" => writeln!(out, ".PP")?,
+                l if l.starts_with(".SH ") => writeln!(out, ".PP\n{}:", roff_text(&l[4..].to_lowercase()))?,
+                l => writeln!(out, "{l}")?,
+            }
+        }
+    }
+    if let Some(extra) = cmd.get_after_help() {
+        writeln!(out, ".SH \"EXAMPLES AND EXIT STATUS\"\n.nf")?;
+        for line in extra.to_string().lines() {
+            writeln!(out, "{}", roff_text(line))?;
+        }
+        writeln!(out, ".fi")?;
+    }
+    if let Some(version) = cmd.get_version() {
+        writeln!(out, ".SH VERSION\nv{}", roff_text(version))?;
+    }
+    Ok(())
+}
+
+/// `text` as a line of roff: backslashes escaped, and a leading `.` or `'` kept as text.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e");
+    match escaped.starts_with(['.', '\'']) {
+        true => format!("\\&{escaped}"),
+        false => escaped,
+    }
 }
 
 /// Turns a command's outcome into the process exit code: 0 success, 1 for an error (printed
