@@ -55,6 +55,7 @@ const AFTER_HELP: &str = crate::cli::after_help!(
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// A new disk: fixed, dynamic or a differencing child, empty or holding a copy of a source.
+    #[command(after_help = crate::cli::after_help!("  vhddisk create base.vhdx --size 40G\n  vhddisk create child.vhd --parent base.vhd\n  vhddisk create disk.vhd --from disk.raw --from-format raw"))]
     Create {
         /// The new image (`.vhd` or `.vhdx`); must not exist unless --force.
         output: PathBuf,
@@ -95,6 +96,7 @@ pub enum Command {
         force: bool,
     },
     /// Grow the virtual size (a GPT's backup table moves to the new end).
+    #[command(after_help = crate::cli::after_help!("  vhddisk expand disk.vhd --size 64G\n  vhddisk expand disk.vhdx --size 64G --grow-partition"))]
     Expand {
         /// A fixed, dynamic or differencing VHD or VHDX.
         image: PathBuf,
@@ -112,6 +114,7 @@ pub enum Command {
     },
     /// Shrink the virtual size, by default to the end of the last partition; refused when
     /// any byte beyond the new end holds data.
+    #[command(after_help = crate::cli::after_help!("  vhddisk shrink disk.vhd\n  vhddisk shrink disk.vhdx --size 30G"))]
     Shrink {
         /// A fixed, dynamic or differencing VHD or VHDX.
         image: PathBuf,
@@ -123,6 +126,7 @@ pub enum Command {
         force: bool,
     },
     /// Point a differencing disk at its parent's new place.
+    #[command(after_help = crate::cli::after_help!("  vhddisk set-parent child.vhd /new/place/base.vhd"))]
     SetParent {
         /// The differencing VHD.
         child: PathBuf,
@@ -134,6 +138,7 @@ pub enum Command {
     },
     /// Merge a differencing disk into its parent (or an ancestor further down), in place: only
     /// the sectors the child holds, free NTFS clusters left out.
+    #[command(after_help = crate::cli::after_help!("  vhddisk commit child.vhd --remove\n  vhddisk commit child.vhd --depth 2"))]
     Commit {
         /// The differencing disk.
         child: PathBuf,

@@ -87,6 +87,7 @@ impl ImageArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Decode every structure: VHD footer, dynamic header, BAT, parent locators; VHDX headers, region table, metadata, log, BAT; MBR/GPT, boot sectors.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect dump disk.vhdx\n  vhdinspect dump disk.vhd --blocks --json"))]
     Dump {
         #[command(flatten)]
         image: ImageArgs,
@@ -98,14 +99,17 @@ pub enum Command {
         bitmap: Option<u64>,
     },
     /// Check structural consistency; exit 1 when any problem is found.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect check disk.vhd\n  vhdinspect check --strict child.vhd"))]
     Check {
         #[command(flatten)]
         image: ImageArgs,
     },
     /// List every file and directory of the NTFS volumes (one entry per hard link).
-    #[command(after_help = "Flags, one letter each or '-': d directory, s system (NTFS metadata or the \
+    #[command(after_help = concat!("Flags, one letter each or '-': d directory, s system (NTFS metadata or the \
 SYSTEM attribute), h hidden, S sparse, C compressed, E encrypted, R reparse point. Below a file, \
-its alternate data streams as FILE:STREAM with their sizes.")]
+its alternate data streams as FILE:STREAM with their sizes.\n\n", crate::cli::after_help!("  vhdinspect files disk.vhd
+  vhdinspect files disk.vhdx --partition 2 --runs
+  vhdinspect files disk.vhd --jsonl | head")))]
     Files {
         #[command(flatten)]
         image: ImageArgs,
@@ -121,6 +125,7 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         jsonl: bool,
     },
     /// What lives at a sector, block, cluster or offset; or where a file's clusters are.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect owner disk.vhd --sector 2048\n  vhdinspect owner disk.vhd --file Windows/System32/config/SYSTEM\n  vhdinspect owner disk.vhd --block 17 --jsonl"))]
     Owner {
         #[command(flatten)]
         image: ImageArgs,
@@ -135,6 +140,7 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         jsonl: bool,
     },
     /// Every container block: allocated, sectors present, used clusters, droppable, top owners.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect map disk.vhd\n  vhdinspect map disk.vhd --svg map.svg"))]
     Map {
         #[command(flatten)]
         image: ImageArgs,
@@ -153,12 +159,14 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         jsonl: bool,
     },
     /// For a differencing image: the files whose sectors the child holds.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect diff child.vhd\n  vhdinspect diff child.vhd --json"))]
     Diff {
         #[command(flatten)]
         image: ImageArgs,
     },
     /// For a differencing image: what moving it onto an updated copy of its parent would do,
     /// file by file (nothing is written).
+    #[command(after_help = crate::cli::after_help!("  vhdinspect rebase-plan child.vhd --onto updated-base.vhd"))]
     RebasePlan {
         #[command(flatten)]
         image: ImageArgs,
@@ -167,12 +175,14 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         onto: PathBuf,
     },
     /// The page blob upload plan: 512-byte-aligned ranges of needed non-zero data (max 4 MiB).
+    #[command(after_help = crate::cli::after_help!("  vhdinspect ranges disk.vhd\n  vhdinspect ranges disk.vhd --json"))]
     Ranges {
         #[command(flatten)]
         image: ImageArgs,
     },
     /// Where each partition starts against 4 KiB, 64 KiB, 1 MiB and the VHD block size, and
     /// what a misaligned start costs.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect align xp.vhd\n  vhdinspect align xp.vhd --boundary 64K --fail-on-misaligned"))]
     Align {
         #[command(flatten)]
         image: ImageArgs,
@@ -185,6 +195,7 @@ its alternate data streams as FILE:STREAM with their sizes.")]
     },
     /// Write a file's bytes to standard output: PATH in the volume (`/` or `\`,
     /// case-insensitive), or PATH:STREAM for an alternate data stream.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect cat disk.vhd Windows/System32/drivers/etc/hosts\n  vhdinspect cat disk.vhd 'Users/me/setup.exe:Zone.Identifier'"))]
     Cat {
         #[command(flatten)]
         image: ImageArgs,
@@ -198,6 +209,7 @@ its alternate data streams as FILE:STREAM with their sizes.")]
     /// Copy files out of the NTFS volumes into a new folder: everything, or each PATH (a file,
     /// or a folder with everything under it), with alternate data streams (as NAME:STREAM
     /// beside the file), hard links and times. Symbolic links and junctions are not recreated.
+    #[command(after_help = crate::cli::after_help!("  vhdinspect extract disk.vhd Windows/System32/config --to out\n  vhdinspect extract disk.vhd --to whole-volume"))]
     Extract {
         #[command(flatten)]
         image: ImageArgs,
@@ -212,6 +224,7 @@ its alternate data streams as FILE:STREAM with their sizes.")]
         partition: Option<u32>,
     },
     /// Registry keys and values in the image's hives (the read-only half of vhdreg).
+    #[command(after_help = crate::cli::after_help!("  vhdinspect reg win.vhdx get 'HKLM\\SYSTEM\\Select' Current\n  vhdinspect reg --hive-file NTUSER.DAT list 'Software\\Microsoft'"))]
     Reg {
         #[command(flatten)]
         source: crate::cli::reg::HiveSource,
@@ -247,7 +260,10 @@ pub fn main() -> ExitCode {
         return code;
     }
     crate::cli::handle_signals("vhdinspect");
-    let cli = Cli::parse_from(reg_image_before_command(std::env::args_os().collect()));
+    let cmd = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("reg", |reg| crate::cli::reg::with_image_in_usage(reg, "vhdinspect reg"));
+    let args = reg_image_before_command(std::env::args_os().collect());
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit());
     finish("vhdinspect", run(cli))
 }
 

@@ -85,6 +85,7 @@ pub struct HiveSource {
 #[derive(Subcommand, Debug)]
 pub enum ReadCommand {
     /// A value (`@` or "" for the default value); without a value name, the key's listing.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx get 'HKLM\\SYSTEM\\Select' Current\n  vhdreg get win.vhdx 'HKLM\\SYSTEM\\CurrentControlSet\\Control\\ComputerName\\ComputerName'\n  vhdreg --hive-file NTUSER.DAT get 'Control Panel\\Desktop' Wallpaper"))]
     Get {
         /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
         /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
@@ -93,6 +94,7 @@ pub enum ReadCommand {
         value: Option<String>,
     },
     /// A key's subkeys and values.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx list 'HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion'"))]
     List {
         /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
         /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
@@ -100,6 +102,7 @@ pub enum ReadCommand {
     },
     /// A key and everything under it as a .reg file (UTF-16LE, regedit's format); to standard
     /// output as text when no file is given.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx export 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip' tcpip.reg"))]
     Export {
         /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
         /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
@@ -118,6 +121,7 @@ pub enum RegCommand {
     #[command(flatten)]
     Read(ReadCommand),
     /// Set a value, creating the key and its missing parents.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx set 'HKLM\\SOFTWARE\\Example' Enabled --type REG_DWORD --data 1\n  vhdreg win.vhdx set 'HKLM\\SOFTWARE\\Example' Paths --type REG_MULTI_SZ --data a --data b --dry-run"))]
     Set {
         /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
         /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
@@ -140,6 +144,7 @@ pub enum RegCommand {
         dry: DryRun,
     },
     /// Delete a value, or with no value name the key and everything under it.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx delete 'HKLM\\SOFTWARE\\Example' Enabled\n  vhdreg win.vhdx delete 'HKLM\\SOFTWARE\\Example'"))]
     Delete {
         /// The key: HKLM\SYSTEM\..., HKU\NAME\..., HKEY_LOCAL_MACHINE\... (CurrentControlSet
         /// follows Select\Current), or a path inside the hive with --hive-file or --hive.
@@ -150,6 +155,7 @@ pub enum RegCommand {
         dry: DryRun,
     },
     /// Apply a .reg file (regedit 5.00 UTF-16 or REGEDIT4): keys, values, `-` deletions.
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx import settings.reg --dry-run\n  vhdreg win.vhdx import settings.reg"))]
     Import {
         /// The .reg file.
         file: PathBuf,
@@ -159,6 +165,7 @@ pub enum RegCommand {
     /// Roll back a write that was interrupted (every write does this first, too). With
     /// --force, also when the image and its journal were restored from a copy (every journaled
     /// byte is still checked).
+    #[command(after_help = crate::cli::after_help!("  vhdreg win.vhdx recover"))]
     Recover,
 }
 
@@ -172,16 +179,40 @@ pub struct DryRun {
 
 /// Runs `vhdreg` with the process arguments.
 pub fn main() -> ExitCode {
-    if let Some(code) = crate::cli::generate_if_asked(<Cli as clap::CommandFactory>::command()) {
+    let cmd = with_image_in_usage(<Cli as clap::CommandFactory>::command(), "vhdreg");
+    if let Some(code) = crate::cli::generate_if_asked(cmd.clone()) {
         return code;
     }
     crate::cli::handle_signals("vhdreg");
-    let cli = Cli::parse_from(image_before_command(
-        &<Cli as clap::CommandFactory>::command(),
-        std::env::args_os().collect(),
-        1,
-    ));
+    let args = image_before_command(&cmd, std::env::args_os().collect(), 1);
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit());
     finish("vhdreg", run(cli))
+}
+
+/// `cmd` (vhdreg, or vhdinspect's reg, which `tool` names) with each command's usage naming
+/// where the image or the bare hive goes, which clap would leave out (the image belongs to
+/// the parent command).
+pub(crate) fn with_image_in_usage(mut cmd: clap::Command, tool: &str) -> clap::Command {
+    let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).filter(|n| n != "help").collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |c| {
+            let args: String = c
+                .get_arguments()
+                .filter(|a| a.is_positional())
+                .map(|a| {
+                    let id =
+                        a.get_value_names().and_then(|v| v.first()).map_or(a.get_id().to_string(), |v| v.to_string());
+                    if a.is_required_set() { format!(" <{id}>") } else { format!(" [{id}]") }
+                })
+                .collect();
+            let image = format!("{tool} {name} [OPTIONS] <IMAGE>{args}");
+            c.override_usage(match name.as_str() {
+                "recover" => image,
+                _ => format!("{image}\n       {tool} --hive-file <FILE> {name} [OPTIONS]{args}"),
+            })
+        });
+    }
+    cmd
 }
 
 /// `vhdreg get IMAGE KEY` as `vhdreg IMAGE get KEY` (and `vhdinspect reg get IMAGE KEY` as
