@@ -26,6 +26,22 @@ fn help_describes_the_tool_with_examples_and_exit_codes() {
         }
         let widest = help.lines().map(|l| l.chars().count()).max().unwrap();
         assert!(widest <= 100, "{tool} --help has a line of {widest} columns");
+        // Every command's own help too, its examples naming it.
+        let commands = help.split("Commands:\n").nth(1).unwrap_or("").split("\n\n").next().unwrap_or("");
+        for command in commands
+            .lines()
+            .filter_map(|l| l.strip_prefix("  ").filter(|r| !r.starts_with(' '))?.split_whitespace().next())
+        {
+            if command == "help" {
+                continue;
+            }
+            let own = String::from_utf8(run_ok(bin(tool).args([command, "--help"]))).unwrap();
+            let example = format!("{tool} ");
+            assert!(
+                own.contains("Examples:") && own.contains("Exit codes: 0 success") && own.contains(&example),
+                "{tool} {command} --help: {own}"
+            );
+        }
     }
 }
 
