@@ -123,6 +123,36 @@ fn the_svg_of_a_large_disk_stays_small_and_says_it_groups_blocks() {
     assert!(width <= 1200 && height <= 1200, "{width}x{height}");
 }
 
+#[test]
+fn the_svg_keeps_its_labels_whole_and_marks_each_offset_once() {
+    let dir = tempdir();
+    // A 200 GiB GPT disk (sparse, raw): one long partition label, offsets that round alike.
+    let raw = dir.path().join("big.raw");
+    std::fs::File::create(&raw).unwrap().set_len(200 << 30).unwrap();
+    run_ok(Command::new("sgdisk").args(["-o", "-n", "1:2048:0", "-t", "1:0700"]).arg(&raw));
+    let svg = dir.path().join("map.svg");
+    run_ok(bin("vhdinspect").args(["map", "--svg"]).arg(&svg).arg(&raw));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let (width, _) = svg_size(&text);
+    let texts: Vec<(usize, &str, &str)> = text
+        .split("<text x=\"")
+        .skip(1)
+        .map(|t| {
+            let x = t.split('"').next().unwrap().parse().unwrap();
+            let tag_end = t.find('>').unwrap();
+            (x, &t[..tag_end], t[tag_end + 1..].split("</text>").next().unwrap())
+        })
+        .collect();
+    let label = texts.iter().find(|(_, _, body)| body.starts_with("partition 1:")).expect("the partition's label");
+    assert!(label.0 + label.2.chars().count() * 7 <= width, "{label:?} is cut at {width}");
+    let ticks: Vec<&str> =
+        texts.iter().filter(|(_, tag, _)| tag.contains("text-anchor=\"end\"")).map(|t| t.2).collect();
+    let mut unique = ticks.clone();
+    unique.dedup();
+    assert_eq!(ticks, unique, "an offset is marked twice");
+    assert!(ticks.len() > 4, "{ticks:?}");
+}
+
 /// The (x, y, fill) of every `<rect class="CLASS" ...>` of an SVG written by vhdinspect.
 fn svg_rects(text: &str, class: &str) -> Vec<(usize, usize, [u8; 3])> {
     let attr = |tag: &str, name: &str| -> String {

@@ -336,7 +336,10 @@ pub fn svg(r: &MapReport) -> String {
     let legend_rows = PALETTE.len().div_ceil(LEGEND_COLUMNS);
     let grid_top = 50 + legend_rows * 20 + 16;
     let grid_left = 10 + AXIS;
-    let width = (grid_left + cols * CELL + 10 + LABELS).max(10 + LEGEND_COLUMNS * LEGEND_ITEM);
+    let labels: Vec<String> = r.summary.partitions.iter().map(partition_label).collect();
+    // About 7 pixels per character of the 12-pixel font: no label is cut at the right edge.
+    let labels_width = labels.iter().map(|l| l.chars().count() * 7 + 10).max().unwrap_or(0).max(LABELS);
+    let width = (grid_left + cols * CELL + 10 + labels_width).max(10 + LEGEND_COLUMNS * LEGEND_ITEM);
     // Partitions starting in one row stack their labels downwards.
     let mut labels_in_row = vec![0usize; rows];
     let cell_of = |offset: u64| ((offset / bs).saturating_sub(first_block) / group as u64) as usize;
@@ -385,14 +388,21 @@ pub fn svg(r: &MapReport) -> String {
         let _ = writeln!(out, r#"<text x="{}" y="{}">{} ({n})</text>"#, x + 20, y + 12, xml_escape(text));
     }
     let axis_every = rows.div_ceil(32).max(1);
+    let mut last_tick = String::new();
     for row in (0..rows).step_by(axis_every) {
         let offset = (first_block + (row * cols * group) as u64) * bs;
+        // Rows whose offsets round to the same figure are marked once.
+        let tick = human_bytes(offset);
+        if tick == last_tick {
+            continue;
+        }
+        last_tick.clone_from(&tick);
         let _ = writeln!(
             out,
             r##"<text x="{}" y="{}" text-anchor="end" font-size="10" fill="#444">{}</text>"##,
             grid_left - 6,
             grid_top + row * CELL + CELL - 2,
-            human_bytes(offset)
+            tick
         );
     }
     for (i, cell) in cells.iter().enumerate() {
@@ -406,7 +416,7 @@ pub fn svg(r: &MapReport) -> String {
             xml_escape(&cell.title(bs))
         );
     }
-    for p in &r.summary.partitions {
+    for (p, label) in r.summary.partitions.iter().zip(&labels) {
         let (start, end) = (cell_of(p.offset), cell_of((p.offset + p.length).saturating_sub(1)) + 1);
         if start >= cells.len() {
             continue;
@@ -428,21 +438,15 @@ pub fn svg(r: &MapReport) -> String {
         let row = start / cols;
         let y = grid_top + row * CELL + CELL - 2 + labels_in_row[row] * 12;
         labels_in_row[row] += 1;
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{y}">{}</text>"#,
-            grid_left + cols * CELL + 10,
-            xml_escape(&format!(
-                "partition {}: {}, {} at {}",
-                p.index,
-                p.contents,
-                human_bytes(p.length),
-                human_bytes(p.offset)
-            ))
-        );
+        let _ = writeln!(out, r#"<text x="{}" y="{y}">{}</text>"#, grid_left + cols * CELL + 10, xml_escape(label));
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A partition's label beside the grid.
+fn partition_label(p: &PartitionSummary) -> String {
+    format!("partition {}: {}, {} at {}", p.index, p.contents, human_bytes(p.length), human_bytes(p.offset))
 }
 
 fn xml_escape(s: &str) -> String {
