@@ -6,7 +6,28 @@ use serde::Serialize;
 use crate::bytes::{le16, le32, le64};
 
 /// Offset of the hidden-sectors field (partition start LBA) in NTFS and FAT BPBs.
-pub const HIDDEN_SECTORS_OFFSET: usize = 0x1C;
+const HIDDEN_SECTORS_OFFSET: usize = 0x1C;
+
+/// The hidden-sectors field (the partition's start, as the volume believes it) of a boot
+/// sector of `kind`; none for exFAT, whose BPB has no such field.
+pub fn hidden_sectors(sector: &[u8], kind: FsKind) -> Option<u32> {
+    kind.has_hidden_sectors().then(|| le32(sector, HIDDEN_SECTORS_OFFSET))
+}
+
+/// Sets the hidden-sectors field of an NTFS or FAT boot sector.
+pub fn set_hidden_sectors(sector: &mut [u8], hidden: u32) {
+    sector[HIDDEN_SECTORS_OFFSET..HIDDEN_SECTORS_OFFSET + 4].copy_from_slice(&hidden.to_le_bytes());
+}
+
+/// Where the volume keeps a copy of this boot sector, in sectors from its start: NTFS past its
+/// last sector (its total-sectors count), FAT32 where its BPB says (none when 0).
+pub fn backup_sector(sector: &[u8], kind: FsKind) -> Option<u64> {
+    match kind {
+        FsKind::Ntfs => Some(le64(sector, 0x28)),
+        FsKind::Fat32 => Some(le16(sector, 0x32) as u64).filter(|&s| s > 0),
+        _ => None,
+    }
+}
 
 /// The file system a boot sector announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

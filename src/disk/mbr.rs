@@ -8,6 +8,9 @@ pub const TABLE_OFFSET: usize = 446;
 pub const ENTRY_SIZE: usize = 16;
 /// Offset of the 32-bit disk signature in the MBR.
 pub const DISK_SIGNATURE_OFFSET: usize = 440;
+/// The type of an extended partition (CHS-addressed; 0x0F and 0x85 are its other forms), and
+/// of an EBR's link to the next EBR.
+pub const EXTENDED: u8 = 0x05;
 /// Most CHS values an MBR entry can express: cylinder 1023, head 254, sector 63.
 pub const CHS_MAX: Chs = Chs { cylinder: 1023, head: 254, sector: 63 };
 
@@ -114,6 +117,11 @@ impl MbrEntry {
     /// Partition type byte.
     pub fn kind(&self) -> u8 {
         self.raw[4]
+    }
+
+    /// Sets the partition type byte.
+    pub fn set_kind(&mut self, kind: u8) {
+        self.raw[4] = kind;
     }
 
     /// CHS address of the last sector.

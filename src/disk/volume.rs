@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::disk::FileSystem;
-use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, NtfsBootSector, identify};
+use crate::disk::boot_sector::{FsKind, NtfsBootSector, hidden_sectors, identify};
 use crate::disk::partition::{Partition, PartitionView};
 use crate::error::Result;
 use crate::vhd::device::BlockDevice;
@@ -71,9 +71,7 @@ pub fn probe<D: BlockDevice>(disk: D, partition: &Partition) -> Result<VolumeInf
     let Some(kind) = identify(&boot) else {
         return Ok(info);
     };
-    if kind.has_hidden_sectors() {
-        info.hidden_sectors = Some(u32::from_le_bytes(boot[HIDDEN_SECTORS_OFFSET..][..4].try_into().unwrap_or([0; 4])));
-    }
+    info.hidden_sectors = hidden_sectors(&boot, kind);
     match kind {
         FsKind::Ntfs => {
             info.filesystem = Some("ntfs");

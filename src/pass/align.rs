@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::bytes::{le16, le32, le64};
-use crate::disk::boot_sector::{FsKind, HIDDEN_SECTORS_OFFSET, identify};
+use crate::bytes::{le32, le64};
+use crate::disk::boot_sector::{backup_sector, identify, set_hidden_sectors};
 use crate::disk::gpt::GptTable;
 use crate::disk::lba::Lba;
 use crate::disk::mbr::{self, BiosGeometry, MbrEntry};
@@ -447,7 +447,7 @@ impl<'m> Planner<'m, '_> {
                         self.moves.iter().find(|m| m.index == next.index).map_or(next.start_lba, |m| m.new_start_lba);
                     let mut template = MbrEntry::from_sector(&old, 1);
                     if template.is_empty() {
-                        template.raw[4] = 0x05;
+                        template.set_kind(mbr::EXTENDED);
                     }
                     let link = template.placed(
                         next_ebr.0,
@@ -555,11 +555,7 @@ impl<'m> Planner<'m, '_> {
                 self.impossible.push(format!("partition {}: hidden sectors cannot hold {}", m.index, m.new_start_lba));
                 continue;
             };
-            let backup = match fs {
-                FsKind::Ntfs => Some(le64(&boot, 0x28)),
-                FsKind::Fat32 => Some(le16(&boot, 0x32) as u64).filter(|&s| s > 0),
-                _ => None,
-            };
+            let backup = backup_sector(&boot, fs);
             let mut sectors = vec![(0u64, "boot sector")];
             if let Some(b) = backup.filter(|&b| b < m.sectors) {
                 sectors.push((b, "backup boot sector"));
@@ -569,7 +565,7 @@ impl<'m> Planner<'m, '_> {
                 if identify(&s) != Some(fs) {
                     continue;
                 }
-                s[HIDDEN_SECTORS_OFFSET..HIDDEN_SECTORS_OFFSET + 4].copy_from_slice(&hidden.to_le_bytes());
+                set_hidden_sectors(&mut s, hidden);
                 let what = format!(
                     "partition {} {} {what}: hidden sectors {} -> {hidden}",
                     m.index,
