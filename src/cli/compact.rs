@@ -23,8 +23,9 @@ pub struct Cli {
     /// The image to compact.
     #[arg(required_unless_present = "what_if")]
     pub input: Option<PathBuf>,
-    /// Where to write the result (not with --in-place).
-    #[arg(required_unless_present_any = ["in_place", "what_if"])]
+    /// Where to write the result (not with --in-place): a new file (`.vhd` or `.vhdx`), `-`
+    /// for standard output, or an https URL with a SAS token for an Azure page blob.
+    #[arg(value_name = "OUT", required_unless_present_any = ["in_place", "what_if"])]
     pub output: Option<PathBuf>,
     /// Write nothing: print, per image, the bytes compaction would reclaim now and with smaller
     /// blocks (a directory stands for its .vhd, .vhdx and .avhdx files); images are read in

@@ -126,6 +126,9 @@ its alternate data streams as FILE:STREAM with their sizes.\n\n", crate::cli::af
     },
     /// What lives at a sector, block, cluster or offset; or where a file's clusters are.
     #[command(after_help = crate::cli::after_help!("  vhdinspect owner disk.vhd --sector 2048\n  vhdinspect owner disk.vhd --file Windows/System32/config/SYSTEM\n  vhdinspect owner disk.vhd --block 17 --jsonl"))]
+    #[command(override_usage = "vhdinspect owner [OPTIONS] <IMAGE> --sector <SECTOR>|--block <BLOCK>|--offset <OFFSET>
+       vhdinspect owner [OPTIONS] <IMAGE> --cluster <CLUSTER> --partition <N>
+       vhdinspect owner [OPTIONS] <IMAGE> --file <PATH>")]
     Owner {
         #[command(flatten)]
         image: ImageArgs,
