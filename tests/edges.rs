@@ -341,6 +341,20 @@ fn an_azure_gpt_disk_gets_its_backup_table_at_the_new_end() {
     assert!(said.contains("No problems found"), "{said}");
     let check = run(bin("vhdinspect").arg("check").arg(&out));
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    // A disk that is not a whole number of MiB grows for Azure, and its backup table moves.
+    let odd = dir.path().join("odd.raw");
+    std::fs::File::create(&odd).unwrap().set_len((64 << 20) + 300 * 512).unwrap();
+    run_ok(Command::new("sgdisk").args(["-o", "-n", "1:2048:+32M", "-t", "1:0700"]).arg(&odd));
+    let out = dir.path().join("odd-azure.vhd");
+    let r: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdcompact").arg(&odd).arg(&out).args(["--azure", "--json"]))).unwrap();
+    assert_eq!(r["output_disk_size"], 65 << 20, "{r}");
+    let raw = dir.path().join("odd-azure.raw");
+    std::fs::write(&raw, read_all(&open(&out))).unwrap();
+    let v = run(Command::new("sgdisk").arg("-v").arg(&raw));
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(said.contains("No problems found"), "{said}");
+    assert!(run(bin("vhdinspect").arg("check").arg(&out)).status.success());
     // A disk grown without moving the table is reported.
     let grown = dir.path().join("grown.raw");
     let mut data = read_all(&open(&gpt));
