@@ -679,6 +679,13 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
         assert!(started.elapsed() < Duration::from_secs(60), "{cmd:?} took {:?}", started.elapsed());
         figure(format!("{:?} on a 1 TiB sparse raw disk: {:.2} s", cmd.get_program(), started.elapsed().as_secs_f64()));
     }
+    // Its holes are not counted as blocks it held, and every block counted is accounted for.
+    let r: serde_json::Value =
+        serde_json::from_slice(&run_ok(bin("vhdcompact").arg(&sparse).arg(dir.path().join("o5.vhd")).arg("--json")))
+            .unwrap();
+    let n = |k: &str| r[k].as_u64().unwrap();
+    assert_eq!(n("blocks_before"), 1, "{r}");
+    assert_eq!(n("blocks_before") - n("blocks_after"), n("dropped_blocks") + n("dropped_zero_blocks"), "{r}");
 }
 
 /// A one's-complement VHD checksum of `bytes`, with its own field at `at` taken as zero.

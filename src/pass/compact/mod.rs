@@ -182,12 +182,18 @@ pub(crate) fn index_detail(opts: &CompactOptions) -> IndexDetail {
     if opts.sanitize || opts.realign.is_some() { IndexDetail::Files } else { IndexDetail::Clusters }
 }
 
-/// Blocks the container holds: allocated BAT entries, or every block of a fixed image.
-pub fn blocks_held(image: &DiskImage) -> u64 {
-    match image.block_size() {
+/// Blocks the container holds: allocated BAT entries, every block of a fixed image, the
+/// blocks of a raw file that are not holes.
+pub fn blocks_held(image: &DiskImage) -> Result<u64> {
+    Ok(match image.block_size() {
         Some(_) if image.kind() != ImageKind::Fixed => image.stored_blocks().len() as u64,
+        // A raw file holds nothing in its holes.
+        _ if image.kind() == ImageKind::Raw => {
+            let data = image.data_ranges(0, image.len())?;
+            crate::map::blocks::blocks_touched(&data, held_block_size(image)).len() as u64
+        }
         _ => image.len().div_ceil(held_block_size(image)),
-    }
+    })
 }
 
 /// The unit of [`blocks_held`]: the container's block size, 2 MiB for a fixed VHD or raw image.

@@ -129,7 +129,7 @@ impl CompactReport {
             output_disk_size: plan.disk_size,
             input_block_size: held_block_size(image),
             block_size: plan.block_size,
-            blocks_before: blocks_held(image),
+            blocks_before: blocks_held(image)?,
             blocks_after: 0,
             dropped_blocks: 0,
             zero_filled_blocks: 0,
