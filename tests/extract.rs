@@ -262,6 +262,18 @@ fn names_from_the_volume_never_lead_outside_the_folder() {
     let outside: Vec<_> = std::fs::read_dir(&inner).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(outside, vec![std::ffi::OsString::from("out")], "nothing written beside the folder");
     assert!(!dir.path().join("xxx").exists() && !tree_hashes(&out).keys().any(|k| k.contains("..")));
+    // A stream with such a name is left out by design too: not a failure (exit 0).
+    let volume = partition_image(&open(&corpus("aligned-dynamic.vhd")), 1, dir.path());
+    let stream = files
+        .keys()
+        .filter(|k| !k.starts_with('$'))
+        .find_map(|k| k.split_once(':').map(|(_, s)| s.to_string()))
+        .filter(|s| s.len() >= 4)
+        .expect("a stream with a name of 4 characters or more");
+    rename_in_records(&volume, &stream, &format!("../{}", "y".repeat(stream.len() - 3)));
+    let report = extract(&volume, &[], &dir.path().join("again"));
+    let left_out = report["skipped"].as_array().unwrap().iter().find(|s| s["path"].as_str().unwrap().contains(":../"));
+    assert_eq!(left_out.expect("the stream is left out")["failed"], false, "{report}");
 }
 
 /// The compressed resource of the one file in a WIM that wimlib wrote, as (chunk table +

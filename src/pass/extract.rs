@@ -331,9 +331,9 @@ fn write_volume(
                 report.files += 1;
                 report.bytes += bytes;
                 report.streams += streams;
-                for (stream, why) in skipped {
+                for (stream, why, failed) in skipped {
                     let path = format!("{name}:{stream}");
-                    report.skipped.push(Skipped { partition: plan.partition.index, path, why, failed: true });
+                    report.skipped.push(Skipped { partition: plan.partition.index, path, why, failed });
                 }
             }
             FileOutcome::NotWritten(why) => report.skipped.push(Skipped {
@@ -378,8 +378,9 @@ fn write_volume(
 
 /// What became of one file.
 enum FileOutcome {
-    /// Written: its bytes, its alternate streams, and the streams that could not be read.
-    Written { bytes: u64, streams: u64, skipped: Vec<(String, String)> },
+    /// Written: its bytes, its alternate streams, and the streams left out (name, why, and
+    /// whether it failed or was left out by design, as a name that cannot be a file name here).
+    Written { bytes: u64, streams: u64, skipped: Vec<(String, String, bool)> },
     /// Its data could not be read as the file holds it (encrypted, a compression vhdkit does
     /// not decode, damaged), or its name clashes with another here: nothing written.
     NotWritten(String),
@@ -424,7 +425,7 @@ fn write_file<V: BlockDevice + Clone>(
             continue;
         }
         let Ok(name) = safe_name(&s.name) else {
-            skipped.push((s.name.to_string(), "a stream name that cannot be a file name here".into()));
+            skipped.push((s.name.to_string(), "a stream name that cannot be a file name here".into(), false));
             continue;
         };
         let target = stream_path(at, name);
@@ -433,7 +434,7 @@ fn write_file<V: BlockDevice + Clone>(
                 let f = match platform::create_new_private(&target, mode) {
                     Ok(f) => f,
                     Err(e) if is_clash(&e) => {
-                        skipped.push((s.name.to_string(), format!("clashes with another name here: {e}")));
+                        skipped.push((s.name.to_string(), format!("clashes with another name here: {e}"), true));
                         continue;
                     }
                     Err(e) => return Err(Error::open(&target, "create", e)),
@@ -441,7 +442,7 @@ fn write_file<V: BlockDevice + Clone>(
                 if let Err(why) = copy_sparse(&mut r, &f, &target)? {
                     drop(f);
                     let _ = std::fs::remove_file(&target);
-                    skipped.push((s.name.to_string(), why));
+                    skipped.push((s.name.to_string(), why, true));
                     continue;
                 }
                 streams += 1;
@@ -449,7 +450,7 @@ fn write_file<V: BlockDevice + Clone>(
                     set_file_times(&f, times);
                 }
             }
-            Err(e) => skipped.push((s.name.to_string(), e.to_string())),
+            Err(e) => skipped.push((s.name.to_string(), e.to_string(), true)),
         }
     }
     if let Ok(times) = idx.times(volume, file) {
