@@ -6,9 +6,8 @@
 //!   read as zeros;
 //! - LZNT1-compressed data (NTFS compression), one compression unit at a time;
 //! - WOF-compressed files (Windows' "CompactOS"): the unnamed stream is sparse and the bytes
-//!   live in the `WofCompressedData` stream as independently compressed chunks. XPRESS chunks
-//!   are decoded; LZX chunks are refused as "not decompressed" (no well-kept crate decodes
-//!   the WIM variant of LZX), never returned as they are.
+//!   live in the `WofCompressedData` stream as independently compressed chunks: XPRESS through
+//!   `xpress-huffman`, LZX by [`crate::ntfs::lzx`] (no crate decodes its WIM variant).
 //!
 //! Encrypted (EFS) streams are refused: their bytes are ciphertext.
 
@@ -41,7 +40,7 @@ const MAX_UNIT: u64 = 4 << 20;
 pub enum WofAlgorithm {
     /// XPRESS (Huffman) in 4 KiB chunks.
     Xpress4k,
-    /// LZX in 32 KiB chunks (not decompressed).
+    /// LZX in 32 KiB chunks.
     Lzx32k,
     /// XPRESS (Huffman) in 8 KiB chunks.
     Xpress8k,
@@ -546,12 +545,8 @@ impl<V: BlockDevice + Clone> StreamReader<'_, V> {
                 packed
             } else {
                 match algorithm {
-                    WofAlgorithm::Lzx32k => {
-                        return Err(Error::unsupported(
-                            &path,
-                            format!("MFT record {record}: WOF LZX compression: not decompressed"),
-                        ));
-                    }
+                    WofAlgorithm::Lzx32k => crate::ntfs::lzx::decompress(&packed, size as usize)
+                        .map_err(|e| corrupt(format!("chunk {index} does not decode as LZX: {e}")))?,
                     _ => {
                         // The decoder stops when its input ends, even with the last symbols
                         // still in its bit buffer: zero padding lets it finish the chunk (it

@@ -11,6 +11,7 @@ pub mod bitmap;
 pub mod content;
 pub mod file;
 pub mod index;
+pub mod lzx;
 pub mod mft;
 pub mod owners;
 pub mod patch;
