@@ -176,7 +176,8 @@ impl Presence {
         match &self.bitmap {
             None => self.allocated,
             Some(bm) => {
-                bm.runs(((a - self.start) / 512) as u32, (b - self.start).div_ceil(512) as u32).iter().any(|r| r.2)
+                let (first, last) = SectorBitmap::bits_of(a - self.start, b - self.start);
+                bm.runs(first, last).iter().any(|r| r.2)
             }
         }
     }

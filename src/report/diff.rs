@@ -57,8 +57,8 @@ pub fn build(map: &ImageMap<'_>) -> Result<DiffReport> {
     for block in image.stored_blocks() {
         let Some(bitmap) = image.block_sectors(block)? else { continue };
         for (first, last, present) in bitmap.runs(0, bitmap.sectors()) {
-            let start = block * bs + first as u64 * 512;
-            let end = (block * bs + last as u64 * 512).min(map.image.len());
+            let (a, b) = crate::vhd::bitmap::SectorBitmap::bytes_of(first, last);
+            let (start, end) = (block * bs + a, (block * bs + b).min(map.image.len()));
             if !present || start >= end {
                 continue;
             }

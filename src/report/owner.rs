@@ -142,9 +142,11 @@ fn present_sectors(map: &ImageMap<'_>, start: u64, length: u64) -> Result<(bool,
     for block in start / bs..end.div_ceil(bs) {
         if let Some(bitmap) = map.image.block_sectors(block)? {
             any_block = true;
-            let first = (start.max(block * bs) - block * bs) / 512;
-            let last = (end.min((block + 1) * bs) - block * bs).div_ceil(512);
-            present += (first..last).filter(|&i| bitmap.is_set(i as u32)).count() as u64;
+            let (first, last) = crate::vhd::bitmap::SectorBitmap::bits_of(
+                start.max(block * bs) - block * bs,
+                end.min((block + 1) * bs) - block * bs,
+            );
+            present += (first..last).filter(|&i| bitmap.is_set(i)).count() as u64;
         }
     }
     Ok((any_block, present / per))

@@ -4,6 +4,9 @@
 //! byte 0. In a differencing disk a set bit means the sector lives in this file and a clear bit
 //! means "read the parent"; in a dynamic disk a clear bit means the sector was never written.
 
+/// Bytes one bit stands for, whatever the disk's logical sector size.
+pub const BITMAP_SECTOR: u64 = 512;
+
 /// The presence bits of one block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SectorBitmap {
@@ -24,6 +27,28 @@ impl SectorBitmap {
     /// All sectors absent.
     pub fn empty(sectors: u32) -> Self {
         SectorBitmap { bits: vec![0u8; (sectors as usize).div_ceil(8)].into_boxed_slice(), sectors }
+    }
+
+    /// The bitmap of a block of `block_size` bytes, every sector `present` or none.
+    pub fn for_block(block_size: u64, present: bool) -> Self {
+        let sectors = (block_size / BITMAP_SECTOR) as u32;
+        if present { SectorBitmap::full(sectors) } else { SectorBitmap::empty(sectors) }
+    }
+
+    /// The bits `[first, last)` that cover bytes `[start, end)` of the block.
+    pub fn bits_of(start: u64, end: u64) -> (u32, u32) {
+        ((start / BITMAP_SECTOR) as u32, end.div_ceil(BITMAP_SECTOR) as u32)
+    }
+
+    /// The bytes `[start, end)` of the block that bits `[first, last)` stand for.
+    pub fn bytes_of(first: u32, last: u32) -> (u64, u64) {
+        (first as u64 * BITMAP_SECTOR, last as u64 * BITMAP_SECTOR)
+    }
+
+    /// Sets or clears the bits that cover bytes `[start, end)` of the block.
+    pub fn set_bytes(&mut self, start: u64, end: u64, value: bool) {
+        let (first, last) = SectorBitmap::bits_of(start, end);
+        self.set_range(first, last, value);
     }
 
     /// All sectors present.

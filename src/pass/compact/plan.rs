@@ -554,7 +554,7 @@ fn plan_child_block(map: &ImageMap<'_>, b: u64, zero_free: bool) -> Result<Optio
         } else {
             // Sectors wholly in free clusters (cluster boundaries are sector boundaries) may
             // read the parent instead.
-            bitmap.set_range(((n.start - start) / 512) as u32, (n.end - start).div_ceil(512) as u32, false);
+            bitmap.set_bytes(n.start - start, n.end - start, false);
         }
     }
     if !any {

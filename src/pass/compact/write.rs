@@ -292,7 +292,7 @@ impl Writer {
             Writer::Sparse(s) => {
                 let stored = p.stored.ok_or_else(|| Error::internal("a sparse output piece without a block plan"))?;
                 if p.within == 0 {
-                    let full = SectorBitmap::full((bs / 512) as u32);
+                    let full = SectorBitmap::for_block(bs, true);
                     s.append_begin(p.block, stored.bitmap.as_ref().unwrap_or(&full))?;
                 }
                 s.append_data(p.within, bytes)?;

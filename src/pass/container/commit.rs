@@ -219,7 +219,7 @@ fn append(
         // a differencing one holds only the pieces' sectors, the rest still its parent's.
         let bitmap = |pieces: &[Piece], base| match differencing {
             true => sectors_of(pieces, base, bs),
-            false => SectorBitmap::full((bs / 512) as u32),
+            false => SectorBitmap::for_block(bs, true),
         };
         let blocks: Vec<(u64, SectorBitmap)> = step.iter().map(|(b, pieces)| (*b, bitmap(pieces, *b * bs))).collect();
         let mut next = step.iter();
@@ -335,9 +335,9 @@ fn split_by_target(target: &DiskImage, pieces: &[Piece]) -> (Vec<(u64, Vec<Piece
 
 /// The sectors `pieces` cover in the block that starts at disk offset `base`.
 fn sectors_of(pieces: &[Piece], base: u64, block_size: u64) -> SectorBitmap {
-    let mut bitmap = SectorBitmap::empty((block_size / 512) as u32);
+    let mut bitmap = SectorBitmap::for_block(block_size, false);
     for r in pieces {
-        bitmap.set_range(((r.start - base) / 512) as u32, (r.end - base).div_ceil(512) as u32, true);
+        bitmap.set_bytes(r.start - base, r.end - base, true);
     }
     bitmap
 }
@@ -350,7 +350,8 @@ fn held_ranges(image: &DiskImage, end: u64) -> Result<Vec<(u64, u64)>> {
         let Some(bitmap) = image.block_sectors(block)? else { continue };
         for (s, e, present) in bitmap.runs(0, bitmap.sectors()) {
             if present {
-                out.push((block * bs + s as u64 * 512, (block * bs + e as u64 * 512).min(image.len()).min(end)));
+                let (a, b) = SectorBitmap::bytes_of(s, e);
+                out.push((block * bs + a, (block * bs + b).min(image.len()).min(end)));
             }
         }
     }

@@ -424,11 +424,10 @@ impl SparseVhd {
             StoredSectors::All => self.file.read_exact_at(data_at + within, buf, "block data"),
             StoredSectors::Some(bitmap) => {
                 let end = within + buf.len() as u64;
-                let first = (within / 512) as u32;
-                let last = end.div_ceil(512) as u32;
+                let (first, last) = SectorBitmap::bits_of(within, end);
                 for (s, e, present) in bitmap.runs(first, last) {
-                    let lo = (s as u64 * 512).max(within);
-                    let hi = (e as u64 * 512).min(end);
+                    let (lo, hi) = SectorBitmap::bytes_of(s, e);
+                    let (lo, hi) = (lo.max(within), hi.min(end));
                     let part = &mut buf[(lo - within) as usize..(hi - within) as usize];
                     if present {
                         self.file.read_exact_at(data_at + lo, part, "block data")?;

@@ -173,8 +173,7 @@ impl SparseVhd {
             buf[(within - aligned_start) as usize..][..data.len()].copy_from_slice(data);
             self.file.write_all_at(data_at + aligned_start, &buf)?;
         }
-        let first = (aligned_start / 512) as u32;
-        let last = (aligned_end / 512) as u32;
+        let (first, last) = SectorBitmap::bits_of(aligned_start, aligned_end);
         let current = self.presence(block, sector)?;
         if let StoredSectors::Some(bitmap) = &*current
             && bitmap.runs(first, last).iter().any(|r| !r.2)
