@@ -389,13 +389,17 @@ fn run(cli: Cli) -> Result<bool> {
                 let out = NewFile::create(&path, &policy)?;
                 crate::cli::report_stale("vhdinspect", out.removed_stale());
                 crate::cli::track_temp(out.path());
-                out.write_all_and_commit(report::map::svg(&r).as_bytes())?;
+                out.write_all_and_commit(report::map::svg(&r)?.as_bytes())?;
             }
             if jsonl {
                 write_output(|w| {
-                    for b in &r.blocks {
-                        report::write_line(w, "block", b)?;
-                    }
+                    let (first, count) = (r.blocks.first_index(), r.blocks.len());
+                    r.blocks.each(
+                        first,
+                        first + count,
+                        |b| report::write_line(w, "block", b),
+                        std::io::Error::other,
+                    )?;
                     report::write_line(w, "summary", &r.summary)
                 })?;
             } else {

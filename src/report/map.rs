@@ -55,19 +55,93 @@ pub struct MapSummary {
 /// The whole map.
 #[derive(Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct MapReport {
+pub struct MapReport<'m> {
     pub file: String,
     pub format: crate::vhd::ImageKind,
     /// `raw`, `vhd` or `vhdx`.
     pub container: crate::vhd::image::ImageFormat,
-    pub blocks: Vec<BlockInfo>,
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<BlockInfo>"))]
+    pub blocks: BlockList<'m>,
     pub summary: MapSummary,
 }
 
+/// Every block of the map (or of one partition), classified. The blocks that may hold data
+/// are classified when the report is built; in a dynamic or differencing image the others
+/// hold nothing in any disk of the chain and are classified as they are listed, so memory
+/// grows with the data, not with the disk's size.
+pub struct BlockList<'m> {
+    map: &'m ImageMap<'m>,
+    range: std::ops::Range<u64>,
+    /// Classified blocks of `range` in order: all of them, or those that may hold data.
+    held: Vec<BlockInfo>,
+}
+
+impl BlockList<'_> {
+    /// Blocks listed.
+    pub fn len(&self) -> u64 {
+        self.range.end - self.range.start
+    }
+
+    /// The first block listed.
+    pub fn first_index(&self) -> u64 {
+        self.range.start
+    }
+
+    /// Blocks `[from, to)` classified, in order.
+    pub fn span(&self, from: u64, to: u64) -> crate::error::Result<Vec<BlockInfo>> {
+        let mut out = Vec::new();
+        self.each(
+            from,
+            to,
+            |b| {
+                out.push(b.clone());
+                Ok(())
+            },
+            |e| e,
+        )?;
+        Ok(out)
+    }
+
+    /// Calls `f` with blocks `[from, to)` in order, classifying those not held as they come
+    /// (an error doing so made `f`'s by `lift`).
+    pub fn each<E>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&BlockInfo) -> Result<(), E>,
+        lift: impl Fn(crate::error::Error) -> E,
+    ) -> Result<(), E> {
+        let mut held = self.held[self.held.partition_point(|b| b.index < from)..].iter().peekable();
+        for index in from.max(self.range.start)..to.min(self.range.end) {
+            match held.next_if(|b| b.index == index) {
+                Some(b) => f(b)?,
+                None => f(&self.map.block_info(index).map_err(&lift)?)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for BlockList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.len() as usize))?;
+        self.each(self.range.start, self.range.end, |b| seq.serialize_element(b), S::Error::custom)?;
+        seq.end()
+    }
+}
+
 /// Classifies every block; with `partition`, lists only the blocks overlapping it.
-pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result<MapReport> {
-    let all = map.classify_blocks()?;
+pub fn build<'m>(map: &'m ImageMap<'m>, partition: Option<u32>) -> crate::error::Result<MapReport<'m>> {
+    use rayon::prelude::*;
     let bs = map.block_size();
+    // In a dynamic or differencing image a block without data anywhere in the chain is
+    // unallocated: only the others need classifying now.
+    let sparse = matches!(map.image.kind(), crate::vhd::ImageKind::Dynamic | crate::vhd::ImageKind::Differencing);
+    let held_blocks = if sparse { map.data_blocks()? } else { (0..map.block_count()).collect() };
+    let all: Vec<BlockInfo> =
+        held_blocks.into_par_iter().map(|b| map.block_info(b)).collect::<crate::error::Result<_>>()?;
+    let not_held = map.block_count() - all.len() as u64;
     let overlaps = |b: &BlockInfo, start: u64, end: u64| b.offset < end && b.offset + bs > start;
     let partitions = map
         .partitions
@@ -97,6 +171,9 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
     for b in &all {
         *by_state.entry(state_name(b.state).to_string()).or_insert(0) += 1;
     }
+    if not_held > 0 {
+        *by_state.entry(state_name(BlockState::Unallocated).to_string()).or_insert(0) += not_held;
+    }
     let droppable = all.iter().filter(|b| b.allocated && b.droppable).count() as u64;
     let allocated = all.iter().filter(|b| b.allocated).count() as u64;
     let block_sizes = kept_at_sizes(
@@ -106,7 +183,7 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
     );
     let summary = MapSummary {
         block_size: bs,
-        blocks: all.len() as u64,
+        blocks: map.block_count(),
         allocated_blocks: allocated,
         droppable_blocks: droppable,
         droppable_bytes: droppable * bs,
@@ -114,10 +191,12 @@ pub fn build(map: &ImageMap<'_>, partition: Option<u32>) -> crate::error::Result
         block_sizes,
         partitions,
     };
-    let blocks = match partition.and_then(|n| map.layout.partition(n)) {
-        Some(p) => all.into_iter().filter(|b| overlaps(b, p.start(), p.end())).collect(),
-        None => all,
+    let range = match partition.and_then(|n| map.layout.partition(n)) {
+        Some(p) => p.start() / bs..p.end().div_ceil(bs),
+        None => 0..map.block_count(),
     };
+    let held = all.into_iter().filter(|b| range.contains(&b.index)).collect();
+    let blocks = BlockList { map, range, held };
     Ok(MapReport {
         file: map.image.source().display().to_string(),
         format: map.image.kind(),
@@ -200,9 +279,19 @@ pub fn render(r: &MapReport) -> String {
             let _ = writeln!(lines, "{:>8} blocks {a}-{b} not allocated", "");
         }
     };
-    for b in &r.blocks {
+    // Blocks not held (classified as they would be listed) are unallocated: runs of them and
+    // of unallocated held blocks show as one line.
+    let unallocated = |skipped: &mut Option<(u64, u64)>, a: u64, b: u64| {
+        *skipped = Some(skipped.map_or((a, b), |(first, _)| (first, b)));
+    };
+    let mut next = r.blocks.range.start;
+    for b in &r.blocks.held {
+        if b.index > next {
+            unallocated(&mut skipped, next, b.index - 1);
+        }
+        next = b.index + 1;
         if !b.allocated {
-            skipped = Some(skipped.map_or((b.index, b.index), |(a, _)| (a, b.index)));
+            unallocated(&mut skipped, b.index, b.index);
             continue;
         }
         flush(&mut lines, &mut skipped);
@@ -218,6 +307,9 @@ pub fn render(r: &MapReport) -> String {
             owners_text(&owners)
         );
         let _ = writeln!(lines, "{}", line.trim_end());
+    }
+    if next < r.blocks.range.end {
+        unallocated(&mut skipped, next, r.blocks.range.end - 1);
     }
     flush(&mut lines, &mut skipped);
     out.push(lines);
@@ -266,11 +358,11 @@ const LEGEND_COLUMNS: usize = 2;
 const LEGEND_ITEM: usize = 400;
 
 /// One cell of the picture: the blocks it stands for.
-struct Cell<'a> {
-    blocks: &'a [BlockInfo],
+struct Cell {
+    blocks: Vec<BlockInfo>,
 }
 
-impl Cell<'_> {
+impl Cell {
     /// The state shown: the most-used of its blocks, so a used block never hides in a free
     /// group.
     fn state(&self) -> BlockState {
@@ -302,7 +394,7 @@ impl Cell<'_> {
             return t;
         }
         let mut counts: Vec<(BlockState, usize)> = Vec::new();
-        for b in self.blocks {
+        for b in &self.blocks {
             match counts.iter_mut().find(|(s, _)| *s == b.state) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((b.state, 1)),
@@ -324,12 +416,17 @@ impl Cell<'_> {
 /// The disk as a grid of blocks coloured by state: the legend on top, an offset axis on the
 /// left, partition boundaries and labels, a tooltip per cell. Disks of more than 4096 blocks
 /// group consecutive blocks per cell, and the subtitle says so.
-pub fn svg(r: &MapReport) -> String {
+pub fn svg(r: &MapReport<'_>) -> crate::error::Result<String> {
     let blocks = &r.blocks;
     let bs = r.summary.block_size.max(1);
-    let group = (blocks.len() as u64).div_ceil(MAX_CELLS).max(1) as usize;
-    let cells: Vec<Cell<'_>> = blocks.chunks(group).map(|blocks| Cell { blocks }).collect();
-    let first_block = blocks.first().map_or(0, |b| b.index);
+    let group = blocks.len().div_ceil(MAX_CELLS).max(1) as usize;
+    let first_block = blocks.first_index();
+    let cells: Vec<Cell> = (0..blocks.len().div_ceil(group as u64))
+        .map(|c| {
+            let from = first_block + c * group as u64;
+            Ok(Cell { blocks: blocks.span(from, from + group as u64)? })
+        })
+        .collect::<crate::error::Result<_>>()?;
     // A small disk gets a row as long as it needs.
     let cols = COLUMNS.min(cells.len()).max(1);
     let rows = cells.len().div_ceil(cols).max(1);
@@ -441,7 +538,7 @@ pub fn svg(r: &MapReport) -> String {
         let _ = writeln!(out, r#"<text x="{}" y="{y}">{}</text>"#, grid_left + cols * CELL + 10, xml_escape(label));
     }
     out.push_str("</svg>\n");
-    out
+    Ok(out)
 }
 
 /// A partition's label beside the grid.
