@@ -3,7 +3,8 @@
 //! A new file is written under a temporary name in the target's folder, flushed, then renamed
 //! into place, so it appears whole or not at all. The target may never be one of the command's
 //! inputs (compared by device and inode, so links and symlinks do not fool it), a device, a
-//! FIFO or a folder; an existing file is replaced only when the caller says so. A new file gets
+//! FIFO, a folder or a symbolic link (whoever planted it would choose the file replaced); an
+//! existing file is replaced only when the caller says so. A new file gets
 //! no more permission than its inputs have, and the umask applies on top; a file rewritten by
 //! rename keeps its mode and owner.
 //!
@@ -70,7 +71,7 @@ impl OutputPolicy {
             return refuse("is the name of an image's journal, which vhdkit keeps for itself".into());
         }
         let Ok(link) = std::fs::symlink_metadata(target) else { return Ok(()) };
-        let resolved = if link.file_type().is_symlink() { std::fs::metadata(target).ok() } else { Some(link) };
+        let resolved = if link.file_type().is_symlink() { std::fs::metadata(target).ok() } else { Some(link.clone()) };
         if let Some(meta) = &resolved {
             let kind = platform::kind_name(meta);
             if kind != "regular file" {
@@ -87,19 +88,12 @@ impl OutputPolicy {
         if !self.replace_existing {
             return Err(Error::OutputExists { file: target.to_path_buf() });
         }
+        // Replacing the link would leave its file as it was; writing through it would let
+        // whoever planted it choose the file replaced (a link in /tmp to /etc/shadow).
+        if link.file_type().is_symlink() {
+            return refuse("is a symbolic link; name the file itself".into());
+        }
         Ok(())
-    }
-}
-
-/// The file `target` names: a symbolic link is written through (its file replaced, the link
-/// kept, as `cp` does), never replaced by a file of its own; one that leads nowhere is refused.
-fn through_links(target: &Path) -> Result<PathBuf> {
-    match std::fs::symlink_metadata(target) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(target).map_err(|_| Error::Conflict {
-            file: target.to_path_buf(),
-            problem: "is a symbolic link to no file; name the output itself".into(),
-        }),
-        _ => Ok(target.to_path_buf()),
     }
 }
 
@@ -119,7 +113,6 @@ impl NewFile {
     /// folder, and creates the temporary file (locked, with the policy's permissions).
     pub fn create(target: &Path, policy: &OutputPolicy) -> Result<Self> {
         policy.check(target)?;
-        let target = &through_links(target)?;
         let replace = if policy.replace_existing { Replace::Existing } else { Replace::Never };
         NewFile::make(target, platform::permissions_for_new(policy.mode_limit), None, replace)
     }
