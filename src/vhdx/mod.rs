@@ -439,39 +439,50 @@ impl Vhdx {
     /// log, a region or the first megabyte; and a disk size the BAT cannot cover.
     pub fn layout_findings(&self) -> Vec<Finding> {
         let path = self.file.path();
-        let mut spans: Vec<(u64, u64, String)> = vec![(0, 1 << 20, "the header section".into())];
+        let mut spans: Vec<(u64, u64, Span)> = vec![(0, 1 << 20, Span::Headers)];
         if !self.header.log_guid.is_zero() || self.header.log_length > 0 {
             let (a, n) = (self.header.log_offset, self.header.log_length as u64);
-            spans.push((a, a + n, "the log".into()));
+            spans.push((a, a + n, Span::Log));
         }
-        for r in &self.regions.entries {
-            spans.push((r.file_offset, r.file_offset + r.length as u64, format!("region {}", r.guid)));
+        for (i, r) in self.regions.entries.iter().enumerate() {
+            spans.push((r.file_offset, r.file_offset + r.length as u64, Span::Region(i)));
         }
         let bs = self.block_size();
         for (k, _, at) in self.bat.stored() {
-            spans.push((at, at + bs, format!("block {k}")));
+            spans.push((at, at + bs, Span::Block(k)));
         }
         for c in 0..self.bat.payload_blocks().div_ceil(self.bat.chunk_ratio()) {
             if let Some(at) = self.bat.bitmap(c) {
-                spans.push((at, at + (1 << 20), format!("sector bitmap {c}")));
+                spans.push((at, at + (1 << 20), Span::Bitmap(c)));
             }
         }
-        spans.sort();
-        let mut out = Vec::new();
-        let mut reach: Option<(u64, String)> = None;
+        spans.sort_unstable_by_key(|&(a, b, _)| (a, b));
+        let name = |s: Span| match s {
+            Span::Headers => "the header section".to_string(),
+            Span::Log => "the log".to_string(),
+            Span::Region(i) => format!("region {}", self.regions.entries[i].guid),
+            Span::Block(k) => format!("block {k}"),
+            Span::Bitmap(c) => format!("sector bitmap {c}"),
+        };
+        let mut overlaps = FindingsOfAKind::default();
+        let mut reach: Option<(u64, Span)> = None;
         for (a, b, what) in spans {
-            if let Some((end, other)) = &reach
-                && a < *end
+            if let Some((end, other)) = reach
+                && a < end
             {
-                out.push(
-                    Finding::new(path, "VHDX layout", Space::File, a, format!("{what} overlaps {other}")).hazardous(),
-                );
+                overlaps.push(|| {
+                    let problem = format!("{} overlaps {}", name(what), name(other));
+                    Finding::new(path, "VHDX layout", Space::File, a, problem).hazardous()
+                });
             }
-            if reach.as_ref().is_none_or(|(end, _)| b > *end) {
+            if reach.is_none_or(|(end, _)| b > end) {
                 reach = Some((b, what));
             }
         }
-        out
+        overlaps.finish(|more| {
+            let problem = format!("{more} more blocks or bitmaps overlap others");
+            Finding::new(path, "VHDX layout", Space::File, 0, problem).hazardous()
+        })
     }
 
     /// The sector bits of partially present block `k` (one bit per logical sector, LSB first),
@@ -635,6 +646,16 @@ impl BlockDevice for Vhdx {
         }
         Ok(out)
     }
+}
+
+/// What an extent of a VHDX file is, for the overlap check.
+#[derive(Clone, Copy)]
+enum Span {
+    Headers,
+    Log,
+    Region(usize),
+    Block(u64),
+    Bitmap(u64),
 }
 
 /// Where the header's slot is.

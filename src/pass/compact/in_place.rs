@@ -47,10 +47,18 @@ fn sanitize(image: &mut DiskImage) -> Result<Option<crate::pass::sanitize::Sanit
     };
     // Only what differs is written: a volume sanitized before is left as it is.
     let mut changed = Vec::new();
+    let mut now = vec![0u8; 1 << 20];
     for w in journaled {
-        let mut now = vec![0u8; w.bytes.len()];
-        image.read_at(w.offset, &mut now)?;
-        if now != w.bytes {
+        let mut differs = false;
+        for (i, piece) in w.bytes.chunks(now.len()).enumerate() {
+            let current = &mut now[..piece.len()];
+            image.read_at(w.offset + (i * (1 << 20)) as u64, current)?;
+            if current != piece {
+                differs = true;
+                break;
+            }
+        }
+        if differs {
             changed.push(w);
         }
     }
