@@ -12,8 +12,8 @@ pub enum LzxError {
     /// A block header names a type LZX does not have.
     #[error("block type {0} at output byte {1}")]
     BadBlockType(u32, usize),
-    /// A Huffman code's lengths do not form a prefix code.
-    #[error("the {0} code's lengths are over-subscribed")]
+    /// A Huffman code's lengths do not form a complete prefix code.
+    #[error("the {0} code's lengths do not form a complete code")]
     BadCode(&'static str),
     /// A bit pattern that no symbol of the code has.
     #[error("no {0} symbol for the bits at output byte {1}")]
@@ -66,6 +66,10 @@ pub fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>, LzxError> {
     };
     while d.out.len() < size {
         d.block(size)?;
+    }
+    // Bits read past the input's end were zeros it does not hold.
+    if d.bits.consumed() > input.len() {
+        return Err(LzxError::Truncated(input.len()));
     }
     undo_e8(&mut d.out);
     Ok(d.out)
@@ -224,41 +228,79 @@ fn read_lengths(bits: &mut Bits<'_>, lens: &mut [u8]) -> Result<(), LzxError> {
     Ok(())
 }
 
-/// A canonical Huffman code, decoded through a table indexed by its longest code's bits.
+/// Code lengths resolved by the first table lookup; longer codes take a second step.
+const PRIMARY_BITS: u32 = 10;
+/// The longest code LZX sends.
+const MAX_CODE_BITS: u32 = 16;
+
+/// A canonical Huffman code: codes of up to [`PRIMARY_BITS`] found in one table lookup, longer
+/// ones by their canonical numbering, so building a code costs the same for any lengths.
 struct Huffman {
-    /// (symbol, length) for each pattern of `bits` bits; length 0 where no code starts.
+    /// (symbol, length) for each pattern of `PRIMARY_BITS` bits; length 0 where no code of
+    /// that length or shorter starts (a longer one may).
     table: Vec<(u16, u8)>,
-    bits: u32,
+    /// Symbols in canonical order (by length, then value).
+    sorted: Vec<u16>,
+    /// Per length: the first code, and where its symbols start in `sorted`, and their count.
+    first: [(u32, u32, u32); MAX_CODE_BITS as usize + 1],
     name: &'static str,
 }
 
 impl Huffman {
-    /// The code whose symbols have the code lengths `lens` (0: not used).
+    /// The code whose symbols have the code lengths `lens` (0: not used). It must be complete
+    /// or empty, as LZX encoders make it.
     fn new(lens: &[u8], name: &'static str) -> Result<Self, LzxError> {
-        let bits = lens.iter().copied().max().unwrap_or(0).max(1) as u32;
-        let mut table = vec![(0u16, 0u8); 1 << bits];
-        let mut code = 0usize;
-        for len in 1..=bits {
-            for (symbol, _) in lens.iter().enumerate().filter(|(_, l)| **l as u32 == len) {
-                let span = 1usize << (bits - len);
-                let first = code << (bits - len);
-                let entries = table.get_mut(first..first + span).ok_or(LzxError::BadCode(name))?;
-                entries.fill((symbol as u16, len as u8));
-                code += 1;
-            }
-            code <<= 1;
+        let mut counts = [0u32; MAX_CODE_BITS as usize + 1];
+        for &l in lens {
+            *counts.get_mut(l as usize).ok_or(LzxError::BadCode(name))? += 1;
         }
-        Ok(Huffman { table, bits, name })
+        counts[0] = 0;
+        let room = (1..=MAX_CODE_BITS).try_fold(1i64 << MAX_CODE_BITS, |room, len| {
+            let left = room - ((counts[len as usize] as i64) << (MAX_CODE_BITS - len));
+            (left >= 0).then_some(left)
+        });
+        match room {
+            Some(0) => {}
+            Some(r) if r == 1 << MAX_CODE_BITS => {}
+            _ => return Err(LzxError::BadCode(name)),
+        }
+        let mut first = [(0u32, 0u32, 0u32); MAX_CODE_BITS as usize + 1];
+        let (mut code, mut index) = (0u32, 0u32);
+        for len in 1..=MAX_CODE_BITS as usize {
+            code = (code + counts[len - 1]) << 1;
+            first[len] = (code, index, counts[len]);
+            index += counts[len];
+        }
+        let mut sorted: Vec<u16> = (0..lens.len() as u16).filter(|&s| lens[s as usize] > 0).collect();
+        sorted.sort_by_key(|&s| lens[s as usize]);
+        let mut table = vec![(0u16, 0u8); 1 << PRIMARY_BITS];
+        for (len, &(code, index, count)) in first.iter().enumerate().take(PRIMARY_BITS as usize + 1).skip(1) {
+            for k in 0..count {
+                let span = 1usize << (PRIMARY_BITS as usize - len);
+                let at = ((code + k) as usize) << (PRIMARY_BITS as usize - len);
+                table[at..at + span].fill((sorted[(index + k) as usize], len as u8));
+            }
+        }
+        Ok(Huffman { table, sorted, first, name })
     }
 
     /// The next symbol (`at`: the output position, for errors).
     fn decode(&self, bits: &mut Bits<'_>, at: usize) -> Result<usize, LzxError> {
-        let (symbol, len) = self.table[bits.peek(self.bits)? as usize];
-        if len == 0 {
-            return Err(LzxError::NoSymbol(self.name, at));
+        let (symbol, len) = self.table[bits.peek(PRIMARY_BITS)? as usize];
+        if len > 0 {
+            bits.skip(len as u32);
+            return Ok(symbol as usize);
         }
-        bits.skip(len as u32);
-        Ok(symbol as usize)
+        let v = bits.peek(MAX_CODE_BITS)? as u32;
+        for len in PRIMARY_BITS + 1..=MAX_CODE_BITS {
+            let (code, index, count) = self.first[len as usize];
+            let c = v >> (MAX_CODE_BITS - len);
+            if c >= code && c - code < count {
+                bits.skip(len);
+                return Ok(self.sorted[(index + c - code) as usize] as usize);
+            }
+        }
+        Err(LzxError::NoSymbol(self.name, at))
     }
 }
 
@@ -309,6 +351,11 @@ impl<'a> Bits<'a> {
         Ok(v as u32)
     }
 
+    /// Bytes of the input consumed so far (zero words read past its end included).
+    fn consumed(&self) -> usize {
+        self.next - (self.count / 8) as usize
+    }
+
     /// Skips to the next word boundary (a whole word when already on one, as LZX does before
     /// a stored block) and returns the byte position there.
     fn align(&mut self) -> Result<usize, LzxError> {
@@ -357,6 +404,63 @@ mod tests {
         let bases: Vec<usize> = (0..12).map(position_base).collect();
         assert_eq!(bases, [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48]);
         assert_eq!(position_base(SLOTS - 1) + (1 << extra_bits(SLOTS - 1)), 32768);
+    }
+
+    /// Bits written as LZX reads them: 16-bit little-endian words, high bit first.
+    #[derive(Default)]
+    struct BitWriter {
+        bytes: Vec<u8>,
+        word: u32,
+        used: u32,
+    }
+
+    impl BitWriter {
+        fn put(&mut self, value: u32, n: u32) {
+            for i in (0..n).rev() {
+                self.word = self.word << 1 | (value >> i) & 1;
+                self.used += 1;
+                if self.used == 16 {
+                    self.bytes.extend_from_slice(&(self.word as u16).to_le_bytes());
+                    (self.word, self.used) = (0, 0);
+                }
+            }
+        }
+
+        /// Pads to a word boundary (a whole word when already on one, as LZX does before a
+        /// stored block's offsets).
+        fn align(&mut self) {
+            self.put(0, if self.used == 0 { 16 } else { 16 - self.used });
+        }
+    }
+
+    /// A stored block of `data`: its header, the three recent offsets, the bytes and the
+    /// padding byte after an odd count.
+    fn stored(w: &mut BitWriter, data: &[u8]) {
+        w.put(3, 3);
+        w.put(0, 1);
+        w.put(data.len() as u32, 16);
+        w.align();
+        for r in [1u32, 1, 1] {
+            w.bytes.extend_from_slice(&r.to_le_bytes());
+        }
+        w.bytes.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            w.bytes.push(0);
+        }
+    }
+
+    #[test]
+    fn stored_blocks_follow_each_other_with_their_padding() {
+        let mut w = BitWriter::default();
+        stored(&mut w, b"hello");
+        stored(&mut w, b"world!");
+        stored(&mut w, b"E8");
+        assert_eq!(decompress(&w.bytes, 13).unwrap(), b"helloworld!E8");
+        // A stored block that claims more bytes than the input holds is an error.
+        let mut short = BitWriter::default();
+        stored(&mut short, b"hello");
+        short.bytes.truncate(short.bytes.len() - 3);
+        assert!(decompress(&short.bytes, 5).is_err());
     }
 
     #[test]
