@@ -114,7 +114,7 @@ fn every_json_report_starts_with_its_schema_version() {
     for (tool, args) in runs {
         let text = String::from_utf8(run_ok(bin(tool).args(&args))).unwrap();
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        assert!(compact.starts_with("{\"schema_version\":1,"), "{tool} {args:?}: {}", &text[..text.len().min(80)]);
+        assert!(compact.starts_with("{\"schema_version\":2,"), "{tool} {args:?}: {}", &text[..text.len().min(80)]);
     }
 }
 
@@ -130,7 +130,7 @@ fn json_lines_equal_the_json_listing(image: &std::path::Path) {
         serde_json::from_slice(&run_ok(bin("vhdinspect").arg("files").arg(image).arg("--json"))).unwrap();
     let text = String::from_utf8(run_ok(bin("vhdinspect").arg("files").arg(image).arg("--jsonl"))).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().all(|l| l["schema_version"] == 1));
+    assert!(lines.iter().all(|l| l["schema_version"] == 2));
     let of = |kind: &str| lines.iter().filter(|l| l["type"] == kind).cloned().collect::<Vec<_>>();
     let strip = |mut v: serde_json::Value| {
         let o = v.as_object_mut().unwrap();
@@ -159,7 +159,7 @@ fn map_as_json_lines_equals_the_json_map() {
     let text = String::from_utf8(run_ok(bin("vhdinspect").arg("map").arg(&image).arg("--jsonl"))).unwrap();
     let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for l in &mut lines {
-        assert_eq!(l["schema_version"], 1);
+        assert_eq!(l["schema_version"], 2);
         l.as_object_mut().unwrap().remove("schema_version");
     }
     let summary = lines.pop().unwrap();
@@ -190,7 +190,7 @@ fn owners_of_a_block_as_json_lines_equal_the_json_answer() {
     let mut summary = lines.pop().unwrap();
     let kind = |v: &mut serde_json::Value| {
         let o = v.as_object_mut().unwrap();
-        assert_eq!(o.remove("schema_version").unwrap(), 1);
+        assert_eq!(o.remove("schema_version").unwrap(), 2);
         o.remove("type").unwrap()
     };
     assert_eq!(kind(&mut summary), "summary");

@@ -60,7 +60,7 @@ fn bare_hive_values_of_every_type_read_back_with_hivex() {
     assert_eq!(
         got,
         serde_json::json!({
-            "schema_version": 1, "key": key, "name": "M", "type": 7, "type_name": "REG_MULTI_SZ", "data": ["one", "two"],
+            "schema_version": 2, "key": key, "name": "M", "type": 7, "type_name": "REG_MULTI_SZ", "data": ["one", "two"],
             "stale": null
         })
     );

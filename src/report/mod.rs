@@ -3,7 +3,7 @@
 
 /// The version of the JSON vocabulary, the first key of every JSON report (and of every line
 /// of JSON Lines): raised when a listed key changes name or meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A report (a struct or a map) serialized with `schema_version` first, streamed as it is
 /// written.
