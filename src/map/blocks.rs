@@ -418,13 +418,19 @@ impl ImageMap<'_> {
 
     /// The blocks that may hold data (the others are unallocated, or holes of a sparse file).
     pub fn data_blocks(&self) -> Result<Vec<u64>> {
-        Ok(blocks_touched(&self.image.data_ranges(0, self.image.len())?, self.block_size()))
+        data_blocks(self.image, self.block_size())
     }
 
     /// Every block, classified in parallel.
     pub fn classify_blocks(&self) -> Result<Vec<BlockInfo>> {
         (0..self.block_count()).into_par_iter().map(|b| self.block_info(b)).collect()
     }
+}
+
+/// The blocks of `block_size` bytes of `device` that may hold data (the others are
+/// unallocated, or holes of a sparse file), in order.
+pub fn data_blocks(device: &(impl BlockDevice + ?Sized), block_size: u64) -> Result<Vec<u64>> {
+    Ok(blocks_touched(&device.data_ranges(0, device.len())?, block_size))
 }
 
 /// The blocks of `block_size` bytes that sorted `ranges` touch, in order.

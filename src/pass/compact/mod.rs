@@ -189,8 +189,7 @@ pub fn blocks_held(image: &DiskImage) -> Result<u64> {
         Some(_) if image.kind() != ImageKind::Fixed => image.stored_blocks().len() as u64,
         // A raw file holds nothing in its holes.
         _ if image.kind() == ImageKind::Raw => {
-            let data = image.data_ranges(0, image.len())?;
-            crate::map::blocks::blocks_touched(&data, held_block_size(image)).len() as u64
+            crate::map::blocks::data_blocks(image, held_block_size(image))?.len() as u64
         }
         _ => image.len().div_ceil(held_block_size(image)),
     })

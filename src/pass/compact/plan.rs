@@ -16,7 +16,7 @@ use super::{AZURE_MAX_SIZE, AZURE_MIN_SIZE, CompactOptions, OutputFormat};
 use crate::disk::Scheme;
 use crate::error::{Error, Remedy, Result};
 use crate::map::ImageMap;
-use crate::map::blocks::{Need, NeedKind, Presence, blocks_touched};
+use crate::map::blocks::{Need, NeedKind, Presence, data_blocks};
 use crate::pass::align::{self, RealignedDisk, Realignment};
 use crate::pass::sanitize::Sanitization;
 use crate::vhd::bitmap::SectorBitmap;
@@ -394,7 +394,7 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
     // Candidates: the blocks that may hold data (a differencing child: its own blocks).
     let candidates: Vec<u64> = match format {
         OutputFormat::Differencing => map.image.stored_blocks(),
-        _ => blocks_touched(&source.data_ranges(0, source_size)?, block_size),
+        _ => data_blocks(&source, block_size)?,
     };
     let planned: Vec<(u64, Option<StoredBlock>)> = candidates
         .into_par_iter()
