@@ -210,17 +210,8 @@ fn run(cli: &Cli) -> Result<bool> {
     let uploading = upload_url(cli).is_some();
     let progress = Progress::new(cli.quiet);
     let bar = &progress.bar;
-    let events = |e: Event<'_>| match e {
-        Event::RemovedStale(removed) => crate::cli::report_stale("vhdcompact", removed),
-        Event::Writing { temp, units } => {
-            if let Some(temp) = temp {
-                crate::cli::track_temp(temp);
-            }
-            progress.phase(if uploading { "uploading" } else { "writing blocks" }, units);
-        }
-        Event::Written(done) => bar.set_position(done),
-        Event::Verifying => progress.spin("verifying"),
-    };
+    let label = if uploading { "uploading" } else { "writing blocks" };
+    let events = |e: Event<'_>| progress.event("vhdcompact", label, e);
     let input = cli.input.as_deref().ok_or_else(|| Error::Usage("give the image to compact".into()))?;
     let report = if cli.in_place {
         let (mut image, recovery) = DiskImage::open_writable(input, &cli.open_options())?;

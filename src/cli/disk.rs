@@ -183,17 +183,7 @@ fn run(cli: Cli) -> Result<bool> {
 /// Runs the command, its progress on `progress` (cleared before the report is printed).
 fn run_command(cli: Cli, progress: &crate::cli::Progress) -> Result<bool> {
     let open = OpenOptions { wait: lock_wait(cli.wait), ..OpenOptions::default() };
-    let events = |e: Event<'_>| match e {
-        Event::RemovedStale(removed) => crate::cli::report_stale("vhddisk", removed),
-        Event::Writing { temp, units } => {
-            if let Some(temp) = temp {
-                crate::cli::track_temp(temp);
-            }
-            progress.phase(if temp.is_some() { "copying" } else { "committing" }, units);
-        }
-        Event::Written(done) => progress.bar.set_position(done),
-        Event::Verifying => {}
-    };
+    let events = |label: &'static str| move |e: Event<'_>| progress.event("vhddisk", label, e);
     match cli.command {
         Command::Create {
             output,
@@ -228,7 +218,7 @@ fn run_command(cli: Cli, progress: &crate::cli::Progress) -> Result<bool> {
                 replace: if force { Replace::Existing } else { Replace::Never },
                 open,
             };
-            let r = create(&output, &opts, &events)?;
+            let r = create(&output, &opts, &events("copying"))?;
             progress.bar.finish_and_clear();
             emit(cli.json, &r, render_create)?;
         }
@@ -260,7 +250,7 @@ fn run_command(cli: Cli, progress: &crate::cli::Progress) -> Result<bool> {
         }
         Command::Commit { child, depth, remove, force } => {
             let opts = CommitOptions { depth: depth as usize, remove, search: cli.search.clone(), force, open };
-            let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events));
+            let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events("committing")));
             progress.bar.finish_and_clear();
             emit(cli.json, &r?, render_commit)?;
         }

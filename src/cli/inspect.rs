@@ -259,21 +259,19 @@ pub struct OwnerQuery {
 
 /// Runs `vhdinspect` with the process arguments.
 pub fn main() -> ExitCode {
-    if let Some(code) = crate::cli::generate_if_asked(<Cli as clap::CommandFactory>::command()) {
+    let cmd = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("reg", |reg| crate::cli::reg::with_image_in_usage(reg, "vhdinspect reg"));
+    if let Some(code) = crate::cli::generate_if_asked(cmd.clone()) {
         return code;
     }
     crate::cli::handle_signals("vhdinspect");
-    let cmd = <Cli as clap::CommandFactory>::command()
-        .mut_subcommand("reg", |reg| crate::cli::reg::with_image_in_usage(reg, "vhdinspect reg"));
-    let args = reg_image_before_command(std::env::args_os().collect());
-    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit());
-    finish("vhdinspect", run(cli))
+    let args = reg_image_before_command(&cmd, std::env::args_os().collect());
+    finish("vhdinspect", run(crate::cli::parse(cmd, args)))
 }
 
-/// `vhdinspect reg get IMAGE KEY` as `vhdinspect reg IMAGE get KEY`, as `vhdreg` takes it.
-fn reg_image_before_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
+/// `vhdinspect reg get IMAGE KEY` as `vhdinspect reg IMAGE get KEY`, as `vhdreg` takes it
+/// (`cmd`: vhdinspect's command line).
+fn reg_image_before_command(cmd: &clap::Command, args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let Some(reg) = cmd.find_subcommand("reg") else { return args };
     // `reg` is the first word that is not an option (of vhdinspect's own, only --generate
     // takes a value).

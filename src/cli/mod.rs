@@ -75,6 +75,22 @@ impl Progress {
         self.bar.set_style(indicatif::ProgressStyle::default_spinner());
         self.bar.set_message(label);
     }
+
+    /// What `tool` shows of a pass's event: stale temporaries it removed, the temporary output
+    /// to remove on interruption, and the writing (as `label`) and verifying phases.
+    pub fn event(&self, tool: &str, label: &'static str, e: crate::pass::Event<'_>) {
+        match e {
+            crate::pass::Event::RemovedStale(removed) => report_stale(tool, removed),
+            crate::pass::Event::Writing { temp, units } => {
+                if let Some(temp) = temp {
+                    track_temp(temp);
+                }
+                self.phase(label, units);
+            }
+            crate::pass::Event::Written(done) => self.bar.set_position(done),
+            crate::pass::Event::Verifying => self.spin("verifying"),
+        }
+    }
 }
 
 /// What to do about a parent found by its identity somewhere the child does not look.
@@ -172,6 +188,12 @@ pub fn generate_if_asked(mut cmd: clap::Command) -> Option<ExitCode> {
             ExitCode::from(1)
         }
     })
+}
+
+/// `args` parsed by `cmd` (a tool's command line, its help adjusted) into `C`; a usage error
+/// or `--help` ends the process as clap does.
+pub fn parse<C: clap::FromArgMatches>(cmd: clap::Command, args: Vec<std::ffi::OsString>) -> C {
+    C::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit())
 }
 
 /// The tool's one man page: its options, then every command in full under COMMANDS (no page

@@ -185,8 +185,7 @@ pub fn main() -> ExitCode {
     }
     crate::cli::handle_signals("vhdreg");
     let args = image_before_command(&cmd, std::env::args_os().collect(), 1);
-    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit());
-    finish("vhdreg", run(cli))
+    finish("vhdreg", run(crate::cli::parse(cmd, args)))
 }
 
 /// `cmd` (vhdreg, or vhdinspect's reg, which `tool` names) with each command's usage naming
