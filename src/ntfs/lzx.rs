@@ -365,7 +365,7 @@ impl<'a> Bits<'a> {
             partial => partial,
         };
         self.skip(skip);
-        let at = self.next - (self.count / 8) as usize;
+        let at = self.consumed();
         if at > self.data.len() {
             return Err(LzxError::Truncated(self.data.len()));
         }

@@ -33,6 +33,9 @@ enum Rewrite {
     Zero(Vec<(u64, u64)>),
 }
 
+/// Bytes of a planned write compared with the image's at a time.
+const COMPARED: usize = 1 << 20;
+
 /// Sanitizes `image` in place before it is compacted: record rewrites and the emptied
 /// `$LogFile` through the journal (each lands whole or not at all), then the zero fills
 /// (slack, pagefile data) straight, where the disk does not read zeros already: a cut-short
@@ -47,12 +50,12 @@ fn sanitize(image: &mut DiskImage) -> Result<Option<crate::pass::sanitize::Sanit
     };
     // Only what differs is written: a volume sanitized before is left as it is.
     let mut changed = Vec::new();
-    let mut now = vec![0u8; 1 << 20];
+    let mut now = vec![0u8; COMPARED];
     for w in journaled {
         let mut differs = false;
-        for (i, piece) in w.bytes.chunks(now.len()).enumerate() {
+        for (i, piece) in w.bytes.chunks(COMPARED).enumerate() {
             let current = &mut now[..piece.len()];
-            image.read_at(w.offset + (i * (1 << 20)) as u64, current)?;
+            image.read_at(w.offset + (i * COMPARED) as u64, current)?;
             if current != piece {
                 differs = true;
                 break;
