@@ -71,7 +71,7 @@ pub fn check_image(image: &DiskImage) -> Result<Vec<Finding>> {
 pub fn write_hazards(image: &DiskImage) -> Vec<Finding> {
     match image {
         DiskImage::Sparse(s) => sparse_hazards(s),
-        DiskImage::Vhdx(v) => v.findings().iter().cloned().chain(v.layout_findings()).filter(|f| f.hazard).collect(),
+        DiskImage::Vhdx(v) => vhdx_hazards(v),
         _ => Vec::new(),
     }
 }
@@ -99,6 +99,11 @@ pub fn hazard_error(f: &Finding) -> crate::error::Error {
 /// The problems of a dynamic or differencing image that make writing into it in place unsafe.
 pub fn sparse_hazards(s: &SparseVhd) -> Vec<Finding> {
     s.findings().iter().cloned().chain(check_layout(s)).filter(|f| f.hazard).collect()
+}
+
+/// The problems of a VHDX that make writing into it in place unsafe.
+pub fn vhdx_hazards(v: &crate::vhdx::Vhdx) -> Vec<Finding> {
+    v.findings().iter().cloned().chain(v.layout_findings()).filter(|f| f.hazard).collect()
 }
 
 fn footer_offset(image: &DiskImage) -> u64 {

@@ -35,7 +35,7 @@ impl Vhdx {
     /// with its free ranges zeroed (a sector bitmap change is not made: the block keeps its
     /// sectors); blocks not named stay as they are.
     pub fn rewrite_in_place(&mut self, rewrites: &[(u64, BlockRewrite)]) -> Result<RewriteOutcome> {
-        if let Some(f) = self.findings.iter().cloned().chain(self.layout_findings()).find(|f| f.hazard) {
+        if let Some(f) = crate::vhd::check::vhdx_hazards(self).into_iter().next() {
             return Err(crate::vhd::check::hazard_error(&f));
         }
         self.begin(true)?;
