@@ -19,11 +19,20 @@ pub fn set_hidden_sectors(sector: &mut [u8], hidden: u32) {
     sector[HIDDEN_SECTORS_OFFSET..HIDDEN_SECTORS_OFFSET + 4].copy_from_slice(&hidden.to_le_bytes());
 }
 
+/// Offset of an NTFS BPB's total-sectors field (the volume's size, its backup boot sector
+/// after it).
+const NTFS_TOTAL_SECTORS_OFFSET: usize = 0x28;
+
+/// Sets an NTFS boot sector's total-sectors field.
+pub fn set_ntfs_total_sectors(sector: &mut [u8], sectors: u64) {
+    sector[NTFS_TOTAL_SECTORS_OFFSET..NTFS_TOTAL_SECTORS_OFFSET + 8].copy_from_slice(&sectors.to_le_bytes());
+}
+
 /// Where the volume keeps a copy of this boot sector, in sectors from its start: NTFS past its
 /// last sector (its total-sectors count), FAT32 where its BPB says (none when 0).
 pub fn backup_sector(sector: &[u8], kind: FsKind) -> Option<u64> {
     match kind {
-        FsKind::Ntfs => Some(le64(sector, 0x28)),
+        FsKind::Ntfs => Some(le64(sector, NTFS_TOTAL_SECTORS_OFFSET)),
         FsKind::Fat32 => Some(le16(sector, 0x32) as u64).filter(|&s| s > 0),
         _ => None,
     }
@@ -129,7 +138,7 @@ impl NtfsBootSector {
         if cluster_size > 2 << 20 {
             return Err(format!("cluster size {cluster_size} exceeds 2 MiB"));
         }
-        let total_sectors = le64(b, 0x28);
+        let total_sectors = le64(b, NTFS_TOTAL_SECTORS_OFFSET);
         let total_clusters = total_sectors / spc as u64;
         let mft_lcn = le64(b, 0x30);
         let mft_mirror_lcn = le64(b, 0x38);

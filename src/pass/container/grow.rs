@@ -80,7 +80,7 @@ pub fn grow_last_partition(image: &mut DiskImage, force: bool) -> Result<Partiti
         let mut boot = vec![0u8; ss.bytes() as usize];
         view.read_at(0, &mut boot)?;
         let ntfs_sectors = ss.bytes_of(total_sectors) / idx.bpb.bytes_per_sector as u64;
-        boot[0x28..0x30].copy_from_slice(&ntfs_sectors.to_le_bytes());
+        crate::disk::boot_sector::set_ntfs_total_sectors(&mut boot, ntfs_sectors);
         let p0 = p.start();
         writes.push(DiskWrite { offset: p0, bytes: boot.clone(), what: "NTFS boot sector".into() });
         writes.push(DiskWrite {
