@@ -31,9 +31,7 @@ fn patch_header(path: &Path, field: usize, bytes: &[u8]) {
     let mut data = std::fs::read(path).unwrap();
     let h = &mut data[512..1536];
     h[field..field + bytes.len()].copy_from_slice(bytes);
-    h[36..40].fill(0);
-    let sum = !h.iter().fold(0u32, |a, &b| a.wrapping_add(b as u32));
-    h[36..40].copy_from_slice(&sum.to_be_bytes());
+    vhd_checksum(h, 36);
     std::fs::write(path, data).unwrap();
 }
 

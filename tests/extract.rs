@@ -305,13 +305,7 @@ fn wof_compressed_files_read_as_their_bytes_xpress_and_lzx() {
     let mut content: Vec<u8> =
         (0..100_000u32).flat_map(|i| format!("{} wof line {}\n", i % 977, i / 7).into_bytes()).take(100_000).collect();
     content.extend((0..1500u32).flat_map(|i| [0xE8].into_iter().chain((i * 37).to_le_bytes())).chain([0x90; 3]));
-    let mut x = 0x9E37_79B9u32;
-    content.extend((0..6000).map(|_| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x as u8
-    }));
+    content.extend(noise(0x9E37_79B9, 6000));
     std::fs::write(src.join("file.bin"), &content).unwrap();
     let mut resources = Vec::new();
     for (algorithm, compress, chunk) in

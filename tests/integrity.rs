@@ -688,13 +688,6 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
     assert_eq!(n("blocks_before") - n("blocks_after"), n("dropped_blocks") + n("dropped_zero_blocks"), "{r}");
 }
 
-/// A one's-complement VHD checksum of `bytes`, with its own field at `at` taken as zero.
-fn vhd_checksum(bytes: &mut [u8], at: usize) {
-    bytes[at..at + 4].fill(0);
-    let sum = bytes.iter().fold(0u32, |s, &b| s.wrapping_add(b as u32));
-    bytes[at..at + 4].copy_from_slice(&(!sum).to_be_bytes());
-}
-
 #[test]
 fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
     let dir = tempdir();
@@ -702,13 +695,7 @@ fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
     // about a million entries point past the file or at each other.
     let mut b = std::fs::read(corpus("aligned-dynamic.vhd")).unwrap();
     let footer = b.split_off(b.len() - 512);
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    b.extend((0..4 << 20).map(|_| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as u8
-    }));
+    b.extend(noise(0x2545_f491_4f6c_dd1d, 4 << 20));
     b.extend(footer);
     let size = 2040u64 << 30;
     let end = b.len() - 512;

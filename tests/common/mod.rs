@@ -213,6 +213,27 @@ pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
     data
 }
 
+/// `len` bytes of noise no coder shrinks, the same for the same `seed` (xorshift).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sets the one's-complement VHD checksum of a footer or dynamic header (`bytes`), its own
+/// field at `at` taken as zero.
+pub fn vhd_checksum(bytes: &mut [u8], at: usize) {
+    bytes[at..at + 4].fill(0);
+    let sum = bytes.iter().fold(0u32, |s, &b| s.wrapping_add(b as u32));
+    bytes[at..at + 4].copy_from_slice(&(!sum).to_be_bytes());
+}
+
 /// SHA-256 of bytes, in hex.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
