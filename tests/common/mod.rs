@@ -291,7 +291,10 @@ fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
 pub fn with_ntfs3g<T>(volume: &Path, read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
     let mnt = tempdir();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let opts = if read_only { "ro,streams_interface=xattr,no_detach" } else { "rw,streams_interface=xattr,no_detach" };
+    // noatime: another process reading the mount (a `du` over /tmp, an indexer) must not
+    // change the volume a test compares sector by sector.
+    let opts =
+        if read_only { "ro,streams_interface=xattr,no_detach" } else { "rw,noatime,streams_interface=xattr,no_detach" };
     let mut child = Command::new("ntfs-3g")
         .args(["-o", opts])
         .arg(volume)
