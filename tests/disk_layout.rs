@@ -109,8 +109,7 @@ fn gpt_sample_with_valid_crcs_and_backup() {
     let Some(gz) = realdata("dfir_ntfs/test_data/gpt-512-3p.raw.gz") else { return };
     let dir = tempdir();
     let raw = dir.path().join("gpt.raw");
-    let data = run_ok(Command::new("gzip").arg("-dc").arg(&gz));
-    std::fs::write(&raw, data).unwrap();
+    gunzip_sparse(&gz, &raw);
     let img = open(&raw);
     let layout = DiskLayout::read(&img).unwrap();
     assert_eq!(layout.scheme.to_string(), "gpt");
@@ -142,7 +141,7 @@ fn windows_ntfs_samples_wrapped_into_vhds() {
     let Some(gz) = realdata("ntfs-samples/ntfs-lastaccess.raw.gz") else { return };
     let dir = tempdir();
     let raw = dir.path().join("lastaccess.raw");
-    std::fs::write(&raw, run_ok(Command::new("gzip").arg("-dc").arg(&gz))).unwrap();
+    gunzip_sparse(&gz, &raw);
     let vhd = dir.path().join("lastaccess.vhd");
     run_ok(
         Command::new("qemu-img")

@@ -81,12 +81,6 @@ fn extract_writes_every_file_and_stream_of_the_corpus_as_ntfs3g_reads_them() {
     }
 }
 
-/// A gzip-compressed raw image decompressed with its zero runs left as holes.
-fn gunzip_sparse(src: &Path, dst: &Path) {
-    let script = "import gzip,sys\nz=bytes(1<<20)\nwith gzip.open(sys.argv[1]) as i, open(sys.argv[2],'wb') as o:\n  while True:\n    b=i.read(1<<20)\n    if not b: break\n    if b==z[:len(b)]: o.seek(len(b),1)\n    else: o.write(b)\n  o.truncate()\n";
-    run_ok(Command::new("python3").args(["-c", script]).arg(src).arg(dst));
-}
-
 #[test]
 fn extract_matches_ntfs3g_on_real_windows_volumes() {
     let dir = tempdir();

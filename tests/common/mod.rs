@@ -2,9 +2,10 @@
 //! tools and the project's binaries.
 #![allow(dead_code)]
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 use vhdkit::{BlockDevice, DiskImage, OpenOptions};
@@ -50,6 +51,40 @@ pub fn realdata(rel: &str) -> Option<PathBuf> {
         eprintln!("skipped: real data {} is absent", p.display());
         None
     }
+}
+
+/// Copies `from` into a new file at `to`, leaving each all-zero MiB a hole: the Windows-made
+/// sample volumes are GiBs of mostly zeros, and a CI machine may be short of disk.
+pub fn copy_sparse(mut from: impl Read, to: &Path) {
+    let mut out = std::fs::File::create(to).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                got => n += got,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(n as i64)).unwrap();
+        } else {
+            out.write_all(&buf[..n]).unwrap();
+        }
+        len += n as u64;
+    }
+    out.set_len(len).unwrap();
+}
+
+/// A gzip-compressed disk unpacked to `to` as a sparse file (see `copy_sparse`).
+pub fn gunzip_sparse(gz: &Path, to: &Path) {
+    let mut gzip = Command::new("gzip").arg("-dc").arg(gz).stdout(Stdio::piped()).spawn().expect("gzip is needed");
+    copy_sparse(gzip.stdout.take().unwrap(), to);
+    assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
 }
 
 /// A fresh temporary directory.
