@@ -39,7 +39,7 @@ fn qemu_partition(image: &Path, index: u32, dir: &Path) -> (PathBuf, u64) {
 /// `mmls` start sectors of the NTFS partitions.
 fn mmls_starts(image: &Path, dir: &Path) -> Vec<u64> {
     let raw = dir.join("mmls.raw");
-    std::fs::write(&raw, qemu_raw(image, dir)).unwrap();
+    qemu_raw_file(image, &raw);
     let text = String::from_utf8(run_ok(Command::new("mmls").arg(&raw))).unwrap();
     std::fs::remove_file(&raw).unwrap();
     text.lines().filter(|l| l.contains("NTFS")).map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap()).collect()
@@ -156,7 +156,7 @@ fn logical_partitions_and_their_ebrs_move_together() {
     }
     // sfdisk reads the same chain.
     let raw = dir.path().join("disk.raw");
-    std::fs::write(&raw, qemu_raw(&out, dir.path())).unwrap();
+    qemu_raw_file(&out, &raw);
     let dump = String::from_utf8(run_ok(Command::new("sfdisk").arg("-d").arg(&raw))).unwrap();
     for m in moves {
         assert!(dump.contains(&format!("start= {:>11}", m["new_start_lba"].as_u64().unwrap())), "{dump}");
@@ -176,7 +176,7 @@ fn a_gpt_disk_moves_to_the_block_size_with_valid_crcs() {
     let check = run(bin("vhdinspect").arg("check").arg(&out));
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
     let raw = dir.path().join("disk.raw");
-    std::fs::write(&raw, qemu_raw(&out, dir.path())).unwrap();
+    qemu_raw_file(&out, &raw);
     let sf = run(Command::new("sfdisk").arg("-d").arg(&raw));
     assert!(sf.status.success() && sf.stderr.is_empty(), "{}", String::from_utf8_lossy(&sf.stderr));
     assert_eq!(image_file_hashes(&out), want);

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -27,25 +27,17 @@ const VOLUMES: [(&str, u32); 6] = [
     ("gpt-dynamic.vhd", 2),
 ];
 
-/// A partition of an image copied out to its own (sparse) file, for ntfs-3g tools and Sleuth Kit.
-fn partition_file(img: &DiskImage, index: u32, dir: &Path) -> PathBuf {
-    let layout = DiskLayout::read(img).unwrap();
-    let p = layout.partition(index).unwrap();
-    let view = PartitionView::new(img, p);
-    let out = dir.join(format!("part{index}.img"));
-    copy_sparse(DeviceReader::new(&view), &out);
-    out
-}
-
 fn index_of(img: &DiskImage, index: u32) -> NtfsIndex {
     let layout = DiskLayout::read(img).unwrap();
     let p = layout.partition(index).unwrap();
     NtfsIndex::build(&PartitionView::new(img, p), index, IndexDetail::Files).unwrap()
 }
 
-/// `fls -r -p -u` paths, streams and TSK's virtual entries left out.
-fn fls_paths(volume: &Path) -> BTreeSet<String> {
-    let out = run_ok(Command::new("fls").args(["-r", "-p", "-u", "-f", "ntfs"]).arg(volume));
+/// `fls -r -p -u` paths of the volume at `sector` of `image`, streams and TSK's virtual
+/// entries left out.
+fn fls_paths(image: &Path, sector: u64) -> BTreeSet<String> {
+    let out =
+        run_ok(Command::new("fls").args(["-r", "-p", "-u", "-f", "ntfs", "-o"]).arg(sector.to_string()).arg(image));
     String::from_utf8(out)
         .unwrap()
         .lines()
@@ -69,8 +61,8 @@ fn file_names_match_sleuth_kit_on_every_corpus_volume() {
         let img = open(&corpus(name));
         let idx = index_of(&img, index);
         assert!(idx.problems.is_empty(), "{name}:{index}: {:?}", idx.problems);
-        let part = partition_file(&img, index, dir.path());
-        assert_eq!(our_paths(&idx), fls_paths(&part), "{name} partition {index}");
+        let volume = ReadableVolume::at_sector(&corpus(name), index, dir.path());
+        assert_eq!(our_paths(&idx), fls_paths(&volume.path, volume.sector), "{name} partition {index}");
     }
 }
 
@@ -83,7 +75,7 @@ fn bitmap_and_owners_agree_on_every_corpus_volume() {
         let c = idx.consistency();
         assert_eq!((c.owned_but_free, c.allocated_but_unowned, c.cross_linked), (0, 0, 0), "{name}:{index}: {c:?}");
         // $Bitmap read independently by ntfs-3g.
-        let part = partition_file(&img, index, dir.path());
+        let part = partition_image(&img, index, dir.path());
         let bitmap = run_ok(Command::new("ntfscat").arg("-i").arg("6").arg(&part));
         let need = idx.total_clusters().div_ceil(8) as usize;
         assert_eq!(&bitmap[..need], idx.bitmap.bytes(), "{name}:{index}");
@@ -96,7 +88,7 @@ fn sampled_cluster_owners_match_ifind() {
     for (name, index) in [("xp-fixed.vhd", 1), ("logical-dynamic.vhd", 5)] {
         let img = open(&corpus(name));
         let idx = index_of(&img, index);
-        let part = partition_file(&img, index, dir.path());
+        let part = partition_image(&img, index, dir.path());
         // Records Sleuth Kit sees in use: ifind may answer with a deleted record whose stale
         // runs name a cluster that was reused since.
         let fls = run_ok(Command::new("fls").args(["-r", "-u", "-f", "ntfs"]).arg(&part));
@@ -136,7 +128,7 @@ fn cluster_ranges_match_ntfscluster() {
     let dir = tempdir();
     let img = open(&corpus("xp-fixed.vhd"));
     let idx = index_of(&img, 1);
-    let part = partition_file(&img, 1, dir.path());
+    let part = partition_image(&img, 1, dir.path());
     for (a, b) in [(0u64, 40u64), (4000, 4400), (8000, 8300), (12000, 16375)] {
         let out = run_ok(Command::new("ntfscluster").args(["-f", "-c", &format!("{a}-{b}")]).arg(&part));
         let theirs: BTreeSet<u64> = String::from_utf8_lossy(&out)
@@ -161,7 +153,7 @@ fn stream_contents_through_our_runs_match_ntfscat() {
     let layout = DiskLayout::read(&img).unwrap();
     let view = PartitionView::new(&img, layout.partition(1).unwrap());
     let idx = NtfsIndex::build(&view, 1, IndexDetail::Files).unwrap();
-    let part = partition_file(&img, 1, dir.path());
+    let part = partition_image(&img, 1, dir.path());
     let mut compared = 0;
     for f in &idx.files {
         // ntfs-3g returns $MFT and $MFTMirr with update sequence fixups applied; we read raw.
@@ -304,7 +296,7 @@ fn dirty_and_hibernated_volumes_are_reported() {
     let dir = tempdir();
     let img = open(&corpus("aligned-dynamic.vhd"));
     let layout = DiskLayout::read(&img).unwrap();
-    let part = partition_file(&img, 1, dir.path());
+    let part = partition_image(&img, 1, dir.path());
     // hiberfil.sys with a live hibernation header, copied in by ntfs-3g (no mount needed).
     let hib = dir.path().join("hiberfil.sys");
     let mut body = b"HIBR".to_vec();
@@ -355,8 +347,8 @@ fn windows_made_volumes_match_sleuth_kit() {
         assert!(idx.problems.is_empty(), "{sample}: {:?}", idx.problems);
         let c = idx.consistency();
         assert_eq!((c.owned_but_free, c.cross_linked), (0, 0), "{sample}: {c:?}");
-        let part = partition_file(&img, 1, dir.path());
-        assert_eq!(our_paths(idx), fls_paths(&part), "{sample}");
+        let volume = ReadableVolume::at_sector(&raw, 1, dir.path());
+        assert_eq!(our_paths(idx), fls_paths(&volume.path, volume.sector), "{sample}");
         if sample.contains("lastaccess") {
             let (f, _) = idx.find_path("test/1.txt").unwrap();
             assert_eq!(f.default_stream().unwrap().data_size, 143);
@@ -376,7 +368,7 @@ fn two_mib_clusters_that_sleuth_kit_cannot_read() {
     let idx = index_of(&img, 1);
     assert_eq!(idx.cluster_size(), 2 << 20);
     assert!(idx.problems.is_empty(), "{:?}", idx.problems);
-    let part = partition_file(&img, 1, dir.path());
+    let part = partition_image(&img, 1, dir.path());
     // ntfs-3g lists the root; our root entries must match it.
     let out = String::from_utf8(run_ok(Command::new("ntfsls").args(["-a", "-s"]).arg(&part))).unwrap();
     let theirs: BTreeSet<String> = out.lines().map(str::to_string).filter(|n| n != "." && n != "..").collect();

@@ -91,7 +91,7 @@ fn create_from_a_source_copies_it_exactly() {
     let big = dir.path().join("big.vhd");
     vhddisk_json(&["create", "--size", "100M", "--from", gpt.to_str().unwrap()], &[&big]);
     let raw = dir.path().join("big.raw");
-    std::fs::write(&raw, qemu_raw(&big, dir.path())).unwrap();
+    qemu_raw_file(&big, &raw);
     let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
     assert!(verify.contains("No problems found"), "{verify}");
     assert_eq!(image_file_hashes(&big), image_file_hashes(&gpt));
@@ -130,7 +130,7 @@ fn expand_and_shrink_keep_every_file_and_move_the_gpt_backup() {
     assert_eq!(r["gpt_backup_moved"], true);
     assert_eq!(qemu_size(&image, "vpc"), 1 << 30);
     let raw = dir.path().join("grown.raw");
-    std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+    qemu_raw_file(&image, &raw);
     let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
     assert!(verify.contains("No problems found"), "{verify}");
     assert_eq!(image_file_hashes(&image), before, "every file as it was");
@@ -140,7 +140,7 @@ fn expand_and_shrink_keep_every_file_and_move_the_gpt_backup() {
     let layout = vhdkit::DiskLayout::read(&open(&image)).unwrap();
     let last_end = layout.partitions.iter().map(|p| p.start() + p.len()).max().unwrap();
     assert_eq!(r["new_size"].as_u64().unwrap(), last_end + 33 * 512);
-    std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+    qemu_raw_file(&image, &raw);
     let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
     assert!(verify.contains("No problems found"), "{verify}");
     assert_eq!(image_file_hashes(&image), before);
@@ -527,7 +527,7 @@ fn a_vhdx_grows_and_shrinks_through_its_log() {
         let check = run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&image));
         assert!(check.status.success(), "{label}: {}", String::from_utf8_lossy(&check.stdout));
         let raw = dir.path().join("disk.raw");
-        std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+        qemu_raw_file(&image, &raw);
         let verify = String::from_utf8(run_ok(Command::new("sgdisk").arg("-v").arg(&raw))).unwrap();
         assert!(verify.contains("No problems found"), "{label}: {verify}");
         assert_eq!(image_file_hashes(&image), before, "{label}: every file as it was");
@@ -683,7 +683,7 @@ fn expand_grows_the_last_ntfs_partition_into_the_new_space() {
         assert!(free_after >= free_before + added - (1 << 20), "{name}: free {free_before} -> {free_after}");
         assert_eq!(image_file_hashes(&image), before, "{name}");
         let raw = dir.path().join("disk.raw");
-        std::fs::write(&raw, qemu_raw(&image, dir.path())).unwrap();
+        qemu_raw_file(&image, &raw);
         let table = String::from_utf8(run_ok(Command::new("sfdisk").arg("-d").arg(&raw))).unwrap();
         let sectors = grown["new_bytes"].as_u64().unwrap() / 512;
         assert!(table.replace(' ', "").contains(&format!("size={sectors},")), "{name}: {table}");

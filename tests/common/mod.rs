@@ -87,6 +87,21 @@ pub fn gunzip_sparse(gz: &Path, to: &Path) {
     assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
 }
 
+/// The first partition of a gzip-compressed MBR disk, unpacked alone to `to` (sparse).
+pub fn gunzip_first_partition(gz: &Path, to: &Path) {
+    let mut gzip = Command::new("gzip").arg("-dc").arg(gz).stdout(Stdio::piped()).spawn().expect("gzip is needed");
+    let mut disk = gzip.stdout.take().unwrap();
+    let mut mbr = [0u8; 512];
+    disk.read_exact(&mut mbr).unwrap();
+    let field = |at: usize| u64::from(u32::from_le_bytes(mbr[at..at + 4].try_into().unwrap()));
+    let (start, sectors) = (field(454), field(458));
+    assert!(start > 0 && mbr[510..] == [0x55, 0xAA], "{}: no MBR partition 1", gz.display());
+    std::io::copy(&mut (&mut disk).take((start - 1) * 512), &mut std::io::sink()).unwrap();
+    copy_sparse((&mut disk).take(sectors * 512), to);
+    std::io::copy(&mut disk, &mut std::io::sink()).unwrap();
+    assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
+}
+
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("vhdkit-test").tempdir().unwrap()
@@ -236,13 +251,18 @@ pub fn open(path: &Path) -> DiskImage {
 }
 
 /// `qemu-img convert -O raw` of a VHD (told `-f vpc`: qemu probes a fixed VHD as raw, footer
-/// included) or a VHDX, read into memory.
-pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
-    let out = dir.join(format!("{}.qemu.raw", image.file_name().unwrap().to_string_lossy()));
+/// included) or a VHDX, written to `to` (sparse: qemu leaves zeros as holes).
+pub fn qemu_raw_file(image: &Path, to: &Path) {
     let mut head = [0u8; 8];
     std::io::Read::read_exact(&mut std::fs::File::open(image).unwrap(), &mut head).unwrap();
     let format = if &head == b"vhdxfile" { "vhdx" } else { "vpc" };
-    run_ok(Command::new("qemu-img").args(["convert", "-f", format, "-O", "raw"]).arg(image).arg(&out));
+    run_ok(Command::new("qemu-img").args(["convert", "-f", format, "-O", "raw"]).arg(image).arg(to));
+}
+
+/// `qemu_raw_file` read into memory.
+pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("{}.qemu.raw", image.file_name().unwrap().to_string_lossy()));
+    qemu_raw_file(image, &out);
     let data = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     data
@@ -401,14 +421,55 @@ fn hash_tree(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<Strin
     }
 }
 
-/// The bytes of partition `index` of an image, written to `dir/part<index>.img`.
+/// The bytes of partition `index` of an image, written to `dir/part<index>.img` as a sparse
+/// file (for ntfs-3g and Sleuth Kit, which read volumes, not containers).
 pub fn partition_image(image: &DiskImage, index: u32, dir: &Path) -> PathBuf {
     let layout = vhdkit::DiskLayout::read(image).unwrap();
     let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}"));
     let view = vhdkit::PartitionView::new(image, p);
     let out = dir.join(format!("part{index}.img"));
-    std::fs::write(&out, read_all(&view)).unwrap();
+    copy_sparse(vhdkit::DeviceReader::new(&view), &out);
     out
+}
+
+/// Partition `index` of `image` as a file ntfs-3g or Sleuth Kit reads: a raw image in place
+/// where the tool can, anything else through a sparse copy in `dir`, removed on drop.
+pub struct ReadableVolume {
+    pub path: PathBuf,
+    /// The volume's first 512-byte sector in `path` (Sleuth Kit's `-o`).
+    pub sector: u64,
+    copied: bool,
+}
+
+impl ReadableVolume {
+    /// For ntfs-3g, which reads a volume only from the start of a file.
+    pub fn at_start(image: &Path, index: u32, dir: &Path) -> Self {
+        Self::new(image, index, dir, false)
+    }
+
+    /// For Sleuth Kit, which reads a raw disk's partition in place at its sector.
+    pub fn at_sector(image: &Path, index: u32, dir: &Path) -> Self {
+        Self::new(image, index, dir, true)
+    }
+
+    fn new(image: &Path, index: u32, dir: &Path, offset_read: bool) -> Self {
+        let img = open(image);
+        let layout = vhdkit::DiskLayout::read(&img).unwrap();
+        let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}"));
+        if img.format() == vhdkit::ImageFormat::Raw && (offset_read || p.start() == 0) {
+            ReadableVolume { path: image.to_path_buf(), sector: p.start() / 512, copied: false }
+        } else {
+            ReadableVolume { path: partition_image(&img, index, dir), sector: 0, copied: true }
+        }
+    }
+}
+
+impl Drop for ReadableVolume {
+    fn drop(&mut self) {
+        if self.copied {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// ntfs-3g's file hashes of every NTFS partition of an image, keyed by partition.
@@ -421,7 +482,7 @@ pub fn image_file_hashes(image: &Path) -> std::collections::BTreeMap<u32, std::c
         let mut boot = [0u8; 512];
         img.read_at(p.start(), &mut boot).unwrap();
         if &boot[3..11] == b"NTFS    " {
-            out.insert(p.index, ntfs3g_hashes(&partition_image(&img, p.index, dir.path())));
+            out.insert(p.index, ntfs3g_hashes(&ReadableVolume::at_start(image, p.index, dir.path()).path));
         }
     }
     out
