@@ -12,7 +12,7 @@ WINDOWS_TARGET := x86_64-pc-windows-gnu
 PREFIX ?= $(HOME)/.local
 TOOLS := vhdinspect vhdcompact vhdreg vhddisk
 
-.PHONY: build test torture tools lint demo bench install corpus clean
+.PHONY: build test torture tools space lint demo bench install corpus clean
 
 build:
 	$(CARGO) build --release
@@ -46,6 +46,13 @@ tools:
 	    echo "missing azurite; run: npm install -g azurite"; exit 1; \
 	  fi; }
 
+# Says so when the disk is short of what a first `make test` needs (the suite still runs).
+space:
+	@free=$$(df -Pm . | awk 'NR==2 {print $$4}'); tmp=$$(df -Pm "$${TMPDIR:-/tmp}" | awk 'NR==2 {print $$4}'); \
+	if [ "$$free" -lt 4096 ] || [ "$$tmp" -lt 1200 ]; then \
+	  echo "notice: $$free MB free here and $$tmp MB in $${TMPDIR:-/tmp}; a first make test needs about 4 GB (a failure may be 'No space left on device')"; \
+	fi
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
@@ -63,7 +70,8 @@ lint:
 	  RUSTFLAGS="-D warnings" $(CARGO) check --quiet --target $(WINDOWS_TARGET) --lib --no-default-features --target-dir target/windows; \
 	fi
 
-test: tools lint
+# A first run needs about 4 GB free: 2.7 GB of build and up to 1.1 GB of test files at once.
+test: tools space lint
 	@[ -d ../shared/realdata ] || echo "notice: ../shared/realdata is absent: the tests that use real third-party images and hives are skipped"
 	$(CARGO) test --features fault-injection,internals,schema
 
