@@ -409,14 +409,14 @@ fn interrupted_runs_leave_no_temporary_output() {
             .filter(|n| n.ends_with(".partial"))
             .collect()
     };
-    for signal in ["INT", "TERM", "HUP"] {
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
         let out = dir.path().join(format!("out-{signal}.vhd"));
         let mut child = bin("vhdcompact").arg(&big).arg(&out).stderr(Stdio::piped()).spawn().unwrap();
         // Wait until the temporary output exists, then interrupt.
         assert!(wait_until(30, || !leftovers(dir.path()).is_empty()), "no temporary output appeared");
         assert!(Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap().success());
         let status = child.wait().unwrap();
-        assert!(!status.success(), "{signal}");
+        assert_eq!(status.code(), Some(code), "{signal}: 128 + the signal's number, as a shell reports it");
         assert!(leftovers(dir.path()).is_empty(), "{signal} left {:?}", leftovers(dir.path()));
         assert!(!out.exists());
     }

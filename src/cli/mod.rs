@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use serde::Serialize;
 
@@ -137,7 +137,8 @@ macro_rules! after_help {
             "Examples:\n",
             $examples,
             "\n\nExit codes: 0 success; 1 a problem found, a request refused or an error (one line on\n",
-            "stderr naming the file, the structure and the offset); 2 a usage error."
+            "stderr naming the file, the structure and the offset); 2 a usage error; 130, 143 or 129\n",
+            "stopped by SIGINT, SIGTERM or SIGHUP (128 + the signal's number)."
         )
     };
 }
@@ -266,24 +267,41 @@ pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
 static TEMP_OUTPUTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Set while an in-place write that must not be cut short runs.
 static DEFERRING: AtomicBool = AtomicBool::new(false);
-/// Set when a signal arrived while deferring.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signal that arrived while deferring (0: none).
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 
 /// Stops the process on SIGINT, SIGTERM or SIGHUP without leaving a temporary output behind:
-/// registered temporary files are removed first. A signal during a deferred section (a short
-/// journaled write) lets the section finish; it stops the process at the start of the next
-/// one, or the command simply ends.
+/// registered temporary files are removed first, and the exit code is 128 + the signal's
+/// number, as a shell reports a process the signal ended. A signal during a deferred section
+/// (a short journaled write) lets the section finish; it stops the process at the start of
+/// the next one, or the command simply ends.
 pub fn handle_signals(tool: &'static str) {
-    let _ = ctrlc::set_handler(move || {
+    on_interrupt(move |signal| {
         if DEFERRING.load(Ordering::SeqCst) {
-            INTERRUPTED.store(true, Ordering::SeqCst);
+            INTERRUPTED.store(signal, Ordering::SeqCst);
             return;
         }
-        stop(tool);
+        stop(tool, signal);
     });
 }
 
-fn stop(tool: &str) -> ! {
+/// Calls `f` with the signal's number on SIGINT, SIGTERM or SIGHUP, from a thread that waits
+/// for them.
+#[cfg(unix)]
+fn on_interrupt(f: impl Fn(i32) + Send + 'static) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        std::thread::spawn(move || signals.forever().for_each(f));
+    }
+}
+
+/// Calls `f` on Ctrl-C or the console closing, as SIGINT.
+#[cfg(windows)]
+fn on_interrupt(f: impl Fn(i32) + Send + 'static) {
+    let _ = ctrlc::set_handler(move || f(2));
+}
+
+fn stop(tool: &str, signal: i32) -> ! {
     let temps = TEMP_OUTPUTS.lock().map(|t| t.clone()).unwrap_or_default();
     for t in &temps {
         if t.is_dir() {
@@ -293,7 +311,7 @@ fn stop(tool: &str) -> ! {
         }
     }
     eprintln!("{tool}: interrupted; no partial output left behind");
-    std::process::exit(130)
+    std::process::exit(128 + signal)
 }
 
 /// Registers a temporary output for removal on interruption (until it is committed).
@@ -307,8 +325,9 @@ pub fn track_temp(path: &Path) {
 /// that arrives meanwhile lets `f` finish and stops the process before the next such section.
 pub fn deferring_signals<T>(tool: &'static str, f: impl FnOnce() -> T) -> T {
     DEFERRING.store(true, Ordering::SeqCst);
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        stop(tool);
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => {}
+        signal => stop(tool, signal),
     }
     let out = f();
     DEFERRING.store(false, Ordering::SeqCst);
