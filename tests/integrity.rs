@@ -716,6 +716,19 @@ fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
         assert!(out.stdout.len() < 1 << 20, "{cmd} wrote {} bytes", out.stdout.len());
         figure(format!("vhdinspect {cmd} of a BAT with a million bad entries: peak RSS {} MiB", kib >> 10));
     }
+    // Copies fail on the first unreadable block before planning a million: no output left.
+    let (compacted, created) = (dir.path().join("compacted.vhd"), dir.path().join("created.vhd"));
+    for cmd in [
+        bin("vhdcompact").arg(&hostile).arg(&compacted),
+        bin("vhddisk").arg("create").arg(&created).arg("--from").arg(&hostile),
+    ] {
+        assert_one_line_error(&run(cmd), "hostile.vhd", &["BAT entry", "past the data end"]);
+        let (_, kib) = peak_kib(cmd);
+        assert!(kib < 100 << 10, "{cmd:?} peaked at {kib} KiB");
+        let tool = Path::new(cmd.get_program()).file_name().unwrap().to_string_lossy().into_owned();
+        figure(format!("{tool} of a BAT with a million bad entries: refused, peak RSS {} MiB", kib >> 10));
+    }
+    assert!(!compacted.exists() && !created.exists(), "no output is left");
     let report = run(bin("vhdinspect").args(["check", "--json"]).arg(&hostile));
     let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     let findings = json["findings"].as_array().unwrap();

@@ -90,7 +90,7 @@ pub fn hazard_error(f: &Finding) -> crate::error::Error {
     crate::error::Error::unsupported(
         std::path::Path::new(&f.file),
         format!(
-            "refusing to write into a structurally broken image in place: {}: {} (copying it to a new file still works)",
+            "refusing to write into a structurally broken image in place: {}: {} (a copy to a new file may still read it)",
             f.structure, f.problem
         ),
     )

@@ -289,6 +289,18 @@ impl DiskImage {
         }
     }
 
+    /// Fails, as reading it would, on the first stored block of this image or its parents
+    /// whose data cannot be read (a corrupt table entry). A pass over the whole disk calls
+    /// this first: a table of noise names millions of such blocks.
+    pub fn require_readable_blocks(&self) -> Result<()> {
+        match self {
+            DiskImage::Sparse(s) => s.require_readable_blocks()?,
+            DiskImage::Vhdx(v) => v.require_readable_blocks()?,
+            DiskImage::Raw(_) | DiskImage::Fixed(_) => {}
+        }
+        self.parent().map_or(Ok(()), DiskImage::require_readable_blocks)
+    }
+
     /// The parent of a differencing image.
     pub fn parent(&self) -> Option<&DiskImage> {
         match self {

@@ -501,6 +501,12 @@ impl Vhdx {
         Ok(bits)
     }
 
+    /// Fails, as reading it would, on the first block whose BAT entry is broken (see
+    /// `SparseVhd::require_readable_blocks`).
+    pub fn require_readable_blocks(&self) -> Result<()> {
+        self.broken_blocks.first().map_or(Ok(()), |&k| self.require_intact(k))
+    }
+
     /// The error of block `k`'s broken BAT entry, if it is broken.
     fn require_intact(&self, k: u64) -> Result<()> {
         if !self.broken_blocks.contains(&k) {

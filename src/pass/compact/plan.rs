@@ -353,6 +353,9 @@ fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) ->
 /// Plans the compaction of `map`'s image.
 pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<CompactionPlan<'a>> {
     crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
+    // A block the output would copy but cannot read fails the run anyway: fail before
+    // planning the millions of blocks a table of noise names.
+    map.image.require_readable_blocks()?;
     if opts.merge && map.image.parent().is_none() {
         return Err(Error::unsupported(
             map.image.source(),

@@ -101,6 +101,10 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
     let started = Instant::now();
     let source_opts = OpenOptions { format: opts.from_format, ..opts.open.clone() };
     let source = opts.from.as_deref().map(|p| DiskImage::open(p, &source_opts)).transpose()?;
+    if let Some(s) = &source {
+        // Every stored block is copied: one that cannot be read fails before the output exists.
+        s.require_readable_blocks()?;
+    }
     let parent = match &opts.disk {
         NewDisk::Differencing(p) => Some(DiskImage::open(p, &opts.open)?),
         _ => None,

@@ -380,6 +380,13 @@ impl SparseVhd {
         Ok(StoredSectors::of(bitmap))
     }
 
+    /// Fails, as reading it would, on the first allocated block that reaches past the data
+    /// area: a whole-disk pass checks this first, not after planning every block a corrupt
+    /// table names.
+    pub fn require_readable_blocks(&self) -> Result<()> {
+        self.bat.allocated().try_for_each(|(block, sector)| self.check_block_inside(block, sector))
+    }
+
     /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).
     fn check_block_inside(&self, block: u64, sector: FileSector) -> Result<()> {
         let end = sector.offset() + self.header.bitmap_size() + self.block_size();
