@@ -689,6 +689,40 @@ fn hostile_sizes_cannot_exhaust_memory_or_time() {
 }
 
 #[test]
+fn a_copy_salvages_an_image_whose_bad_entry_lies_in_free_space() {
+    let dir = tempdir();
+    let source = corpus("aligned-dynamic.vhd");
+    let json = |cmd: &mut Command| -> serde_json::Value { serde_json::from_slice(&run_ok(cmd)).unwrap() };
+    let map = json(bin("vhdinspect").args(["map", "--json"]).arg(&source));
+    let blocks = map["blocks"].as_array().unwrap();
+    let free =
+        blocks.iter().find(|b| b["allocated"] == true && b["droppable"] == true).unwrap()["block"].as_u64().unwrap();
+    assert_eq!(blocks[0]["droppable"], false, "block 0 holds the partition table");
+    // A BAT entry pointing far past the file's end.
+    let broken = |block: u64| -> PathBuf {
+        let mut b = std::fs::read(&source).unwrap();
+        let header = u64::from_be_bytes(b[16..24].try_into().unwrap()) as usize;
+        let table = u64::from_be_bytes(b[header + 16..header + 24].try_into().unwrap()) as usize;
+        let at = table + 4 * block as usize;
+        b[at..at + 4].copy_from_slice(&0x00ff_ff00u32.to_be_bytes());
+        let path = dir.path().join(format!("bad-entry-{block}.vhd"));
+        std::fs::write(&path, b).unwrap();
+        path
+    };
+    // The bad block holds nothing the volume needs: it is dropped unread and named.
+    let out = dir.path().join("salvaged.vhd");
+    let r = json(bin("vhdcompact").arg("--json").arg(broken(free)).arg(&out));
+    let problems = r["input_problems"].to_string();
+    assert!(problems.contains(&format!("BAT entry {free}")) && problems.contains("past the data end"), "{r}");
+    assert_eq!(image_file_hashes(&out), image_file_hashes(&source), "every file as it was");
+    // A needed block that cannot be read stops the copy: no output.
+    let out = dir.path().join("not-salvaged.vhd");
+    let o = run(bin("vhdcompact").arg(broken(0)).arg(&out));
+    assert_one_line_error(&o, "bad-entry-0.vhd", &["BAT entry 0", "past the data end"]);
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_table_of_a_million_bad_entries_gives_a_bounded_report() {
     let dir = tempdir();
     // A 14 MiB dynamic VHD that claims 2040 GiB in 2 MiB blocks, its BAT 4 MiB of noise:

@@ -289,16 +289,16 @@ impl DiskImage {
         }
     }
 
-    /// Fails, as reading it would, on the first stored block of this image or its parents
-    /// whose data cannot be read (a corrupt table entry). A pass over the whole disk calls
-    /// this first: a table of noise names millions of such blocks.
-    pub fn require_readable_blocks(&self) -> Result<()> {
+    /// Fails, as reading `[start, end)` would, when a block of it that this image or a parent
+    /// stores cannot be read (a corrupt table entry); reads nothing. A table of noise names
+    /// millions of such blocks: a pass over them checks this before planning each one.
+    pub fn require_readable(&self, start: u64, end: u64) -> Result<()> {
         match self {
-            DiskImage::Sparse(s) => s.require_readable_blocks()?,
-            DiskImage::Vhdx(v) => v.require_readable_blocks()?,
+            DiskImage::Sparse(s) => s.require_readable(start, end)?,
+            DiskImage::Vhdx(v) => v.require_readable(start, end)?,
             DiskImage::Raw(_) | DiskImage::Fixed(_) => {}
         }
-        self.parent().map_or(Ok(()), DiskImage::require_readable_blocks)
+        self.parent().map_or(Ok(()), |p| p.require_readable(start, end.min(p.len())))
     }
 
     /// The parent of a differencing image.

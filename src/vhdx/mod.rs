@@ -501,10 +501,17 @@ impl Vhdx {
         Ok(bits)
     }
 
-    /// Fails, as reading it would, on the first block whose BAT entry is broken (see
-    /// `SparseVhd::require_readable_blocks`).
-    pub fn require_readable_blocks(&self) -> Result<()> {
-        self.broken_blocks.first().map_or(Ok(()), |&k| self.require_intact(k))
+    /// Fails, as reading them would, when a block of `[start, end)` has a broken BAT entry;
+    /// reads nothing.
+    pub fn require_readable(&self, start: u64, end: u64) -> Result<()> {
+        let bs = self.block_size();
+        if start >= end {
+            return Ok(());
+        }
+        match self.broken_blocks.range(start / bs..end.div_ceil(bs)).next() {
+            Some(&k) => self.require_intact(k),
+            None => Ok(()),
+        }
     }
 
     /// The error of block `k`'s broken BAT entry, if it is broken.

@@ -353,9 +353,6 @@ fn plan_realignment(map: &ImageMap<'_>, opts: &CompactOptions, min_size: u64) ->
 /// Plans the compaction of `map`'s image.
 pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<CompactionPlan<'a>> {
     crate::pass::refuse_untrusted_volumes(map, None, opts.force)?;
-    // A block the output would copy but cannot read fails the run anyway: fail before
-    // planning the millions of blocks a table of noise names.
-    map.image.require_readable_blocks()?;
     if opts.merge && map.image.parent().is_none() {
         return Err(Error::unsupported(
             map.image.source(),
@@ -404,7 +401,18 @@ pub fn plan<'a>(map: &'a ImageMap<'a>, opts: &CompactOptions) -> Result<Compacti
         .map(|b| {
             let stored = match format {
                 OutputFormat::Differencing => plan_child_block(map, b, zero_free)?,
-                _ => plan_standalone_block(&source, b * block_size, ((b + 1) * block_size).min(source_size), zero_free),
+                _ => {
+                    let (start, end) = (b * block_size, ((b + 1) * block_size).min(source_size));
+                    let content = plan_standalone_block(&source, start, end, zero_free);
+                    if content.is_some() && source.realignment.is_none() {
+                        // A block the output copies but cannot read fails the run: at once, not
+                        // after planning the millions of blocks a table of noise names. (A
+                        // dropped one is never read: a copy salvages an image whose bad
+                        // entries lie in free space.)
+                        map.image.require_readable(start, end)?;
+                    }
+                    content
+                }
             };
             Ok((b, stored.map(|c| StoredBlock { index: b, bitmap: c.bitmap, needed: c.needed, zero: c.zero })))
         })

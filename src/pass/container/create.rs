@@ -103,7 +103,7 @@ pub fn create(out: &Path, opts: &CreateOptions, events: &(dyn Fn(Event<'_>) + Sy
     let source = opts.from.as_deref().map(|p| DiskImage::open(p, &source_opts)).transpose()?;
     if let Some(s) = &source {
         // Every stored block is copied: one that cannot be read fails before the output exists.
-        s.require_readable_blocks()?;
+        s.require_readable(0, s.len())?;
     }
     let parent = match &opts.disk {
         NewDisk::Differencing(p) => Some(DiskImage::open(p, &opts.open)?),

@@ -380,11 +380,19 @@ impl SparseVhd {
         Ok(StoredSectors::of(bitmap))
     }
 
-    /// Fails, as reading it would, on the first allocated block that reaches past the data
-    /// area: a whole-disk pass checks this first, not after planning every block a corrupt
-    /// table names.
-    pub fn require_readable_blocks(&self) -> Result<()> {
-        self.bat.allocated().try_for_each(|(block, sector)| self.check_block_inside(block, sector))
+    /// Fails, as reading them would, when an allocated block of `[start, end)` reaches past
+    /// the data area; reads nothing.
+    pub fn require_readable(&self, start: u64, end: u64) -> Result<()> {
+        let (bs, end) = (self.block_size(), end.min(self.len()));
+        if start >= end {
+            return Ok(());
+        }
+        for block in self.bat.allocated_in(start / bs, end.div_ceil(bs)) {
+            if let Some(sector) = self.bat.sector(block) {
+                self.check_block_inside(block, sector)?;
+            }
+        }
+        Ok(())
     }
 
     /// Fails when an allocated block reaches past the data area (a corrupt BAT entry).
