@@ -227,30 +227,29 @@ fn run_command(cli: Cli, progress: &crate::cli::Progress) -> Result<bool> {
             if grow_partition {
                 check_growable(&img, force)?;
             }
-            let mut r = crate::cli::deferring_signals("vhddisk", || expand(&mut img, size, force, &cli.search))?;
+            let mut r = crate::cli::deferring_signals(|| expand(&mut img, size, force, &cli.search))?;
             if grow_partition {
-                r.partition_grown =
-                    Some(crate::cli::deferring_signals("vhddisk", || grow_last_partition(&mut img, force))?);
+                r.partition_grown = Some(crate::cli::deferring_signals(|| grow_last_partition(&mut img, force))?);
             }
             progress.bar.finish_and_clear();
             emit(cli.json, &r, render_resize)?;
         }
         Command::Shrink { image, size, force } => {
             let mut img = writable(&image, &open)?;
-            let r = crate::cli::deferring_signals("vhddisk", || shrink(&mut img, size, force, &cli.search))?;
+            let r = crate::cli::deferring_signals(|| shrink(&mut img, size, force, &cli.search))?;
             progress.bar.finish_and_clear();
             emit(cli.json, &r, render_resize)?;
         }
         Command::SetParent { child, parent, force } => {
             let detached = OpenOptions { detached: true, ..open.clone() };
             let mut img = writable(&child, &detached)?;
-            let r = crate::cli::deferring_signals("vhddisk", || set_parent(&mut img, &parent, force, &open))?;
+            let r = crate::cli::deferring_signals(|| set_parent(&mut img, &parent, force, &open))?;
             progress.bar.finish_and_clear();
             emit(cli.json, &r, render_relink)?;
         }
         Command::Commit { child, depth, remove, force } => {
             let opts = CommitOptions { depth: depth as usize, remove, search: cli.search.clone(), force, open };
-            let r = crate::cli::deferring_signals("vhddisk", || commit(&child, &opts, &events("committing")));
+            let r = crate::cli::deferring_signals(|| commit(&child, &opts, &events("committing")));
             progress.bar.finish_and_clear();
             emit(cli.json, &r?, render_commit)?;
         }

@@ -10,8 +10,7 @@ pub mod reg;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -265,22 +264,16 @@ pub fn finish(tool: &str, outcome: Result<bool>) -> ExitCode {
 
 /// Temporary outputs to remove when the process is interrupted.
 static TEMP_OUTPUTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-/// Set while an in-place write that must not be cut short runs.
-static DEFERRING: AtomicBool = AtomicBool::new(false);
-/// The signal that arrived while deferring (0: none).
-static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// Held while an in-place write that must not be cut short runs: a signal waits for it.
+static SECTION: Mutex<()> = Mutex::new(());
 
 /// Stops the process on SIGINT, SIGTERM or SIGHUP without leaving a temporary output behind:
 /// registered temporary files are removed first, and the exit code is 128 + the signal's
 /// number, as a shell reports a process the signal ended. A signal during a deferred section
-/// (a short journaled write) lets the section finish; it stops the process at the start of
-/// the next one, or the command simply ends.
+/// (a short journaled write) waits for the section to finish, then stops the process.
 pub fn handle_signals(tool: &'static str) {
     on_interrupt(move |signal| {
-        if DEFERRING.load(Ordering::SeqCst) {
-            INTERRUPTED.store(signal, Ordering::SeqCst);
-            return;
-        }
+        let _section = SECTION.lock().unwrap_or_else(PoisonError::into_inner);
         stop(tool, signal);
     });
 }
@@ -295,7 +288,7 @@ fn on_interrupt(f: impl Fn(i32) + Send + 'static) {
     }
 }
 
-/// Calls `f` on Ctrl-C or the console closing, as SIGINT.
+/// Calls `f` on Ctrl-C, as SIGINT.
 #[cfg(windows)]
 fn on_interrupt(f: impl Fn(i32) + Send + 'static) {
     let _ = ctrlc::set_handler(move || f(2));
@@ -310,7 +303,9 @@ fn stop(tool: &str, signal: i32) -> ! {
             let _ = std::fs::remove_file(t);
         }
     }
-    eprintln!("{tool}: interrupted; no partial output left behind");
+    // Not eprintln: after a SIGHUP stderr may be gone, and a panic here would leave the
+    // process running with every later signal swallowed.
+    let _ = writeln!(std::io::stderr(), "{tool}: interrupted; no partial output left behind");
     std::process::exit(128 + signal)
 }
 
@@ -322,16 +317,10 @@ pub fn track_temp(path: &Path) {
 }
 
 /// Runs `f` (a short write that is best not cut short) with interruption deferred: a signal
-/// that arrives meanwhile lets `f` finish and stops the process before the next such section.
-pub fn deferring_signals<T>(tool: &'static str, f: impl FnOnce() -> T) -> T {
-    DEFERRING.store(true, Ordering::SeqCst);
-    match INTERRUPTED.load(Ordering::SeqCst) {
-        0 => {}
-        signal => stop(tool, signal),
-    }
-    let out = f();
-    DEFERRING.store(false, Ordering::SeqCst);
-    out
+/// that arrives meanwhile stops the process once `f` has finished.
+pub fn deferring_signals<T>(f: impl FnOnce() -> T) -> T {
+    let _section = SECTION.lock().unwrap_or_else(PoisonError::into_inner);
+    f()
 }
 
 /// Says which temporary files of killed runs were removed before a new output was made.

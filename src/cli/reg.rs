@@ -461,7 +461,7 @@ fn export_tree(hive: &Hive, node: &crate::hive::KeyNode, path: &str, stale: &Opt
 /// short by an interruption), or with `--dry-run` reports what would change.
 fn write(src: &HiveSource, ops: Vec<RegOp>, strict: bool, flags: WriteFlags) -> Result<bool> {
     let opts = EditOptions { strict, dry_run: flags.dry_run, force: flags.force };
-    let report = edit::edit(&src.source()?, ops, opts, &|commit| crate::cli::deferring_signals("vhdreg", commit))?;
+    let report = edit::edit(&src.source()?, ops, opts, &|commit| crate::cli::deferring_signals(commit))?;
     emit(flags.json, &report, report::render_write)?;
     Ok(true)
 }

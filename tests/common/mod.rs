@@ -55,7 +55,7 @@ pub fn realdata(rel: &str) -> Option<PathBuf> {
 
 /// Copies `from` into a new file at `to`, leaving each all-zero MiB a hole: the Windows-made
 /// sample volumes are GiBs of mostly zeros, and a CI machine may be short of disk.
-pub fn copy_sparse(mut from: impl Read, to: &Path) {
+pub fn copy_sparse(mut from: impl Read, to: &Path) -> u64 {
     let mut out = std::fs::File::create(to).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -78,6 +78,7 @@ pub fn copy_sparse(mut from: impl Read, to: &Path) {
         len += n as u64;
     }
     out.set_len(len).unwrap();
+    len
 }
 
 /// A gzip-compressed disk unpacked to `to` as a sparse file (see `copy_sparse`).
@@ -95,9 +96,9 @@ pub fn gunzip_first_partition(gz: &Path, to: &Path) {
     disk.read_exact(&mut mbr).unwrap();
     let field = |at: usize| u64::from(u32::from_le_bytes(mbr[at..at + 4].try_into().unwrap()));
     let (start, sectors) = (field(454), field(458));
-    assert!(start > 0 && mbr[510..] == [0x55, 0xAA], "{}: no MBR partition 1", gz.display());
+    assert!(start > 0 && mbr[450] == 0x07 && mbr[510..] == [0x55, 0xAA], "{}: no NTFS partition 1", gz.display());
     std::io::copy(&mut (&mut disk).take((start - 1) * 512), &mut std::io::sink()).unwrap();
-    copy_sparse((&mut disk).take(sectors * 512), to);
+    assert_eq!(copy_sparse((&mut disk).take(sectors * 512), to), sectors * 512, "{}: truncated", gz.display());
     std::io::copy(&mut disk, &mut std::io::sink()).unwrap();
     assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
 }
@@ -433,7 +434,8 @@ pub fn partition_image(image: &DiskImage, index: u32, dir: &Path) -> PathBuf {
 }
 
 /// Partition `index` of `image` as a file ntfs-3g or Sleuth Kit reads: a raw image in place
-/// where the tool can, anything else through a sparse copy in `dir`, removed on drop.
+/// where the tool can, anything else through a sparse copy in `dir`, removed on drop. For
+/// reading only: the file may be the real data under ../shared/realdata.
 pub struct ReadableVolume {
     pub path: PathBuf,
     /// The volume's first 512-byte sector in `path` (Sleuth Kit's `-o`).
