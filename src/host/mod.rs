@@ -145,9 +145,8 @@ pub fn read_file_limited(file: &File, path: &Path, limit: u64, what: &str) -> Re
         return Err(too_large());
     }
     let mut out = Vec::new();
-    let hint = len;
-    out.try_reserve(hint as usize)
-        .map_err(|_| Error::unsupported(path, format!("cannot hold {hint} bytes in memory")))?;
+    out.try_reserve(len as usize)
+        .map_err(|_| Error::unsupported(path, format!("cannot hold {len} bytes in memory")))?;
     file.take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::io(path, "read", crate::Space::File, out.len() as u64, e))?;

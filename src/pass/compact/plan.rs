@@ -164,12 +164,12 @@ impl CompactionPlan<'_> {
         self.disk_size.div_ceil(self.block_size)
     }
 
-    /// Blocks the writer writes: every block of a fixed output, the stored ones otherwise.
     /// Bytes the writer writes for its first `blocks` blocks (the progress of a run).
     pub fn bytes_of_blocks(&self, blocks: u64) -> u64 {
         (blocks * self.block_size).min(self.blocks_written() * self.block_size)
     }
 
+    /// Blocks the writer writes: every block of a fixed output, the stored ones otherwise.
     pub fn blocks_written(&self) -> u64 {
         match self.format {
             OutputFormat::Fixed => self.blocks(),

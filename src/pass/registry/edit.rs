@@ -340,11 +340,10 @@ impl BareHive {
         };
         let file = host::open_locked(path, access, Expect::Regular, wait)?;
         let meta = file.metadata().map_err(|e| Error::open(path, "stat", e))?;
-        // A file that is not a hive is refused on its first block, not after reading it all.
-        crate::hive::base::BaseBlock::parse(&read_head(&file, path)?, path)?;
+        // A file that is not a hive is refused on its first block, not after reading it all;
+        // only a dirty hive needs its logs read (they may be far larger than the hive).
+        let dirty = crate::hive::base::BaseBlock::parse(&read_head(&file, path)?, path)?.dirty();
         let stored = host::read_file_limited(&file, path, super::MAX_HIVE, "a hive")?;
-        // Only a dirty hive needs its logs read (they may be far larger than the hive).
-        let dirty = crate::hive::base::BaseBlock::parse(&stored, path)?.dirty();
         let mut log_files = Vec::new();
         let mut logs = Vec::new();
         for log in bare_logs(path) {
