@@ -56,7 +56,7 @@ fn assert_extract_matches_ntfs3g(image: &Path) {
         );
         eprintln!("{} partition {p}: {} files and streams identical to ntfs-3g's", image.display(), files.len());
         // Sleuth Kit, independently: every file it recovers (default streams) reads the same.
-        let volume = ReadableVolume::at_sector(image, *p, dir.path());
+        let volume = ReadableVolume::at_sector(&open(image), *p, dir.path());
         let recovered = dir.path().join(format!("tsk-{p}"));
         run_ok(
             Command::new("tsk_recover")

@@ -2,6 +2,7 @@
 //! since, through the same harness the fuzz targets run; and a few deterministic inputs per
 //! harness so the harnesses themselves stay working.
 
+mod common;
 #[path = "../fuzz/harness/mod.rs"]
 mod harness;
 
@@ -17,21 +18,9 @@ fn saved(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-/// Deterministic pseudo-random inputs.
+/// Deterministic pseudo-random inputs of growing length.
 fn inputs(seed: u64, count: usize, len: usize) -> Vec<Vec<u8>> {
-    let mut x = seed;
-    (0..count)
-        .map(|i| {
-            (0..len * (i + 1) / count)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
-        .collect()
+    (0..count).map(|i| common::noise(seed.wrapping_add(i as u64), len * (i + 1) / count)).collect()
 }
 
 fn replay(target: &str, harness: fn(&[u8]), seed: u64, len: usize) {

@@ -61,7 +61,7 @@ fn file_names_match_sleuth_kit_on_every_corpus_volume() {
         let img = open(&corpus(name));
         let idx = index_of(&img, index);
         assert!(idx.problems.is_empty(), "{name}:{index}: {:?}", idx.problems);
-        let volume = ReadableVolume::at_sector(&corpus(name), index, dir.path());
+        let volume = ReadableVolume::at_sector(&img, index, dir.path());
         assert_eq!(our_paths(&idx), fls_paths(&volume.path, volume.sector), "{name} partition {index}");
     }
 }
@@ -347,7 +347,7 @@ fn windows_made_volumes_match_sleuth_kit() {
         assert!(idx.problems.is_empty(), "{sample}: {:?}", idx.problems);
         let c = idx.consistency();
         assert_eq!((c.owned_but_free, c.cross_linked), (0, 0), "{sample}: {c:?}");
-        let volume = ReadableVolume::at_sector(&raw, 1, dir.path());
+        let volume = ReadableVolume::at_sector(&img, 1, dir.path());
         assert_eq!(our_paths(idx), fls_paths(&volume.path, volume.sector), "{sample}");
         if sample.contains("lastaccess") {
             let (f, _) = idx.find_path("test/1.txt").unwrap();

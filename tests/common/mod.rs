@@ -29,9 +29,8 @@ pub fn corpus(name: &str) -> PathBuf {
         // Another test process may decompress the same image at the same time: each writes
         // its own file and the rename is atomic.
         let tmp = cache.join(format!("{name}.{}.partial", std::process::id()));
-        let f = std::fs::File::create(&tmp).unwrap();
-        let st = Command::new("gzip").arg("-dc").arg(&src).stdout(f).status().expect("gzip is needed");
-        assert!(st.success(), "gzip -dc {}", src.display());
+        // Unpacked whole, not sparse: a fixed image is tested as the fully allocated file it is.
+        gunzipped(&src, |image| std::io::copy(image, &mut std::fs::File::create(&tmp).unwrap()).unwrap());
         std::fs::rename(&tmp, &out).unwrap();
     }
     out
@@ -81,26 +80,33 @@ pub fn copy_sparse(mut from: impl Read, to: &Path) -> u64 {
     len
 }
 
+/// `read` given the decompressed stream of `gz` (what it leaves unread is drained, so gzip
+/// exits), and gzip's success checked.
+fn gunzipped<T>(gz: &Path, read: impl FnOnce(&mut std::process::ChildStdout) -> T) -> T {
+    let mut gzip = Command::new("gzip").arg("-dc").arg(gz).stdout(Stdio::piped()).spawn().expect("gzip is needed");
+    let mut stream = gzip.stdout.take().unwrap();
+    let out = read(&mut stream);
+    std::io::copy(&mut stream, &mut std::io::sink()).unwrap();
+    assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
+    out
+}
+
 /// A gzip-compressed disk unpacked to `to` as a sparse file (see `copy_sparse`).
 pub fn gunzip_sparse(gz: &Path, to: &Path) {
-    let mut gzip = Command::new("gzip").arg("-dc").arg(gz).stdout(Stdio::piped()).spawn().expect("gzip is needed");
-    copy_sparse(gzip.stdout.take().unwrap(), to);
-    assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
+    gunzipped(gz, |disk| copy_sparse(disk, to));
 }
 
 /// The first partition of a gzip-compressed MBR disk, unpacked alone to `to` (sparse).
 pub fn gunzip_first_partition(gz: &Path, to: &Path) {
-    let mut gzip = Command::new("gzip").arg("-dc").arg(gz).stdout(Stdio::piped()).spawn().expect("gzip is needed");
-    let mut disk = gzip.stdout.take().unwrap();
-    let mut mbr = [0u8; 512];
-    disk.read_exact(&mut mbr).unwrap();
-    let field = |at: usize| u64::from(u32::from_le_bytes(mbr[at..at + 4].try_into().unwrap()));
-    let (start, sectors) = (field(454), field(458));
-    assert!(start > 0 && mbr[450] == 0x07 && mbr[510..] == [0x55, 0xAA], "{}: no NTFS partition 1", gz.display());
-    std::io::copy(&mut (&mut disk).take((start - 1) * 512), &mut std::io::sink()).unwrap();
-    assert_eq!(copy_sparse((&mut disk).take(sectors * 512), to), sectors * 512, "{}: truncated", gz.display());
-    std::io::copy(&mut disk, &mut std::io::sink()).unwrap();
-    assert!(gzip.wait().unwrap().success(), "gzip -dc {}", gz.display());
+    gunzipped(gz, |disk| {
+        let mut mbr = [0u8; 512];
+        disk.read_exact(&mut mbr).unwrap();
+        let field = |at: usize| u64::from(u32::from_le_bytes(mbr[at..at + 4].try_into().unwrap()));
+        let (start, sectors) = (field(454), field(458));
+        assert!(start > 0 && mbr[450] == 0x07 && mbr[510..] == [0x55, 0xAA], "{}: no NTFS partition 1", gz.display());
+        std::io::copy(&mut disk.take((start - 1) * 512), &mut std::io::sink()).unwrap();
+        assert_eq!(copy_sparse(disk.take(sectors * 512), to), sectors * 512, "{}: truncated", gz.display());
+    });
 }
 
 /// A fresh temporary directory.
@@ -445,23 +451,22 @@ pub struct ReadableVolume {
 
 impl ReadableVolume {
     /// For ntfs-3g, which reads a volume only from the start of a file.
-    pub fn at_start(image: &Path, index: u32, dir: &Path) -> Self {
-        Self::new(image, index, dir, false)
+    pub fn at_start(img: &DiskImage, index: u32, dir: &Path) -> Self {
+        Self::new(img, index, dir, false)
     }
 
     /// For Sleuth Kit, which reads a raw disk's partition in place at its sector.
-    pub fn at_sector(image: &Path, index: u32, dir: &Path) -> Self {
-        Self::new(image, index, dir, true)
+    pub fn at_sector(img: &DiskImage, index: u32, dir: &Path) -> Self {
+        Self::new(img, index, dir, true)
     }
 
-    fn new(image: &Path, index: u32, dir: &Path, offset_read: bool) -> Self {
-        let img = open(image);
-        let layout = vhdkit::DiskLayout::read(&img).unwrap();
+    fn new(img: &DiskImage, index: u32, dir: &Path, offset_read: bool) -> Self {
+        let layout = vhdkit::DiskLayout::read(img).unwrap();
         let p = layout.partition(index).unwrap_or_else(|| panic!("no partition {index}"));
         if img.format() == vhdkit::ImageFormat::Raw && (offset_read || p.start() == 0) {
-            ReadableVolume { path: image.to_path_buf(), sector: p.start() / 512, copied: false }
+            ReadableVolume { path: img.source().to_path_buf(), sector: p.start() / 512, copied: false }
         } else {
-            ReadableVolume { path: partition_image(&img, index, dir), sector: 0, copied: true }
+            ReadableVolume { path: partition_image(img, index, dir), sector: 0, copied: true }
         }
     }
 }
@@ -484,7 +489,7 @@ pub fn image_file_hashes(image: &Path) -> std::collections::BTreeMap<u32, std::c
         let mut boot = [0u8; 512];
         img.read_at(p.start(), &mut boot).unwrap();
         if &boot[3..11] == b"NTFS    " {
-            out.insert(p.index, ntfs3g_hashes(&ReadableVolume::at_start(image, p.index, dir.path()).path));
+            out.insert(p.index, ntfs3g_hashes(&ReadableVolume::at_start(&img, p.index, dir.path()).path));
         }
     }
     out
